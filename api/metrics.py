@@ -1,0 +1,60 @@
+"""Prometheus exposition, collected from the runtime at scrape time (no counters to keep in step)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from dialer.runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class RuntimeCollector(Collector):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        rt = self.runtime
+        calls = CounterMetricFamily("marcador_calls", "Finished attempts by outcome", labels=["campaign", "outcome"])
+        live = GaugeMetricFamily("marcador_live_calls", "Calls in flight or waiting", labels=["campaign", "state"])
+        rate = GaugeMetricFamily("marcador_abandon_rate", "Abandoned / live answers", labels=["campaign", "window"])
+        occ = GaugeMetricFamily("marcador_occupancy", "Talk time / logged-in time", labels=["campaign"])
+        agents = GaugeMetricFamily("marcador_agents", "Agents by state", labels=["campaign", "state"])
+        for cid in rt.core.campaigns:
+            st = rt.stats(cid)
+            for outcome, n in st["outcomes"].items():
+                calls.add_metric([cid, outcome], n)
+            live.add_metric([cid, "in_flight"], st["in_flight"])
+            live.add_metric([cid, "waiting"], st["waiting"])
+            rate.add_metric([cid, "campaign"], st["abandon_rate"])
+            occ.add_metric([cid], st["occupancy"])
+            for state, n in st["agents"].items():
+                agents.add_metric([cid, state], n)
+        yield calls
+        yield live
+        yield rate
+        yield occ
+        yield agents
+        backlog = GaugeMetricFamily("marcador_core_event_backlog", "Events queued for the core")
+        backlog.add_metric([], rt.event_backlog)
+        yield backlog
+        up = GaugeMetricFamily("marcador_pbx_ready", "1 when the PBX link is logged in")
+        up.add_metric([], 1.0 if rt.telephony.ready else 0.0)
+        yield up
+        samples = sorted(rt.decision_seconds)
+        counts = [sum(1 for s in samples if s <= b) for b in _BUCKETS]
+        hist = HistogramMetricFamily("marcador_decision_seconds", "Time of one core tick (pacing decisions)")
+        hist.add_metric([], [(str(b), c) for b, c in zip(_BUCKETS, counts, strict=True)] + [("+Inf", len(samples))],
+                        sum_value=sum(samples))
+        yield hist
+
+
+def render_metrics(runtime: Runtime) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(runtime))
+    return generate_latest(registry), CONTENT_TYPE

@@ -1,0 +1,123 @@
+"""Agents: states, time in state, and who may take which call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialer.model import AgentStatus
+
+# States that count as logged-in time for occupancy (pauses excluded: DESIGN.md, Words and figures).
+_WORKING = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
+
+
+@dataclass(slots=True)
+class Agent:
+    agent_id: str
+    campaigns: frozenset[str] = frozenset()  # empty: every campaign
+    status: AgentStatus = AgentStatus.LOGGED_OUT
+    since: float = 0.0
+    reason: str = ""
+    call_id: str | None = None
+    last_call_id: str | None = None
+    last_campaign_id: str | None = None
+    connected_at: float | None = None
+    wrap_started_at: float | None = None
+    logout_requested: bool = False
+    pause_requested: str | None = None
+    connects: int = 0
+    time_in: dict[AgentStatus, float] = field(default_factory=dict)
+
+    def serves(self, campaign_id: str) -> bool:
+        return not self.campaigns or campaign_id in self.campaigns
+
+
+class AgentBoard:
+    def __init__(self) -> None:
+        self._agents: dict[str, Agent] = {}
+
+    def get(self, agent_id: str) -> Agent | None:
+        return self._agents.get(agent_id)
+
+    def all(self) -> Iterable[Agent]:
+        return self._agents.values()
+
+    def set_status(self, agent: Agent, status: AgentStatus, now: float, reason: str = "") -> None:
+        agent.time_in[agent.status] = agent.time_in.get(agent.status, 0.0) + max(0.0, now - agent.since)
+        agent.status = status
+        agent.since = now
+        agent.reason = reason
+
+    def login(self, agent_id: str, campaigns: frozenset[str], now: float) -> Agent:
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            agent = self._agents[agent_id] = Agent(agent_id=agent_id, since=now)
+        agent.campaigns = campaigns
+        agent.logout_requested = False
+        if agent.status is AgentStatus.LOGGED_OUT:
+            self.set_status(agent, AgentStatus.CONNECTING, now)
+        return agent
+
+    def connected(self, agent_id: str, now: float) -> Agent:
+        agent = self._agents.get(agent_id)
+        if agent is None:  # a leg we did not ask for (e.g. found in a resync): the agent works for every campaign
+            agent = self._agents[agent_id] = Agent(agent_id=agent_id, since=now)
+        if agent.status in (AgentStatus.LOGGED_OUT, AgentStatus.CONNECTING):
+            self.set_status(agent, AgentStatus.READY, now)
+        return agent
+
+    def assign(self, agent: Agent, call_id: str, campaign_id: str, now: float) -> None:
+        self.set_status(agent, AgentStatus.ON_CALL, now)
+        agent.call_id = call_id
+        agent.last_campaign_id = campaign_id
+        agent.last_call_id = call_id
+        agent.connected_at = now
+        agent.wrap_started_at = None
+        agent.connects += 1
+
+    def start_wrapup(self, agent: Agent, now: float) -> None:
+        self.set_status(agent, AgentStatus.WRAPUP, now)
+        agent.call_id = None
+        agent.wrap_started_at = now
+
+    def pick_free(self, campaign_id: str) -> Agent | None:
+        """The ready agent serving the campaign who has been idle longest."""
+        best: Agent | None = None
+        for agent in self._agents.values():
+            if agent.status is AgentStatus.READY and agent.serves(campaign_id):
+                if best is None or agent.since < best.since:
+                    best = agent
+        return best
+
+    def serving(self, campaign_id: str) -> Iterable[Agent]:
+        return (a for a in self._agents.values() if a.serves(campaign_id))
+
+    def campaigns_of(self, agent: Agent, campaigns: Mapping[str, Any]) -> list[str]:
+        return [cid for cid in campaigns if agent.serves(cid)]
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        out = {s.value: 0 for s in AgentStatus}
+        for agent in self.serving(campaign_id):
+            out[agent.status.value] += 1
+        return out
+
+    def occupancy(self, campaign_id: str, now: float) -> dict[str, float]:
+        """Occupancy = talk / (ready + talk + wrap-up); idle per connect = ready time / connects."""
+        talk = ready = wrap = 0.0
+        connects = 0
+        for agent in self.serving(campaign_id):
+            spent = dict(agent.time_in)
+            spent[agent.status] = spent.get(agent.status, 0.0) + max(0.0, now - agent.since)
+            talk += spent.get(AgentStatus.ON_CALL, 0.0)
+            ready += spent.get(AgentStatus.READY, 0.0)
+            wrap += spent.get(AgentStatus.WRAPUP, 0.0)
+            connects += agent.connects
+        logged = talk + ready + wrap
+        return {
+            "occupancy": talk / logged if logged > 0 else 0.0,
+            "idle_per_connect_s": ready / connects if connects else 0.0,
+            "talk_s": talk,
+            "ready_s": ready,
+            "wrapup_s": wrap,
+        }

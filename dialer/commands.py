@@ -1,0 +1,92 @@
+"""Commands out of the sans-IO core. Shells carry them out (AMI, store, event bus)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialer.model import Attempt, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Originate:
+    call_id: str
+    campaign_id: str
+    lead_id: str
+    number: str
+    caller_id: str
+    timeout_s: float
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectToAgent:
+    call_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlayAbandonMessage:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateAgentLeg:
+    """Bring the agent's phone into its own room `agent-<agent_id>` for the shift."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangupAgentLeg:
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAttempt:
+    """Upsert the attempt (by call id). Sent at dial time (outcome None) and again when it is final."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class FetchLeads:
+    campaign_id: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLead:
+    """The lead's lease ends: `final` leads are done, others may be recycled by the store's rules."""
+
+    campaign_id: str
+    lead_id: str
+    outcome: Outcome
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """An event for the API's stream, webhooks and logs."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+Command = (
+    Originate
+    | ConnectToAgent
+    | PlayAbandonMessage
+    | Hangup
+    | OriginateAgentLeg
+    | HangupAgentLeg
+    | RecordAttempt
+    | FetchLeads
+    | ReleaseLead
+    | Emit
+)

@@ -1,0 +1,541 @@
+"""The sans-IO dialer core: events in, commands out, time passed in (modelled on h11).
+
+The core owns every decision (what to dial, which agent gets an answered call, when a call is abandoned)
+and no I/O. Three shells drive it: the asyncio runtime against Asterisk, the same runtime against the
+simulated PBX, and the discrete-event simulator in virtual time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialer.agents import Agent, AgentBoard
+from dialer.commands import (
+    Command,
+    ConnectToAgent,
+    Emit,
+    FetchLeads,
+    Hangup,
+    HangupAgentLeg,
+    Originate,
+    OriginateAgentLeg,
+    PlayAbandonMessage,
+    RecordAttempt,
+    ReleaseLead,
+)
+from dialer.events import (
+    AgentConnected,
+    AgentDisconnected,
+    AgentJoinedCall,
+    AgentLogin,
+    AgentLogout,
+    AgentState,
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    CampaignControl,
+    Disposition,
+    Event,
+    LeadsAvailable,
+)
+from dialer.model import (
+    AgentStatus,
+    Attempt,
+    CampaignSettings,
+    CampaignStatus,
+    Lead,
+    Outcome,
+)
+from pacing.registry import make_strategy
+from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, PacingSnapshot, PacingStrategy
+
+# AMD results that mean "a machine answered"; anything else is treated as a person (the safe side for abandons).
+MACHINE_AMD = frozenset({"MACHINE"})
+
+
+class CoreError(ValueError):
+    """A command to the core that cannot be honoured (unknown campaign, bad state)."""
+
+
+@dataclass(slots=True)
+class CoreConfig:
+    id_prefix: str = "c"
+    hopper_low_water: int = 20  # fetch more leads when fewer than this are buffered per campaign
+    hopper_batch: int = 100
+    strategy_factory: Callable[[str, PacingCaps], PacingStrategy] = make_strategy
+
+
+@dataclass(slots=True)
+class Call:
+    attempt: Attempt
+    state: str = "dialing"  # dialing | ringing | waiting | connected | abandoning | ending
+    abandon_at: float | None = None
+    ended: bool = False
+
+
+@dataclass(slots=True)
+class CampaignState:
+    settings: CampaignSettings
+    strategy: PacingStrategy
+    status: CampaignStatus = CampaignStatus.CREATED
+    hopper: deque[Lead] = field(default_factory=deque)
+    fetch_pending: bool = False
+    exhausted: bool = False  # the store had nothing last time; retried on a slow cadence
+    last_fetch_at: float = float("-inf")
+    launches: deque[float] = field(default_factory=deque)  # originate times in the last second
+    in_flight: set[str] = field(default_factory=set)  # dialing/ringing call ids
+    waiting: dict[str, None] = field(default_factory=dict)  # answered, unconnected (insertion = answer order)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0
+    live_answers: int = 0
+    connected: int = 0
+    abandoned: int = 0
+
+
+class DialerCore:
+    """Plain object: `handle(event, now)` and `tick(now)` return the commands to carry out."""
+
+    def __init__(self, config: CoreConfig | None = None) -> None:
+        self.config = config or CoreConfig()
+        self.campaigns: dict[str, CampaignState] = {}
+        self.agents = AgentBoard()
+        self.calls: dict[str, Call] = {}
+        self._seq = 0
+        self._timers: list[tuple[float, int, str, str]] = []  # (due, seq, kind, key)
+        self._timer_seq = 0
+
+    # ------------------------------------------------------------------ campaigns
+
+    def add_campaign(self, settings: CampaignSettings) -> None:
+        if settings.campaign_id in self.campaigns:
+            existing = self.campaigns[settings.campaign_id]
+            existing.settings = settings
+            return
+        caps = PacingCaps(
+            max_lines=settings.max_lines,
+            max_lines_per_agent=settings.max_lines_per_agent,
+            max_calls_per_s=settings.max_calls_per_s,
+            abandon_target=settings.abandon_target,
+        )
+        strategy = self.config.strategy_factory(settings.strategy, caps)
+        self.campaigns[settings.campaign_id] = CampaignState(settings=settings, strategy=strategy)
+
+    def set_strategy(self, campaign_id: str, strategy: PacingStrategy) -> None:
+        self._campaign(campaign_id).strategy = strategy
+
+    def _campaign(self, campaign_id: str) -> CampaignState:
+        try:
+            return self.campaigns[campaign_id]
+        except KeyError:
+            raise CoreError(f"campaign_id: unknown campaign {campaign_id!r}") from None
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        out: list[Command] = []
+        match event:
+            case CallProgress():
+                call = self.calls.get(event.call_id)
+                if call is not None and call.state == "dialing":
+                    call.state = "ringing"
+            case CallAnswered():
+                self._on_answered(event, now, out)
+            case CallFailed():
+                self._on_failed(event, now, out)
+            case CallEnded():
+                self._on_ended(event, now, out)
+            case AgentLogin():
+                agent = self.agents.login(event.agent_id, event.campaigns, now)
+                out.append(OriginateAgentLeg(agent.agent_id))
+                out.append(self._agent_emit(agent))
+            case AgentLogout():
+                leaving = self.agents.get(event.agent_id)
+                if leaving is not None and leaving.status is not AgentStatus.LOGGED_OUT:
+                    leaving.logout_requested = True
+                    if leaving.call_id is None:
+                        out.append(HangupAgentLeg(leaving.agent_id))
+            case AgentConnected():
+                agent = self.agents.connected(event.agent_id, now)
+                out.append(self._agent_emit(agent))
+                self._serve_waiting(agent, now, out)
+            case AgentDisconnected():
+                gone = self.agents.get(event.agent_id)
+                if gone is not None:
+                    self.agents.set_status(gone, AgentStatus.LOGGED_OUT, now)
+                    gone.logout_requested = False
+                    out.append(self._agent_emit(gone))
+            case AgentJoinedCall():
+                call = self.calls.get(event.call_id)
+                if call is not None and call.attempt.agent_id == event.agent_id:
+                    out.append(Emit("call.joined", {"call_id": event.call_id, "agent_id": event.agent_id}))
+            case AgentState():
+                self._on_agent_state(event, now, out)
+            case Disposition():
+                self._on_disposition(event, now, out)
+            case LeadsAvailable():
+                camp = self._campaign(event.campaign_id)
+                camp.fetch_pending = False
+                camp.exhausted = not event.leads
+                camp.hopper.extend(event.leads)
+            case CampaignControl():
+                self._on_campaign_control(event, now, out)
+        return out
+
+    def tick(self, now: float) -> list[Command]:
+        out: list[Command] = []
+        self._run_timers(now, out)
+        for camp in self.campaigns.values():
+            if camp.status is CampaignStatus.RUNNING:
+                self._pace(camp, now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        while self._timers and not self._timer_live(self._timers[0]):
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
+
+    # ------------------------------------------------------------------ calls
+
+    def _on_answered(self, event: CallAnswered, now: float, out: list[Command]) -> None:
+        call = self.calls.get(event.call_id)
+        if call is None or call.state not in ("dialing", "ringing"):
+            return
+        camp = self.campaigns[call.attempt.campaign_id]
+        camp.in_flight.discard(event.call_id)
+        att = call.attempt
+        att.answered_at = now
+        att.amd = event.amd
+        ring_s = now - att.dialed_at
+        if event.amd.upper() in MACHINE_AMD:
+            camp.strategy.observe(DialResult(now, ring_s, "machine"))
+            att.outcome = Outcome.MACHINE
+            call.state = "ending"
+            out.append(Hangup(att.call_id))
+            return
+        camp.strategy.observe(DialResult(now, ring_s, "live"))
+        camp.live_answers += 1
+        agent = self.agents.pick_free(camp.settings.campaign_id)
+        if agent is not None:
+            self._connect(call, agent, now, out)
+            return
+        call.state = "waiting"
+        call.abandon_at = now + camp.settings.abandon_threshold_s
+        camp.waiting[att.call_id] = None
+        self._add_timer(call.abandon_at, "abandon", att.call_id)
+        out.append(Emit("call.waiting", {"call_id": att.call_id, "campaign_id": att.campaign_id}))
+
+    def _connect(self, call: Call, agent: Agent, now: float, out: list[Command]) -> None:
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        camp.waiting.pop(att.call_id, None)
+        call.state = "connected"
+        call.abandon_at = None
+        att.agent_id = agent.agent_id
+        att.connected_at = now
+        att.outcome = Outcome.CONNECTED
+        camp.connected += 1
+        camp.strategy.observe(LiveResult(now, connected=True))
+        self.agents.assign(agent, att.call_id, att.campaign_id, now)
+        out.append(ConnectToAgent(att.call_id, agent.agent_id))
+        out.append(self._agent_emit(agent))
+        out.append(Emit("call.connected", {"call_id": att.call_id, "agent_id": agent.agent_id,
+                                           "campaign_id": att.campaign_id}))
+
+    def _abandon(self, call: Call, now: float, out: list[Command], *, play_message: bool = True) -> None:
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        camp.waiting.pop(att.call_id, None)
+        call.state = "abandoning"
+        call.abandon_at = None
+        att.outcome = Outcome.ABANDONED
+        camp.abandoned += 1
+        camp.strategy.observe(LiveResult(now, connected=False))
+        if play_message:
+            out.append(PlayAbandonMessage(att.call_id))
+        out.append(Emit("call.abandoned", {"call_id": att.call_id, "campaign_id": att.campaign_id}))
+
+    def _on_failed(self, event: CallFailed, now: float, out: list[Command]) -> None:
+        call = self.calls.get(event.call_id)
+        if call is None or call.ended:
+            return
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        if call.state in ("dialing", "ringing"):
+            camp.strategy.observe(
+                DialResult(now, now - att.dialed_at, "none", timed_out=event.cause is Outcome.NO_ANSWER)
+            )
+            att.outcome = event.cause
+        elif call.state == "waiting":
+            # A failure report after the answer (e.g. a reconnect lost the trace): the person was not served.
+            self._abandon(call, now, out, play_message=False)
+        att.hangup_cause = event.hangup_cause
+        self._finish(call, now, out)
+
+    def _on_ended(self, event: CallEnded, now: float, out: list[Command]) -> None:
+        call = self.calls.get(event.call_id)
+        if call is None or call.ended:
+            return
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        att.hangup_cause = event.hangup_cause
+        if call.state in ("dialing", "ringing"):
+            # Hung up before any answer we saw: the fate is a failure of the attempt, never a silent redial.
+            camp.strategy.observe(DialResult(now, now - att.dialed_at, "none"))
+            att.outcome = Outcome.FAILED if event.hangup_cause is None else _cause_outcome(event.hangup_cause)
+        elif call.state == "waiting":
+            # The person hung up while waiting for an agent: abandoned (DESIGN.md, Words and figures).
+            self._abandon(call, now, out, play_message=False)  # no message to play: the line is gone
+        elif call.state == "connected" and att.agent_id is not None:
+            agent = self.agents.get(att.agent_id)
+            if agent is not None and agent.call_id == att.call_id:
+                self.agents.start_wrapup(agent, now)
+                self._add_timer(now + camp.settings.wrapup_s, "wrapup", agent.agent_id + "\x00" + att.call_id)
+                out.append(self._agent_emit(agent))
+        self._finish(call, now, out)
+
+    def _finish(self, call: Call, now: float, out: list[Command]) -> None:
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        call.ended = True
+        att.ended_at = now
+        if att.outcome is None:
+            att.outcome = Outcome.FAILED
+        camp.in_flight.discard(att.call_id)
+        camp.waiting.pop(att.call_id, None)
+        camp.outcomes[att.outcome.value] = camp.outcomes.get(att.outcome.value, 0) + 1
+        del self.calls[att.call_id]
+        out.append(RecordAttempt(_copy_attempt(att)))
+        out.append(ReleaseLead(att.campaign_id, att.lead_id, att.outcome, final=att.outcome.live))
+        out.append(Emit("call.ended", att.as_dict()))
+
+    # ------------------------------------------------------------------ agents
+
+    def _on_agent_state(self, event: AgentState, now: float, out: list[Command]) -> None:
+        agent = self.agents.get(event.agent_id)
+        if agent is None or agent.status in (AgentStatus.LOGGED_OUT, AgentStatus.CONNECTING):
+            return
+        if event.state is AgentStatus.PAUSED:
+            if agent.status is AgentStatus.READY:
+                self.agents.set_status(agent, AgentStatus.PAUSED, now, reason=event.reason)
+            else:
+                agent.pause_requested = event.reason or "paused"  # takes effect when the call is wrapped up
+        elif event.state is AgentStatus.READY:
+            agent.pause_requested = None
+            if agent.status in (AgentStatus.PAUSED, AgentStatus.WRAPUP):
+                self._end_wrapup_or_pause(agent, now, out)
+                return
+        elif event.state is AgentStatus.WRAPUP:
+            return
+        out.append(self._agent_emit(agent))
+
+    def _on_disposition(self, event: Disposition, now: float, out: list[Command]) -> None:
+        # The attempt is already final; the disposition completes the agent's wrap-up.
+        for agent in self.agents.all():
+            if agent.last_call_id == event.call_id and agent.status is AgentStatus.WRAPUP:
+                out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code,
+                                                     "agent_id": agent.agent_id}))
+                self._end_wrapup_or_pause(agent, now, out)
+                return
+
+    def _end_wrapup_or_pause(self, agent: Agent, now: float, out: list[Command]) -> None:
+        if agent.status is AgentStatus.WRAPUP and agent.wrap_started_at is not None and agent.connected_at is not None:
+            camp = self.campaigns.get(agent.last_campaign_id or "")
+            if camp is not None:
+                talk = agent.wrap_started_at - agent.connected_at
+                camp.strategy.observe(HandleResult(now, talk_s=talk, wrap_s=now - agent.wrap_started_at))
+        if agent.logout_requested:
+            out.append(HangupAgentLeg(agent.agent_id))
+            self.agents.set_status(agent, AgentStatus.PAUSED, now, reason="logging out")
+        elif agent.pause_requested:
+            self.agents.set_status(agent, AgentStatus.PAUSED, now, reason=agent.pause_requested)
+            agent.pause_requested = None
+        else:
+            self.agents.set_status(agent, AgentStatus.READY, now)
+        out.append(self._agent_emit(agent))
+        self._serve_waiting(agent, now, out)
+
+    def _serve_waiting(self, agent: Agent, now: float, out: list[Command]) -> None:
+        """A newly free agent takes the longest-waiting answered call it may serve."""
+        if agent.status is not AgentStatus.READY:
+            return
+        best: Call | None = None
+        for cid in self.agents.campaigns_of(agent, self.campaigns):
+            camp = self.campaigns[cid]
+            for call_id in camp.waiting:
+                call = self.calls[call_id]
+                if best is None or (call.attempt.answered_at or 0) < (best.attempt.answered_at or 0):
+                    best = call
+                break  # dict keeps answer order: the first is the oldest of this campaign
+        if best is not None:
+            self._connect(best, agent, now, out)
+
+    def _agent_emit(self, agent: Agent) -> Emit:
+        return Emit("agent.state", {"agent_id": agent.agent_id, "state": agent.status.value,
+                                    "reason": agent.reason, "since": agent.since})
+
+    # ------------------------------------------------------------------ campaign control and pacing
+
+    def _on_campaign_control(self, event: CampaignControl, now: float, out: list[Command]) -> None:
+        camp = self._campaign(event.campaign_id)
+        if event.action == "start":
+            if camp.status is CampaignStatus.STOPPED:
+                camp.exhausted = False
+            camp.status = CampaignStatus.RUNNING
+            self._maybe_fetch(camp, now, out)
+        elif event.action == "pause":
+            if camp.status is CampaignStatus.RUNNING:
+                camp.status = CampaignStatus.PAUSED
+        elif event.action == "stop":
+            camp.status = CampaignStatus.STOPPED
+            # Unused buffered leads go back to the store untouched (not attempted, not final).
+            while camp.hopper:
+                lead = camp.hopper.popleft()
+                out.append(ReleaseLead(camp.settings.campaign_id, lead.lead_id, Outcome.LOST, final=False))
+        out.append(Emit("campaign.state", {"campaign_id": camp.settings.campaign_id, "status": camp.status.value}))
+
+    def _maybe_fetch(self, camp: CampaignState, now: float, out: list[Command]) -> None:
+        if camp.fetch_pending or len(camp.hopper) >= self.config.hopper_low_water:
+            return
+        if camp.exhausted and now - camp.last_fetch_at < 5.0:
+            return  # an empty store is asked again every few seconds, not every tick
+        camp.fetch_pending = True
+        camp.last_fetch_at = now
+        out.append(FetchLeads(camp.settings.campaign_id, self.config.hopper_batch))
+
+    def snapshot(self, campaign_id: str, now: float) -> PacingSnapshot:
+        camp = self._campaign(campaign_id)
+        s = camp.settings
+        ready = logged = 0
+        talking: list[float] = []
+        wrap_total: list[float] = []
+        wrap_in: list[float] = []
+        for agent in self.agents.serving(campaign_id):
+            st = agent.status
+            if st is AgentStatus.READY:
+                ready += 1
+                logged += 1
+            elif st is AgentStatus.ON_CALL:
+                logged += 1
+                talking.append(now - (agent.connected_at or now))
+            elif st is AgentStatus.WRAPUP:
+                logged += 1
+                wrap_total.append(now - (agent.connected_at or now))
+                wrap_in.append(now - (agent.wrap_started_at or now))
+        while camp.launches and camp.launches[0] <= now - 1.0:
+            camp.launches.popleft()
+        ringing = tuple(now - self.calls[cid].attempt.dialed_at for cid in camp.in_flight)
+        return PacingSnapshot(
+            now=now,
+            agents_logged_in=logged,
+            agents_ready=ready,
+            talking_elapsed=tuple(talking),
+            wrapup_elapsed=tuple(wrap_total),
+            wrapup_in_state=tuple(wrap_in),
+            ringing_elapsed=ringing,
+            waiting_calls=len(camp.waiting),
+            calls_launched_last_s=len(camp.launches),
+            abandon_threshold_s=s.abandon_threshold_s,
+            ring_timeout_s=s.ring_timeout_s,
+        )
+
+    def _pace(self, camp: CampaignState, now: float, out: list[Command]) -> None:
+        self._maybe_fetch(camp, now, out)
+        if not camp.hopper:
+            return
+        snap = self.snapshot(camp.settings.campaign_id, now)
+        if snap.agents_logged_in == 0:
+            return  # never dial with nobody to take the call, whatever a strategy says
+        n = camp.strategy.decide(snap)
+        s = camp.settings
+        lines = len(camp.in_flight) + len(camp.waiting)
+        n = min(n, s.max_lines - lines, int(s.max_lines_per_agent * snap.agents_logged_in) - lines,
+                int(s.max_calls_per_s) - snap.calls_launched_last_s, len(camp.hopper))
+        for _ in range(max(0, n)):
+            self._dial(camp, camp.hopper.popleft(), now, out)
+        self._maybe_fetch(camp, now, out)
+
+    def _dial(self, camp: CampaignState, lead: Lead, now: float, out: list[Command]) -> None:
+        self._seq += 1
+        call_id = f"{self.config.id_prefix}-{self._seq}"
+        s = camp.settings
+        att = Attempt(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
+                      caller_id=s.caller_id, dialed_at=now)
+        self.calls[call_id] = Call(attempt=att)
+        camp.in_flight.add(call_id)
+        camp.launches.append(now)
+        camp.attempts += 1
+        out.append(RecordAttempt(_copy_attempt(att)))
+        out.append(Originate(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
+                             caller_id=s.caller_id, timeout_s=s.ring_timeout_s,
+                             variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id}))
+
+    # ------------------------------------------------------------------ timers
+
+    def _add_timer(self, due: float, kind: str, key: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, kind, key))
+
+    def _timer_live(self, timer: tuple[float, int, str, str]) -> bool:
+        _, _, kind, key = timer
+        if kind == "abandon":
+            call = self.calls.get(key)
+            return call is not None and call.state == "waiting"
+        agent_id, _, call_id = key.partition("\x00")
+        agent = self.agents.get(agent_id)
+        return agent is not None and agent.status is AgentStatus.WRAPUP and agent.last_call_id == call_id
+
+    def _run_timers(self, now: float, out: list[Command]) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            timer = heapq.heappop(self._timers)
+            if not self._timer_live(timer):
+                continue
+            _, _, kind, key = timer
+            if kind == "abandon":
+                self._abandon(self.calls[key], now, out)
+            else:
+                agent = self.agents.get(key.partition("\x00")[0])
+                if agent is not None:
+                    self._end_wrapup_or_pause(agent, now, out)
+
+    # ------------------------------------------------------------------ figures
+
+    def stats(self, campaign_id: str, now: float) -> dict[str, Any]:
+        camp = self._campaign(campaign_id)
+        occ = self.agents.occupancy(campaign_id, now)
+        return {
+            "campaign_id": campaign_id,
+            "status": camp.status.value,
+            "strategy": camp.strategy.name,
+            "attempts": camp.attempts,
+            "outcomes": dict(camp.outcomes),
+            "live_answers": camp.live_answers,
+            "connected": camp.connected,
+            "abandoned": camp.abandoned,
+            "abandon_rate": camp.abandoned / camp.live_answers if camp.live_answers else 0.0,
+            "abandon_target": camp.settings.abandon_target,
+            "in_flight": len(camp.in_flight),
+            "waiting": len(camp.waiting),
+            "hopper": len(camp.hopper),
+            "agents": self.agents.counts(campaign_id),
+            **occ,
+        }
+
+
+def _cause_outcome(cause: int) -> Outcome:
+    """Q.850 hangup cause of a call that never answered → its outcome."""
+    if cause == 17:
+        return Outcome.BUSY
+    if cause in (18, 19):
+        return Outcome.NO_ANSWER
+    if cause in (34, 38, 42):
+        return Outcome.CONGESTION
+    return Outcome.FAILED
+
+
+def _copy_attempt(att: Attempt) -> Attempt:
+    return Attempt(**{f: getattr(att, f) for f in Attempt.__slots__})  # type: ignore[attr-defined]

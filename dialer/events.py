@@ -1,0 +1,115 @@
+"""Events into the sans-IO core (DESIGN.md, The sans-IO core). Shells translate their world into these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dialer.model import AgentStatus, Lead, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class CallProgress:
+    call_id: str
+    state: Literal["ringing", "progress"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    call_id: str
+    amd: str = "HUMAN"  # HUMAN | MACHINE | NOTSURE | ... as AMD() reports; HUMAN when AMD is off
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """The call never answered: `cause` is the classified outcome, `hangup_cause` the Q.850 code if known."""
+
+    call_id: str
+    cause: Outcome
+    hangup_cause: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """An answered call hung up (either side)."""
+
+    call_id: str
+    hangup_cause: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLogin:
+    """An agent asks to work: the core answers with `OriginateAgentLeg`."""
+
+    agent_id: str
+    campaigns: frozenset[str] = frozenset()  # empty: every campaign
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLogout:
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConnected:
+    """The agent's leg is in its room (`agent-<id>`)."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDisconnected:
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentJoinedCall:
+    """The customer leg of `call_id` joined `agent_id`'s room."""
+
+    call_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    agent_id: str
+    state: Literal[AgentStatus.READY, AgentStatus.PAUSED, AgentStatus.WRAPUP]
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Disposition:
+    call_id: str
+    code: str
+    callback_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeadsAvailable:
+    """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now)."""
+
+    campaign_id: str
+    leads: tuple[Lead, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignControl:
+    campaign_id: str
+    action: Literal["start", "pause", "stop"]
+
+
+Event = (
+    CallProgress
+    | CallAnswered
+    | CallFailed
+    | CallEnded
+    | AgentLogin
+    | AgentLogout
+    | AgentConnected
+    | AgentDisconnected
+    | AgentJoinedCall
+    | AgentState
+    | Disposition
+    | LeadsAvailable
+    | CampaignControl
+)

@@ -1,0 +1,113 @@
+"""Plain data the core works with: leads, attempts, outcomes, agent states."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """Final outcome of one attempt (DESIGN.md, Words and figures)."""
+
+    CONNECTED = "connected"  # live answer that reached an agent within the abandon threshold
+    ABANDONED = "abandoned"  # live answer not connected within the threshold
+    MACHINE = "machine"  # answered by an answering machine (AMD)
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    CONGESTION = "congestion"
+    FAILED = "failed"  # invalid/unallocated number or any other failure to reach the line
+    # The node lost track of the call (crash, reconnect without trace): it is *not* redialed blindly.
+    LOST = "lost"
+
+    @property
+    def live(self) -> bool:
+        return self in (Outcome.CONNECTED, Outcome.ABANDONED)
+
+
+FAILURE_OUTCOMES = frozenset({Outcome.BUSY, Outcome.NO_ANSWER, Outcome.CONGESTION, Outcome.FAILED})
+
+
+class AgentStatus(StrEnum):
+    LOGGED_OUT = "logged_out"
+    CONNECTING = "connecting"  # leg being originated into the agent's room
+    READY = "ready"
+    ON_CALL = "on_call"
+    WRAPUP = "wrapup"
+    PAUSED = "paused"
+
+
+class CampaignStatus(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class Lead:
+    """A debtor account to call. `phones` are dialable numbers, best first."""
+
+    lead_id: str
+    campaign_id: str
+    phones: tuple[str, ...]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def phone(self) -> str:
+        return self.phones[0]
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One dial of one lead's number; upserted by `call_id` as the call progresses."""
+
+    call_id: str
+    campaign_id: str
+    lead_id: str
+    number: str
+    caller_id: str
+    dialed_at: float
+    answered_at: float | None = None
+    connected_at: float | None = None
+    ended_at: float | None = None
+    outcome: Outcome | None = None  # None while the call is in flight
+    agent_id: str | None = None
+    amd: str | None = None
+    hangup_cause: int | None = None
+    disposition: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "campaign_id": self.campaign_id,
+            "lead_id": self.lead_id,
+            "number": self.number,
+            "caller_id": self.caller_id,
+            "dialed_at": self.dialed_at,
+            "answered_at": self.answered_at,
+            "connected_at": self.connected_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome.value if self.outcome else None,
+            "agent_id": self.agent_id,
+            "amd": self.amd,
+            "hangup_cause": self.hangup_cause,
+            "disposition": self.disposition,
+        }
+
+
+@dataclass(slots=True)
+class CampaignSettings:
+    """What a campaign needs to dial; validated by the API/config layer before it reaches the core."""
+
+    campaign_id: str
+    name: str = ""
+    strategy: str = "progressive"
+    abandon_target: float = 0.03
+    abandon_threshold_s: float = 2.0
+    ring_timeout_s: float = 25.0
+    wrapup_s: float = 5.0
+    caller_id: str = "Marcador <1000>"
+    max_lines: int = 500
+    max_lines_per_agent: float = 4.0
+    max_calls_per_s: float = 50.0

@@ -1,0 +1,79 @@
+"""Ports: what the asyncio runtime needs from telephony and storage (typing Protocols).
+
+The runtime never imports `ami_bridge`, `sim` or `api`; the CLI wires concrete parts to these ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from dialer.commands import (
+    ConnectToAgent,
+    Hangup,
+    HangupAgentLeg,
+    Originate,
+    OriginateAgentLeg,
+    PlayAbandonMessage,
+)
+from dialer.events import Event
+from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+
+TelephonyCommand = Originate | ConnectToAgent | PlayAbandonMessage | Hangup | OriginateAgentLeg | HangupAgentLeg
+TELEPHONY_COMMANDS = (Originate, ConnectToAgent, PlayAbandonMessage, Hangup, OriginateAgentLeg, HangupAgentLeg)
+
+EventSink = Callable[[Event], None]
+
+
+class Telephony(Protocol):
+    """A PBX seen through the core's words. Implemented by `ami_bridge` (real Asterisk or simulated PBX)."""
+
+    @property
+    def ready(self) -> bool:
+        """Logged in and able to take commands now."""
+        ...
+
+    async def start(self, sink: EventSink) -> None:
+        """Connect and log in; from then on translated events go to `sink` (which never blocks)."""
+        ...
+
+    def execute(self, cmd: TelephonyCommand) -> None:
+        """Carry a command out without blocking the caller. An Originate is sent at most once, ever:
+        if it cannot be sent, or its fate is unknown, the bridge reports `CallFailed`/`CallEnded`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Campaigns, leads (leased for dialing), attempts. In-memory and Redis backends."""
+
+    async def ping(self) -> bool: ...
+
+    async def save_campaign(self, settings: CampaignSettings) -> None: ...
+
+    async def get_campaign(self, campaign_id: str) -> CampaignSettings | None: ...
+
+    async def list_campaigns(self) -> list[CampaignSettings]: ...
+
+    async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
+        """Add leads; a lead id already present in the campaign is left as it is. Returns how many were new."""
+        ...
+
+    async def lease_leads(self, campaign_id: str, count: int, now: float) -> list[Lead]:
+        """Take up to `count` dialable leads; a leased lead is given to nobody else until released."""
+        ...
+
+    async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None: ...
+
+    async def remove_lead(self, campaign_id: str, lead_id: str) -> bool: ...
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        """Upsert by call id."""
+        ...
+
+    async def attempts(self, campaign_id: str | None = None) -> list[Attempt]: ...
+
+    async def lead_counts(self, campaign_id: str) -> dict[str, int]:
+        """Leads by state: pending, leased, done."""
+        ...

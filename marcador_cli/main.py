@@ -1,0 +1,41 @@
+"""The `marcador` command: the service, the simulator and operator tools."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from config.settings import load_settings
+from dialer.logs import setup_logging
+
+app = typer.Typer(help="Marcador: predictive dialer engine beside Asterisk.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
+) -> None:
+    """Run the engine: PBX link, store, pacing, REST API and dashboard. Ctrl-C stops it cleanly."""
+    from marcador_cli.wiring import serve
+
+    settings = load_settings(config)
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+def _mount_sim() -> None:
+    from marcador_cli.sim_cmd import app as sim_app
+
+    app.add_typer(sim_app, name="sim", help="Discrete-event call-centre simulator (virtual time).")
+
+
+_mount_sim()
+
+if __name__ == "__main__":
+    app()

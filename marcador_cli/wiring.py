@@ -1,0 +1,103 @@
+"""The one place that imports every room and wires concrete parts to the runtime's ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import uvicorn
+
+from ami_bridge.config import AmiConfig
+from ami_bridge.telephony import AmiTelephony
+from api.app import create_app
+from config.settings import MarcadorSettings
+from dialer.core import CoreConfig, DialerCore
+from dialer.events import AgentLogin, CampaignControl
+from dialer.memory_store import InMemoryStore
+from dialer.model import CampaignSettings, Lead
+from dialer.ports import Store
+from dialer.runtime import Runtime
+from sim.pbx import SimulatedPbx
+
+log = logging.getLogger("marcador")
+
+DEMO_CAMPAIGN = "demo"
+# Simulated-PBX numbers end in O NN TTT (outcome, ring seconds, talk seconds): a mix like a real list.
+_DEMO_OUTCOMES = [(1, 0.30), (2, 0.08), (3, 0.04), (4, 0.50), (5, 0.08)]
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("memory://"):
+        return InMemoryStore()
+    from dialer.store_factory import open_store as open_other
+
+    return open_other(url)
+
+
+def demo_leads(count: int, seed: int = 7) -> list[Lead]:
+    rng = random.Random(seed)
+    kinds, weights = zip(*_DEMO_OUTCOMES, strict=True)
+    leads = []
+    for i in range(count):
+        kind = rng.choices(kinds, weights)[0]
+        ring = rng.randint(3, 12)
+        talk = rng.randint(20, 90)
+        leads.append(Lead(f"demo-{i:06d}", DEMO_CAMPAIGN, (f"+1555{i % 1000:04d}{kind}{ring:02d}{talk:03d}",)))
+    return leads
+
+
+@contextlib.asynccontextmanager
+async def pbx_link(settings: MarcadorSettings) -> AsyncIterator[AmiConfig]:
+    """The AMI endpoint to use: the embedded simulated PBX, or the configured Asterisk."""
+    ami = settings.ami
+    if settings.pbx.mode == "asterisk":
+        yield AmiConfig(host=ami.host, port=ami.port, username=ami.username, secret=ami.secret.get_secret_value(),
+                        auth=ami.auth, tls=ami.tls, call_channel=ami.call_channel, agent_channel=ami.agent_channel)
+        return
+    secret = secrets.token_urlsafe(16)
+    async with SimulatedPbx(host="127.0.0.1", port=ami.port if ami.port != 5038 else 0, username=ami.username,
+                            secret=secret, scenario=settings.pbx.scenario, speed=settings.pbx.speed) as pbx:
+        log.info("simulated PBX listening", extra={"fields": {"ami": f"127.0.0.1:{pbx.port}"}})
+        yield AmiConfig(host="127.0.0.1", port=pbx.port, username=ami.username, secret=secret, auth=ami.auth,
+                        call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
+
+
+async def start_demo(runtime: Runtime, settings: MarcadorSettings) -> None:
+    demo = settings.demo
+    if await runtime.store.get_campaign(DEMO_CAMPAIGN) is None:
+        await runtime.create_campaign(CampaignSettings(campaign_id=DEMO_CAMPAIGN, name="Demo collections",
+                                                       strategy=demo.strategy, wrapup_s=5.0))
+    await runtime.add_leads(DEMO_CAMPAIGN, demo_leads(demo.leads))
+    for i in range(demo.agents):
+        runtime.submit(AgentLogin(f"demo{i + 1:02d}"))
+    runtime.submit(CampaignControl(DEMO_CAMPAIGN, "start"))
+
+
+async def serve(settings: MarcadorSettings) -> None:
+    store = open_store(settings.store_url)
+    # Call ids must never repeat across restarts of this node: the boot time is part of them.
+    boot = format(int(time.time()), "x")
+    core = DialerCore(CoreConfig(id_prefix=f"{settings.node_id}-{boot}"))
+    async with pbx_link(settings) as ami_config:
+        telephony = AmiTelephony(ami_config)
+        runtime = Runtime(core, store, telephony)
+        await runtime.start()
+        if settings.pbx.mode == "sim" and settings.demo.enabled:
+            await start_demo(runtime, settings)
+        app = create_app(runtime)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
+                                               log_config=None, lifespan="off"))
+        url = f"http://{settings.api.host}:{settings.api.port}"
+        print(f"Marcador is running: API {url}/api/v1  docs {url}/docs  metrics {url}/metrics  (Ctrl-C stops)",
+              flush=True)
+        try:
+            await server.serve()
+        finally:
+            await runtime.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)

@@ -1,0 +1,188 @@
+"""Unit tests of the sans-IO core: events in, commands out, time passed in."""
+
+from __future__ import annotations
+
+from dialer.commands import (
+    ConnectToAgent,
+    FetchLeads,
+    Hangup,
+    HangupAgentLeg,
+    Originate,
+    OriginateAgentLeg,
+    PlayAbandonMessage,
+    RecordAttempt,
+    ReleaseLead,
+)
+from dialer.core import CoreConfig, DialerCore
+from dialer.events import (
+    AgentConnected,
+    AgentLogin,
+    AgentLogout,
+    AgentState,
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CampaignControl,
+    Disposition,
+    LeadsAvailable,
+)
+from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
+
+
+def of(cmds, kind):
+    return [c for c in cmds if isinstance(c, kind)]
+
+
+def make(n_leads=10, agents=("a1",), **settings):
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1", **settings))
+    for a in agents:
+        assert of(core.handle(AgentLogin(a), 0.0), OriginateAgentLeg) == [OriginateAgentLeg(a)]
+        core.handle(AgentConnected(a), 0.0)
+    cmds = core.handle(CampaignControl("c1", "start"), 0.0)
+    assert of(cmds, FetchLeads)
+    leads = tuple(Lead(f"L{i}", "c1", (f"+1555010{i:04d}",)) for i in range(n_leads))
+    core.handle(LeadsAvailable("c1", leads), 0.0)
+    return core
+
+
+def test_progressive_dials_one_per_ready_agent_and_records_attempt():
+    core = make(agents=("a1", "a2"))
+    cmds = core.tick(1.0)
+    origs = of(cmds, Originate)
+    assert len(origs) == 2
+    assert {o.variables["MARCADOR_CALL_ID"] for o in origs} == {o.call_id for o in origs}
+    recs = of(cmds, RecordAttempt)
+    assert [r.attempt.outcome for r in recs] == [None, None]
+    # nothing more while those two are in flight
+    assert not of(core.tick(2.0), Originate)
+
+
+def test_never_dials_without_agents():
+    core = make(agents=())
+    assert not of(core.tick(1.0), Originate)
+
+
+def test_answer_connects_to_free_agent_then_wrapup_then_ready():
+    core = make(wrapup_s=5.0)
+    (orig,) = of(core.tick(1.0), Originate)
+    cmds = core.handle(CallAnswered(orig.call_id), 3.0)
+    assert of(cmds, ConnectToAgent) == [ConnectToAgent(orig.call_id, "a1")]
+    assert core.agents.get("a1").status is AgentStatus.ON_CALL
+    cmds = core.handle(CallEnded(orig.call_id, 16), 30.0)
+    (rec,) = of(cmds, RecordAttempt)
+    assert rec.attempt.outcome is Outcome.CONNECTED and rec.attempt.ended_at == 30.0
+    assert of(cmds, ReleaseLead)[0].final
+    assert core.agents.get("a1").status is AgentStatus.WRAPUP
+    assert core.next_deadline() == 35.0
+    core.tick(35.0)
+    assert core.agents.get("a1").status is AgentStatus.READY
+
+
+def test_disposition_ends_wrapup_early():
+    core = make(wrapup_s=60.0)
+    (orig,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(orig.call_id), 2.0)
+    core.handle(CallEnded(orig.call_id), 10.0)
+    core.handle(Disposition(orig.call_id, "PTP"), 12.0)
+    assert core.agents.get("a1").status is AgentStatus.READY
+
+
+def test_abandon_after_threshold_when_no_agent_free():
+    core = make(agents=("a1",), strategy="progressive", abandon_threshold_s=2.0)
+    (o1,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)  # a1 takes it
+    # force a second call in flight by hand: pause can't, so use a second agent that then pauses
+    core.handle(AgentLogin("a2"), 2.0)
+    core.handle(AgentConnected("a2"), 2.0)
+    (o2,) = of(core.tick(2.5), Originate)
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 2.6)
+    cmds = core.handle(CallAnswered(o2.call_id), 3.0)
+    assert not of(cmds, ConnectToAgent)
+    assert core.next_deadline() == 5.0
+    assert not of(core.tick(4.9), PlayAbandonMessage)
+    cmds = core.tick(5.0)
+    assert of(cmds, PlayAbandonMessage) == [PlayAbandonMessage(o2.call_id)]
+    cmds = core.handle(CallEnded(o2.call_id), 8.0)
+    assert of(cmds, RecordAttempt)[0].attempt.outcome is Outcome.ABANDONED
+    st = core.stats("c1", 8.0)
+    assert st["live_answers"] == 2 and st["abandoned"] == 1 and st["abandon_rate"] == 0.5
+
+
+def test_waiting_call_goes_to_agent_freed_within_threshold():
+    core = make(agents=("a1", "a2"), wrapup_s=1.0)
+    o1, o2 = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 2.0)
+    core.handle(CallEnded(o1.call_id), 2.5)
+    cmds = core.handle(CallAnswered(o2.call_id), 3.0)  # a1 in wrap-up, a2 paused: waits
+    assert not of(cmds, ConnectToAgent)
+    cmds = core.tick(3.5)  # a1's wrap-up ends at 3.5 → takes the waiting call
+    assert of(cmds, ConnectToAgent) == [ConnectToAgent(o2.call_id, "a1")]
+    assert not of(core.tick(10.0), PlayAbandonMessage)
+
+
+def test_customer_hanging_up_while_waiting_is_abandoned_without_message():
+    core = make(agents=("a1", "a2"))
+    o1, o2 = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 2.0)
+    core.handle(CallAnswered(o2.call_id), 2.1)
+    cmds = core.handle(CallEnded(o2.call_id), 2.5)
+    assert not of(cmds, PlayAbandonMessage)
+    assert of(cmds, RecordAttempt)[0].attempt.outcome is Outcome.ABANDONED
+    assert not of(core.tick(10.0), PlayAbandonMessage)
+
+
+def test_failures_are_classified_and_released_for_recycling():
+    core = make(agents=("a1",))
+    (o,) = of(core.tick(1.0), Originate)
+    cmds = core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 5.0)
+    (rec,) = of(cmds, RecordAttempt)
+    assert rec.attempt.outcome is Outcome.BUSY and rec.attempt.hangup_cause == 17
+    (rel,) = of(cmds, ReleaseLead)
+    assert not rel.final
+    assert core.stats("c1", 5.0)["outcomes"] == {"busy": 1}
+
+
+def test_machine_is_hung_up_and_not_counted_live():
+    core = make()
+    (o,) = of(core.tick(1.0), Originate)
+    cmds = core.handle(CallAnswered(o.call_id, amd="MACHINE"), 4.0)
+    assert of(cmds, Hangup) == [Hangup(o.call_id)]
+    cmds = core.handle(CallEnded(o.call_id), 4.1)
+    assert of(cmds, RecordAttempt)[0].attempt.outcome is Outcome.MACHINE
+    assert core.stats("c1", 5.0)["live_answers"] == 0
+
+
+def test_pause_and_stop_campaign():
+    core = make(agents=("a1",))
+    core.handle(CampaignControl("c1", "pause"), 0.5)
+    assert not of(core.tick(1.0), Originate)
+    core.handle(CampaignControl("c1", "start"), 1.5)
+    assert of(core.tick(2.0), Originate)
+    cmds = core.handle(CampaignControl("c1", "stop"), 2.5)
+    released = of(cmds, ReleaseLead)
+    assert len(released) == 9 and not any(r.final for r in released)
+
+
+def test_logout_after_call_hangs_up_agent_leg():
+    core = make(wrapup_s=2.0)
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o.call_id), 2.0)
+    core.handle(AgentLogout("a1"), 3.0)
+    core.handle(CallEnded(o.call_id), 4.0)
+    cmds = core.tick(6.0)
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a1")]
+
+
+def test_occupancy_counts_talk_over_logged_in_time():
+    core = make(wrapup_s=10.0)
+    (o,) = of(core.tick(10.0), Originate)
+    core.handle(CallAnswered(o.call_id), 20.0)
+    core.handle(CallEnded(o.call_id), 80.0)
+    core.tick(90.0)
+    st = core.stats("c1", 100.0)
+    # ready 0→20 and 90→100 (30 s), talk 20→80 (60 s), wrap 80→90 (10 s)
+    assert abs(st["occupancy"] - 60 / 100) < 1e-9
+    assert abs(st["idle_per_connect_s"] - 30.0) < 1e-9
