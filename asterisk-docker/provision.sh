@@ -77,12 +77,16 @@ inst_pid() { cat "$ROOT$(inst_dir "$1")/pid" 2>/dev/null || true; }
 
 alive() { local pid; pid=$(inst_pid "$1"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; }
 
-ami_answers() {  # AMI banner and a successful Login on 127.0.0.1:$1
-  local port=$1 secret=$2 reply
-  reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port
-    printf 'Action: Login\r\nUsername: marcador\r\nSecret: %s\r\nEvents: off\r\n\r\n' '$secret' >&3
-    head -c 400 <&3" 2>/dev/null) || true
-  [[ $reply == *"Authentication accepted"* ]]
+ami_answers() {  # a successful Login on 127.0.0.1:$1 (line by line: the reply is short and the socket stays open)
+  local port=$1 secret=$2 line
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'Action: Login\r\nUsername: marcador\r\nSecret: %s\r\nEvents: off\r\n\r\n' "$secret" >&3
+  while IFS= read -r -t 2 line <&3; do
+    if [[ $line == *"Authentication accepted"* ]]; then exec 3<&-; return 0; fi
+    if [[ $line == *"Authentication failed"* ]]; then break; fi
+  done
+  exec 3<&-
+  return 1
 }
 
 mount_proc() { mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"; }

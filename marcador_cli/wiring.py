@@ -84,7 +84,7 @@ async def serve(settings: MarcadorSettings) -> None:
     boot = format(int(time.time()), "x")
     core = DialerCore(CoreConfig(id_prefix=f"{settings.node_id}-{boot}"))
     async with pbx_link(settings) as ami_config:
-        telephony = AmiTelephony(ami_config)
+        telephony = AmiTelephony(ami_config, id_prefix=f"{settings.node_id}-{boot}")
         runtime = Runtime(core, store, telephony)
         await runtime.start()
         if settings.pbx.mode == "sim" and settings.demo.enabled:

@@ -1,0 +1,120 @@
+"""`AmiTelephony`: the runtime's Telephony port over AMI (a real Asterisk or the simulated PBX).
+
+Commands are fired without awaiting one another: many Originates are in flight at once, each result
+handled by a callback. Events are translated on the reader's callback and handed to the core's sink,
+which never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ami_bridge.client import AmiClient, LinkLost
+from ami_bridge.config import AmiConfig
+from ami_bridge.translate import AmiAction, Translator
+from dialer.commands import Originate
+from dialer.events import CallFailed, Event
+from dialer.model import Outcome
+from dialer.ports import EventSink, TelephonyCommand
+
+log = logging.getLogger("marcador.ami")
+
+
+class AmiTelephony:
+    def __init__(self, config: AmiConfig, id_prefix: str = "m") -> None:
+        self.config = config
+        self.translator = Translator(config, id_prefix=id_prefix)
+        self.client = AmiClient(config, self._on_message, on_login=self._on_login)
+        self._sink: EventSink | None = None
+        self._logins = 0
+        self.events_in = 0
+        self.actions_out = 0
+        self.originates_failed_to_send = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.client.logged_in
+
+    async def start(self, sink: EventSink) -> None:
+        self._sink = sink
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------ commands
+
+    def execute(self, cmd: TelephonyCommand) -> None:
+        for action in self.translator.actions_for(cmd):
+            if isinstance(cmd, Originate) and not self.client.logged_in:
+                # Never sent, so nothing can be dialing: the attempt fails now and is not retried blindly.
+                self.originates_failed_to_send += 1
+                self.translator.calls.pop(cmd.call_id, None)
+                self._deliver([CallFailed(cmd.call_id, Outcome.FAILED)])
+                continue
+            self._send(action)
+
+    def _send(self, action: AmiAction) -> None:
+        self.actions_out += 1
+        is_originate = action.name == "Originate"
+        # An async Originate is answered twice: "queued" at once, OriginateResponse when its fate is known.
+        timeout = None
+        if is_originate:
+            ring_ms = float(str(action.fields.get("Timeout", "30000")))
+            timeout = ring_ms / 1000 + self.config.action_timeout_s + 30
+        fut = self.client.send(action.fields, timeout)
+        fut.add_done_callback(lambda f: self._action_done(action, f))
+
+    def _action_done(self, action: AmiAction, fut: asyncio.Future[list[Any]]) -> None:
+        exc = fut.exception()
+        if action.name != "Originate":
+            if exc is not None:
+                log.warning("AMI action failed", extra={"fields": {"action": action.name, "error": str(exc),
+                                                                   "call_id": action.call_id}})
+            elif str(fut.result()[0].get("Response", "")).lower() == "error":
+                log.warning("AMI action refused", extra={"fields": {
+                    "action": action.name, "call_id": action.call_id, "message": fut.result()[0].get("Message")}})
+            return
+        if isinstance(exc, LinkLost | TimeoutError):
+            log.warning("originate fate unknown; reconciled after reconnect",
+                        extra={"fields": {"call_id": action.call_id, "agent_id": action.agent_id}})
+            self._deliver(self.translator.originate_result(action, None))
+            if isinstance(exc, TimeoutError) and self.client.logged_in:
+                self._spawn_resync()  # the link is up yet the answer never came: ask Asterisk what it has
+            return
+        self._deliver(self.translator.originate_result(action, None if exc else fut.result()))
+
+    # ------------------------------------------------------------------ events
+
+    def _on_message(self, message: Any) -> None:
+        self.events_in += 1
+        events, actions = self.translator.on_event(message)
+        self._deliver(events)
+        for action in actions:
+            self._send(action)
+
+    def _on_login(self) -> None:
+        self._logins += 1
+        if self._logins > 1:  # a reconnect: what happened while deaf is learned from Asterisk itself
+            self._spawn_resync()
+
+    def _spawn_resync(self) -> None:
+        task = asyncio.ensure_future(self._resync())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _resync(self) -> None:
+        try:
+            listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
+        except (LinkLost, TimeoutError) as exc:
+            log.warning("resync failed", extra={"fields": {"error": str(exc)}})
+            return
+        live = {str(m.get("Uniqueid")) for m in listing if m.get("Event") == "CoreShowChannel"}
+        self._deliver(self.translator.reconcile(live))
+
+    def _deliver(self, events: list[Event]) -> None:
+        if self._sink is None:
+            return
+        for event in events:
+            self._sink(event)

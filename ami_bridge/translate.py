@@ -1,0 +1,310 @@
+"""AMI ↔ core, sans-IO: AMI messages in, core events and AMI actions out.
+
+The translator keeps just enough per-call state to name channels in Redirect/Hangup and to classify
+outcomes. It never performs I/O, so it is unit-tested and benchmarked without a socket.
+
+Conventions (asterisk-docker/config/extensions.conf):
+- a customer call is originated with `ChannelId = call_id`, so its first channel's Uniqueid is the call id
+  (with Local channels, the second half is `call_id;2`); it runs the answered context when answered, which
+  raises `UserEvent DialerAnswered` carrying the AMD verdict;
+- an agent's leg is originated with `ChannelId = <prefix>-agent-<agent_id>-<n>` into the login context and
+  joins the ConfBridge `agent-<agent_id>`; a customer is redirected into the same bridge to be connected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ami_bridge.config import AmiConfig
+from dialer.commands import ConnectToAgent, Hangup, HangupAgentLeg, Originate, OriginateAgentLeg, PlayAbandonMessage
+from dialer.events import (
+    AgentConnected,
+    AgentDisconnected,
+    AgentJoinedCall,
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+    Event,
+)
+from dialer.model import Outcome
+from dialer.ports import TelephonyCommand
+
+log = logging.getLogger("marcador.ami")
+
+Message = Mapping[str, Any]  # a parsed AMI message; header names as Asterisk sends them
+
+# OriginateResponse `Reason` (the last control frame seen) → outcome of a call that never answered.
+_REASON_OUTCOME = {
+    "0": Outcome.FAILED,  # no such number / channel could not be created
+    "1": Outcome.FAILED,  # far end hung up before answering
+    "3": Outcome.NO_ANSWER,  # still ringing at the Originate timeout
+    "5": Outcome.BUSY,
+    "8": Outcome.CONGESTION,
+}
+ROOM_PREFIX = "agent-"
+
+
+@dataclass(slots=True)
+class AmiAction:
+    """An AMI action to send. `call_id`/`agent_id` say whose result it is (for Originate results)."""
+
+    fields: dict[str, str | list[str]]
+    call_id: str | None = None
+    agent_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.fields["Action"])
+
+
+@dataclass(slots=True)
+class CallTrack:
+    call_id: str
+    channel: str | None = None
+    answered: bool = False
+    hangup_requested: bool = False
+    hangup_cause: int | None = None
+    progress_seen: bool = False
+
+
+@dataclass(slots=True)
+class LegTrack:
+    agent_id: str
+    uniqueid: str
+    channel: str | None = None
+
+
+@dataclass(slots=True)
+class Translator:
+    config: AmiConfig
+    id_prefix: str = "m"
+    calls: dict[str, CallTrack] = field(default_factory=dict)
+    legs: dict[str, LegTrack] = field(default_factory=dict)  # by agent id
+    _leg_uids: dict[str, str] = field(default_factory=dict)  # uniqueid → agent id
+    _leg_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    # ------------------------------------------------------------------ commands → actions
+
+    def actions_for(self, cmd: TelephonyCommand) -> list[AmiAction]:
+        match cmd:
+            case Originate():
+                return [self._originate(cmd)]
+            case ConnectToAgent():
+                return self._redirect(cmd.call_id, self.config.room_context, cmd.agent_id)
+            case PlayAbandonMessage():
+                return self._redirect(cmd.call_id, self.config.abandon_context, "s")
+            case Hangup():
+                return self._hangup_call(cmd.call_id)
+            case OriginateAgentLeg():
+                return [self._agent_leg(cmd.agent_id)]
+            case HangupAgentLeg():
+                leg = self.legs.get(cmd.agent_id)
+                if leg is None or leg.channel is None:
+                    return []
+                return [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"})]
+        return []
+
+    def _originate(self, cmd: Originate) -> AmiAction:
+        self.calls[cmd.call_id] = CallTrack(cmd.call_id)
+        variables = {"MARCADOR_CALL_ID": cmd.call_id, "MARCADOR_AMD": "0", **cmd.variables}
+        fields: dict[str, str | list[str]] = {
+            "Action": "Originate",
+            "ActionID": f"orig-{cmd.call_id}",
+            "Channel": self.config.call_channel.format(number=cmd.number),
+            "Context": self.config.answered_context,
+            "Exten": "s",
+            "Priority": "1",
+            "Timeout": str(int(cmd.timeout_s * 1000)),
+            "ChannelId": cmd.call_id,
+            "Async": "true",
+            "Variable": [f"{k}={v}" for k, v in variables.items()],
+        }
+        if cmd.caller_id:
+            fields["CallerID"] = f"<{cmd.caller_id}>"
+        return AmiAction(fields, call_id=cmd.call_id)
+
+    def _agent_leg(self, agent_id: str) -> AmiAction:
+        uid = f"{self.id_prefix}-agent-{agent_id}-{next(self._leg_seq)}"
+        old = self.legs.get(agent_id)
+        if old is not None:
+            self._leg_uids.pop(old.uniqueid, None)
+        self.legs[agent_id] = LegTrack(agent_id, uid)
+        self._leg_uids[uid] = agent_id
+        return AmiAction(
+            {
+                "Action": "Originate",
+                "ActionID": f"leg-{uid}",
+                "Channel": self.config.agent_channel.format(agent_id=agent_id),
+                "Context": self.config.login_context,
+                "Exten": agent_id,
+                "Priority": "1",
+                "Timeout": "30000",
+                "ChannelId": uid,
+                "Async": "true",
+            },
+            agent_id=agent_id,
+        )
+
+    def _redirect(self, call_id: str, context: str, exten: str) -> list[AmiAction]:
+        track = self.calls.get(call_id)
+        if track is None or track.channel is None:
+            log.warning("redirect for a call without a channel", extra={"fields": {"call_id": call_id}})
+            return []
+        return [AmiAction({"Action": "Redirect", "Channel": track.channel, "Context": context, "Exten": exten,
+                           "Priority": "1"}, call_id=call_id)]
+
+    def _hangup_call(self, call_id: str) -> list[AmiAction]:
+        track = self.calls.get(call_id)
+        if track is None:
+            return []
+        if track.channel is None:
+            track.hangup_requested = True  # sent as soon as the channel is announced
+            return []
+        return [AmiAction({"Action": "Hangup", "Channel": track.channel, "Cause": "16"}, call_id=call_id)]
+
+    # ------------------------------------------------------------------ results and events → core events
+
+    def originate_result(self, action: AmiAction, messages: Sequence[Message] | None) -> list[Event]:
+        """The Originate's response and its OriginateResponse event, or None when the link failed first."""
+        if action.agent_id is not None:
+            return self._leg_result(action.agent_id, messages)
+        call_id = action.call_id
+        track = self.calls.get(call_id or "")
+        if track is None or call_id is None:
+            return []
+        if messages is None:
+            return []  # fate unknown: resolved by `reconcile` once the link is back, never redialed
+        final = messages[-1]
+        if str(final.get("Response", "")).lower() == "success" or track.answered:
+            return []  # answered: the DialerAnswered user event has told (or will tell) the core
+        if "Reason" not in final:  # the action itself was refused (bad channel, permission)
+            del self.calls[call_id]
+            return [CallFailed(call_id, Outcome.FAILED, track.hangup_cause)]
+        outcome = _REASON_OUTCOME.get(str(final.get("Reason")), Outcome.FAILED)
+        del self.calls[call_id]
+        return [CallFailed(call_id, outcome, track.hangup_cause)]
+
+    def _leg_result(self, agent_id: str, messages: Sequence[Message] | None) -> list[Event]:
+        if messages is not None and str(messages[-1].get("Response", "")).lower() == "success":
+            return []
+        leg = self.legs.pop(agent_id, None)
+        if leg is not None:
+            self._leg_uids.pop(leg.uniqueid, None)
+        return [AgentDisconnected(agent_id)]
+
+    def on_event(self, msg: Message) -> tuple[list[Event], list[AmiAction]]:
+        name = msg.get("Event")
+        if name == "UserEvent":
+            return self._user_event(msg), []
+        if name == "Newchannel":
+            return self._new_channel(msg)
+        if name == "Newstate":
+            return self._new_state(msg), []
+        if name == "Hangup":
+            return self._hangup_event(msg), []
+        if name == "ConfbridgeJoin":
+            return self._confbridge_join(msg), []
+        return [], []
+
+    def _user_event(self, msg: Message) -> list[Event]:
+        if msg.get("UserEvent") != "DialerAnswered":
+            return []
+        call_id = str(msg.get("CallId", ""))
+        track = self.calls.get(call_id)
+        if track is None or track.answered:
+            return []
+        track.answered = True
+        track.channel = str(msg.get("Channel") or track.channel or "") or None
+        return [CallAnswered(call_id, str(msg.get("AMDStatus") or "HUMAN"))]
+
+    def _new_channel(self, msg: Message) -> tuple[list[Event], list[AmiAction]]:
+        uid = str(msg.get("Uniqueid", ""))
+        track = self.calls.get(uid)
+        if track is not None:
+            track.channel = str(msg.get("Channel", "")) or None
+            if track.hangup_requested and track.channel:
+                return [], [AmiAction({"Action": "Hangup", "Channel": track.channel, "Cause": "16"}, call_id=uid)]
+            return [], []
+        agent_id = self._leg_uids.get(uid)
+        if agent_id is not None:
+            self.legs[agent_id].channel = str(msg.get("Channel", "")) or None
+        return [], []
+
+    def _new_state(self, msg: Message) -> list[Event]:
+        # The far half of a Local channel (`call_id;2`) or the call's own channel starts ringing.
+        uid = str(msg.get("Uniqueid", ""))
+        call_id = uid[:-2] if uid.endswith(";2") else uid
+        track = self.calls.get(call_id)
+        if track is None or track.progress_seen or track.answered:
+            return []
+        if msg.get("ChannelStateDesc") in ("Ringing", "Ring"):
+            track.progress_seen = True
+            return [CallProgress(call_id, "ringing")]
+        return []
+
+    def _hangup_event(self, msg: Message) -> list[Event]:
+        uid = str(msg.get("Uniqueid", ""))
+        cause = _int(msg.get("Cause"))
+        track = self.calls.get(uid)
+        if track is not None:
+            track.hangup_cause = cause
+            if track.answered:
+                del self.calls[uid]
+                return [CallEnded(uid, cause)]
+            return []  # not answered: the OriginateResponse that follows classifies it
+        if uid.endswith(";2"):
+            far = self.calls.get(uid[:-2])
+            if far is not None and not far.answered and far.hangup_cause is None:
+                far.hangup_cause = cause
+            return []
+        agent_id = self._leg_uids.pop(uid, None)
+        if agent_id is not None:
+            self.legs.pop(agent_id, None)
+            return [AgentDisconnected(agent_id)]
+        return []
+
+    def _confbridge_join(self, msg: Message) -> list[Event]:
+        conference = str(msg.get("Conference", ""))
+        if not conference.startswith(ROOM_PREFIX):
+            return []
+        room_agent = conference[len(ROOM_PREFIX):]
+        uid = str(msg.get("Uniqueid", ""))
+        if uid in self.calls:
+            return [AgentJoinedCall(uid, room_agent)]
+        agent_id = self._leg_uids.get(uid)
+        if agent_id is not None and agent_id == room_agent:
+            return [AgentConnected(agent_id)]
+        return []
+
+    # ------------------------------------------------------------------ after a reconnect
+
+    def reconcile(self, live_uniqueids: set[str]) -> list[Event]:
+        """Calls and legs Asterisk no longer has, after the link came back: report them ended.
+
+        A call in doubt is never dialed again: unanswered → `lost`, answered → ended.
+        """
+        out: list[Event] = []
+        for call_id, track in list(self.calls.items()):
+            if call_id in live_uniqueids or f"{call_id};2" in live_uniqueids:
+                continue
+            del self.calls[call_id]
+            out.append(CallEnded(call_id, track.hangup_cause) if track.answered
+                       else CallFailed(call_id, Outcome.LOST, track.hangup_cause))
+        for agent_id, leg in list(self.legs.items()):
+            if leg.uniqueid not in live_uniqueids:
+                self.legs.pop(agent_id)
+                self._leg_uids.pop(leg.uniqueid, None)
+                out.append(AgentDisconnected(agent_id))
+        return out
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,504 @@
+"""A simulated PBX that speaks AMI on loopback TCP, so the engine runs end to end without Asterisk.
+
+It plays the part of Asterisk with Marcador's dialplan (asterisk-docker/config/extensions.conf):
+Originate (async, with our ChannelId) → ringing → answer (UserEvent DialerAnswered, OriginateResponse) or
+a failure OriginateResponse with Asterisk's Reason codes; Redirect into an agent's ConfBridge room or to
+the abandon message; Hangup; agent legs joining their rooms; CoreShowChannels and ConfbridgeList for
+resync; Ping; plain and MD5 login. The fate of each call comes from a call model: by default the number's
+last six digits `O NN TTT` as in the `sim-customer` context (outcome, ring seconds, talk seconds).
+
+Faults on demand: `drop_connections()`, `stall(seconds)`, `restart()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+log = logging.getLogger("marcador.sim.pbx")
+
+BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+EVENT_CLASS = {"UserEvent": "user"}  # everything else we emit is class "call"
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """What the far end does: `answer` (person), `machine`, `busy`, `congestion`, `no_answer`, `unallocated`."""
+
+    kind: str
+    ring_s: float = 0.0
+    talk_s: float = 0.0
+
+
+class CallModel(Protocol):
+    def fate(self, number: str) -> Fate: ...
+
+
+class NumberCodedModel:
+    """The sim-customer convention: last six digits O NN TTT (1 answer, 2 busy, 3 congestion, 4 no answer,
+    5 unallocated, 6 machine; NN ring seconds, TTT talk seconds)."""
+
+    KINDS: ClassVar[dict[str, str]] = {
+        "1": "answer", "2": "busy", "3": "congestion", "4": "no_answer", "5": "unallocated", "6": "machine",
+    }
+
+    def fate(self, number: str) -> Fate:
+        digits = "".join(ch for ch in number if ch.isdigit())
+        if len(digits) < 6:
+            return Fate("unallocated")
+        code = digits[-6:]
+        return Fate(self.KINDS.get(code[0], "congestion"), float(code[1:3]), float(code[3:6]))
+
+
+_REASON = {"busy": ("5", 17), "congestion": ("8", 34), "no_answer": ("3", 19), "unallocated": ("0", 1)}
+
+
+@dataclass(slots=True)
+class Channel:
+    uid: str
+    name: str
+    kind: str  # "call" | "agent"
+    action_id: str
+    session: Session | None
+    call_id: str = ""
+    number: str = ""
+    agent_id: str = ""
+    variables: dict[str, str] = field(default_factory=dict)
+    state: str = "ringing"  # ringing → up → gone
+    room: str | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def cancel_timers(self) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()
+
+
+class SimulatedPbx:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        username: str = "marcador",
+        secret: str = "",
+        scenario: str | None = None,
+        speed: float = 1.0,
+        model: CallModel | None = None,
+        abandon_message_s: float = 2.0,
+        seed: int = 1,
+    ) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed: must be > 0, got {speed}")
+        self.host = host
+        self._port = port
+        self.username = username
+        self.secret = secret
+        self.speed = speed
+        self.model: CallModel = model or _scenario_model(scenario, seed) or NumberCodedModel()
+        self.abandon_message_s = abandon_message_s
+        self.channels: dict[str, Channel] = {}
+        self._by_name: dict[str, Channel] = {}
+        self.sessions: set[Session] = set()
+        self.call_log: list[dict[str, Any]] = []  # one row per customer Originate received (double-dial audits)
+        self._seq = itertools.count(1)
+        self._server: asyncio.AbstractServer | None = None
+        self.stalled_until = 0.0
+        self.originates = 0
+        self._rng = random.Random(seed)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.cancel_timers()
+        self.channels.clear()
+        self._by_name.clear()
+        self.drop_connections()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> SimulatedPbx:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ faults
+
+    def drop_connections(self) -> None:
+        """Cut every AMI connection (calls go on, as when a TCP link dies)."""
+        for s in list(self.sessions):
+            s.close()
+
+    def stall(self, seconds: float) -> None:
+        """Stop answering and sending for a while (a hung Asterisk); what was pending is sent afterwards."""
+        self.stalled_until = time.monotonic() + seconds
+        loop = asyncio.get_running_loop()
+        loop.call_later(seconds, self._unstall)
+
+    def _unstall(self) -> None:
+        for s in list(self.sessions):
+            s.flush()
+
+    async def restart(self, down_s: float = 1.0) -> None:
+        """Asterisk restarts: links drop, every channel vanishes without events, AMI refuses for `down_s`."""
+        for ch in list(self.channels.values()):
+            ch.cancel_timers()
+        self.channels.clear()
+        self._by_name.clear()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.drop_connections()
+        await asyncio.sleep(down_s)
+        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+
+    @property
+    def stalled(self) -> bool:
+        return time.monotonic() < self.stalled_until
+
+    # ------------------------------------------------------------------ connections
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = Session(self, writer)
+        self.sessions.add(session)
+        writer.write(BANNER)
+        try:
+            buf = b""
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                buf += data
+                *blocks, buf = buf.split(b"\r\n\r\n")
+                for block in blocks:
+                    if block.strip():
+                        await self._wait_unstalled()
+                        self._action(session, _parse(block.decode("utf-8", "replace")))
+                        if session.closed:
+                            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer left, or the server is shutting down
+        finally:
+            session.close()
+            self.sessions.discard(session)
+
+    async def _wait_unstalled(self) -> None:
+        while self.stalled:
+            await asyncio.sleep(self.stalled_until - time.monotonic())
+
+    # ------------------------------------------------------------------ actions
+
+    def _action(self, s: Session, a: dict[str, Any]) -> None:
+        name = str(a.get("action", "")).lower()
+        aid = a.get("actionid")
+        if name == "login":
+            self._login(s, a, aid)
+        elif name == "challenge":
+            s.challenge = str(self._rng.randrange(10**8, 10**9))
+            s.reply(aid, "Success", Challenge=s.challenge)
+        elif not s.authenticated:
+            s.reply(aid, "Error", Message="Permission denied")
+        elif name == "ping":
+            s.reply(aid, "Success", Ping="Pong", Timestamp=f"{time.time():.6f}")
+        elif name == "logoff":
+            s.reply(aid, "Goodbye", Message="Thanks for all the fish.")
+            s.close()
+        elif name == "originate":
+            self._originate(s, a, aid)
+        elif name == "redirect":
+            self._redirect(s, a, aid)
+        elif name == "hangup":
+            self._hangup_action(s, a, aid)
+        elif name == "coreshowchannels":
+            self._core_show_channels(s, aid)
+        elif name == "confbridgelist":
+            self._confbridge_list(s, a, aid)
+        else:
+            s.reply(aid, "Error", Message="Invalid/unknown command")
+
+    def _login(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        ok = a.get("username") == self.username
+        if str(a.get("authtype", "")).lower() == "md5":
+            expected = hashlib.md5(((s.challenge or "") + self.secret).encode()).hexdigest()
+            ok = ok and s.challenge is not None and a.get("key") == expected
+        else:
+            ok = ok and a.get("secret") == self.secret
+        if not ok:
+            s.reply(aid, "Error", Message="Authentication failed")
+            return
+        s.authenticated = True
+        s.set_events(str(a.get("events", "on")))
+        s.reply(aid, "Success", Message="Authentication accepted")
+        s.event("FullyBooted", Status="Fully Booted")
+
+    def _originate(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        if str(a.get("async", "false")).lower() not in ("true", "yes", "1"):
+            s.reply(aid, "Error", Message="the simulated PBX only supports Async originates")
+            return
+        tech = str(a.get("channel", ""))
+        dest, _, ctx = tech.partition("/")[2].partition("@")
+        uid = str(a.get("channelid") or f"sim-{next(self._seq)}")
+        if uid in self.channels:
+            s.reply(aid, "Error", Message="Originate failed: channel id in use")
+            return
+        variables = dict(v.split("=", 1) for v in _as_list(a.get("variable")) if "=" in v)
+        seq = next(self._seq)
+        s.reply(aid, "Success", Message="Originate successfully queued")
+        if ctx.startswith("sim-agent") or str(a.get("context", "")).endswith("agent-login"):
+            ch = Channel(uid, f"Local/{dest}@{ctx}-{seq:08x};1", "agent", str(aid or ""), s, agent_id=str(
+                a.get("exten", dest)))
+            self._add(ch)
+            self._emit_new(ch)
+            ch.state = "up"
+            self._after(ch, 0.05, self._agent_leg_up, ch)
+            return
+        self.originates += 1
+        ch = Channel(uid, f"Local/{dest}@{ctx or 'sim-customer'}-{seq:08x};1", "call", str(aid or ""), s,
+                     call_id=variables.get("MARCADOR_CALL_ID", uid), number=dest, variables=variables)
+        fate = self.model.fate(dest)
+        timeout_s = float(a.get("timeout", 30000)) / 1000
+        self.call_log.append({"call_id": ch.call_id, "uniqueid": uid, "number": dest, "fate": fate.kind,
+                              "t": time.time()})
+        self._add(ch)
+        self._emit_new(ch)
+        if fate.kind == "unallocated":
+            self._after(ch, 0.01, self._fail, ch, "unallocated")
+        elif fate.kind in ("answer", "machine") and fate.ring_s < timeout_s:
+            self._after(ch, 0.1, self._ringing, ch)
+            self._after(ch, fate.ring_s, self._answer, ch, fate)
+        elif fate.kind in ("busy", "congestion") and fate.ring_s < timeout_s:
+            self._after(ch, 0.1, self._ringing, ch)
+            self._after(ch, fate.ring_s, self._fail, ch, fate.kind)
+        else:
+            self._after(ch, 0.1, self._ringing, ch)
+            self._after(ch, timeout_s, self._fail, ch, "no_answer")
+
+    def _redirect(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        ch = self._by_name.get(str(a.get("channel", "")))
+        if ch is None or ch.state != "up":
+            s.reply(aid, "Error", Message="Channel specified does not exist")
+            return
+        s.reply(aid, "Success", Message="Redirect successful")
+        context = str(a.get("context", ""))
+        self._leave_room(ch)
+        if context.endswith("agent-room"):
+            ch.room = f"agent-{a.get('exten', '')}"
+            self.broadcast("ConfbridgeJoin", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid,
+                           Linkedid=ch.uid)
+        elif context.endswith("abandon"):
+            self._after(ch, self.abandon_message_s, self._abandon_done, ch)
+
+    def _hangup_action(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        ch = self._by_name.get(str(a.get("channel", "")))
+        if ch is None:
+            s.reply(aid, "Error", Message="No such channel")
+            return
+        s.reply(aid, "Success", Message="Channel Hungup")
+        cause = int(a.get("cause", 16) or 16)
+        if ch.kind == "call" and ch.state == "ringing":
+            self._fail(ch, "hangup")
+        else:
+            self._gone(ch, cause)
+
+    def _core_show_channels(self, s: Session, aid: Any) -> None:
+        s.reply(aid, "Success", EventList="start", Message="Channels will follow")
+        listed = 0
+        for ch in list(self.channels.values()):
+            for uid, name in ((ch.uid, ch.name), (f"{ch.uid};2", ch.name[:-2] + ";2")):
+                listed += 1
+                s.event("CoreShowChannel", ActionID=aid, Channel=name, Uniqueid=uid, Linkedid=ch.uid,
+                        ChannelStateDesc="Up" if ch.state == "up" else "Ringing",
+                        Application="ConfBridge" if ch.room else "Wait")
+        s.event("CoreShowChannelsComplete", ActionID=aid, EventList="Complete", ListItems=listed)
+
+    def _confbridge_list(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        conference = str(a.get("conference", ""))
+        members = [ch for ch in self.channels.values() if ch.room == conference]
+        if not members:
+            s.reply(aid, "Error", Message="No active conferences.")
+            return
+        s.reply(aid, "Success", EventList="start", Message="Confbridge user list will follow")
+        for ch in members:
+            s.event("ConfbridgeList", ActionID=aid, Conference=conference, Channel=ch.name, Uniqueid=ch.uid,
+                    MarkedUser="Yes" if ch.kind == "agent" else "No")
+        s.event("ConfbridgeListComplete", ActionID=aid, EventList="Complete", ListItems=len(members))
+
+    # ------------------------------------------------------------------ the call model in time
+
+    def _after(self, ch: Channel, seconds: float, fn: Callable[..., None], *args: Any) -> None:
+        handle = asyncio.get_running_loop().call_later(seconds / self.speed, fn, *args)
+        ch.timers.append(handle)
+
+    def _add(self, ch: Channel) -> None:
+        self.channels[ch.uid] = ch
+        self._by_name[ch.name] = ch
+
+    def _emit_new(self, ch: Channel) -> None:
+        for uid, name in ((ch.uid, ch.name), (f"{ch.uid};2", ch.name[:-2] + ";2")):
+            self.broadcast("Newchannel", Channel=name, Uniqueid=uid, Linkedid=ch.uid, ChannelState="0",
+                           ChannelStateDesc="Down")
+
+    def _ringing(self, ch: Channel) -> None:
+        if ch.uid in self.channels and ch.state == "ringing":
+            self.broadcast("Newstate", Channel=ch.name[:-2] + ";2", Uniqueid=f"{ch.uid};2", Linkedid=ch.uid,
+                           ChannelState="5", ChannelStateDesc="Ringing")
+
+    def _agent_leg_up(self, ch: Channel) -> None:
+        ch.room = f"agent-{ch.agent_id}"
+        self.broadcast("ConfbridgeJoin", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid, Linkedid=ch.uid)
+        self._originate_response(ch, "Success", "4")
+
+    def _answer(self, ch: Channel, fate: Fate) -> None:
+        if ch.uid not in self.channels:
+            return
+        ch.state = "up"
+        amd = "HUMAN"
+        if fate.kind == "machine" and ch.variables.get("MARCADOR_AMD") == "1":
+            amd = "MACHINE"
+        self.broadcast("UserEvent", UserEvent="DialerAnswered", Channel=ch.name, Uniqueid=ch.uid,
+                       CallId=ch.call_id, AMDStatus=amd)
+        self._originate_response(ch, "Success", "4")
+        self._after(ch, fate.talk_s, self._gone, ch, 16)  # the person hangs up after talking
+
+    def _fail(self, ch: Channel, kind: str) -> None:
+        if ch.uid not in self.channels:
+            return
+        reason, cause = _REASON.get(kind, ("1", 16))
+        self._gone(ch, cause, respond=False)
+        self._originate_response(ch, "Failure", reason)
+
+    def _abandon_done(self, ch: Channel) -> None:
+        self.broadcast("UserEvent", UserEvent="DialerAbandoned", Channel=ch.name, Uniqueid=ch.uid,
+                       CallId=ch.call_id)
+        self._gone(ch, 16)
+
+    def _leave_room(self, ch: Channel) -> None:
+        if ch.room is not None:
+            self.broadcast("ConfbridgeLeave", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid)
+            ch.room = None
+
+    def _gone(self, ch: Channel, cause: int, respond: bool = True) -> None:
+        if self.channels.pop(ch.uid, None) is None:
+            return
+        self._by_name.pop(ch.name, None)
+        ch.cancel_timers()
+        self._leave_room(ch)
+        ch.state = "gone"
+        for uid, name in ((f"{ch.uid};2", ch.name[:-2] + ";2"), (ch.uid, ch.name)):
+            self.broadcast("Hangup", Channel=name, Uniqueid=uid, Linkedid=ch.uid, Cause=str(cause))
+
+    def _originate_response(self, ch: Channel, response: str, reason: str) -> None:
+        s = ch.session
+        if s is None or s.closed or not ch.action_id:
+            return  # its link is gone: Asterisk does not replay an OriginateResponse to a new session
+        s.event("OriginateResponse", ActionID=ch.action_id, Response=response, Channel=ch.name,
+                Context="", Exten="", Reason=reason, Uniqueid=ch.uid if response == "Success" else "<null>")
+
+    def broadcast(self, event: str, **headers: Any) -> None:
+        for s in list(self.sessions):
+            if s.authenticated and s.wants(EVENT_CLASS.get(event, "call")):
+                s.event(event, **headers)
+
+
+class Session:
+    def __init__(self, pbx: SimulatedPbx, writer: asyncio.StreamWriter) -> None:
+        self.pbx = pbx
+        self.writer = writer
+        self.authenticated = False
+        self.challenge: str | None = None
+        self.classes: set[str] | None = set()  # None: every class
+        self.closed = False
+        self._held: list[bytes] = []
+
+    def set_events(self, spec: str) -> None:
+        spec = spec.strip().lower()
+        if spec in ("on", "all", "yes", "1"):
+            self.classes = None
+        elif spec in ("off", "no", "0", ""):
+            self.classes = set()
+        else:
+            self.classes = {c.strip() for c in spec.split(",") if c.strip()}
+
+    def wants(self, klass: str) -> bool:
+        return self.classes is None or klass in self.classes
+
+    def reply(self, action_id: Any, response: str, **headers: Any) -> None:
+        head = {"Response": response}
+        if action_id is not None:
+            head["ActionID"] = str(action_id)
+        self._write({**head, **headers})
+
+    def event(self, name: str, **headers: Any) -> None:
+        head = {"Event": name}
+        if headers.get("ActionID") is None:
+            headers.pop("ActionID", None)
+        self._write({**head, **headers})
+
+    def _write(self, headers: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        data = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        if self.pbx.stalled:
+            self._held.append(data.encode())
+            return
+        self.writer.write(data.encode())
+
+    def flush(self) -> None:
+        if self.closed or not self._held:
+            return
+        self.writer.write(b"".join(self._held))
+        self._held.clear()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+
+
+def _parse(block: str) -> dict[str, Any]:
+    """An AMI action block → lower-cased header names; repeated headers (Variable) become lists."""
+    out: dict[str, Any] = {}
+    for line in block.split("\r\n"):
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        k, v = key.strip().lower(), value.strip()
+        if k in out:
+            prev = out[k]
+            out[k] = [*prev, v] if isinstance(prev, list) else [prev, v]
+        else:
+            out[k] = v
+    return out
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _scenario_model(scenario: str | None, seed: int) -> CallModel | None:
+    if scenario is None:
+        return None
+    from sim.scenario_model import ScenarioCallModel  # the DES scenario files drive the PBX too
+
+    return ScenarioCallModel.from_file(scenario, seed)

@@ -1,0 +1,120 @@
+"""Drive one campaign end to end through the REST API against any Telephony (real Asterisk or simulated PBX)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from dialer.commands import Emit
+from dialer.core import CoreConfig, DialerCore
+from dialer.memory_store import InMemoryStore
+from dialer.ports import Telephony
+from dialer.runtime import Runtime, RuntimeConfig
+
+# (outcome digit of the sim-customer convention, how many, accepted outcomes)
+FORCED_PLAN = [
+    (1, 8, {"connected", "abandoned"}),
+    (2, 3, {"busy"}),
+    (3, 3, {"congestion"}),
+    (4, 3, {"no_answer"}),
+    (5, 3, {"failed"}),
+]
+
+
+Plan = list[tuple[int, int, set[str]]]
+
+
+def forced_leads(plan: Plan = FORCED_PLAN) -> tuple[list[dict[str, Any]], dict[str, set[str]]]:
+    """Leads whose numbers force an outcome: last six digits O NN TTT (answer after 2 s and talk 3 s;
+    failures after 1 s of ringing)."""
+    leads, expected = [], {}
+    n = 0
+    for digit, count, outcomes in plan:
+        for _ in range(count):
+            n += 1
+            tail = f"{digit}02003" if digit in (1, 6) else f"{digit}01000"
+            lead_id = f"L{n:02d}"
+            leads.append({"lead_id": lead_id, "phone": f"+1555{n:04d}{tail}"})
+            expected[lead_id] = outcomes
+    return leads, expected
+
+
+@dataclass
+class CampaignRun:
+    attempts: list[dict[str, Any]]
+    stats: dict[str, Any]
+    joined: set[str] = field(default_factory=set)
+    events: Counter[str] = field(default_factory=Counter)
+
+
+async def run_campaign(telephony: Telephony, leads: list[dict[str, Any]], agents: tuple[str, ...],
+                       campaign: dict[str, Any], timeout_s: float = 90.0) -> CampaignRun:
+    store = InMemoryStore()
+    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, telephony, RuntimeConfig(tick_interval_s=0.1))
+    joined: set[str] = set()
+    kinds: Counter[str] = Counter()
+
+    def watch(ev: Emit) -> None:
+        kinds[ev.kind] += 1
+        if ev.kind == "call.joined":
+            joined.add(ev.data["call_id"])
+
+    runtime.subscribe(watch)
+    await runtime.start()
+    cid = campaign["campaign_id"]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)),
+                                     base_url="http://test") as api:
+            r = await api.post("/api/v1/campaigns", json=campaign)
+            assert r.status_code == 201, r.text
+            r = await api.post(f"/api/v1/campaigns/{cid}/leads", json=leads)
+            assert r.json() == {"accepted": len(leads), "duplicates": 0, "rejected": []}
+            for agent in agents:
+                assert (await api.post(f"/api/v1/agents/{agent}/login")).status_code == 202
+            await _until(api, lambda a: sum(1 for x in a if x["state"] == "ready") == len(agents), "/api/v1/agents",
+                         20.0, "agents never reached their rooms")
+            assert (await api.post(f"/api/v1/campaigns/{cid}/start")).status_code == 200
+            stats = await _until(api, lambda s: s["leads"]["done"] == len(leads) and s["in_flight"] == 0
+                                 and s["waiting"] == 0, f"/api/v1/campaigns/{cid}/stats", timeout_s,
+                                 "campaign did not finish")
+            attempts = (await api.get(f"/api/v1/campaigns/{cid}/attempts")).json()
+    finally:
+        await runtime.stop()
+    return CampaignRun(attempts, stats, joined, kinds)
+
+
+async def _until(api: httpx.AsyncClient, ok: Any, path: str, timeout_s: float, why: str) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    body: Any = None
+    while loop.time() < end:
+        body = (await api.get(path)).json()
+        if ok(body):
+            return body
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{why}: {body}")
+
+
+def check_forced_run(run: CampaignRun, expected: dict[str, set[str]]) -> None:
+    """The issue's acceptance: each lead attempted once, outcomes right, answered calls in a room or abandoned,
+    stats agree with the attempt records."""
+    attempts = run.attempts
+    assert sorted(a["lead_id"] for a in attempts) == sorted(expected)
+    wrong = {a["lead_id"]: a["outcome"] for a in attempts if a["outcome"] not in expected[a["lead_id"]]}
+    assert not wrong, wrong
+    for a in attempts:
+        if a["outcome"] == "connected":
+            assert a["call_id"] in run.joined, f"{a['call_id']} connected but never seen in an agent room"
+    by_outcome = Counter(a["outcome"] for a in attempts)
+    stats = run.stats
+    assert stats["attempts"] == len(expected)
+    assert stats["outcomes"] == dict(by_outcome)
+    assert stats["connected"] == by_outcome["connected"]
+    assert stats["abandoned"] == by_outcome["abandoned"]
+    assert stats["live_answers"] == by_outcome["connected"] + by_outcome["abandoned"]

@@ -1,0 +1,126 @@
+"""The sans-IO translator: AMI messages ↔ core events and actions."""
+
+from __future__ import annotations
+
+from ami_bridge.client import _Protocol
+from ami_bridge.config import AmiConfig
+from ami_bridge.translate import Translator
+from dialer.commands import ConnectToAgent, Hangup, HangupAgentLeg, Originate, OriginateAgentLeg, PlayAbandonMessage
+from dialer.events import (
+    AgentConnected,
+    AgentDisconnected,
+    AgentJoinedCall,
+    CallAnswered,
+    CallEnded,
+    CallFailed,
+    CallProgress,
+)
+from dialer.model import Outcome
+
+CFG = AmiConfig(secret="x", call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
+
+
+def _dial(t: Translator, call_id: str = "c1") -> None:
+    (action,) = t.actions_for(Originate(call_id, "camp", "L1", "+15550001", "+15559999", 25.0))
+    assert action.fields["ChannelId"] == call_id
+    assert action.fields["Async"] == "true"
+    assert action.fields["Timeout"] == "25000"
+    assert "MARCADOR_CALL_ID=" + call_id in action.fields["Variable"]
+
+
+def test_originate_fields_and_answer_connect_hangup() -> None:
+    t = Translator(CFG)
+    _dial(t)
+    assert t.on_event({"Event": "Newchannel", "Uniqueid": "c1", "Channel": "Local/x@sim-customer-1;1"}) == ([], [])
+    events, _ = t.on_event({"Event": "Newstate", "Uniqueid": "c1;2", "ChannelStateDesc": "Ringing"})
+    assert events == [CallProgress("c1", "ringing")]
+    events, _ = t.on_event({"Event": "UserEvent", "UserEvent": "DialerAnswered", "CallId": "c1",
+                            "Channel": "Local/x@sim-customer-1;1", "AMDStatus": "HUMAN"})
+    assert events == [CallAnswered("c1", "HUMAN")]
+    (redirect,) = t.actions_for(ConnectToAgent("c1", "ag1"))
+    assert redirect.fields == {"Action": "Redirect", "Channel": "Local/x@sim-customer-1;1",
+                               "Context": "marcador-agent-room", "Exten": "ag1", "Priority": "1"}
+    events, _ = t.on_event({"Event": "ConfbridgeJoin", "Conference": "agent-ag1", "Uniqueid": "c1"})
+    assert events == [AgentJoinedCall("c1", "ag1")]
+    events, _ = t.on_event({"Event": "Hangup", "Uniqueid": "c1", "Cause": "16"})
+    assert events == [CallEnded("c1", 16)]
+    assert "c1" not in t.calls
+
+
+def test_failure_reasons_classify_outcomes() -> None:
+    for reason, outcome in (("5", Outcome.BUSY), ("8", Outcome.CONGESTION), ("3", Outcome.NO_ANSWER),
+                            ("0", Outcome.FAILED), ("1", Outcome.FAILED)):
+        t = Translator(CFG)
+        (orig,) = t.actions_for(Originate("c1", "camp", "L1", "+15550001", "", 25.0))
+        t.on_event({"Event": "Hangup", "Uniqueid": "c1;2", "Cause": "17"})  # far half: cause kept
+        events = t.originate_result(orig, [{"Response": "Success", "Message": "Originate successfully queued"},
+                                           {"Event": "OriginateResponse", "Response": "Failure", "Reason": reason}])
+        assert events == [CallFailed("c1", outcome, 17)]
+        assert "c1" not in t.calls
+
+
+def test_refused_originate_fails_the_call_and_unknown_fate_waits_for_reconcile() -> None:
+    t = Translator(CFG)
+    (orig,) = t.actions_for(Originate("c1", "camp", "L1", "+1", "", 25.0))
+    assert t.originate_result(orig, [{"Response": "Error", "Message": "Permission denied"}]) == [
+        CallFailed("c1", Outcome.FAILED, None)]
+    (orig,) = t.actions_for(Originate("c2", "camp", "L2", "+2", "", 25.0))
+    assert t.originate_result(orig, None) == []  # in doubt: never redialed, never forgotten
+    assert t.reconcile({"other"}) == [CallFailed("c2", Outcome.LOST, None)]
+
+
+def test_hangup_before_channel_is_known_is_sent_when_it_appears() -> None:
+    t = Translator(CFG)
+    _dial(t)
+    assert t.actions_for(Hangup("c1")) == []
+    _, actions = t.on_event({"Event": "Newchannel", "Uniqueid": "c1", "Channel": "Local/x;1"})
+    assert [a.fields for a in actions] == [{"Action": "Hangup", "Channel": "Local/x;1", "Cause": "16"}]
+
+
+def test_agent_leg_lifecycle() -> None:
+    t = Translator(CFG, id_prefix="n1")
+    (leg,) = t.actions_for(OriginateAgentLeg("ag1"))
+    uid = str(leg.fields["ChannelId"])
+    assert uid.startswith("n1-agent-ag1-") and leg.fields["Context"] == "marcador-agent-login"
+    t.on_event({"Event": "Newchannel", "Uniqueid": uid, "Channel": "Local/ag1@sim-agent-1;1"})
+    assert t.on_event({"Event": "ConfbridgeJoin", "Conference": "agent-ag1", "Uniqueid": uid})[0] == [
+        AgentConnected("ag1")]
+    (hang,) = t.actions_for(HangupAgentLeg("ag1"))
+    assert hang.fields["Channel"] == "Local/ag1@sim-agent-1;1"
+    assert t.on_event({"Event": "Hangup", "Uniqueid": uid, "Cause": "16"})[0] == [AgentDisconnected("ag1")]
+
+
+def test_abandon_redirect_goes_to_the_abandon_context() -> None:
+    t = Translator(CFG)
+    _dial(t)
+    t.on_event({"Event": "UserEvent", "UserEvent": "DialerAnswered", "CallId": "c1", "Channel": "Local/x;1"})
+    (action,) = t.actions_for(PlayAbandonMessage("c1"))
+    assert action.fields["Context"] == "marcador-abandon"
+
+
+def test_protocol_decodes_utf8_split_across_reads() -> None:
+    got: list[dict[str, str]] = []
+
+    class Sink:
+        def __init__(self) -> None:
+            self.awaiting_actions: list[object] = []
+
+        def dispatch(self, message: dict[str, str]) -> None:
+            got.append(dict(message))
+
+    proto = _Protocol()
+    proto.connection_made(_NullTransport())  # type: ignore[arg-type]
+    proto.factory = Sink()
+    raw = "Asterisk Call Manager/11.0.0\r\nEvent: UserEvent\r\nName: Peña Núñez\r\n\r\n".encode()
+    cut = raw.index("ñ".encode()) + 1  # split inside the two bytes of "ñ"
+    proto.data_received(raw[:cut])
+    proto.data_received(raw[cut:])
+    assert got and got[0]["Name"] == "Peña Núñez"
+
+
+class _NullTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
