@@ -15,7 +15,7 @@ from ami_bridge.client import AmiClient, LinkLost
 from ami_bridge.config import AmiConfig
 from ami_bridge.translate import AmiAction, Translator
 from dialer.commands import Originate
-from dialer.events import CallFailed, Event
+from dialer.events import CallFailed, Event, PbxLink
 from dialer.model import Outcome
 from dialer.ports import EventSink, TelephonyCommand
 
@@ -26,12 +26,13 @@ class AmiTelephony:
     def __init__(self, config: AmiConfig, id_prefix: str = "m") -> None:
         self.config = config
         self.translator = Translator(config, id_prefix=id_prefix)
-        self.client = AmiClient(config, self._on_message, on_login=self._on_login)
+        self.client = AmiClient(config, self._on_message, on_login=self._on_login, on_link_down=self._on_link_down)
         self._sink: EventSink | None = None
         self._logins = 0
         self.events_in = 0
         self.actions_out = 0
         self.originates_failed_to_send = 0
+        self.resyncs = 0
 
     @property
     def ready(self) -> bool:
@@ -95,23 +96,28 @@ class AmiTelephony:
         for action in actions:
             self._send(action)
 
+    def _on_link_down(self) -> None:
+        self._deliver([PbxLink(False)])
+
     def _on_login(self) -> None:
         self._logins += 1
         if self._logins > 1:  # a reconnect: what happened while deaf is learned from Asterisk itself
-            self._spawn_resync()
+            self._spawn_resync(link_back=True)
 
-    def _spawn_resync(self) -> None:
-        task = asyncio.ensure_future(self._resync())
+    def _spawn_resync(self, link_back: bool = False) -> None:
+        task = asyncio.ensure_future(self._resync(link_back))
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _resync(self) -> None:
+    async def _resync(self, link_back: bool) -> None:
         try:
             listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
         except (LinkLost, TimeoutError) as exc:
             log.warning("resync failed", extra={"fields": {"error": str(exc)}})
-            return
-        live = {str(m.get("Uniqueid")) for m in listing if m.get("Event") == "CoreShowChannel"}
-        self._deliver(self.translator.reconcile(live))
+            return  # the link is down again: the next login resyncs
+        self.resyncs += 1
+        self._deliver(self.translator.reconcile([m for m in listing if m.get("Event") == "CoreShowChannel"]))
+        if link_back:
+            self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
 
     def _deliver(self, events: list[Event]) -> None:
         if self._sink is None:

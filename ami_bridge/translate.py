@@ -209,7 +209,21 @@ class Translator:
             return self._hangup_event(msg), []
         if name == "ConfbridgeJoin":
             return self._confbridge_join(msg), []
+        if name == "OriginateResponse":
+            return self._late_originate_response(msg), []
         return [], []
+
+    def _late_originate_response(self, msg: Message) -> list[Event]:
+        """An OriginateResponse that reached us as a plain event: its action was sent on a link that has
+        since been replaced, so no pending action holds it. It still classifies the call."""
+        action_id = str(msg.get("ActionID", ""))
+        if action_id.startswith("orig-"):
+            return self.originate_result(AmiAction({}, call_id=action_id[5:]), [msg])
+        if action_id.startswith("leg-"):
+            agent_id = self._leg_uids.get(action_id[4:])
+            if agent_id is not None:
+                return self.originate_result(AmiAction({}, agent_id=agent_id), [msg])
+        return []
 
     def _user_event(self, msg: Message) -> list[Event]:
         if msg.get("UserEvent") != "DialerAnswered":
@@ -283,20 +297,28 @@ class Translator:
 
     # ------------------------------------------------------------------ after a reconnect
 
-    def reconcile(self, live_uniqueids: set[str]) -> list[Event]:
-        """Calls and legs Asterisk no longer has, after the link came back: report them ended.
-
-        A call in doubt is never dialed again: unanswered → `lost`, answered → ended.
+    def reconcile(self, channels: Sequence[Message]) -> list[Event]:
+        """After the link came back: compare what we track with Asterisk's own channel list
+        (`CoreShowChannel` events) and resolve every call in doubt. Nothing is ever dialed again:
+        gone and unanswered → `lost`; gone after the answer → ended; up but its answer unseen → answered.
         """
+        live = {str(c.get("Uniqueid", "")): c for c in channels}
         out: list[Event] = []
         for call_id, track in list(self.calls.items()):
-            if call_id in live_uniqueids or f"{call_id};2" in live_uniqueids:
+            mine = live.get(call_id)
+            if mine is None and f"{call_id};2" not in live:
+                del self.calls[call_id]
+                out.append(CallEnded(call_id, track.hangup_cause) if track.answered
+                           else CallFailed(call_id, Outcome.LOST, track.hangup_cause))
                 continue
-            del self.calls[call_id]
-            out.append(CallEnded(call_id, track.hangup_cause) if track.answered
-                       else CallFailed(call_id, Outcome.LOST, track.hangup_cause))
+            if mine is not None:
+                track.channel = str(mine.get("Channel") or track.channel or "") or None
+                if not track.answered and mine.get("ChannelStateDesc") == "Up" and \
+                        mine.get("Context") == self.config.answered_context:
+                    track.answered = True  # answered while we were deaf: AMD verdict lost, treat as a person
+                    out.append(CallAnswered(call_id, "NOTSURE"))
         for agent_id, leg in list(self.legs.items()):
-            if leg.uniqueid not in live_uniqueids:
+            if leg.uniqueid not in live:
                 self.legs.pop(agent_id)
                 self._leg_uids.pop(leg.uniqueid, None)
                 out.append(AgentDisconnected(agent_id))

@@ -27,6 +27,8 @@ class Agent:
     logout_requested: bool = False
     pause_requested: str | None = None
     connects: int = 0
+    rejoins: int = 0  # consecutive unexpected leg drops (reset when the leg is back)
+    rejoin_gen: int = 0  # the live rejoin request; older rejoin timers are void
     time_in: dict[AgentStatus, float] = field(default_factory=dict)
 
     def serves(self, campaign_id: str) -> bool:
@@ -65,6 +67,7 @@ class AgentBoard:
             agent = self._agents[agent_id] = Agent(agent_id=agent_id, since=now)
         if agent.status in (AgentStatus.LOGGED_OUT, AgentStatus.CONNECTING):
             self.set_status(agent, AgentStatus.READY, now)
+        agent.rejoins = 0
         return agent
 
     def assign(self, agent: Agent, call_id: str, campaign_id: str, now: float) -> None:

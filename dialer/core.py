@@ -42,6 +42,7 @@ from dialer.events import (
     Disposition,
     Event,
     LeadsAvailable,
+    PbxLink,
 )
 from dialer.model import (
     AgentStatus,
@@ -68,6 +69,8 @@ class CoreConfig:
     hopper_low_water: int = 20  # fetch more leads when fewer than this are buffered per campaign
     hopper_batch: int = 100
     strategy_factory: Callable[[str, PacingCaps], PacingStrategy] = make_strategy
+    agent_rejoin_delay_s: float = 2.0  # after an unexpected leg drop, call the agent's phone again
+    agent_rejoin_attempts: int = 5  # consecutive failed rejoins before the agent is logged out
 
 
 @dataclass(slots=True)
@@ -108,6 +111,7 @@ class DialerCore:
         self._seq = 0
         self._timers: list[tuple[float, int, str, str]] = []  # (due, seq, kind, key)
         self._timer_seq = 0
+        self.pbx_up = True  # shells without a link notion never send PbxLink
 
     # ------------------------------------------------------------------ campaigns
 
@@ -164,11 +168,7 @@ class DialerCore:
                 out.append(self._agent_emit(agent))
                 self._serve_waiting(agent, now, out)
             case AgentDisconnected():
-                gone = self.agents.get(event.agent_id)
-                if gone is not None:
-                    self.agents.set_status(gone, AgentStatus.LOGGED_OUT, now)
-                    gone.logout_requested = False
-                    out.append(self._agent_emit(gone))
+                self._on_agent_disconnected(event, now, out)
             case AgentJoinedCall():
                 call = self.calls.get(event.call_id)
                 if call is not None and call.attempt.agent_id == event.agent_id:
@@ -184,7 +184,19 @@ class DialerCore:
                 camp.hopper.extend(event.leads)
             case CampaignControl():
                 self._on_campaign_control(event, now, out)
+            case PbxLink():
+                self._on_pbx_link(event, now, out)
         return out
+
+    def _on_pbx_link(self, event: PbxLink, now: float, out: list[Command]) -> None:
+        self.pbx_up = event.up
+        out.append(Emit("pbx.link", {"up": event.up}))
+        if not event.up:
+            return
+        for agent in self.agents.all():  # legs lost while the link was down: call the phones back now
+            if agent.status is AgentStatus.CONNECTING and not agent.logout_requested:
+                agent.rejoin_gen += 1
+                out.append(OriginateAgentLeg(agent.agent_id))
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
@@ -359,6 +371,27 @@ class DialerCore:
         out.append(self._agent_emit(agent))
         self._serve_waiting(agent, now, out)
 
+    def _on_agent_disconnected(self, event: AgentDisconnected, now: float, out: list[Command]) -> None:
+        gone = self.agents.get(event.agent_id)
+        if gone is None or gone.status is AgentStatus.LOGGED_OUT:
+            return
+        gone.call_id = None  # the call, if any, ends on its own events; the agent no longer holds it
+        if gone.logout_requested or gone.rejoins >= self.config.agent_rejoin_attempts:
+            reason = "" if gone.logout_requested else "phone unreachable"
+            self.agents.set_status(gone, AgentStatus.LOGGED_OUT, now, reason=reason)
+            gone.logout_requested = False
+            gone.rejoins = 0
+        else:
+            # The leg dropped without a logout (PBX restart, link loss): call the agent's phone back, now if
+            # the link is up, or when it comes back (rejoins are not spent while nothing can be sent).
+            self.agents.set_status(gone, AgentStatus.CONNECTING, now, reason="rejoining")
+            if self.pbx_up:
+                gone.rejoins += 1
+                gone.rejoin_gen += 1
+                self._add_timer(now + self.config.agent_rejoin_delay_s, "rejoin",
+                                f"{gone.agent_id}\x00{gone.rejoin_gen}")
+        out.append(self._agent_emit(gone))
+
     def _serve_waiting(self, agent: Agent, now: float, out: list[Command]) -> None:
         """A newly free agent takes the longest-waiting answered call it may serve."""
         if agent.status is not AgentStatus.READY:
@@ -447,6 +480,8 @@ class DialerCore:
         self._maybe_fetch(camp, now, out)
         if not camp.hopper:
             return
+        if not self.pbx_up:
+            return  # nothing can be sent: leads stay in the hopper rather than fail unsent
         snap = self.snapshot(camp.settings.campaign_id, now)
         if snap.agents_logged_in == 0:
             return  # never dial with nobody to take the call, whatever a strategy says
@@ -485,6 +520,11 @@ class DialerCore:
         if kind == "abandon":
             call = self.calls.get(key)
             return call is not None and call.state == "waiting"
+        if kind == "rejoin":
+            agent_id, _, gen = key.partition("\x00")
+            rejoining = self.agents.get(agent_id)
+            return (rejoining is not None and rejoining.status is AgentStatus.CONNECTING and self.pbx_up
+                    and str(rejoining.rejoin_gen) == gen)
         agent_id, _, call_id = key.partition("\x00")
         agent = self.agents.get(agent_id)
         return agent is not None and agent.status is AgentStatus.WRAPUP and agent.last_call_id == call_id
@@ -497,6 +537,8 @@ class DialerCore:
             _, _, kind, key = timer
             if kind == "abandon":
                 self._abandon(self.calls[key], now, out)
+            elif kind == "rejoin":
+                out.append(OriginateAgentLeg(key.partition("\x00")[0]))
             else:
                 agent = self.agents.get(key.partition("\x00")[0])
                 if agent is not None:

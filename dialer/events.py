@@ -98,6 +98,13 @@ class CampaignControl:
     action: Literal["start", "pause", "stop"]
 
 
+@dataclass(frozen=True, slots=True)
+class PbxLink:
+    """The PBX link went down (nothing can be dialed) or came back after its resync."""
+
+    up: bool
+
+
 Event = (
     CallProgress
     | CallAnswered
@@ -112,4 +119,5 @@ Event = (
     | Disposition
     | LeadsAvailable
     | CampaignControl
+    | PbxLink
 )

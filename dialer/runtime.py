@@ -46,13 +46,17 @@ class Runtime:
         self.telephony = telephony
         self.config = config or RuntimeConfig()
         self.clock = clock
-        self._events: asyncio.Queue[Event] = asyncio.Queue(self.config.event_queue_size)
+        # (monotonic time queued, event): the queue is the bounded path from the PBX reader to the core.
+        self._events: asyncio.Queue[tuple[float, Event]] = asyncio.Queue(self.config.event_queue_size)
         self._store_ops: asyncio.Queue[Command | None] = asyncio.Queue()
         self._subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._running = False
         self.events_handled = 0
+        self.events_dropped = 0
+        self.event_lag_s = 0.0  # queued → handled, of the last event
+        self.event_lag_max_s = 0.0  # worst since start
         self.decision_seconds: list[float] = []  # recent core.tick durations (for the latency histogram)
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,8 +99,9 @@ class Runtime:
     def submit(self, event: Event) -> None:
         """Hand an event to the core (from the PBX bridge or the API). Never blocks."""
         try:
-            self._events.put_nowait(event)
+            self._events.put_nowait((time.monotonic(), event))
         except asyncio.QueueFull:
+            self.events_dropped += 1
             log.error("core event queue full: event dropped", extra={"fields": {"event": type(event).__name__}})
 
     async def create_campaign(self, settings: CampaignSettings) -> None:
@@ -129,14 +134,14 @@ class Runtime:
             deadline = self.core.next_deadline()
             wake = min(next_tick, deadline) if deadline is not None else next_tick
             try:
-                event = await asyncio.wait_for(self._events.get(), timeout=max(0.0, wake - now))
+                item = await asyncio.wait_for(self._events.get(), timeout=max(0.0, wake - now))
             except TimeoutError:
-                event = None
-            if event is not None:
-                self._handle(event)
+                item = None
+            if item is not None:
+                self._handle(*item)
                 # Drain whatever else is queued before ticking: events first, they may free agents.
                 while not self._events.empty():
-                    self._handle(self._events.get_nowait())
+                    self._handle(*self._events.get_nowait())
             now = self.clock()
             due = self.core.next_deadline()
             if now >= next_tick or (due is not None and now >= due):
@@ -147,8 +152,11 @@ class Runtime:
                 if now >= next_tick:
                     next_tick = now + self.config.tick_interval_s
 
-    def _handle(self, event: Event) -> None:
+    def _handle(self, queued_at: float, event: Event) -> None:
         self.events_handled += 1
+        self.event_lag_s = lag = time.monotonic() - queued_at
+        if lag > self.event_lag_max_s:
+            self.event_lag_max_s = lag
         try:
             cmds = self.core.handle(event, self.clock())
         except Exception:  # a bad event must not stop the engine

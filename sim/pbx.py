@@ -326,7 +326,7 @@ class SimulatedPbx:
             for uid, name in ((ch.uid, ch.name), (f"{ch.uid};2", ch.name[:-2] + ";2")):
                 listed += 1
                 s.event("CoreShowChannel", ActionID=aid, Channel=name, Uniqueid=uid, Linkedid=ch.uid,
-                        ChannelStateDesc="Up" if ch.state == "up" else "Ringing",
+                        ChannelStateDesc="Up" if ch.state == "up" else "Ringing", Context=_context(ch),
                         Application="ConfBridge" if ch.room else "Wait")
         s.event("CoreShowChannelsComplete", ActionID=aid, EventList="Complete", ListItems=listed)
 
@@ -472,6 +472,12 @@ class Session:
         if not self.closed:
             self.closed = True
             self.writer.close()
+
+
+def _context(ch: Channel) -> str:
+    if ch.room is not None:
+        return "marcador-agent-login" if ch.kind == "agent" else "marcador-agent-room"
+    return "marcador-answered" if ch.kind == "call" else "marcador-agent-login"
 
 
 def _parse(block: str) -> dict[str, Any]:

@@ -66,7 +66,23 @@ def test_refused_originate_fails_the_call_and_unknown_fate_waits_for_reconcile()
         CallFailed("c1", Outcome.FAILED, None)]
     (orig,) = t.actions_for(Originate("c2", "camp", "L2", "+2", "", 25.0))
     assert t.originate_result(orig, None) == []  # in doubt: never redialed, never forgotten
-    assert t.reconcile({"other"}) == [CallFailed("c2", Outcome.LOST, None)]
+    assert t.reconcile([{"Uniqueid": "other"}]) == [CallFailed("c2", Outcome.LOST, None)]
+
+
+def test_reconcile_learns_an_answer_missed_while_deaf_and_keeps_ringing_calls() -> None:
+    t = Translator(CFG)
+    t.actions_for(Originate("c1", "camp", "L1", "+1", "", 25.0))
+    t.actions_for(Originate("c2", "camp", "L2", "+2", "", 25.0))
+    events = t.reconcile([
+        {"Uniqueid": "c1", "Channel": "Local/1;1", "ChannelStateDesc": "Up", "Context": "marcador-answered"},
+        {"Uniqueid": "c2;2", "Channel": "Local/2;2", "ChannelStateDesc": "Ringing", "Context": "sim-customer"},
+    ])
+    assert events == [CallAnswered("c1", "NOTSURE")]
+    assert set(t.calls) == {"c1", "c2"}
+    # the ringing call's OriginateResponse arrives on the new link as a plain event and still classifies it
+    events, _ = t.on_event({"Event": "OriginateResponse", "ActionID": "orig-c2", "Response": "Failure",
+                            "Reason": "5"})
+    assert events == [CallFailed("c2", Outcome.BUSY, None)]
 
 
 def test_hangup_before_channel_is_known_is_sent_when_it_appears() -> None:

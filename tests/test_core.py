@@ -16,6 +16,7 @@ from dialer.commands import (
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import (
     AgentConnected,
+    AgentDisconnected,
     AgentLogin,
     AgentLogout,
     AgentState,
@@ -25,6 +26,7 @@ from dialer.events import (
     CampaignControl,
     Disposition,
     LeadsAvailable,
+    PbxLink,
 )
 from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
 
@@ -186,3 +188,43 @@ def test_occupancy_counts_talk_over_logged_in_time():
     # ready 0→20 and 90→100 (30 s), talk 20→80 (60 s), wrap 80→90 (10 s)
     assert abs(st["occupancy"] - 60 / 100) < 1e-9
     assert abs(st["idle_per_connect_s"] - 30.0) < 1e-9
+
+
+def test_agent_leg_dropped_without_logout_is_called_back_then_given_up():
+    core = make()
+    cmds = core.handle(AgentDisconnected("a1"), 5.0)
+    assert core.agents.get("a1").status is AgentStatus.CONNECTING
+    assert not of(cmds, OriginateAgentLeg)
+    assert not of(core.tick(6.0), Originate)  # nobody ready: nothing dialed
+    assert of(core.tick(7.5), OriginateAgentLeg) == [OriginateAgentLeg("a1")]
+    core.handle(AgentConnected("a1"), 8.0)
+    assert core.agents.get("a1").status is AgentStatus.READY
+    # a phone that keeps failing is logged out after the configured attempts
+    t = 10.0
+    for _ in range(CoreConfig().agent_rejoin_attempts):
+        core.handle(AgentDisconnected("a1"), t)
+        core.tick(t + 3)
+        t += 5
+    core.handle(AgentDisconnected("a1"), t)
+    assert core.agents.get("a1").status is AgentStatus.LOGGED_OUT
+
+
+def test_agent_leg_dropped_after_logout_request_logs_out():
+    core = make()
+    core.handle(AgentLogout("a1"), 1.0)
+    core.handle(AgentDisconnected("a1"), 1.5)
+    assert core.agents.get("a1").status is AgentStatus.LOGGED_OUT
+    assert not of(core.tick(10.0), OriginateAgentLeg)
+
+
+def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():
+    core = make(agents=("a1", "a2"))
+    core.handle(PbxLink(False), 1.0)
+    assert not of(core.tick(2.0), Originate)  # leads stay in the hopper, none fail unsent
+    core.handle(AgentDisconnected("a1"), 2.5)
+    assert not of(core.tick(10.0), OriginateAgentLeg)  # no rejoin spent while nothing can be sent
+    cmds = core.handle(PbxLink(True), 11.0)
+    assert of(cmds, OriginateAgentLeg) == [OriginateAgentLeg("a1")]
+    assert not of(core.tick(20.0), OriginateAgentLeg)
+    core.handle(AgentConnected("a1"), 21.0)
+    assert core.agents.get("a1").status is AgentStatus.READY

@@ -13,7 +13,7 @@ from dialer.commands import Originate
 from dialer.events import CallFailed, Event
 from dialer.model import Outcome
 from sim.pbx import SimulatedPbx
-from tests.harness.campaign import check_forced_run, forced_leads, run_campaign
+from tests.harness.campaign import burst_config, check_forced_run, forced_leads, run_campaign
 
 
 def _config(pbx: SimulatedPbx, auth: str = "md5", secret: str = "s3cret-pbx") -> AmiConfig:
@@ -33,14 +33,14 @@ async def test_forced_outcomes_over_ami(auth: str) -> None:
 
 
 async def test_abandon_when_no_agent_is_free() -> None:
-    # 1 agent, 4 answers at the same moment, long talk: the others wait past the threshold and are abandoned.
+    # 1 agent, 3 answers at the same moment, long talk: two wait past the threshold and are abandoned.
     async with SimulatedPbx(secret="s3cret-pbx", speed=2.0) as pbx:
-        leads = [{"lead_id": f"A{i}", "phone": f"+1555000{i}1020{20 + i}"} for i in range(4)]
-        expected = {lead["lead_id"]: {"connected", "abandoned"} for lead in leads}
+        leads = [{"lead_id": f"A{i}", "phone": f"+1555000{i}102020"} for i in range(3)]
         run = await run_campaign(AmiTelephony(_config(pbx)), leads, ("ag1",),
-                                 {"campaign_id": "ab", "ring_timeout_s": 15, "wrapup_s": 1, "strategy": "progressive",
-                                  "abandon_threshold_s": 1.0})
-        check_forced_run(run, expected)
+                                 {"campaign_id": "ab", "ring_timeout_s": 15, "wrapup_s": 1,
+                                  "abandon_threshold_s": 1.0}, core_config=burst_config(3))
+        check_forced_run(run, {lead["lead_id"]: {"connected", "abandoned"} for lead in leads})
+        assert sorted(a["outcome"] for a in run.attempts) == ["abandoned", "abandoned", "connected"]
 
 
 async def test_wrong_secret_is_a_clear_error_and_no_retry_storm() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,11 +12,12 @@ import httpx
 import pytest
 
 from api.app import create_app
-from dialer.commands import Emit
+from dialer.commands import Emit, Originate
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
-from dialer.ports import Telephony
+from dialer.ports import Telephony, TelephonyCommand
 from dialer.runtime import Runtime, RuntimeConfig
+from pacing.snapshot import Observation, PacingCaps, PacingSnapshot, PacingStrategy
 
 # (outcome digit of the sim-customer convention, how many, accepted outcomes)
 FORCED_PLAN = [
@@ -45,6 +47,54 @@ def forced_leads(plan: Plan = FORCED_PLAN) -> tuple[list[dict[str, Any]], dict[s
     return leads, expected
 
 
+class Burst:
+    """Test pacing: `lines` calls per ready agent, to force answers with no free agent (the abandon path)."""
+
+    name = "burst"
+
+    def __init__(self, lines: int) -> None:
+        self.lines = lines
+
+    def observe(self, obs: Observation) -> None:
+        pass
+
+    def decide(self, snap: PacingSnapshot) -> int:
+        in_flight = len(snap.ringing_elapsed) + snap.waiting_calls
+        return max(0, self.lines * snap.agents_ready - in_flight) if snap.agents_logged_in else 0
+
+
+def burst_config(lines: int) -> CoreConfig:
+    def factory(name: str, caps: PacingCaps) -> PacingStrategy:
+        return Burst(lines)
+
+    return CoreConfig(id_prefix="t", strategy_factory=factory)
+
+
+class CountingTelephony:
+    """Wraps a Telephony and counts the Originates actually handed to it, by call id."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.originated: Counter[str] = Counter()
+        self.originated_at: dict[str, float] = {}
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.inner.ready)
+
+    async def start(self, sink: Any) -> None:
+        await self.inner.start(sink)
+
+    def execute(self, cmd: TelephonyCommand) -> None:
+        if isinstance(cmd, Originate):
+            self.originated[cmd.call_id] += 1
+            self.originated_at[cmd.call_id] = asyncio.get_running_loop().time()
+        self.inner.execute(cmd)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
 @dataclass
 class CampaignRun:
     attempts: list[dict[str, Any]]
@@ -54,9 +104,12 @@ class CampaignRun:
 
 
 async def run_campaign(telephony: Telephony, leads: list[dict[str, Any]], agents: tuple[str, ...],
-                       campaign: dict[str, Any], timeout_s: float = 90.0) -> CampaignRun:
+                       campaign: dict[str, Any], timeout_s: float = 90.0, core_config: CoreConfig | None = None,
+                       chaos: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None) -> CampaignRun:
+    """`chaos`, when given, runs alongside the campaign once it has started (faults injected mid-run)."""
     store = InMemoryStore()
-    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, telephony, RuntimeConfig(tick_interval_s=0.1))
+    runtime = Runtime(DialerCore(core_config or CoreConfig(id_prefix="t")), store, telephony,
+                      RuntimeConfig(tick_interval_s=0.1))
     joined: set[str] = set()
     kinds: Counter[str] = Counter()
 
@@ -80,10 +133,13 @@ async def run_campaign(telephony: Telephony, leads: list[dict[str, Any]], agents
             await _until(api, lambda a: sum(1 for x in a if x["state"] == "ready") == len(agents), "/api/v1/agents",
                          20.0, "agents never reached their rooms")
             assert (await api.post(f"/api/v1/campaigns/{cid}/start")).status_code == 200
+            chaos_task: asyncio.Task[None] | None = asyncio.create_task(chaos(runtime)) if chaos else None
             stats = await _until(api, lambda s: s["leads"]["done"] == len(leads) and s["in_flight"] == 0
                                  and s["waiting"] == 0, f"/api/v1/campaigns/{cid}/stats", timeout_s,
                                  "campaign did not finish")
             attempts = (await api.get(f"/api/v1/campaigns/{cid}/attempts")).json()
+            if chaos_task is not None:
+                await chaos_task  # its failures fail the test
     finally:
         await runtime.stop()
     return CampaignRun(attempts, stats, joined, kinds)
