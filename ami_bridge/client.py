@@ -151,6 +151,10 @@ class AmiClient:
             self._manager.close()
         self.logged_in = False
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     # ------------------------------------------------------------------ actions
 
     def send(self, fields: dict[str, Any], timeout: float | None = None) -> asyncio.Future[list[Message]]:

@@ -79,6 +79,8 @@ class AmiTelephony:
                     "action": action.name, "call_id": action.call_id, "message": fut.result()[0].get("Message")}})
             return
         if isinstance(exc, LinkLost | TimeoutError):
+            if self.client.closing:
+                return  # we are shutting down: nothing left to reconcile with
             log.warning("originate fate unknown; reconciled after reconnect",
                         extra={"fields": {"call_id": action.call_id, "agent_id": action.agent_id}})
             self._deliver(self.translator.originate_result(action, None))

@@ -38,6 +38,8 @@ class Agent:
 class AgentBoard:
     def __init__(self) -> None:
         self._agents: dict[str, Agent] = {}
+        # Ready agents in the order they became ready (= longest idle first): picking is O(1) per call.
+        self._ready: dict[str, Agent] = {}
 
     def get(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
@@ -50,6 +52,9 @@ class AgentBoard:
         agent.status = status
         agent.since = now
         agent.reason = reason
+        self._ready.pop(agent.agent_id, None)
+        if status is AgentStatus.READY:
+            self._ready[agent.agent_id] = agent
 
     def login(self, agent_id: str, campaigns: frozenset[str], now: float) -> Agent:
         agent = self._agents.get(agent_id)
@@ -86,12 +91,10 @@ class AgentBoard:
 
     def pick_free(self, campaign_id: str) -> Agent | None:
         """The ready agent serving the campaign who has been idle longest."""
-        best: Agent | None = None
-        for agent in self._agents.values():
-            if agent.status is AgentStatus.READY and agent.serves(campaign_id):
-                if best is None or agent.since < best.since:
-                    best = agent
-        return best
+        for agent in self._ready.values():
+            if agent.serves(campaign_id):
+                return agent
+        return None
 
     def serving(self, campaign_id: str) -> Iterable[Agent]:
         return (a for a in self._agents.values() if a.serves(campaign_id))

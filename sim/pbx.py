@@ -18,6 +18,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -112,6 +113,11 @@ class SimulatedPbx:
         self.stalled_until = 0.0
         self.originates = 0
         self._rng = random.Random(seed)
+        # answered-event written → Redirect into a room received, per call (bench/answer_latency.py)
+        self._answered_at: dict[str, float] = {}
+        self.connect_latencies: deque[float] = deque(maxlen=100_000)
+        self.max_concurrent_calls = 0
+        self._calls_now = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,6 +134,7 @@ class SimulatedPbx:
             ch.cancel_timers()
         self.channels.clear()
         self._by_name.clear()
+        self._calls_now = 0
         self.drop_connections()
         if self._server is not None:
             self._server.close()
@@ -164,6 +171,7 @@ class SimulatedPbx:
             ch.cancel_timers()
         self.channels.clear()
         self._by_name.clear()
+        self._calls_now = 0
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -279,6 +287,8 @@ class SimulatedPbx:
         self.call_log.append({"call_id": ch.call_id, "uniqueid": uid, "number": dest, "fate": fate.kind,
                               "t": time.time()})
         self._add(ch)
+        self._calls_now += 1
+        self.max_concurrent_calls = max(self.max_concurrent_calls, self._calls_now)
         self._emit_new(ch)
         if fate.kind == "unallocated":
             self._after(ch, 0.01, self._fail, ch, "unallocated")
@@ -301,6 +311,9 @@ class SimulatedPbx:
         context = str(a.get("context", ""))
         self._leave_room(ch)
         if context.endswith("agent-room"):
+            answered = self._answered_at.pop(ch.uid, None)
+            if answered is not None:
+                self.connect_latencies.append(time.perf_counter() - answered)
             ch.room = f"agent-{a.get('exten', '')}"
             self.broadcast("ConfbridgeJoin", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid,
                            Linkedid=ch.uid)
@@ -376,6 +389,7 @@ class SimulatedPbx:
             amd = "MACHINE"
         self.broadcast("UserEvent", UserEvent="DialerAnswered", Channel=ch.name, Uniqueid=ch.uid,
                        CallId=ch.call_id, AMDStatus=amd)
+        self._answered_at[ch.uid] = time.perf_counter()
         self._originate_response(ch, "Success", "4")
         self._after(ch, fate.talk_s, self._gone, ch, 16)  # the person hangs up after talking
 
@@ -399,6 +413,9 @@ class SimulatedPbx:
     def _gone(self, ch: Channel, cause: int, respond: bool = True) -> None:
         if self.channels.pop(ch.uid, None) is None:
             return
+        self._answered_at.pop(ch.uid, None)
+        if ch.kind == "call":
+            self._calls_now -= 1
         self._by_name.pop(ch.name, None)
         ch.cancel_timers()
         self._leave_room(ch)
