@@ -87,7 +87,7 @@ def run(calls: int) -> dict[str, Any]:
                         redirects += len(translator.actions_for(cmd))
 
     proto = _Protocol()
-    proto.connection_made(_Null())
+    proto.connection_made(_Null())  # type: ignore[arg-type]
     proto.factory = Factory()
     chunk = 4096  # Asterisk writes in small pieces; blocks get split across reads
     started = time.perf_counter()
