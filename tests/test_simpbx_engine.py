@@ -10,7 +10,7 @@ from ami_bridge.client import AmiAuthError
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from dialer.commands import Originate
-from dialer.events import CallFailed, Event
+from dialer.events import CallFailed, Event, PbxLink
 from dialer.model import Outcome
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import burst_config, check_forced_run, forced_leads, run_campaign
@@ -72,3 +72,39 @@ async def test_link_cut_mid_call_is_reconciled_not_redialed() -> None:
         await tel.close()
         assert failed == [CallFailed("c1", Outcome.LOST, None)]
         assert len(pbx.call_log) == 1  # reconciled from what the PBX reports, never dialed again
+
+
+async def test_a_stalled_pbx_is_noticed_within_5_s_and_the_link_comes_back() -> None:
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        events: list[Event] = []
+        tel = AmiTelephony(_config(pbx))
+        await tel.start(events.append)
+        assert tel.ready
+        loop = asyncio.get_running_loop()
+        stalled_at = loop.time()
+        pbx.stall(8.0)  # the TCP link stays up but nothing answers (a hung Asterisk)
+        while tel.ready and loop.time() - stalled_at < 10:
+            await asyncio.sleep(0.05)
+        noticed = loop.time() - stalled_at
+        assert not tel.ready and noticed <= 5.0, noticed
+        assert PbxLink(False) in events
+        for _ in range(150):  # after the stall a new link logs in and resyncs
+            if tel.ready and PbxLink(True) in events:
+                break
+            await asyncio.sleep(0.1)
+        assert tel.ready and tel.client.reconnects >= 1 and PbxLink(True) in events
+        await tel.close()
+
+
+async def test_event_lists_are_collected_whole() -> None:
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        tel = AmiTelephony(_config(pbx))
+        await tel.start(lambda ev: None)
+        for i in range(300):  # 300 calls ringing: 600 channels (both halves of each Local channel)
+            tel.execute(Originate(f"c{i}", "camp", f"L{i}", f"+1555{i:04d}401000", "", 60.0))
+        await asyncio.sleep(0.5)
+        listing = await tel.client.request({"Action": "CoreShowChannels"})
+        assert listing[0]["Response"] == "Success"
+        assert sum(1 for m in listing if m.get("Event") == "CoreShowChannel") == 600
+        assert listing[-1]["Event"] == "CoreShowChannelsComplete"
+        await tel.close()
