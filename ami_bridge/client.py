@@ -117,7 +117,7 @@ class AmiClient:
         self._manager = _Manager(
             host=cfg.host,
             port=cfg.port,
-            ssl=ssl.create_default_context() if cfg.tls else False,
+            ssl=ssl.create_default_context(cafile=cfg.tls_ca_file) if cfg.tls else False,
             encoding="utf8",
             ping_delay=10**9,
             reconnect_timeout=max(1, round(cfg.reconnect_delay_s)),

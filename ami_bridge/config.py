@@ -14,6 +14,7 @@ class AmiConfig:
     secret: str = field(default="", repr=False)  # never in a repr, so never in a log line
     auth: Literal["plain", "md5"] = "plain"
     tls: bool = False
+    tls_ca_file: str | None = None  # CA bundle that signed Asterisk's certificate (default: the system's)
     # Channel templates: {number} for customer calls, {agent_id} for agent legs.
     call_channel: str = "PJSIP/{number}@trunk"
     agent_channel: str = "PJSIP/{agent_id}"

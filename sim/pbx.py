@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -94,6 +95,7 @@ class SimulatedPbx:
         model: CallModel | None = None,
         abandon_message_s: float = 2.0,
         seed: int = 1,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed: must be > 0, got {speed}")
@@ -104,6 +106,7 @@ class SimulatedPbx:
         self.speed = speed
         self.model: CallModel = model or _scenario_model(scenario, seed) or NumberCodedModel()
         self.abandon_message_s = abandon_message_s
+        self.ssl_context = ssl_context  # AMI over TLS when given
         self.channels: dict[str, Channel] = {}
         self._by_name: dict[str, Channel] = {}
         self.sessions: set[Session] = set()
@@ -126,7 +129,7 @@ class SimulatedPbx:
         return self._port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        self._server = await asyncio.start_server(self._accept, self.host, self._port, ssl=self.ssl_context)
         self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -177,7 +180,7 @@ class SimulatedPbx:
             await self._server.wait_closed()
         self.drop_connections()
         await asyncio.sleep(down_s)
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        self._server = await asyncio.start_server(self._accept, self.host, self._port, ssl=self.ssl_context)
 
     @property
     def stalled(self) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +111,19 @@ async def test_event_lists_are_collected_whole() -> None:
         assert sum(1 for m in listing if m.get("Event") == "CoreShowChannel") == 600
         assert listing[-1]["Event"] == "CoreShowChannelsComplete"
         await tel.close()
+
+
+async def test_ami_over_tls(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    async with SimulatedPbx(secret="s3cret-pbx", ssl_context=server_ctx, speed=4.0) as pbx:
+        cfg = AmiConfig(port=pbx.port, secret="s3cret-pbx", auth="md5", tls=True, tls_ca_file=str(cert),
+                        call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
+        leads, expected = forced_leads([(1, 2, {"connected", "abandoned"}), (2, 1, {"busy"})])
+        run = await run_campaign(AmiTelephony(cfg), leads, ("ag1", "ag2"),
+                                 {"campaign_id": "tls", "ring_timeout_s": 15, "wrapup_s": 1})
+        check_forced_run(run, expected)
