@@ -118,8 +118,20 @@ class AmiTelephony:
             return  # the link is down again: the next login resyncs
         self.resyncs += 1
         self._deliver(self.translator.reconcile([m for m in listing if m.get("Event") == "CoreShowChannel"]))
+        await asyncio.gather(*(self._resync_room(agent_id) for agent_id in list(self.translator.legs)))
         if link_back:
             self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
+
+    async def _resync_room(self, agent_id: str) -> None:
+        try:
+            listing = await self.client.request({"Action": "ConfbridgeList", "Conference": f"agent-{agent_id}"})
+        except (LinkLost, TimeoutError):
+            return
+        members = [m for m in listing if m.get("Event") == "ConfbridgeList"]  # "No active conferences": none
+        events, actions = self.translator.reconcile_room(agent_id, members)
+        self._deliver(events)
+        for action in actions:
+            self._send(action)
 
     def _deliver(self, events: list[Event]) -> None:
         if self._sink is None:

@@ -324,6 +324,18 @@ class Translator:
                 out.append(AgentDisconnected(agent_id))
         return out
 
+    def reconcile_room(self, agent_id: str, members: Sequence[Message]) -> tuple[list[Event], list[AmiAction]]:
+        """One agent room as `ConfbridgeList` shows it after a reconnect. A customer we track found in the room
+        is re-announced (its join may have been missed); an agent leg that is alive but not in its room is
+        hung up so that the core calls the phone back into it."""
+        uids = {str(m.get("Uniqueid", "")) for m in members}
+        events: list[Event] = [AgentJoinedCall(uid, agent_id) for uid in sorted(uids) if uid in self.calls]
+        leg = self.legs.get(agent_id)
+        if leg is not None and leg.uniqueid not in uids and leg.channel is not None:
+            return events, [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"},
+                                      agent_id=agent_id)]
+        return events, []
+
 
 def _int(value: Any) -> int | None:
     try:

@@ -140,3 +140,16 @@ class _NullTransport:
 
     def close(self) -> None:
         pass
+
+
+def test_room_resync_reannounces_customers_and_recalls_a_leg_outside_its_room() -> None:
+    t = Translator(CFG, id_prefix="n1")
+    (leg,) = t.actions_for(OriginateAgentLeg("ag1"))
+    uid = str(leg.fields["ChannelId"])
+    t.on_event({"Event": "Newchannel", "Uniqueid": uid, "Channel": "Local/ag1@sim-agent-1;1"})
+    _dial(t)
+    t.on_event({"Event": "UserEvent", "UserEvent": "DialerAnswered", "CallId": "c1", "Channel": "Local/x;1"})
+    events, actions = t.reconcile_room("ag1", [{"Uniqueid": uid}, {"Uniqueid": "c1"}])
+    assert events == [AgentJoinedCall("c1", "ag1")] and actions == []
+    events, actions = t.reconcile_room("ag1", [])
+    assert events == [] and [a.fields["Channel"] for a in actions] == ["Local/ag1@sim-agent-1;1"]
