@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dialer.model import AgentStatus
 
@@ -16,6 +15,7 @@ _WORKING = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
 class Agent:
     agent_id: str
     campaigns: frozenset[str] = frozenset()  # empty: every campaign
+    skills: dict[str, int] = field(default_factory=dict)  # skill → level (higher is better)
     status: AgentStatus = AgentStatus.LOGGED_OUT
     since: float = 0.0
     reason: str = ""
@@ -31,7 +31,9 @@ class Agent:
     rejoin_gen: int = 0  # the live rejoin request; older rejoin timers are void
     time_in: dict[AgentStatus, float] = field(default_factory=dict)
 
-    def serves(self, campaign_id: str) -> bool:
+    def serves(self, campaign_id: str, skill: str | None = None) -> bool:
+        if skill is not None and skill not in self.skills:
+            return False
         return not self.campaigns or campaign_id in self.campaigns
 
 
@@ -56,11 +58,13 @@ class AgentBoard:
         if status is AgentStatus.READY:
             self._ready[agent.agent_id] = agent
 
-    def login(self, agent_id: str, campaigns: frozenset[str], now: float) -> Agent:
+    def login(self, agent_id: str, campaigns: frozenset[str], now: float,
+              skills: dict[str, int] | None = None) -> Agent:
         agent = self._agents.get(agent_id)
         if agent is None:
             agent = self._agents[agent_id] = Agent(agent_id=agent_id, since=now)
         agent.campaigns = campaigns
+        agent.skills = dict(skills or {})
         agent.logout_requested = False
         if agent.status is AgentStatus.LOGGED_OUT:
             self.set_status(agent, AgentStatus.CONNECTING, now)
@@ -89,30 +93,37 @@ class AgentBoard:
         agent.call_id = None
         agent.wrap_started_at = now
 
-    def pick_free(self, campaign_id: str) -> Agent | None:
-        """The ready agent serving the campaign who has been idle longest."""
-        for agent in self._ready.values():
-            if agent.serves(campaign_id):
-                return agent
-        return None
+    def pick_free(self, campaign_id: str, skill: str | None = None) -> Agent | None:
+        """The ready agent serving the campaign: with the campaign's skill at the best level, then idle longest."""
+        if skill is None:
+            for agent in self._ready.values():
+                if agent.serves(campaign_id):
+                    return agent
+            return None
+        best: Agent | None = None
+        for agent in self._ready.values():  # longest idle first: a later agent wins only with a higher level
+            if agent.serves(campaign_id, skill) and (best is None or agent.skills[skill] > best.skills[skill]):
+                best = agent
+        return best
 
-    def serving(self, campaign_id: str) -> Iterable[Agent]:
-        return (a for a in self._agents.values() if a.serves(campaign_id))
+    def serving(self, campaign_id: str, skill: str | None = None) -> Iterable[Agent]:
+        return (a for a in self._agents.values() if a.serves(campaign_id, skill))
 
-    def campaigns_of(self, agent: Agent, campaigns: Mapping[str, Any]) -> list[str]:
-        return [cid for cid in campaigns if agent.serves(cid)]
+    def campaigns_of(self, agent: Agent, skills: Mapping[str, str | None]) -> list[str]:
+        """The campaigns (id → skill they need) this agent may take calls from."""
+        return [cid for cid, skill in skills.items() if agent.serves(cid, skill)]
 
-    def counts(self, campaign_id: str) -> dict[str, int]:
+    def counts(self, campaign_id: str, skill: str | None = None) -> dict[str, int]:
         out = {s.value: 0 for s in AgentStatus}
-        for agent in self.serving(campaign_id):
+        for agent in self.serving(campaign_id, skill):
             out[agent.status.value] += 1
         return out
 
-    def occupancy(self, campaign_id: str, now: float) -> dict[str, float]:
+    def occupancy(self, campaign_id: str, now: float, skill: str | None = None) -> dict[str, float]:
         """Occupancy = talk / (ready + talk + wrap-up); idle per connect = ready time / connects."""
         talk = ready = wrap = 0.0
         connects = 0
-        for agent in self.serving(campaign_id):
+        for agent in self.serving(campaign_id, skill):
             spent = dict(agent.time_in)
             spent[agent.status] = spent.get(agent.status, 0.0) + max(0.0, now - agent.since)
             talk += spent.get(AgentStatus.ON_CALL, 0.0)

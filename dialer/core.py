@@ -154,7 +154,7 @@ class DialerCore:
             case CallEnded():
                 self._on_ended(event, now, out)
             case AgentLogin():
-                agent = self.agents.login(event.agent_id, event.campaigns, now)
+                agent = self.agents.login(event.agent_id, event.campaigns, now, dict(event.skills))
                 out.append(OriginateAgentLeg(agent.agent_id))
                 out.append(self._agent_emit(agent))
             case AgentLogout():
@@ -231,7 +231,7 @@ class DialerCore:
             return
         camp.strategy.observe(DialResult(now, ring_s, "live"))
         camp.live_answers += 1
-        agent = self.agents.pick_free(camp.settings.campaign_id)
+        agent = self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill)
         if agent is not None:
             self._connect(call, agent, now, out)
             return
@@ -397,7 +397,7 @@ class DialerCore:
         if agent.status is not AgentStatus.READY:
             return
         best: Call | None = None
-        for cid in self.agents.campaigns_of(agent, self.campaigns):
+        for cid in self.agents.campaigns_of(agent, {c: st.settings.skill for c, st in self.campaigns.items()}):
             camp = self.campaigns[cid]
             for call_id in camp.waiting:
                 call = self.calls[call_id]
@@ -447,18 +447,21 @@ class DialerCore:
         talking: list[float] = []
         wrap_total: list[float] = []
         wrap_in: list[float] = []
-        for agent in self.agents.serving(campaign_id):
+        owner = self._agent_owners()
+        for agent in self.agents.serving(campaign_id, s.skill):
             st = agent.status
-            if st is AgentStatus.READY:
-                ready += 1
+            if st not in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP):
+                continue
+            if owner.get(agent.agent_id, campaign_id) == campaign_id:
                 logged += 1
-            elif st is AgentStatus.ON_CALL:
-                logged += 1
-                talking.append(now - (agent.connected_at or now))
-            elif st is AgentStatus.WRAPUP:
-                logged += 1
-                wrap_total.append(now - (agent.connected_at or now))
-                wrap_in.append(now - (agent.wrap_started_at or now))
+                ready += st is AgentStatus.READY
+            if st is not AgentStatus.READY and agent.last_campaign_id == campaign_id:
+                # busy on this campaign's call: how soon it frees informs this campaign's pacing
+                if st is AgentStatus.ON_CALL:
+                    talking.append(now - (agent.connected_at or now))
+                else:
+                    wrap_total.append(now - (agent.connected_at or now))
+                    wrap_in.append(now - (agent.wrap_started_at or now))
         while camp.launches and camp.launches[0] <= now - 1.0:
             camp.launches.popleft()
         ringing = tuple(now - self.calls[cid].attempt.dialed_at for cid in camp.in_flight)
@@ -475,6 +478,29 @@ class DialerCore:
             abandon_threshold_s=s.abandon_threshold_s,
             ring_timeout_s=s.ring_timeout_s,
         )
+
+    def _agent_owners(self) -> dict[str, str]:
+        """Which running campaign paces for each agent that several running campaigns could use.
+
+        Whole agents, shared in proportion to campaign weights (each agent goes to the eligible campaign with
+        the fewest agents per unit of weight so far; ties by campaign id), so two campaigns never both dial
+        for the same agent. Agents only one campaign can use are not listed.
+        """
+        running = [c for c in self.campaigns.values() if c.status is CampaignStatus.RUNNING]
+        if len(running) < 2:
+            return {}
+        given: dict[str, int] = {c.settings.campaign_id: 0 for c in running}
+        owners: dict[str, str] = {}
+        for agent in sorted(self.agents.all(), key=lambda a: a.agent_id):
+            if agent.status not in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP):
+                continue
+            eligible = [c.settings for c in running if agent.serves(c.settings.campaign_id, c.settings.skill)]
+            if len(eligible) < 2:
+                continue
+            pick = min(eligible, key=lambda st: (given[st.campaign_id] / st.weight, st.campaign_id))
+            given[pick.campaign_id] += 1
+            owners[agent.agent_id] = pick.campaign_id
+        return owners
 
     def _pace(self, camp: CampaignState, now: float, out: list[Command]) -> None:
         self._maybe_fetch(camp, now, out)
@@ -507,7 +533,8 @@ class DialerCore:
         out.append(RecordAttempt(_copy_attempt(att)))
         out.append(Originate(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
                              caller_id=s.caller_id, timeout_s=s.ring_timeout_s,
-                             variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id}))
+                             variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id,
+                                        "MARCADOR_AMD": "1" if s.amd else "0"}))
 
     # ------------------------------------------------------------------ timers
 
@@ -548,7 +575,7 @@ class DialerCore:
 
     def stats(self, campaign_id: str, now: float) -> dict[str, Any]:
         camp = self._campaign(campaign_id)
-        occ = self.agents.occupancy(campaign_id, now)
+        occ = self.agents.occupancy(campaign_id, now, camp.settings.skill)
         return {
             "campaign_id": campaign_id,
             "status": camp.status.value,
@@ -563,7 +590,7 @@ class DialerCore:
             "in_flight": len(camp.in_flight),
             "waiting": len(camp.waiting),
             "hopper": len(camp.hopper),
-            "agents": self.agents.counts(campaign_id),
+            "agents": self.agents.counts(campaign_id, camp.settings.skill),
             **occ,
         }
 

@@ -43,6 +43,7 @@ class AgentLogin:
 
     agent_id: str
     campaigns: frozenset[str] = frozenset()  # empty: every campaign
+    skills: tuple[tuple[str, int], ...] = ()  # (skill, level) pairs
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,3 +111,6 @@ class CampaignSettings:
     max_lines: int = 500
     max_lines_per_agent: float = 4.0
     max_calls_per_s: float = 50.0
+    skill: str | None = None  # agents need this skill; the best level takes the call
+    weight: float = 1.0  # share of agents it gets when several running campaigns need the same agents
+    amd: bool = False  # ask the dialplan to run AMD on answer (MARCADOR_AMD=1)

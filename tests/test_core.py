@@ -228,3 +228,38 @@ def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():
     assert not of(core.tick(20.0), OriginateAgentLeg)
     core.handle(AgentConnected("a1"), 21.0)
     assert core.agents.get("a1").status is AgentStatus.READY
+
+
+def test_answered_call_goes_to_best_skill_level_then_longest_idle():
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1", skill="legal"))
+    core.handle(AgentLogin("novice", skills=(("legal", 1),)), 0.0)
+    core.handle(AgentLogin("expert", skills=(("legal", 5),)), 0.0)
+    core.handle(AgentLogin("other", skills=(("spanish", 9),)), 0.0)
+    for a in ("novice", "other", "expert"):
+        core.handle(AgentConnected(a), 1.0)
+    core.handle(CampaignControl("c1", "start"), 1.0)
+    core.handle(LeadsAvailable("c1", tuple(Lead(f"L{i}", "c1", (f"+1555{i:07d}",)) for i in range(5))), 1.0)
+    origs = of(core.tick(2.0), Originate)
+    assert len(origs) == 2  # only the two agents with the skill count as ready
+    cmds = core.handle(CallAnswered(origs[0].call_id), 3.0)
+    assert of(cmds, ConnectToAgent) == [ConnectToAgent(origs[0].call_id, "expert")]
+    cmds = core.handle(CallAnswered(origs[1].call_id), 3.5)
+    assert of(cmds, ConnectToAgent) == [ConnectToAgent(origs[1].call_id, "novice")]
+
+
+def test_shared_agents_are_split_by_campaign_weight_never_double_counted():
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="big", weight=3.0))
+    core.add_campaign(CampaignSettings(campaign_id="small", weight=1.0))
+    for i in range(8):
+        core.handle(AgentLogin(f"a{i}"), 0.0)
+        core.handle(AgentConnected(f"a{i}"), 0.0)
+    for cid in ("big", "small"):
+        core.handle(CampaignControl(cid, "start"), 0.0)
+        core.handle(LeadsAvailable(cid, tuple(Lead(f"{cid}{i}", cid, (f"+1555{i:07d}",)) for i in range(20))), 0.0)
+    assert core.snapshot("big", 1.0).agents_ready == 6
+    assert core.snapshot("small", 1.0).agents_ready == 2
+    origs = of(core.tick(1.0), Originate)
+    assert len(origs) == 8  # progressive: one line per agent in all, never one per agent per campaign
+    assert sum(o.campaign_id == "big" for o in origs) == 6
