@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dialer.model import AgentStatus
+from dialer.model import AgentStatus, Lead
 
 # States that count as logged-in time for occupancy (pauses excluded: DESIGN.md, Words and figures).
-_WORKING = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
+_WORKING = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP, AgentStatus.PREVIEW)
 
 
 @dataclass(slots=True)
@@ -26,6 +26,8 @@ class Agent:
     wrap_started_at: float | None = None
     logout_requested: bool = False
     pause_requested: str | None = None
+    preview: Lead | None = None  # preview mode: the lead on the agent's screen
+    preview_campaign: str | None = None
     connects: int = 0
     rejoins: int = 0  # consecutive unexpected leg drops (reset when the leg is back)
     rejoin_gen: int = 0  # the live rejoin request; older rejoin timers are void
@@ -128,7 +130,7 @@ class AgentBoard:
             spent[agent.status] = spent.get(agent.status, 0.0) + max(0.0, now - agent.since)
             talk += spent.get(AgentStatus.ON_CALL, 0.0)
             ready += spent.get(AgentStatus.READY, 0.0)
-            wrap += spent.get(AgentStatus.WRAPUP, 0.0)
+            wrap += spent.get(AgentStatus.WRAPUP, 0.0) + spent.get(AgentStatus.PREVIEW, 0.0)
             connects += agent.connects
         logged = talk + ready + wrap
         return {

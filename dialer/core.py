@@ -43,6 +43,9 @@ from dialer.events import (
     Event,
     LeadsAvailable,
     PbxLink,
+    PreviewDial,
+    PreviewRequest,
+    PreviewSkip,
 )
 from dialer.model import (
     AgentStatus,
@@ -54,6 +57,8 @@ from dialer.model import (
 )
 from pacing.registry import make_strategy
 from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, PacingSnapshot, PacingStrategy
+
+PREVIEW = "preview"  # dialing mode where agents pick and dial leads themselves; the pacer launches nothing
 
 # AMD results that mean "a machine answered"; anything else is treated as a person (the safe side for abandons).
 MACHINE_AMD = frozenset({"MACHINE"})
@@ -79,6 +84,7 @@ class Call:
     state: str = "dialing"  # dialing | ringing | waiting | connected | abandoning | ending
     abandon_at: float | None = None
     ended: bool = False
+    reserved_agent: str | None = None  # preview: the agent who dialed it takes it, nobody else
 
 
 @dataclass(slots=True)
@@ -126,7 +132,7 @@ class DialerCore:
             max_calls_per_s=settings.max_calls_per_s,
             abandon_target=settings.abandon_target,
         )
-        strategy = self.config.strategy_factory(settings.strategy, caps)
+        strategy = _NoDial() if settings.strategy == PREVIEW else self.config.strategy_factory(settings.strategy, caps)
         self.campaigns[settings.campaign_id] = CampaignState(settings=settings, strategy=strategy)
 
     def set_strategy(self, campaign_id: str, strategy: PacingStrategy) -> None:
@@ -186,7 +192,55 @@ class DialerCore:
                 self._on_campaign_control(event, now, out)
             case PbxLink():
                 self._on_pbx_link(event, now, out)
+            case PreviewRequest():
+                self._on_preview_request(event, now, out)
+            case PreviewDial():
+                self._on_preview_dial(event, now, out)
+            case PreviewSkip():
+                self._on_preview_skip(event, now, out)
         return out
+
+    # ------------------------------------------------------------------ preview mode
+
+    def _on_preview_request(self, event: PreviewRequest, now: float, out: list[Command]) -> None:
+        agent = self.agents.get(event.agent_id)
+        camp = self._campaign(event.campaign_id)
+        if agent is None or agent.status is not AgentStatus.READY or \
+                not agent.serves(event.campaign_id, camp.settings.skill):
+            raise CoreError(f"agent_id: {event.agent_id!r} is not a ready agent of campaign {event.campaign_id!r}")
+        if camp.status is not CampaignStatus.RUNNING or not camp.hopper:
+            self._maybe_fetch(camp, now, out)
+            out.append(Emit("preview.none", {"agent_id": agent.agent_id, "campaign_id": event.campaign_id}))
+            return
+        lead = camp.hopper.popleft()
+        agent.preview, agent.preview_campaign = lead, event.campaign_id
+        self.agents.set_status(agent, AgentStatus.PREVIEW, now)
+        out.append(self._agent_emit(agent))
+        out.append(Emit("preview.offer", {"agent_id": agent.agent_id, "campaign_id": event.campaign_id,
+                                          "lead_id": lead.lead_id, "phones": list(lead.phones),
+                                          "fields": dict(lead.fields)}))
+        self._maybe_fetch(camp, now, out)
+
+    def _take_preview(self, agent_id: str) -> tuple[Agent, CampaignState, Lead]:
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.status is not AgentStatus.PREVIEW or agent.preview is None:
+            raise CoreError(f"agent_id: {agent_id!r} has no lead on screen")
+        lead, camp = agent.preview, self._campaign(agent.preview_campaign or "")
+        agent.preview = agent.preview_campaign = None
+        return agent, camp, lead
+
+    def _on_preview_dial(self, event: PreviewDial, now: float, out: list[Command]) -> None:
+        if not self.pbx_up:
+            raise CoreError("the PBX link is down: nothing can be dialed now")
+        agent, camp, lead = self._take_preview(event.agent_id)
+        agent.preview, agent.preview_campaign = lead, camp.settings.campaign_id  # on screen while it rings
+        call_id = self._dial(camp, lead, now, out)
+        self.calls[call_id].reserved_agent = agent.agent_id
+
+    def _on_preview_skip(self, event: PreviewSkip, now: float, out: list[Command]) -> None:
+        agent, camp, lead = self._take_preview(event.agent_id)
+        out.append(ReleaseLead(camp.settings.campaign_id, lead.lead_id, Outcome.LOST, final=False))
+        self._end_wrapup_or_pause(agent, now, out)
 
     def _on_pbx_link(self, event: PbxLink, now: float, out: list[Command]) -> None:
         self.pbx_up = event.up
@@ -231,6 +285,12 @@ class DialerCore:
             return
         camp.strategy.observe(DialResult(now, ring_s, "live"))
         camp.live_answers += 1
+        if call.reserved_agent is not None:
+            reserved = self.agents.get(call.reserved_agent)
+            if reserved is not None and reserved.status is AgentStatus.PREVIEW:
+                reserved.preview = reserved.preview_campaign = None
+                self._connect(call, reserved, now, out)
+                return
         agent = self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill)
         if agent is not None:
             self._connect(call, agent, now, out)
@@ -321,6 +381,11 @@ class DialerCore:
         camp.waiting.pop(att.call_id, None)
         camp.outcomes[att.outcome.value] = camp.outcomes.get(att.outcome.value, 0) + 1
         del self.calls[att.call_id]
+        if call.reserved_agent is not None and att.connected_at is None:
+            waiting_agent = self.agents.get(call.reserved_agent)
+            if waiting_agent is not None and waiting_agent.status is AgentStatus.PREVIEW:
+                waiting_agent.preview = waiting_agent.preview_campaign = None
+                self._end_wrapup_or_pause(waiting_agent, now, out)  # back to ready (or the pause it asked for)
         out.append(RecordAttempt(_copy_attempt(att)))
         out.append(ReleaseLead(att.campaign_id, att.lead_id, att.outcome, final=att.outcome.live))
         out.append(Emit("call.ended", att.as_dict()))
@@ -520,7 +585,7 @@ class DialerCore:
             self._dial(camp, camp.hopper.popleft(), now, out)
         self._maybe_fetch(camp, now, out)
 
-    def _dial(self, camp: CampaignState, lead: Lead, now: float, out: list[Command]) -> None:
+    def _dial(self, camp: CampaignState, lead: Lead, now: float, out: list[Command]) -> str:
         self._seq += 1
         call_id = f"{self.config.id_prefix}-{self._seq}"
         s = camp.settings
@@ -535,6 +600,7 @@ class DialerCore:
                              caller_id=s.caller_id, timeout_s=s.ring_timeout_s,
                              variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id,
                                         "MARCADOR_AMD": "1" if s.amd else "0"}))
+        return call_id
 
     # ------------------------------------------------------------------ timers
 
@@ -593,6 +659,18 @@ class DialerCore:
             "agents": self.agents.counts(campaign_id, camp.settings.skill),
             **occ,
         }
+
+
+class _NoDial:
+    """Preview campaigns: the pacer launches nothing; agents dial."""
+
+    name = PREVIEW
+
+    def observe(self, obs: object) -> None:
+        pass
+
+    def decide(self, snap: PacingSnapshot) -> int:
+        return 0
 
 
 def _cause_outcome(cause: int) -> Outcome:

@@ -100,6 +100,28 @@ class CampaignControl:
 
 
 @dataclass(frozen=True, slots=True)
+class PreviewRequest:
+    """Preview mode: a ready agent asks for the next lead of a campaign to look at before dialing."""
+
+    agent_id: str
+    campaign_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewDial:
+    """The agent dials the lead on screen; the call is reserved for this agent (it cannot be abandoned)."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewSkip:
+    """The agent passes on the lead on screen: it goes back to the queue unattempted."""
+
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PbxLink:
     """The PBX link went down (nothing can be dialed) or came back after its resync."""
 
@@ -121,4 +143,7 @@ Event = (
     | LeadsAvailable
     | CampaignControl
     | PbxLink
+    | PreviewRequest
+    | PreviewDial
+    | PreviewSkip
 )

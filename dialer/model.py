@@ -35,6 +35,7 @@ class AgentStatus(StrEnum):
     ON_CALL = "on_call"
     WRAPUP = "wrapup"
     PAUSED = "paused"
+    PREVIEW = "preview"  # reserved with a lead on screen (preview mode); its call goes to this agent only
 
 
 class CampaignStatus(StrEnum):

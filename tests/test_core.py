@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dialer.commands import (
     ConnectToAgent,
+    Emit,
     FetchLeads,
     Hangup,
     HangupAgentLeg,
@@ -13,7 +16,7 @@ from dialer.commands import (
     RecordAttempt,
     ReleaseLead,
 )
-from dialer.core import CoreConfig, DialerCore
+from dialer.core import CoreConfig, CoreError, DialerCore
 from dialer.events import (
     AgentConnected,
     AgentDisconnected,
@@ -27,6 +30,9 @@ from dialer.events import (
     Disposition,
     LeadsAvailable,
     PbxLink,
+    PreviewDial,
+    PreviewRequest,
+    PreviewSkip,
 )
 from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
 
@@ -263,3 +269,29 @@ def test_shared_agents_are_split_by_campaign_weight_never_double_counted():
     origs = of(core.tick(1.0), Originate)
     assert len(origs) == 8  # progressive: one line per agent in all, never one per agent per campaign
     assert sum(o.campaign_id == "big" for o in origs) == 6
+
+
+def test_preview_mode_agent_sees_lead_dials_it_and_gets_the_call():
+    core = make(n_leads=3, agents=("a1", "a2"), strategy="preview")
+    assert not of(core.tick(1.0), Originate)  # the pacer launches nothing in preview mode
+    cmds = core.handle(PreviewRequest("a1", "c1"), 2.0)
+    (offer,) = [c for c in cmds if isinstance(c, Emit) and c.kind == "preview.offer"]
+    assert offer.data["lead_id"] == "L0" and core.agents.get("a1").status is AgentStatus.PREVIEW
+    (o,) = of(core.handle(PreviewDial("a1"), 5.0), Originate)
+    # a2 is ready and idle longer, but the previewed call is reserved for a1
+    cmds = core.handle(CallAnswered(o.call_id), 9.0)
+    assert of(cmds, ConnectToAgent) == [ConnectToAgent(o.call_id, "a1")]
+
+
+def test_preview_skip_returns_lead_and_failed_preview_frees_agent():
+    core = make(n_leads=3, agents=("a1",), strategy="preview")
+    core.handle(PreviewRequest("a1", "c1"), 1.0)
+    (rel,) = of(core.handle(PreviewSkip("a1"), 2.0), ReleaseLead)
+    assert rel.lead_id == "L0" and not rel.final
+    assert core.agents.get("a1").status is AgentStatus.READY
+    core.handle(PreviewRequest("a1", "c1"), 3.0)
+    (o,) = of(core.handle(PreviewDial("a1"), 4.0), Originate)
+    core.handle(CallFailed(o.call_id, Outcome.BUSY), 6.0)
+    assert core.agents.get("a1").status is AgentStatus.READY
+    with pytest.raises(CoreError):
+        core.handle(PreviewDial("a1"), 7.0)  # nothing on screen
