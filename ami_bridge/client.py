@@ -38,6 +38,17 @@ class AmiAuthError(RuntimeError):
     """Asterisk refused our login: a configuration error, not retried."""
 
 
+class _EveryAction:
+    """`forgetable_actions` that holds every action: panoramisk then neither queues an unanswered action for
+    replay nor logs it (its log line would carry a Login's secret)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_EVERY_ACTION = _EveryAction()
+
+
 class _Protocol(AMIProtocol):  # type: ignore[misc]
     """panoramisk's protocol with incremental decoding and no replay of pending actions."""
 
@@ -124,7 +135,7 @@ class AmiClient:
             protocol_factory=_Protocol,
             loop=loop,
             events="off",
-            forgetable_actions=(),
+            forgetable_actions=_EVERY_ACTION,
             on_connect=self._connected,
             on_disconnect=self._disconnected,
             log=logging.getLogger("marcador.ami.link"),

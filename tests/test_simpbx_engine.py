@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import subprocess
 from pathlib import Path
@@ -127,3 +128,15 @@ async def test_ami_over_tls(tmp_path: Path) -> None:
         run = await run_campaign(AmiTelephony(cfg), leads, ("ag1", "ag2"),
                                  {"campaign_id": "tls", "ring_timeout_s": 15, "wrapup_s": 1})
         check_forced_run(run, expected)
+
+
+async def test_the_ami_secret_never_reaches_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        tel = AmiTelephony(_config(pbx, auth="plain"))
+        await tel.start(lambda ev: None)
+        pbx.drop_connections()  # pending actions at a link loss are where panoramisk would log them
+        await asyncio.sleep(1.5)
+        await tel.close()
+    assert "s3cret-pbx" not in caplog.text
+    assert "s3cret-pbx" not in repr(_config(pbx))
