@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
 import random
 import ssl
@@ -96,6 +97,7 @@ class SimulatedPbx:
         abandon_message_s: float = 2.0,
         seed: int = 1,
         ssl_context: ssl.SSLContext | None = None,
+        call_log_path: str | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError(f"speed: must be > 0, got {speed}")
@@ -107,6 +109,9 @@ class SimulatedPbx:
         self.model: CallModel = model or _scenario_model(scenario, seed) or NumberCodedModel()
         self.abandon_message_s = abandon_message_s
         self.ssl_context = ssl_context  # AMI over TLS when given
+        # Every customer Originate received, one JSON line each, flushed at once: audits read it even after
+        # the engine beside this PBX was killed (bench/multinode.py counts double dials from it).
+        self._call_log_file = open(call_log_path, "a", encoding="utf-8") if call_log_path else None
         self.channels: dict[str, Channel] = {}
         self._by_name: dict[str, Channel] = {}
         self.sessions: set[Session] = set()
@@ -143,6 +148,9 @@ class SimulatedPbx:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._call_log_file is not None:
+            self._call_log_file.close()
+            self._call_log_file = None
 
     async def __aenter__(self) -> SimulatedPbx:
         await self.start()
@@ -287,8 +295,11 @@ class SimulatedPbx:
                      call_id=variables.get("MARCADOR_CALL_ID", uid), number=dest, variables=variables)
         fate = self.model.fate(dest)
         timeout_s = float(a.get("timeout", 30000)) / 1000
-        self.call_log.append({"call_id": ch.call_id, "uniqueid": uid, "number": dest, "fate": fate.kind,
-                              "t": time.time()})
+        row = {"call_id": ch.call_id, "uniqueid": uid, "number": dest, "fate": fate.kind, "t": time.time()}
+        self.call_log.append(row)
+        if self._call_log_file is not None:
+            self._call_log_file.write(json.dumps(row) + "\n")
+            self._call_log_file.flush()
         self._add(ch)
         self._calls_now += 1
         self.max_concurrent_calls = max(self.max_concurrent_calls, self._calls_now)
