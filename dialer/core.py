@@ -600,6 +600,8 @@ class DialerCore:
                              caller_id=s.caller_id, timeout_s=s.ring_timeout_s,
                              variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id,
                                         "MARCADOR_AMD": "1" if s.amd else "0"}))
+        out.append(Emit("call.dialed", {"call_id": call_id, "campaign_id": s.campaign_id, "lead_id": lead.lead_id,
+                                        "number": lead.phone, "caller_id": s.caller_id}))
         return call_id
 
     # ------------------------------------------------------------------ timers

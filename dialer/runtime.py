@@ -24,6 +24,7 @@ from dialer.ports import TELEPHONY_COMMANDS, Store, Telephony
 log = logging.getLogger("marcador.runtime")
 
 Subscriber = Callable[[Emit], None]
+_CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
 
 
 @dataclass(slots=True)
@@ -208,13 +209,13 @@ class Runtime:
                     await asyncio.sleep(0.5)
 
     def _emit(self, cmd: Emit) -> None:
-        if cmd.kind in ("call.ended",):
+        if cmd.kind.startswith("call.") and log.isEnabledFor(logging.INFO):
+            # One line per call lifecycle step; the number is masked, never logged whole.
             d = cmd.data
-            log.info(
-                "call ended",
-                extra={"fields": {"call_id": d.get("call_id"), "campaign_id": d.get("campaign_id"),
-                                  "number": mask_number(str(d.get("number", ""))), "outcome": d.get("outcome")}},
-            )
+            fields = {k: d[k] for k in _CALL_LOG_FIELDS if d.get(k) is not None}
+            if d.get("number"):
+                fields["number"] = mask_number(str(d["number"]))
+            log.info(cmd.kind.replace(".", " "), extra={"fields": fields})
         for fn in list(self._subscribers):
             try:
                 fn(cmd)

@@ -4,8 +4,11 @@ dispatch and store ordering; the real PBX paths are proven in the simulated-PBX 
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from dialer.commands import ConnectToAgent, Originate, OriginateAgentLeg, PlayAbandonMessage
+import pytest
+
+from dialer.commands import ConnectToAgent, Emit, Originate, OriginateAgentLeg, PlayAbandonMessage
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentConnected, AgentLogin, CallAnswered, CallEnded, CallFailed, CampaignControl
 from dialer.memory_store import InMemoryStore
@@ -75,3 +78,13 @@ async def test_runtime_dials_every_lead_once_and_stores_final_attempts():
     stats = rt.stats("c1")
     assert stats["attempts"] == 30
     assert stats["connected"] + stats["abandoned"] == stats["live_answers"] == 15
+
+
+def test_call_lifecycle_log_lines_mask_the_number(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="marcador.runtime")
+    rt = Runtime(DialerCore(), InMemoryStore(), ScriptedPbx())
+    rt._emit(Emit("call.dialed", {"call_id": "c1", "campaign_id": "k", "lead_id": "L1", "number": "+15551234567"}))
+    (record,) = caplog.records
+    assert record.getMessage() == "call dialed"
+    assert record.__dict__["fields"] == {"call_id": "c1", "campaign_id": "k", "lead_id": "L1", "number": "+155******67"}
+    assert "1234" not in caplog.text
