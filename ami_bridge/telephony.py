@@ -8,6 +8,7 @@ which never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -29,6 +30,8 @@ class AmiTelephony:
         self.client = AmiClient(config, self._on_message, on_login=self._on_login, on_link_down=self._on_link_down)
         self._sink: EventSink | None = None
         self._logins = 0
+        self._pbx_ready = False
+        self._ready_task: asyncio.Task[None] | None = None
         self.events_in = 0
         self.actions_out = 0
         self.originates_failed_to_send = 0
@@ -36,11 +39,15 @@ class AmiTelephony:
 
     @property
     def ready(self) -> bool:
-        return self.client.logged_in
+        return self.client.logged_in and self._pbx_ready
 
     async def start(self, sink: EventSink) -> None:
         self._sink = sink
+        self._deliver([PbxLink(False)])  # nothing is dialed before the PBX has proven it can take calls
         await self.client.start()
+        if self.client.logged_in and self._ready_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._ready_task), self.config.connect_timeout_s)
 
     async def close(self) -> None:
         await self.client.close()
@@ -99,18 +106,47 @@ class AmiTelephony:
             self._send(action)
 
     def _on_link_down(self) -> None:
+        self._pbx_ready = False
         self._deliver([PbxLink(False)])
 
     def _on_login(self) -> None:
         self._logins += 1
-        if self._logins > 1:  # a reconnect: what happened while deaf is learned from Asterisk itself
-            self._spawn_resync(link_back=True)
+        # A reconnect: what happened while deaf is learned from Asterisk itself once it is ready.
+        self._ready_task = asyncio.ensure_future(self._when_ready(resync=self._logins > 1))
+        self._ready_task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    def _spawn_resync(self, link_back: bool = False) -> None:
-        task = asyncio.ensure_future(self._resync(link_back))
+    async def _when_ready(self, resync: bool) -> None:
+        """Asterisk accepts AMI logins before it has loaded the dialplan and ConfBridge: a starting PBX would
+        fail every call. Probe both (with the `reporting` privilege only) before dialing resumes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.boot_wait_s
+        while True:
+            try:
+                dialplan = await self.client.request(
+                    {"Action": "ShowDialPlan", "Context": self.config.answered_context}, timeout=5)
+                rooms = await self.client.request({"Action": "ConfbridgeListRooms"}, timeout=5)
+            except (LinkLost, TimeoutError):
+                return  # the link went down again: the next login starts over
+            dialplan_ok = str(dialplan[0].get("Response", "")).lower() == "success"
+            rooms_ok = "unknown command" not in str(rooms[0].get("Message", "")).lower()
+            if dialplan_ok and rooms_ok:
+                break
+            if loop.time() > deadline:
+                log.error("PBX not ready: dialplan context or ConfBridge missing",
+                          extra={"fields": {"context": self.config.answered_context, "dialplan_ok": dialplan_ok,
+                                            "confbridge_ok": rooms_ok}})
+                deadline = loop.time() + self.config.boot_wait_s  # keep probing, say it again later
+            await asyncio.sleep(0.5)
+        if resync:
+            await self._resync()
+        self._pbx_ready = True
+        self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
+
+    def _spawn_resync(self) -> None:
+        task = asyncio.ensure_future(self._resync())
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _resync(self, link_back: bool) -> None:
+    async def _resync(self) -> None:
         try:
             listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
         except (LinkLost, TimeoutError) as exc:
@@ -119,8 +155,6 @@ class AmiTelephony:
         self.resyncs += 1
         self._deliver(self.translator.reconcile([m for m in listing if m.get("Event") == "CoreShowChannel"]))
         await asyncio.gather(*(self._resync_room(agent_id) for agent_id in list(self.translator.legs)))
-        if link_back:
-            self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
 
     async def _resync_room(self, agent_id: str) -> None:
         try:

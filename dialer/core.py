@@ -74,8 +74,9 @@ class CoreConfig:
     hopper_low_water: int = 20  # fetch more leads when fewer than this are buffered per campaign
     hopper_batch: int = 100
     strategy_factory: Callable[[str, PacingCaps], PacingStrategy] = make_strategy
-    agent_rejoin_delay_s: float = 2.0  # after an unexpected leg drop, call the agent's phone again
-    agent_rejoin_attempts: int = 5  # consecutive failed rejoins before the agent is logged out
+    agent_rejoin_delay_s: float = 2.0  # after an unexpected leg drop, call the agent's phone again (doubling)
+    agent_rejoin_max_delay_s: float = 30.0
+    agent_rejoin_attempts: int = 8  # consecutive failed rejoins before the agent is logged out (about 2.5 min)
 
 
 @dataclass(slots=True)
@@ -453,8 +454,9 @@ class DialerCore:
             if self.pbx_up:
                 gone.rejoins += 1
                 gone.rejoin_gen += 1
-                self._add_timer(now + self.config.agent_rejoin_delay_s, "rejoin",
-                                f"{gone.agent_id}\x00{gone.rejoin_gen}")
+                delay = min(self.config.agent_rejoin_max_delay_s,
+                            self.config.agent_rejoin_delay_s * 2 ** (gone.rejoins - 1))
+                self._add_timer(now + delay, "rejoin", f"{gone.agent_id}\x00{gone.rejoin_gen}")
         out.append(self._agent_emit(gone))
 
     def _serve_waiting(self, agent: Agent, now: float, out: list[Command]) -> None:

@@ -29,6 +29,9 @@ log = logging.getLogger("marcador.sim.pbx")
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 EVENT_CLASS = {"UserEvent": "user"}  # everything else we emit is class "call"
+# The contexts of asterisk-docker/config/extensions.conf that the simulated PBX plays.
+DIALPLAN_CONTEXTS = frozenset({"marcador-answered", "marcador-abandon", "marcador-agent-room", "marcador-agent-login",
+                               "sim-agent", "sim-customer"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +254,10 @@ class SimulatedPbx:
             self._core_show_channels(s, aid)
         elif name == "confbridgelist":
             self._confbridge_list(s, a, aid)
+        elif name == "confbridgelistrooms":
+            self._confbridge_list_rooms(s, aid)
+        elif name == "showdialplan":
+            self._show_dialplan(s, a, aid)
         else:
             s.reply(aid, "Error", Message="Invalid/unknown command")
 
@@ -368,6 +375,31 @@ class SimulatedPbx:
             s.event("ConfbridgeList", ActionID=aid, Conference=conference, Channel=ch.name, Uniqueid=ch.uid,
                     MarkedUser="Yes" if ch.kind == "agent" else "No")
         s.event("ConfbridgeListComplete", ActionID=aid, EventList="Complete", ListItems=len(members))
+
+    def _confbridge_list_rooms(self, s: Session, aid: Any) -> None:
+        rooms: dict[str, int] = {}
+        for ch in self.channels.values():
+            if ch.room is not None:
+                rooms[ch.room] = rooms.get(ch.room, 0) + 1
+        if not rooms:
+            s.reply(aid, "Error", Message="No active conferences.")
+            return
+        s.reply(aid, "Success", EventList="start", Message="Confbridge conferences will follow")
+        for room, parties in sorted(rooms.items()):
+            s.event("ConfbridgeListRooms", ActionID=aid, Conference=room, Parties=parties, Marked=1, Locked="No")
+        s.event("ConfbridgeListRoomsComplete", ActionID=aid, EventList="Complete", ListItems=len(rooms))
+
+    def _show_dialplan(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        context = str(a.get("context", ""))
+        if context and context not in DIALPLAN_CONTEXTS:
+            s.reply(aid, "Error", Message=f"Did not find context {context}")
+            return
+        s.reply(aid, "Success", EventList="start", Message="DialPlan list will follow")
+        shown = [context] if context else sorted(DIALPLAN_CONTEXTS)
+        for ctx in shown:
+            s.event("ListDialplan", ActionID=aid, Context=ctx, Extension="s", Priority="1", Application="NoOp")
+        s.event("ShowDialPlanComplete", ActionID=aid, EventList="Complete", ListItems=len(shown),
+                ListExtensions=len(shown), ListPriorities=len(shown), ListContexts=len(shown))
 
     # ------------------------------------------------------------------ the call model in time
 

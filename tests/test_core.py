@@ -207,10 +207,14 @@ def test_agent_leg_dropped_without_logout_is_called_back_then_given_up():
     assert core.agents.get("a1").status is AgentStatus.READY
     # a phone that keeps failing is logged out after the configured attempts
     t = 10.0
+    delays = []
     for _ in range(CoreConfig().agent_rejoin_attempts):
         core.handle(AgentDisconnected("a1"), t)
-        core.tick(t + 3)
-        t += 5
+        due = core.next_deadline()
+        delays.append(due - t)
+        assert of(core.tick(due), OriginateAgentLeg) == [OriginateAgentLeg("a1")]
+        t = due + 1
+    assert delays[:5] == [2.0, 4.0, 8.0, 16.0, 30.0]  # backing off, capped
     core.handle(AgentDisconnected("a1"), t)
     assert core.agents.get("a1").status is AgentStatus.LOGGED_OUT
 
