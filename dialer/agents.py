@@ -109,7 +109,9 @@ class AgentBoard:
         return best
 
     def serving(self, campaign_id: str, skill: str | None = None) -> Iterable[Agent]:
-        return (a for a in self._agents.values() if a.serves(campaign_id, skill))
+        if skill is None:  # the common case, kept cheap: it runs on every pacing decision
+            return [a for a in self._agents.values() if not a.campaigns or campaign_id in a.campaigns]
+        return [a for a in self._agents.values() if a.serves(campaign_id, skill)]
 
     def campaigns_of(self, agent: Agent, skills: Mapping[str, str | None]) -> list[str]:
         """The campaigns (id → skill they need) this agent may take calls from."""

@@ -98,7 +98,7 @@ class CampaignState:
     exhausted: bool = False  # the store had nothing last time; retried on a slow cadence
     last_fetch_at: float = float("-inf")
     launches: deque[float] = field(default_factory=deque)  # originate times in the last second
-    in_flight: set[str] = field(default_factory=set)  # dialing/ringing call ids
+    in_flight: dict[str, float] = field(default_factory=dict)  # dialing/ringing call id → dialed at
     waiting: dict[str, None] = field(default_factory=dict)  # answered, unconnected (insertion = answer order)
     outcomes: dict[str, int] = field(default_factory=dict)
     attempts: int = 0
@@ -273,7 +273,7 @@ class DialerCore:
         if call is None or call.state not in ("dialing", "ringing"):
             return
         camp = self.campaigns[call.attempt.campaign_id]
-        camp.in_flight.discard(event.call_id)
+        camp.in_flight.pop(event.call_id, None)
         att = call.attempt
         att.answered_at = now
         att.amd = event.amd
@@ -378,7 +378,7 @@ class DialerCore:
         att.ended_at = now
         if att.outcome is None:
             att.outcome = Outcome.FAILED
-        camp.in_flight.discard(att.call_id)
+        camp.in_flight.pop(att.call_id, None)
         camp.waiting.pop(att.call_id, None)
         camp.outcomes[att.outcome.value] = camp.outcomes.get(att.outcome.value, 0) + 1
         del self.calls[att.call_id]
@@ -515,23 +515,26 @@ class DialerCore:
         wrap_total: list[float] = []
         wrap_in: list[float] = []
         owner = self._agent_owners()
+        ready_st, call_st, wrap_st = AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP
         for agent in self.agents.serving(campaign_id, s.skill):
             st = agent.status
-            if st not in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP):
+            if st is not ready_st and st is not call_st and st is not wrap_st:
                 continue
-            if owner.get(agent.agent_id, campaign_id) == campaign_id:
+            if not owner or owner.get(agent.agent_id, campaign_id) == campaign_id:
                 logged += 1
-                ready += st is AgentStatus.READY
-            if st is not AgentStatus.READY and agent.last_campaign_id == campaign_id:
+                if st is ready_st:
+                    ready += 1
+                    continue
+            if st is not ready_st and agent.last_campaign_id == campaign_id:
                 # busy on this campaign's call: how soon it frees informs this campaign's pacing
-                if st is AgentStatus.ON_CALL:
+                if st is call_st:
                     talking.append(now - (agent.connected_at or now))
                 else:
                     wrap_total.append(now - (agent.connected_at or now))
                     wrap_in.append(now - (agent.wrap_started_at or now))
         while camp.launches and camp.launches[0] <= now - 1.0:
             camp.launches.popleft()
-        ringing = tuple(now - self.calls[cid].attempt.dialed_at for cid in camp.in_flight)
+        ringing = tuple(now - t for t in camp.in_flight.values())
         return PacingSnapshot(
             now=now,
             agents_logged_in=logged,
@@ -594,7 +597,7 @@ class DialerCore:
         att = Attempt(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
                       caller_id=s.caller_id, dialed_at=now)
         self.calls[call_id] = Call(attempt=att)
-        camp.in_flight.add(call_id)
+        camp.in_flight[call_id] = now
         camp.launches.append(now)
         camp.attempts += 1
         out.append(RecordAttempt(_copy_attempt(att)))

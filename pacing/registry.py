@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pacing.baselines import OmniDialer, Ratio, Vicidial
+from pacing.erlang import ErlangPacer
 from pacing.progressive import Progressive
 from pacing.snapshot import PacingCaps, PacingStrategy
 
@@ -11,6 +13,10 @@ StrategyFactory = Callable[[PacingCaps], PacingStrategy]
 
 STRATEGIES: dict[str, StrategyFactory] = {
     "progressive": Progressive,
+    "erlang": ErlangPacer,
+    "ratio": Ratio,
+    "vicidial": Vicidial,
+    "omnidialer": OmniDialer,
 }
 
 

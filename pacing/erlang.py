@@ -1,0 +1,218 @@
+"""The predictive pacer (DESIGN.md, Pacing): launch the most calls whose expected excess of answers over
+free agents at the look-ahead horizon stays within α of the expected answers.
+
+    C = I + Σᵢ Bernoulli(qᵢ)               agents free by H (qᵢ from the censored gamma handle-time fit)
+    X = W + Σⱼ Bernoulli(rⱼ) + Bin(n, p·G(H))  answers by H (W: answered calls already waiting)
+    (a talking agent frees when talk, fitted as a censored gamma, plus the wrap-up that follows are over;
+    an agent in wrap-up by the empirical wrap-up distribution)
+    n* = max{ n : E[(X − C)⁺] ≤ α·E[X] }
+
+pmfs are exact (Poisson-binomials by a vectorised product of generating functions, then convolutions),
+and n* is found by bisection since E[(X − C)⁺] − α·E[X] grows with n. α itself is steered by
+`AbandonController` so the measured abandon rate settles just under the target.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from pacing.estimators import AnswerRate, AnswerTime, HandleTime, WrapTime
+from pacing.snapshot import DialResult, HandleResult, LiveResult, Observation, PacingCaps, PacingSnapshot
+
+
+def poisson_binomial(q: np.ndarray) -> np.ndarray:
+    """pmf of a sum of independent Bernoulli(qᵢ): the product of (1 − qᵢ + qᵢ z), expanded exactly."""
+    q = q[q > 1e-12]  # a Bernoulli that never fires adds nothing (and would only cost time)
+    n = len(q)
+    if n == 0:
+        return np.ones(1)
+    if n <= 6:  # a few terms: direct expansion is exact and cheaper than the transform
+        pmf = np.zeros(n + 1)
+        pmf[0] = 1.0
+        for i, qi in enumerate(q):
+            pmf[1:i + 2] = pmf[1:i + 2] * (1.0 - qi) + pmf[:i + 1] * qi
+            pmf[0] *= 1.0 - qi
+        return pmf
+    # Evaluate the generating function at the n+1 roots of unity, then invert (one vectorised pass).
+    w = np.exp(-2j * np.pi * np.arange(n + 1) / (n + 1))
+    values = np.prod(1.0 - q[:, None] + q[:, None] * w[None, :], axis=0)
+    pmf = np.clip(np.fft.ifft(values).real, 0.0, None)
+    return np.asarray(pmf / pmf.sum())
+
+
+def excess_weights(pmf_c: np.ndarray, size: int) -> np.ndarray:
+    """h(x) = E[(x − C)⁺] for x = 0..size−1, so that E[(X − C)⁺] = Σₓ P(X = x)·h(x) for independent X, C."""
+    c = np.arange(len(pmf_c))
+    cdf = np.concatenate([[0.0], np.cumsum(pmf_c)])  # cdf[x] = P(C < x)
+    partial = np.concatenate([[0.0], np.cumsum(c * pmf_c)])  # Σ_{c < x} c·P(C = c)
+    x = np.arange(size)
+    idx = np.minimum(x, len(pmf_c))
+    return np.asarray(x * cdf[idx] - partial[idx])
+
+
+def expected_excess(pmf_x: np.ndarray, pmf_c: np.ndarray) -> float:
+    """E[(X − C)⁺] for independent X, C on 0..len−1."""
+    return float(np.dot(pmf_x, excess_weights(pmf_c, len(pmf_x))))
+
+
+class AbandonController:
+    """Steers α so the measured abandon rate converges to the target from below.
+
+    Every live answer nudges log α: up a little when connected, down a lot when abandoned, balanced at
+    `margin × target` (a multiplicative-weights integral controller; it needs no model of the floor).
+    Early on the nudges are smaller, so a few unlucky abandons cannot swing it.
+    """
+
+    def __init__(self, target: float, margin: float = 0.8, gain: float = 0.08, alpha0: float = 0.2,
+                 alpha_range: tuple[float, float] = (0.0005, 0.3)) -> None:
+        self.target = target
+        self.setpoint = margin * target
+        self.gain = gain
+        self.lo, self.hi = alpha_range
+        self.alpha = alpha0 * target  # start low: the rate approaches its target from below
+        self.live = 0
+        self.abandoned = 0
+
+    def observe(self, connected: bool) -> None:
+        self.live += 1
+        self.abandoned += 0 if connected else 1
+        y = 0.0 if connected else 1.0
+        g = self.gain * min(1.0, self.live / 50.0 + 0.2)
+        self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (self.setpoint - y))))
+
+    @property
+    def rate(self) -> float:
+        return self.abandoned / self.live if self.live else 0.0
+
+
+class ErlangPacer:
+    """`erlang`: the predictive strategy."""
+
+    name = "erlang"
+
+    def __init__(self, caps: PacingCaps | None = None) -> None:
+        self.caps = caps or PacingCaps()
+        self.answer_rate = AnswerRate()
+        self.answer_time = AnswerTime()
+        self.talk = HandleTime(prior_mean_s=120.0)  # talk time; the wrap-up that follows is `self.wrap`
+        self.wrap = WrapTime()
+        self.controller = AbandonController(self.caps.abandon_target,
+                                            margin=float(self.caps.extra.get("margin", 0.8)),
+                                            alpha0=float(self.caps.extra.get("alpha0", 0.2)))
+        self.warmup_answers = int(self.caps.extra.get("warmup_answers", 30))
+        self.warmup_handles = int(self.caps.extra.get("warmup_handles", 15))
+        self.horizon_q = float(self.caps.extra.get("horizon_q", 0.5))
+        self._talking: tuple[float, ...] = ()
+        self.last_n = 0
+        self.last_expected_answers = 0.0
+        self.last_expected_free = 0.0
+
+    # ------------------------------------------------------------------ learning
+
+    def observe(self, obs: Observation) -> None:
+        if isinstance(obs, DialResult):
+            self.answer_rate.add(obs.t, obs.fate == "live")
+            if obs.fate == "live":
+                self.answer_time.add(obs.ring_s)
+        elif isinstance(obs, LiveResult):
+            self.controller.observe(obs.connected)
+        elif isinstance(obs, HandleResult):
+            self.wrap.add(obs.wrap_s)
+            self.talk.add(obs.talk_s, self._talking)
+
+    @property
+    def warmed_up(self) -> bool:
+        return (self.answer_time.confidence >= self.warmup_answers
+                and self.talk.confidence >= self.warmup_handles)
+
+    # ------------------------------------------------------------------ deciding
+
+    def decide(self, snap: PacingSnapshot) -> int:
+        if snap.agents_logged_in <= 0:
+            return 0
+        self._talking = snap.talking_elapsed
+        in_flight = len(snap.ringing_elapsed) + snap.waiting_calls
+        room = min(self.caps.max_lines - in_flight,
+                   int(self.caps.max_lines_per_agent * snap.agents_logged_in) - in_flight,
+                   int(self.caps.max_calls_per_s) - snap.calls_launched_last_s)
+        if room <= 0:
+            return 0
+        if not self.warmed_up:  # progressive until the estimates can be trusted
+            return max(0, min(room, snap.agents_ready - in_flight))
+        n = self._predict(snap, room)
+        self.last_n = n
+        return n
+
+    def _predict(self, snap: PacingSnapshot, room: int) -> int:
+        p = min(max(self.answer_rate.p, 1e-4), 1.0)
+        horizon = max(1.0, self.answer_time.quantile(self.horizon_q))
+        # Agents free by the horizon: the ready ones, plus each busy one by its conditional end probability:
+        # talking agents must finish talking and then wrap up; agents in wrap-up only finish it.
+        reach = horizon + snap.abandon_threshold_s
+        talking = np.asarray(snap.talking_elapsed, dtype=float)
+        q_talk = np.zeros(0)
+        if len(talking):
+            wraps = self.wrap.quantiles()
+            budget = reach - wraps[None, :]  # time left to finish talking, for each possible wrap-up length
+            s_now = self.talk.survival(talking)[:, None]
+            s_then = self.talk.survival(talking[:, None] + np.maximum(budget, 0.0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_wrap = np.where((budget > 0) & (s_now > 1e-12), 1.0 - s_then / s_now, 0.0)
+            q_talk = np.clip(per_wrap.mean(axis=1), 0.0, 1.0)
+        q_wrap = self.wrap.end_within(np.asarray(snap.wrapup_in_state, dtype=float), reach)
+        q = np.concatenate([q_talk, q_wrap])
+        pmf_c = np.concatenate([np.zeros(snap.agents_ready), poisson_binomial(q)])
+        # Answers by the horizon from calls already ringing.
+        e = np.asarray(snap.ringing_elapsed, dtype=float)
+        if len(e):
+            g_now, g_then = self.answer_time.cdf(e), self.answer_time.cdf(e + horizon)
+            alive = e < snap.ring_timeout_s
+            denom = p * (1.0 - g_now) + (1.0 - p) * alive
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = np.where(denom > 1e-12, p * (g_then - g_now) / denom, 0.0)
+            pmf_ring = poisson_binomial(np.clip(r, 0.0, 1.0))
+        else:
+            pmf_ring = np.ones(1)
+        pmf_known = np.concatenate([np.zeros(snap.waiting_calls), pmf_ring])  # waiting calls: certain demand
+        s = p * float(self.answer_time.cdf(np.asarray([horizon]))[0])
+        alpha = self.controller.alpha
+        self.last_expected_free = float(np.dot(pmf_c, np.arange(len(pmf_c))))
+        # Add new calls one at a time: X gains a Bernoulli(s) each; stop at the first n that breaks the bound
+        # (the bound's slack only shrinks as n grows).
+        h = excess_weights(pmf_c, len(pmf_known) + room + 1)
+        values = np.arange(len(pmf_known) + room + 1, dtype=float)
+        pmf = np.zeros(len(pmf_known) + room + 1)
+        pmf[:len(pmf_known)] = pmf_known
+        size = len(pmf_known)
+        n = 0
+        while True:
+            ex = float(np.dot(pmf[:size], values[:size]))
+            if alpha * ex < float(np.dot(pmf[:size], h[:size])):
+                n -= 1
+                break
+            if n == room:
+                break
+            pmf[1:size + 1] = pmf[1:size + 1] * (1.0 - s) + pmf[:size] * s
+            pmf[0] *= 1.0 - s
+            size += 1
+            n += 1
+        n = max(0, n)
+        self.last_expected_answers = float(np.dot(pmf_known, np.arange(len(pmf_known)))) + s * n
+        return n
+
+    def state(self) -> dict[str, Any]:
+        """Estimates and the controller's α, for metrics and the simulator's charts."""
+        return {
+            "alpha": self.controller.alpha,
+            "p_live": self.answer_rate.p,
+            "answer_median_s": self.answer_time.quantile(0.5),
+            "talk_mean_s": self.talk.mean,
+            "talk_shape": self.talk.shape,
+            "wrap_mean_s": self.wrap.mean,
+            "warmed_up": self.warmed_up,
+            "measured_abandon_rate": self.controller.rate,
+            "last_n": self.last_n,
+        }

@@ -1,0 +1,189 @@
+"""What the pacer learns from outcomes: answer probability, time to answer, handle time, wrap-up.
+
+Each estimator is plain, deterministic and cheap to update; each exposes a confidence (an effective sample
+size) so the pacer knows when to stop warming up.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+
+import numpy as np
+from scipy import optimize, special
+
+
+class AnswerRate:
+    """Live-answer probability with exponential time decay: an attempt `half_life_s` old weighs half."""
+
+    def __init__(self, half_life_s: float = 1800.0, prior: float = 0.2, prior_weight: float = 2.0) -> None:
+        self.half_life_s = half_life_s
+        self._lam = math.log(2) / half_life_s
+        self._live = prior * prior_weight
+        self._total = prior_weight
+        self._t: float | None = None
+        self.samples = 0
+
+    def _decay(self, t: float) -> None:
+        if self._t is not None and t > self._t:
+            f = math.exp(-self._lam * (t - self._t))
+            self._live *= f
+            self._total *= f
+        self._t = t if self._t is None else max(self._t, t)
+
+    def add(self, t: float, live: bool) -> None:
+        self._decay(t)
+        self._live += 1.0 if live else 0.0
+        self._total += 1.0
+        self.samples += 1
+
+    @property
+    def p(self) -> float:
+        return self._live / self._total if self._total > 0 else 0.0
+
+    @property
+    def confidence(self) -> float:
+        """Effective number of attempts behind the estimate."""
+        return self._total
+
+
+class AnswerTime:
+    """Time from dial to answer, G(t) = P(answered by t | answered), the empirical CDF of recent answers.
+
+    Only answered calls give a time; a call that reached the no-answer timeout is counted by `AnswerRate`,
+    not here (it is the right-censored part the rate already accounts for).
+    """
+
+    def __init__(self, window: int = 400, prior_median_s: float = 8.0) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []
+        self._prior = prior_median_s
+
+    def add(self, ring_s: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            old = self._recent[0]
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+        self._recent.append(ring_s)
+        bisect.insort(self._sorted, ring_s)
+
+    def cdf(self, t: np.ndarray) -> np.ndarray:
+        if not self._sorted:  # before any answer: a lognormal around the prior median
+            with np.errstate(divide="ignore"):
+                z = (np.log(np.maximum(t, 1e-9)) - math.log(self._prior)) / 0.5
+            return np.asarray(0.5 * special.erfc(-z / math.sqrt(2)))
+        return np.searchsorted(self._sorted, t, side="right") / len(self._sorted)
+
+    def quantile(self, q: float) -> float:
+        if not self._sorted:
+            return self._prior
+        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
+
+    @property
+    def confidence(self) -> float:
+        return float(len(self._sorted))
+
+
+class HandleTime:
+    """Handle time (talk + wrap-up) as a gamma distribution, fitted by maximum likelihood with right-censoring:
+    calls still going count as "at least this long". Refitted every `refit_every` completions."""
+
+    def __init__(self, window: int = 600, refit_every: int = 25, prior_mean_s: float = 120.0) -> None:
+        self._done: deque[float] = deque(maxlen=window)
+        self.refit_every = refit_every
+        self._since_fit = 0
+        self.shape = 1.0
+        self.scale = prior_mean_s
+        self.fits = 0
+
+    def add(self, handle_s: float, censored_now: tuple[float, ...] = ()) -> None:
+        self._done.append(max(handle_s, 1e-3))
+        self._since_fit += 1
+        if self._since_fit >= self.refit_every or len(self._done) in (5, 10):
+            self.refit(censored_now)
+
+    def refit(self, censored: tuple[float, ...] = ()) -> None:
+        self._since_fit = 0
+        x = np.asarray(self._done)
+        if len(x) < 3:
+            return
+        c = np.asarray([v for v in censored if v > 0.0])
+        mean, var = float(x.mean()), float(x.var()) or 1.0
+        k0, th0 = max(mean * mean / var, 0.05), max(var / mean, 1e-3)  # method of moments: the starting point
+
+        def nll(params: np.ndarray) -> float:
+            k, th = math.exp(params[0]), math.exp(params[1])
+            ll = float(np.sum((k - 1) * np.log(x) - x / th)) - len(x) * (special.gammaln(k) + k * math.log(th))
+            if len(c):
+                ll += float(np.sum(np.log(np.maximum(special.gammaincc(k, c / th), 1e-300))))
+            return -ll
+
+        res = optimize.minimize(nll, np.log([k0, th0]), method="Nelder-Mead",
+                                options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 200})
+        if res.success or res.fun < nll(np.log([k0, th0])):
+            self.shape, self.scale = float(math.exp(res.x[0])), float(math.exp(res.x[1]))
+        else:
+            self.shape, self.scale = k0, th0
+        self.fits += 1
+
+    def survival(self, t: np.ndarray) -> np.ndarray:
+        return np.asarray(special.gammaincc(self.shape, np.maximum(t, 0.0) / self.scale))
+
+    def end_within(self, elapsed: np.ndarray, horizon: float) -> np.ndarray:
+        """P(ends within `horizon` | lasted `elapsed`) for each busy agent."""
+        s_now = self.survival(elapsed)
+        s_then = self.survival(elapsed + horizon)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(s_now > 1e-12, 1.0 - s_then / s_now, 1.0)
+        return np.clip(q, 0.0, 1.0)
+
+    @property
+    def mean(self) -> float:
+        return self.shape * self.scale
+
+    @property
+    def confidence(self) -> float:
+        return float(len(self._done))
+
+
+class WrapTime:
+    """Wrap-up seconds: the empirical distribution of recent wrap-ups (often nearly fixed, so it is worth
+    knowing exactly: an agent 7 s into a 10 s wrap-up is free in 3 s)."""
+
+    def __init__(self, prior_s: float = 10.0, window: int = 400) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []
+        self.prior_s = prior_s
+
+    def add(self, wrap_s: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(wrap_s)
+        bisect.insort(self._sorted, wrap_s)
+
+    @property
+    def mean(self) -> float:
+        return sum(self._sorted) / len(self._sorted) if self._sorted else self.prior_s
+
+    def quantiles(self, k: int = 5) -> np.ndarray:
+        """`k` evenly spread quantiles (midpoints), to integrate over the wrap-up that follows a call."""
+        if not self._sorted:
+            return np.full(k, self.prior_s)
+        idx = ((np.arange(k) + 0.5) / k * len(self._sorted)).astype(int)
+        return np.asarray(self._sorted)[np.minimum(idx, len(self._sorted) - 1)]
+
+    def end_within(self, in_state: np.ndarray, horizon: float) -> np.ndarray:
+        """P(wrap-up over within `horizon` | already `in_state` seconds into it), empirically."""
+        if not self._sorted:
+            return np.asarray((in_state + horizon) >= self.prior_s, dtype=float)
+        srt = self._sorted
+        n = len(srt)
+        done_now = np.searchsorted(srt, in_state, side="right")
+        done_then = np.searchsorted(srt, in_state + horizon, side="right")
+        alive = n - done_now
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(alive > 0, (done_then - done_now) / np.maximum(alive, 1), 1.0)
+
+    @property
+    def confidence(self) -> float:
+        return float(len(self._sorted))
