@@ -1,0 +1,58 @@
+"""PNG charts of a simulated shift (matplotlib, the `plot` extra): abandon rate against target (cumulative and
+hourly), occupancy, lines per agent, agents by state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.des.simulation import SimResult
+from sim.scenario import Scenario
+
+
+def write_plots(result: SimResult, sc: Scenario, folder: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'marcador[plot]'") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    series = result.series
+    hours = [row["t"] / 3600 for row in series]
+    target = sc.campaign.abandon_target
+    strategy = result.summary["strategy"]
+    written: list[Path] = []
+
+    def save(fig: object, name: str) -> None:
+        path = folder / f"{sc.name}-{strategy}-{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
+        plt.close(fig)  # type: ignore[arg-type]
+        written.append(path)
+
+    hourly: dict[int, list[int]] = {}
+    for a in result.attempts:
+        if a.outcome is not None and a.outcome.live and a.answered_at is not None:
+            h = hourly.setdefault(int(a.answered_at // 3600), [0, 0])
+            h[0] += 1
+            h[1] += a.outcome.value == "abandoned"
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(hours, [row["abandon_rate"] for row in series], label="campaign to date")
+    ax.bar([h + 0.5 for h in sorted(hourly)], [hourly[h][1] / hourly[h][0] for h in sorted(hourly)], width=0.8,
+           alpha=0.3, label="hourly")
+    ax.axhline(target, color="red", linestyle="--", label=f"target {target:.0%}")
+    ax.set(xlabel="hour of shift", ylabel="abandon rate", title=f"{sc.name} · {strategy}: abandon rate")
+    ax.legend()
+    save(fig, "abandon")
+    for key, label in (("occupancy", "occupancy (to date)"), ("lines_per_agent", "lines per logged-in agent")):
+        fig, ax = plt.subplots(figsize=(9, 4))
+        ax.plot(hours, [row[key] for row in series])
+        ax.set(xlabel="hour of shift", ylabel=label, title=f"{sc.name} · {strategy}: {label}")
+        save(fig, key)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    states = ("ready", "on_call", "wrapup", "paused")
+    ax.stackplot(hours, *[[row.get(f"agents_{s}", 0.0) for row in series] for s in states], labels=states)
+    ax.set(xlabel="hour of shift", ylabel="agents", title=f"{sc.name} · {strategy}: agents by state")
+    ax.legend(loc="upper right")
+    save(fig, "agents")
+    return written
