@@ -72,7 +72,7 @@ class Vicidial:
     def decide(self, snap: PacingSnapshot) -> int:
         now = snap.now
         if self._start is None:
-            self._start = now
+            self._start = self._last_adapt = now  # the first adjustment comes after 15 s of samples
         if snap.agents_logged_in <= 0:
             return 0
         if now - self._last_sample >= 1.0:
