@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from pacing.estimators import AnswerRate, AnswerTime, HandleTime, WrapTime
 from pacing.snapshot import DialResult, HandleResult, LiveResult, Observation, PacingCaps, PacingSnapshot
@@ -36,10 +37,12 @@ def poisson_binomial(q: np.ndarray) -> np.ndarray:
             pmf[1:i + 2] = pmf[1:i + 2] * (1.0 - qi) + pmf[:i + 1] * qi
             pmf[0] *= 1.0 - qi
         return pmf
-    # Evaluate the generating function at the n+1 roots of unity, then invert (one vectorised pass).
-    w = np.exp(-2j * np.pi * np.arange(n + 1) / (n + 1))
-    values = np.prod(1.0 - q[:, None] + q[:, None] * w[None, :], axis=0)
-    pmf = np.clip(np.fft.ifft(values).real, 0.0, None)
+    # Evaluate the generating function at the n+1 roots of unity, then invert (one vectorised pass). Real
+    # coefficients make the values conjugate-symmetric: half the roots suffice (rfft layout).
+    half = (n + 1) // 2 + 1
+    w = np.exp(-2j * np.pi * np.arange(half) / (n + 1))
+    values = np.prod((1.0 - q)[:, None] + np.outer(q, w), axis=0)
+    pmf = np.clip(np.fft.irfft(values, n + 1), 0.0, None)
     return np.asarray(pmf / pmf.sum())
 
 
@@ -66,7 +69,7 @@ class AbandonController:
     Early on the nudges are smaller, so a few unlucky abandons cannot swing it.
     """
 
-    def __init__(self, target: float, margin: float = 0.8, gain: float = 0.08, alpha0: float = 0.2,
+    def __init__(self, target: float, margin: float = 0.95, gain: float = 0.08, alpha0: float = 0.05,
                  alpha_range: tuple[float, float] = (0.0005, 0.3)) -> None:
         self.target = target
         self.setpoint = margin * target
@@ -100,11 +103,11 @@ class ErlangPacer:
         self.talk = HandleTime(prior_mean_s=120.0)  # talk time; the wrap-up that follows is `self.wrap`
         self.wrap = WrapTime()
         self.controller = AbandonController(self.caps.abandon_target,
-                                            margin=float(self.caps.extra.get("margin", 0.8)),
-                                            alpha0=float(self.caps.extra.get("alpha0", 0.2)))
+                                            margin=float(self.caps.extra.get("margin", 0.95)),
+                                            alpha0=float(self.caps.extra.get("alpha0", 0.05)))
         self.warmup_answers = int(self.caps.extra.get("warmup_answers", 30))
         self.warmup_handles = int(self.caps.extra.get("warmup_handles", 15))
-        self.horizon_q = float(self.caps.extra.get("horizon_q", 0.5))
+        self.horizon_qs = [float(x) for x in str(self.caps.extra.get("horizons", "0.5")).split(",")]
         self._talking: tuple[float, ...] = ()
         self.last_n = 0
         self.last_expected_answers = 0.0
@@ -147,8 +150,16 @@ class ErlangPacer:
         return n
 
     def _predict(self, snap: PacingSnapshot, room: int) -> int:
+        # The bound must hold at each look-ahead horizon (answers spread in time; so do agents freeing up).
+        n = room
+        for q in self.horizon_qs:
+            n = min(n, self._predict_at(snap, n, max(1.0, self.answer_time.quantile(q))))
+            if n == 0:
+                break
+        return n
+
+    def _predict_at(self, snap: PacingSnapshot, room: int, horizon: float) -> int:
         p = min(max(self.answer_rate.p, 1e-4), 1.0)
-        horizon = max(1.0, self.answer_time.quantile(self.horizon_q))
         # Agents free by the horizon: the ready ones, plus each busy one by its conditional end probability:
         # talking agents must finish talking and then wrap up; agents in wrap-up only finish it.
         reach = horizon + snap.abandon_threshold_s
@@ -180,27 +191,37 @@ class ErlangPacer:
         s = p * float(self.answer_time.cdf(np.asarray([horizon]))[0])
         alpha = self.controller.alpha
         self.last_expected_free = float(np.dot(pmf_c, np.arange(len(pmf_c))))
-        # Add new calls one at a time: X gains a Bernoulli(s) each; stop at the first n that breaks the bound
-        # (the bound's slack only shrinks as n grows).
+        known_mean = float(np.dot(pmf_known, np.arange(len(pmf_known))))
         h = excess_weights(pmf_c, len(pmf_known) + room + 1)
-        values = np.arange(len(pmf_known) + room + 1, dtype=float)
-        pmf = np.zeros(len(pmf_known) + room + 1)
-        pmf[:len(pmf_known)] = pmf_known
-        size = len(pmf_known)
-        n = 0
-        while True:
-            ex = float(np.dot(pmf[:size], values[:size]))
-            if alpha * ex < float(np.dot(pmf[:size], h[:size])) - 1e-12:  # tolerance: float noise, not a rule
-                n -= 1
-                break
-            if n == room:
-                break
-            pmf[1:size + 1] = pmf[1:size + 1] * (1.0 - s) + pmf[:size] * s
-            pmf[0] *= 1.0 - s
-            size += 1
-            n += 1
-        n = max(0, n)
-        self.last_expected_answers = float(np.dot(pmf_known, np.arange(len(pmf_known)))) + s * n
+        ks = np.arange(room + 1)
+
+        def feasible(n: int) -> bool:
+            # X = known answers + Binomial(n, s); the bound's slack only shrinks as n grows.
+            if n == 0:
+                pmf_x = pmf_known
+            else:
+                k = ks[:n + 1]
+                log_pmf = (special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
+                           + k * math.log(s) + (n - k) * math.log1p(-s)) if 0 < s < 1 else None
+                binom = np.exp(log_pmf) if log_pmf is not None else (k == (n if s >= 1 else 0)).astype(float)
+                pmf_x = np.convolve(pmf_known, binom)
+            excess = float(np.dot(pmf_x, h[:len(pmf_x)]))
+            return alpha * (known_mean + n * s) >= excess - 1e-12  # tolerance: float noise, not a rule
+
+        if not feasible(0):
+            n = 0
+        else:  # gallop up from the last decision's size, then bisect
+            lo, hi = 0, max(1, min(room, self.last_n or 1))
+            while hi < room and feasible(hi):
+                lo, hi = hi, min(room, hi * 2)
+            if feasible(hi):
+                lo = hi
+            else:
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if feasible(mid) else (lo, mid)
+            n = lo
+        self.last_expected_answers = known_mean + s * n
         return n
 
     def state(self) -> dict[str, Any]:

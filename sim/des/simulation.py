@@ -81,7 +81,7 @@ class Simulation:
         duration_s: float | None = None,
         agents: int | None = None,
         ratio: float | None = None,
-        extra: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
         tick_s: float = 1.0,
         series_every_s: float = 60.0,
         progress: Callable[[float], None] | None = None,
