@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import random
 import ssl
 import time
@@ -24,6 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from sim.scenario import Scenario, draw_fate, load_scenario
 
 log = logging.getLogger("marcador.sim.pbx")
 
@@ -41,6 +46,8 @@ class Fate:
     kind: str
     ring_s: float = 0.0
     talk_s: float = 0.0
+    amd_verdict: str | None = None  # what AMD would say when the dialplan runs it (None: the truth)
+    patience_s: float = math.inf  # a person left waiting hangs up after this
 
 
 class CallModel(Protocol):
@@ -80,11 +87,18 @@ class Channel:
     state: str = "ringing"  # ringing → up → gone
     room: str | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    patience: asyncio.TimerHandle | None = None  # running while an answered person waits for an agent
 
     def cancel_timers(self) -> None:
         for t in self.timers:
             t.cancel()
         self.timers.clear()
+        self.stop_waiting()
+
+    def stop_waiting(self) -> None:
+        if self.patience is not None:
+            self.patience.cancel()
+            self.patience = None
 
 
 class SimulatedPbx:
@@ -109,7 +123,7 @@ class SimulatedPbx:
         self.username = username
         self.secret = secret
         self.speed = speed
-        self.model: CallModel = model or _scenario_model(scenario, seed) or NumberCodedModel()
+        self.model: CallModel = model or _scenario_model(scenario, seed, speed) or NumberCodedModel()
         self.abandon_message_s = abandon_message_s
         self.ssl_context = ssl_context  # AMI over TLS when given
         # Every customer Originate received, one JSON line each, flushed at once: audits read it even after
@@ -329,6 +343,7 @@ class SimulatedPbx:
             s.reply(aid, "Error", Message="Channel specified does not exist")
             return
         s.reply(aid, "Success", Message="Redirect successful")
+        ch.stop_waiting()  # taken by an agent or by the abandon message: no longer waiting
         context = str(a.get("context", ""))
         self._leave_room(ch)
         if context.endswith("agent-room"):
@@ -431,13 +446,20 @@ class SimulatedPbx:
             return
         ch.state = "up"
         amd = "HUMAN"
-        if fate.kind == "machine" and ch.variables.get("MARCADOR_AMD") == "1":
-            amd = "MACHINE"
+        if ch.variables.get("MARCADOR_AMD") == "1":
+            amd = fate.amd_verdict or ("MACHINE" if fate.kind == "machine" else "HUMAN")
         self.broadcast("UserEvent", UserEvent="DialerAnswered", Channel=ch.name, Uniqueid=ch.uid,
                        CallId=ch.call_id, AMDStatus=amd)
         self._answered_at[ch.uid] = time.perf_counter()
         self._originate_response(ch, "Success", "4")
         self._after(ch, fate.talk_s, self._gone, ch, 16)  # the person hangs up after talking
+        if math.isfinite(fate.patience_s):
+            ch.patience = asyncio.get_running_loop().call_later(fate.patience_s / self.speed, self._gave_up, ch)
+
+    def _gave_up(self, ch: Channel) -> None:
+        ch.patience = None
+        if ch.uid in self.channels and ch.room is None:
+            self._gone(ch, 16)  # the person hung up while waiting for an agent
 
     def _fail(self, ch: Channel, kind: str) -> None:
         if ch.uid not in self.channels:
@@ -565,9 +587,28 @@ def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _scenario_model(scenario: str | None, seed: int) -> CallModel | None:
+def _scenario_model(scenario: str | None, seed: int, speed: float) -> CallModel | None:
     if scenario is None:
         return None
-    from sim.scenario_model import ScenarioCallModel  # the DES scenario files drive the PBX too
+    return ScenarioCallModel(load_scenario(scenario), seed, speed)
 
-    return ScenarioCallModel.from_file(scenario, seed)
+
+class ScenarioCallModel:
+    """The discrete-event simulator's call model (sim/scenario.py), in real time: the same scenario file
+    drives both. Parameters that change over the shift follow the time since the PBX started."""
+
+    KINDS: ClassVar[dict[str, str]] = {"live": "answer", "machine": "machine", "busy": "busy",
+                                       "fail": "congestion", "no_answer": "no_answer"}
+
+    def __init__(self, scenario: Scenario, seed: int | None = None, speed: float = 1.0) -> None:
+        self.scenario = scenario
+        self.rng = np.random.default_rng([scenario.seed if seed is None else seed, 1])
+        self.speed = speed
+        self._t0 = time.monotonic()
+
+    def fate(self, number: str) -> Fate:
+        t = (time.monotonic() - self._t0) * self.speed
+        f = draw_fate(self.scenario, self.rng, t % self.scenario.duration_s)
+        detect = self.scenario.amd.detect_s if self.scenario.amd.enabled and f.kind in ("live", "machine") else 0.0
+        verdict = ("MACHINE" if f.amd_says_machine else "HUMAN") if self.scenario.amd.enabled else None
+        return Fate(self.KINDS[f.kind], f.answer_s + detect, f.talk_s, verdict, f.patience_s)

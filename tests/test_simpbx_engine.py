@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,20 @@ async def test_the_ami_secret_never_reaches_a_log(caplog: pytest.LogCaptureFixtu
         await tel.close()
     assert "s3cret-pbx" not in caplog.text
     assert "s3cret-pbx" not in repr(_config(pbx))
+
+
+async def test_scenario_file_drives_the_simulated_pbx(tmp_path: Path) -> None:
+    # The same scenario file as the discrete-event simulator: here 60 % busy, 40 % live answers, AMD off.
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text("name: pbx\nseed: 2\nduration_s: 3600\nagents: {count: 4}\n"
+                        "calls: {p_live: 0.4, p_busy: 0.6, p_fail: 0.0,"
+                        " answer_delay_s: {dist: uniform, low: 2, high: 4},"
+                        " talk_s: {dist: fixed, value: 5}}\n")
+    async with SimulatedPbx(secret="s3cret-pbx", scenario=str(scenario), speed=4.0) as pbx:
+        leads = [{"lead_id": f"S{i}", "phone": f"+1555{i:07d}"} for i in range(40)]
+        run = await run_campaign(AmiTelephony(_config(pbx)), leads, ("ag1", "ag2", "ag3", "ag4"),
+                                 {"campaign_id": "sc", "ring_timeout_s": 15, "wrapup_s": 1})
+    outcomes = Counter(a["outcome"] for a in run.attempts)
+    assert set(outcomes) <= {"busy", "connected", "abandoned"} and outcomes["connected"] > 0
+    assert 0.35 < outcomes["busy"] / 40 < 0.85  # 60 % busy, within sampling noise of 40 calls
+    assert len(pbx.call_log) == 40
