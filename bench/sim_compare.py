@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
     ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=120)
     report = []
     for path in sorted((HERE / "scenarios").glob(args.scenarios)):
         sc = load_scenario(path)

@@ -64,14 +64,15 @@ def expected_excess(pmf_x: np.ndarray, pmf_c: np.ndarray) -> float:
 class AbandonController:
     """Steers α so the measured abandon rate converges to the target from below.
 
-    Every live answer nudges log α: up a little when connected, down a lot when abandoned, balanced at
-    `margin × target` (a multiplicative-weights integral controller; it needs no model of the floor).
+    Every live answer nudges log α: up a little when connected, down a lot when abandoned, balanced at a
+    setpoint under the target (a multiplicative-weights integral controller; it needs no model of the floor).
     Early on the nudges are smaller, so a few unlucky abandons cannot swing it.
     """
 
     def __init__(self, target: float, margin: float = 0.95, gain: float = 0.08, alpha0: float = 0.05,
                  alpha_range: tuple[float, float] = (0.0005, 0.3)) -> None:
         self.target = target
+        self.margin = margin
         self.setpoint = margin * target
         self.gain = gain
         self.lo, self.hi = alpha_range
@@ -84,7 +85,14 @@ class AbandonController:
         self.abandoned += 0 if connected else 1
         y = 0.0 if connected else 1.0
         g = self.gain * min(1.0, self.live / 50.0 + 0.2)
-        self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (self.setpoint - y))))
+        # The setpoint sits below the target by the measured rate's own uncertainty (1.5 standard errors),
+        # so a small floor with few answers aims lower than a big one: the rate ends under the target.
+        t = self.target
+        self.setpoint = max(0.3 * t, min(self.margin * t, t - 1.5 * math.sqrt(t * (1 - t) / max(self.live, 50))))
+        # Aim lower while the campaign-to-date rate is above the setpoint, so it comes back under the target
+        # (on small floors a few unlucky abandons would otherwise keep it above for hours).
+        aim = min(self.setpoint, max(0.2 * self.setpoint, 2 * self.setpoint - self.rate))
+        self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (aim - y))))
 
     @property
     def rate(self) -> float:
