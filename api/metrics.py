@@ -43,6 +43,22 @@ class RuntimeCollector(Collector):
         backlog = GaugeMetricFamily("marcador_core_event_backlog", "Events queued for the core")
         backlog.add_metric([], rt.event_backlog)
         yield backlog
+        lag = GaugeMetricFamily("marcador_event_lag_seconds", "PBX event read → handled by the core",
+                                labels=["which"])
+        lag.add_metric(["last"], rt.event_lag_s)
+        lag.add_metric(["max"], rt.event_lag_max_s)
+        yield lag
+        dropped = CounterMetricFamily("marcador_events_dropped", "Events lost to a full core queue")
+        dropped.add_metric([], rt.events_dropped)
+        yield dropped
+        pacing = GaugeMetricFamily("marcador_pacing", "Pacing state (α, estimates)", labels=["campaign", "key"])
+        for cid, camp in rt.core.campaigns.items():  # for strategies that expose their state
+            state = getattr(camp.strategy, "state", None)
+            if callable(state):
+                for key, value in state().items():
+                    if isinstance(value, int | float):
+                        pacing.add_metric([cid, key], float(value))
+        yield pacing
         up = GaugeMetricFamily("marcador_pbx_ready", "1 when the PBX link is logged in")
         up.add_metric([], 1.0 if rt.telephony.ready else 0.0)
         yield up
