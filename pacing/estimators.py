@@ -48,7 +48,25 @@ class AnswerRate:
         return self._total
 
 
-class AnswerTime:
+class _RecentSorted:
+    """The last `window` samples, also kept sorted: an empirical distribution that forgets old data."""
+
+    def __init__(self, window: int) -> None:
+        self._recent: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []
+
+    def add(self, x: float) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(x)
+        bisect.insort(self._sorted, x)
+
+    @property
+    def confidence(self) -> float:
+        return float(len(self._sorted))
+
+
+class AnswerTime(_RecentSorted):
     """Time from dial to answer, G(t) = P(answered by t | answered), the empirical CDF of recent answers.
 
     Only answered calls give a time; a call that reached the no-answer timeout is counted by `AnswerRate`,
@@ -56,16 +74,8 @@ class AnswerTime:
     """
 
     def __init__(self, window: int = 400, prior_median_s: float = 8.0) -> None:
-        self._recent: deque[float] = deque(maxlen=window)
-        self._sorted: list[float] = []
+        super().__init__(window)
         self._prior = prior_median_s
-
-    def add(self, ring_s: float) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            old = self._recent[0]
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
-        self._recent.append(ring_s)
-        bisect.insort(self._sorted, ring_s)
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
         if not self._sorted:  # before any answer: a lognormal around the prior median
@@ -78,10 +88,6 @@ class AnswerTime:
         if not self._sorted:
             return self._prior
         return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
-
-    @property
-    def confidence(self) -> float:
-        return float(len(self._sorted))
 
 
 class HandleTime:
@@ -146,20 +152,13 @@ class HandleTime:
         return float(len(self._done))
 
 
-class WrapTime:
+class WrapTime(_RecentSorted):
     """Wrap-up seconds: the empirical distribution of recent wrap-ups (often nearly fixed, so it is worth
     knowing exactly: an agent 7 s into a 10 s wrap-up is free in 3 s)."""
 
     def __init__(self, prior_s: float = 10.0, window: int = 400) -> None:
-        self._recent: deque[float] = deque(maxlen=window)
-        self._sorted: list[float] = []
+        super().__init__(window)
         self.prior_s = prior_s
-
-    def add(self, wrap_s: float) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
-        self._recent.append(wrap_s)
-        bisect.insort(self._sorted, wrap_s)
 
     @property
     def mean(self) -> float:
@@ -183,7 +182,3 @@ class WrapTime:
         alive = n - done_now
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(alive > 0, (done_then - done_now) / np.maximum(alive, 1), 1.0)
-
-    @property
-    def confidence(self) -> float:
-        return float(len(self._sorted))
