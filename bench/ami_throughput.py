@@ -8,8 +8,6 @@ chunks) is fed to the bridge's protocol parser; each parsed event is translated 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ami_bridge.client import _Protocol
 from ami_bridge.config import AmiConfig
 from ami_bridge.translate import Translator
+from bench._report import parser, report
 from dialer.commands import ConnectToAgent, Originate
 from dialer.core import DialerCore
 from dialer.events import AgentConnected, AgentLogin, CampaignControl, LeadsAvailable
@@ -107,16 +106,13 @@ class _Null:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--calls", type=int, default=5000)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
     result = run(args.calls)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"ami_throughput: {result['events_per_s']:,} events/s ({result['events']:,} events, "
-              f"{result['calls']:,} calls, {result['seconds']} s, {result['redirects']:,} redirects)")
+    report(result, args.json, lambda r: (
+        f"ami_throughput: {r['events_per_s']:,} events/s ({r['events']:,} events, "
+              f"{r['calls']:,} calls, {r['seconds']} s, {r['redirects']:,} redirects)"))
 
 
 if __name__ == "__main__":

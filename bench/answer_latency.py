@@ -9,9 +9,7 @@ that round trip includes the bridge's read, translation, the core's decision and
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import random
 import statistics
 import sys
@@ -22,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
+from bench._report import parser, report
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
@@ -64,17 +63,14 @@ async def run(agents: int, seconds: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--agents", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=40.0)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
     result = asyncio.run(run(args.agents, args.seconds))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"answer_latency: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
-              f"over {result['connects']} connects at up to {result['concurrent_calls']} concurrent calls")
+    report(result, args.json, lambda r: (
+        f"answer_latency: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms "
+        f"over {r['connects']} connects at up to {r['concurrent_calls']} concurrent calls"))
 
 
 if __name__ == "__main__":

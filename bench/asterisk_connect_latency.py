@@ -9,9 +9,7 @@ event (`UserEvent DialerAnswered`) to the customer's `ConfbridgeJoin` in the age
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import secrets
 import statistics
 import sys
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
+from bench._report import parser, report
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
@@ -77,10 +76,9 @@ async def run(ast: AsteriskInstance, agents: int, leads: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--leads", type=int, default=60)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
     ast = AsteriskInstance(host="127.0.0.1", port=free_port(), username="marcador",
                            secret=secrets.token_urlsafe(18), rundir=Path(tempfile.mkdtemp(prefix="ast-bench-")))
@@ -89,11 +87,9 @@ def main() -> None:
         result = asyncio.run(run(ast, args.agents, args.leads))
     finally:
         ast.stop()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"asterisk_connect_latency: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-              f"max {result['max_ms']} ms over {result['calls']} calls")
+    report(result, args.json, lambda r: (
+        f"asterisk_connect_latency: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+        f"max {r['max_ms']} ms over {r['calls']} calls"))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -16,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._report import parser, report
 from pacing.erlang import ErlangPacer
 from pacing.snapshot import DialResult, HandleResult, PacingCaps, PacingSnapshot
 
@@ -46,16 +45,13 @@ def run(agents: int, decisions: int = 2000) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--agents", type=int, default=200)
-    ap.add_argument("--json", action="store_true", help="print one JSON object last")
     args = ap.parse_args()
     result = run(args.agents)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"pacing_decision: {result['agents']} agents, median {result['decision_median_ms']} ms, "
-              f"p99 {result['decision_p99_ms']} ms")
+    report(result, args.json, lambda r: (
+        f"pacing_decision: {r['agents']} agents, median {r['decision_median_ms']} ms, "
+              f"p99 {r['decision_p99_ms']} ms"))
 
 
 if __name__ == "__main__":
