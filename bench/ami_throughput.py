@@ -112,7 +112,7 @@ def main() -> None:
     result = run(args.calls)
     report(result, args.json, lambda r: (
         f"ami_throughput: {r['events_per_s']:,} events/s ({r['events']:,} events, "
-              f"{r['calls']:,} calls, {r['seconds']} s, {r['redirects']:,} redirects)"))
+        f"{r['calls']:,} calls, {r['seconds']} s, {r['redirects']:,} redirects)"))
 
 
 if __name__ == "__main__":
