@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -59,33 +60,34 @@ def _check_fault_run(run: Any, tel: CountingTelephony, fault_at: list[float]) ->
     assert fault_at and any(t > fault_at[0] for t in tel.originated_at.values())
 
 
-async def test_asterisk_restart_mid_campaign(asterisk: Any) -> None:
+async def _run_with_fault(asterisk: Any, campaign_id: str, at_s: float,
+                          fault: Callable[[CountingTelephony], Awaitable[None]]) -> CountingTelephony:
     tel = CountingTelephony(_telephony(asterisk))
     fault_at: list[float] = []
 
-    async def restart(runtime: Runtime) -> None:
-        await asyncio.sleep(6)
+    async def chaos(runtime: Runtime) -> None:
+        await asyncio.sleep(at_s)
         fault_at.append(asyncio.get_running_loop().time())
-        await asyncio.to_thread(asterisk.restart)
+        await fault(tel)
 
     run = await run_campaign(tel, _fault_leads(), ("ag1", "ag2", "ag3"),
-                             {"campaign_id": "rs", "ring_timeout_s": 15, "wrapup_s": 1},
-                             core_config=burst_config(2), chaos=restart, timeout_s=150)
+                             {"campaign_id": campaign_id, "ring_timeout_s": 15, "wrapup_s": 1},
+                             core_config=burst_config(2), chaos=chaos, timeout_s=150)
     _check_fault_run(run, tel, fault_at)
+    return tel
+
+
+async def test_asterisk_restart_mid_campaign(asterisk: Any) -> None:
+    async def restart(tel: CountingTelephony) -> None:
+        await asyncio.to_thread(asterisk.restart)
+
+    tel = await _run_with_fault(asterisk, "rs", 6, restart)
     assert tel.inner.resyncs >= 1
 
 
 async def test_tcp_link_cut_mid_campaign(asterisk: Any) -> None:
-    tel = CountingTelephony(_telephony(asterisk))
-    fault_at: list[float] = []
-
-    async def cut(runtime: Runtime) -> None:
-        await asyncio.sleep(5)
-        fault_at.append(asyncio.get_running_loop().time())
+    async def cut(tel: CountingTelephony) -> None:
         tel.inner.client._manager.protocol.transport.abort()  # the link dies; Asterisk and the calls live on
 
-    run = await run_campaign(tel, _fault_leads(), ("ag1", "ag2", "ag3"),
-                             {"campaign_id": "tc", "ring_timeout_s": 15, "wrapup_s": 1},
-                             core_config=burst_config(2), chaos=cut, timeout_s=150)
-    _check_fault_run(run, tel, fault_at)
+    tel = await _run_with_fault(asterisk, "tc", 5, cut)
     assert tel.inner.client.reconnects >= 1 and tel.inner.resyncs >= 1
