@@ -1,0 +1,235 @@
+"""Lua scripts of the Redis store: each runs atomically on the server, so a multi-step change (take a lead
+from the hopper *and* record its lease) is never seen half done and two nodes never take the same lead.
+
+Every key a script touches is passed in KEYS and carries the campaign's hash tag, so on Redis Cluster all
+of them live in one slot. Scores travel as the strings Redis returns (`%.17g`): Lua's own number-to-string
+keeps only 14 digits, which would reorder large scores.
+
+A lease owner record is `"<token> <hopper score> <node id>"` (the node id last: it may hold spaces).
+"""
+
+from __future__ import annotations
+
+# KEYS: def, leads, hopper, seq, sched, sched_score
+# ARGV: base score, eligible_at ('' = dialable now), then lead id, lead json, lead id, lead json, ...
+ADD_LEADS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local base = tonumber(ARGV[1])
+local at = ARGV[2]
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local added = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    seq = seq + 1
+    added = added + 1
+    local score = string.format('%.17g', base + seq)
+    if at == '' then
+      redis.call('ZADD', KEYS[3], score, ARGV[i])
+    else
+      redis.call('ZADD', KEYS[5], at, ARGV[i])
+      redis.call('HSET', KEYS[6], ARGV[i], score)
+    end
+  end
+end
+if added > 0 then redis.call('SET', KEYS[4], string.format('%.17g', seq)) end
+return added
+"""
+
+# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads
+# ARGV: count, now, lease expires at, node id, how many due scheduled leads to promote at most
+# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, id, json, ...}.
+LEASE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
+if #due > 0 then
+  local scores = redis.call('HMGET', KEYS[4], unpack(due))
+  for i, lid in ipairs(due) do
+    redis.call('ZADD', KEYS[2], scores[i] or '0', lid)
+  end
+  redis.call('ZREM', KEYS[3], unpack(due))
+  redis.call('HDEL', KEYS[4], unpack(due))
+end
+local count = tonumber(ARGV[1])
+if count <= 0 then return {} end
+local popped = redis.call('ZPOPMIN', KEYS[2], count)
+if #popped == 0 then return {} end
+local token = redis.call('INCR', KEYS[8])
+local ids, expiry, owner = {}, {}, {}
+for i = 1, #popped, 2 do
+  local lid = popped[i]
+  ids[#ids + 1] = lid
+  expiry[#expiry + 1] = ARGV[3]
+  expiry[#expiry + 1] = lid
+  owner[#owner + 1] = lid
+  owner[#owner + 1] = token .. ' ' .. popped[i + 1] .. ' ' .. ARGV[4]
+end
+redis.call('ZADD', KEYS[5], unpack(expiry))
+redis.call('HSET', KEYS[6], unpack(owner))
+redis.call('SADD', KEYS[7], unpack(ids))
+local data = redis.call('HMGET', KEYS[9], unpack(ids))
+local out = {token}
+for i, lid in ipairs(ids) do
+  out[#out + 1] = lid
+  out[#out + 1] = data[i] or ''
+end
+return out
+"""
+
+# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score
+# ARGV: lead id, token, node id, mode ('done' | 'back' | 'at'), outcome, eligible_at
+# Returns false (unknown campaign), 0 (not leased), -1 (leased under another token: stale holder), 1 (released).
+RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local lid = ARGV[1]
+local rec = redis.call('HGET', KEYS[3], lid)
+if not rec then return 0 end
+local token, score, node = string.match(rec, '^(%S+) (%S+) (.*)$')
+if token ~= ARGV[2] or node ~= ARGV[3] then return -1 end
+redis.call('HDEL', KEYS[3], lid)
+redis.call('ZREM', KEYS[2], lid)
+redis.call('SREM', KEYS[4], lid)
+if ARGV[4] == 'done' then
+  redis.call('HSET', KEYS[6], lid, ARGV[5])
+elseif ARGV[4] == 'back' then
+  redis.call('ZADD', KEYS[5], score, lid)
+else
+  redis.call('ZADD', KEYS[7], ARGV[6], lid)
+  redis.call('HSET', KEYS[8], lid, score)
+end
+return 1
+"""
+
+# KEYS: def, hopper, sched, sched_score, done
+# ARGV: lead id.  Only a pending lead (in the hopper or waiting for its time) can be removed.
+REMOVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local n = redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[3], ARGV[1])
+if n == 0 then return 0 end
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[1], 'removed')
+return 1
+"""
+
+# KEYS: def, hopper, sched, leases, done
+COUNTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return {redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
+        redis.call('HLEN', KEYS[5])}
+"""
+
+# KEYS: leases, owner, hopper
+# ARGV: now, limit.  Leases due by `now` go back to the hopper at their old place; the attempt history
+# is not touched. Returns {lead id, node id, ...} so the caller can tidy the nodes' held sets.
+EXPIRE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then return {} end
+local out = {}
+for _, lid in ipairs(due) do
+  local rec = redis.call('HGET', KEYS[2], lid)
+  local score, node = '0', ''
+  if rec then
+    local _t, s, n = string.match(rec, '^(%S+) (%S+) (.*)$')
+    score, node = s, n
+  end
+  redis.call('ZADD', KEYS[3], score, lid)
+  redis.call('HDEL', KEYS[2], lid)
+  out[#out + 1] = lid
+  out[#out + 1] = node
+end
+redis.call('ZREM', KEYS[1], unpack(due))
+return out
+"""
+
+# KEYS: leases, owner, held(node)
+# ARGV: expires at, node id, then the live tokens ('*' = every token of the node).
+# A token the node never heard back about (its reply was lost) is not renewed, so those leads expire.
+RENEW = """
+local members = redis.call('SMEMBERS', KEYS[3])
+local any = ARGV[3] == '*'
+local allow = {}
+for i = 3, #ARGV do allow[ARGV[i]] = true end
+local renewed = 0
+local stale = {}
+for _, lid in ipairs(members) do
+  local rec = redis.call('HGET', KEYS[2], lid)
+  local token, node = nil, nil
+  if rec then
+    local t, _s, n = string.match(rec, '^(%S+) (%S+) (.*)$')
+    token, node = t, n
+  end
+  if node == ARGV[2] then
+    if any or allow[token] then
+      redis.call('ZADD', KEYS[1], 'XX', ARGV[1], lid)
+      renewed = renewed + 1
+    end
+  else
+    stale[#stale + 1] = lid
+  end
+end
+for i = 1, #stale, 1000 do
+  redis.call('SREM', KEYS[3], unpack(stale, i, math.min(i + 999, #stale)))
+end
+return renewed
+"""
+
+# KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day
+# ARGV: call id, attempt json, lead id, stream maxlen ('' = keep all), hour bucket ttl, day bucket ttl
+# The first record of a call id gets its place in the campaign's order and counts one try for the lead;
+# later records (the outcome) only update it. Every record is appended to the stream.
+RECORD_ATTEMPT = """
+local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if new == 1 then
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if us <= last then us = last + 1 end
+  local s = string.format('%.17g', us)
+  redis.call('SET', KEYS[3], s)
+  redis.call('ZADD', KEYS[2], s, ARGV[1])
+  redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+  redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+  redis.call('HINCRBY', KEYS[7], ARGV[3], 1)
+  redis.call('EXPIRE', KEYS[7], ARGV[6])
+end
+if ARGV[4] == '' then
+  redis.call('XADD', KEYS[4], '*', 'call_id', ARGV[1], 'attempt', ARGV[2])
+else
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'call_id', ARGV[1], 'attempt', ARGV[2])
+end
+return new
+"""
+
+# KEYS: totals (hash live/abandoned/minute), snapshots (zset: minute -> "minute:live:abandoned")
+# ARGV: minute, 1 if abandoned else 0, minutes of snapshots to keep
+# Cumulative totals plus one snapshot per minute: any window's counts are `totals - snapshot before it`,
+# in O(log n), however long the window.
+RECORD_LIVE = """
+local m = tonumber(ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'minute') or '-1')
+if m < last then m = last end
+local live = redis.call('HINCRBY', KEYS[1], 'live', 1)
+local ab = redis.call('HINCRBY', KEYS[1], 'abandoned', tonumber(ARGV[2]))
+local ms = string.format('%d', m)
+redis.call('HSET', KEYS[1], 'minute', ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], ms, ms)
+redis.call('ZADD', KEYS[2], ms, ms .. ':' .. live .. ':' .. ab)
+if m > last then
+  local old = redis.call('ZCOUNT', KEYS[2], '-inf', string.format('%d', m - tonumber(ARGV[3])))
+  if old > 1 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, old - 2) end
+end
+return {live, ab}
+"""
+
+# KEYS: hour counter, day counter
+# ARGV: hour cap, day cap, hour ttl, day ttl.  Take one use of the DID only if both caps allow it.
+DID_TAKE = """
+local h = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+if h >= tonumber(ARGV[1]) or d >= tonumber(ARGV[2]) then return {0, h, d} end
+h = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+d = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, h, d}
+"""

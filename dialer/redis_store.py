@@ -1,0 +1,587 @@
+"""Redis store: the `Store` port on `redis.asyncio` for durable, multi-node state.
+
+Several nodes share one Redis (standalone, Sentinel or Cluster). Everything campaign-wide lives here:
+leads and their leases, attempts, do-not-call lists, DID use counters, the abandon windows, and the
+registry of nodes and their agents.
+
+Semantics are those of `InMemoryStore`; what Redis adds:
+
+- **Leases** are taken by a Lua script (atomic: no lead is ever given to two nodes at once) with a TTL
+  and a fencing token. The owner record is (node id, token). A node keeps its leases alive with
+  `renew_leases`; `expire_leases` (any node may call it) returns the leads of a node that stopped
+  renewing — a dead one — to the hopper at their old place, with their attempt history intact. A release
+  that does not carry the current token (a node that was presumed dead and whose leads went to another)
+  is ignored.
+- **Hopper**: a sorted set by priority then arrival; leads that may not be dialed yet wait in a second
+  sorted set by their next eligible time and join the hopper when due (`add_leads_at`, `release_lead_at`).
+
+Durability — the Redis settings we document, and what they bound:
+
+    appendonly yes
+    appendfsync everysec
+    maxmemory-policy noeviction     # eviction would silently drop leads and leases
+
+With AOF, Redis writes each change to the kernel before it replies, and fsyncs once a second. So a crash
+of the Redis *process* loses nothing it acknowledged; a crash of the *machine* (power, kernel) loses at most
+about 1 s of acknowledged writes (up to 2 s if the disk stalls an fsync). `appendfsync always` closes that
+window at a large cost in throughput. Replication is asynchronous: a Sentinel/Cluster failover can lose
+what the replica had not yet received (`min-replicas-to-write 1` + `min-replicas-max-lag 10` bound it).
+What a lost second means here: a lease may come back (its lead is dialed again later), an attempt record
+may lose its last update.
+
+When Redis is down every method raises (redis-py's `ConnectionError`/`TimeoutError`, after a short
+reconnect retry); the runtime keeps its writes and retries them. `ping()` returns False instead of raising.
+
+Key layout (prefix `marcador:` by default; `{c:<campaign>}` is the hash tag that keeps one campaign's
+keys in one Cluster slot, so the scripts can touch them together):
+
+    <p>campaigns                 zset  campaign id -> order of first save (<p>campaign_seq counts saves)
+    <p>{c:<id>}:def              string  CampaignSettings as JSON
+    <p>{c:<id>}:leads            hash  lead id -> lead JSON (kept after the lead is done: its id stays taken)
+    <p>{c:<id>}:hopper           zset  lead id -> -priority·2^40 + arrival
+    <p>{c:<id>}:sched            zset  lead id -> next eligible time ; :sched_score hash lead id -> hopper score
+    <p>{c:<id>}:leases           zset  lead id -> lease expiry ; :owner hash lead id -> "token score node"
+    <p>{c:<id>}:held:<node>      set   lead ids a node holds (for renewal) ; :fence counter of tokens
+    <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
+    <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
+    <p>attempt_campaigns         set   campaigns with attempts (for attempts() of every campaign)
+    <p>{c:<id>}:tries[:h:<hour>|:d:<day>]   hash lead id -> attempts (total, per hour, per day)
+    <p>{c:<id>}:dnc, <p>dnc      sets of numbers (campaign, global)
+    <p>{c:<id>}:live, :live_cum  abandon window totals and per-minute snapshots
+    <p>did:{<did>}:h:<hour>|:d:<day>   DID use counters
+    <p>nodes, <p>nodes_seen      node registry (hash of JSON, zset of last heartbeat)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from dialer import redis_scripts as lua
+from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+
+log = logging.getLogger("marcador.store.redis")
+
+RedisClient = Redis | RedisCluster
+
+PRIORITY_STRIDE = 2**40  # arrivals per campaign fit below this; scores stay exact doubles (< 2^53)
+MAX_PRIORITY = 1000
+_LEASE_CHUNK = 1000  # leads per script call: keeps each script short and Lua's unpack() within its limits
+_ADD_CHUNK = 2000
+_PROMOTE_LIMIT = 1000
+_HOUR_TTL_S = 26 * 3600
+_DAY_TTL_S = 35 * 86400
+_DID_HOUR_TTL_S = 2 * 3600
+_DID_DAY_TTL_S = 2 * 86400
+_LIVE_KEEP_MINUTES = 31 * 24 * 60  # the 30-day abandon window, plus a day
+
+
+@dataclass(slots=True, frozen=True)
+class NodeInfo:
+    node_id: str
+    seen_at: float
+    agents: tuple[str, ...]
+    info: dict[str, Any]
+    alive: bool
+
+
+def _num(x: float) -> str:
+    """A number as Redis reads it, exactly (repr of a float round-trips; float() also unwraps numpy scalars)."""
+    return repr(float(x))
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _lead_json(lead: Lead, campaign_id: str) -> str:
+    doc: dict[str, Any] = {"p": list(lead.phones)}
+    if lead.fields:
+        doc["f"] = lead.fields
+    if lead.campaign_id != campaign_id:
+        doc["c"] = lead.campaign_id
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _lead_from(lead_id: str, campaign_id: str, raw: str) -> Lead:
+    doc = json.loads(raw) if raw else {"p": []}
+    return Lead(lead_id, doc.get("c", campaign_id), tuple(doc["p"]), doc.get("f", {}))
+
+
+_ATTEMPT_FIELDS = frozenset(f.name for f in dataclasses.fields(Attempt))
+_CAMPAIGN_FIELDS = frozenset(f.name for f in dataclasses.fields(CampaignSettings))
+
+
+def _attempt_from(raw: str) -> Attempt:
+    doc = {k: v for k, v in json.loads(raw).items() if k in _ATTEMPT_FIELDS}
+    if doc.get("outcome") is not None:
+        doc["outcome"] = Outcome(doc["outcome"])
+    return Attempt(**doc)
+
+
+def _campaign_from(raw: str) -> CampaignSettings:
+    # Fields unknown to this version are dropped, missing ones take their defaults: nodes of different
+    # versions can share one Redis during a rolling upgrade.
+    return CampaignSettings(**{k: v for k, v in json.loads(raw).items() if k in _CAMPAIGN_FIELDS})
+
+
+class RedisStore:
+    """The store port on Redis. One instance per node; `node_id` names the lease owner."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "marcador:",
+        node_id: str | None = None,
+        lease_ttl_s: float = 60.0,
+        stream_maxlen: int | None = None,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix: must not contain '{' or '}' (they would change the Cluster hash tag)")
+        if lease_ttl_s <= 0:
+            raise ValueError("lease_ttl_s: must be > 0")
+        self._r = client
+        self.prefix = prefix
+        self.node_id = node_id or default_node_id()
+        self.lease_ttl_s = lease_ttl_s
+        self.stream_maxlen = stream_maxlen
+        # Leases this process holds: campaign -> lead -> fencing token. Releases carry the token; renewals
+        # extend only leases whose token we received.
+        self._held: dict[str, dict[str, int]] = {}
+        self._attempt_campaigns: set[str] = set()
+        self._ready = not isinstance(client, RedisCluster)
+        self._ready_lock = asyncio.Lock()
+        self._s_add = client.register_script(lua.ADD_LEADS)
+        self._s_lease = client.register_script(lua.LEASE)
+        self._s_release = client.register_script(lua.RELEASE)
+        self._s_remove = client.register_script(lua.REMOVE)
+        self._s_counts = client.register_script(lua.COUNTS)
+        self._s_expire = client.register_script(lua.EXPIRE)
+        self._s_renew = client.register_script(lua.RENEW)
+        self._s_attempt = client.register_script(lua.RECORD_ATTEMPT)
+        self._s_live = client.register_script(lua.RECORD_LIVE)
+        self._s_did = client.register_script(lua.DID_TAKE)
+
+    @property
+    def client(self) -> RedisClient:
+        return self._r
+
+    async def aclose(self) -> None:
+        await self._r.aclose()
+
+    async def _ensure(self) -> None:
+        """Discover the Cluster's nodes once, before any command. redis-py 8.1's async cluster client, first
+        used by concurrent commands, closes connections that other commands are still opening."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                assert isinstance(self._r, RedisCluster)
+                await self._r.initialize()
+                self._ready = True
+
+    # ------------------------------------------------------------------ keys
+
+    def _k(self, campaign_id: str, name: str) -> str:
+        return f"{self.prefix}{{c:{campaign_id}}}:{name}"
+
+    def _g(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def _held_key(self, campaign_id: str, node_id: str) -> str:
+        return self._k(campaign_id, f"held:{node_id}")
+
+    @staticmethod
+    def _unknown(campaign_id: str) -> KeyError:
+        return KeyError(f"campaign_id: unknown campaign {campaign_id!r}")
+
+    # ------------------------------------------------------------------ the Store protocol
+
+    async def ping(self) -> bool:
+        try:
+            await self._ensure()
+            return bool(await self._r.ping())
+        except Exception:  # down, timed out, refused, auth: all mean "not usable now"
+            return False
+
+    async def save_campaign(self, settings: CampaignSettings) -> None:
+        await self._ensure()
+        cid = settings.campaign_id
+        order = await self._r.incr(self._g("campaign_seq"))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self._k(cid, "def"), json.dumps(dataclasses.asdict(settings)))
+        pipe.zadd(self._g("campaigns"), {cid: order}, nx=True)
+        await pipe.execute()
+
+    async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
+        await self._ensure()
+        raw = await self._r.get(self._k(campaign_id, "def"))
+        return _campaign_from(str(raw)) if raw is not None else None
+
+    async def campaign_ids(self) -> list[str]:
+        await self._ensure()
+        return [str(c) for c in await self._r.zrange(self._g("campaigns"), 0, -1)]
+
+    async def list_campaigns(self) -> list[CampaignSettings]:
+        ids = await self.campaign_ids()
+        if not ids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.get(self._k(cid, "def"))
+        return [_campaign_from(raw) for raw in await pipe.execute() if raw is not None]
+
+    async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
+        return await self.add_leads_at(campaign_id, leads)
+
+    async def lease_leads(self, campaign_id: str, count: int, now: float) -> list[Lead]:
+        await self._ensure()
+        out: list[Lead] = []
+        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "leases", "owner")]
+        keys += [self._held_key(campaign_id, self.node_id), self._k(campaign_id, "fence"),
+                 self._k(campaign_id, "leads")]
+        expires = _num(now + self.lease_ttl_s)
+        while True:
+            want = min(count - len(out), _LEASE_CHUNK)
+            reply = await self._s_lease(keys=keys, args=[max(want, 0), _num(now), expires, self.node_id,
+                                                         _PROMOTE_LIMIT])
+            if reply is None:
+                raise self._unknown(campaign_id)
+            if not reply:
+                return out
+            token = int(reply[0])
+            held = self._held.setdefault(campaign_id, {})
+            for i in range(1, len(reply), 2):
+                lid = str(reply[i])
+                held[lid] = token
+                out.append(_lead_from(lid, campaign_id, str(reply[i + 1])))
+            if len(reply) // 2 < want or len(out) >= count:
+                return out
+
+    async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
+        if final or outcome is not Outcome.LOST:
+            # Recycling rules arrive with the hopper (issue 4); until then every attempted lead is done.
+            await self._release(campaign_id, lead_id, "done", outcome.value, "")
+        else:
+            await self._release(campaign_id, lead_id, "back", outcome.value, "")
+
+    async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
+        await self._ensure()
+        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done")]
+        reply = await self._s_remove(keys=keys, args=[lead_id])
+        if reply is None:
+            raise self._unknown(campaign_id)
+        return int(reply) == 1
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        await self._ensure()
+        cid = attempt.campaign_id
+        hour, day = int(attempt.dialed_at // 3600), int(attempt.dialed_at // 86400)
+        keys = [self._k(cid, n) for n in ("attempts", "attempt_order", "attempt_last", "attempt_log", "tries",
+                                          f"tries:h:{hour}", f"tries:d:{day}")]
+        doc = json.dumps(attempt.as_dict(), separators=(",", ":"))
+        maxlen = "" if self.stream_maxlen is None else str(self.stream_maxlen)
+        await self._s_attempt(keys=keys, args=[attempt.call_id, doc, attempt.lead_id, maxlen, _HOUR_TTL_S,
+                                               _DAY_TTL_S])
+        if cid not in self._attempt_campaigns:
+            # Lets attempts(None) find campaigns whose definition was never saved, as the in-memory store does.
+            await self._r.sadd(self._g("attempt_campaigns"), cid)
+            self._attempt_campaigns.add(cid)
+
+    async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
+        await self._ensure()
+        if campaign_id is not None:
+            cids = [campaign_id]
+        else:
+            cids = sorted(str(c) for c in await self._r.smembers(self._g("attempt_campaigns")))
+        if not cids:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for cid in cids:
+            pipe.hgetall(self._k(cid, "attempts"))
+            pipe.zrange(self._k(cid, "attempt_order"), 0, -1, withscores=True)
+        replies = await pipe.execute()
+        ranked: list[tuple[float, Attempt]] = []
+        for i in range(0, len(replies), 2):
+            docs: dict[str, str] = replies[i]
+            for call_id, score in replies[i + 1]:
+                raw = docs.get(call_id)
+                if raw is not None:
+                    ranked.append((float(score), _attempt_from(raw)))
+        ranked.sort(key=lambda pair: pair[0])  # first-record order, as the in-memory store keeps it
+        return [a for _, a in ranked]
+
+    async def lead_counts(self, campaign_id: str) -> dict[str, int]:
+        await self._ensure()
+        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "leases", "done")]
+        reply = await self._s_counts(keys=keys)
+        if reply is None:
+            raise self._unknown(campaign_id)
+        pending, leased, done = (int(x) for x in reply)
+        return {"pending": pending, "leased": leased, "done": done}
+
+    # ------------------------------------------------------------------ hopper beyond the protocol
+
+    async def add_leads_at(self, campaign_id: str, leads: Sequence[Lead], *, priority: int = 0,
+                           eligible_at: float | None = None) -> int:
+        """Add leads with a priority (higher is dialed first; ties in arrival order) and, optionally, a time
+        before which they are not dialed (a callback, a retry delay). Ids already present are left alone."""
+        await self._ensure()
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority: must be within ±{MAX_PRIORITY}")
+        keys = [self._k(campaign_id, n) for n in ("def", "leads", "hopper", "seq", "sched", "sched_score")]
+        base = str(-priority * PRIORITY_STRIDE)
+        at = "" if eligible_at is None else _num(eligible_at)
+        added = 0
+        for start in range(0, max(len(leads), 1), _ADD_CHUNK):
+            args: list[str] = [base, at]
+            for lead in leads[start:start + _ADD_CHUNK]:
+                args += (lead.lead_id, _lead_json(lead, campaign_id))
+            reply = await self._s_add(keys=keys, args=args)
+            if reply is None:
+                raise self._unknown(campaign_id)
+            added += int(reply)
+        return added
+
+    async def release_lead_at(self, campaign_id: str, lead_id: str, eligible_at: float) -> bool:
+        """End this node's lease and put the lead back, dialable from `eligible_at` at its old place in line.
+        The hook for recycling rules (retry a busy number in 30 min). True if the lease was ours."""
+        return await self._release(campaign_id, lead_id, "at", "", _num(eligible_at)) == 1
+
+    async def _release(self, campaign_id: str, lead_id: str, mode: str, outcome: str, eligible_at: str) -> int:
+        await self._ensure()
+        held = self._held.get(campaign_id, {})
+        token = held.get(lead_id)
+        keys = [self._k(campaign_id, n) for n in ("def", "leases", "owner")]
+        keys += [self._held_key(campaign_id, self.node_id)]
+        keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score")]
+        reply = await self._s_release(keys=keys, args=[lead_id, "" if token is None else str(token), self.node_id,
+                                                       mode, outcome, eligible_at])
+        if reply is None:
+            raise self._unknown(campaign_id)
+        held.pop(lead_id, None)
+        result = int(reply)
+        if result == -1:
+            log.warning("stale lease: release ignored (the lead was given to another holder)",
+                        extra={"fields": {"campaign_id": campaign_id, "lead_id": lead_id}})
+        return result
+
+    # ------------------------------------------------------------------ leases across nodes
+
+    async def renew_leases(self, node_id: str | None = None, ttl: float | None = None,
+                           now: float | None = None) -> int:
+        """Extend the leases of `node_id` (this node by default) to now + ttl. For this node only leases
+        whose token this process received are renewed: a batch whose reply was lost, or leases from before
+        a restart, are left to expire. Returns how many were renewed."""
+        await self._ensure()
+        node = node_id or self.node_id
+        expires = _num((time.time() if now is None else now) + (self.lease_ttl_s if ttl is None else ttl))
+        if node == self.node_id:
+            plan = [(cid, [str(t) for t in set(held.values())]) for cid, held in self._held.items() if held]
+        else:
+            plan = [(cid, ["*"]) for cid in await self.campaign_ids()]
+        renewed = 0
+        for cid, tokens in plan:
+            keys = [self._k(cid, "leases"), self._k(cid, "owner"), self._held_key(cid, node)]
+            renewed += int(await self._s_renew(keys=keys, args=[expires, node, *tokens]))
+        return renewed
+
+    async def expire_leases(self, now: float) -> list[tuple[str, str]]:
+        """Return every lease due by `now` (its node stopped renewing) to the hopper, at its old place in line,
+        attempts untouched. Returns (campaign id, lead id) of each lead returned."""
+        returned: list[tuple[str, str]] = []
+        for cid in await self.campaign_ids():
+            keys = [self._k(cid, "leases"), self._k(cid, "owner"), self._k(cid, "hopper")]
+            while True:
+                reply = await self._s_expire(keys=keys, args=[_num(now), _LEASE_CHUNK])
+                by_node: dict[str, list[str]] = {}
+                for i in range(0, len(reply), 2):
+                    lid, node = str(reply[i]), str(reply[i + 1])
+                    returned.append((cid, lid))
+                    by_node.setdefault(node, []).append(lid)
+                if by_node:
+                    pipe = self._r.pipeline(transaction=False)
+                    for node, lids in by_node.items():
+                        if node:
+                            pipe.srem(self._held_key(cid, node), *lids)
+                    await pipe.execute()
+                    mine = self._held.get(cid, {})
+                    for lid in by_node.get(self.node_id, ()):
+                        mine.pop(lid, None)
+                if len(reply) // 2 < _LEASE_CHUNK:
+                    break
+        if returned:
+            log.info("expired leases returned to the hopper", extra={"fields": {"leads": len(returned)}})
+        return returned
+
+    async def maintain(self, now: float | None = None, agents: Sequence[str] = (),
+                       info: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+        """One round of a node's housekeeping (call it every lease_ttl/3): heartbeat, renew own leases,
+        return dead nodes' leases. Returns the leads returned to the hopper."""
+        now = time.time() if now is None else now
+        await self.heartbeat(agents, now=now, info=info)
+        await self.renew_leases(now=now)
+        return await self.expire_leases(now)
+
+    # ------------------------------------------------------------------ per-debtor counters
+
+    async def lead_attempt_count(self, campaign_id: str, lead_id: str, now: float,
+                                 window_s: float | None = None) -> int:
+        """Attempts (dials) of a lead: all time, or within `window_s` before `now` counted by whole hour
+        buckets (window ≤ 24 h) or day buckets (≤ 35 days). Buckets overlapping the window's start count
+        whole, so this may overcount, never undercount — the safe side for a compliance cap."""
+        await self._ensure()
+        if window_s is None:
+            raw = await self._r.hget(self._k(campaign_id, "tries"), lead_id)
+            return int(raw or 0)
+        if window_s <= 24 * 3600:
+            size, kind = 3600, "h"
+        elif window_s <= 35 * 86400:
+            size, kind = 86400, "d"
+        else:
+            raise ValueError("window_s: at most 35 days (longer windows: use the total)")
+        first, last = int((now - window_s) // size), int(now // size)
+        pipe = self._r.pipeline(transaction=False)
+        for b in range(first, last + 1):
+            pipe.hget(self._k(campaign_id, f"tries:{kind}:{b}"), lead_id)
+        return sum(int(x or 0) for x in await pipe.execute())
+
+    # ------------------------------------------------------------------ do-not-call
+
+    def _dnc_key(self, campaign_id: str | None) -> str:
+        return self._g("dnc") if campaign_id is None else self._k(campaign_id, "dnc")
+
+    async def dnc_add(self, numbers: Iterable[str], campaign_id: str | None = None) -> int:
+        """Add numbers to the global list (campaign_id None) or a campaign's. Returns how many were new."""
+        await self._ensure()
+        items = list(numbers)
+        return int(await self._r.sadd(self._dnc_key(campaign_id), *items)) if items else 0
+
+    async def dnc_remove(self, numbers: Iterable[str], campaign_id: str | None = None) -> int:
+        await self._ensure()
+        items = list(numbers)
+        return int(await self._r.srem(self._dnc_key(campaign_id), *items)) if items else 0
+
+    async def dnc_contains(self, number: str, campaign_id: str | None = None) -> bool:
+        """On the global list, or on the campaign's when a campaign is given."""
+        return bool(await self.dnc_blocked([number], campaign_id))
+
+    async def dnc_blocked(self, numbers: Sequence[str], campaign_id: str | None = None) -> set[str]:
+        """Which of `numbers` must not be called: on the global list or on the campaign's."""
+        await self._ensure()
+        if not numbers:
+            return set()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.smismember(self._g("dnc"), list(numbers))
+        if campaign_id is not None:
+            pipe.smismember(self._k(campaign_id, "dnc"), list(numbers))
+        flags = await pipe.execute()
+        return {n for i, n in enumerate(numbers) if any(int(f[i]) for f in flags)}
+
+    # ------------------------------------------------------------------ caller-ID (DID) counters
+
+    def _did_keys(self, did: str, now: float) -> list[str]:
+        return [self._g(f"did:{{{did}}}:h:{int(now // 3600)}"), self._g(f"did:{{{did}}}:d:{int(now // 86400)}")]
+
+    async def did_incr(self, did: str, now: float) -> tuple[int, int]:
+        """Count one use of a DID; returns its uses this hour and this (UTC) day."""
+        await self._ensure()
+        hour, day = self._did_keys(did, now)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.incr(hour)
+        pipe.expire(hour, _DID_HOUR_TTL_S)
+        pipe.incr(day)
+        pipe.expire(day, _DID_DAY_TTL_S)
+        h, _, d, _ = await pipe.execute()
+        return int(h), int(d)
+
+    async def did_take(self, did: str, now: float, hour_cap: int, day_cap: int) -> bool:
+        """Count one use of a DID only if it stays within both caps (atomic across nodes)."""
+        await self._ensure()
+        reply = await self._s_did(keys=self._did_keys(did, now), args=[hour_cap, day_cap, _DID_HOUR_TTL_S,
+                                                                       _DID_DAY_TTL_S])
+        return int(reply[0]) == 1
+
+    async def did_counts(self, did: str, now: float) -> tuple[int, int]:
+        await self._ensure()
+        hour, day = self._did_keys(did, now)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(hour)
+        pipe.get(day)
+        h, d = await pipe.execute()
+        return int(h or 0), int(d or 0)
+
+    # ------------------------------------------------------------------ abandon windows
+
+    async def record_live(self, campaign_id: str, now: float, abandoned: bool) -> None:
+        """Count one live answer of the campaign (abandoned or connected) at `now`, for every node."""
+        await self._ensure()
+        keys = [self._k(campaign_id, "live"), self._k(campaign_id, "live_cum")]
+        await self._s_live(keys=keys, args=[int(now // 60), int(abandoned), _LIVE_KEEP_MINUTES])
+
+    async def abandon_counts(self, campaign_id: str, now: float, window_s: float | None = None) -> tuple[int, int]:
+        """(abandoned, live answers) over the window ending at `now` (minute granularity), or campaign-to-date."""
+        await self._ensure()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hmget(self._k(campaign_id, "live"), ["live", "abandoned"])
+        if window_s is not None:
+            before = int((now - window_s) // 60)
+            pipe.zrevrangebyscore(self._k(campaign_id, "live_cum"), before, "-inf", start=0, num=1)
+        replies = await pipe.execute()
+        live, abandoned = (int(x or 0) for x in replies[0])
+        if window_s is not None and replies[1]:
+            _, live_then, abandoned_then = str(replies[1][0]).split(":")
+            live -= int(live_then)
+            abandoned -= int(abandoned_then)
+        return abandoned, live
+
+    async def abandon_rate(self, campaign_id: str, now: float, window_s: float | None = None) -> float:
+        """Abandoned / live answers over the window (0.0 with no live answers)."""
+        abandoned, live = await self.abandon_counts(campaign_id, now, window_s)
+        return abandoned / live if live else 0.0
+
+    # ------------------------------------------------------------------ nodes and their agents
+
+    async def heartbeat(self, agents: Sequence[str] = (), *, now: float | None = None,
+                        info: dict[str, Any] | None = None) -> None:
+        """This node is alive and has these agents logged in."""
+        await self._ensure()
+        now = time.time() if now is None else now
+        doc = json.dumps({"seen": now, "agents": list(agents), "info": info or {}})
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(self._g("nodes"), self.node_id, doc)
+        pipe.zadd(self._g("nodes_seen"), {self.node_id: now})
+        await pipe.execute()
+
+    async def nodes(self, now: float | None = None, max_age_s: float | None = None) -> list[NodeInfo]:
+        """Registered nodes, alive if seen within `max_age_s` (default: the lease TTL)."""
+        await self._ensure()
+        now = time.time() if now is None else now
+        max_age = self.lease_ttl_s if max_age_s is None else max_age_s
+        docs = await self._r.hgetall(self._g("nodes"))
+        out = []
+        for node_id, raw in sorted(docs.items()):
+            doc = json.loads(raw)
+            seen = float(doc["seen"])
+            out.append(NodeInfo(str(node_id), seen, tuple(doc.get("agents", ())), doc.get("info", {}),
+                                now - seen <= max_age))
+        return out
+
+    async def forget_node(self, node_id: str) -> None:
+        await self._ensure()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hdel(self._g("nodes"), node_id)
+        pipe.zrem(self._g("nodes_seen"), node_id)
+        await pipe.execute()

@@ -1,0 +1,235 @@
+"""`open_store(url)`: a store from its URL. The CLI calls it for every URL but `memory://`.
+
+    memory://
+    redis://[[user]:password@]host[:port][/db][?options]          rediss:// for TLS
+    redis://host:port,host:port/?cluster=1                         Redis Cluster (startup nodes); or
+    redis+cluster://[[user]:password@]host:port[,host:port...]     (rediss+cluster:// for TLS)
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
+
+Options (query): prefix (key prefix, default `marcador:`), node_id (lease owner; default host-pid),
+lease_ttl (seconds, default 60), socket_timeout, socket_connect_timeout (seconds), client_name,
+ssl_cert_reqs, ssl_ca_certs, and for Sentinel sentinel_password. Clients connect lazily: a wrong host
+shows at the first command (or `ping()`), a malformed URL here, as a ValueError that names the problem.
+Passwords never appear in those messages (nor anywhere this module logs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+
+from dialer.memory_store import InMemoryStore
+from dialer.ports import Store
+from dialer.redis_store import RedisStore
+
+_SCHEMES = {
+    "redis": ("plain", False),
+    "rediss": ("plain", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+_DEFAULT_PORT = {"plain": 6379, "cluster": 6379, "sentinel": 26379}
+_STORE_OPTIONS = {"prefix", "node_id", "lease_ttl", "cluster"}
+_CLIENT_OPTIONS = {"socket_timeout", "socket_connect_timeout", "client_name", "ssl_cert_reqs", "ssl_ca_certs"}
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (userinfo after ':' and password-like query values) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # Up to the last '@' before the query: a password may hold unescaped '@', '/' or ':'.
+    query_at = rest.find("?")
+    at = rest.rfind("@", 0, query_at if query_at >= 0 else len(rest))
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        rest = f"{user}{':***' if colon else ''}@{rest[at + 1:]}"
+    rest = re.sub(r"((?:^|[?&])[^=&]*password=)[^&]*", r"\1***", rest, flags=re.IGNORECASE)
+    return f"{scheme}{sep}{rest}"
+
+
+@dataclass(slots=True)
+class StoreUrl:
+    """A parsed store URL (no I/O)."""
+
+    kind: str  # memory | plain | cluster | sentinel
+    tls: bool = False
+    hosts: list[tuple[str, int]] = field(default_factory=list)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    service_name: str | None = None
+    prefix: str = "marcador:"
+    node_id: str | None = None
+    lease_ttl_s: float = 60.0
+    client_options: dict[str, Any] = field(default_factory=dict)
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def _fail(url: str, problem: str) -> ValueError:
+    return ValueError(f"store URL {redact_url(url)!r}: {problem}")
+
+
+def _host_port(url: str, item: str, default_port: int) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, tail = item[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+    if not host:
+        raise _fail(url, f"empty host in {item!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _fail(url, f"bad port {port_text!r} (want 1-65535)")
+    return host, int(port_text)
+
+
+def _float_option(url: str, name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _fail(url, f"option {name}={text!r} is not a number") from None
+    if value <= 0:
+        raise _fail(url, f"option {name} must be > 0")
+    return value
+
+
+def _db(url: str, text: str) -> int:
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise _fail(url, f"database {text!r} is not a number")
+    return int(text)
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise _fail(url, "missing scheme (use memory://, redis://, rediss://, redis+sentinel:// or redis+cluster://)")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        return StoreUrl(kind="memory")
+    if scheme not in _SCHEMES:
+        raise _fail(url, f"unsupported scheme {scheme!r} (use memory://, redis://, rediss://, redis+sentinel:// "
+                         "or redis+cluster://)")
+    kind, tls = _SCHEMES[scheme]
+    rest, _, query = rest.partition("?")
+    rest = rest.split("#", 1)[0]
+    # Userinfo ends at the last '@' (a raw password may hold '@' or '/'); the host list at the next '/'.
+    userinfo, at, after = rest.rpartition("@")
+    if not at:
+        userinfo, after = "", rest
+    hostlist, _, path = after.partition("/")
+    out = StoreUrl(kind=kind, tls=tls)
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        out.username = unquote(user) or None
+        out.password = unquote(password) if colon else None
+        if not colon:  # redis://secret@host: a lone userinfo is the password, as redis-cli reads it
+            out.username, out.password = None, unquote(user)
+    if not hostlist:
+        raise _fail(url, "no host")
+    out.hosts = [_host_port(url, item, _DEFAULT_PORT[kind]) for item in hostlist.split(",")]
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise _fail(url, "malformed query string") from None
+    for name, value in pairs:
+        if name == "prefix":
+            if not value or "{" in value or "}" in value:
+                raise _fail(url, "option prefix must be non-empty, without '{' or '}'")
+            out.prefix = value
+        elif name == "node_id":
+            out.node_id = value or None
+        elif name == "lease_ttl":
+            out.lease_ttl_s = _float_option(url, name, value)
+        elif name == "cluster":
+            if value.lower() in ("1", "true", "yes"):
+                if kind == "sentinel":
+                    raise _fail(url, "cluster=1 cannot be combined with redis+sentinel://")
+                kind = out.kind = "cluster"
+            elif value.lower() not in ("0", "false", "no", ""):
+                raise _fail(url, "option cluster must be 1 or 0")
+        elif name in ("socket_timeout", "socket_connect_timeout"):
+            out.client_options[name] = _float_option(url, name, value)
+        elif name in ("client_name", "ssl_cert_reqs", "ssl_ca_certs"):
+            out.client_options[name] = value
+        elif name == "sentinel_password" and kind == "sentinel":
+            out.sentinel_password = value
+        else:
+            known = sorted(_STORE_OPTIONS | _CLIENT_OPTIONS | ({"sentinel_password"} if kind == "sentinel" else set()))
+            raise _fail(url, f"unknown option {name!r} (known: {', '.join(known)})")
+    if kind == "sentinel":
+        service, _, db_text = path.strip("/").partition("/")
+        if not service:
+            raise _fail(url, "redis+sentinel:// needs a service name: redis+sentinel://host:port,host:port/"
+                             "service_name/db")
+        if "/" in db_text:
+            raise _fail(url, "path must be /service_name[/db]")
+        out.service_name = unquote(service)
+        out.db = _db(url, db_text)
+    else:
+        out.db = _db(url, path.strip("/"))
+        if kind == "cluster" and out.db != 0:
+            raise _fail(url, "Redis Cluster has only database 0")
+        if kind == "plain" and len(out.hosts) > 1:
+            raise _fail(url, "several hosts need redis+sentinel://, redis+cluster:// or ?cluster=1")
+    if not tls and any(name.startswith("ssl_") for name in out.client_options):
+        raise _fail(url, "ssl_* options need rediss://")
+    return out
+
+
+def _client_kwargs(spec: StoreUrl) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "username": spec.username,
+        "password": spec.password,
+        "decode_responses": True,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        # A short reconnect retry rides over a Redis restart; longer outages raise and the runtime retries.
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
+    }
+    kw.update(spec.client_options)
+    if spec.tls:
+        kw["ssl"] = True
+    return kw
+
+
+def build_client(spec: StoreUrl) -> Redis | RedisCluster:
+    kw = _client_kwargs(spec)
+    if spec.kind == "plain":
+        host, port = spec.hosts[0]
+        return Redis(host=host, port=port, db=spec.db, **kw)
+    if spec.kind == "cluster":
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **kw)
+    if spec.kind == "sentinel":
+        assert spec.service_name is not None
+        sentinel_kw: dict[str, Any] = {"socket_timeout": kw["socket_timeout"],
+                                       "socket_connect_timeout": kw["socket_connect_timeout"]}
+        if spec.sentinel_password:
+            sentinel_kw["password"] = spec.sentinel_password
+        if spec.tls:
+            sentinel_kw["ssl"] = True
+        sentinel = Sentinel(spec.hosts, sentinel_kwargs=sentinel_kw, **kw)
+        return sentinel.master_for(spec.service_name, db=spec.db)
+    raise ValueError(f"store kind {spec.kind!r} has no Redis client")
+
+
+def open_store(url: str, *, node_id: str | None = None) -> Store:
+    """The store for `url`; `node_id` (if given) overrides the URL's node_id option."""
+    spec = parse_store_url(url)
+    if spec.kind == "memory":
+        return InMemoryStore()
+    return RedisStore(build_client(spec), prefix=spec.prefix, node_id=node_id or spec.node_id,
+                      lease_ttl_s=spec.lease_ttl_s)

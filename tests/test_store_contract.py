@@ -1,0 +1,392 @@
+"""One contract for every store backend: InMemoryStore and RedisStore must behave alike.
+
+Redis cases run against the harness's own redis-server (`-p tests.harness.redis`), each test under a fresh
+key prefix. Features only the Redis store has so far (lease expiry across nodes, DNC, abandon windows,
+counters) skip on the in-memory store. At the end: the Redis restart test and the store URL parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from dialer.memory_store import InMemoryStore
+from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.ports import Store
+from dialer.redis_store import RedisStore
+from dialer.store_factory import open_store, parse_store_url, redact_url
+from tests.harness.redis import RedisServer
+
+T0 = 1_700_000_000.0
+BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@dataclass
+class Backend:
+    """Stores sharing one state: `make(node)` gives another node's view (the same object in memory)."""
+
+    name: str
+    make: Callable[[str], Store]
+    made: list[Store] = field(default_factory=list)
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        shared = InMemoryStore()
+        yield Backend("memory", lambda node: shared)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    made: list[Store] = []
+
+    def make(node: str) -> Store:
+        s = open_store(f"{server.url}?prefix={prefix}&lease_ttl=30", node_id=node)
+        made.append(s)
+        return s
+
+    yield Backend("redis", make, made)
+    for s in made:
+        if isinstance(s, RedisStore):
+            await s.aclose()
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.make("node-a")
+
+
+@pytest.fixture
+def peer(backend: Backend) -> Store:
+    return backend.make("node-b")
+
+
+def redis_only(s: Store, what: str) -> RedisStore:
+    if not isinstance(s, RedisStore):
+        pytest.skip(f"{type(s).__name__} has no {what} yet")
+    return s
+
+
+def make_leads(n: int, cid: str = "c1", start: int = 0) -> list[Lead]:
+    return [Lead(f"l{i}", cid, (f"+1555{i:07d}", f"+1666{i:07d}"), {"debt": i * 10, "name": f"N{i}"})
+            for i in range(start, start + n)]
+
+
+async def campaign(s: Store, cid: str = "c1", n: int = 0) -> list[Lead]:
+    await s.save_campaign(CampaignSettings(campaign_id=cid, name=cid.upper()))
+    leads = make_leads(n, cid)
+    if leads:
+        assert await s.add_leads(cid, leads) == n
+    return leads
+
+
+def ids(leads: list[Lead]) -> list[str]:
+    return [lead.lead_id for lead in leads]
+
+
+# ---------------------------------------------------------------------------------------------- campaigns
+
+
+async def test_campaigns_save_get_list(store: Store) -> None:
+    assert await store.get_campaign("a") is None
+    assert await store.list_campaigns() == []
+    a = CampaignSettings(campaign_id="a", name="Alpha", strategy="erlang", abandon_target=0.02, skill="es")
+    b = CampaignSettings(campaign_id="b", name="Beta", amd=True, max_lines=12)
+    await store.save_campaign(a)
+    await store.save_campaign(b)
+    assert await store.get_campaign("a") == a
+    got = await store.get_campaign("b")
+    assert got == b
+    assert got is not None
+    got.name = "mutated"  # what a caller does with its copy is not the store's
+    assert (await store.get_campaign("b")) == b
+    await store.save_campaign(replace(a, name="Alpha 2"))
+    assert [c.campaign_id for c in await store.list_campaigns()] == ["a", "b"]
+    assert (await store.get_campaign("a")) == replace(a, name="Alpha 2")
+
+
+# ---------------------------------------------------------------------------------------------- leads
+
+
+async def test_add_leads_ignores_duplicates(store: Store) -> None:
+    await campaign(store)
+    assert await store.add_leads("c1", make_leads(5)) == 5
+    assert await store.add_leads("c1", make_leads(7)) == 2  # l0..l4 already there
+    assert await store.add_leads("c1", [*make_leads(1, start=9), *make_leads(1, start=9)]) == 1
+    assert await store.add_leads("c1", []) == 0
+    assert await store.lead_counts("c1") == {"pending": 8, "leased": 0, "done": 0}
+    first = await store.lease_leads("c1", 1, T0)
+    await store.release_lead("c1", first[0].lead_id, Outcome.CONNECTED, True, T0)
+    assert await store.remove_lead("c1", "l1")
+    # Done and removed ids stay taken: loading the same list again must not redial anyone.
+    assert await store.add_leads("c1", make_leads(2)) == 0
+    assert await store.lead_counts("c1") == {"pending": 6, "leased": 0, "done": 2}
+
+
+async def test_unknown_campaign_raises_key_error(store: Store) -> None:
+    with pytest.raises(KeyError):
+        await store.add_leads("nope", make_leads(1, "nope"))
+    with pytest.raises(KeyError):
+        await store.lease_leads("nope", 1, T0)
+    with pytest.raises(KeyError):
+        await store.release_lead("nope", "l0", Outcome.BUSY, True, T0)
+    with pytest.raises(KeyError):
+        await store.remove_lead("nope", "l0")
+    with pytest.raises(KeyError):
+        await store.lead_counts("nope")
+
+
+async def test_lease_in_order_with_data(store: Store) -> None:
+    leads = await campaign(store, n=5)
+    assert await store.lease_leads("c1", 0, T0) == []
+    got = await store.lease_leads("c1", 3, T0)
+    assert got == leads[:3]  # phones tuple, fields dict, campaign id all come back
+    assert isinstance(got[0].phones, tuple)
+    assert await store.lease_leads("c1", 10, T0) == leads[3:]
+    assert await store.lease_leads("c1", 10, T0) == []
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 5, "done": 0}
+
+
+async def test_two_leasers_never_share_a_lead(store: Store, peer: Store) -> None:
+    await campaign(store, n=500)
+    calls = [(store if i % 2 else peer).lease_leads("c1", 7, T0) for i in range(100)]  # asks for 700
+    batches = await asyncio.gather(*calls)
+    taken = [lid for batch in batches for lid in ids(batch)]
+    assert len(taken) == 500
+    assert len(set(taken)) == 500
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 500, "done": 0}
+
+
+async def test_release_final_vs_recycled(store: Store) -> None:
+    await campaign(store, n=4)
+    l0, l1, l2, l3 = ids(await store.lease_leads("c1", 4, T0))
+    await store.release_lead("c1", l0, Outcome.CONNECTED, True, T0)
+    await store.release_lead("c1", l1, Outcome.NO_ANSWER, False, T0)  # no recycling rules yet: done
+    await store.release_lead("c1", l2, Outcome.LOST, False, T0)  # lost track, not final: back in line
+    await store.release_lead("c1", l3, Outcome.LOST, True, T0)
+    assert await store.lead_counts("c1") == {"pending": 1, "leased": 0, "done": 3}
+    await store.release_lead("c1", l0, Outcome.LOST, False, T0)  # not leased: nothing happens
+    assert await store.lead_counts("c1") == {"pending": 1, "leased": 0, "done": 3}
+    await store.add_leads("c1", make_leads(2, start=10))
+    assert ids(await store.lease_leads("c1", 1, T0)) == [l2]  # it was next in line: still first
+
+
+async def test_remove_pending_lead_only(store: Store) -> None:
+    await campaign(store, n=3)
+    (leased,) = ids(await store.lease_leads("c1", 1, T0))
+    assert leased == "l0"
+    assert await store.remove_lead("c1", "l1")
+    assert not await store.remove_lead("c1", "l1")
+    assert not await store.remove_lead("c1", "l0")  # in flight: the core stops it, not the store
+    assert not await store.remove_lead("c1", "never-added")
+    assert await store.lead_counts("c1") == {"pending": 1, "leased": 1, "done": 1}
+    assert ids(await store.lease_leads("c1", 5, T0)) == ["l2"]
+
+
+async def test_lead_counts_of_new_campaign(store: Store) -> None:
+    await campaign(store)
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 0, "done": 0}
+
+
+# ---------------------------------------------------------------------------------------------- attempts
+
+
+async def test_attempts_upsert_by_call_id(store: Store) -> None:
+    a1 = Attempt("call-1", "c1", "l0", "+15550000000", "1000", T0)
+    a2 = Attempt("call-2", "c2", "l9", "+15550000009", "1001", T0 + 1)
+    a3 = Attempt("call-3", "c1", "l1", "+15550000001", "1000", T0 + 2)
+    for a in (a1, a2, a3):
+        await store.record_attempt(a)
+    done = replace(a1, answered_at=T0 + 5, connected_at=T0 + 5.5, ended_at=T0 + 60, outcome=Outcome.CONNECTED,
+                   agent_id="ag1", amd="HUMAN", hangup_cause=16, disposition="promise")
+    await store.record_attempt(done)
+    assert await store.attempts("c1") == [done, a3]
+    assert await store.attempts("c2") == [a2]
+    assert await store.attempts() == [done, a2, a3]
+    assert await store.attempts("none") == []
+
+
+# ---------------------------------------------------------------------------------------------- beyond the protocol
+
+
+async def test_lease_expiry_returns_dead_nodes_leads(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "lease expiry"), redis_only(peer, "lease expiry")
+    await campaign(a, n=6)
+    assert ids(await a.lease_leads("c1", 3, T0)) == ["l0", "l1", "l2"]  # expire at T0 + 30
+    assert ids(await b.lease_leads("c1", 1, T0)) == ["l3"]
+    await b.record_attempt(Attempt("call-b", "c1", "l3", "+1555", "1000", T0))
+    assert await a.renew_leases(now=T0 + 20) == 3  # a is alive; b stops renewing
+    assert await a.expire_leases(T0 + 40) == [("c1", "l3")]
+    assert await a.lead_counts("c1") == {"pending": 3, "leased": 3, "done": 0}
+    assert [x.call_id for x in await a.attempts("c1")] == ["call-b"]  # history intact
+    # b comes back late and reports its call: the lead is no longer its own, the report changes nothing.
+    await b.release_lead("c1", "l3", Outcome.CONNECTED, True, T0 + 41)
+    assert await a.lead_counts("c1") == {"pending": 3, "leased": 3, "done": 0}
+    assert await a.expire_leases(T0 + 60) == [("c1", "l0"), ("c1", "l1"), ("c1", "l2")]
+    assert ids(await b.lease_leads("c1", 4, T0 + 61)) == ["l0", "l1", "l2", "l3"]  # back at their places
+    # a's token is stale now (fencing): its release must not end b's lease.
+    await a.release_lead("c1", "l0", Outcome.BUSY, True, T0 + 62)
+    assert await a.lead_counts("c1") == {"pending": 2, "leased": 4, "done": 0}
+    await b.release_lead("c1", "l0", Outcome.BUSY, True, T0 + 62)
+    assert await a.lead_counts("c1") == {"pending": 2, "leased": 3, "done": 1}
+
+
+async def test_priority_and_eligible_time(store: Store) -> None:
+    s = redis_only(store, "priorities")
+    await campaign(s, n=2)
+    assert await s.add_leads_at("c1", make_leads(1, start=5), priority=5) == 1
+    assert await s.add_leads_at("c1", make_leads(1, start=6), eligible_at=T0 + 100) == 1
+    assert await s.lead_counts("c1") == {"pending": 4, "leased": 0, "done": 0}
+    assert ids(await s.lease_leads("c1", 10, T0)) == ["l5", "l0", "l1"]
+    assert await s.release_lead_at("c1", "l0", T0 + 50)
+    assert ids(await s.lease_leads("c1", 10, T0 + 60)) == ["l0"]
+    assert ids(await s.lease_leads("c1", 10, T0 + 100)) == ["l6"]
+
+
+async def test_dnc_lists(store: Store) -> None:
+    s = redis_only(store, "DNC lists")
+    assert await s.dnc_add(["+1555001", "+1555002"]) == 2
+    assert await s.dnc_add(["+1555003"], campaign_id="c1") == 1
+    assert await s.dnc_contains("+1555001")
+    assert await s.dnc_contains("+1555001", campaign_id="c1")  # global applies to every campaign
+    assert await s.dnc_contains("+1555003", campaign_id="c1")
+    assert not await s.dnc_contains("+1555003")
+    assert not await s.dnc_contains("+1555003", campaign_id="c2")
+    assert await s.dnc_blocked(["+1555001", "+1555003", "+1555999"], "c1") == {"+1555001", "+1555003"}
+    assert await s.dnc_remove(["+1555001"]) == 1
+    assert not await s.dnc_contains("+1555001", campaign_id="c1")
+
+
+async def test_abandon_windows_are_shared(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "abandon windows"), redis_only(peer, "abandon windows")
+    day = 86400.0
+    now = T0
+    for t, abandoned in [(now - 40 * day, True)] * 3 + [(now - 20 * day, False)] * 8 + [(now - 20 * day, True)] * 2:
+        await a.record_live("c1", t, abandoned)
+    for i in range(10):
+        await b.record_live("c1", now - 7200, i == 0)
+    for i in range(5):
+        await a.record_live("c1", now - 600, i == 0)
+    assert await a.abandon_counts("c1", now, 86400) == (2, 15)
+    assert await b.abandon_counts("c1", now, 30 * day) == (4, 25)
+    assert await a.abandon_counts("c1", now) == (7, 28)
+    assert await a.abandon_rate("c1", now, 86400) == pytest.approx(2 / 15)
+    assert await a.abandon_rate("c1", now, 300) == 0.0
+    assert await a.abandon_rate("other", now, 86400) == 0.0
+
+
+async def test_counters_and_nodes(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "counters"), redis_only(peer, "counters")
+    assert await a.did_incr("+15550100", T0) == (1, 1)
+    assert await b.did_take("+15550100", T0, hour_cap=2, day_cap=10)
+    assert not await a.did_take("+15550100", T0, hour_cap=2, day_cap=10)
+    assert await a.did_counts("+15550100", T0 + 3600) == (0, 2)  # a new hour, the same day
+    await campaign(a)
+    for i, t in enumerate([T0 - 3 * 86400, T0 - 7200, T0 - 60]):
+        await a.record_attempt(Attempt(f"x{i}", "c1", "l0", "+1555", "1000", t))
+    await a.record_attempt(Attempt("x2", "c1", "l0", "+1555", "1000", T0 - 60, outcome=Outcome.BUSY))  # no recount
+    assert await a.lead_attempt_count("c1", "l0", T0) == 3
+    assert await a.lead_attempt_count("c1", "l0", T0, 3600) == 1
+    assert await a.lead_attempt_count("c1", "l0", T0, 86400) == 2
+    assert await a.lead_attempt_count("c1", "l0", T0, 7 * 86400) == 3
+    await a.heartbeat(["ag1", "ag2"], now=T0)
+    await b.heartbeat([], now=T0 - 100)
+    nodes = {n.node_id: n for n in await a.nodes(now=T0, max_age_s=30)}
+    assert nodes["node-a"].agents == ("ag1", "ag2") and nodes["node-a"].alive
+    assert not nodes["node-b"].alive
+    await a.forget_node("node-b")
+    assert [n.node_id for n in await a.nodes(now=T0)] == ["node-a"]
+
+
+# ---------------------------------------------------------------------------------------------- redis restart
+
+
+@pytest.mark.redis
+async def test_redis_restart_loses_nothing_accepted(redis_server: RedisServer) -> None:
+    prefix = f"r{uuid.uuid4().hex[:10]}:"
+    store = open_store(f"{redis_server.url}?prefix={prefix}", node_id="node-r")
+    assert isinstance(store, RedisStore)
+    try:
+        await campaign(store, n=200)
+        leased = ids(await store.lease_leads("c1", 50, T0))
+        for lid in leased[:20]:
+            await store.release_lead("c1", lid, Outcome.NO_ANSWER, True, T0)
+        for i, lid in enumerate(leased):
+            await store.record_attempt(Attempt(f"call-{i}", "c1", lid, "+1555", "1000", T0 + i))
+        await store.dnc_add(["+1555000"])
+        await store.record_live("c1", T0, True)
+        before = (await store.lead_counts("c1"), await store.attempts(), await store.list_campaigns(),
+                  await store.abandon_counts("c1", T0 + 1, 86400))
+        assert before[0] == {"pending": 150, "leased": 30, "done": 20}
+
+        redis_server.kill()  # a crash, not a clean shutdown
+        assert not await store.ping()
+        with pytest.raises(Exception):  # noqa: B017 - redis-py's ConnectionError; the runtime retries writes
+            await store.lead_counts("c1")
+        redis_server.start()
+
+        assert await store.ping()  # the same client reconnects by itself
+        after = (await store.lead_counts("c1"), await store.attempts(), await store.list_campaigns(),
+                 await store.abandon_counts("c1", T0 + 1, 86400))
+        assert after == before
+        assert await store.dnc_contains("+1555000")
+        await store.release_lead("c1", leased[20], Outcome.BUSY, True, T0)  # leases and tokens survived
+        fresh = ids(await store.lease_leads("c1", 10, T0))
+        assert not set(fresh) & set(leased)
+        assert await store.lead_counts("c1") == {"pending": 140, "leased": 39, "done": 21}
+    finally:
+        await store.aclose()
+
+
+# ---------------------------------------------------------------------------------------------- store URLs
+
+
+def test_store_urls_parse() -> None:
+    assert parse_store_url("memory://").kind == "memory"
+    assert isinstance(open_store("memory://"), InMemoryStore)
+    plain = parse_store_url("redis://u:s%40cret@db.example:6380/2?prefix=m1:&node_id=n1&lease_ttl=15")
+    assert (plain.kind, plain.hosts, plain.db, plain.username, plain.password) == (
+        "plain", [("db.example", 6380)], 2, "u", "s@cret")
+    assert (plain.prefix, plain.node_id, plain.lease_ttl_s, plain.tls) == ("m1:", "n1", 15.0, False)
+    assert parse_store_url("rediss://:pw@h").tls
+    assert parse_store_url("rediss://:pw@h").hosts == [("h", 6379)]
+    sentinel = parse_store_url("redis+sentinel://:pw@s1:26379,s2,[::1]:26380/mymaster/3")
+    assert (sentinel.kind, sentinel.hosts, sentinel.service_name, sentinel.db) == (
+        "sentinel", [("s1", 26379), ("s2", 26379), ("::1", 26380)], "mymaster", 3)
+    assert parse_store_url("redis+sentinel://s1/mymaster").db == 0
+    cluster = parse_store_url("redis+cluster://n1:7000,n2:7001")
+    assert (cluster.kind, cluster.hosts) == ("cluster", [("n1", 7000), ("n2", 7001)])
+    assert parse_store_url("redis://n1:7000,n2:7001/?cluster=1").kind == "cluster"
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("localhost:6379", "missing scheme"),
+    ("mysql://u:topsecret@h/db", "unsupported scheme"),
+    ("redis://:topsecret@h:99999/0", "bad port"),
+    ("redis://:topsecret@h:6379/zero", "database"),
+    ("redis://:topsecret@h1,h2", "several hosts"),
+    ("redis+sentinel://:topsecret@s1:26379", "service name"),
+    ("redis+cluster://:topsecret@n1:7000/3", "only database 0"),
+    ("redis://:topsecret@h/?colour=red", "unknown option 'colour'"),
+    ("redis://:topsecret@h/?password=topsecret", "unknown option 'password'"),
+    ("redis://:topsecret@h/?lease_ttl=soon", "lease_ttl"),
+    ("redis://:topsecret@h/?prefix=a{b}", "prefix"),
+    ("redis://u:top@secret@/0", "no host"),
+    ("redis://:topsecret@h/?ssl_ca_certs=/x", "rediss://"),
+])
+def test_store_url_errors_name_the_problem_not_the_password(url: str, problem: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_store_url(url)
+    assert problem in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://user:pa:ss@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_url("redis+sentinel://:x@s1,s2/m?sentinel_password=y&prefix=p") == (
+        "redis+sentinel://:***@s1,s2/m?sentinel_password=***&prefix=p")
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
