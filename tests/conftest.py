@@ -3,4 +3,5 @@ test that cannot get its service fails, it never skips."""
 
 pytest_plugins = [
     "tests.harness.asterisk",
+    "tests.harness.redis",
 ]
