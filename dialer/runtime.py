@@ -31,6 +31,7 @@ _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", 
 class RuntimeConfig:
     tick_interval_s: float = 0.2
     event_queue_size: int = 100_000
+    maintain_interval_s: float = 20.0  # shared stores: heartbeat and lease renewal (a third of the lease TTL)
 
 
 class Runtime:
@@ -70,6 +71,8 @@ class Runtime:
             asyncio.create_task(self._loop(), name="marcador-core"),
             asyncio.create_task(self._store_writer(), name="marcador-store"),
         ]
+        if callable(getattr(self.store, "maintain", None)):
+            self._tasks.append(asyncio.create_task(self._maintain(), name="marcador-store-maintenance"))
         await self.telephony.start(self.submit)
 
     async def stop(self) -> None:
@@ -90,6 +93,9 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.telephony.close()
+        closer = getattr(self.store, "aclose", None)
+        if callable(closer):
+            await closer()
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         self._subscribers.append(fn)
@@ -207,6 +213,20 @@ class Runtime:
                 except Exception:  # the store is down: keep the write, retry; nothing accepted is dropped
                     log.exception("store write failed; retrying")
                     await asyncio.sleep(0.5)
+
+    async def _maintain(self) -> None:
+        """A shared store's housekeeping: this node's heartbeat (with its agents), lease renewal, and the
+        return of dead nodes' leases to the queue."""
+        maintain = self.store.maintain  # type: ignore[attr-defined]
+        while True:
+            agents = [a.agent_id for a in self.core.agents.all() if a.status.value != "logged_out"]
+            try:
+                returned = await maintain(now=self.clock(), agents=agents)
+                if returned:
+                    log.info("leases of dead nodes returned", extra={"fields": {"leads": len(returned)}})
+            except Exception:  # the store is down: dialing pauses on its own (leases fail); keep trying
+                log.exception("store maintenance failed")
+            await asyncio.sleep(self.config.maintain_interval_s)
 
     def _emit(self, cmd: Emit) -> None:
         if cmd.kind.startswith("call.") and log.isEnabledFor(logging.INFO):

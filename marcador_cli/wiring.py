@@ -18,10 +18,9 @@ from api.app import create_app
 from config.settings import MarcadorSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
-from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
-from dialer.ports import Store
 from dialer.runtime import Runtime
+from dialer.store_factory import open_store
 from sim.pbx import SimulatedPbx
 
 log = logging.getLogger("marcador")
@@ -29,14 +28,6 @@ log = logging.getLogger("marcador")
 DEMO_CAMPAIGN = "demo"
 # Simulated-PBX numbers end in O NN TTT (outcome, ring seconds, talk seconds): a mix like a real list.
 _DEMO_OUTCOMES = [(1, 0.30), (2, 0.08), (3, 0.04), (4, 0.50), (5, 0.08)]
-
-
-def open_store(url: str) -> Store:
-    if url.startswith("memory://"):
-        return InMemoryStore()
-    from dialer.store_factory import open_store as open_other
-
-    return open_other(url)
 
 
 def demo_leads(count: int, seed: int = 7) -> list[Lead]:
@@ -79,7 +70,7 @@ async def start_demo(runtime: Runtime, settings: MarcadorSettings) -> None:
 
 
 async def serve(settings: MarcadorSettings) -> None:
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, node_id=settings.node_id)  # leases are owned by this node
     # Call ids must never repeat across restarts of this node: the boot time is part of them.
     boot = format(int(time.time()), "x")
     core = DialerCore(CoreConfig(id_prefix=f"{settings.node_id}-{boot}"))
