@@ -1,6 +1,6 @@
 """`marcador sim`: run a scenario in virtual time against the real core, or compare every strategy on it.
 
-    marcador sim SCENARIO.yaml [--strategy erlang] [--json] [--attempts-out F.jsonl] [--plot DIR]
+    marcador sim [run] SCENARIO.yaml [--strategy erlang] [--json] [--attempts-out F.jsonl] [--plot DIR]
     marcador sim compare SCENARIO.yaml [--json]
 """
 
@@ -12,20 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
-from pacing.registry import STRATEGIES
-from sim.des.simulation import SimResult, Simulation, attempt_row
+from sim.des.simulation import SimResult, Simulation, attempt_row, strategy_names
 from sim.scenario import Scenario, ScenarioError, load_scenario
-
-STRATEGY_NAMES = [*STRATEGIES, "oracle"]
 
 
 class _RunByDefault(TyperGroup):
-    """`marcador sim FILE.yaml` means `marcador sim run FILE.yaml`."""
+    """`marcador sim FILE.yaml ...` means `marcador sim run FILE.yaml ...`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
@@ -44,64 +42,79 @@ def _load(path: Path) -> Scenario:
         raise typer.BadParameter(str(exc), param_hint="SCENARIO") from None
 
 
+def _check_strategy(name: str) -> None:
+    known = strategy_names()
+    if name not in known:
+        raise typer.BadParameter(f"unknown strategy {name!r}; known: {', '.join(known)}", param_hint="--strategy")
+
+
 def simulate(sc: Scenario, strategy: str, *, seed: int | None = None, duration: float | None = None,
-             agents: int | None = None, ratio: float | None = None, show_progress: bool = False) -> SimResult:
-    if strategy not in STRATEGY_NAMES:
-        raise typer.BadParameter(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGY_NAMES)}",
-                                 param_hint="--strategy")
-    total = duration if duration is not None else sc.duration_s
+             agents: int | None = None, ratio: float | None = None, tick: float | None = None,
+             show_progress: bool = False) -> SimResult:
+    """One run; a progress bar in virtual time when asked (a terminal)."""
+    _check_strategy(strategy)
+    options: dict[str, Any] = {"seed": seed, "duration_s": duration, "agents": agents, "ratio": ratio, "tick_s": tick}
     if not show_progress:
-        return Simulation(sc, strategy, seed=seed, duration_s=duration, agents=agents, ratio=ratio).run()
-    with Progress(TextColumn(f"{sc.name} · {strategy}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), transient=True) as progress:
+        return Simulation(sc, strategy, **options).run()
+    total = duration if duration is not None else sc.duration_s
+    columns = (TextColumn(f"{sc.name} · {strategy}"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of the shift"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
         task = progress.add_task("sim", total=total)
-        step = max(60.0, total / 200)
+        step = max(60.0, total / 200)  # redraw every 0.5 % of the shift, not every tick
         last = [0.0]
 
-        def tick(t: float) -> None:
+        def advance(t: float) -> None:
             if t - last[0] >= step:
                 last[0] = t
                 progress.update(task, completed=t)
 
-        return Simulation(sc, strategy, seed=seed, duration_s=duration, agents=agents, ratio=ratio,
-                          progress=tick).run()
+        return Simulation(sc, strategy, progress=advance, **options).run()
 
 
 @app.command("run")
 def run(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML", exists=True, dir_okay=False)],
-    strategy: Annotated[str, typer.Option(help="|".join(STRATEGY_NAMES))] = "erlang",
+    strategy: Annotated[str, typer.Option(help=f"one of: {', '.join(strategy_names())}")] = "erlang",
     ratio: Annotated[float | None, typer.Option(help="lines per ready agent for --strategy ratio")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed (default: the scenario's)")] = None,
     duration: Annotated[float | None, typer.Option(help="simulated seconds (default: the scenario's)")] = None,
     agents: Annotated[int | None, typer.Option(help="agents logged in all shift (overrides the scenario)")] = None,
+    tick: Annotated[float | None, typer.Option(help="pacing tick, virtual seconds (default: the scenario's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     attempts_out: Annotated[Path | None, typer.Option(help="write one JSON line per attempt")] = None,
-    plot: Annotated[Path | None, typer.Option(help="write PNG charts into this folder")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write PNG charts into this folder (needs matplotlib)")] = None,
 ) -> None:
-    """Simulate one strategy over the scenario's shift."""
+    """Simulate one strategy over the scenario's shift (`marcador sim SCENARIO` is short for this)."""
     sc = _load(scenario)
-    result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio,
+    if plot is not None:
+        _need_matplotlib()
+    result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio, tick=tick,
                       show_progress=sys.stdout.isatty() and not as_json)
     if attempts_out is not None:
         with attempts_out.open("w", encoding="utf-8") as fh:
             for a in result.attempts:
                 fh.write(json.dumps(attempt_row(a)) + "\n")
     if plot is not None:
-        from sim.plots import write_plots
+        from sim.des.plots import write_plots
 
         write_plots(result, sc, plot)
     s = result.summary
     if as_json:
         print(json.dumps(s))
         return
-    console = Console()
-    table = Table(title=f"{sc.name} · {strategy} · seed {s['seed']}")
-    for key in ("attempts", "live_answers", "connected", "abandoned", "abandon_rate", "max_hourly_abandon_rate",
-                "occupancy", "idle_per_connect_s", "wall_seconds"):
+    table = Table(title=f"{sc.name} · {strategy} · seed {s['seed']}", show_header=False)
+    for key in ("agents", "attempts", "live_answers", "connected", "abandoned", "abandon_rate",
+                "max_hourly_abandon_rate", "occupancy", "idle_per_connect_s", "sim_seconds", "wall_seconds"):
         table.add_row(key, str(s[key]))
-    table.show_header = False
-    console.print(table)
+    Console().print(table)
+
+
+def _need_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise typer.BadParameter("needs matplotlib: pip install 'marcador[plot]'", param_hint="--plot") from None
 
 
 @app.command("compare")
@@ -109,29 +122,41 @@ def compare(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML", exists=True, dir_okay=False)],
     seed: Annotated[int | None, typer.Option(help="random seed (default: the scenario's)")] = None,
     duration: Annotated[float | None, typer.Option(help="simulated seconds (default: the scenario's)")] = None,
-    strategies: Annotated[str, typer.Option(help="comma-separated")] = ",".join(STRATEGY_NAMES),
+    strategies: Annotated[str | None, typer.Option(help="comma-separated (default: all)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """Run every strategy on the same callers and compare: sorted by occupancy, with abandon rates."""
+    """Run every strategy on the same callers (same seed) and compare: sorted by occupancy, with abandon rates."""
     sc = _load(scenario)
-    rows = [simulate(sc, name.strip(), seed=seed, duration=duration,
-                     show_progress=sys.stdout.isatty() and not as_json).summary
-            for name in strategies.split(",") if name.strip()]
-    rows.sort(key=lambda r: r["occupancy"], reverse=True)
+    names = [n.strip() for n in (strategies or ",".join(strategy_names())).split(",") if n.strip()]
+    for name in names:
+        _check_strategy(name)
+    rows = [simulate(sc, name, seed=seed, duration=duration, show_progress=sys.stdout.isatty() and not as_json).summary
+            for name in names]
+    rows = rank(rows)
     if as_json:
         print(json.dumps({"scenario": sc.name, "target": sc.campaign.abandon_target, "results": rows}))
         return
     Console().print(comparison_table(sc.name, sc.campaign.abandon_target, rows))
 
 
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best occupancy first (ties: lower abandon rate, then name, so the order never depends on run order)."""
+    return sorted(rows, key=lambda r: (-r["occupancy"], r["abandon_rate"], r["strategy"]))
+
+
 def comparison_table(name: str, target: float, rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{name}: strategies by occupancy (abandon target {target:.1%})")
-    for col in ("strategy", "occupancy", "abandon", "max hourly", "idle/connect s", "connected", "attempts", "wall s"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+    table = Table(title=f"{name}: by occupancy; abandon target {target:.1%} (red: over it)", box=box.SIMPLE_HEAD,
+                  caption="occup. talk / logged-in time · aband. abandoned / live answers · max/h worst clock hour · "
+                          "idle s ready time per connect · conn. connected calls")
+    table.add_column("strategy", no_wrap=True, min_width=11)
+    # short headers: the table fits 80 columns (pipes, CI logs)
+    for col in ("occup.", "aband.", "max/h", "idle s", "conn.", "attempts", "wall s"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        over = r["abandon_rate"] > target
-        table.add_row(r["strategy"], f"{r['occupancy']:.3f}",
-                      f"[red]{r['abandon_rate']:.2%}[/red]" if over else f"{r['abandon_rate']:.2%}",
-                      f"{r['max_hourly_abandon_rate']:.2%}", f"{r['idle_per_connect_s']:.1f}", str(r["connected"]),
+        def pct(x: float) -> str:
+            return f"[red]{x:.2%}[/red]" if x > target else f"{x:.2%}"
+
+        table.add_row(r["strategy"], f"{r['occupancy']:.3f}", pct(r["abandon_rate"]),
+                      pct(r["max_hourly_abandon_rate"]), f"{r['idle_per_connect_s']:.1f}", str(r["connected"]),
                       str(r["attempts"]), f"{r['wall_seconds']:.1f}")
     return table

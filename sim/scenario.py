@@ -1,19 +1,24 @@
 """Scenario files: a call centre's floor and its callers, as data (YAML), shared by the discrete-event
-simulator and the simulated PBX.
+simulator (sim/des) and the simulated PBX. No I/O here apart from `load_scenario(path)`.
 
     name: collections-50
     seed: 1
     duration_s: 28800
-    agents: {count: 50, wrapup_s: {dist: fixed, value: 10}, schedule: [{at_s: 14400, count: 25}]}
+    pacing_tick_s: 1.0        # the simulator's pacing cadence (virtual seconds)
+    agents:
+      count: 50
+      wrapup_s: {dist: fixed, value: 10}
+      schedule: [{at_s: 14400, count: 25}]   # logged-in agents from then on
     calls:
       p_live: 0.20            # or {from: 0.30, to: 0.10} (linear over the shift) or [[0, 0.3], [14400, 0.1]]
       p_machine: 0.0
       p_busy: 0.08
-      p_fail: 0.05            # the rest: no answer
+      p_fail: 0.05            # invalid number / congestion; the rest: no answer
       answer_delay_s: {dist: lognormal, median: 8, sigma: 0.5, max: 25}
       no_answer_timeout_s: 25
       talk_s: {dist: gamma, mean: 150, cv: 0.8}
-      patience_s: null        # a waiting person hangs up after this (a distribution); null: never
+      machine_talk_s: 15      # an agent put through to a machine hangs up after at most this
+      patience_s: null        # a person left waiting hangs up after this (a distribution); null: never
     campaign: {abandon_target: 0.03, abandon_threshold_s: 2.0}
     amd: {enabled: false, detect_s: 2.5, false_machine: 0.05, false_human: 0.15}
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message names the file and the field."""
+    """A scenario that cannot be used; the message names the file and the field."""
 
 
 class Dist(BaseModel):
@@ -58,8 +64,10 @@ class Dist(BaseModel):
         missing = [p for p in need if getattr(self, p) is None]
         if missing:
             raise ValueError(f"{self.dist} needs {', '.join(missing)}")
-        if self.dist == "uniform" and self.low is not None and self.high is not None and self.high < self.low:
+        if self.low is not None and self.high is not None and self.high < self.low:
             raise ValueError("uniform: high must be >= low")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError("max must be >= min")
         return self
 
     def sample(self, rng: np.random.Generator) -> float:
@@ -75,10 +83,10 @@ class Dist(BaseModel):
         else:
             shape = 1.0 / (self.cv * self.cv)  # type: ignore[operator]
             x = float(rng.gamma(shape, self.mean / shape))  # type: ignore[operator]
-        if self.min is not None:
-            x = max(x, self.min)
-        if self.max is not None:
-            x = min(x, self.max)
+        if self.min is not None and x < self.min:
+            x = self.min
+        if self.max is not None and x > self.max:
+            x = self.max
         return x
 
     def mean_value(self) -> float:
@@ -93,7 +101,7 @@ class Dist(BaseModel):
 
 
 class Ramp(BaseModel):
-    """A value that changes over the shift: linear `from` → `to`, or piecewise-linear points [[t, v], ...]."""
+    """A value that changes linearly over the whole shift, `from` at its start to `to` at its end."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -102,9 +110,27 @@ class Ramp(BaseModel):
 
 
 Schedule = float | Ramp | list[tuple[float, float]]
+SCHEDULE_SHAPES = "a number, {from: a, to: b} or a list of [t_s, value] points"
+
+
+def _check_schedule_shape(v: Any) -> Any:
+    """Name the accepted shapes once, instead of pydantic's one complaint per union member."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected {SCHEDULE_SHAPES}")
+    if isinstance(v, int | float | Ramp):
+        return v
+    if isinstance(v, dict) and set(v) in ({"from", "to"}, {"start", "end"}) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()):
+        return v
+    if isinstance(v, list) and v and all(
+            isinstance(p, list | tuple) and len(p) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in p) for p in v):
+        return v
+    raise ValueError(f"expected {SCHEDULE_SHAPES}, got {v!r}")
 
 
 def value_at(spec: Schedule, t: float, duration_s: float) -> float:
+    """A schedule's value at `t` seconds into a shift of `duration_s` (constant outside given points)."""
     if isinstance(spec, int | float):
         return float(spec)
     if isinstance(spec, Ramp):
@@ -120,11 +146,15 @@ def value_at(spec: Schedule, t: float, duration_s: float) -> float:
     return v0 + (v1 - v0) * (t - t0) / (t1 - t0) if t1 > t0 else v1
 
 
+def _breakpoints(spec: Schedule) -> list[float]:
+    return [p[0] for p in spec] if isinstance(spec, list) else []
+
+
 class AgentChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     at_s: float = Field(ge=0)
-    count: int = Field(ge=0)
+    count: int = Field(ge=0, le=100_000)
 
 
 class Agents(BaseModel):
@@ -134,12 +164,22 @@ class Agents(BaseModel):
     wrapup_s: Dist = Dist(dist="fixed", value=10.0)
     schedule: list[AgentChange] = []
 
+    @field_validator("schedule")
+    @classmethod
+    def _in_order(cls, v: list[AgentChange]) -> list[AgentChange]:
+        if [c.at_s for c in v] != sorted(c.at_s for c in v):
+            raise ValueError("changes must be in time order (at_s ascending)")
+        return v
+
     def count_at(self, t: float) -> int:
         n = self.count
-        for change in sorted(self.schedule, key=lambda c: c.at_s):
+        for change in self.schedule:
             if change.at_s <= t:
                 n = change.count
         return n
+
+
+PROBABILITIES = ("p_live", "p_machine", "p_busy", "p_fail")
 
 
 class Calls(BaseModel):
@@ -152,9 +192,15 @@ class Calls(BaseModel):
     answer_delay_s: Dist = Dist(dist="lognormal", median=8, sigma=0.5, max=25)
     no_answer_timeout_s: float = Field(25.0, gt=0)
     talk_s: Dist = Dist(dist="gamma", mean=150, cv=0.8)
+    machine_talk_s: float = Field(15.0, ge=0)
     patience_s: Dist | None = None
 
-    @field_validator("p_live", "p_machine", "p_busy", "p_fail")
+    @field_validator(*PROBABILITIES, mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        return _check_schedule_shape(v)
+
+    @field_validator(*PROBABILITIES)
     @classmethod
     def _probability(cls, v: Schedule) -> Schedule:
         values = [v] if isinstance(v, int | float) else [v.start, v.end] if isinstance(v, Ramp) else [p[1] for p in v]
@@ -172,13 +218,14 @@ class CampaignSpec(BaseModel):
     abandon_threshold_s: float = Field(2.0, gt=0)
     max_lines_per_agent: float = Field(4.0, gt=0)
     max_calls_per_s: float = Field(50.0, gt=0)
+    abandon_message_s: float = Field(2.0, ge=0)  # the safe-harbor message played before hanging up
 
 
 class Amd(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    detect_s: float = Field(2.5, ge=0)
+    detect_s: float = Field(2.5, ge=0)  # answer → verdict; the core hears of the answer only then
     false_machine: float = Field(0.05, ge=0, le=1)  # a person classified as machine (hung up on)
     false_human: float = Field(0.15, ge=0, le=1)  # a machine classified as person (sent to an agent)
 
@@ -186,9 +233,10 @@ class Amd(BaseModel):
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(min_length=1)
     seed: int = 1
     duration_s: float = Field(28_800.0, gt=0)
+    pacing_tick_s: float = Field(1.0, gt=0, le=60)
     agents: Agents
     calls: Calls = Calls()
     campaign: CampaignSpec = CampaignSpec()
@@ -196,9 +244,12 @@ class Scenario(BaseModel):
 
     @model_validator(mode="after")
     def _shares(self) -> Scenario:
-        for t in (0.0, self.duration_s):
-            total = sum(value_at(getattr(self.calls, k), t, self.duration_s)
-                        for k in ("p_live", "p_machine", "p_busy", "p_fail"))
+        # Sums of piecewise-linear schedules peak at a breakpoint, the start or the end: check those.
+        times = {0.0, self.duration_s}
+        for k in PROBABILITIES:
+            times.update(_breakpoints(getattr(self.calls, k)))
+        for t in sorted(times):
+            total = sum(self.p(k, t) for k in PROBABILITIES)
             if total > 1.0 + 1e-9:
                 raise ValueError(f"calls: p_live + p_machine + p_busy + p_fail is {total:.3f} at t={t:g} s (> 1)")
         return self
@@ -224,43 +275,67 @@ def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_msg(e['msg'])}" if e["loc"]
+                             else _msg(e["msg"]) for e in exc.errors())
         raise ScenarioError(f"{origin}: {problems}") from None
 
 
+def _msg(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def random_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(callers, agents): independent streams spawned from one seeded Generator.
+
+    Separate streams keep the callers identical whichever strategy dials them (the n-th dial meets the n-th
+    fate), however many wrap-ups the agents draw in between: strategies are compared on the same people.
+    """
+    calls, agents = np.random.default_rng(seed).spawn(2)
+    return calls, agents
+
+
+@dataclass(frozen=True, slots=True)
 class CallFate:
     """What one dialled call will do, drawn up front so every strategy can face the same callers."""
 
-    __slots__ = ("amd_says_machine", "answer_s", "kind", "patience_s", "talk_s")
-
-    def __init__(self, kind: str, answer_s: float, talk_s: float, patience_s: float, amd_says_machine: bool) -> None:
-        self.kind = kind  # live | machine | busy | fail | no_answer
-        self.answer_s = answer_s  # dial → answer (or → busy/failure signal)
-        self.talk_s = talk_s
-        self.patience_s = patience_s
-        self.amd_says_machine = amd_says_machine
+    kind: str  # live | machine | busy | fail | no_answer
+    answer_s: float  # dial → answer (or → busy/failure signal); AMD detection comes on top
+    talk_s: float  # answer → the far end hangs up once connected (a machine's greeting for machines)
+    patience_s: float  # a person left waiting for an agent hangs up after this (inf: never)
+    amd_says_machine: bool  # AMD's verdict when enabled (false classifications included)
 
 
 def draw_fate(sc: Scenario, rng: np.random.Generator, t: float) -> CallFate:
-    """The call model, shared by the simulator and the simulated PBX."""
+    """The call model, shared by the simulator and the simulated PBX; `t` is seconds into the shift.
+
+    Every fate takes the same number of draws whatever its kind, so one caller's fate never shifts the
+    stream of the next.
+    """
     c = sc.calls
     u = float(rng.random())
-    p_live, p_machine, p_busy, p_fail = (sc.p(k, t) for k in ("p_live", "p_machine", "p_busy", "p_fail"))
     answer = c.answer_delay_s.sample(rng)
     talk = c.talk_s.sample(rng)
     patience = c.patience_s.sample(rng) if c.patience_s is not None else math.inf
+    flip = float(rng.random()) if sc.amd.enabled else 1.0
+    p_live = sc.p("p_live", t)
+    p_machine = p_live + sc.p("p_machine", t)
+    p_busy = p_machine + sc.p("p_busy", t)
+    p_fail = p_busy + sc.p("p_fail", t)
+    answered = answer < c.no_answer_timeout_s
     if u < p_live:
-        kind = "live" if answer < c.no_answer_timeout_s else "no_answer"
-    elif u < p_live + p_machine:
-        kind = "machine" if answer < c.no_answer_timeout_s else "no_answer"
-    elif u < p_live + p_machine + p_busy:
-        kind, answer = "busy", min(answer, 5.0)
-    elif u < p_live + p_machine + p_busy + p_fail:
+        kind = "live" if answered else "no_answer"
+    elif u < p_machine:
+        kind = "machine" if answered else "no_answer"
+        talk = min(talk, c.machine_talk_s)
+    elif u < p_busy:
+        kind, answer = "busy", min(answer, 5.0)  # a busy signal comes within seconds
+    elif u < p_fail:
         kind, answer = "fail", min(answer, 2.0)
     else:
         kind = "no_answer"
     amd_machine = False
-    if sc.amd.enabled and kind in ("live", "machine"):
-        flip = float(rng.random())
-        amd_machine = flip < sc.amd.false_machine if kind == "live" else flip >= sc.amd.false_human
+    if sc.amd.enabled and kind == "live":
+        amd_machine = flip < sc.amd.false_machine
+    elif sc.amd.enabled and kind == "machine":
+        amd_machine = flip >= sc.amd.false_human
     return CallFate(kind, answer, talk, patience, amd_machine)

@@ -1,140 +1,182 @@
-"""The discrete-event simulator: determinism, reconciliation of its log with its summary, the call model,
-scenario validation, and the CLI."""
+"""The discrete-event simulator around the real core: the kernel, determinism, the attempt log against the
+summary, the call flow it plays (wrap-ups, abandons, patience, AMD, shift changes) and the oracle."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections import Counter
-from pathlib import Path
+from collections import Counter, defaultdict
+from typing import Any
 
-import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from marcador_cli.main import app
-from sim.des.simulation import Simulation
-from sim.scenario import Dist, ScenarioError, load_scenario, parse_scenario, value_at
+from dialer.model import Attempt, Outcome
+from sim.des.kernel import Kernel
+from sim.des.simulation import CAMPAIGN, SimResult, Simulation, attempt_row, strategy_names
+from sim.oracle import abandons
+from sim.scenario import parse_scenario
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "bench" / "scenarios"
+STRATEGIES = strategy_names()  # the registry's (as others add theirs) and the oracle
 
 
-def _scenario(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"name": "t", "seed": 3, "duration_s": 1800, "agents": {"count": 10},
-                               "calls": {"p_live": 0.3}}
+def _scenario(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "t", "seed": 3, "duration_s": 1800, "agents": {"count": 10},
+                            "calls": {"p_live": 0.3}}
     base.update(over)
     return base
 
 
-def test_same_seed_same_result_and_other_seed_differs() -> None:
-    sc = parse_scenario(_scenario())
-    a = Simulation(sc, "erlang").run().summary
-    b = Simulation(sc, "erlang").run().summary
-    c = Simulation(sc, "erlang", seed=4).run().summary
-    for s in (a, b, c):
-        s.pop("wall_seconds")
-    assert a == b and a != c
+def _run(strategy: str = "erlang", **over: Any) -> SimResult:
+    options = over.pop("options", {})
+    return Simulation(parse_scenario(_scenario(**over)), strategy, **options).run()
 
 
-@pytest.mark.parametrize("strategy", ["progressive", "erlang", "ratio", "vicidial", "omnidialer", "oracle"])
-def test_attempt_log_reconciles_with_summary(strategy: str) -> None:
-    result = Simulation(parse_scenario(_scenario()), strategy, ratio=2.0).run()
-    s = result.summary
-    by = Counter(a.outcome.value for a in result.attempts if a.outcome)
-    assert s["attempts"] == len(result.attempts) == sum(by.values())
+def _outcome(a: Attempt) -> str | None:
+    return a.outcome.value if a.outcome is not None else None
+
+
+def test_kernel_runs_in_time_order_and_keeps_ties_in_order() -> None:
+    k = Kernel()
+    seen: list[tuple[float, str]] = []
+
+    def note(label: str) -> None:
+        seen.append((k.now, label))
+        if label == "b":
+            k.after(0.0, note, "b-then")  # same instant: after everything already due now
+            k.at(-5.0, note, "past")  # never back in time
+
+    k.at(2.0, note, "c")
+    k.at(1.0, note, "a")
+    k.at(1.5, note, "b")
+    k.at(1.5, note, "b2")
+    k.at(9.0, note, "late")
+    k.run_until(5.0)
+    assert seen == [(1.0, "a"), (1.5, "b"), (1.5, "b2"), (1.5, "b-then"), (1.5, "past"), (2.0, "c")]
+    assert k.now == 5.0 and len(k) == 1 and k.next_time() == 9.0
+
+
+def test_same_seed_gives_byte_identical_json_and_log() -> None:
+    def once(seed: int | None = None) -> tuple[str, str]:
+        result = _run("erlang", options={"seed": seed})
+        summary = dict(result.summary)
+        summary.pop("wall_seconds")
+        return json.dumps(summary), "\n".join(json.dumps(attempt_row(a)) for a in result.attempts)
+
+    a, b, c = once(), once(), once(4)
+    assert a == b
+    assert a[0] != c[0]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_attempt_log_reconciles_with_the_summary_and_the_core(strategy: str) -> None:
+    sim = Simulation(parse_scenario(_scenario()), strategy, ratio=2.5)
+    result = sim.run()
+    s, log = result.summary, result.attempts
+    by = Counter(_outcome(a) or "in_flight" for a in log)
+    assert s["attempts"] == len(log) == sum(by.values())
+    assert s["outcomes"] == dict(sorted(by.items()))
     assert s["connected"] == by["connected"] and s["abandoned"] == by["abandoned"]
     assert s["live_answers"] == s["connected"] + s["abandoned"]
-    assert s["outcomes"] == dict(sorted(by.items()))
-    for a in result.attempts:
-        assert a.ended_at is not None and a.ended_at >= a.dialed_at
-        if a.outcome and a.outcome.value == "connected":
-            assert a.agent_id and a.connected_at is not None and a.answered_at is not None
-            assert a.connected_at - a.answered_at <= 2.0 + 1e-9
+    assert s["abandon_rate"] == pytest.approx(s["abandoned"] / s["live_answers"], abs=1e-5)
+    core = sim.core.stats(CAMPAIGN, sim.duration)
+    assert core["attempts"] == s["attempts"] and core["connected"] == s["connected"]
+    assert core["abandoned"] == s["abandoned"]
+    assert len({a.call_id for a in log}) == len(log) and len({a.lead_id for a in log}) == len(log)
+    assert [a.dialed_at for a in log] == sorted(a.dialed_at for a in log)
+    for a in log:
+        assert a.ended_at is None or a.ended_at >= a.dialed_at
+        if a.outcome is Outcome.CONNECTED:
+            assert a.agent_id and a.answered_at is not None and a.connected_at is not None
+            assert a.connected_at - a.answered_at <= 2.0 + 1e-9  # the core's threshold, as in production
+        if a.outcome is Outcome.ABANDONED:
+            assert a.agent_id is None and a.connected_at is None
     assert 0 < s["occupancy"] < 1
+    assert s["max_hourly_abandon_rate"] >= s["abandon_rate"] - 1e-9 or s["live_answers"] == 0
 
 
-def test_progressive_never_abandons_and_oracle_never_abandons() -> None:
-    sc = parse_scenario(_scenario(duration_s=3600))
-    for strategy in ("progressive", "oracle"):
-        assert Simulation(sc, strategy).run().summary["abandoned"] == 0
+@pytest.mark.parametrize("strategy", ["progressive", "oracle"])
+def test_never_abandons_when_every_call_has_an_agent(strategy: str) -> None:
+    """Progressive never has more lines than ready agents; the oracle knows who answers and when agents free."""
+    result = _run(strategy, duration_s=3600, agents={"count": 8})
+    assert result.summary["abandoned"] == 0 and result.summary["connected"] > 50
+    if strategy == "progressive":
+        assert all(row["lines"] <= row["agents_ready"] + row["agents_on_call"] + row["agents_wrapup"]
+                   for row in result.series)
 
 
-def test_distributions_sample_their_stated_parameters() -> None:
-    rng = np.random.default_rng(0)
-    cases = [(Dist(dist="fixed", value=4), np.mean, 4.0), (Dist(dist="exponential", mean=5), np.mean, 5.0),
-             (Dist(dist="uniform", low=2, high=6), np.mean, 4.0), (Dist(dist="lognormal", median=8, sigma=0.5),
-                                                                   np.median, 8.0),
-             (Dist(dist="gamma", mean=150, cv=0.8), np.mean, 150.0)]
-    for dist, stat, want in cases:
-        got = float(stat([dist.sample(rng) for _ in range(20_000)]))  # type: ignore[operator]
-        assert abs(got - want) / want < 0.03, (dist.dist, got)
-    clipped = Dist(dist="lognormal", median=8, sigma=1.0, max=25, min=1)
-    xs = [clipped.sample(rng) for _ in range(5000)]
-    assert min(xs) >= 1 and max(xs) <= 25
+def test_agents_serve_one_call_at_a_time_and_take_their_wrapup() -> None:
+    result = _run("ratio", agents={"count": 6, "wrapup_s": {"dist": "fixed", "value": 7}}, options={"ratio": 3.0})
+    calls: dict[str, list[Attempt]] = defaultdict(list)
+    for a in result.attempts:
+        if a.agent_id is not None:
+            calls[a.agent_id].append(a)
+    assert len(calls) == 6
+    for handled in calls.values():
+        handled.sort(key=lambda a: a.connected_at or 0.0)
+        for before, after in itertools.pairwise(handled):
+            assert before.ended_at is not None and after.connected_at is not None
+            assert after.connected_at >= before.ended_at + 7 - 1e-9
 
 
-def test_parameters_change_over_the_shift_and_agents_follow_their_schedule() -> None:
-    sc = parse_scenario(_scenario(calls={"p_live": {"from": 0.3, "to": 0.1}},
-                                  agents={"count": 10, "schedule": [{"at_s": 900, "count": 4}]}))
-    assert value_at(sc.calls.p_live, 0, 1800) == pytest.approx(0.3)
-    assert value_at(sc.calls.p_live, 1800, 1800) == pytest.approx(0.1)
-    assert sc.agents.count_at(899) == 10 and sc.agents.count_at(900) == 4
-    result = Simulation(sc, "progressive").run()
-    # agents leaving finish their call, but none of them takes a new one
+def test_abandoned_calls_hear_the_message_and_impatient_people_hang_up() -> None:
+    over = {"agents": {"count": 4}, "options": {"ratio": 4.0}}
+
+    def waits(result: SimResult) -> set[float]:
+        """Answer → hang-up of the abandoned calls that ended."""
+        return {round(a.ended_at - a.answered_at, 6) for a in result.attempts
+                if a.outcome is Outcome.ABANDONED and a.ended_at is not None and a.answered_at is not None}
+
+    assert waits(_run("ratio", **over)) == {4.0}  # the 2 s threshold, then the 2 s message
+    impatient = _run("ratio", calls={"p_live": 0.3, "patience_s": {"dist": "fixed", "value": 0.5}}, **over)
+    assert waits(impatient) == {0.5}
+
+
+def test_amd_hangs_up_on_machines_and_makes_its_mistakes() -> None:
+    sc = {"calls": {"p_live": 0.2, "p_machine": 0.2}, "agents": {"count": 20}, "duration_s": 3600,
+          "amd": {"enabled": True, "detect_s": 2.5, "false_machine": 0.1, "false_human": 0.3}}
+    result = _run("progressive", **sc)
+    by = result.summary["outcomes"]
+    answered = by["machine"] + by["connected"] + by.get("abandoned", 0)
+    # hung up as machines: 70 % of machines and 10 % of people, out of equal shares
+    assert by["machine"] / answered == pytest.approx((0.7 + 0.1) / 2, abs=0.05)
+    for a in result.attempts:
+        if a.outcome is Outcome.MACHINE:
+            assert a.agent_id is None and a.ended_at == a.answered_at
+    off = _run("progressive", **{**sc, "amd": {"enabled": False}})
+    assert "machine" not in off.summary["outcomes"]  # without AMD machines reach agents as people
+
+
+def test_agents_leaving_finish_their_call_and_take_no_other() -> None:
+    result = _run("erlang", agents={"count": 10, "schedule": [{"at_s": 900, "count": 4}]})
     late = {a.agent_id for a in result.attempts if a.connected_at is not None and a.connected_at > 900}
     early = {a.agent_id for a in result.attempts if a.connected_at is not None and a.connected_at <= 900}
     assert len(late) <= 4 < len(early)
+    assert result.series[-1]["agents_logged_out"] >= 5  # those on a call at 900 s leave when it is wrapped up
 
 
-def test_scenario_errors_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ScenarioError, match=r"calls\.p_live"):
-        parse_scenario(_scenario(calls={"p_live": 1.5}))
-    with pytest.raises(ScenarioError, match=r"agents\.wrapup_s.*gamma needs cv"):
-        parse_scenario(_scenario(agents={"count": 3, "wrapup_s": {"dist": "gamma", "mean": 10}}))
-    with pytest.raises(ScenarioError, match="> 1"):
-        parse_scenario(_scenario(calls={"p_live": 0.6, "p_busy": 0.5}))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nagents: [1, 2\n")
-    with pytest.raises(ScenarioError, match=r"bad\.yaml: not valid YAML"):
-        load_scenario(bad)
+def test_every_strategy_runs_and_the_oracle_is_the_upper_bound() -> None:
+    assert {"progressive", "erlang", "ratio", "vicidial", "omnidialer", "oracle"} <= set(STRATEGIES)
+    occupancy = {s: _run(s, options={"ratio": 2.0}).summary["occupancy"] for s in STRATEGIES}
+    assert occupancy["oracle"] == max(occupancy.values())
+    assert occupancy["oracle"] > 0.9  # near talk / (talk + wrap-up) = 150 / 160
 
 
-def test_shipped_scenarios_load() -> None:
-    names = {load_scenario(p).name for p in SCENARIOS.glob("*.yaml")}
-    assert {"collections-10", "collections-50", "collections-200", "amd-50", "drift-50", "shift-change-50"} <= names
-    amd = load_scenario(SCENARIOS / "amd-50.yaml")
-    share = amd.p("p_machine", 0) / (amd.p("p_machine", 0) + amd.p("p_live", 0))
-    assert amd.amd.enabled and abs(share - 0.35) < 1e-9
+def test_oracle_knows_who_leaves_and_when() -> None:
+    result = _run("oracle", agents={"count": 12, "schedule": [{"at_s": 600, "count": 3}, {"at_s": 1200, "count": 9}]})
+    assert result.summary["abandoned"] == 0 and result.summary["occupancy"] > 0.9
 
 
-def test_cli_json_attempts_out_and_compare(tmp_path: Path) -> None:
-    runner = CliRunner()
-    scenario = str(SCENARIOS / "collections-10.yaml")
-    out = tmp_path / "attempts.jsonl"
-    r = runner.invoke(app, ["sim", scenario, "--strategy", "erlang", "--duration", "1800", "--json",
-                            "--attempts-out", str(out)])
-    assert r.exit_code == 0, r.output
-    summary = json.loads(r.output.strip().splitlines()[-1])
-    for key in ("strategy", "seed", "agents", "sim_seconds", "wall_seconds", "attempts", "live_answers", "connected",
-                "abandoned", "abandon_rate", "max_hourly_abandon_rate", "occupancy", "idle_per_connect_s"):
-        assert key in summary
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == summary["attempts"]
-    assert rows[0]["dialed_at"].endswith("+00:00") and set(rows[0]) == {
-        "call_id", "lead_id", "number", "caller_id", "dialed_at", "answered_at", "connected_at", "ended_at",
-        "outcome", "agent_id"}
-    r = runner.invoke(app, ["sim", "compare", scenario, "--duration", "900", "--json"])
-    assert r.exit_code == 0, r.output
-    table = json.loads(r.output.strip().splitlines()[-1])
-    assert {row["strategy"] for row in table["results"]} == {"progressive", "erlang", "ratio", "vicidial",
-                                                              "omnidialer", "oracle"}
-    occ = [row["occupancy"] for row in table["results"]]
-    assert occ == sorted(occ, reverse=True)
-    r = runner.invoke(app, ["sim", scenario, "--strategy", "nope"])
-    assert r.exit_code != 0 and "unknown strategy" in r.output
+def test_oracle_counts_the_calls_no_agent_can_take() -> None:
+    assert abandons([], [0.0], 2.0) == 0
+    assert abandons([1.0, 1.0], [0.0, 2.5], 2.0) == 0  # the second waits 1.5 s
+    assert abandons([1.0, 1.0], [0.0, 3.5], 2.0) == 1
+    assert abandons([1.0, 5.0], [4.0], 2.0) == 1  # the agent free at 4 s takes the first; nobody for the second
+    assert abandons([1.0, 2.0, 3.0], [10.0, 11.0], 2.0) == 3
 
 
-def test_cli_plots(tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["sim", str(SCENARIOS / "collections-10.yaml"), "--strategy", "progressive",
-                                 "--duration", "900", "--json", "--plot", str(tmp_path)])
-    assert r.exit_code == 0, r.output
-    assert len(list(tmp_path.glob("*.png"))) == 4
+def test_duration_and_agents_can_be_overridden() -> None:
+    result = _run("progressive", options={"duration_s": 600, "agents": 3})
+    s = result.summary
+    assert s["sim_seconds"] == 600 and s["agents"] == 3
+    assert max(a.dialed_at for a in result.attempts) <= 600
+    assert len({a.agent_id for a in result.attempts if a.agent_id}) <= 3

@@ -1,4 +1,5 @@
-"""A tiny event kernel: a heap of (time, sequence, action). Time only moves forward, ties keep their order."""
+"""A tiny event kernel: a heap of (time, sequence, action). Time only moves forward; events due at the same
+time run in the order they were scheduled, so a run is a pure function of its inputs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ class Kernel:
         self._seq = 0
 
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` at virtual time `t` (now, if `t` is in the past)."""
         self._seq += 1
-        heapq.heappush(self._heap, (max(t, self.now), self._seq, fn, args))
+        heapq.heappush(self._heap, (t if t > self.now else self.now, self._seq, fn, args))
 
     def after(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
         self.at(self.now + delay, fn, *args)
@@ -23,14 +25,15 @@ class Kernel:
     def next_time(self) -> float | None:
         return self._heap[0][0] if self._heap else None
 
-    def step(self) -> None:
-        t, _, fn, args = heapq.heappop(self._heap)
-        self.now = t
-        fn(*args)
+    def __len__(self) -> int:
+        return len(self._heap)
 
-    def run_until(self, end: float, before_step: Callable[[float], None] | None = None) -> None:
-        while self._heap and self._heap[0][0] <= end:
-            if before_step is not None:
-                before_step(self._heap[0][0])
-            self.step()
-        self.now = max(self.now, end)
+    def run_until(self, end: float) -> None:
+        """Run every event due at or before `end`, then stand the clock at `end`."""
+        heap, pop = self._heap, heapq.heappop
+        while heap and heap[0][0] <= end:
+            t, _, fn, args = pop(heap)
+            self.now = t
+            fn(*args)
+        if end > self.now:
+            self.now = end

@@ -1,21 +1,20 @@
 """The call centre in virtual time around the real `DialerCore`.
 
-The simulator plays the PBX, the agents and the people called: it feeds the core the events Asterisk would
-(answers, failures, hang-ups, agents' legs and wrap-ups) at virtual times, and carries out the core's
-commands. Pacing, routing and the abandon threshold are the core's own, exactly as in production.
+The simulator plays the PBX, the agents and the people called: it feeds the core the events Asterisk and the
+agents would (answers with AMD verdicts, failures, hang-ups, agents' legs, the end of wrap-ups) at virtual
+times, carries out the core's commands, and calls `core.tick` on a pacing cadence and at the core's own
+deadlines. Pacing, routing and the abandon threshold are the core's own, exactly as in production.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import numpy as np
 
 from dialer.commands import (
     Command,
@@ -45,15 +44,27 @@ from dialer.events import (
     LeadsAvailable,
 )
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
-from pacing.registry import make_strategy
+from pacing.registry import STRATEGIES, make_strategy
 from pacing.snapshot import PacingCaps, PacingStrategy
 from sim.des.kernel import Kernel
-from sim.scenario import CallFate, Scenario, draw_fate
+from sim.oracle import NAME as ORACLE
+from sim.oracle import Oracle
+from sim.scenario import CallFate, Scenario, draw_fate, random_streams
 
 CAMPAIGN = "sim"
-EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # virtual t=0 (a Monday morning) for timestamps in logs
-ABANDON_MESSAGE_S = 2.0
-FATE_LOOKAHEAD = 256  # fates drawn ahead of dialing, so the oracle can see the callers to come
+EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # virtual t=0 (a Monday, 08:00) for timestamps in logs
+NO_WRAPUP_TIMEOUT_S = 1e12  # wrap-ups end when the simulated agent says so, never by the core's timer
+ANSWERING = ("live", "machine")
+READY, ON_CALL, WRAPUP = AgentStatus.READY.value, AgentStatus.ON_CALL.value, AgentStatus.WRAPUP.value
+LOGGED_OUT = AgentStatus.LOGGED_OUT.value
+WORKING = frozenset({READY, ON_CALL, WRAPUP})
+# The far end's failure signals, as the AMI bridge would classify them (outcome, Q.850 cause).
+FAILURES = {"busy": (Outcome.BUSY, 17), "fail": (Outcome.CONGESTION, 34), "no_answer": (Outcome.NO_ANSWER, 19)}
+
+
+def strategy_names() -> list[str]:
+    """Every strategy the simulator can run: the registry's, plus the oracle (simulator only)."""
+    return [*STRATEGIES, ORACLE]
 
 
 @dataclass(slots=True)
@@ -61,7 +72,17 @@ class SimCall:
     call_id: str
     fate: CallFate
     dialed_at: float
-    state: str = "ringing"  # ringing | waiting | connected | ended
+    offer_at: float | None  # when the core will be offered a person for an agent (None: never)
+    state: str = "ringing"  # ringing | waiting | machine | connected | abandoning
+
+
+@dataclass(slots=True)
+class SimAgent:
+    agent_id: str
+    state: str = AgentStatus.CONNECTING.value  # as the core last announced it
+    leaving: bool = False  # logout asked: finishes its call, takes no other
+    free_at: float = 0.0  # end of the current call + wrap-up (known at connect: the oracle's foresight)
+    wrap_s: float | None = None  # the wrap-up this agent will take after its current call
 
 
 @dataclass
@@ -72,6 +93,8 @@ class SimResult:
 
 
 class Simulation:
+    """One shift of one strategy. Also the oracle's `Foresight` (sim.oracle): it knows what comes."""
+
     def __init__(
         self,
         scenario: Scenario,
@@ -82,7 +105,7 @@ class Simulation:
         agents: int | None = None,
         ratio: float | None = None,
         extra: dict[str, Any] | None = None,
-        tick_s: float = 1.0,
+        tick_s: float | None = None,
         series_every_s: float = 60.0,
         progress: Callable[[float], None] | None = None,
     ) -> None:
@@ -91,25 +114,28 @@ class Simulation:
         self.seed = scenario.seed if seed is None else seed
         self.duration = scenario.duration_s if duration_s is None else duration_s
         self.agent_override = agents
-        self.tick_s = tick_s
+        self.tick_s = scenario.pacing_tick_s if tick_s is None else tick_s
         self.series_every_s = series_every_s
         self.progress = progress
+        self.detect_s = scenario.amd.detect_s if scenario.amd.enabled else 0.0
         self.kernel = Kernel()
-        self.rng_calls = np.random.default_rng([self.seed, 1])
-        self.rng_agents = np.random.default_rng([self.seed, 2])
-        self.fates: deque[CallFate] = deque()
+        self.rng_calls, self.rng_agents = random_streams(self.seed)
         self.calls: dict[str, SimCall] = {}
+        self.agents: dict[str, SimAgent] = {}  # logged in (or logging in/out)
         self.attempts: list[Attempt] = []
         self.series: list[dict[str, float]] = []
-        self.agent_free_at: dict[str, float] = {}  # when each busy agent will be free (oracle foresight)
-        self._wrap: dict[str, float] = {}
-        self._logged: list[str] = []
+        self._fates: deque[CallFate] = deque()  # drawn ahead only when the oracle looks ahead
+        self._roster: list[str] = []  # agents the schedule keeps logged in, in login order
+        # How far ahead the oracle looks: the longest a call it places now can take to reach an agent.
+        self._horizon_s = (scenario.calls.no_answer_timeout_s + self.detect_s
+                           + scenario.campaign.abandon_threshold_s)
         self._agent_seq = 0
         self._lead_seq = 0
-        self._deadline: float | None = None
-        caps = PacingCaps(max_lines=100_000, max_lines_per_agent=scenario.campaign.max_lines_per_agent,
-                          max_calls_per_s=scenario.campaign.max_calls_per_s,
-                          abandon_target=scenario.campaign.abandon_target)
+        self._deadline: float | None = None  # the core deadline the kernel will wake us for
+        self._last_occ: tuple[float, float] = (0.0, 0.0)  # (talk, logged) at the last sample
+        camp = scenario.campaign
+        caps = PacingCaps(max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
+                          max_calls_per_s=camp.max_calls_per_s, abandon_target=camp.abandon_target)
         if ratio is not None:
             caps.extra["ratio"] = ratio
         caps.extra.update(extra or {})
@@ -117,16 +143,18 @@ class Simulation:
         self.core = DialerCore(CoreConfig(id_prefix="sim", strategy_factory=lambda _n, _c: self.strategy,
                                           hopper_low_water=64, hopper_batch=256))
         self.core.add_campaign(CampaignSettings(
-            campaign_id=CAMPAIGN, strategy=strategy, abandon_target=scenario.campaign.abandon_target,
-            abandon_threshold_s=scenario.campaign.abandon_threshold_s,
-            ring_timeout_s=scenario.calls.no_answer_timeout_s, wrapup_s=1e12,  # wrap-ups end by the agents
-            max_lines=100_000, max_lines_per_agent=scenario.campaign.max_lines_per_agent,
-            max_calls_per_s=scenario.campaign.max_calls_per_s, amd=scenario.amd.enabled))
+            campaign_id=CAMPAIGN, name=scenario.name, strategy=strategy, abandon_target=camp.abandon_target,
+            abandon_threshold_s=camp.abandon_threshold_s, ring_timeout_s=scenario.calls.no_answer_timeout_s,
+            wrapup_s=NO_WRAPUP_TIMEOUT_S, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
+            max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled))
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Originate: self._originate, ConnectToAgent: self._connect, PlayAbandonMessage: self._play_abandon,
+            Hangup: self._hangup, OriginateAgentLeg: self._agent_leg_up, HangupAgentLeg: self._agent_leg_down,
+            FetchLeads: self._fetch_leads, RecordAttempt: self._record, Emit: self._emit,
+        }
 
     def _make_strategy(self, name: str, caps: PacingCaps) -> PacingStrategy:
-        if name == "oracle":
-            from sim.oracle import Oracle
-
+        if name == ORACLE:
             return Oracle(self, caps)
         return make_strategy(name, caps)
 
@@ -136,15 +164,18 @@ class Simulation:
         started = time.perf_counter()
         k = self.kernel
         self._staff(0.0)
-        for change in self.sc.agents.schedule:
-            if 0 < change.at_s < self.duration and self.agent_override is None:
-                k.at(change.at_s, self._staff, change.at_s)
+        if self.agent_override is None:
+            for change in self.sc.agents.schedule:
+                if 0 < change.at_s <= self.duration:
+                    k.at(change.at_s, self._staff, change.at_s)
         self._feed(CampaignControl(CAMPAIGN, "start"))
         k.at(0.0, self._tick)
         k.at(0.0, self._sample)
         k.run_until(self.duration)
-        wall = time.perf_counter() - started
-        return SimResult(self._summary(wall), self.attempts, self.series)
+        if not self.series or self.series[-1]["t"] < self.duration:
+            self._sample(reschedule=False)
+        log = self._attempt_log()
+        return SimResult(self._summary(log, time.perf_counter() - started), log, self.series)
 
     def _feed(self, event: Event) -> None:
         self._run(self.core.handle(event, self.kernel.now))
@@ -152,101 +183,108 @@ class Simulation:
     def _tick(self) -> None:
         now = self.kernel.now
         self._run(self.core.tick(now))
-        if now + self.tick_s < self.duration:
+        if now + self.tick_s <= self.duration:
             self.kernel.at(now + self.tick_s, self._tick)
         if self.progress is not None:
             self.progress(now)
 
-    def _core_timers(self) -> None:
-        self._deadline = None
-        self._run(self.core.tick(self.kernel.now))
-
     def _schedule_deadline(self) -> None:
         due = self.core.next_deadline()
-        if due is not None and (self._deadline is None or due < self._deadline):
+        if due is not None and due <= self.duration and (self._deadline is None or due < self._deadline):
             self._deadline = due
-            self.kernel.at(due, self._core_timers)
+            self.kernel.at(due, self._on_deadline, due)
 
-    # ------------------------------------------------------------------ staffing
+    def _on_deadline(self, due: float) -> None:
+        if due != self._deadline:
+            return  # an earlier deadline came first and its tick already woke the core
+        self._deadline = None
+        due_now = self.core.next_deadline()
+        if due_now is not None and due_now <= self.kernel.now:
+            self._run(self.core.tick(self.kernel.now))
+        else:  # that timer died meanwhile (the call was connected): like the runtime, do not wake the core
+            self._schedule_deadline()
+
+    def _run(self, cmds: list[Command]) -> None:
+        handlers = self._handlers
+        for cmd in cmds:
+            handler = handlers.get(type(cmd))
+            if handler is not None:
+                handler(cmd)
+        self._schedule_deadline()
+
+    # ------------------------------------------------------------------ agents
 
     def _staff(self, t: float) -> None:
         want = self.agent_override if self.agent_override is not None else self.sc.agents.count_at(t)
-        while len(self._logged) < want:
+        while len(self._roster) < want:
             self._agent_seq += 1
             agent_id = f"a{self._agent_seq:04d}"
-            self._logged.append(agent_id)
+            self._roster.append(agent_id)
+            self.agents[agent_id] = SimAgent(agent_id)
             self._feed(AgentLogin(agent_id))
-        while len(self._logged) > want:
-            self._feed(AgentLogout(self._logged.pop()))
+        while len(self._roster) > want:
+            agent_id = self._roster.pop()  # the last in leave first
+            self.agents[agent_id].leaving = True
+            self._feed(AgentLogout(agent_id))
 
-    # ------------------------------------------------------------------ commands of the core
+    def _agent_leg_up(self, cmd: OriginateAgentLeg) -> None:
+        self.kernel.after(0.0, self._feed, AgentConnected(cmd.agent_id))
 
-    def _run(self, cmds: list[Command]) -> None:
-        k = self.kernel
-        for cmd in cmds:
-            if isinstance(cmd, Originate):
-                self._originate(cmd)
-            elif isinstance(cmd, ConnectToAgent):
-                self._connect(cmd)
-            elif isinstance(cmd, PlayAbandonMessage):
-                k.after(ABANDON_MESSAGE_S, self._ended, cmd.call_id)
-            elif isinstance(cmd, Hangup):
-                k.after(0.0, self._ended, cmd.call_id)
-            elif isinstance(cmd, OriginateAgentLeg):
-                k.after(0.0, self._feed, AgentConnected(cmd.agent_id))
-            elif isinstance(cmd, HangupAgentLeg):
-                k.after(0.0, self._feed, AgentDisconnected(cmd.agent_id))
-            elif isinstance(cmd, FetchLeads):
-                k.after(0.0, self._feed, LeadsAvailable(cmd.campaign_id, self._leads(cmd.count)))
-            elif isinstance(cmd, RecordAttempt):
-                if cmd.attempt.outcome is not None:
-                    self.attempts.append(cmd.attempt)
-            elif isinstance(cmd, Emit) and cmd.kind == "agent.state" and cmd.data["state"] == AgentStatus.WRAPUP:
-                agent_id = cmd.data["agent_id"]
-                wrap = self._wrap.pop(agent_id, None)
-                if wrap is None:
-                    wrap = self.sc.agents.wrapup_s.sample(self.rng_agents)
-                k.after(wrap, self._feed, AgentState(agent_id, AgentStatus.READY))
-        self._schedule_deadline()
+    def _agent_leg_down(self, cmd: HangupAgentLeg) -> None:
+        self.kernel.after(0.0, self._feed, AgentDisconnected(cmd.agent_id))
 
-    def _leads(self, count: int) -> tuple[Lead, ...]:
-        out = []
-        for _ in range(count):
+    def _emit(self, cmd: Emit) -> None:
+        if cmd.kind != "agent.state":
+            return
+        agent = self.agents.get(cmd.data["agent_id"])
+        if agent is None:
+            return
+        state = agent.state = cmd.data["state"]
+        if state == WRAPUP:
+            # The agent types its notes for the wrap-up drawn when the call began, then says it is ready.
+            wrap = agent.wrap_s if agent.wrap_s is not None else self.sc.agents.wrapup_s.sample(self.rng_agents)
+            agent.wrap_s = None
+            self.kernel.after(wrap, self._feed, AgentState(agent.agent_id, AgentStatus.READY))
+        elif state == LOGGED_OUT:
+            del self.agents[agent.agent_id]
+
+    # ------------------------------------------------------------------ calls
+
+    def _fetch_leads(self, cmd: FetchLeads) -> None:
+        leads = []
+        for _ in range(cmd.count):  # an endless list of debtors
             self._lead_seq += 1
-            out.append(Lead(f"L{self._lead_seq:07d}", CAMPAIGN, (f"+1555{self._lead_seq:07d}",)))
-        return tuple(out)
+            leads.append(Lead(f"L{self._lead_seq:07d}", cmd.campaign_id, (f"+1555{self._lead_seq:07d}",)))
+        self.kernel.after(0.0, self._feed, LeadsAvailable(cmd.campaign_id, tuple(leads)))
 
-    def next_fates(self, n: int) -> list[CallFate]:
-        """The callers the next `n` dials will reach (drawn ahead; the oracle's foresight)."""
-        while len(self.fates) < max(n, FATE_LOOKAHEAD):
-            self.fates.append(draw_fate(self.sc, self.rng_calls, self.kernel.now))
-        return list(self.fates)[:n]
+    def _next_fate(self) -> CallFate:
+        if self._fates:
+            return self._fates.popleft()
+        return draw_fate(self.sc, self.rng_calls, self.kernel.now)
+
+    def _reaches_agent(self, fate: CallFate) -> bool:
+        return fate.kind in ANSWERING and not fate.amd_says_machine
 
     def _originate(self, cmd: Originate) -> None:
-        if not self.fates:
-            self.next_fates(1)
-        fate = self.fates.popleft()
-        call = SimCall(cmd.call_id, fate, self.kernel.now)
-        self.calls[cmd.call_id] = call
+        fate = self._next_fate()
+        now = self.kernel.now
         k = self.kernel
-        timeout = self.sc.calls.no_answer_timeout_s
-        if fate.kind in ("live", "machine"):
-            delay = fate.answer_s + (self.sc.amd.detect_s if self.sc.amd.enabled else 0.0)
-            k.after(delay, self._answer, call)
-        elif fate.kind == "busy":
-            k.after(fate.answer_s, self._failed, call, Outcome.BUSY, 17)
-        elif fate.kind == "fail":
-            k.after(fate.answer_s, self._failed, call, Outcome.FAILED, 1)
+        offer = now + fate.answer_s + self.detect_s if self._reaches_agent(fate) else None
+        call = self.calls[cmd.call_id] = SimCall(cmd.call_id, fate, now, offer)
+        if fate.kind in ANSWERING:
+            # With AMD on, the dialplan reports the answer only once AMD has decided.
+            k.after(fate.answer_s + self.detect_s, self._answer, call)
         else:
-            k.after(timeout, self._failed, call, Outcome.NO_ANSWER, 19)
+            outcome, cause = FAILURES[fate.kind]
+            k.after(cmd.timeout_s if fate.kind == "no_answer" else fate.answer_s, self._failed, call, outcome, cause)
 
     def _answer(self, call: SimCall) -> None:
         if call.state != "ringing":
             return
-        call.state = "waiting"
-        amd = "MACHINE" if call.fate.amd_says_machine else "HUMAN"
-        self._feed(CallAnswered(call.call_id, amd))
-        if call.state == "waiting" and math.isfinite(call.fate.patience_s) and amd == "HUMAN":
+        machine = call.fate.amd_says_machine
+        call.state = "machine" if machine else "waiting"
+        self._feed(CallAnswered(call.call_id, "MACHINE" if machine else "HUMAN"))
+        if call.state == "waiting" and call.fate.kind == "live" and call.fate.patience_s != float("inf"):
             self.kernel.after(call.fate.patience_s, self._gave_up, call)
 
     def _gave_up(self, call: SimCall) -> None:
@@ -254,9 +292,7 @@ class Simulation:
             self._ended(call.call_id)
 
     def _failed(self, call: SimCall, outcome: Outcome, cause: int) -> None:
-        if call.state == "ringing":
-            call.state = "ended"
-            self.calls.pop(call.call_id, None)
+        if self.calls.pop(call.call_id, None) is not None:
             self._feed(CallFailed(call.call_id, outcome, cause))
 
     def _connect(self, cmd: ConnectToAgent) -> None:
@@ -265,54 +301,112 @@ class Simulation:
             return
         call.state = "connected"
         now = self.kernel.now
-        # A machine put through to an agent: the agent hears a greeting and hangs up.
-        talk = call.fate.talk_s if call.fate.kind == "live" else min(call.fate.talk_s, 15.0)
         wrap = self.sc.agents.wrapup_s.sample(self.rng_agents)
-        self._wrap[cmd.agent_id] = wrap
-        self.agent_free_at[cmd.agent_id] = now + talk + wrap
+        agent = self.agents.get(cmd.agent_id)
+        if agent is not None:
+            agent.wrap_s = wrap
+            agent.free_at = now + call.fate.talk_s + wrap
         self.kernel.after(0.0, self._feed, AgentJoinedCall(cmd.call_id, cmd.agent_id))
-        self.kernel.after(talk, self._ended, cmd.call_id)
+        self.kernel.after(call.fate.talk_s, self._ended, cmd.call_id)
+
+    def _play_abandon(self, cmd: PlayAbandonMessage) -> None:
+        call = self.calls.get(cmd.call_id)
+        if call is not None:
+            call.state = "abandoning"
+            self.kernel.after(self.sc.campaign.abandon_message_s, self._ended, cmd.call_id)
+
+    def _hangup(self, cmd: Hangup) -> None:
+        self.kernel.after(0.0, self._ended, cmd.call_id)
 
     def _ended(self, call_id: str) -> None:
-        call = self.calls.pop(call_id, None)
-        if call is None:
-            return
-        call.state = "ended"
-        self._feed(CallEnded(call_id, 16))
+        if self.calls.pop(call_id, None) is not None:
+            self._feed(CallEnded(call_id, 16))
+
+    def _record(self, cmd: RecordAttempt) -> None:
+        if cmd.attempt.ended_at is not None:  # the final upsert (the first is sent at dial time)
+            self.attempts.append(cmd.attempt)
+
+    # ------------------------------------------------------------------ the oracle's foresight
+
+    def agents_free_at(self, now: float) -> list[float]:
+        leaving = self._leaving_within(now + self._horizon_s)
+        out = [now if a.state == READY else max(a.free_at, now)
+               for a in self.agents.values() if a.state in WORKING and not a.leaving and a.agent_id not in leaving]
+        out.sort()
+        return out
+
+    def _leaving_within(self, until: float) -> frozenset[str]:
+        """Agents the schedule will log out by `until` (the last logged in leave first; see `_staff`)."""
+        if self.agent_override is not None:
+            return frozenset()
+        now = self.kernel.now
+        counts = [c.count for c in self.sc.agents.schedule if now < c.at_s <= min(until, self.duration)]
+        if not counts or min(counts) >= len(self._roster):
+            return frozenset()
+        return frozenset(self._roster[min(counts):])
+
+    def offers_due(self, now: float) -> list[float]:
+        out = [now if c.state == "waiting" else max(c.offer_at or now, now)
+               for c in self.calls.values()
+               if c.state == "waiting" or (c.offer_at is not None and c.state == "ringing")]
+        out.sort()
+        return out
+
+    def upcoming_offers(self, now: float) -> Iterator[float | None]:
+        fates, i = self._fates, 0
+        while True:
+            if i == len(fates):
+                fates.append(draw_fate(self.sc, self.rng_calls, now))
+            fate = fates[i]
+            i += 1
+            yield now + fate.answer_s + self.detect_s if self._reaches_agent(fate) else None
 
     # ------------------------------------------------------------------ figures
 
-    def _sample(self) -> None:
+    def _sample(self, reschedule: bool = True) -> None:
         now = self.kernel.now
         stats = self.core.stats(CAMPAIGN, now)
         agents = stats["agents"]
-        logged = agents["ready"] + agents["on_call"] + agents["wrapup"]
-        lines = stats["in_flight"] + stats["waiting"]
+        logged_in = agents[READY] + agents[ON_CALL] + agents[WRAPUP]
+        talk, logged = stats["talk_s"], stats["talk_s"] + stats["ready_s"] + stats["wrapup_s"]
+        d_talk, d_logged = talk - self._last_occ[0], logged - self._last_occ[1]
+        self._last_occ = (talk, logged)
         row = {"t": now, "abandon_rate": stats["abandon_rate"], "occupancy": stats["occupancy"],
-               "lines_per_agent": lines / logged if logged else 0.0, **{f"agents_{k}": float(v)
-                                                                         for k, v in agents.items()}}
-        alpha = getattr(self.strategy, "state", None)
-        if callable(alpha):
-            row["alpha"] = float(alpha().get("alpha", float("nan")))
+               "occupancy_interval": d_talk / d_logged if d_logged > 0 else 0.0,
+               "lines_per_agent": (stats["in_flight"] + stats["waiting"]) / logged_in if logged_in else 0.0,
+               "lines": float(stats["in_flight"] + stats["waiting"]),
+               **{f"agents_{k}": float(v) for k, v in agents.items()}}
+        state = getattr(self.strategy, "state", None)
+        if callable(state):
+            alpha = state().get("alpha")
+            if isinstance(alpha, int | float):
+                row["alpha"] = float(alpha)
         self.series.append(row)
-        if now + self.series_every_s <= self.duration:
+        if reschedule and now + self.series_every_s <= self.duration:
             self.kernel.at(now + self.series_every_s, self._sample)
 
-    def _summary(self, wall: float) -> dict[str, Any]:
+    def _attempt_log(self) -> list[Attempt]:
+        """Every dial, in dial order: finished ones as recorded, calls still up at the end as they stand
+        (outcome None while ringing or waiting; a conversation in progress is already `connected`)."""
+        log = self.attempts + [dataclasses.replace(c.attempt) for c in self.core.calls.values()]
+        log.sort(key=lambda a: (a.dialed_at, int(a.call_id.rpartition("-")[2])))
+        return log
+
+    def _summary(self, log: list[Attempt], wall: float) -> dict[str, Any]:
         end = self.duration
         stats = self.core.stats(CAMPAIGN, end)
         by: dict[str, int] = {}
         hourly: dict[int, list[int]] = {}
-        for a in self.attempts:
-            out = a.outcome.value if a.outcome else "none"
-            by[out] = by.get(out, 0) + 1
+        for a in log:
+            key = a.outcome.value if a.outcome is not None else "in_flight"
+            by[key] = by.get(key, 0) + 1
             if a.outcome is not None and a.outcome.live and a.answered_at is not None:
                 h = hourly.setdefault(int(a.answered_at // 3600), [0, 0])
                 h[0] += 1
                 h[1] += a.outcome is Outcome.ABANDONED
-        live = by.get("connected", 0) + by.get("abandoned", 0)
-        abandoned = by.get("abandoned", 0)
-        max_hourly = max((ab / n for n, ab in hourly.values() if n), default=0.0)
+        connected, abandoned = by.get(Outcome.CONNECTED.value, 0), by.get(Outcome.ABANDONED.value, 0)
+        live = connected + abandoned
+        rates = [round(h[1] / h[0], 5) for _, h in sorted(hourly.items())]
         return {
             "scenario": self.sc.name,
             "strategy": self.strategy_name,
@@ -320,12 +414,14 @@ class Simulation:
             "agents": self.agent_override if self.agent_override is not None else self.sc.agents.count,
             "sim_seconds": end,
             "wall_seconds": round(wall, 3),
-            "attempts": len(self.attempts),
+            "attempts": len(log),
             "live_answers": live,
-            "connected": by.get("connected", 0),
+            "connected": connected,
             "abandoned": abandoned,
             "abandon_rate": round(abandoned / live, 5) if live else 0.0,
-            "max_hourly_abandon_rate": round(max_hourly, 5),
+            "abandon_target": self.sc.campaign.abandon_target,
+            "max_hourly_abandon_rate": max(rates, default=0.0),
+            "hourly_abandon_rates": rates,
             "occupancy": round(stats["occupancy"], 5),
             "idle_per_connect_s": round(stats["idle_per_connect_s"], 3),
             "outcomes": dict(sorted(by.items())),
@@ -333,10 +429,12 @@ class Simulation:
 
 
 def iso(t: float | None) -> str | None:
+    """Virtual seconds → ISO 8601 with offset, from the fixed epoch."""
     return None if t is None else (EPOCH + timedelta(seconds=t)).isoformat()
 
 
 def attempt_row(a: Attempt) -> dict[str, Any]:
+    """One line of the attempt log (--attempts-out)."""
     return {"call_id": a.call_id, "lead_id": a.lead_id, "number": a.number, "caller_id": a.caller_id,
             "dialed_at": iso(a.dialed_at), "answered_at": iso(a.answered_at), "connected_at": iso(a.connected_at),
             "ended_at": iso(a.ended_at), "outcome": a.outcome.value if a.outcome else None, "agent_id": a.agent_id}

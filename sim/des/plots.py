@@ -1,5 +1,5 @@
-"""PNG charts of a simulated shift (matplotlib, the `plot` extra): abandon rate against target (cumulative and
-hourly), occupancy, lines per agent, agents by state."""
+"""PNG charts of a simulated shift (matplotlib, the `plot` extra, imported only when asked for): abandon rate
+against target (cumulative and hourly), occupancy, lines per agent, agents by state."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from sim.des.simulation import SimResult
 from sim.scenario import Scenario
 
 
+class PlotError(RuntimeError):
+    """Charts cannot be drawn here (matplotlib missing)."""
+
+
 def write_plots(result: SimResult, sc: Scenario, folder: Path) -> list[Path]:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import PercentFormatter
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'marcador[plot]'") from None
+        raise PlotError("--plot needs matplotlib: pip install 'marcador[plot]'") from None
     folder.mkdir(parents=True, exist_ok=True)
     series = result.series
     hours = [row["t"] / 3600 for row in series]
@@ -41,14 +46,24 @@ def write_plots(result: SimResult, sc: Scenario, folder: Path) -> list[Path]:
     ax.bar([h + 0.5 for h in sorted(hourly)], [hourly[h][1] / hourly[h][0] for h in sorted(hourly)], width=0.8,
            alpha=0.3, label="hourly")
     ax.axhline(target, color="red", linestyle="--", label=f"target {target:.0%}")
-    ax.set(xlabel="hour of shift", ylabel="abandon rate", title=f"{sc.name} · {strategy}: abandon rate")
+    top = max([2 * target] + [row["abandon_rate"] for row in series] + [h[1] / h[0] for h in hourly.values()])
+    ax.set(xlabel="hour of shift", ylabel="abandon rate", ylim=(0, top * 1.1),
+           title=f"{sc.name} · {strategy}: abandon rate")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.legend()
     save(fig, "abandon")
-    for key, label in (("occupancy", "occupancy (to date)"), ("lines_per_agent", "lines per logged-in agent")):
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.plot(hours, [row[key] for row in series])
-        ax.set(xlabel="hour of shift", ylabel=label, title=f"{sc.name} · {strategy}: {label}")
-        save(fig, key)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(hours, [row["occupancy_interval"] for row in series], alpha=0.4, label="per interval")
+    ax.plot(hours, [row["occupancy"] for row in series], label="shift to date")
+    ax.set(xlabel="hour of shift", ylabel="occupancy (talk / logged-in)", ylim=(0, 1),
+           title=f"{sc.name} · {strategy}: occupancy")
+    ax.legend()
+    save(fig, "occupancy")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(hours, [row["lines_per_agent"] for row in series])
+    ax.set(xlabel="hour of shift", ylabel="lines per logged-in agent",
+           title=f"{sc.name} · {strategy}: lines (ringing + waiting) per agent")
+    save(fig, "lines_per_agent")
     fig, ax = plt.subplots(figsize=(9, 4))
     states = ("ready", "on_call", "wrapup", "paused")
     ax.stackplot(hours, *[[row.get(f"agents_{s}", 0.0) for row in series] for s in states], labels=states)

@@ -1,0 +1,79 @@
+"""`marcador sim`: run (with and without the `run` word), JSON, the attempt log, plots, compare, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from marcador_cli.main import app
+
+SCENARIO = str(Path(__file__).resolve().parents[1] / "bench" / "scenarios" / "collections-10.yaml")
+KEYS = {"strategy", "seed", "agents", "sim_seconds", "wall_seconds", "attempts", "live_answers", "connected",
+        "abandoned", "abandon_rate", "max_hourly_abandon_rate", "occupancy", "idle_per_connect_s"}
+
+
+def _json(args: list[str]) -> dict[str, object]:
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out: dict[str, object] = json.loads(r.output.strip().splitlines()[-1])
+    return out
+
+
+def test_run_prints_one_json_object_the_same_with_or_without_the_run_word() -> None:
+    a = _json(["sim", SCENARIO, "--strategy", "erlang", "--duration", "1200", "--json"])
+    b = _json(["sim", "run", SCENARIO, "--strategy", "erlang", "--duration", "1200", "--json"])
+    assert KEYS <= set(a)
+    assert a.pop("wall_seconds") is not None and b.pop("wall_seconds") is not None
+    assert a == b and a["strategy"] == "erlang" and a["sim_seconds"] == 1200
+
+
+def test_options_reach_the_run() -> None:
+    s = _json(["sim", SCENARIO, "--strategy", "ratio", "--ratio", "1.0", "--seed", "9", "--agents", "4",
+               "--duration", "900", "--tick", "0.5", "--json"])
+    assert (s["strategy"], s["seed"], s["agents"], s["sim_seconds"]) == ("ratio", 9, 4, 900)
+
+
+def test_attempts_out_writes_one_line_per_attempt_with_iso_times(tmp_path: Path) -> None:
+    out = tmp_path / "attempts.jsonl"
+    s = _json(["sim", SCENARIO, "--strategy", "oracle", "--duration", "900", "--json", "--attempts-out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == s["attempts"]
+    assert set(rows[0]) == {"call_id", "lead_id", "number", "caller_id", "dialed_at", "answered_at", "connected_at",
+                            "ended_at", "outcome", "agent_id"}
+    first = datetime.fromisoformat(rows[0]["dialed_at"])
+    assert rows[0]["dialed_at"].startswith("2026-01-05T08:00:00") and first.utcoffset() is not None
+    assert sum(r["outcome"] == "connected" for r in rows) == s["connected"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the plot extra is not installed")
+def test_plot_writes_the_charts(tmp_path: Path) -> None:
+    _json(["sim", SCENARIO, "--strategy", "progressive", "--duration", "900", "--json", "--plot", str(tmp_path)])
+    assert sorted(p.name.removeprefix("collections-10-progressive-") for p in tmp_path.glob("*.png")) == [
+        "abandon.png", "agents.png", "lines_per_agent.png", "occupancy.png"]
+
+
+def test_compare_runs_every_strategy_on_the_same_callers_sorted_by_occupancy() -> None:
+    table = _json(["sim", "compare", SCENARIO, "--duration", "900", "--json"])
+    rows = table["results"]
+    assert isinstance(rows, list)
+    assert {r["strategy"] for r in rows} >= {"progressive", "erlang", "ratio", "vicidial", "omnidialer", "oracle"}
+    occupancy = [r["occupancy"] for r in rows]
+    assert occupancy == sorted(occupancy, reverse=True)
+    r = CliRunner().invoke(app, ["sim", "compare", SCENARIO, "--duration", "600", "--strategies", "oracle,progressive"])
+    assert r.exit_code == 0 and "oracle" in r.output and "progressive" in r.output and "erlang" not in r.output
+
+
+def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["sim", SCENARIO, "--strategy", "nope"])
+    assert r.exit_code == 2 and "unknown strategy 'nope'" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nagents: {count: 5}\ncalls: {p_live: 1.5}\n")
+    r = CliRunner().invoke(app, ["sim", str(bad)])
+    assert r.exit_code == 2 and "calls.p_live" in r.output
+    r = CliRunner().invoke(app, ["sim", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2
