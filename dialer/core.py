@@ -7,6 +7,7 @@ simulated PBX, and the discrete-event simulator in virtual time.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import deque
 from collections.abc import Callable
@@ -168,8 +169,12 @@ class DialerCore:
                 leaving = self.agents.get(event.agent_id)
                 if leaving is not None and leaving.status is not AgentStatus.LOGGED_OUT:
                     leaving.logout_requested = True
-                    if leaving.call_id is None:
+                    if leaving.status in (AgentStatus.READY, AgentStatus.PAUSED, AgentStatus.CONNECTING):
+                        # Out of the ready pool at once: no call may be routed to an agent who is leaving.
+                        self.agents.set_status(leaving, AgentStatus.PAUSED, now, reason="logging out")
                         out.append(HangupAgentLeg(leaving.agent_id))
+                        out.append(self._agent_emit(leaving))
+                    # on a call or in wrap-up: the leg is hung up when the wrap-up ends
             case AgentConnected():
                 agent = self.agents.connected(event.agent_id, now)
                 out.append(self._agent_emit(agent))
@@ -367,7 +372,8 @@ class DialerCore:
             agent = self.agents.get(att.agent_id)
             if agent is not None and agent.call_id == att.call_id:
                 self.agents.start_wrapup(agent, now)
-                self._add_timer(now + camp.settings.wrapup_s, "wrapup", agent.agent_id + "\x00" + att.call_id)
+                if camp.settings.wrapup_s is not None:  # None: the agent (or a disposition) ends it
+                    self._add_timer(now + camp.settings.wrapup_s, "wrapup", agent.agent_id + "\x00" + att.call_id)
                 out.append(self._agent_emit(agent))
         self._finish(call, now, out)
 
@@ -692,4 +698,4 @@ def _cause_outcome(cause: int) -> Outcome:
 
 
 def _copy_attempt(att: Attempt) -> Attempt:
-    return Attempt(**{f: getattr(att, f) for f in Attempt.__slots__})  # type: ignore[attr-defined]
+    return dataclasses.replace(att)

@@ -107,7 +107,7 @@ class CampaignSettings:
     abandon_target: float = 0.03
     abandon_threshold_s: float = 2.0
     ring_timeout_s: float = 25.0
-    wrapup_s: float = 5.0
+    wrapup_s: float | None = 5.0  # None: no timeout, the agent (or a disposition) ends the wrap-up
     caller_id: str = "Marcador <1000>"
     max_lines: int = 500
     max_lines_per_agent: float = 4.0

@@ -299,3 +299,23 @@ def test_preview_skip_returns_lead_and_failed_preview_frees_agent():
     assert core.agents.get("a1").status is AgentStatus.READY
     with pytest.raises(CoreError):
         core.handle(PreviewDial("a1"), 7.0)  # nothing on screen
+
+
+def test_logout_of_a_ready_agent_takes_it_out_of_the_ready_pool_at_once():
+    core = make(agents=("a1", "a2"))
+    cmds = core.handle(AgentLogout("a1"), 1.0)
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a1")]
+    assert core.agents.get("a1").status is AgentStatus.PAUSED
+    (o,) = of(core.tick(2.0), Originate)  # only a2 counts as ready now
+    assert of(core.handle(CallAnswered(o.call_id), 3.0), ConnectToAgent) == [ConnectToAgent(o.call_id, "a2")]
+
+
+def test_wrapup_without_timeout_waits_for_the_agent():
+    core = make(wrapup_s=None)
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o.call_id), 2.0)
+    core.handle(CallEnded(o.call_id), 3.0)
+    core.tick(10_000.0)
+    assert core.agents.get("a1").status is AgentStatus.WRAPUP
+    core.handle(AgentState("a1", AgentStatus.READY), 10_001.0)
+    assert core.agents.get("a1").status is AgentStatus.READY
