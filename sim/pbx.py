@@ -26,9 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
-
-from sim.scenario import Scenario, draw_fate, load_scenario
+from sim.scenario import Scenario, draw_fate, load_scenario, random_streams
 
 log = logging.getLogger("marcador.sim.pbx")
 
@@ -602,7 +600,7 @@ class ScenarioCallModel:
 
     def __init__(self, scenario: Scenario, seed: int | None = None, speed: float = 1.0) -> None:
         self.scenario = scenario
-        self.rng = np.random.default_rng([scenario.seed if seed is None else seed, 1])
+        self.rng = random_streams(scenario.seed if seed is None else seed)[0]  # the simulator's callers, in order
         self.speed = speed
         self._t0 = time.monotonic()
 
