@@ -51,8 +51,13 @@ class Lead:
 
     lead_id: str
     campaign_id: str
-    phones: tuple[str, ...]
-    fields: dict[str, Any] = field(default_factory=dict)
+    phones: tuple[str, ...]  # E.164, best first (at most 5)
+    fields: dict[str, Any] = field(default_factory=dict)  # custom fields, kept as given
+    country: str | None = None  # ISO 3166 alpha-2
+    timezone: str | None = None  # IANA zone of the debtor; None: unknown (the gates refuse a windowed dial)
+    amount_due: float = 0.0
+    days_past_due: int = 0
+    segment: str = ""
 
     @property
     def phone(self) -> str:

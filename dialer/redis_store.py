@@ -111,12 +111,21 @@ def _lead_json(lead: Lead, campaign_id: str) -> str:
         doc["f"] = lead.fields
     if lead.campaign_id != campaign_id:
         doc["c"] = lead.campaign_id
+    for key, name in _DEBTOR_KEYS:  # debtor attributes only when set: most keys stay short
+        value = getattr(lead, name)
+        if value:
+            doc[key] = value
     return json.dumps(doc, separators=(",", ":"))
+
+
+_DEBTOR_KEYS = (("k", "country"), ("z", "timezone"), ("a", "amount_due"), ("d", "days_past_due"), ("s", "segment"))
 
 
 def _lead_from(lead_id: str, campaign_id: str, raw: str) -> Lead:
     doc = json.loads(raw) if raw else {"p": []}
-    return Lead(lead_id, doc.get("c", campaign_id), tuple(doc["p"]), doc.get("f", {}))
+    return Lead(lead_id, doc.get("c", campaign_id), tuple(doc["p"]), doc.get("f", {}),
+                country=doc.get("k"), timezone=doc.get("z"), amount_due=float(doc.get("a", 0.0)),
+                days_past_due=int(doc.get("d", 0)), segment=doc.get("s", ""))
 
 
 _ATTEMPT_FIELDS = frozenset(f.name for f in dataclasses.fields(Attempt))
