@@ -47,6 +47,8 @@ from dialer.events import (
     PreviewDial,
     PreviewRequest,
     PreviewSkip,
+    SharedAbandon,
+    StoreLink,
 )
 from dialer.model import (
     AgentStatus,
@@ -120,6 +122,7 @@ class DialerCore:
         self._timers: list[tuple[float, int, str, str]] = []  # (due, seq, kind, key)
         self._timer_seq = 0
         self.pbx_up = True  # shells without a link notion never send PbxLink
+        self.store_up = True  # likewise StoreLink: a dial that cannot be recorded is not made
 
     # ------------------------------------------------------------------ campaigns
 
@@ -198,6 +201,14 @@ class DialerCore:
                 self._on_campaign_control(event, now, out)
             case PbxLink():
                 self._on_pbx_link(event, now, out)
+            case StoreLink():
+                self.store_up = event.up
+                out.append(Emit("store.link", {"up": event.up}))
+            case SharedAbandon():
+                camp = self._campaign(event.campaign_id)
+                shared = getattr(camp.strategy, "shared_abandon", None)
+                if shared is not None:
+                    shared(event.live, event.abandoned)
             case PreviewRequest():
                 self._on_preview_request(event, now, out)
             case PreviewDial():
@@ -236,8 +247,8 @@ class DialerCore:
         return agent, camp, lead
 
     def _on_preview_dial(self, event: PreviewDial, now: float, out: list[Command]) -> None:
-        if not self.pbx_up:
-            raise CoreError("the PBX link is down: nothing can be dialed now")
+        if not (self.pbx_up and self.store_up):
+            raise CoreError("the PBX link or the store is down: nothing can be dialed now")
         agent, camp, lead = self._take_preview(event.agent_id)
         agent.preview, agent.preview_campaign = lead, camp.settings.campaign_id  # on screen while it rings
         call_id = self._dial(camp, lead, now, out)
@@ -582,8 +593,8 @@ class DialerCore:
         self._maybe_fetch(camp, now, out)
         if not camp.hopper:
             return
-        if not self.pbx_up:
-            return  # nothing can be sent: leads stay in the hopper rather than fail unsent
+        if not (self.pbx_up and self.store_up):
+            return  # nothing can be sent or recorded: leads stay in the hopper rather than fail unsent
         snap = self.snapshot(camp.settings.campaign_id, now)
         if snap.agents_logged_in == 0:
             return  # never dial with nobody to take the call, whatever a strategy says

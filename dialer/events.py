@@ -128,6 +128,23 @@ class PbxLink:
     up: bool
 
 
+@dataclass(frozen=True, slots=True)
+class StoreLink:
+    """The shared store stopped answering (dialing pauses: nothing dialed could be recorded) or answers again."""
+
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAbandon:
+    """Campaign-wide live answers and abandons over the rule's window, summed across every node by the store.
+    The pacer aims at the target against these, not only against what this node saw."""
+
+    campaign_id: str
+    live: int
+    abandoned: int
+
+
 Event = (
     CallProgress
     | CallAnswered
@@ -143,6 +160,8 @@ Event = (
     | LeadsAvailable
     | CampaignControl
     | PbxLink
+    | StoreLink
+    | SharedAbandon
     | PreviewRequest
     | PreviewDial
     | PreviewSkip

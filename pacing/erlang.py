@@ -79,10 +79,19 @@ class AbandonController:
         self.alpha = alpha0 * target  # start low: the rate approaches its target from below
         self.live = 0
         self.abandoned = 0
+        self._shared = (0, 0)  # campaign-wide (live, abandoned) from every node, as last synced
+        self._since = [0, 0]  # this node's answers since that sync
+
+    def sync(self, live: int, abandoned: int) -> None:
+        """Campaign-wide counts from the shared store (several nodes): the rate the aim compares against."""
+        self._shared = (live, abandoned)
+        self._since = [0, 0]
 
     def observe(self, connected: bool) -> None:
         self.live += 1
         self.abandoned += 0 if connected else 1
+        self._since[0] += 1
+        self._since[1] += 0 if connected else 1
         y = 0.0 if connected else 1.0
         g = self.gain * min(1.0, self.live / 50.0 + 0.2)
         # The setpoint sits below the target by the measured rate's own uncertainty (1.5 standard errors),
@@ -96,7 +105,10 @@ class AbandonController:
 
     @property
     def rate(self) -> float:
-        return self.abandoned / self.live if self.live else 0.0
+        live, abandoned = self.live, self.abandoned
+        if self._shared[0]:
+            live, abandoned = self._shared[0] + self._since[0], self._shared[1] + self._since[1]
+        return abandoned / live if live else 0.0
 
 
 class ErlangPacer:
@@ -133,6 +145,9 @@ class ErlangPacer:
         elif isinstance(obs, HandleResult):
             self.wrap.add(obs.wrap_s)
             self.talk.add(obs.talk_s, self._talking)
+
+    def shared_abandon(self, live: int, abandoned: int) -> None:
+        self.controller.sync(live, abandoned)
 
     @property
     def warmed_up(self) -> bool:

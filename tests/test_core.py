@@ -33,6 +33,8 @@ from dialer.events import (
     PreviewDial,
     PreviewRequest,
     PreviewSkip,
+    SharedAbandon,
+    StoreLink,
 )
 from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
 
@@ -238,6 +240,25 @@ def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():
     assert not of(core.tick(20.0), OriginateAgentLeg)
     core.handle(AgentConnected("a1"), 21.0)
     assert core.agents.get("a1").status is AgentStatus.READY
+
+
+def test_store_down_stops_dialing_until_it_answers_again():
+    core = make(agents=("a1", "a2"))
+    core.handle(StoreLink(False), 1.0)
+    assert not of(core.tick(2.0), Originate)
+    with pytest.raises(CoreError):
+        core.handle(PreviewDial("a1"), 2.0)
+    core.handle(StoreLink(True), 3.0)
+    assert len(of(core.tick(3.0), Originate)) == 2
+
+
+def test_shared_abandon_counts_reach_the_predictive_pacer():
+    core = make(agents=("a1",), strategy="erlang")
+    core.handle(SharedAbandon("c1", live=1000, abandoned=80), 1.0)
+    controller = core.campaigns["c1"].strategy.controller  # type: ignore[attr-defined]
+    assert controller.rate == pytest.approx(0.08)  # other nodes' abandons count against the target here
+    core.handle(SharedAbandon("c1", live=0, abandoned=0), 1.0)  # progressive ignores it; erlang resets
+    assert controller.rate == 0.0
 
 
 def test_answered_call_goes_to_best_skill_level_then_longest_idle():
