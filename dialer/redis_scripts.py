@@ -117,9 +117,12 @@ return {redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]), redis.call(
         redis.call('HLEN', KEYS[5])}
 """
 
-# KEYS: leases, owner, hopper
-# ARGV: now, limit.  Leases due by `now` go back to the hopper at their old place; the attempt history
-# is not touched. Returns {lead id, node id, ...} so the caller can tidy the nodes' held sets.
+# KEYS: leases, owner, hopper, inflight, sched, sched_score, lost
+# ARGV: now, limit, hold until.  Leases due by `now` (their node stopped renewing: it died, or lost Redis
+# for longer than the TTL) go back at their old place in line, attempts untouched. A lead with a call still
+# in flight (an attempt without outcome) may be live on the dead node's PBX, which nobody else can consult:
+# it waits in the schedule until `hold until` and its call id is listed in `lost` (with `now`) for the
+# caller to write the `lost` outcome. Returns {lead id, node id, call id or '', ...}.
 EXPIRE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due == 0 then return {} end
@@ -131,10 +134,20 @@ for _, lid in ipairs(due) do
     local _t, s, n = string.match(rec, '^(%S+) (%S+) (.*)$')
     score, node = s, n
   end
-  redis.call('ZADD', KEYS[3], score, lid)
+  local call = redis.call('HGET', KEYS[4], lid)
+  if call then
+    redis.call('ZADD', KEYS[5], ARGV[3], lid)
+    redis.call('HSET', KEYS[6], lid, score)
+    redis.call('HSET', KEYS[7], call, ARGV[1])
+    redis.call('HDEL', KEYS[4], lid)
+  else
+    redis.call('ZADD', KEYS[3], score, lid)
+    call = ''
+  end
   redis.call('HDEL', KEYS[2], lid)
   out[#out + 1] = lid
   out[#out + 1] = node
+  out[#out + 1] = call
 end
 redis.call('ZREM', KEYS[1], unpack(due))
 return out
@@ -172,10 +185,12 @@ end
 return renewed
 """
 
-# KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day
-# ARGV: call id, attempt json, lead id, stream maxlen ('' = keep all), hour bucket ttl, day bucket ttl
+# KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day, inflight
+# ARGV: call id, attempt json, lead id, stream maxlen ('' = keep all), hour bucket ttl, day bucket ttl,
+#       '1' if the attempt has its outcome else '0'
 # The first record of a call id gets its place in the campaign's order and counts one try for the lead;
-# later records (the outcome) only update it. Every record is appended to the stream.
+# later records (the outcome) only update it. Every record is appended to the stream. `inflight` maps a
+# lead to its call while that call has no outcome (what EXPIRE must not send back to the hopper at once).
 RECORD_ATTEMPT = """
 local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if new == 1 then
@@ -191,6 +206,11 @@ if new == 1 then
   redis.call('EXPIRE', KEYS[6], ARGV[5])
   redis.call('HINCRBY', KEYS[7], ARGV[3], 1)
   redis.call('EXPIRE', KEYS[7], ARGV[6])
+end
+if ARGV[7] == '1' then
+  if redis.call('HGET', KEYS[8], ARGV[3]) == ARGV[1] then redis.call('HDEL', KEYS[8], ARGV[3]) end
+else
+  redis.call('HSET', KEYS[8], ARGV[3], ARGV[1])
 end
 if ARGV[4] == '' then
   redis.call('XADD', KEYS[4], '*', 'call_id', ARGV[1], 'attempt', ARGV[2])

@@ -44,6 +44,8 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:held:<node>      set   lead ids a node holds (for renewal) ; :fence counter of tokens
     <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
     <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
+    <p>{c:<id>}:inflight         hash  lead id -> call id while that call has no outcome
+    <p>{c:<id>}:lost             hash  call id -> time its node was found dead (outcome `lost` still to write)
     <p>attempt_campaigns         set   campaigns with attempts (for attempts() of every campaign)
     <p>{c:<id>}:tries[:h:<hour>|:d:<day>]   hash lead id -> attempts (total, per hour, per day)
     <p>{c:<id>}:dnc, <p>dnc      sets of numbers (campaign, global)
@@ -156,6 +158,7 @@ class RedisStore:
         node_id: str | None = None,
         lease_ttl_s: float = 60.0,
         stream_maxlen: int | None = None,
+        lost_hold_s: float | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix: must not contain '{' or '}' (they would change the Cluster hash tag)")
@@ -165,6 +168,11 @@ class RedisStore:
         self.prefix = prefix
         self.node_id = node_id or default_node_id()
         self.lease_ttl_s = lease_ttl_s
+        # A dead node's lead with a call in flight waits this long after its lease expired before it can be
+        # dialed again: longer than ring timeout + the longest talk, so that call has surely ended.
+        self.lost_hold_s = 2 * lease_ttl_s if lost_hold_s is None else lost_hold_s
+        if self.lost_hold_s < 0:
+            raise ValueError("lost_hold_s: must be >= 0")
         self.stream_maxlen = stream_maxlen
         # Leases this process holds: campaign -> lead -> fencing token. Releases carry the token; renewals
         # extend only leases whose token we received.
@@ -299,11 +307,12 @@ class RedisStore:
         cid = attempt.campaign_id
         hour, day = int(attempt.dialed_at // 3600), int(attempt.dialed_at // 86400)
         keys = [self._k(cid, n) for n in ("attempts", "attempt_order", "attempt_last", "attempt_log", "tries",
-                                          f"tries:h:{hour}", f"tries:d:{day}")]
+                                          f"tries:h:{hour}", f"tries:d:{day}", "inflight")]
         doc = json.dumps(attempt.as_dict(), separators=(",", ":"))
         maxlen = "" if self.stream_maxlen is None else str(self.stream_maxlen)
+        final = "0" if attempt.outcome is None else "1"
         await self._s_attempt(keys=keys, args=[attempt.call_id, doc, attempt.lead_id, maxlen, _HOUR_TTL_S,
-                                               _DAY_TTL_S])
+                                               _DAY_TTL_S, final])
         if cid not in self._attempt_campaigns:
             # Lets attempts(None) find campaigns whose definition was never saved, as the in-memory store does.
             await self._r.sadd(self._g("attempt_campaigns"), cid)
@@ -408,15 +417,20 @@ class RedisStore:
         return renewed
 
     async def expire_leases(self, now: float) -> list[tuple[str, str]]:
-        """Return every lease due by `now` (its node stopped renewing) to the hopper, at its old place in line,
-        attempts untouched. Returns (campaign id, lead id) of each lead returned."""
+        """Return every lease due by `now` (its node stopped renewing) to the queue, attempts untouched.
+
+        A lead whose call is still in flight (its node died mid-call; its PBX cannot be consulted from here)
+        goes to the schedule, dialable from `now + lost_hold_s` only, and that attempt gets the outcome `lost`
+        (ended_at = now): never re-dialed while the call could be live, never left without an outcome.
+        Returns (campaign id, lead id) of each lead returned."""
         returned: list[tuple[str, str]] = []
+        hold_until = _num(now + self.lost_hold_s)
         for cid in await self.campaign_ids():
-            keys = [self._k(cid, "leases"), self._k(cid, "owner"), self._k(cid, "hopper")]
+            keys = [self._k(cid, n) for n in ("leases", "owner", "hopper", "inflight", "sched", "sched_score", "lost")]
             while True:
-                reply = await self._s_expire(keys=keys, args=[_num(now), _LEASE_CHUNK])
+                reply = await self._s_expire(keys=keys, args=[_num(now), _LEASE_CHUNK, hold_until])
                 by_node: dict[str, list[str]] = {}
-                for i in range(0, len(reply), 2):
+                for i in range(0, len(reply), 3):
                     lid, node = str(reply[i]), str(reply[i + 1])
                     returned.append((cid, lid))
                     by_node.setdefault(node, []).append(lid)
@@ -429,11 +443,34 @@ class RedisStore:
                     mine = self._held.get(cid, {})
                     for lid in by_node.get(self.node_id, ()):
                         mine.pop(lid, None)
-                if len(reply) // 2 < _LEASE_CHUNK:
+                if len(reply) // 3 < _LEASE_CHUNK:
                     break
+            await self._write_lost(cid)
         if returned:
             log.info("expired leases returned to the hopper", extra={"fields": {"leads": len(returned)}})
         return returned
+
+    async def _write_lost(self, campaign_id: str) -> int:
+        """Give the outcome `lost` to the attempts EXPIRE listed (also those a crash left listed earlier)."""
+        lost_key = self._k(campaign_id, "lost")
+        pending: dict[str, str] = await self._r.hgetall(lost_key)
+        if not pending:
+            return 0
+        raws = await self._r.hmget(self._k(campaign_id, "attempts"), list(pending))
+        written = 0
+        for (call_id, at), raw in zip(pending.items(), raws, strict=True):
+            if raw is not None:
+                attempt = _attempt_from(str(raw))
+                if attempt.outcome is None:  # its node may have written the real outcome meanwhile
+                    attempt.outcome = Outcome.LOST
+                    attempt.ended_at = float(at)
+                    await self.record_attempt(attempt)
+                    written += 1
+            await self._r.hdel(lost_key, call_id)
+        if written:
+            log.warning("in-flight attempts of a dead node marked lost",
+                        extra={"fields": {"campaign_id": campaign_id, "attempts": written}})
+        return written
 
     async def maintain(self, now: float | None = None, agents: Sequence[str] = (),
                        info: dict[str, Any] | None = None) -> list[tuple[str, str]]:

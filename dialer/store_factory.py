@@ -7,8 +7,10 @@
     redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
 
 Options (query): prefix (key prefix, default `marcador:`), node_id (lease owner; default host-pid),
-lease_ttl (seconds, default 60), socket_timeout, socket_connect_timeout (seconds), client_name,
-ssl_cert_reqs, ssl_ca_certs, and for Sentinel sentinel_password. Clients connect lazily: a wrong host
+lease_ttl (seconds, default 60), lost_hold (seconds a dead node's lead with a call in flight waits before it
+may be dialed again; default 2 x lease_ttl: set it above ring timeout + the longest talk), socket_timeout,
+socket_connect_timeout (seconds), client_name, ssl_cert_reqs, ssl_ca_certs, and for Sentinel
+sentinel_password. Clients connect lazily: a wrong host
 shows at the first command (or `ping()`), a malformed URL here, as a ValueError that names the problem.
 Passwords never appear in those messages (nor anywhere this module logs).
 """
@@ -39,7 +41,7 @@ _SCHEMES = {
     "rediss+sentinel": ("sentinel", True),
 }
 _DEFAULT_PORT = {"plain": 6379, "cluster": 6379, "sentinel": 26379}
-_STORE_OPTIONS = {"prefix", "node_id", "lease_ttl", "cluster"}
+_STORE_OPTIONS = {"prefix", "node_id", "lease_ttl", "lost_hold", "cluster"}
 _CLIENT_OPTIONS = {"socket_timeout", "socket_connect_timeout", "client_name", "ssl_cert_reqs", "ssl_ca_certs"}
 
 
@@ -72,6 +74,7 @@ class StoreUrl:
     prefix: str = "marcador:"
     node_id: str | None = None
     lease_ttl_s: float = 60.0
+    lost_hold_s: float | None = None  # None: 2 x lease_ttl_s
     client_options: dict[str, Any] = field(default_factory=dict)
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -154,6 +157,8 @@ def parse_store_url(url: str) -> StoreUrl:
             out.node_id = value or None
         elif name == "lease_ttl":
             out.lease_ttl_s = _float_option(url, name, value)
+        elif name == "lost_hold":
+            out.lost_hold_s = _float_option(url, name, value)
         elif name == "cluster":
             if value.lower() in ("1", "true", "yes"):
                 if kind == "sentinel":
@@ -232,4 +237,4 @@ def open_store(url: str, *, node_id: str | None = None) -> Store:
     if spec.kind == "memory":
         return InMemoryStore()
     return RedisStore(build_client(spec), prefix=spec.prefix, node_id=node_id or spec.node_id,
-                      lease_ttl_s=spec.lease_ttl_s)
+                      lease_ttl_s=spec.lease_ttl_s, lost_hold_s=spec.lost_hold_s)

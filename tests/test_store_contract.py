@@ -222,17 +222,39 @@ async def test_lease_expiry_returns_dead_nodes_leads(store: Store, peer: Store) 
     assert await a.renew_leases(now=T0 + 20) == 3  # a is alive; b stops renewing
     assert await a.expire_leases(T0 + 40) == [("c1", "l3")]
     assert await a.lead_counts("c1") == {"pending": 3, "leased": 3, "done": 0}
-    assert [x.call_id for x in await a.attempts("c1")] == ["call-b"]  # history intact
+    # History intact, and b's call, which nobody can ask b's PBX about, is final: lost when b was found dead.
+    (lost,) = await a.attempts("c1")
+    assert (lost.call_id, lost.outcome, lost.ended_at) == ("call-b", Outcome.LOST, T0 + 40)
     # b comes back late and reports its call: the lead is no longer its own, the report changes nothing.
     await b.release_lead("c1", "l3", Outcome.CONNECTED, True, T0 + 41)
     assert await a.lead_counts("c1") == {"pending": 3, "leased": 3, "done": 0}
     assert await a.expire_leases(T0 + 60) == [("c1", "l0"), ("c1", "l1"), ("c1", "l2")]
-    assert ids(await b.lease_leads("c1", 4, T0 + 61)) == ["l0", "l1", "l2", "l3"]  # back at their places
+    # a's leads had no call in flight: back at their places at once; l3 waits out the hold (2 x TTL).
+    assert ids(await b.lease_leads("c1", 4, T0 + 61)) == ["l0", "l1", "l2", "l4"]
     # a's token is stale now (fencing): its release must not end b's lease.
     await a.release_lead("c1", "l0", Outcome.BUSY, True, T0 + 62)
     assert await a.lead_counts("c1") == {"pending": 2, "leased": 4, "done": 0}
     await b.release_lead("c1", "l0", Outcome.BUSY, True, T0 + 62)
     assert await a.lead_counts("c1") == {"pending": 2, "leased": 3, "done": 1}
+    assert ids(await b.lease_leads("c1", 4, T0 + 40 + 60 - 1)) == ["l5"]
+    assert ids(await b.lease_leads("c1", 4, T0 + 40 + 60)) == ["l3"]  # at its old place, history kept
+    assert [x.outcome for x in await a.attempts("c1")] == [Outcome.LOST]
+
+
+async def test_final_record_clears_in_flight_and_lost_is_never_overwritten_blindly(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "lease expiry"), redis_only(peer, "lease expiry")
+    await campaign(a, n=2)
+    assert ids(await b.lease_leads("c1", 2, T0)) == ["l0", "l1"]
+    done = Attempt("call-0", "c1", "l0", "+1555", "1000", T0)
+    await b.record_attempt(done)
+    await b.record_attempt(replace(done, ended_at=T0 + 5, outcome=Outcome.BUSY))  # final: not in flight
+    await b.record_attempt(Attempt("call-1", "c1", "l1", "+1556", "1000", T0 + 1))
+    # b dies with l0 finished but not yet released, l1 ringing.
+    assert await a.expire_leases(T0 + 31) == [("c1", "l0"), ("c1", "l1")]
+    got = {x.call_id: x for x in await a.attempts("c1")}
+    assert got["call-0"].outcome is Outcome.BUSY and got["call-0"].ended_at == T0 + 5
+    assert got["call-1"].outcome is Outcome.LOST and got["call-1"].ended_at == T0 + 31
+    assert ids(await a.lease_leads("c1", 2, T0 + 32)) == ["l0"]  # l1 waits until T0 + 31 + 60
 
 
 async def test_priority_and_eligible_time(store: Store) -> None:
