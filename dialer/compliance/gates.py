@@ -1,0 +1,251 @@
+"""The compliance gates the core runs before every dial, and the per-debtor history they read.
+
+`Gatekeeper.check()` returns None when the dial may go ahead, else the first failing gate as a `Refusal` with a reason
+code, a human detail (numbers masked) and `retry_at`, the earliest instant that gate could pass:
+- DNC: never (None);
+- time zone unknown: None (it will not become known by waiting);
+- window / closed day / holiday: the calendar's next opening;
+- attempt cap: when the oldest counted attempt ages out; cool-downs and the abandon recall block: when they end;
+- contacts per local day: the next local day's window opening.
+Gates are checked in that order. Abandon-rate targets, minimum ring and the abandon message are campaign-level
+figures in the rule set that the core and pacer hold; they are not per-dial gates.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from dialer.compliance.calendar import Calendar, DayPlan, zone
+from dialer.compliance.dnc import DncList, DncScope
+from dialer.compliance.rulesets import DAY, RuleSet
+from dialer.logs import mask_number
+from dialer.model import Lead
+
+
+class Reason(StrEnum):
+    DNC_GLOBAL = "dnc_global"
+    DNC_CAMPAIGN = "dnc_campaign"
+    TIMEZONE_UNKNOWN = "timezone_unknown"
+    OUTSIDE_WINDOW = "outside_window"
+    HOLIDAY = "holiday"
+    CLOSED_DAY = "closed_day"
+    ATTEMPT_CAP = "attempt_cap"
+    CONTACT_COOLDOWN = "contact_cooldown"
+    DAILY_CONTACT_CAP = "daily_contact_cap"
+    ABANDON_RECALL_BLOCK = "abandon_recall_block"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: Reason
+    detail: str
+    retry_at: float | None  # earliest instant this gate could pass; None: not by waiting
+
+
+class DebtorHistory:
+    """Per-debtor attempt, contact (connected conversation) and abandon instants, pruned past `horizon_s`.
+
+    Pure and in memory: one bounded deque per lead and kind. `max_per_lead` bounds each deque; it must be at least
+    the largest attempt cap (only the most recent N attempts matter to an N-attempt cap).
+    """
+
+    __slots__ = ("_abandons", "_attempts", "_contacts", "horizon_s", "max_per_lead")
+
+    def __init__(self, horizon_s: float = 30 * DAY, max_per_lead: int = 64) -> None:
+        self.horizon_s = horizon_s
+        self.max_per_lead = max_per_lead
+        self._attempts: dict[str, deque[float]] = {}
+        self._contacts: dict[str, deque[float]] = {}
+        self._abandons: dict[str, deque[float]] = {}
+
+    @classmethod
+    def for_rule_set(cls, rule_set: RuleSet) -> DebtorHistory:
+        """The smallest history that can judge `rule_set` (at least one day kept)."""
+        caps = [n for n, _ in rule_set.attempt_caps] + [rule_set.max_contacts_per_local_day or 0]
+        return cls(horizon_s=max(rule_set.history_horizon_s, DAY), max_per_lead=max([1, *caps]))
+
+    def _note(self, table: dict[str, deque[float]], lead_id: str, now: float) -> None:
+        q = table.get(lead_id)
+        if q is None:
+            q = table[lead_id] = deque(maxlen=self.max_per_lead)
+        if q and now < q[-1]:  # late report: keep the deque sorted (rare)
+            items = list(q)
+            insort(items, now)
+            q.clear()
+            q.extend(items)
+        else:
+            q.append(now)
+        cutoff = now - self.horizon_s
+        while q and q[0] < cutoff:
+            q.popleft()
+
+    def note_attempt(self, lead_id: str, number: str, now: float) -> None:
+        """A dial of `number` for the debtor (caps are per debtor, whichever of their numbers was dialed)."""
+        self._note(self._attempts, lead_id, now)
+
+    def note_contact(self, lead_id: str, now: float) -> None:
+        """A conversation: a live call connected to an agent."""
+        self._note(self._contacts, lead_id, now)
+
+    def note_abandon(self, lead_id: str, now: float) -> None:
+        self._note(self._abandons, lead_id, now)
+
+    def attempts(self, lead_id: str) -> tuple[float, ...]:
+        return tuple(self._attempts.get(lead_id, ()))
+
+    def contacts(self, lead_id: str) -> tuple[float, ...]:
+        return tuple(self._contacts.get(lead_id, ()))
+
+    def abandons(self, lead_id: str) -> tuple[float, ...]:
+        return tuple(self._abandons.get(lead_id, ()))
+
+    def forget(self, lead_id: str) -> None:
+        for table in (self._attempts, self._contacts, self._abandons):
+            table.pop(lead_id, None)
+
+    def prune(self, now: float) -> int:
+        """Drop entries older than the horizon and leads left with none; returns how many leads were dropped."""
+        cutoff = now - self.horizon_s
+        dropped = 0
+        for table in (self._attempts, self._contacts, self._abandons):
+            for lead_id in list(table):
+                q = table[lead_id]
+                while q and q[0] < cutoff:
+                    q.popleft()
+                if not q:
+                    del table[lead_id]
+                    dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._attempts.keys() | self._contacts.keys() | self._abandons.keys())
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds < 2 * DAY else f"{seconds / DAY:g} days"
+
+
+class Gatekeeper:
+    """Runs every gate of one campaign's rule set; one instance per campaign, shared DNC and history."""
+
+    __slots__ = ("_abandons", "_attempts", "_cal", "_caps", "_contacts", "campaign_id", "dnc", "history", "rule_set")
+
+    def __init__(self, rule_set: RuleSet, dnc: DncList, history: DebtorHistory, campaign_id: str) -> None:
+        need = max([0, *(n for n, _ in rule_set.attempt_caps), rule_set.max_contacts_per_local_day or 0])
+        if history.horizon_s < rule_set.history_horizon_s or history.max_per_lead < need:
+            raise ValueError(
+                f"history keeps {history.horizon_s:g} s / {history.max_per_lead} entries per lead; rule set "
+                f"{rule_set.name} needs {rule_set.history_horizon_s:g} s / {need} (use DebtorHistory.for_rule_set)"
+            )
+        self.rule_set = rule_set
+        self.dnc = dnc
+        self.history = history
+        self.campaign_id = campaign_id
+        self._cal = Calendar(rule_set)
+        self._caps = rule_set.attempt_caps
+        # Bound once: check() is the hot path.
+        self._attempts = history._attempts
+        self._contacts = history._contacts
+        self._abandons = history._abandons
+
+    def next_open(self, lead: Lead, now: float) -> float | None:
+        """Earliest instant >= now the window and holidays allow; None when the zone is unknown."""
+        if not self.rule_set.windowed:
+            return now
+        tz = zone(lead.timezone)
+        return None if tz is None else self._cal.next_open(tz, lead.country, now)
+
+    def check(self, lead: Lead, number: str, now: float, *, agent_reserved: bool = False) -> Refusal | None:
+        """None if `number` of `lead` may be dialed at `now`, else the first failing gate."""
+        scope = self.dnc.lookup(number, self.campaign_id, now)
+        if scope is not None:
+            if scope is DncScope.GLOBAL:
+                return Refusal(Reason.DNC_GLOBAL, f"{mask_number(number)} is on the global DNC list", None)
+            return Refusal(
+                Reason.DNC_CAMPAIGN, f"{mask_number(number)} is on the DNC list of campaign {self.campaign_id}", None
+            )
+        rs = self.rule_set
+        plan: DayPlan | None = None
+        if rs.needs_timezone:
+            tz = zone(lead.timezone)
+            if tz is None:
+                what = "no time zone" if lead.timezone is None else f"unknown time zone {lead.timezone!r}"
+                return Refusal(
+                    Reason.TIMEZONE_UNKNOWN, f"lead {lead.lead_id}: {what}; {rs.name} needs local time", None
+                )
+            plan = self._cal.plan(tz, lead.country, now)
+            if rs.windowed:
+                for a, b in plan.open:
+                    if a <= now < b:
+                        break
+                else:
+                    return self._closed(lead, plan, now)
+        lead_id = lead.lead_id
+        if rs.abandoned_recall_block_s and not agent_reserved:
+            q = self._abandons.get(lead_id)
+            if q and now - q[-1] < rs.abandoned_recall_block_s:
+                until = q[-1] + rs.abandoned_recall_block_s
+                return Refusal(
+                    Reason.ABANDON_RECALL_BLOCK,
+                    f"lead {lead_id}: call abandoned {_hours(now - q[-1])} ago; no redial within "
+                    f"{_hours(rs.abandoned_recall_block_s)} unless an agent is reserved",
+                    until,
+                )
+        if rs.contact_cooldown_s or rs.max_contacts_per_local_day is not None:
+            q = self._contacts.get(lead_id)
+            if q:
+                if rs.contact_cooldown_s and now - q[-1] < rs.contact_cooldown_s:
+                    return Refusal(
+                        Reason.CONTACT_COOLDOWN,
+                        f"lead {lead_id}: conversation {_hours(now - q[-1])} ago; cool-down "
+                        f"{_hours(rs.contact_cooldown_s)}",
+                        q[-1] + rs.contact_cooldown_s,
+                    )
+                cap = rs.max_contacts_per_local_day
+                if cap is not None and plan is not None:
+                    today = sum(1 for t in q if plan.start <= t < plan.end)
+                    if today >= cap:
+                        tz = zone(lead.timezone)
+                        assert tz is not None
+                        retry = self._cal.next_open(tz, lead.country, plan.end) if rs.windowed else plan.end
+                        return Refusal(
+                            Reason.DAILY_CONTACT_CAP,
+                            f"lead {lead_id}: {today} conversation(s) on local day {plan.day.isoformat()}; "
+                            f"at most {cap} a day",
+                            retry,
+                        )
+        if self._caps:
+            q = self._attempts.get(lead_id)
+            if q:
+                for n, window in self._caps:
+                    # Allowed iff fewer than n attempts in the last `window`: the n-th most recent must be out of it.
+                    if len(q) >= n and now - q[-n] < window:
+                        count = sum(1 for t in q if now - t < window)
+                        return Refusal(
+                            Reason.ATTEMPT_CAP,
+                            f"lead {lead_id}: {count} attempt(s) in the last {_hours(window)}; at most {n}",
+                            q[-n] + window,
+                        )
+        return None
+
+    def _closed(self, lead: Lead, plan: DayPlan, now: float) -> Refusal:
+        tz = zone(lead.timezone)
+        assert tz is not None
+        retry = self._cal.next_open(tz, lead.country, now)
+        local = datetime.fromtimestamp(now, tz)
+        where = f"{local:%a %Y-%m-%d %H:%M} {tz.key}"
+        if plan.closed == Reason.HOLIDAY:
+            return Refusal(Reason.HOLIDAY, f"lead {lead.lead_id}: {where} is a holiday ({plan.note})", retry)
+        if plan.closed == Reason.CLOSED_DAY:
+            return Refusal(Reason.CLOSED_DAY, f"lead {lead.lead_id}: {where}: no calls on {plan.weekday}", retry)
+        assert plan.window is not None
+        start, end = plan.window
+        return Refusal(
+            Reason.OUTSIDE_WINDOW,
+            f"lead {lead.lead_id}: {where} is outside the {start}-{end} calling window of {self.rule_set.name}",
+            retry,
+        )
