@@ -453,7 +453,7 @@ class RedisStore:
     async def _write_lost(self, campaign_id: str) -> int:
         """Give the outcome `lost` to the attempts EXPIRE listed (also those a crash left listed earlier)."""
         lost_key = self._k(campaign_id, "lost")
-        pending: dict[str, str] = await self._r.hgetall(lost_key)
+        pending = {str(k): str(v) for k, v in (await self._r.hgetall(lost_key)).items()}
         if not pending:
             return 0
         raws = await self._r.hmget(self._k(campaign_id, "attempts"), list(pending))

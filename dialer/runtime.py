@@ -2,6 +2,13 @@
 
 It reaches the PBX and the store only through the ports in `dialer.ports`; the CLI wires concrete parts.
 All core access happens on the event loop's thread, from one task, so the core needs no locks.
+
+A shared store (Redis) can stop answering. Nothing accepted is dropped then: the store writes (attempt
+records, upserted by call id, and lead releases) wait in one ordered in-memory queue and are retried until
+they land; the core is told `StoreLink(False)` at the first failure the store's ping confirms (it dials
+nothing while a dial could not be recorded) and `StoreLink(True)` once the store answers again *and* the
+queue has been written out. Every `shared_abandon_interval_s`, and after a reconnect, the campaign-wide
+abandon counts go to the core (`SharedAbandon`) so each node's pacer aims against the whole campaign.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, RecordAttempt, ReleaseLead
 from dialer.core import DialerCore
-from dialer.events import CampaignControl, Event, LeadsAvailable
+from dialer.events import CampaignControl, Event, LeadsAvailable, SharedAbandon, StoreLink
 from dialer.logs import mask_number
 from dialer.model import Attempt, CampaignSettings, Lead
 from dialer.ports import TELEPHONY_COMMANDS, Store, Telephony
@@ -31,7 +38,10 @@ _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", 
 class RuntimeConfig:
     tick_interval_s: float = 0.2
     event_queue_size: int = 100_000
-    maintain_interval_s: float = 20.0  # shared stores: heartbeat and lease renewal (a third of the lease TTL)
+    maintain_interval_s: float = 20.0  # shared stores: heartbeat and lease renewal (at most a third of the TTL)
+    store_retry_s: float = 0.5  # while the store is down: how often a write or a ping is tried again
+    shared_abandon_interval_s: float = 5.0  # campaign-wide abandon counts → the core's pacers
+    abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
 
 
 class Runtime:
@@ -55,6 +65,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._running = False
+        self.store_up = True  # as last told to the core (StoreLink)
+        self._store_watch: asyncio.Task[None] | None = None
         self.events_handled = 0
         self.events_dropped = 0
         self.event_lag_s = 0.0  # queued → handled, of the last event
@@ -73,20 +85,44 @@ class Runtime:
         ]
         if callable(getattr(self.store, "maintain", None)):
             self._tasks.append(asyncio.create_task(self._maintain(), name="marcador-store-maintenance"))
+        if callable(getattr(self.store, "abandon_counts", None)):
+            self._tasks.append(asyncio.create_task(self._abandon_sync(), name="marcador-shared-abandon"))
         await self.telephony.start(self.submit)
 
-    async def stop(self) -> None:
-        """Stop dialing, flush what the store still has to write, close the PBX link."""
-        self._running = False
+    def _halt_dialing(self) -> None:
+        """Running campaigns stop: buffered leads go back to the store untouched, calls up go on to their end."""
         for cid, camp in self.core.campaigns.items():
             if camp.status.value == "running":
-                self._dispatch(self.core.handle(CampaignControl(cid, "pause"), self.clock()))
+                self._dispatch(self.core.handle(CampaignControl(cid, "stop"), self.clock()))
+
+    async def drain(self, timeout_s: float = 30.0) -> bool:
+        """Dial nothing more and wait (up to `timeout_s`) for the calls up to end and every store write to land,
+        so a node leaves no attempt without its outcome. True if it all finished in time."""
+        self._halt_dialing()
+        deadline = time.monotonic() + timeout_s
+        while self.core.calls or self._store_ops.qsize():
+            if time.monotonic() >= deadline:
+                log.warning("drain timed out", extra={"fields": {"calls": len(self.core.calls),
+                                                                 "writes": self._store_ops.qsize()}})
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def stop(self) -> None:
+        """Stop dialing, flush what the store still has to write, close the PBX link. Calls still up are left to
+        the PBX; with a shared store their leases expire and the attempts are reconciled (see RedisStore)."""
+        self._running = False
+        self._halt_dialing()
         in_flight = len(self.core.calls)
         if in_flight:
             log.info("stopping with calls in flight", extra={"fields": {"calls": in_flight}})
         await self._store_ops.put(None)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._tasks[1], timeout=5.0)
+        if self._store_ops.qsize():
+            log.error("stopped with store writes unwritten", extra={"fields": {"writes": self._store_ops.qsize()}})
+        if self._store_watch is not None:
+            self._store_watch.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -131,6 +167,11 @@ class Runtime:
     @property
     def event_backlog(self) -> int:
         return self._events.qsize()
+
+    @property
+    def pending_writes(self) -> int:
+        """Store writes not yet acknowledged (they pile up here while the store is down)."""
+        return self._store_ops.qsize()
 
     # ------------------------------------------------------------------ the loop
 
@@ -193,30 +234,81 @@ class Runtime:
         try:
             leads = await self.store.lease_leads(cmd.campaign_id, cmd.count, self.clock())
         except Exception:
-            log.exception("lease failed", extra={"fields": {"campaign_id": cmd.campaign_id}})
+            # A lease the store granted but whose reply was lost is never renewed: it returns after the TTL.
+            log.warning("lease failed", extra={"fields": {"campaign_id": cmd.campaign_id}}, exc_info=True)
+            await self._store_failed()
             leads = []
         self.submit(LeadsAvailable(cmd.campaign_id, tuple(leads)))
 
     async def _store_writer(self) -> None:
-        """One writer keeps the store's view in the core's order (dial record before its final record)."""
+        """One writer keeps the store's view in the core's order (dial record before its final record). The queue
+        is the outage buffer: a write that fails is retried, in order, until it lands; nothing is dropped."""
         while True:
             op = await self._store_ops.get()
-            if op is None:
+            try:
+                if op is None:
+                    return
+                await self._write(op)
+            finally:
+                self._store_ops.task_done()
+
+    async def _write(self, op: Command) -> None:
+        counted_live = False
+        failures = 0
+        while True:
+            try:
+                if isinstance(op, RecordAttempt):
+                    att = op.attempt
+                    await self.store.record_attempt(att)  # an upsert by call id: safe to repeat
+                    if att.outcome is not None and att.outcome.live and not counted_live:
+                        recorder = getattr(self.store, "record_live", None)
+                        if recorder is not None:
+                            # One count per live answer in the campaign's shared abandon windows.
+                            await recorder(att.campaign_id, att.answered_at or att.ended_at or self.clock(),
+                                           abandoned=att.outcome.value == "abandoned")
+                        counted_live = True
+                elif isinstance(op, ReleaseLead):
+                    # Repeating a release that landed is harmless: the lead is no longer leased, it is ignored.
+                    await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
                 return
-            while True:
-                try:
-                    if isinstance(op, RecordAttempt):
-                        await self.store.record_attempt(op.attempt)
-                    elif isinstance(op, ReleaseLead):
-                        await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
-                    break
-                except Exception:  # the store is down: keep the write, retry; nothing accepted is dropped
-                    log.exception("store write failed; retrying")
-                    await asyncio.sleep(0.5)
+            except Exception:
+                failures += 1
+                if failures == 1:
+                    log.warning("store write failed; kept and retried", exc_info=True)
+                await self._store_failed()
+                await asyncio.sleep(self.config.store_retry_s)
+
+    async def _store_failed(self) -> None:
+        """A store call failed. If the store does not answer a ping either, it is down: dialing pauses
+        (StoreLink(False)) and a watcher brings it back once the store answers and the kept writes are in."""
+        if not self.store_up or await self.store.ping() or not self.store_up:
+            return
+        self.store_up = False
+        log.error("store unreachable: dialing paused", extra={"fields": {"writes_kept": self._store_ops.qsize()}})
+        self.submit(StoreLink(False))
+        self._store_watch = asyncio.create_task(self._watch_store(), name="marcador-store-watch")
+
+    async def _watch_store(self) -> None:
+        started = time.monotonic()
+        while not await self.store.ping():
+            await asyncio.sleep(self.config.store_retry_s)
+        await self._store_ops.join()  # the writes kept while it was down land first (the writer retries them)
+        for camp in self.core.campaigns.values():
+            camp.exhausted = False  # the failed lease calls said "nothing left": ask again at once
+        self.store_up = True
+        self.submit(StoreLink(True))
+        log.info("store reachable again: dialing resumes",
+                 extra={"fields": {"down_s": round(time.monotonic() - started, 3)}})
+        await self._sync_abandon()
+
+    def _maintain_interval(self) -> float:
+        ttl = getattr(self.store, "lease_ttl_s", None)
+        interval = self.config.maintain_interval_s
+        return min(interval, float(ttl) / 3) if isinstance(ttl, int | float) and ttl > 0 else interval
 
     async def _maintain(self) -> None:
         """A shared store's housekeeping: this node's heartbeat (with its agents), lease renewal, and the
-        return of dead nodes' leases to the queue."""
+        return of dead nodes' leases (their in-flight attempts made `lost`, their leads held back a while)."""
         maintain = self.store.maintain  # type: ignore[attr-defined]
         while True:
             agents = [a.agent_id for a in self.core.agents.all() if a.status.value != "logged_out"]
@@ -224,9 +316,30 @@ class Runtime:
                 returned = await maintain(now=self.clock(), agents=agents)
                 if returned:
                     log.info("leases of dead nodes returned", extra={"fields": {"leads": len(returned)}})
-            except Exception:  # the store is down: dialing pauses on its own (leases fail); keep trying
-                log.exception("store maintenance failed")
-            await asyncio.sleep(self.config.maintain_interval_s)
+            except Exception:
+                log.warning("store maintenance failed", exc_info=True)
+                await self._store_failed()
+            await asyncio.sleep(self._maintain_interval())
+
+    async def _abandon_sync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.shared_abandon_interval_s)
+            if self.store_up:
+                await self._sync_abandon()
+
+    async def _sync_abandon(self) -> None:
+        """Campaign-wide live answers and abandons (every node's) → each campaign's pacer."""
+        counts = getattr(self.store, "abandon_counts", None)
+        if counts is None:
+            return
+        for cid in list(self.core.campaigns):
+            try:
+                abandoned, live = await counts(cid, self.clock(), self.config.abandon_window_s)
+            except Exception:
+                log.warning("abandon counts unavailable", extra={"fields": {"campaign_id": cid}}, exc_info=True)
+                await self._store_failed()
+                return
+            self.submit(SharedAbandon(cid, live=int(live), abandoned=int(abandoned)))
 
     def _emit(self, cmd: Emit) -> None:
         if cmd.kind.startswith("call.") and log.isEnabledFor(logging.INFO):

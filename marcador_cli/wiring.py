@@ -7,8 +7,10 @@ import contextlib
 import logging
 import random
 import secrets
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -18,14 +20,16 @@ from api.app import create_app
 from config.settings import MarcadorSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
+from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
-from dialer.runtime import Runtime
+from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
 from sim.pbx import SimulatedPbx
 
 log = logging.getLogger("marcador")
 
 DEMO_CAMPAIGN = "demo"
+DRAIN_TIMEOUT_S = 30.0  # a stopping node with a shared store waits this long for its calls to end
 # Simulated-PBX numbers end in O NN TTT (outcome, ring seconds, talk seconds): a mix like a real list.
 _DEMO_OUTCOMES = [(1, 0.30), (2, 0.08), (3, 0.04), (4, 0.50), (5, 0.08)]
 
@@ -52,7 +56,8 @@ async def pbx_link(settings: MarcadorSettings) -> AsyncIterator[AmiConfig]:
         return
     secret = secrets.token_urlsafe(16)
     async with SimulatedPbx(host="127.0.0.1", port=ami.port if ami.port != 5038 else 0, username=ami.username,
-                            secret=secret, scenario=settings.pbx.scenario, speed=settings.pbx.speed) as pbx:
+                            secret=secret, scenario=settings.pbx.scenario, speed=settings.pbx.speed,
+                            call_log_path=getattr(settings.pbx, "call_log", None)) as pbx:
         log.info("simulated PBX listening", extra={"fields": {"ami": f"127.0.0.1:{pbx.port}"}})
         yield AmiConfig(host="127.0.0.1", port=pbx.port, username=ami.username, secret=secret, auth=ami.auth,
                         call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
@@ -63,9 +68,11 @@ async def start_demo(runtime: Runtime, settings: MarcadorSettings) -> None:
     if await runtime.store.get_campaign(DEMO_CAMPAIGN) is None:
         await runtime.create_campaign(CampaignSettings(campaign_id=DEMO_CAMPAIGN, name="Demo collections",
                                                        strategy=demo.strategy, wrapup_s=5.0))
-    await runtime.add_leads(DEMO_CAMPAIGN, demo_leads(demo.leads))
+    await runtime.add_leads(DEMO_CAMPAIGN, demo_leads(demo.leads))  # ids already there are left alone
+    # With a shared store several nodes run the demo: agent ids name their node (the node registry lists them).
+    prefix = "" if isinstance(runtime.store, InMemoryStore) else f"{settings.node_id}-"
     for i in range(demo.agents):
-        runtime.submit(AgentLogin(f"demo{i + 1:02d}"))
+        runtime.submit(AgentLogin(f"{prefix}demo{i + 1:02d}"))
     runtime.submit(CampaignControl(DEMO_CAMPAIGN, "start"))
 
 
@@ -89,6 +96,69 @@ async def serve(settings: MarcadorSettings) -> None:
         try:
             await server.serve()
         finally:
+            if not isinstance(store, InMemoryStore):
+                await runtime.drain(DRAIN_TIMEOUT_S)  # leave no attempt of this node without its outcome
             await runtime.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------------------------- a headless node
+
+
+@dataclass(slots=True)
+class NodeOptions:
+    """One dialer node beside its own simulated PBX, sharing a Redis store with other nodes (bench/multinode.py)."""
+
+    store_url: str
+    node_id: str
+    campaign: CampaignSettings
+    agents: int = 100
+    speed: float = 10.0
+    call_log: str | None = None  # the simulated PBX's JSONL log of every customer Originate
+    seed: int = 1
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+
+
+async def join_campaign(runtime: Runtime, campaign: CampaignSettings, agent_ids: Sequence[str],
+                        leads: Sequence[Lead] = ()) -> None:
+    """Create the campaign if no node has yet (the first node creates, the others join), add leads (ids already
+    present are left alone, so several nodes may load the same list), log this node's agents in, start."""
+    stored = await runtime.store.get_campaign(campaign.campaign_id)
+    if stored is None:
+        await runtime.create_campaign(campaign)
+    elif campaign.campaign_id not in runtime.core.campaigns:
+        runtime.core.add_campaign(stored)  # created by another node after this one started
+    if leads:
+        await runtime.add_leads(campaign.campaign_id, leads)
+    for agent_id in agent_ids:
+        runtime.submit(AgentLogin(agent_id, frozenset({campaign.campaign_id})))
+    runtime.submit(CampaignControl(campaign.campaign_id, "start"))
+
+
+async def run_node(opts: NodeOptions, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives; then drain (calls up end, writes land) and stop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    store = open_store(opts.store_url, node_id=opts.node_id)
+    boot = format(int(time.time()), "x")  # call ids never repeat across restarts of a node
+    prefix = f"{opts.node_id}-{boot}"
+    secret = secrets.token_urlsafe(16)
+    async with SimulatedPbx(port=0, secret=secret, speed=opts.speed, seed=opts.seed,
+                            call_log_path=opts.call_log) as pbx:
+        ami = AmiConfig(host="127.0.0.1", port=pbx.port, username=pbx.username, secret=secret, auth="md5",
+                        call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
+        runtime = Runtime(DialerCore(CoreConfig(id_prefix=prefix)), store, AmiTelephony(ami, id_prefix=prefix),
+                          RuntimeConfig())
+        await runtime.start()
+        try:
+            agents = [f"{opts.node_id}-a{i + 1:03d}" for i in range(opts.agents)]
+            await join_campaign(runtime, opts.campaign, agents)
+            print(f"node {opts.node_id} dialing (PBX 127.0.0.1:{pbx.port})", flush=True)
+            await stop.wait()
+            await runtime.drain(opts.drain_timeout_s)
+        finally:
+            await runtime.stop()
