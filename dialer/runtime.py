@@ -7,8 +7,11 @@ A shared store (Redis) can stop answering. Nothing accepted is dropped then: the
 records, upserted by call id, and lead releases) wait in one ordered in-memory queue and are retried until
 they land; the core is told `StoreLink(False)` at the first failure the store's ping confirms (it dials
 nothing while a dial could not be recorded) and `StoreLink(True)` once the store answers again *and* the
-queue has been written out. Every `shared_abandon_interval_s`, and after a reconnect, the campaign-wide
-abandon counts go to the core (`SharedAbandon`) so each node's pacer aims against the whole campaign.
+queue has been written out. A dial is written ahead: its Originate goes to the PBX only once the attempt
+record has landed, so every call a PBX sees has its record, even if this node is killed the next instant;
+a dial whose record cannot land promptly is not made (the call ends `lost`, the lead goes back).
+Every `shared_abandon_interval_s`, and after a reconnect, the campaign-wide abandon counts go to the core
+(`SharedAbandon`) so each node's pacer aims against the whole campaign.
 """
 
 from __future__ import annotations
@@ -21,17 +24,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dialer.commands import Command, Emit, FetchLeads, RecordAttempt, ReleaseLead
+from dialer.commands import Command, Emit, FetchLeads, Originate, RecordAttempt, ReleaseLead
 from dialer.core import DialerCore
-from dialer.events import CampaignControl, Event, LeadsAvailable, SharedAbandon, StoreLink
+from dialer.events import CallFailed, CampaignControl, Event, LeadsAvailable, SharedAbandon, StoreLink
 from dialer.logs import mask_number
-from dialer.model import Attempt, CampaignSettings, Lead
+from dialer.model import Attempt, CampaignSettings, Lead, Outcome
 from dialer.ports import TELEPHONY_COMMANDS, Store, Telephony
 
 log = logging.getLogger("marcador.runtime")
 
 Subscriber = Callable[[Emit], None]
 _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
+
+
+@dataclass(frozen=True, slots=True)
+class _Dial:
+    """A dial, written ahead: the record first, then the Originate."""
+
+    record: RecordAttempt
+    originate: Originate
+    queued_at: float  # time.monotonic()
+
+
+StoreOp = RecordAttempt | ReleaseLead | _Dial
 
 
 @dataclass(slots=True)
@@ -42,6 +57,7 @@ class RuntimeConfig:
     store_retry_s: float = 0.5  # while the store is down: how often a write or a ping is tried again
     shared_abandon_interval_s: float = 5.0  # campaign-wide abandon counts → the core's pacers
     abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
+    dial_write_deadline_s: float = 2.0  # a dial whose record has not landed by then is not made
 
 
 class Runtime:
@@ -60,7 +76,7 @@ class Runtime:
         self.clock = clock
         # (monotonic time queued, event): the queue is the bounded path from the PBX reader to the core.
         self._events: asyncio.Queue[tuple[float, Event]] = asyncio.Queue(self.config.event_queue_size)
-        self._store_ops: asyncio.Queue[Command | None] = asyncio.Queue()
+        self._store_ops: asyncio.Queue[StoreOp | None] = asyncio.Queue()
         self._subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -218,8 +234,18 @@ class Runtime:
             del self.decision_seconds[:2048]
 
     def _dispatch(self, cmds: list[Command]) -> None:
+        held: RecordAttempt | None = None  # a dial record waiting for its Originate (the core emits them in a row)
         for cmd in cmds:
-            if isinstance(cmd, TELEPHONY_COMMANDS):
+            if held is not None:
+                if isinstance(cmd, Originate) and cmd.call_id == held.attempt.call_id:
+                    self._store_ops.put_nowait(_Dial(held, cmd, time.monotonic()))
+                    held = None
+                    continue
+                self._store_ops.put_nowait(held)
+                held = None
+            if isinstance(cmd, RecordAttempt) and cmd.attempt.outcome is None:
+                held = cmd
+            elif isinstance(cmd, TELEPHONY_COMMANDS):
                 self.telephony.execute(cmd)
             elif isinstance(cmd, RecordAttempt | ReleaseLead):
                 self._store_ops.put_nowait(cmd)
@@ -229,6 +255,8 @@ class Runtime:
                 task.add_done_callback(self._background.discard)
             elif isinstance(cmd, Emit):
                 self._emit(cmd)
+        if held is not None:
+            self._store_ops.put_nowait(held)
 
     async def _fetch(self, cmd: FetchLeads) -> None:
         try:
@@ -252,7 +280,27 @@ class Runtime:
             finally:
                 self._store_ops.task_done()
 
-    async def _write(self, op: Command) -> None:
+    async def _dial(self, op: _Dial) -> None:
+        """Write the dial record, then send the Originate. If the record cannot land before the deadline, the
+        call is not made: it fails as `lost` (its final record is queued and kept like any other write) and
+        the lead goes back to the queue."""
+        call_id = op.originate.call_id
+        if self.store_up and time.monotonic() - op.queued_at <= self.config.dial_write_deadline_s:
+            try:
+                await self.store.record_attempt(op.record.attempt)
+            except Exception:
+                log.warning("dial record failed: call not made", extra={"fields": {"call_id": call_id}},
+                            exc_info=True)
+                await self._store_failed()
+            else:
+                self.telephony.execute(op.originate)
+                return
+        self.submit(CallFailed(call_id, Outcome.LOST))
+
+    async def _write(self, op: StoreOp) -> None:
+        if isinstance(op, _Dial):
+            await self._dial(op)
+            return
         counted_live = False
         failures = 0
         while True:
