@@ -116,12 +116,11 @@ def _zones(e164_prefix: str, country_code: int, geographic: bool) -> tuple[str, 
     # geographic numbers by their longest known prefix (at most 9 digits after "+"); other numbers (mobiles in
     # most countries, toll-free) get their whole country's list.
     if geographic:
-        zones = TIMEZONE_DATA.get(e164_prefix[1:])  # fast path: the full 9-digit prefix is common
-        if zones is None:
-            for n in range(len(e164_prefix) - 2, 0, -1):
-                zones = TIMEZONE_DATA.get(e164_prefix[1:1 + n])
-                if zones is not None:
-                    break
+        zones = None
+        for n in range(len(e164_prefix) - 1, 0, -1):
+            zones = TIMEZONE_DATA.get(e164_prefix[1:1 + n])
+            if zones is not None:
+                break
     else:
         zones = TIMEZONE_DATA.get(str(country_code))
     return tuple(z for z in zones or () if z != _UNKNOWN_ZONE)
