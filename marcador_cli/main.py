@@ -37,5 +37,14 @@ def _mount_sim() -> None:
 
 _mount_sim()
 
+
+def _mount_import() -> None:
+    from marcador_cli.import_cmd import import_leads
+
+    app.command("import-leads")(import_leads)
+
+
+_mount_import()
+
 if __name__ == "__main__":
     app()

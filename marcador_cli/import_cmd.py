@@ -1,0 +1,222 @@
+"""`marcador import-leads`: send a lead CSV to a running Marcador in chunks, write the rejected rows to a file.
+
+    marcador import-leads FILE.csv --campaign ID [--api http://127.0.0.1:8080] [--token T | env MARCADOR_TOKEN]
+                          [--rejects FILE.rejects.csv] [--batch 5000] [--resume-from ROW]
+
+Each chunk is the header plus up to --batch data rows, POSTed as text/csv to /api/v1/campaigns/{ID}/leads with
+`first_row` (so the server numbers rows as in the file) and an Idempotency-Key made from the file's path, size
+and mtime plus the chunk index: a chunk sent twice (a retry after a network failure, a resume) is applied once.
+The file is split on record boundaries, not lines: a quoted field may hold a line break.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+from urllib.parse import quote
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from dialer.leads import LeadFileError, ParseReport, iter_csv_leads
+
+RETRIES = 3  # after the first try, for network failures only
+BACKOFF_S = 0.5  # doubled after each failed try
+
+
+class ImportFailed(Exception):
+    """The import stopped; `next_row` is the first data row not known to be imported."""
+
+    def __init__(self, message: str, next_row: int) -> None:
+        super().__init__(message)
+        self.next_row = next_row
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    rows: int = 0  # data rows sent (blank lines included: they are numbered too)
+    chunks: int = 0
+    accepted: int = 0
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    held: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    index: int  # 0-based over the whole file, whatever --resume-from says, so keys match a first run
+    first_row: int  # file row number of its first data row (1-based, header not counted)
+    rows: int
+    body: bytes  # header + rows, bytes as in the file
+    read_to: int  # file offset after this chunk (progress)
+
+
+def file_key(path: Path) -> str:
+    """sha256 of path, size and mtime: the same file unchanged gives the same key on a rerun."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+
+
+def _records(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """CSV records with the file offset after each. A record ends at a line end outside quotes: with RFC 4180
+    quoting ("" inside a quoted field) that is exactly when the record holds an even number of quote bytes.
+    Safe on UTF-8 (no multi-byte character contains the byte of `"`)."""
+    parts: list[bytes] = []
+    quotes = 0
+    offset = 0
+    for line in f:
+        offset += len(line)
+        parts.append(line)
+        quotes += line.count(b'"')
+        if quotes % 2 == 0:
+            yield b"".join(parts), offset
+            parts, quotes = [], 0
+    if parts:  # unbalanced quote at the end: send it, the server reports the row
+        yield b"".join(parts), offset
+
+
+def iter_chunks(f: IO[bytes], batch: int, resume_from: int = 1) -> Iterator[Chunk]:
+    """The file's chunks, each the header plus up to `batch` records, starting at data row `resume_from`
+    (which must begin a chunk). Raises LeadFileError on an empty file or a header the parser refuses."""
+    if batch < 1:
+        raise ValueError("batch must be ≥ 1")
+    if (resume_from - 1) % batch:
+        raise ValueError(f"--resume-from must be a chunk's first row: 1 + a multiple of --batch ({batch})")
+    recs = _records(f)
+    try:
+        header, read_to = next(recs)
+    except StopIteration:
+        raise LeadFileError("empty file: a header line is required") from None
+    if header.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LeadFileError("the file is UTF-16: save it as CSV UTF-8")
+    if not header.endswith(b"\n"):
+        header += b"\r\n"
+    # The server parses the same header; checking it here fails fast, before any chunk is sent.
+    for _ in iter_csv_leads([header.decode("utf-8", errors="replace")], "-", ParseReport()):
+        pass
+    row = 0
+    part: list[bytes] = []
+    for rec, read_to in recs:
+        row += 1
+        if row < resume_from:
+            continue
+        part.append(rec)
+        if len(part) == batch:
+            yield Chunk((row - batch) // batch, row - batch + 1, batch, header + b"".join(part), read_to)
+            part = []
+    if part:
+        first = row - len(part) + 1
+        yield Chunk((first - 1) // batch, first, len(part), header + b"".join(part), read_to)
+
+
+def _issues(value: Any, what: str) -> list[tuple[int, str, str]]:
+    if not isinstance(value, list):
+        raise ValueError(f"`{what}` is not a list")
+    return [(int(i["row"]), str(i["field"]), str(i["reason"])) for i in value]
+
+
+def send_chunk(client: httpx.Client, url: str, chunk: Chunk, key: str, *, retries: int = RETRIES,
+               backoff_s: float = BACKOFF_S, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """POST one chunk; network failures are retried with back-off (the idempotency key makes that safe)."""
+    headers = {"Content-Type": "text/csv", "Idempotency-Key": f"{key}-{chunk.index}"}
+    for attempt in range(retries + 1):
+        try:
+            resp = client.post(url, content=chunk.body, headers=headers, params={"first_row": chunk.first_row})
+            break
+        except httpx.TransportError as exc:
+            if attempt == retries:
+                raise ImportFailed(f"network failure after {retries + 1} tries: {type(exc).__name__}: {exc}",
+                                   chunk.first_row) from None
+            sleep(backoff_s * 2 ** attempt)
+    if resp.status_code >= 400:
+        body = resp.text.strip()
+        raise ImportFailed(f"HTTP {resp.status_code} {resp.reason_phrase}: {body[:500] or '(empty body)'}",
+                           chunk.first_row)
+    try:
+        data = resp.json()
+        if not isinstance(data, dict) or not isinstance(data.get("accepted"), int):
+            raise ValueError("no integer `accepted`")
+        data["rejected"], data["held"] = _issues(data.get("rejected", []), "rejected"), _issues(data.get("held", []),
+                                                                                              "held")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ImportFailed(f"unexpected answer from the server ({exc}): {resp.text[:300]}", chunk.first_row) from None
+    return data
+
+
+def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_path: Path, batch: int,
+               resume_from: int = 1, *, console: Console | None = None, backoff_s: float = BACKOFF_S,
+               client: httpx.Client | None = None) -> ImportSummary:
+    """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` as they come back
+    (appended when resuming). Raises ImportFailed (with the row to resume from) or LeadFileError."""
+    console = console or Console(stderr=True)
+    key = file_key(path)
+    url = f"/api/v1/campaigns/{quote(campaign, safe='')}/leads"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    own = client is None
+    http = client or httpx.Client(base_url=api.rstrip("/"), headers=headers, timeout=httpx.Timeout(120, connect=10))
+    summary = ImportSummary()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    try:
+        with path.open("rb") as f, rejects_path.open("a" if resume_from > 1 else "w", newline="") as rf, progress:
+            out = csv.writer(rf)
+            if resume_from == 1:
+                out.writerow(["row", "field", "reason"])
+            task = progress.add_task(path.name, total=path.stat().st_size)
+            for chunk in iter_chunks(f, batch, resume_from):
+                data = send_chunk(http, url, chunk, key, backoff_s=backoff_s)
+                summary.rows += chunk.rows
+                summary.chunks += 1
+                summary.accepted += data["accepted"]
+                summary.rejected += data["rejected"]
+                summary.held += data["held"]
+                out.writerows(data["rejected"])
+                rf.flush()  # what came back is on disk even if a later chunk fails
+                progress.update(task, completed=chunk.read_to)
+    finally:
+        if own:
+            http.close()
+    return summary
+
+
+def import_leads(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="lead CSV (UTF-8)")],
+    campaign: Annotated[str, typer.Option("--campaign", help="campaign id")],
+    api: Annotated[str, typer.Option("--api", help="Marcador API base URL")] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, typer.Option("--token", envvar="MARCADOR_TOKEN", show_default=False,
+                                              help="API bearer token (or env MARCADOR_TOKEN)")] = None,
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="where rejected rows go",
+                                                 show_default="FILE.rejects.csv")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="data rows per request")] = 5000,
+    resume_from: Annotated[int, typer.Option("--resume-from", min=1, help="first data row to send (after a "
+                                             "stopped import; same --batch)")] = 1,
+) -> None:
+    """Import leads from a CSV file into a campaign of a running Marcador, in chunks."""
+    console = Console(stderr=True)
+    rejects_path = rejects or file.with_name(f"{file.stem}.rejects.csv")
+    try:
+        s = run_import(file, campaign, api, token, rejects_path, batch, resume_from, console=console)
+    except LeadFileError as exc:
+        console.print(f"[red]import-leads: {file}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    except ValueError as exc:  # --resume-from not on a chunk boundary
+        raise typer.BadParameter(str(exc), param_hint="--resume-from") from None
+    except ImportFailed as exc:
+        console.print(f"[red]import-leads: {exc}[/red]")
+        console.print(f"Stopped at data row {exc.next_row}: rows before it are imported (rejected ones listed in "
+                      f"{rejects_path}). Resume with: --resume-from {exc.next_row} --batch {batch}")
+        raise typer.Exit(1) from None
+    rejected_rows = len({r for r, _, _ in s.rejected})
+    print(f"accepted {s.accepted}, rejected {rejected_rows}, held {len(s.held)} "
+          f"({s.rows} rows in {s.chunks} chunk{'s' if s.chunks != 1 else ''})")
+    if s.rejected:
+        print(f"rejected rows: {rejects_path}")
+    if s.held:
+        rows = ", ".join(str(r) for r, _, _ in s.held[:10]) + (", ..." if len(s.held) > 10 else "")
+        print(f"held (accepted, not dialed until they get a `timezone`): rows {rows}")
