@@ -10,7 +10,7 @@ country; else any pool DID; else PoolExhausted with the earliest instant one bec
 
 Cost per choice is O(log n) amortised: each DID sits in three lazy-deletion heaps (its area, its country, the
 whole pool) keyed by its hour count, and cap windows expire through time-ordered queues, so nothing scans the pool
-(only PoolExhausted computes retry_at over the pool, once per exhaustion).
+and unusable DIDs wait in a heap keyed by when they become usable again (PoolExhausted's retry_at).
 
 Reputation rests use a statistical test, not a fixed threshold: a DID with 40 attempts at 10% may be plain luck
 in a 20% pool, while 400 attempts at 10% is not; a fixed cut-off either rests lucky-bad small samples or misses
@@ -180,6 +180,7 @@ class CallerIdPool:
         self._hour_q: deque[tuple[float, str]] = deque()  # every use, in time order, for hour-window expiry
         self._day_q: deque[tuple[float, str]] = deque()
         self._rest_q: list[tuple[float, str]] = []  # (rest end, did) heap
+        self._wake: list[tuple[float, str, int]] = []  # (usable again at, did, version) heap of unusable DIDs
         self._sticky: OrderedDict[str, str] = OrderedDict()  # lead_id → DID last shown, LRU-bounded
         # Totals over DIDs whose counters are live (active, not resting): the "pool" a DID is tested against.
         self._tot_attempts = 0
@@ -244,7 +245,7 @@ class CallerIdPool:
         st = self._pick(("*",))
         if st is not None:
             return self._use(st, lead_id, "pool", place.area, now)
-        retry = self._retry_at(now)
+        retry = self._retry_at()
         why = "is empty" if retry is None else f"has every DID capped or resting until {retry:.0f}"
         raise PoolExhausted(f"caller-ID pool {self.pool_id!r} {why}", retry)
 
@@ -283,6 +284,11 @@ class CallerIdPool:
         """The DID's hour count or eligibility changed: invalidate its heap entries, re-enter if usable."""
         st.version += 1
         if not self._eligible(st):
+            if st.active:
+                heapq.heappush(self._wake, (self._eligible_at(st), st.did, st.version))
+                if len(self._wake) > 64 and len(self._wake) > 4 * len(self._dids):
+                    self._wake[:] = [w for w in self._wake if (x := self._dids.get(w[1])) and x.version == w[2]]
+                    heapq.heapify(self._wake)
             return
         entry: _Entry = (len(st.hour), float(self._rng.random()), st.did, st.version)
         for key in (("a", st.area), ("c", st.country), ("*",)):
@@ -297,18 +303,23 @@ class CallerIdPool:
         heapq.heapify(live)
         heap[:] = live
 
-    def _retry_at(self, now: float) -> float | None:
-        best: float | None = None
-        for st in self._dids.values():
-            if not st.active:
-                continue
-            at = now if st.resting_until is None else st.resting_until
-            if len(st.hour) >= self.hour_cap:  # frees when the use that keeps it at the cap leaves the window
-                at = max(at, st.hour[len(st.hour) - self.hour_cap] + HOUR_S)
-            if len(st.day) >= self.day_cap:
-                at = max(at, st.day[len(st.day) - self.day_cap] + DAY_S)
-            best = at if best is None else min(best, at)
-        return best
+    def _eligible_at(self, st: _Did) -> float:
+        """When an unusable DID becomes usable again, if nothing else happens to it (it gets no uses meanwhile)."""
+        at = -math.inf if st.resting_until is None else st.resting_until
+        if len(st.hour) >= self.hour_cap:  # frees when the use that keeps it at the cap leaves the window
+            at = max(at, st.hour[len(st.hour) - self.hour_cap] + HOUR_S)
+        if len(st.day) >= self.day_cap:
+            at = max(at, st.day[len(st.day) - self.day_cap] + DAY_S)
+        return at
+
+    def _retry_at(self) -> float | None:
+        while self._wake:
+            at, did, version = self._wake[0]
+            st = self._dids.get(did)
+            if st is not None and st.version == version:
+                return at
+            heapq.heappop(self._wake)
+        return None
 
     # ---- time ----------------------------------------------------------------------------------------------------
 
