@@ -15,6 +15,7 @@ and n* is found by bisection since E[(X − C)⁺] − α·E[X] grows with n. α
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,9 @@ class AbandonController:
     """
 
     def __init__(self, target: float, margin: float = 0.95, gain: float = 0.08, alpha0: float = 0.05,
-                 alpha_range: tuple[float, float] = (0.0005, 0.3)) -> None:
+                 alpha_range: tuple[float, float] = (0.0005, 0.3), se_k: float = 1.5) -> None:
         self.target = target
+        self.se_k = se_k
         self.margin = margin
         self.setpoint = margin * target
         self.gain = gain
@@ -97,7 +99,7 @@ class AbandonController:
         # The setpoint sits below the target by the measured rate's own uncertainty (1.5 standard errors),
         # so a small floor with few answers aims lower than a big one: the rate ends under the target.
         t = self.target
-        self.setpoint = max(0.3 * t, min(self.margin * t, t - 1.5 * math.sqrt(t * (1 - t) / max(self.live, 50))))
+        self.setpoint = max(0.3 * t, min(self.margin * t, t - self.se_k * math.sqrt(t * (1 - t) / max(self.live, 50))))
         # Aim lower while the campaign-to-date rate is above the setpoint, so it comes back under the target
         # (on small floors a few unlucky abandons would otherwise keep it above for hours).
         aim = min(self.setpoint, max(0.2 * self.setpoint, 2 * self.setpoint - self.rate))
@@ -124,7 +126,9 @@ class ErlangPacer:
         self.wrap = WrapTime()
         self.controller = AbandonController(self.caps.abandon_target,
                                             margin=float(self.caps.extra.get("margin", 0.95)),
-                                            alpha0=float(self.caps.extra.get("alpha0", 0.05)))
+                                            alpha0=float(self.caps.extra.get("alpha0", 0.05)),
+                                            gain=float(self.caps.extra.get("gain", 0.08)),
+                                            se_k=float(self.caps.extra.get("se_k", 1.5)))
         self.warmup_answers = int(self.caps.extra.get("warmup_answers", 30))
         self.warmup_handles = int(self.caps.extra.get("warmup_handles", 15))
         self.horizon_qs = [float(x) for x in str(self.caps.extra.get("horizons", "0.5")).split(",")]
@@ -174,14 +178,33 @@ class ErlangPacer:
 
     def _predict(self, snap: PacingSnapshot, room: int) -> int:
         # The bound must hold at each look-ahead horizon (answers spread in time; so do agents freeing up).
+        # Measured on collections-50: averaging the bound over several horizons instead gains 0.003 occupancy
+        # for twice the time, and the controller's setpoint moves occupancy by as little: the single median
+        # horizon stays.
         n = room
         for q in self.horizon_qs:
-            n = min(n, self._predict_at(snap, n, max(1.0, self.answer_time.quantile(q))))
+            n = min(n, self._largest(self._slack_at(snap, n, max(1.0, self.answer_time.quantile(q))), n))
             if n == 0:
                 break
         return n
 
-    def _predict_at(self, snap: PacingSnapshot, room: int, horizon: float) -> int:
+    def _largest(self, slack: Callable[[int], float], room: int) -> int:
+        """The largest n ≤ room with slack(n) ≥ 0 (slack shrinks as n grows): gallop from the last size, bisect."""
+        if slack(0) < -1e-12:  # tolerance: float noise, not a rule
+            return 0
+        lo, hi = 0, max(1, min(room, self.last_n or 1))
+        while hi < room and slack(hi) >= -1e-12:
+            lo, hi = hi, min(room, hi * 2)
+        if slack(hi) >= -1e-12:
+            return hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if slack(mid) >= -1e-12 else (lo, mid)
+        return lo
+
+    def _slack_at(self, snap: PacingSnapshot, room: int, horizon: float) -> Callable[[int], float]:
+        """n ↦ α·E[X] − E[(X − C)⁺] at `horizon`: X answers by then (ringing + n new), C agents free by then
+        plus the abandon threshold."""
         p = min(max(self.answer_rate.p, 1e-4), 1.0)
         # Agents free by the horizon: the ready ones, plus each busy one by its conditional end probability:
         # talking agents must finish talking and then wrap up; agents in wrap-up only finish it.
@@ -215,11 +238,12 @@ class ErlangPacer:
         alpha = self.controller.alpha
         self.last_expected_free = float(np.dot(pmf_c, np.arange(len(pmf_c))))
         known_mean = float(np.dot(pmf_known, np.arange(len(pmf_known))))
+        self.last_expected_answers = known_mean + s * max(self.last_n, 0)
         h = excess_weights(pmf_c, len(pmf_known) + room + 1)
         ks = np.arange(room + 1)
 
-        def feasible(n: int) -> bool:
-            # X = known answers + Binomial(n, s); the bound's slack only shrinks as n grows.
+        def slack(n: int) -> float:
+            # X = known answers + Binomial(n, s)
             if n == 0:
                 pmf_x = pmf_known
             else:
@@ -228,24 +252,9 @@ class ErlangPacer:
                            + k * math.log(s) + (n - k) * math.log1p(-s)) if 0 < s < 1 else None
                 binom = np.exp(log_pmf) if log_pmf is not None else (k == (n if s >= 1 else 0)).astype(float)
                 pmf_x = np.convolve(pmf_known, binom)
-            excess = float(np.dot(pmf_x, h[:len(pmf_x)]))
-            return alpha * (known_mean + n * s) >= excess - 1e-12  # tolerance: float noise, not a rule
+            return alpha * (known_mean + n * s) - float(np.dot(pmf_x, h[:len(pmf_x)]))
 
-        if not feasible(0):
-            n = 0
-        else:  # gallop up from the last decision's size, then bisect
-            lo, hi = 0, max(1, min(room, self.last_n or 1))
-            while hi < room and feasible(hi):
-                lo, hi = hi, min(room, hi * 2)
-            if feasible(hi):
-                lo = hi
-            else:
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    lo, hi = (mid, hi) if feasible(mid) else (lo, mid)
-            n = lo
-        self.last_expected_answers = known_mean + s * n
-        return n
+        return slack
 
     def state(self) -> dict[str, Any]:
         """Estimates and the controller's α, for metrics and the simulator's charts."""
