@@ -1,0 +1,134 @@
+"""Several nodes on one Redis, end to end: separate node processes, each with its own simulated PBX, one shared
+campaign; one node SIGKILLed mid-run and Redis shut down and started again on its AOF. Counted from the
+Redis attempt records and the PBXs' own call logs (bench/multinode.py, smaller): nothing dialed twice, no
+lead lost, no attempt left without an outcome, no call without its record, dialing back after the restart.
+Under CI=true this runs (a missing redis-server fails it), never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import multinode
+from dialer.events import StoreLink
+from dialer.model import Attempt, Outcome
+from dialer.redis_store import RedisStore
+from dialer.store_factory import open_store
+from tests.harness.redis import RedisServer, start_server, unavailable
+
+pytestmark = pytest.mark.redis
+
+
+def _server(tmp_path: Path) -> RedisServer:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    return start_server(tmp_path / "redis")
+
+
+def test_two_nodes_kill_and_redis_restart_lose_and_double_nothing(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    r = multinode.run(nodes=2, agents=20, leads=3000, speed=10.0, duration=22.0, kill_at=6.0, restart_at=12.0,
+                      redis_down=2.0, lease_ttl=3.0, strategy="erlang", workdir=tmp_path)
+    assert r["notes"] == []
+    assert r["attempts"] >= r["pbx_calls"] >= 60  # written ahead: every PBX call has its record
+    assert r["double_dials"] == 0
+    assert r["lost_leads"] == 0
+    assert r["attempts_without_outcome"] == 0
+    assert r["dialed_outside_lease"] == 0
+    # 20 agents a node over ~20 s is too few answers to hold 3 % (one abandon is 1.5 %): bench/multinode.py
+    # measures the target on 4 x 100 agents. Here: a sanity bound only.
+    assert r["abandon_rate"] <= 0.10
+    assert r["lead_counts"]["leased"] == 0
+    assert 0 < r["recovery_s"] < 10.0  # dialing paused while Redis was down, and resumed
+    # Dialing did pause: a surviving node saw the store go and come back (the outage outlived redis-py's retry).
+    log = (tmp_path / "n1.out").read_text()
+    assert "store unreachable" in log and "store reachable again" in log
+
+
+# ---------------------------------------------------------------------------------------------- the runtime alone
+
+
+class _Pbx:
+    """Records what reaches the PBX; calls never progress (only what is dialed matters here)."""
+
+    def __init__(self) -> None:
+        self.originated: list[str] = []
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self, sink: object) -> None:
+        pass
+
+    def execute(self, cmd: object) -> None:
+        from dialer.commands import Originate
+
+        if isinstance(cmd, Originate):
+            self.originated.append(cmd.call_id)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_outage_keeps_writes_in_order_and_signals_the_core(tmp_path: Path) -> None:
+    """Writes made while Redis is down are kept and land once it is back; StoreLink goes False then True; a dial
+    whose record cannot be written is not sent to the PBX."""
+    from dialer.commands import Originate, RecordAttempt, ReleaseLead
+    from dialer.core import DialerCore
+    from dialer.model import CampaignSettings, Lead
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        store = open_store(f"{server.url}?lease_ttl=30&socket_timeout=1", node_id="solo")
+        assert isinstance(store, RedisStore)
+        await store.save_campaign(CampaignSettings(campaign_id="c"))
+        await store.add_leads("c", [Lead(f"l{i}", "c", (f"+1555{i:04d}",)) for i in range(3)])
+        leased = await store.lease_leads("c", 3, 1_700_000_000.0)
+        pbx = _Pbx()
+        rt = Runtime(DialerCore(), store, pbx, RuntimeConfig(store_retry_s=0.05, shared_abandon_interval_s=3600))
+        links: list[bool] = []
+        real_submit = rt.submit
+
+        def spy(event: object) -> None:
+            if isinstance(event, StoreLink):
+                links.append(event.up)
+            real_submit(event)  # type: ignore[arg-type]
+
+        rt.submit = spy  # type: ignore[method-assign]
+        await rt.start()
+        server.stop()
+        t0 = 1_700_000_000.0
+        done = Attempt("k1", "c", "l0", "+15550000", "1000", t0, answered_at=t0 + 1, connected_at=t0 + 1,
+                       ended_at=t0 + 9, outcome=Outcome.CONNECTED, agent_id="a")
+        dial = Attempt("k2", "c", "l1", "+15550001", "1000", t0)
+        rt._dispatch([RecordAttempt(done), ReleaseLead("c", "l0", Outcome.CONNECTED, True),
+                      RecordAttempt(dial), Originate("k2", "c", "l1", "+15550001", "1000", 25.0)])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if links:
+                break
+        assert links == [False]
+        assert rt.pending_writes >= 1
+        server.start()
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if links == [False, True]:
+                break
+        assert links == [False, True]
+        assert rt.pending_writes == 0
+        assert pbx.originated == []  # its record could not land in time: never dialed
+        got = {a.call_id: a for a in await store.attempts("c")}
+        assert got["k1"].outcome is Outcome.CONNECTED  # kept through the outage, written after
+        assert (await store.lead_counts("c"))["done"] == 1
+        assert await store.abandon_counts("c", t0 + 10) == (0, 1)  # the live answer counted once, campaign-wide
+        assert {lead.lead_id for lead in leased} == {"l0", "l1", "l2"}
+        await rt.stop()
+    finally:
+        server.stop()
