@@ -31,6 +31,7 @@ _MAX_PLANS = 20_000  # per calendar; the cache is dropped wholesale beyond it (a
 
 CLOSED_DAY = "closed_day"  # values match gates.Reason
 HOLIDAY = "holiday"
+_UNKNOWN = "holiday calendar unknown"
 
 _zones: dict[str, ZoneInfo | None] = {}
 _holiday_cache: dict[tuple[str, int], dict[int, str] | None] = {}
@@ -108,6 +109,7 @@ class DayPlan:
     closed: str | None  # CLOSED_DAY / HOLIDAY when the whole day is closed
     note: str  # holiday name or why the holiday calendar is unknown
     window: tuple[str, str] | None
+    calendar_unknown: bool = False  # holidays close but the country's calendar is unknown: never opens
 
     @property
     def day(self) -> date:
@@ -144,8 +146,13 @@ class Calendar:
         return any(a <= now < b for a, b in self.plan(tz, country, now).open)
 
     def next_open(self, tz: ZoneInfo, country: str | None, now: float) -> float | None:
-        """Earliest instant >= now at which the calendar allows a dial; None if nothing opens within 400 days."""
+        """Earliest instant >= now at which the calendar allows a dial.
+
+        None when the holiday calendar is unknown or nothing opens within 400 days.
+        """
         plan = self.plan(tz, country, now)
+        if plan.calendar_unknown:
+            return None
         for _ in range(_SEARCH_DAYS):
             for a, b in plan.open:
                 if b > now:
@@ -186,21 +193,23 @@ class Calendar:
                         opened[-1] = (opened[-1][0], max(opened[-1][1], ob))
                     else:
                         opened.append((oa, ob))
-        return DayPlan(ordinal, start, end, tuple(opened), closed, note, window)
+        unknown = note.startswith(_UNKNOWN)
+        return DayPlan(ordinal, start, end, tuple(opened), closed, note, window, unknown)
 
     def _closed(self, country: str | None, ordinal: int, closed_weekday: bool) -> tuple[str | None, str]:
-        if closed_weekday:
-            return CLOSED_DAY, ""
+        """(CLOSED_DAY | HOLIDAY | None, note); an unknown holiday calendar is noted even on a closed weekday."""
+        closed: str | None = CLOSED_DAY if closed_weekday else None
         if not self.rule_set.holidays_closed:
-            return None, ""
+            return closed, ""
         country = country or self.rule_set.country
-        if country is None:
-            return HOLIDAY, "holiday calendar unknown: no country for the debtor"
-        table = holidays_for(country, date.fromordinal(ordinal).year)
+        table = None if country is None else holidays_for(country, date.fromordinal(ordinal).year)
         if table is None:
-            return HOLIDAY, f"holiday calendar unknown for country {country!r}"
+            why = "no country for the debtor" if country is None else f"for country {country!r}"
+            return closed or HOLIDAY, f"{_UNKNOWN}: {why}"
         name = table.get(ordinal)
-        return (HOLIDAY, name) if name is not None else (None, "")
+        if closed is None and name is not None:
+            return HOLIDAY, name
+        return closed, ""
 
 
 _calendars: dict[RuleSet, Calendar] = {}

@@ -4,7 +4,7 @@
 code, a human detail (numbers masked) and `retry_at`, the earliest instant that gate could pass:
 - DNC: never (None);
 - time zone unknown: None (it will not become known by waiting);
-- window / closed day / holiday: the calendar's next opening;
+- window / closed day / holiday: the calendar's next opening (None when the holiday calendar is unknown);
 - attempt cap: when the oldest counted attempt ages out; cool-downs and the abandon recall block: when they end;
 - contacts per local day: the next local day's window opening.
 Gates are checked in that order. Abandon-rate targets, minimum ring and the abandon message are campaign-level

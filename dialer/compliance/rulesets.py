@@ -188,26 +188,26 @@ def _window_override(base: RuleSet, value: Any) -> tuple[Window | None, ...]:
 def _clamp_edge(base: tuple[Window | None, ...], value: Any, field: str) -> tuple[Window | None, ...]:
     """window_start / window_end: a clamp on every open day; a day whose window empties becomes closed.
 
-    A value that narrows no open day (e.g. window_start before every start) is refused: it reads like an attempt
-    to widen the window, which an override cannot do.
+    A value outside every open day's window (e.g. window_start before every start) is refused: it reads like an
+    attempt to widen the window, which an override cannot do. Restating an edge (equal value) is fine.
     """
     edge = parse_hhmm(value)
     out: list[Window | None] = []
-    narrowed = False
+    widens_all = True
     for window in base:
         if window is None:
             out.append(None)
             continue
         s, e = parse_hhmm(window[0]), parse_hhmm(window[1])
         if field == "window_start":
-            narrowed |= edge > s
+            widens_all &= edge < s
             s = max(s, edge)
         else:
-            narrowed |= edge < e
+            widens_all &= edge > e
             e = min(e, edge)
         out.append((f"{s // 60:02d}:{s % 60:02d}", f"{e // 60:02d}:{e % 60:02d}") if s < e else None)
-    if not narrowed:
-        raise ValueError(f"{field}: {value} narrows no day's window; an override can only tighten")
+    if widens_all:
+        raise ValueError(f"{field}: {value} lies outside every day's window; an override can only tighten")
     return tuple(out)
 
 
