@@ -132,7 +132,19 @@ def _hours(seconds: float) -> str:
 class Gatekeeper:
     """Runs every gate of one campaign's rule set; one instance per campaign, shared DNC and history."""
 
-    __slots__ = ("_abandons", "_attempts", "_cal", "_caps", "_contacts", "campaign_id", "dnc", "history", "rule_set")
+    __slots__ = (
+        "_abandons",
+        "_attempts",
+        "_cal",
+        "_caps",
+        "_contacts",
+        "_needs_tz",
+        "_windowed",
+        "campaign_id",
+        "dnc",
+        "history",
+        "rule_set",
+    )
 
     def __init__(self, rule_set: RuleSet, dnc: DncList, history: DebtorHistory, campaign_id: str) -> None:
         need = max([0, *(n for n, _ in rule_set.attempt_caps), rule_set.max_contacts_per_local_day or 0])
@@ -147,6 +159,8 @@ class Gatekeeper:
         self.campaign_id = campaign_id
         self._cal = Calendar(rule_set)
         self._caps = rule_set.attempt_caps
+        self._needs_tz = rule_set.needs_timezone
+        self._windowed = rule_set.windowed
         # Bound once: check() is the hot path.
         self._attempts = history._attempts
         self._contacts = history._contacts
@@ -170,7 +184,7 @@ class Gatekeeper:
             )
         rs = self.rule_set
         plan: DayPlan | None = None
-        if rs.needs_timezone:
+        if self._needs_tz:
             tz = zone(lead.timezone)
             if tz is None:
                 what = "no time zone" if lead.timezone is None else f"unknown time zone {lead.timezone!r}"
@@ -178,7 +192,7 @@ class Gatekeeper:
                     Reason.TIMEZONE_UNKNOWN, f"lead {lead.lead_id}: {what}; {rs.name} needs local time", None
                 )
             plan = self._cal.plan(tz, lead.country, now)
-            if rs.windowed:
+            if self._windowed:
                 for a, b in plan.open:
                     if a <= now < b:
                         break
