@@ -198,19 +198,19 @@ def import_leads(
                                              "stopped import; same --batch)")] = 1,
 ) -> None:
     """Import leads from a CSV file into a campaign of a running Marcador, in chunks."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # messages unwrapped: they get grepped out of logs
     rejects_path = rejects or file.with_name(f"{file.stem}.rejects.csv")
     try:
         s = run_import(file, campaign, api, token, rejects_path, batch, resume_from, console=console)
     except LeadFileError as exc:
-        console.print(f"[red]import-leads: {file}: {exc}[/red]")
+        console.print(f"import-leads: {file}: {exc}", style="red", markup=False)
         raise typer.Exit(1) from None
     except ValueError as exc:  # --resume-from not on a chunk boundary
         raise typer.BadParameter(str(exc), param_hint="--resume-from") from None
     except ImportFailed as exc:
-        console.print(f"[red]import-leads: {exc}[/red]")
+        console.print(f"import-leads: {exc}", style="red", markup=False)  # a server body may hold [brackets]
         console.print(f"Stopped at data row {exc.next_row}: rows before it are imported (rejected ones listed in "
-                      f"{rejects_path}). Resume with: --resume-from {exc.next_row} --batch {batch}")
+                      f"{rejects_path}). Resume with: --resume-from {exc.next_row} --batch {batch}", markup=False)
         raise typer.Exit(1) from None
     rejected_rows = len({r for r, _, _ in s.rejected})
     print(f"accepted {s.accepted}, rejected {rejected_rows}, held {len(s.held)} "

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
+import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from phonenumbers import timezone as pn_timezone
+from typer.testing import CliRunner, Result
 
 from dialer.leads import (
     REQUIRED_COLUMNS,
@@ -26,6 +34,8 @@ from dialer.leads import (
     zone_for_number,
 )
 from dialer.model import Lead
+from marcador_cli.import_cmd import ImportFailed, iter_chunks, send_chunk
+from marcador_cli.main import app as cli_app
 
 SAMPLE = Path(__file__).parent / "data" / "leads_sample.csv"
 HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
@@ -307,3 +317,188 @@ def test_bad_rows_never_cost_good_ones(plan: list[tuple[bool, int]]) -> None:
     assert report.accepted == len(leads) == sum(good for good, _ in plan)
     assert [(i.row, i.field) for i in report.rejected] == bad_rows
     assert all(lead.fields["note"].startswith("good") for lead in leads)
+
+
+# --- marcador import-leads -----------------------------------------------------------------------------------
+# Unit tests of the CLI: the server below is a stand-in written here, on 127.0.0.1 in a thread, that records
+# requests and answers per the endpoint's contract (parsing with the real dialer.leads). It is not the API.
+
+
+class FakeLeadsApi:
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        self.requests: list[dict[str, Any]] = []
+        self.fail: dict[int, int] = {}  # first_row → HTTP status to answer
+        self.drop: set[int] = set()  # first_row → close the connection without an answer, once
+        self.leads: dict[str, Lead] = {}
+        self.seen: set[str] = set()
+        self.replies: dict[str, bytes] = {}  # idempotency key → the answer given
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                url = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                first_row = int(parse_qs(url.query)["first_row"][0])
+                api.requests.append({"path": url.path, "first_row": first_row, "headers": dict(self.headers),
+                                     "body": body})
+                if first_row in api.drop:
+                    api.drop.discard(first_row)
+                    self.close_connection = True
+                    return
+                if api.token and self.headers.get("Authorization") != f"Bearer {api.token}":
+                    return self._answer(401, b'{"detail": ["bad token"]}')
+                if first_row in api.fail:
+                    return self._answer(api.fail.pop(first_row), b'{"detail": "store unavailable"}')
+                key = self.headers["Idempotency-Key"]
+                if key not in api.replies:
+                    report = ParseReport()
+                    lines = io.StringIO(body.decode(), newline="")
+                    for lead in iter_csv_leads(lines, url.path.split("/")[4], report, start_row=first_row,
+                                               seen=api.seen):
+                        api.leads[lead.lead_id] = lead
+                    api.replies[key] = json.dumps({
+                        "accepted": report.accepted,
+                        "rejected": [dataclasses.asdict(i) for i in report.rejected],
+                        "held": [dataclasses.asdict(i) for i in report.held]}).encode()
+                self._answer(200, api.replies[key])
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeLeadsApi]:
+    api = FakeLeadsApi(token="s3cret")
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def leads_file(tmp_path: Path) -> Path:
+    path = tmp_path / "debtors.csv"
+    path.write_bytes(SAMPLE.read_bytes())
+    return path
+
+
+def _cli(args: list[str], **env: str) -> Result:
+    return CliRunner().invoke(cli_app, ["import-leads", *args], env=env)
+
+
+def _rejects(path: Path) -> list[tuple[int, str]]:
+    with path.open(newline="") as f:
+        return [(int(r["row"]), r["field"]) for r in csv.DictReader(f)]
+
+
+def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, leads_file: Path) -> None:
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--batch", "3"], MARCADOR_TOKEN="s3cret")
+    assert r.exit_code == 0, r.output
+    assert "accepted 7, rejected 4, held 1" in r.output
+    reqs = fake_api.requests
+    assert [q["first_row"] for q in reqs] == [1, 4, 7, 10]
+    assert {q["path"] for q in reqs} == {"/api/v1/campaigns/c-1/leads"}
+    header = SAMPLE.read_bytes().split(b"\n", 1)[0] + b"\n"
+    assert all(q["body"].startswith(header) for q in reqs)
+    assert all(q["headers"]["Content-Type"] == "text/csv" for q in reqs)
+    assert all(q["headers"]["Authorization"] == "Bearer s3cret" for q in reqs)
+    keys = [q["headers"]["Idempotency-Key"] for q in reqs]
+    assert [k.rsplit("-", 1)[1] for k in keys] == ["0", "1", "2", "3"]
+    assert len({k.rsplit("-", 1)[0] for k in keys}) == 1 and len(keys[0].split("-")[0]) == 64
+    # The record with a quoted line break travelled whole, in the last chunk.
+    assert fake_api.leads["es-2"].fields["account"] == "ACC-12\nsecond line"
+    assert set(fake_api.leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "es-2"}
+    assert _rejects(leads_file.with_name("debtors.rejects.csv")) == [(7, "phone"), (8, "timezone"), (9, "phone3"),
+                                                                     (10, "lead_id")]
+    assert "s3cret" not in r.output
+
+
+def test_cli_auth_failure_says_status_body_and_row(fake_api: FakeLeadsApi, leads_file: Path) -> None:
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "wrong"])
+    assert r.exit_code == 1
+    assert "HTTP 401" in r.output and "bad token" in r.output
+    assert "Stopped at data row 1" in r.output and "--resume-from 1" in r.output
+
+
+def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: FakeLeadsApi, leads_file: Path,
+                                                                   tmp_path: Path) -> None:
+    rejects = tmp_path / "out.csv"
+    args = [str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret", "--batch", "4",
+            "--rejects", str(rejects)]
+    fake_api.fail[5] = 503
+    r = _cli(args)
+    assert r.exit_code == 1
+    assert "HTTP 503" in r.output and "store unavailable" in r.output and "--resume-from 5" in r.output
+    assert _rejects(rejects) == []  # rows 1-4 had no rejects; nothing of the failed chunk was written
+    first_keys = [q["headers"]["Idempotency-Key"] for q in fake_api.requests]
+    r = _cli([*args, "--resume-from", "5"])
+    assert r.exit_code == 0, r.output
+    assert [q["first_row"] for q in fake_api.requests] == [1, 5, 5, 9]
+    assert fake_api.requests[2]["headers"]["Idempotency-Key"] == first_keys[1]  # same chunk, same key
+    assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
+    assert len(fake_api.leads) == 7
+    r = _cli([*args, "--resume-from", "6"])
+    assert r.exit_code == 2 and "chunk's first row" in r.output
+
+
+def test_cli_retries_a_dropped_connection_with_the_same_key(fake_api: FakeLeadsApi, leads_file: Path) -> None:
+    fake_api.drop.add(7)
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret", "--batch", "6"])
+    assert r.exit_code == 0, r.output
+    assert [q["first_row"] for q in fake_api.requests] == [1, 7, 7]
+    assert fake_api.requests[1]["headers"]["Idempotency-Key"] == fake_api.requests[2]["headers"]["Idempotency-Key"]
+    assert "accepted 7, rejected 4, held 1" in r.output
+
+
+def test_network_failure_gives_up_after_the_retries(leads_file: Path, tmp_path: Path) -> None:
+    api = FakeLeadsApi()
+    url = api.url
+    api.close()  # nothing listens there any more
+    slept: list[float] = []
+    with pytest.raises(ImportFailed, match="network failure after 4 tries") as err:
+        with httpx.Client(base_url=url) as client:
+            chunk = next(iter_chunks(leads_file.open("rb"), 5))
+            send_chunk(client, "/api/v1/campaigns/c/leads", chunk, "k", sleep=slept.append)
+    assert err.value.next_row == 1 and slept == [0.5, 1.0, 2.0]
+
+
+def test_cli_bad_header_fails_before_sending(fake_api: FakeLeadsApi, tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("lead_id,phone,country\nL1,+34911234567,ES\n")
+    r = _cli([str(path), "--campaign", "c-1", "--api", fake_api.url])
+    assert r.exit_code == 1 and "missing required columns: timezone" in r.output
+    assert fake_api.requests == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(cells=st.lists(st.lists(st.text(alphabet='ab,"\n\r ñ', max_size=6), min_size=2, max_size=2), max_size=25),
+       batch=st.integers(1, 7), crlf=st.booleans())
+def test_chunks_split_on_records_and_lose_nothing(cells: list[list[str]], batch: int, crlf: bool) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n" if crlf else "\n")
+    w.writerow(HEADER.split(","))
+    w.writerows(cells)
+    data = buf.getvalue().encode()
+    header = data.split(b"\n", 1)[0] + b"\n"
+    chunks = list(iter_chunks(io.BytesIO(data), batch))
+    assert b"".join(c.body[len(header):] for c in chunks) == data[len(header):]
+    assert [c.first_row for c in chunks] == list(range(1, len(cells) + 1, batch))
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    rows = [r for c in chunks for r in csv.reader(io.StringIO(c.body.decode(), newline=""))]
+    one_pass = list(csv.reader(io.StringIO(data.decode(), newline="")))[1:]
+    assert [r for r in rows if r != HEADER.split(",")] == one_pass
