@@ -101,6 +101,7 @@ def test_colombia_weekdays_saturday_sunday_and_holidays() -> None:
     assert holiday.retry_at == local(tz, 2026, 12, 9, 7, 0)
     # Without a country on the lead, the jurisdiction's own calendar applies.
     assert reason(g.check(lead(tz, None), NUMBER, local(tz, 2026, 12, 8, 10, 0))) is Reason.HOLIDAY
+    assert g.check(lead(tz, "co"), NUMBER, local(tz, 2026, 12, 9, 10, 0)) is None  # lower-case country code
 
 
 def test_mexico_window() -> None:

@@ -201,7 +201,7 @@ class Calendar:
         closed: str | None = CLOSED_DAY if closed_weekday else None
         if not self.rule_set.holidays_closed:
             return closed, ""
-        country = country or self.rule_set.country
+        country = (country or self.rule_set.country or "").upper() or None  # holidays wants "CO", not "co"
         table = None if country is None else holidays_for(country, date.fromordinal(ordinal).year)
         if table is None:
             why = "no country for the debtor" if country is None else f"for country {country!r}"
