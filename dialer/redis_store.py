@@ -9,7 +9,11 @@ Semantics are those of `InMemoryStore`; what Redis adds:
 - **Leases** are taken by a Lua script (atomic: no lead is ever given to two nodes at once) with a TTL
   and a fencing token. The owner record is (node id, token). A node keeps its leases alive with
   `renew_leases`; `expire_leases` (any node may call it) returns the leads of a node that stopped
-  renewing — a dead one — to the hopper at their old place, with their attempt history intact. A release
+  renewing — a dead one — to the hopper at their old place, with their attempt history intact; except a
+  lead whose call was still in flight (an attempt without outcome: nobody else can ask the dead node's PBX
+  about it): that attempt is written `lost` and the lead waits `lost_hold_s` (default 2 x TTL, set above
+  ring timeout + longest talk) before it can be dialed again, never re-dialed while the call could be live.
+  A release
   that does not carry the current token (a node that was presumed dead and whose leads went to another)
   is ignored.
 - **Hopper**: a sorted set by priority then arrival; leads that may not be dialed yet wait in a second

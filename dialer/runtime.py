@@ -57,7 +57,9 @@ class RuntimeConfig:
     store_retry_s: float = 0.5  # while the store is down: how often a write or a ping is tried again
     shared_abandon_interval_s: float = 5.0  # campaign-wide abandon counts → the core's pacers
     abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
-    dial_write_deadline_s: float = 2.0  # a dial whose record has not landed by then is not made
+    # A dial whose record has not landed this long after the decision is not made (keep it well under the lease
+    # TTL: a lease that lapsed meanwhile may have gone to another node).
+    dial_write_deadline_s: float = 5.0
 
 
 class Runtime:
@@ -285,16 +287,22 @@ class Runtime:
         call is not made: it fails as `lost` (its final record is queued and kept like any other write) and
         the lead goes back to the queue."""
         call_id = op.originate.call_id
-        if self.store_up and time.monotonic() - op.queued_at <= self.config.dial_write_deadline_s:
+        waited = time.monotonic() - op.queued_at
+        if self.store_up and waited <= self.config.dial_write_deadline_s:
             try:
                 await self.store.record_attempt(op.record.attempt)
             except Exception:
                 log.warning("dial record failed: call not made", extra={"fields": {"call_id": call_id}},
                             exc_info=True)
-                await self._store_failed()
+                # No ping first: every dial decided meanwhile would be given up as well. If the store does
+                # answer, the watcher says so at once.
+                self._store_down()
             else:
                 self.telephony.execute(op.originate)
                 return
+        elif self.store_up:
+            log.warning("dial record too late: call not made", extra={"fields": {"call_id": call_id,
+                                                                                 "waited_s": round(waited, 3)}})
         self.submit(CallFailed(call_id, Outcome.LOST))
 
     async def _write(self, op: StoreOp) -> None:
@@ -330,6 +338,11 @@ class Runtime:
         """A store call failed. If the store does not answer a ping either, it is down: dialing pauses
         (StoreLink(False)) and a watcher brings it back once the store answers and the kept writes are in."""
         if not self.store_up or await self.store.ping() or not self.store_up:
+            return
+        self._store_down()
+
+    def _store_down(self) -> None:
+        if not self.store_up:
             return
         self.store_up = False
         log.error("store unreachable: dialing paused", extra={"fields": {"writes_kept": self._store_ops.qsize()}})
