@@ -1,114 +1,330 @@
-"""The REST API (FastAPI): campaigns, leads, control, stats, agents, health and metrics."""
+"""The REST API (FastAPI) under /api/v1: campaigns, leads, DNC, agents, dispositions, stats, attempts, events.
+
+OpenAPI at /docs. Auth: bearer tokens with roles (api/auth.py). Open: /healthz, /readyz, /metrics.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import codecs
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import logging
 import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import ClientDisconnect
 
+from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, check_agent
+from api.events import EventHub, parse_last_id, parse_types
 from api.metrics import render_metrics
-from dialer.events import AgentLogin, AgentLogout, AgentState, CampaignControl
-from dialer.model import AgentStatus, CampaignSettings, Lead
+from api.webhooks import Webhooks
+from config.settings import ApiSettings
+from dialer.core import PREVIEW, DialerCore
+from dialer.events import AgentLogin, AgentLogout, AgentState, CampaignControl, Disposition, DncAdd, LeadRemoved
+from dialer.leads import LeadFileError, ParseReport, RowIssue, iter_csv_leads, lead_from_row
+from dialer.leads import normalise_phone as lead_phone
+from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime
 from pacing.registry import STRATEGIES
+from pacing.snapshot import PacingCaps
 
-_PHONE_CHARS = re.compile(r"[\s\-().]")
-_PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+log = logging.getLogger("marcador.api")
+
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
+LEAD_BATCH = 5000
+_READY_TIMEOUT_S = 2.0
+
+# ---------------------------------------------------------------------------------------------- schemas
 
 
 class CampaignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     campaign_id: str = Field(pattern=_ID.pattern, description="stable id, letters/digits/-/_")
-    name: str = ""
-    strategy: str = Field("progressive", description="pacing strategy")
+    name: str = Field("", max_length=200)
+    strategy: str = Field("progressive", description="pacing strategy, or `preview` (agents dial)")
     abandon_target: float = Field(0.03, gt=0, le=0.2, description="abandoned / live answers the pacer holds under")
     abandon_threshold_s: float = Field(2.0, ge=0.5, le=10, description="seconds a live answer may wait for an agent")
     ring_timeout_s: float = Field(25.0, ge=15, le=120, description="no-answer timeout (≥ 15 s, TSR)")
-    wrapup_s: float = Field(5.0, ge=0, le=3600, description="wrap-up timeout when no disposition is posted")
-    caller_id: str = Field("Marcador <1000>", description="caller id presented")
+    wrapup_s: float | None = Field(5.0, ge=0, le=3600, description="wrap-up timeout; null: until a disposition")
+    caller_id: str = Field("Marcador <1000>", max_length=100, description="caller id presented")
     max_lines: int = Field(500, ge=1, le=10000)
     max_lines_per_agent: float = Field(4.0, ge=1, le=20)
     max_calls_per_s: float = Field(50.0, gt=0, le=1000)
+    skill: str | None = Field(None, pattern=_ID.pattern, description="agents need this skill; best level first")
+    weight: float = Field(1.0, gt=0, le=1000, description="share of shared agents among running campaigns")
+    amd: bool = Field(False, description="run answering-machine detection on answer")
+    rule_set: str = Field("none", description="compliance rule set (us, uk, co, mx, es, ...); `none`: DNC only")
+    rule_overrides: dict[str, Any] = Field({}, description="tighten-only overrides of the rule set")
+    did_pool: list[str] = Field([], description="caller-ID DIDs (E.164) the operator owns; empty: `caller_id`")
+    did_hour_cap: int = Field(60, ge=1, description="calls per DID per rolling hour")
+    did_day_cap: int = Field(300, ge=1, description="calls per DID per rolling day")
+    hopper: dict[str, Any] = Field({}, description="lead priorities and recycling rules")
+    dispositions: list[dict[str, Any]] = Field([], description="disposition codes; empty: the collections defaults")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(sorted(STRATEGIES))}")
+        if v != PREVIEW and v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(sorted([*STRATEGIES, PREVIEW]))}")
         return v
 
     def settings(self) -> CampaignSettings:
         return CampaignSettings(**self.model_dump())
 
 
+class CampaignPatch(BaseModel):
+    """Fields to change; omitted fields keep their value. Changing a pacing field restarts the pacer's estimates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    strategy: str | None = None
+    abandon_target: float | None = None
+    abandon_threshold_s: float | None = None
+    ring_timeout_s: float | None = None
+    wrapup_s: float | None = None
+    caller_id: str | None = None
+    max_lines: int | None = None
+    max_lines_per_agent: float | None = None
+    max_calls_per_s: float | None = None
+    skill: str | None = None
+    weight: float | None = None
+    amd: bool | None = None
+    rule_set: str | None = None
+    rule_overrides: dict[str, Any] | None = None
+    did_pool: list[str] | None = None
+    did_hour_cap: int | None = None
+    did_day_cap: int | None = None
+    hopper: dict[str, Any] | None = None
+    dispositions: list[dict[str, Any]] | None = None
+
+
 class CampaignOut(CampaignIn):
     status: str
 
 
-class LeadIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    lead_id: str
-    phone: str
-
-
 class RejectedRow(BaseModel):
-    row: int = Field(description="1-based position in the upload")
+    row: int = Field(description="row number in the upload (CSV data rows and JSON items count from `first_row`)")
     field: str
     reason: str
 
 
 class LeadsResult(BaseModel):
-    accepted: int = Field(description="leads stored by this upload")
-    duplicates: int = Field(description="rows whose lead_id the campaign already had")
-    rejected: list[RejectedRow]
+    accepted: int = Field(description="rows that are valid leads")
+    new: int = Field(description="accepted leads the campaign did not have yet (stored by this upload)")
+    duplicates: int = Field(description="accepted leads whose lead_id the campaign already had (left as they were)")
+    rejected: list[RejectedRow] = Field(description="every row refused, with the field and the reason")
+    held: list[RejectedRow] = Field(description="rows stored but held back from dialing, with the reason")
 
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool] = {}
+    failing: list[str] = []
 
 
-def normalise_phone(raw: str) -> str:
-    cleaned = _PHONE_CHARS.sub("", raw)
-    if not _PHONE.match(cleaned):
-        raise ValueError(f"not a dialable number: {raw!r}")
-    return cleaned
+class AgentLoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    campaigns: list[str] = Field([], description="campaigns to work; empty: every campaign")
+    skills: dict[str, int] = Field({}, description="skill → level (higher is better)")
 
 
-def parse_leads(campaign_id: str, rows: list[dict[str, Any]]) -> tuple[list[Lead], list[RejectedRow]]:
-    """Validate every row on its own: good rows are kept whatever the bad ones hold."""
-    leads: list[Lead] = []
-    rejected: list[RejectedRow] = []
-    seen: set[str] = set()
-    for i, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            rejected.append(RejectedRow(row=i, field="-", reason="a lead must be a JSON object"))
-            continue
-        lead_id = str(row.get("lead_id", "")).strip()
-        if not lead_id or not _ID.match(lead_id):
-            rejected.append(RejectedRow(row=i, field="lead_id", reason="required; letters, digits, - and _ (≤ 64)"))
-            continue
-        if lead_id in seen:
-            rejected.append(RejectedRow(row=i, field="lead_id", reason=f"{lead_id} appears twice in this upload"))
-            continue
-        try:
-            phone = normalise_phone(str(row.get("phone", "")))
-        except ValueError as exc:
-            rejected.append(RejectedRow(row=i, field="phone", reason=str(exc)))
-            continue
-        seen.add(lead_id)
-        extra = {k: v for k, v in row.items() if k not in ("lead_id", "phone")}
-        leads.append(Lead(lead_id=lead_id, campaign_id=campaign_id, phones=(phone,), fields=extra))
-    return leads, rejected
+class PauseIn(BaseModel):
+    reason: str = Field("paused", max_length=64)
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="Marcador", version="0.1.0", description="Predictive dialer engine beside Asterisk.")
+class DispositionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(pattern=_CODE.pattern, description="a code of the campaign's disposition set, e.g. PTP")
+    callback_at: float | None = Field(None, description="epoch seconds of an agreed callback (callback codes)")
+    own_callback: bool = Field(False, description="the callback goes to this agent")
+    ptp_amount: float | None = Field(None, description="promise to pay: the amount")
+    ptp_date: date | None = Field(None, description="promise to pay: the date (ISO)")
+
+
+class DncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    numbers: list[str] = Field(min_length=1, max_length=100_000)
+    campaign_id: str | None = Field(None, description="absent: the global list")
+
+
+class AttemptsPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+# ---------------------------------------------------------------------------------------------- idempotency
+
+
+@dataclass(slots=True)
+class _Stored:
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+    expires: float
+
+
+class IdempotencyCache:
+    """Idempotency-Key → the answer given, for `ttl_s`, at most `max_keys` (least recently used forgotten)."""
+
+    def __init__(self, ttl_s: float, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self.clock = clock
+        self._done: OrderedDict[str, _Stored] = OrderedDict()
+        self._pending: set[str] = set()
+
+    def get(self, key: str) -> _Stored | None:
+        found = self._done.get(key)
+        if found is None:
+            return None
+        if found.expires <= self.clock():
+            del self._done[key]
+            return None
+        self._done.move_to_end(key)
+        return found
+
+    def begin(self, key: str) -> bool:
+        """Claim the key for one request; False while another request with it is still running."""
+        if key in self._pending:
+            return False
+        self._pending.add(key)
+        return True
+
+    def finish(self, key: str, fingerprint: str | None, status: int, body: dict[str, Any]) -> None:
+        self._pending.discard(key)
+        if fingerprint is None:
+            return
+        self._done[key] = _Stored(fingerprint, status, body, self.clock() + self.ttl_s)
+        self._done.move_to_end(key)
+        while len(self._done) > self.max_keys:
+            self._done.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+
+# ---------------------------------------------------------------------------------------------- leads upload
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _issue(i: RowIssue) -> dict[str, Any]:
+    return {"row": i.row, "field": i.field, "reason": i.reason}
+
+
+def _result(report: ParseReport, new: int) -> dict[str, Any]:
+    return {
+        "accepted": report.accepted,
+        "new": new,
+        "duplicates": max(0, report.accepted - new),
+        "rejected": [_issue(i) for i in report.rejected],
+        "held": [_issue(i) for i in report.held],
+    }
+
+
+class _Lines:
+    """Bytes chunks → text lines (line ends kept, so quoted newlines survive for the CSV reader)."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._tail = ""
+
+    def feed(self, chunk: bytes, final: bool = False) -> list[str]:
+        text = self._tail + self._decoder.decode(chunk, final=final)
+        if not text:
+            return []
+        lines = text.splitlines(keepends=True)
+        self._tail = ""
+        if not final and (not lines[-1].endswith(("\n", "\r")) or lines[-1].endswith("\r")):
+            self._tail = lines.pop()  # an unfinished line (or a \r whose \n may follow in the next chunk)
+        return lines
+
+
+async def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge()
+        if chunk:
+            yield chunk
+
+
+def _json_row(item: Mapping[str, Any]) -> dict[str, Any]:
+    # The CSV column format from JSON values: scalars as they are (the parser reads numbers), nested values
+    # (custom fields only) as JSON text.
+    return {str(k): json.dumps(v) if isinstance(v, dict | list) else v for k, v in item.items()}
+
+
+# ---------------------------------------------------------------------------------------------- attempts
+
+
+def _encode_cursor(att: Attempt) -> str:
+    raw = json.dumps([att.dialed_at, att.call_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        dialed_at, call_id = json.loads(raw)
+        return float(dialed_at), str(call_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise HTTPException(422, "cursor: not a cursor this API gave") from exc
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI:
+    """The API over a started (or starting) runtime. `settings` carries tokens, webhooks and limits; without
+    them auth is off (the embedded demo) and no webhook is sent."""
+    cfg = settings or ApiSettings()
+    hub = EventHub(runtime.clock, replay=cfg.events_replay, client_queue=cfg.events_client_queue,
+                   heartbeat_s=cfg.events_heartbeat_s)
+    webhooks = Webhooks(cfg.webhooks)
+    if webhooks.senders:
+        hub.sinks.append(webhooks)
+    unsubscribe = runtime.subscribe(hub)
+    idem = IdempotencyCache(cfg.idempotency_ttl_s, cfg.idempotency_max_keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        with contextlib.suppress(ValueError):
+            unsubscribe()
+        await webhooks.aclose()
+
+    app = FastAPI(title="Marcador", version="0.1.0", lifespan=lifespan,
+                  description="Predictive dialer engine beside Asterisk. Bearer tokens with roles; "
+                              "/healthz, /readyz and /metrics are open.")
+    app.state.tokens = TokenBook(cfg.tokens)
+    app.state.hub = hub
+    app.state.webhooks = webhooks
+    app.state.idempotency = idem
     v1 = APIRouter(prefix="/api/v1")
 
     def _campaign_out(settings: CampaignSettings) -> CampaignOut:
@@ -117,43 +333,59 @@ def create_app(runtime: Runtime) -> FastAPI:
         data = {k: getattr(settings, k) for k in CampaignIn.model_fields}
         return CampaignOut(**data, status=status)
 
+    def _check_with_core(settings: CampaignSettings) -> None:
+        """The core's own checks (rule set, dispositions, hopper rules), on a scratch core: nothing half-saved."""
+        try:
+            DialerCore(runtime.core.config).add_campaign(settings)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     async def _settings(campaign_id: str) -> CampaignSettings:
         found = await runtime.store.get_campaign(campaign_id)
         if found is None:
             raise HTTPException(404, f"campaign {campaign_id!r} not found")
         return found
 
-    @v1.post("/campaigns", status_code=201, response_model=CampaignOut)
-    async def create_campaign(body: CampaignIn) -> CampaignOut:
+    # ------------------------------------------------------------------ campaigns
+
+    @v1.post("/campaigns", status_code=201, response_model=CampaignOut, tags=["campaigns"])
+    async def create_campaign(body: CampaignIn, _: Manager) -> CampaignOut:
         if await runtime.store.get_campaign(body.campaign_id) is not None:
             raise HTTPException(409, f"campaign {body.campaign_id!r} already exists")
+        _check_with_core(body.settings())
         await runtime.create_campaign(body.settings())
         return _campaign_out(body.settings())
 
-    @v1.get("/campaigns", response_model=list[CampaignOut])
-    async def list_campaigns() -> list[CampaignOut]:
+    @v1.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
+    async def list_campaigns(_: Reader) -> list[CampaignOut]:
         return [_campaign_out(s) for s in await runtime.store.list_campaigns()]
 
-    @v1.get("/campaigns/{campaign_id}", response_model=CampaignOut)
-    async def read_campaign(campaign_id: str) -> CampaignOut:
+    @v1.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
+    async def read_campaign(campaign_id: str, _: Reader) -> CampaignOut:
         return _campaign_out(await _settings(campaign_id))
 
-    @v1.post("/campaigns/{campaign_id}/leads", response_model=LeadsResult)
-    async def add_leads(campaign_id: str, rows: Annotated[list[Any], Body()]) -> LeadsResult:
-        await _settings(campaign_id)
-        leads, rejected = parse_leads(campaign_id, rows)
-        added = await runtime.add_leads(campaign_id, leads)
-        return LeadsResult(accepted=added, duplicates=len(leads) - added, rejected=rejected)
-
-    @v1.delete("/campaigns/{campaign_id}/leads/{lead_id}", status_code=204)
-    async def remove_lead(campaign_id: str, lead_id: str) -> Response:
-        await _settings(campaign_id)
-        if not await runtime.store.remove_lead(campaign_id, lead_id):
-            raise HTTPException(404, f"lead {lead_id!r} is not waiting to be dialed in {campaign_id!r}")
-        return Response(status_code=204)
+    @v1.patch("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
+    async def update_campaign(campaign_id: str, patch: CampaignPatch, _: Manager) -> CampaignOut:
+        current = await _settings(campaign_id)
+        merged = {k: getattr(current, k) for k in CampaignIn.model_fields} | patch.model_dump(exclude_unset=True)
+        try:
+            new = CampaignIn.model_validate(merged)
+        except ValidationError as exc:
+            raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
+        if (current.strategy == PREVIEW) != (new.strategy == PREVIEW):
+            raise HTTPException(409, "a campaign cannot switch to or from preview mode; create another campaign")
+        settings = new.settings()
+        _check_with_core(settings)
+        await runtime.store.save_campaign(settings)
+        runtime.core.add_campaign(settings)  # an existing campaign takes the new settings
+        if new.strategy != PREVIEW and any(getattr(current, f) != getattr(settings, f) for f in _PACING_FIELDS):
+            caps = PacingCaps(max_lines=settings.max_lines, max_lines_per_agent=settings.max_lines_per_agent,
+                              max_calls_per_s=settings.max_calls_per_s, abandon_target=settings.abandon_target)
+            runtime.core.set_strategy(campaign_id, runtime.core.config.strategy_factory(settings.strategy, caps))
+        return _campaign_out(settings)
 
     def _control(action: Literal["start", "pause", "stop"]) -> Any:
-        async def control(campaign_id: str) -> dict[str, str]:
+        async def control(campaign_id: str, _: Controller) -> dict[str, str]:
             await _settings(campaign_id)
             runtime.submit(CampaignControl(campaign_id, action))
             return {"campaign_id": campaign_id, "requested": action}
@@ -162,76 +394,392 @@ def create_app(runtime: Runtime) -> FastAPI:
         return control
 
     for action in ("start", "pause", "stop"):
-        v1.add_api_route(f"/campaigns/{{campaign_id}}/{action}", _control(action), methods=["POST"])  # type: ignore[arg-type]
+        v1.add_api_route(f"/campaigns/{{campaign_id}}/{action}", _control(action), methods=["POST"],  # type: ignore[arg-type]
+                         tags=["campaigns"])
 
-    @v1.get("/campaigns/{campaign_id}/stats")
-    async def campaign_stats(campaign_id: str) -> dict[str, Any]:
+    @v1.get("/campaigns/{campaign_id}/stats", tags=["campaigns"])
+    async def campaign_stats(campaign_id: str, _: Reader) -> dict[str, Any]:
         await _settings(campaign_id)
         stats = runtime.stats(campaign_id)
         stats["leads"] = await runtime.store.lead_counts(campaign_id)
         return stats
 
-    @v1.get("/campaigns/{campaign_id}/attempts")
-    async def campaign_attempts(campaign_id: str) -> list[dict[str, Any]]:
+    @v1.get("/campaigns/{campaign_id}/attempts", tags=["attempts"])
+    async def campaign_attempts(campaign_id: str, _: Reader) -> list[dict[str, Any]]:
+        """Every attempt of the campaign (small campaigns; use /attempts to page through large ones)."""
         await _settings(campaign_id)
         return [a.as_dict() for a in await runtime.attempts(campaign_id)]
 
-    @v1.get("/agents")
-    async def list_agents() -> list[dict[str, Any]]:
-        return [
-            {"agent_id": a.agent_id, "state": a.status.value, "since": a.since, "reason": a.reason,
-             "call_id": a.call_id, "campaigns": sorted(a.campaigns)}
-            for a in runtime.core.agents.all()
-        ]
+    # ------------------------------------------------------------------ leads
 
-    class AgentLoginIn(BaseModel):
-        campaigns: list[str] = []
+    async def _add_csv(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
+        """Parse in a worker thread (a million rows must not stall the core's loop), add in batches on the loop.
+        The body streams through a small bounded queue: memory holds a few chunks and one batch, never the file."""
+        loop = asyncio.get_running_loop()
+        report = ParseReport()
+        chunks: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=8)
 
-    @v1.post("/agents/{agent_id}/login", status_code=202)
-    async def agent_login(agent_id: str, body: AgentLoginIn | None = None) -> dict[str, str]:
+        stop = threading.Event()  # the request ended early (cancelled): the worker must not wait forever
+
+        def lines() -> Iterator[str]:
+            while True:
+                fut = asyncio.run_coroutine_threadsafe(chunks.get(), loop)
+                while True:
+                    try:
+                        item = fut.result(timeout=1.0)
+                        break
+                    except concurrent.futures.TimeoutError:
+                        if stop.is_set():
+                            fut.cancel()
+                            return
+                if item is None:
+                    return
+                yield from item
+
+        def parse() -> int:
+            added = 0
+            batch: list[Lead] = []
+            source = lines()
+            for lead in iter_csv_leads(source, campaign_id, report, start_row=first_row):
+                batch.append(lead)
+                if len(batch) >= LEAD_BATCH:
+                    added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
+                    batch = []
+            if batch:
+                added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
+            for _ in source:  # consume to the end so the producer never waits on a full queue
+                pass
+            return added
+
+        worker = loop.run_in_executor(None, parse)
+
+        async def put(item: list[str] | None) -> None:
+            while not worker.done():
+                try:
+                    await asyncio.wait_for(chunks.put(item), timeout=0.5)
+                    return
+                except TimeoutError:
+                    continue
+
+        splitter = _Lines()
+        error: BaseException | None = None
+        try:
+            async for chunk in _body_chunks(request, cfg.max_upload_bytes):
+                hasher.update(chunk)
+                if worker.done():  # the parser stopped (a bad header): the rest is not read
+                    break
+                if lines_ := splitter.feed(chunk):
+                    await put(lines_)
+            if lines_ := splitter.feed(b"", final=True):
+                await put(lines_)
+        except (_TooLarge, ClientDisconnect) as exc:
+            error = exc
+        except BaseException:
+            stop.set()
+            raise
+        await put(None)
+        try:
+            new = await worker  # what was added before an error stays added
+        except LeadFileError as exc:  # the header: nothing was added
+            raise HTTPException(422, f"csv: {exc}") from None
+        if isinstance(error, _TooLarge):
+            raise HTTPException(413, {"reason": f"upload larger than {cfg.max_upload_bytes} bytes; rows before "
+                                                "the limit were processed", **_result(report, new)})
+        if error is not None:
+            raise error
+        return _result(report, new)
+
+    async def _add_json(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
+        raw = bytearray()
+        try:
+            async for chunk in _body_chunks(request, cfg.max_upload_bytes):
+                raw += chunk
+        except _TooLarge:
+            raise HTTPException(413, f"upload larger than {cfg.max_upload_bytes} bytes") from None
+        hasher.update(raw)
+        try:
+            rows = json.loads(raw or b"null")
+        except ValueError as exc:
+            raise HTTPException(422, f"body: not JSON ({exc.args[0] if exc.args else 'invalid'})") from None
+        if isinstance(rows, dict) and isinstance(rows.get("leads"), list):
+            rows = rows["leads"]
+        if not isinstance(rows, list):
+            raise HTTPException(422, "body: a JSON array of lead objects (or {\"leads\": [...]})")
+        report = ParseReport()
+        seen: set[str] = set()
+        new = 0
+        batch: list[Lead] = []
+        for n, item in enumerate(rows, start=first_row):
+            if not isinstance(item, dict):
+                report.rejected.append(RowIssue(n, "-", "a lead must be a JSON object"))
+                continue
+            lead, issues, held = lead_from_row(_json_row(item), campaign_id, n)
+            if lead is None:
+                report.rejected.extend(issues or [RowIssue(n, "-", "not a lead")])
+                continue
+            if lead.lead_id in seen:
+                report.rejected.append(RowIssue(n, "lead_id", "duplicate in this upload"))
+                continue
+            seen.add(lead.lead_id)
+            report.accepted += 1
+            if held is not None:
+                report.held.append(held)
+            batch.append(lead)
+            if len(batch) >= LEAD_BATCH:
+                new += await runtime.add_leads(campaign_id, batch)
+                batch = []
+        if batch:
+            new += await runtime.add_leads(campaign_id, batch)
+        return _result(report, new)
+
+    @v1.post("/campaigns/{campaign_id}/leads", response_model=LeadsResult, tags=["leads"],
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                 "text/csv": {"schema": {"type": "string"}}}, "required": True}})
+    async def add_leads(
+        campaign_id: str,
+        request: Request,
+        principal: Manager,
+        first_row: Annotated[int, Query(ge=1, description="row number of the first data row")] = 1,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> Any:
+        """Leads as a JSON array of objects or as `text/csv` (header row, the leads column format). Every row is
+        checked on its own: good rows are stored whatever the bad ones hold. With `Idempotency-Key`, a retried
+        upload (same key, same body) answers as the first did and adds nothing."""
+        await _settings(campaign_id)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype not in ("application/json", "text/csv"):
+            raise HTTPException(415, "Content-Type: application/json or text/csv")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {cfg.max_upload_bytes} bytes")
+        hasher = hashlib.sha256(f"{campaign_id}\n{ctype}\n{first_row}\n".encode())
+        key = f"{principal.name}\x00{idempotency_key}" if idempotency_key else None
+        if key is not None:
+            stored = idem.get(key)
+            if stored is not None:  # a retry: read the body only to check it is the same upload
+                async for chunk in _body_chunks(request, cfg.max_upload_bytes):
+                    hasher.update(chunk)
+                if hasher.hexdigest() != stored.fingerprint:
+                    raise HTTPException(422, "Idempotency-Key was used with a different upload")
+                return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
+            if not idem.begin(key):
+                raise HTTPException(409, "a request with this Idempotency-Key is still running")
+        fingerprint: str | None = None
+        result: dict[str, Any] = {}
+        try:
+            if ctype == "text/csv":
+                result = await _add_csv(request, campaign_id, first_row, hasher)
+            else:
+                result = await _add_json(request, campaign_id, first_row, hasher)
+            fingerprint = hasher.hexdigest()
+        finally:
+            if key is not None:
+                idem.finish(key, fingerprint, 200, result)
+        log.info("leads uploaded", extra={"fields": {"campaign_id": campaign_id, "accepted": result["accepted"],
+                                                     "new": result["new"], "rejected": len(result["rejected"])}})
+        return result
+
+    @v1.delete("/campaigns/{campaign_id}/leads/{lead_id}", status_code=204, tags=["leads"])
+    async def remove_lead(campaign_id: str, lead_id: str, _: Manager) -> Response:
+        """Remove a lead at once (e.g. the debtor paid today): it is not dialed again."""
+        await _settings(campaign_id)
+        camp = runtime.core.campaigns.get(campaign_id)
+        in_core = camp is not None and camp.hopper.info(lead_id) is not None  # buffered, on a call or scheduled
+        in_store = await runtime.store.remove_lead(campaign_id, lead_id)
+        if not (in_store or in_core):
+            raise HTTPException(404, f"lead {lead_id!r} is not waiting to be dialed in {campaign_id!r}")
+        if in_core:
+            runtime.submit(LeadRemoved(campaign_id, lead_id))  # out of the hopper before the next dial
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ DNC
+
+    def _numbers(raw: list[str]) -> list[str]:
+        out = []
+        for i, number in enumerate(raw):
+            try:
+                out.append(lead_phone(number, None))
+            except ValueError as exc:
+                raise HTTPException(422, f"numbers[{i}]: {exc} (E.164, with +)") from None
+        return out
+
+    async def _persist(op: str, numbers: list[str], campaign_id: str | None) -> None:
+        fn = getattr(runtime.store, op, None)  # a shared store keeps the list for every node and restarts
+        if callable(fn):
+            await fn(numbers, campaign_id)
+
+    @v1.post("/dnc", tags=["dnc"])
+    async def dnc_add(body: DncIn, _: Manager) -> dict[str, int]:
+        """Numbers onto the global do-not-call list, or a campaign's; effective before the next dial."""
+        if body.campaign_id is not None:
+            await _settings(body.campaign_id)
+        numbers = _numbers(body.numbers)
+        await _persist("dnc_add", numbers, body.campaign_id)
+        for number in numbers:
+            runtime.submit(DncAdd(number, body.campaign_id))
+        return {"added": len(numbers)}
+
+    @v1.get("/dnc/{number}", tags=["dnc"])
+    async def dnc_check(number: str, _: Reader, campaign_id: str | None = None) -> dict[str, Any]:
+        (clean,) = _numbers([number])
+        scope = runtime.core.dnc.lookup(clean, campaign_id, runtime.clock())
+        return {"number": clean, "campaign_id": campaign_id, "blocked": scope is not None}
+
+    @v1.delete("/dnc/{number}", status_code=204, tags=["dnc"])
+    async def dnc_remove(number: str, _: Manager, campaign_id: str | None = None) -> Response:
+        (clean,) = _numbers([number])
+        # Direct on the core's list (same loop thread as the core): the core has no removal event yet.
+        if not runtime.core.dnc.remove(clean, campaign_id):
+            raise HTTPException(404, "number not on that list")
+        await _persist("dnc_remove", [clean], campaign_id)
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ attempts
+
+    @v1.get("/attempts", response_model=AttemptsPage, tags=["attempts"])
+    async def list_attempts(
+        _: Reader,
+        campaign_id: str | None = None,
+        outcome: Annotated[str | None, Query(description="comma list of outcomes; `pending` for calls in flight")]
+        = None,
+        since: Annotated[float | None, Query(description="dialed at or after (epoch seconds)")] = None,
+        until: Annotated[float | None, Query(description="dialed before (epoch seconds)")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> AttemptsPage:
+        """Attempt history, oldest first (by dial time, then call id), a page at a time."""
+        wanted: set[str | None] | None = None
+        if outcome:
+            wanted = set()
+            for o in outcome.split(","):
+                o = o.strip()
+                if o == "pending":
+                    wanted.add(None)
+                elif o in Outcome.__members__.values():
+                    wanted.add(o)
+                else:
+                    raise HTTPException(422, f"outcome: unknown {o!r}")
+        after = _decode_cursor(cursor) if cursor else None
+        rows = [a for a in await runtime.attempts(campaign_id)
+                if (wanted is None or (a.outcome.value if a.outcome else None) in wanted)
+                and (since is None or a.dialed_at >= since) and (until is None or a.dialed_at < until)
+                and (after is None or (a.dialed_at, a.call_id) > after)]
+        rows.sort(key=lambda a: (a.dialed_at, a.call_id))
+        page = rows[:limit]
+        more = len(rows) > limit
+        return AttemptsPage(items=[a.as_dict() for a in page], next_cursor=_encode_cursor(page[-1]) if more else None)
+
+    # ------------------------------------------------------------------ agents
+
+    def _agent_id(agent_id: str) -> str:
         if not _ID.match(agent_id):
             raise HTTPException(422, "agent_id: letters, digits, - and _ only")
-        runtime.submit(AgentLogin(agent_id, frozenset(body.campaigns if body else ())))
+        return agent_id
+
+    def _agent_view(a: Any) -> dict[str, Any]:
+        return {"agent_id": a.agent_id, "state": a.status.value, "since": a.since, "reason": a.reason,
+                "call_id": a.call_id, "last_call_id": a.last_call_id, "campaigns": sorted(a.campaigns),
+                "skills": dict(a.skills)}
+
+    @v1.get("/agents", tags=["agents"])
+    async def list_agents(_: Reader) -> list[dict[str, Any]]:
+        return [_agent_view(a) for a in runtime.core.agents.all()]
+
+    @v1.get("/agents/{agent_id}", tags=["agents"])
+    async def read_agent(agent_id: str, principal: AgentReader) -> dict[str, Any]:
+        check_agent(principal, agent_id)
+        agent = runtime.core.agents.get(agent_id)
+        if agent is None:
+            raise HTTPException(404, f"agent {agent_id!r} has never logged in")
+        return _agent_view(agent)
+
+    @v1.post("/agents/{agent_id}/login", status_code=202, tags=["agents"])
+    async def agent_login(agent_id: str, principal: AgentActor, body: AgentLoginIn | None = None) -> dict[str, str]:
+        """Log in with the campaigns and skills to work: the agent's phone is called into its room."""
+        check_agent(principal, _agent_id(agent_id))
+        body = body or AgentLoginIn()
+        runtime.submit(AgentLogin(agent_id, frozenset(body.campaigns), tuple(sorted(body.skills.items()))))
         return {"agent_id": agent_id, "requested": "login"}
 
-    @v1.post("/agents/{agent_id}/logout", status_code=202)
-    async def agent_logout(agent_id: str) -> dict[str, str]:
+    @v1.post("/agents/{agent_id}/logout", status_code=202, tags=["agents"])
+    async def agent_logout(agent_id: str, principal: AgentActor) -> dict[str, str]:
+        check_agent(principal, _agent_id(agent_id))
         runtime.submit(AgentLogout(agent_id))
         return {"agent_id": agent_id, "requested": "logout"}
 
-    @v1.post("/agents/{agent_id}/ready", status_code=202)
-    async def agent_ready(agent_id: str) -> dict[str, str]:
+    @v1.post("/agents/{agent_id}/ready", status_code=202, tags=["agents"])
+    async def agent_ready(agent_id: str, principal: AgentActor) -> dict[str, str]:
+        check_agent(principal, _agent_id(agent_id))
         runtime.submit(AgentState(agent_id, AgentStatus.READY))
         return {"agent_id": agent_id, "requested": "ready"}
 
-    class PauseIn(BaseModel):
-        reason: str = "paused"
-
-    @v1.post("/agents/{agent_id}/pause", status_code=202)
-    async def agent_pause(agent_id: str, body: PauseIn | None = None) -> dict[str, str]:
+    @v1.post("/agents/{agent_id}/pause", status_code=202, tags=["agents"])
+    async def agent_pause(agent_id: str, principal: AgentActor, body: PauseIn | None = None) -> dict[str, str]:
+        check_agent(principal, _agent_id(agent_id))
         runtime.submit(AgentState(agent_id, AgentStatus.PAUSED, body.reason if body else "paused"))
         return {"agent_id": agent_id, "requested": "pause"}
 
+    @v1.post("/calls/{call_id}/disposition", status_code=202, tags=["agents"])
+    async def post_disposition(call_id: str, body: DispositionIn, principal: AgentActor) -> dict[str, str]:
+        """The agent's disposition of the call it is wrapping up; it ends the wrap-up."""
+        owner = next((a for a in runtime.core.agents.all() if call_id in (a.call_id, a.last_call_id)), None)
+        if owner is None:
+            raise HTTPException(404, f"no agent holds call {call_id!r}")
+        check_agent(principal, owner.agent_id)
+        if owner.status is not AgentStatus.WRAPUP or owner.last_call_id != call_id:
+            raise HTTPException(409, f"call {call_id!r} is not in wrap-up (agent is {owner.status.value})")
+        camp = runtime.core.campaigns.get(owner.last_campaign_id or "")
+        if camp is not None:  # the core checks again; here the caller learns what is wrong
+            try:
+                camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
+                                           now=runtime.clock())
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+        runtime.submit(Disposition(call_id, body.code, body.callback_at, body.own_callback, body.ptp_amount,
+                                   body.ptp_date.isoformat() if body.ptp_date else None))
+        return {"call_id": call_id, "agent_id": owner.agent_id, "requested": "disposition"}
+
+    # ------------------------------------------------------------------ events
+
+    @v1.get("/events", tags=["events"], response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+    async def events(
+        request: Request,
+        _: Reader,
+        types: Annotated[str | None, Query(description="comma list of kind prefixes, e.g. `call.,agent.`")] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-sent events: `event: <kind>`, `data: <json>`, `id: <seq>`; a comment line every 15 s.
+        Reconnect with `Last-Event-ID` to get what was missed (the last `api.events_replay` events)."""
+        client = hub.connect(parse_types(types), parse_last_id(last_event_id))
+        return StreamingResponse(hub.stream(client, request.is_disconnected), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     app.include_router(v1)
 
-    @app.get("/healthz", response_model=Health)
+    # ------------------------------------------------------------------ open endpoints
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
+        """The process answers (liveness)."""
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health)
+    @app.get("/readyz", response_model=Health, tags=["health"])
     async def readyz(response: Response) -> Health:
+        """Ready to dial: the PBX link is logged in and the store answers (within 2 s). 503 names what is not."""
         try:
-            store_ok = await runtime.store.ping()
+            store_ok = bool(await asyncio.wait_for(runtime.store.ping(), timeout=_READY_TIMEOUT_S))
         except Exception:
             store_ok = False
-        checks = {"pbx": runtime.telephony.ready, "store": store_ok}
-        ok = all(checks.values())
-        response.status_code = 200 if ok else 503
-        return Health(status="ok" if ok else "unavailable", checks=checks)
+        checks = {"pbx": bool(runtime.telephony.ready), "store": store_ok}
+        failing = [k for k, ok in checks.items() if not ok]
+        response.status_code = 503 if failing else 200
+        return Health(status="unavailable" if failing else "ok", checks=checks, failing=failing)
 
-    @app.get("/metrics")
+    @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        body, content_type = render_metrics(runtime)
+        body, content_type = render_metrics(runtime, hub=hub, webhooks=webhooks)
         return Response(content=body, media_type=content_type)
 
     return app

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from api.events import EventHub
+from api.webhooks import Webhooks
 from dialer.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -70,7 +72,43 @@ class RuntimeCollector(Collector):
         yield hist
 
 
-def render_metrics(runtime: Runtime) -> tuple[bytes, str]:
+class EventsCollector(Collector):
+    """The event stream's clients and the webhooks' deliveries."""
+
+    def __init__(self, hub: EventHub | None, webhooks: Webhooks | None) -> None:
+        self.hub = hub
+        self.webhooks = webhooks
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.hub is not None:
+            clients = GaugeMetricFamily("marcador_sse_clients", "Connected server-sent-event clients")
+            clients.add_metric([], len(self.hub.clients))
+            yield clients
+            dropped = CounterMetricFamily("marcador_sse_events_dropped", "Events slow SSE clients lost")
+            dropped.add_metric([], self.hub.dropped)
+            yield dropped
+        if self.webhooks is not None:
+            events = CounterMetricFamily("marcador_webhook_events", "Webhook events by result",
+                                         labels=["url", "result"])
+            retried = CounterMetricFamily("marcador_webhook_retries", "Webhook delivery attempts after a failure",
+                                          labels=["url"])
+            backlog = GaugeMetricFamily("marcador_webhook_backlog", "Webhook events waiting", labels=["url"])
+            for sender in self.webhooks.senders:
+                c = sender.counters
+                for result, n in (("sent", c.sent), ("failed", c.failed), ("dropped", c.dropped)):
+                    events.add_metric([sender.label, result], n)
+                retried.add_metric([sender.label], c.retried)
+                backlog.add_metric([sender.label], sender.backlog)
+            yield events
+            yield retried
+            yield backlog
+
+
+def render_metrics(
+    runtime: Runtime, hub: EventHub | None = None, webhooks: Webhooks | None = None
+) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RuntimeCollector(runtime))
+    if hub is not None or webhooks is not None:
+        registry.register(EventsCollector(hub, webhooks))
     return generate_latest(registry), CONTENT_TYPE

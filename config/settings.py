@@ -73,13 +73,15 @@ class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address the REST API and dashboard listen on")
     port: int = Field(8080, ge=0, le=65535, description="API port")
     tokens: list[ApiToken] = Field(
-        [], description="bearer tokens with roles; when empty, one admin token is generated at start and printed"
+        [], description="bearer tokens with roles; when empty, auth is OFF (the local demo) and a warning is logged"
     )
     webhooks: list[WebhookSettings] = Field([], description="endpoints receiving call/agent/campaign events")
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="how long an Idempotency-Key answer is replayed")
     idempotency_max_keys: int = Field(10_000, ge=1, description="Idempotency-Keys remembered (oldest forgotten)")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest lead upload body")
     events_replay: int = Field(2_000, ge=0, description="recent events an SSE client can resume with Last-Event-ID")
+    events_client_queue: int = Field(1_000, ge=1, description="events held for a slow SSE client; oldest dropped")
+    events_heartbeat_s: float = Field(15.0, gt=0, le=300, description="SSE keep-alive comment interval")
 
 
 class PbxSettings(BaseModel):

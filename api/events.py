@@ -1,0 +1,132 @@
+"""Events out: the core's `Emit` commands numbered and fanned out to server-sent-event clients and webhooks.
+
+The hub is called on the runtime's loop, inside its dispatch: it must never block nor raise. Each client has a
+bounded queue; a slow client loses its oldest events (counted), the runtime never waits for it. Event payloads
+keep phone numbers (integrators need them) and are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dialer.commands import Emit
+
+log = logging.getLogger("marcador.api.events")
+
+
+@dataclass(frozen=True, slots=True)
+class OutEvent:
+    seq: int
+    kind: str
+    data: dict[str, Any]
+    ts: float
+
+    def json(self) -> str:
+        return json.dumps(self.data, separators=(",", ":"), default=str)
+
+
+def parse_types(raw: str | None) -> tuple[str, ...]:
+    """`call.,agent.` → prefixes; empty or `*` → everything."""
+    if not raw:
+        return ()
+    parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+    return () if "*" in parts else tuple(p.rstrip("*") for p in parts)
+
+
+def matches(kind: str, prefixes: Sequence[str]) -> bool:
+    return not prefixes or any(kind.startswith(p) for p in prefixes)
+
+
+@dataclass(eq=False)
+class Client:
+    prefixes: tuple[str, ...]
+    size: int
+    queue: deque[OutEvent] = field(init=False)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.queue = deque()
+
+    def offer(self, ev: OutEvent) -> None:
+        if not matches(ev.kind, self.prefixes):
+            return
+        if len(self.queue) >= self.size:
+            self.queue.popleft()  # the client is slow: it loses the oldest, the runtime never waits
+            self.dropped += 1
+        self.queue.append(ev)
+        self.wake.set()
+
+
+class EventHub:
+    """Numbers every event (the SSE `id`), keeps the last `replay` for `Last-Event-ID` resumes."""
+
+    def __init__(self, clock: Callable[[], float], *, replay: int = 2000, client_queue: int = 1000,
+                 heartbeat_s: float = 15.0) -> None:
+        self.clock = clock
+        self.seq = 0
+        self.recent: deque[OutEvent] = deque(maxlen=max(1, replay))
+        self.client_queue = client_queue
+        self.heartbeat_s = heartbeat_s
+        self.clients: set[Client] = set()
+        self.sinks: list[Callable[[OutEvent], None]] = []  # webhooks
+        self.dropped = 0  # events lost by slow SSE clients (all clients, since start)
+
+    def __call__(self, cmd: Emit) -> None:
+        self.seq += 1
+        ev = OutEvent(self.seq, cmd.kind, cmd.data, self.clock())
+        self.recent.append(ev)
+        for client in self.clients:
+            before = client.dropped
+            client.offer(ev)
+            self.dropped += client.dropped - before
+        for sink in self.sinks:
+            try:
+                sink(ev)
+            except Exception:  # a sink must not break the runtime's dispatch
+                log.exception("event sink failed", extra={"fields": {"kind": ev.kind}})
+
+    def connect(self, prefixes: tuple[str, ...], last_id: int | None = None) -> Client:
+        client = Client(prefixes, self.client_queue)
+        if last_id is not None:
+            for ev in self.recent:
+                if ev.seq > last_id:
+                    client.offer(ev)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    async def stream(self, client: Client, is_disconnected: Callable[[], Any]) -> AsyncIterator[str]:
+        """SSE frames for one client: events, and a comment line every `heartbeat_s` to keep proxies open."""
+        try:
+            yield ": connected\n\n"
+            while True:
+                while client.queue:
+                    ev = client.queue.popleft()
+                    yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {ev.json()}\n\n"
+                client.wake.clear()
+                try:
+                    await asyncio.wait_for(client.wake.wait(), timeout=self.heartbeat_s)
+                except TimeoutError:
+                    if await is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+        finally:
+            self.disconnect(client)
+
+
+def parse_last_id(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return int(raw.strip())
+    return None

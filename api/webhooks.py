@@ -1,0 +1,180 @@
+"""Webhooks: events POSTed as JSON to integrators' endpoints, signed, retried with exponential back-off.
+
+Body: `{"type", "data", "id", "ts"}`. Headers: `X-Marcador-Signature: sha256=<hex HMAC-SHA256 of the raw body
+with the webhook's secret>`, `X-Marcador-Event: <type>`, `X-Marcador-Delivery: <id>` (the same on every retry,
+so a receiver can drop a repeat). One sender per endpoint delivers in order; an event that keeps failing holds
+the ones behind it until it succeeds or is given up after `max_attempts`. Each sender's queue is bounded: past
+`queue_size` the oldest event is dropped (counted). Secrets and payloads are never logged; URLs are logged
+without their query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from api.events import OutEvent, matches, parse_types
+from config.settings import WebhookSettings
+
+log = logging.getLogger("marcador.api.webhooks")
+
+SIGNATURE_HEADER = "X-Marcador-Signature"
+EVENT_HEADER = "X-Marcador-Event"
+DELIVERY_HEADER = "X-Marcador-Delivery"
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, body: bytes, header: str) -> bool:
+    """What a receiver does: recompute the HMAC of the raw body and compare in constant time."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+def backoff_delays(base_s: float, max_s: float, attempts: int) -> list[float]:
+    """Waits before retries 2..attempts: base, 2·base, 4·base, ... each capped at max_s."""
+    return [min(max_s, base_s * 2**i) for i in range(max(0, attempts - 1))]
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+
+@dataclass(slots=True)
+class WebhookCounters:
+    sent: int = 0  # events delivered (2xx)
+    failed: int = 0  # events given up after max_attempts
+    retried: int = 0  # delivery attempts after a first failure
+    dropped: int = 0  # events lost to a full queue
+
+
+class WebhookSender:
+    def __init__(self, settings: WebhookSettings, client: httpx.AsyncClient, instance: str,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.label = _safe_url(settings.url)
+        self.prefixes = parse_types(",".join(settings.events))
+        self._secret = settings.secret.get_secret_value().encode()
+        self._client = client
+        self._instance = instance
+        self._sleep = sleep
+        self._queue: deque[OutEvent] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight = False
+        self.counters = WebhookCounters()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def offer(self, ev: OutEvent) -> None:
+        """Called on the runtime's loop: never blocks."""
+        if not matches(ev.kind, self.prefixes):
+            return
+        if len(self._queue) >= self.settings.queue_size:
+            self._queue.popleft()
+            self.counters.dropped += 1
+        self._queue.append(ev)
+        if self._task is None:  # started lazily: the app may be built before the loop runs
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"webhook {self.label}")
+        self._wake.set()
+
+    def body(self, ev: OutEvent) -> bytes:
+        doc = {"type": ev.kind, "data": ev.data, "id": f"{self._instance}-{ev.seq}", "ts": ev.ts}
+        return json.dumps(doc, separators=(",", ":"), default=str).encode()
+
+    async def _run(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            ev = self._queue.popleft()
+            self._in_flight = True
+            try:
+                await self._deliver(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one event kill the sender
+                log.exception("webhook delivery crashed", extra={"fields": {"url": self.label, "kind": ev.kind}})
+            finally:
+                self._in_flight = False
+
+    async def _deliver(self, ev: OutEvent) -> bool:
+        s = self.settings
+        body = self.body(ev)
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self._secret, body),
+            EVENT_HEADER: ev.kind,
+            DELIVERY_HEADER: f"{self._instance}-{ev.seq}",
+        }
+        delays = backoff_delays(s.backoff_base_s, s.backoff_max_s, s.max_attempts)
+        for attempt in range(1, s.max_attempts + 1):
+            if attempt > 1:
+                self.counters.retried += 1
+                await self._sleep(delays[attempt - 2])
+            why: str
+            try:
+                r = await self._client.post(self.url, content=body, headers=headers, timeout=s.timeout_s)
+                if 200 <= r.status_code < 300:
+                    self.counters.sent += 1
+                    return True
+                why = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                why = type(exc).__name__
+            log.info("webhook attempt failed", extra={"fields": {"url": self.label, "kind": ev.kind,
+                                                                 "attempt": attempt, "why": why}})
+        self.counters.failed += 1
+        log.warning("webhook event given up", extra={"fields": {"url": self.label, "kind": ev.kind,
+                                                                "attempts": s.max_attempts}})
+        return False
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until the queue is empty (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while (self._queue or self._in_flight) and loop.time() < end:
+            await asyncio.sleep(0.01)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class Webhooks:
+    """Every configured endpoint's sender, fed by the event hub."""
+
+    def __init__(self, settings: Sequence[WebhookSettings], client: httpx.AsyncClient | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(follow_redirects=False)
+        instance = uuid.uuid4().hex[:12]  # delivery ids stay unique across restarts of this node
+        self.senders = [WebhookSender(w, self._client, instance, sleep) for w in settings]
+
+    def __call__(self, ev: OutEvent) -> None:
+        for sender in self.senders:
+            sender.offer(ev)
+
+    async def aclose(self) -> None:
+        for sender in self.senders:
+            await sender.aclose()
+        if self._own_client:
+            await self._client.aclose()
