@@ -116,8 +116,9 @@ def csv_of(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-async def make_campaign(api: httpx.AsyncClient, cid: str = "c1", **extra: Any) -> None:
-    r = await api.post("/api/v1/campaigns", json={"campaign_id": cid, "wrapup_s": None, **extra})
+async def make_campaign(api: httpx.AsyncClient, cid: str = "c1", headers: dict[str, str] | None = None,
+                        **extra: Any) -> None:
+    r = await api.post("/api/v1/campaigns", json={"campaign_id": cid, "wrapup_s": None, **extra}, headers=headers)
     assert r.status_code == 201, r.text
 
 
