@@ -1,0 +1,141 @@
+"""The server-sent-event stream over a real HTTP server (uvicorn on a free local port): events from the running
+core arrive as `event/data/id` frames, filtered by kind prefix, with keep-alive comments; a slow client loses its
+oldest events and never blocks the runtime; a reconnect resumes after Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.events import EventHub, parse_types
+from config.settings import ApiSettings, ApiToken
+from dialer.commands import Emit
+from tests.test_api import api_env, co_row, make_campaign
+
+
+@asynccontextmanager
+async def http_server(app: Any) -> AsyncIterator[str]:
+    """`app` served by uvicorn on 127.0.0.1 and a free port, in this loop."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", timeout_graceful_shutdown=1))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+class SseReader:
+    """SSE frames off one streamed response (comments as {"comment": ...})."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._lines = resp.aiter_lines()
+
+    async def frames(self, want: int, timeout_s: float = 10.0) -> list[dict[str, str]]:
+        frames: list[dict[str, str]] = []
+        frame: dict[str, str] = {}
+
+        async def collect() -> None:
+            nonlocal frame
+            async for line in self._lines:
+                if line == "":
+                    if frame:
+                        frames.append(frame)
+                        frame = {}
+                        if len(frames) >= want:
+                            return
+                    continue
+                if line.startswith(":"):
+                    frame["comment"] = line[1:].strip()
+                else:
+                    key, _, value = line.partition(": ")
+                    frame[key] = value
+
+        await asyncio.wait_for(collect(), timeout_s)
+        return frames
+
+
+async def test_sse_streams_core_events_filtered_with_ids() -> None:
+    async with api_env() as env:
+        app = create_app(env.runtime, ApiSettings(events_heartbeat_s=0.3))
+        await make_campaign(env.api)
+        async with http_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with http.stream("GET", "/api/v1/events", params={"types": "campaign.,call.ended"}) as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                sse = SseReader(resp)
+                hello = await sse.frames(1)
+                assert hello == [{"comment": "connected"}]
+                await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1, last=2)])  # busy
+                await env.api.post("/api/v1/agents/a1/login")
+                await env.api.post("/api/v1/campaigns/c1/start")
+                frames = [f for f in await sse.frames(3) if "event" in f]
+                kinds = [f["event"] for f in frames]
+                assert kinds[:2] == ["campaign.state", "call.ended"], kinds
+                assert json.loads(frames[0]["data"]) == {"campaign_id": "c1", "status": "running"}
+                ended = json.loads(frames[1]["data"])
+                assert ended["outcome"] == "busy" and ended["number"] == "+573001200012"  # integrators need it
+                assert int(frames[1]["id"]) > int(frames[0]["id"])
+                assert "agent.state" not in kinds  # filtered out
+                # nothing else comes: the next frame is a keep-alive comment
+                quiet = await sse.frames(1, timeout_s=3)
+                assert quiet == [{"comment": "keep-alive"}]
+            # the client went away: the hub forgets it
+            for _ in range(100):
+                if not app.state.hub.clients:
+                    break
+                await asyncio.sleep(0.02)
+            assert not app.state.hub.clients
+
+
+async def test_sse_needs_a_reader_token() -> None:
+    async with api_env() as env:
+        tokens = [ApiToken(name="v", token="viewer-token-0123456789", role="viewer"),
+                  ApiToken(name="a", token="agent-token-0123456789", role="agent", agent_id="a1")]
+        app: FastAPI = create_app(env.runtime, ApiSettings(tokens=tokens, events_heartbeat_s=0.2))
+        async with http_server(app) as base, httpx.AsyncClient(base_url=base, timeout=5) as http:
+            assert (await http.get("/api/v1/events")).status_code == 401
+            r = await http.get("/api/v1/events", headers={"Authorization": "Bearer agent-token-0123456789"})
+            assert r.status_code == 403
+            async with http.stream("GET", "/api/v1/events",
+                                   headers={"Authorization": "Bearer viewer-token-0123456789"}) as resp:
+                assert resp.status_code == 200
+                assert (await SseReader(resp).frames(1)) == [{"comment": "connected"}]
+
+
+async def test_a_slow_client_loses_its_oldest_events_and_never_blocks() -> None:
+    hub = EventHub(lambda: 0.0, replay=5, client_queue=3)
+    slow = hub.connect(parse_types("call."))
+    fast = hub.connect(())
+    for i in range(10):
+        hub(Emit("call.dialed", {"i": i}))  # returns at once whatever the clients do
+        hub(Emit("agent.state", {"i": i}))
+    assert [e.data["i"] for e in slow.queue] == [7, 8, 9] and slow.dropped == 7
+    assert fast.dropped == 17 and hub.dropped == 24
+    # a reconnect with Last-Event-ID gets the replayed tail after that id
+    again = hub.connect((), last_id=17)
+    assert [e.seq for e in again.queue] == [18, 19, 20]
+
+
+def test_type_filters() -> None:
+    assert parse_types(None) == () and parse_types("*") == () and parse_types("call.*, agent.") == ("call.",
+                                                                                                    "agent.")
