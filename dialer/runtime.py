@@ -109,9 +109,14 @@ class Runtime:
 
     def _halt_dialing(self) -> None:
         """Running campaigns stop: buffered leads go back to the store untouched, calls up go on to their end."""
-        for cid, camp in self.core.campaigns.items():
+        for cid, camp in list(self.core.campaigns.items()):
             if camp.status.value == "running":
-                self._dispatch(self.core.handle(CampaignControl(cid, "stop"), self.clock()))
+                try:
+                    self._dispatch(self.core.handle(CampaignControl(cid, "stop"), self.clock()))
+                except Exception:  # stopping must go on: at worst the buffered leads' leases expire
+                    log.exception("campaign stop failed", extra={"fields": {"campaign_id": cid}})
+                    with contextlib.suppress(Exception):
+                        self._dispatch(self.core.handle(CampaignControl(cid, "pause"), self.clock()))
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Dial nothing more and wait (up to `timeout_s`) for the calls up to end and every store write to land,
