@@ -1,0 +1,140 @@
+"""Webhooks against a real local HTTP receiver (a Starlette app under uvicorn): retried with exponential
+back-off through failures, signed with HMAC-SHA256 over the raw body, delivered once, counted in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.app import create_app
+from api.events import OutEvent
+from api.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhooks, backoff_delays, sign, verify
+from config.settings import ApiSettings, WebhookSettings
+from tests.test_api import api_env, co_row, make_campaign
+from tests.test_api_events import http_server
+
+SECRET = "whsec-test-0123456789"
+
+
+@dataclass
+class Receiver:
+    """Answers 500 to the first `fail` requests, then 200; keeps every request's raw body and headers."""
+
+    fail: int = 2
+    got: list[tuple[bytes, dict[str, str], int]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            status = 500 if len(self.got) < self.fail else 200
+            self.got.append((body, dict(request.headers), status))
+            if status == 200:
+                self.arrived.set()
+            return Response(status_code=status)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+    @property
+    def delivered(self) -> list[tuple[bytes, dict[str, str]]]:
+        return [(b, h) for b, h, s in self.got if s == 200]
+
+
+async def test_no_answer_call_reaches_the_integrator_signed_after_two_failures() -> None:
+    """The issue's case: a call ends without a live answer → the integrator's endpoint gets `call.ended` (to send
+    an SMS/WhatsApp reminder), even though the endpoint failed twice first."""
+    rx = Receiver(fail=2)
+    async with http_server(rx.app()) as base, api_env() as env:
+        hook = WebhookSettings(url=f"{base}/hook?tenant=7", secret=SECRET, events=["call.ended"],  # type: ignore[arg-type]
+                               backoff_base_s=0.05, backoff_max_s=0.2, max_attempts=5)
+        app = create_app(env.runtime, ApiSettings(webhooks=[hook]))
+        await make_campaign(env.api)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1, last=2)])  # the stub PBX: busy
+        await env.api.post("/api/v1/agents/a1/login")
+        await env.api.post("/api/v1/campaigns/c1/start")
+        await asyncio.wait_for(rx.arrived.wait(), 10)
+        await asyncio.sleep(0.3)  # a duplicate delivery would land here
+        assert [s for _, _, s in rx.got] == [500, 500, 200]
+        (body, headers), = rx.delivered
+        assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER.lower()])
+        assert not verify(b"another-secret", body, headers[SIGNATURE_HEADER.lower()])
+        assert headers[EVENT_HEADER.lower()] == "call.ended"
+        assert len({h[DELIVERY_HEADER.lower()] for _, h, _ in rx.got}) == 1  # the same delivery id on every retry
+        doc = json.loads(body)
+        assert set(doc) == {"type", "data", "id", "ts"} and doc["type"] == "call.ended"
+        assert doc["data"]["outcome"] == "busy" and doc["data"]["lead_id"] == "L1"
+        assert doc["data"]["number"] == "+573001200012"
+        sender = app.state.webhooks.senders[0]
+        assert (sender.counters.sent, sender.counters.retried, sender.counters.failed) == (1, 2, 0)
+        metrics = (await _metrics(app)).splitlines()
+        label = f'url="{base}/hook"'  # no query string (it may carry a credential)
+        assert f'marcador_webhook_events_total{{result="sent",{label}}} 1.0' in metrics
+        assert f"marcador_webhook_retries_total{{{label}}} 2.0" in metrics
+        await app.state.webhooks.aclose()
+
+
+async def _metrics(app: Any) -> str:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        return (await c.get("/metrics")).text
+
+
+async def test_backoff_doubles_up_to_the_cap_and_an_event_is_given_up_after_max_attempts() -> None:
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    rx = Receiver(fail=99)
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([WebhookSettings(url=f"{base}/hook", secret=SECRET, max_attempts=5,  # type: ignore[arg-type]
+                                          backoff_base_s=1.0, backoff_max_s=3.0)], sleep=sleep)
+        sender = hooks.senders[0]
+        hooks(OutEvent(1, "call.ended", {"outcome": "no_answer"}, 100.0))
+        hooks(OutEvent(2, "agent.state", {}, 101.0))
+        await asyncio.sleep(0)
+        await sender.drain(10)
+        await hooks.aclose()
+    assert waits == [1.0, 2.0, 3.0, 3.0, 1.0, 2.0, 3.0, 3.0]
+    assert len(rx.got) == 10  # 2 events × 5 attempts, in order
+    assert [json.loads(b)["id"].rsplit("-", 1)[1] for b, _, _ in rx.got] == ["1"] * 5 + ["2"] * 5
+    assert (sender.counters.sent, sender.counters.failed, sender.counters.retried) == (0, 2, 8)
+    assert backoff_delays(1.0, 300.0, 5) == [1.0, 2.0, 4.0, 8.0]
+
+
+async def test_unreachable_endpoint_is_retried_and_a_full_queue_drops_the_oldest() -> None:
+    async def sleep(s: float) -> None:
+        await asyncio.sleep(0)
+
+    hooks = Webhooks([WebhookSettings(url="http://127.0.0.1:9/hook", secret=SECRET, events=["call."],  # type: ignore[arg-type]
+                                      max_attempts=2, queue_size=3, timeout_s=1)], sleep=sleep)
+    sender = hooks.senders[0]
+    for i in range(6):
+        hooks(OutEvent(i, "call.ended", {}, 0.0))
+        hooks(OutEvent(100 + i, "agent.state", {}, 0.0))  # not subscribed: never queued
+    assert sender.backlog == 3 and sender.counters.dropped == 3  # the oldest went; offering never waited
+    await sender.drain(20)
+    await hooks.aclose()
+    assert sender.counters.failed == 3 and sender.counters.retried == 3 and sender.counters.sent == 0
+
+
+def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+    body = b'{"type":"call.ended"}'
+    assert sign(b"k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert verify(b"k", body, sign(b"k", body)) and not verify(b"k", body + b" ", sign(b"k", body))
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "example.com/hook"])
+def test_webhook_urls_must_be_http(url: str) -> None:
+    with pytest.raises(ValueError, match="http"):
+        WebhookSettings(url=url, secret=SECRET)  # type: ignore[arg-type]
