@@ -87,7 +87,7 @@ async def serve(settings: MarcadorSettings) -> None:
         await runtime.start()
         if settings.pbx.mode == "sim" and settings.demo.enabled:
             await start_demo(runtime, settings)
-        app = create_app(runtime)
+        app = create_app(runtime, settings.api)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
                                                log_config=None, lifespan="off"))
         url = f"http://{settings.api.host}:{settings.api.port}"
