@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from dialer.model import AgentStatus, Lead
+from dialer.model import AgentStatus, Attempt, Lead
 
 # States that count as logged-in time for occupancy (pauses excluded: DESIGN.md, Words and figures).
 _WORKING = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP, AgentStatus.PREVIEW)
@@ -28,6 +29,8 @@ class Agent:
     pause_requested: str | None = None
     preview: Lead | None = None  # preview mode: the lead on the agent's screen
     preview_campaign: str | None = None
+    preview_pick: Any = None  # the hopper's pick behind `preview` (number chosen and why)
+    last_attempt: Attempt | None = None  # the call being (or last) handled: dispositions apply to it
     connects: int = 0
     rejoins: int = 0  # consecutive unexpected leg drops (reset when the leg is back)
     rejoin_gen: int = 0  # the live rejoin request; older rejoin timers are void

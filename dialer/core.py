@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from dialer.agents import Agent, AgentBoard
+from dialer.callerid import CallerIdPool, PoolExhausted
 from dialer.commands import (
     Command,
     ConnectToAgent,
@@ -28,6 +31,8 @@ from dialer.commands import (
     RecordAttempt,
     ReleaseLead,
 )
+from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleSet, load_rule_set
+from dialer.dispositions import DispositionSet
 from dialer.events import (
     AgentConnected,
     AgentDisconnected,
@@ -41,7 +46,9 @@ from dialer.events import (
     CallProgress,
     CampaignControl,
     Disposition,
+    DncAdd,
     Event,
+    LeadRemoved,
     LeadsAvailable,
     PbxLink,
     PreviewDial,
@@ -50,6 +57,7 @@ from dialer.events import (
     SharedAbandon,
     StoreLink,
 )
+from dialer.hopper import Hopper, HopperRules, Pick
 from dialer.model import (
     AgentStatus,
     Attempt,
@@ -95,8 +103,12 @@ class Call:
 class CampaignState:
     settings: CampaignSettings
     strategy: PacingStrategy
+    hopper: Hopper
+    rule_set: RuleSet
+    gate: Gatekeeper
+    dispositions: DispositionSet
+    pool: CallerIdPool | None = None  # None: the campaign's fixed caller ID
     status: CampaignStatus = CampaignStatus.CREATED
-    hopper: deque[Lead] = field(default_factory=deque)
     fetch_pending: bool = False
     exhausted: bool = False  # the store had nothing last time; retried on a slow cadence
     last_fetch_at: float = float("-inf")
@@ -108,6 +120,7 @@ class CampaignState:
     live_answers: int = 0
     connected: int = 0
     abandoned: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # gate refusals by reason
 
 
 class DialerCore:
@@ -123,13 +136,36 @@ class DialerCore:
         self._timer_seq = 0
         self.pbx_up = True  # shells without a link notion never send PbxLink
         self.store_up = True  # likewise StoreLink: a dial that cannot be recorded is not made
+        self.dnc = DncList()  # global and per-campaign entries, shared by every campaign's gate
+        self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ campaigns
 
     def add_campaign(self, settings: CampaignSettings) -> None:
-        if settings.campaign_id in self.campaigns:
-            existing = self.campaigns[settings.campaign_id]
+        # Everything is built (and so validated) before anything changes: a bad setting leaves the campaign as it was.
+        rule_set = load_rule_set(settings.rule_set, settings.rule_overrides or None)
+        rules = HopperRules.from_config(settings.hopper)
+        dispositions = DispositionSet.from_config(settings.dispositions) if settings.dispositions \
+            else DispositionSet.default()
+        pool = CallerIdPool(settings.campaign_id, settings.did_pool, hour_cap=settings.did_hour_cap,
+                            day_cap=settings.did_day_cap) if settings.did_pool else None
+        # The rule set binds the campaign: its abandon ceiling, minimum ring and abandon-message time win when tighter.
+        settings = dataclasses.replace(
+            settings,
+            abandon_target=min(settings.abandon_target, rule_set.abandon_target),
+            ring_timeout_s=max(settings.ring_timeout_s, rule_set.min_ring_s),
+            abandon_threshold_s=min(settings.abandon_threshold_s, rule_set.abandon_message_s or math.inf),
+        )
+        existing = self.campaigns.get(settings.campaign_id)
+        if existing is not None:
             existing.settings = settings
+            existing.dispositions = dispositions
+            if rule_set != existing.rule_set:
+                existing.rule_set = rule_set
+                existing.gate = Gatekeeper(rule_set, self.dnc, DebtorHistory.for_rule_set(rule_set),
+                                           settings.campaign_id)
+            if pool is None or existing.pool is None or set(existing.pool.dids) != set(settings.did_pool):
+                existing.pool = pool
             return
         caps = PacingCaps(
             max_lines=settings.max_lines,
@@ -138,7 +174,10 @@ class DialerCore:
             abandon_target=settings.abandon_target,
         )
         strategy = _NoDial() if settings.strategy == PREVIEW else self.config.strategy_factory(settings.strategy, caps)
-        self.campaigns[settings.campaign_id] = CampaignState(settings=settings, strategy=strategy)
+        gate = Gatekeeper(rule_set, self.dnc, DebtorHistory.for_rule_set(rule_set), settings.campaign_id)
+        self.campaigns[settings.campaign_id] = CampaignState(
+            settings=settings, strategy=strategy, hopper=Hopper(settings.campaign_id, rules), rule_set=rule_set,
+            gate=gate, dispositions=dispositions, pool=pool)
 
     def set_strategy(self, campaign_id: str, strategy: PacingStrategy) -> None:
         self._campaign(campaign_id).strategy = strategy
@@ -196,7 +235,16 @@ class DialerCore:
                 camp = self._campaign(event.campaign_id)
                 camp.fetch_pending = False
                 camp.exhausted = not event.leads
-                camp.hopper.extend(event.leads)
+                camp.hopper.add(event.leads, now)
+            case DncAdd():
+                self.dnc.add(event.number, event.campaign_id, now if event.added_at is None else event.added_at)
+                out.append(Emit("dnc.added", {"campaign_id": event.campaign_id}))
+            case LeadRemoved():
+                camp = self._campaign(event.campaign_id)
+                info = camp.hopper.info(event.lead_id)
+                if camp.hopper.remove(event.lead_id, now) and info is not None and info.state != "out":
+                    out.append(ReleaseLead(event.campaign_id, event.lead_id, Outcome.LOST, final=True))
+                # out on a call: the call ends normally and the lead is let go with its outcome
             case CampaignControl():
                 self._on_campaign_control(event, now, out)
             case PbxLink():
@@ -225,11 +273,18 @@ class DialerCore:
         if agent is None or agent.status is not AgentStatus.READY or \
                 not agent.serves(event.campaign_id, camp.settings.skill):
             raise CoreError(f"agent_id: {event.agent_id!r} is not a ready agent of campaign {event.campaign_id!r}")
-        if camp.status is not CampaignStatus.RUNNING or not camp.hopper:
+        picks: list[Pick] = []
+        if camp.status is CampaignStatus.RUNNING:
+            # Own callbacks first; compliance holds for previews too (the agent reserved is the one dialing).
+            gate = self._gate(camp, out, agent_reserved=True)
+            picks = camp.hopper.due_agent_callbacks(agent.agent_id, now, gate, count=1) \
+                or camp.hopper.select(1, now, gate)
+        if not picks:
             self._maybe_fetch(camp, now, out)
             out.append(Emit("preview.none", {"agent_id": agent.agent_id, "campaign_id": event.campaign_id}))
             return
-        lead = camp.hopper.popleft()
+        lead = picks[0].lead
+        agent.preview_pick = picks[0]
         agent.preview, agent.preview_campaign = lead, event.campaign_id
         self.agents.set_status(agent, AgentStatus.PREVIEW, now)
         out.append(self._agent_emit(agent))
@@ -251,12 +306,28 @@ class DialerCore:
             raise CoreError("the PBX link or the store is down: nothing can be dialed now")
         agent, camp, lead = self._take_preview(event.agent_id)
         agent.preview, agent.preview_campaign = lead, camp.settings.campaign_id  # on screen while it rings
-        call_id = self._dial(camp, lead, now, out)
+        pick = agent.preview_pick if agent.preview_pick is not None and agent.preview_pick.lead is lead \
+            else Pick(lead, lead.phone, "first")
+        refusal = camp.gate.check(lead, pick.number, now, agent_reserved=True)  # the rules may have changed
+        if refusal is not None:
+            agent.preview = agent.preview_campaign = None
+            agent.preview_pick = None
+            self._note_refusal(camp, lead.lead_id, pick.number, refusal, out)
+            camp.hopper.release(lead.lead_id, now)
+            self._end_wrapup_or_pause(agent, now, out)
+            raise CoreError(f"lead {lead.lead_id}: {refusal.reason.value}: {refusal.detail}")
+        agent.preview_pick = None
+        call_id = self._dial(camp, pick, now, out)
+        if call_id is None:
+            agent.preview = agent.preview_campaign = None
+            self._end_wrapup_or_pause(agent, now, out)
+            raise CoreError(f"campaign {camp.settings.campaign_id}: no caller ID available now")
         self.calls[call_id].reserved_agent = agent.agent_id
 
     def _on_preview_skip(self, event: PreviewSkip, now: float, out: list[Command]) -> None:
         agent, camp, lead = self._take_preview(event.agent_id)
-        out.append(ReleaseLead(camp.settings.campaign_id, lead.lead_id, Outcome.LOST, final=False))
+        agent.preview_pick = None
+        camp.hopper.release(lead.lead_id, now)  # back unattempted
         self._end_wrapup_or_pause(agent, now, out)
 
     def _on_pbx_link(self, event: PbxLink, now: float, out: list[Command]) -> None:
@@ -272,7 +343,12 @@ class DialerCore:
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
         self._run_timers(now, out)
+        prune = now - self._pruned_at >= 3600.0  # debtor histories shed what no rule can look at any more
+        if prune:
+            self._pruned_at = now
         for camp in self.campaigns.values():
+            if prune:
+                camp.gate.history.prune(now)
             if camp.status is CampaignStatus.RUNNING:
                 self._pace(camp, now, out)
         return out
@@ -330,6 +406,7 @@ class DialerCore:
         camp.connected += 1
         camp.strategy.observe(LiveResult(now, connected=True))
         self.agents.assign(agent, att.call_id, att.campaign_id, now)
+        agent.last_attempt = att
         out.append(ConnectToAgent(att.call_id, agent.agent_id))
         out.append(self._agent_emit(agent))
         out.append(Emit("call.connected", {"call_id": att.call_id, "agent_id": agent.agent_id,
@@ -405,7 +482,14 @@ class DialerCore:
                 waiting_agent.preview = waiting_agent.preview_campaign = None
                 self._end_wrapup_or_pause(waiting_agent, now, out)  # back to ready (or the pause it asked for)
         out.append(RecordAttempt(_copy_attempt(att)))
-        out.append(ReleaseLead(att.campaign_id, att.lead_id, att.outcome, final=att.outcome.live))
+        if att.outcome is Outcome.CONNECTED:
+            camp.gate.history.note_contact(att.lead_id, att.connected_at or now)
+        elif att.outcome is Outcome.ABANDONED:
+            camp.gate.history.note_abandon(att.lead_id, att.answered_at or now)
+        if camp.pool is not None and att.caller_id_reason not in (None, "campaign"):
+            talk = now - att.connected_at if att.connected_at is not None else None
+            camp.pool.record(att.caller_id, now, answered_live=att.outcome.live, talk_s=talk)
+        self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out)
         out.append(Emit("call.ended", att.as_dict()))
 
     # ------------------------------------------------------------------ agents
@@ -429,13 +513,35 @@ class DialerCore:
         out.append(self._agent_emit(agent))
 
     def _on_disposition(self, event: Disposition, now: float, out: list[Command]) -> None:
-        # The attempt is already final; the disposition completes the agent's wrap-up.
+        # The attempt is already final; the disposition completes the agent's wrap-up and steers the lead.
         for agent in self.agents.all():
             if agent.last_call_id == event.call_id and agent.status is AgentStatus.WRAPUP:
+                done = agent.last_attempt
+                camp = self.campaigns.get(agent.last_campaign_id or "")
+                if camp is not None and done is not None and done.call_id == event.call_id:
+                    code = camp.dispositions.validate(
+                        event.code, event.callback_at, event.ptp_amount,
+                        date.fromisoformat(event.ptp_date) if event.ptp_date else None, now=now)
+                    if code.dnc:
+                        self.dnc.add(done.number, camp.settings.campaign_id, now)
+                    info = camp.hopper.info(done.lead_id)
+                    before = info.state if info is not None else None
+                    if before not in (None, "done", "removed"):
+                        after = camp.hopper.dispose(done.lead_id, done.number, code, now,
+                                                    callback_at=event.callback_at,
+                                                    callback_agent=agent.agent_id if event.own_callback else None)
+                        if after in ("done", "removed"):
+                            out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
+                                                   or Outcome.CONNECTED, final=True))
+                    done.disposition = event.code
+                    out.append(RecordAttempt(_copy_attempt(done)))
                 out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code,
-                                                     "agent_id": agent.agent_id}))
+                                                     "agent_id": agent.agent_id,
+                                                     "callback_at": event.callback_at,
+                                                     "ptp_amount": event.ptp_amount, "ptp_date": event.ptp_date}))
                 self._end_wrapup_or_pause(agent, now, out)
                 return
+        raise CoreError(f"call_id: {event.call_id!r} is not a call an agent is wrapping up")
 
     def _end_wrapup_or_pause(self, agent: Agent, now: float, out: list[Command]) -> None:
         if agent.status is AgentStatus.WRAPUP and agent.wrap_started_at is not None and agent.connected_at is not None:
@@ -509,14 +615,13 @@ class DialerCore:
                 camp.status = CampaignStatus.PAUSED
         elif event.action == "stop":
             camp.status = CampaignStatus.STOPPED
-            # Unused buffered leads go back to the store untouched (not attempted, not final).
-            while camp.hopper:
-                lead = camp.hopper.popleft()
-                out.append(ReleaseLead(camp.settings.campaign_id, lead.lead_id, Outcome.LOST, final=False))
+            # Leads waiting in the hopper go back to the store untouched (not attempted, not final).
+            for lead_id in camp.hopper.drain():
+                out.append(ReleaseLead(camp.settings.campaign_id, lead_id, Outcome.LOST, final=False))
         out.append(Emit("campaign.state", {"campaign_id": camp.settings.campaign_id, "status": camp.status.value}))
 
     def _maybe_fetch(self, camp: CampaignState, now: float, out: list[Command]) -> None:
-        if camp.fetch_pending or len(camp.hopper) >= self.config.hopper_low_water:
+        if camp.fetch_pending or camp.hopper.counts()["pending"] >= self.config.hopper_low_water:
             return
         if camp.exhausted and now - camp.last_fetch_at < 5.0:
             return  # an empty store is asked again every few seconds, not every tick
@@ -591,8 +696,6 @@ class DialerCore:
 
     def _pace(self, camp: CampaignState, now: float, out: list[Command]) -> None:
         self._maybe_fetch(camp, now, out)
-        if not camp.hopper:
-            return
         if not (self.pbx_up and self.store_up):
             return  # nothing can be sent or recorded: leads stay in the hopper rather than fail unsent
         snap = self.snapshot(camp.settings.campaign_id, now)
@@ -602,28 +705,77 @@ class DialerCore:
         s = camp.settings
         lines = len(camp.in_flight) + len(camp.waiting)
         n = min(n, s.max_lines - lines, int(s.max_lines_per_agent * snap.agents_logged_in) - lines,
-                int(s.max_calls_per_s) - snap.calls_launched_last_s, len(camp.hopper))
-        for _ in range(max(0, n)):
-            self._dial(camp, camp.hopper.popleft(), now, out)
+                int(s.max_calls_per_s) - snap.calls_launched_last_s)
+        if n > 0:
+            picks = camp.hopper.select(n, now, self._gate(camp, out))
+            for i, pick in enumerate(picks):
+                if self._dial(camp, pick, now, out) is None:  # no caller ID within caps: the rest wait
+                    for rest in picks[i:]:
+                        camp.hopper.release(rest.lead.lead_id, now)
+                    break
         self._maybe_fetch(camp, now, out)
 
-    def _dial(self, camp: CampaignState, lead: Lead, now: float, out: list[Command]) -> str:
+    def _gate(self, camp: CampaignState, out: list[Command], *,
+              agent_reserved: bool = False) -> Callable[[Lead, str, float], Refusal | None]:
+        """The campaign's compliance gate as the hopper calls it; every refusal is counted and emitted."""
+        gate = camp.gate
+
+        def check(lead: Lead, number: str, now: float) -> Refusal | None:
+            refusal = gate.check(lead, number, now, agent_reserved=agent_reserved)
+            if refusal is not None:
+                self._note_refusal(camp, lead.lead_id, number, refusal, out)
+            return refusal
+
+        return check
+
+    @staticmethod
+    def _note_refusal(camp: CampaignState, lead_id: str, number: str, refusal: Refusal, out: list[Command]) -> None:
+        reason = refusal.reason.value
+        camp.refused[reason] = camp.refused.get(reason, 0) + 1
+        out.append(Emit("dial.refused", {"campaign_id": camp.settings.campaign_id, "lead_id": lead_id,
+                                         "number": number, "reason": reason, "detail": refusal.detail,
+                                         "retry_at": refusal.retry_at}))
+
+    def _lead_back(self, camp: CampaignState, lead_id: str, number: str, outcome: Outcome, now: float,
+                   out: list[Command]) -> None:
+        """A dialed lead's call is over: the hopper recycles it or lets it go (then the store hears it is done)."""
+        try:
+            state = camp.hopper.outcome(lead_id, number, outcome, now)
+        except ValueError:
+            state = "done"  # not out from this hopper (e.g. dialed before a restart): the store decides
+            out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=outcome.live))
+            return
+        if state in ("done", "removed"):
+            out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=True))
+
+    def _dial(self, camp: CampaignState, pick: Pick, now: float, out: list[Command]) -> str | None:
+        s = camp.settings
+        lead = pick.lead
+        caller_id, cid_reason = s.caller_id, "campaign"
+        if camp.pool is not None:
+            try:
+                choice = camp.pool.choose(lead.lead_id, pick.number, now)
+            except PoolExhausted as exc:
+                out.append(Emit("did.exhausted", {"campaign_id": s.campaign_id, "retry_at": exc.retry_at}))
+                return None
+            caller_id, cid_reason = choice.did, choice.reason
         self._seq += 1
         call_id = f"{self.config.id_prefix}-{self._seq}"
-        s = camp.settings
-        att = Attempt(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
-                      caller_id=s.caller_id, dialed_at=now)
+        camp.gate.history.note_attempt(lead.lead_id, pick.number, now)
+        att = Attempt(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=pick.number,
+                      caller_id=caller_id, dialed_at=now, caller_id_reason=cid_reason, phone_reason=pick.reason)
         self.calls[call_id] = Call(attempt=att)
         camp.in_flight[call_id] = now
         camp.launches.append(now)
         camp.attempts += 1
         out.append(RecordAttempt(_copy_attempt(att)))
-        out.append(Originate(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=lead.phone,
-                             caller_id=s.caller_id, timeout_s=s.ring_timeout_s,
+        out.append(Originate(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=pick.number,
+                             caller_id=caller_id, timeout_s=s.ring_timeout_s,
                              variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id,
                                         "MARCADOR_AMD": "1" if s.amd else "0"}))
         out.append(Emit("call.dialed", {"call_id": call_id, "campaign_id": s.campaign_id, "lead_id": lead.lead_id,
-                                        "number": lead.phone, "caller_id": s.caller_id}))
+                                        "number": pick.number, "caller_id": caller_id,
+                                        "caller_id_reason": cid_reason, "phone_reason": pick.reason}))
         return call_id
 
     # ------------------------------------------------------------------ timers
@@ -679,7 +831,8 @@ class DialerCore:
             "abandon_target": camp.settings.abandon_target,
             "in_flight": len(camp.in_flight),
             "waiting": len(camp.waiting),
-            "hopper": len(camp.hopper),
+            "hopper": camp.hopper.counts(),
+            "refused": dict(camp.refused),
             "agents": self.agents.counts(campaign_id, camp.settings.skill),
             **occ,
         }

@@ -80,9 +80,32 @@ class AgentState:
 
 @dataclass(frozen=True, slots=True)
 class Disposition:
+    """The agent's result code for a call (validated against the campaign's disposition set)."""
+
     call_id: str
     code: str
-    callback_at: float | None = None
+    callback_at: float | None = None  # epoch seconds, for callback codes
+    own_callback: bool = False  # the callback goes to the agent who posted it
+    ptp_amount: float | None = None
+    ptp_date: str | None = None  # ISO date of the promise to pay
+
+
+@dataclass(frozen=True, slots=True)
+class DncAdd:
+    """A number on the DNC list (campaign's, or global when `campaign_id` is None) from `added_at` (default: now).
+    Takes effect before the next dial."""
+
+    number: str
+    campaign_id: str | None = None
+    added_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRemoved:
+    """A lead leaves its campaign at once (e.g. paid today): never dialed again, its callbacks cancelled."""
+
+    campaign_id: str
+    lead_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,8 @@ Event = (
     | AgentJoinedCall
     | AgentState
     | Disposition
+    | DncAdd
+    | LeadRemoved
     | LeadsAvailable
     | CampaignControl
     | PbxLink

@@ -82,6 +82,8 @@ class Attempt:
     amd: str | None = None
     hangup_cause: int | None = None
     disposition: str | None = None
+    caller_id_reason: str | None = None  # sticky | local | pool | campaign (the campaign's fixed caller ID)
+    phone_reason: str | None = None  # why the hopper chose this phone of the lead
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,8 @@ class Attempt:
             "amd": self.amd,
             "hangup_cause": self.hangup_cause,
             "disposition": self.disposition,
+            "caller_id_reason": self.caller_id_reason,
+            "phone_reason": self.phone_reason,
         }
 
 
@@ -120,3 +124,10 @@ class CampaignSettings:
     skill: str | None = None  # agents need this skill; the best level takes the call
     weight: float = 1.0  # share of agents it gets when several running campaigns need the same agents
     amd: bool = False  # ask the dialplan to run AMD on answer (MARCADOR_AMD=1)
+    rule_set: str = "none"  # compliance rule set (dialer.compliance.RULE_SETS); `none`: DNC only
+    rule_overrides: dict[str, Any] = field(default_factory=dict)  # tighten-only overrides of the rule set
+    did_pool: list[str] = field(default_factory=list)  # caller-ID DIDs (E.164); empty: `caller_id` on every call
+    did_hour_cap: int = 60  # calls per DID per rolling hour
+    did_day_cap: int = 300  # calls per DID per rolling day
+    hopper: dict[str, Any] = field(default_factory=dict)  # priorities and recycling (dialer.hopper.HopperRules)
+    dispositions: list[dict[str, Any]] = field(default_factory=list)  # codes; empty: the default collections set

@@ -83,6 +83,8 @@ def run(
     tick: Annotated[float | None, typer.Option(help="pacing tick, virtual seconds (default: the scenario's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     attempts_out: Annotated[Path | None, typer.Option(help="write one JSON line per attempt")] = None,
+    refusals_out: Annotated[Path | None, typer.Option(
+        help="write one JSON line per dial the compliance gates refused (reason, detail, retry_at)")] = None,
     plot: Annotated[Path | None, typer.Option(help="write PNG charts into this folder (needs matplotlib)")] = None,
 ) -> None:
     """Simulate one strategy over the scenario's shift (`marcador sim SCENARIO` is short for this)."""
@@ -94,7 +96,11 @@ def run(
     if attempts_out is not None:
         with attempts_out.open("w", encoding="utf-8") as fh:
             for a in result.attempts:
-                fh.write(json.dumps(attempt_row(a)) + "\n")
+                fh.write(json.dumps(attempt_row(a, result.start)) + "\n")
+    if refusals_out is not None:
+        with refusals_out.open("w", encoding="utf-8") as fh:
+            for r in result.refusals:
+                fh.write(json.dumps(r) + "\n")
     if plot is not None:
         from sim.des.plots import write_plots
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +231,37 @@ class Amd(BaseModel):
     false_human: float = Field(0.15, ge=0, le=1)  # a machine classified as person (sent to an agent)
 
 
+class FileRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(min_length=1, description="path, relative to the scenario file")
+
+
+class LeadGenerator(BaseModel):
+    """Debtors made up from a seed: numbers valid in their country, zones derived from the number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(gt=0, le=2_000_000)
+    countries: list[str] = Field(default_factory=lambda: ["US"], min_length=1)
+    segments: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    phones: int = Field(1, ge=1, le=5, description="phones per debtor")
+    seed: int | None = None
+
+
+class Leads(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str | None = None  # the lead CSV of the core (lead_id,phone,country,timezone,...)
+    generator: LeadGenerator | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Leads:
+        if (self.file is None) == (self.generator is None):
+            raise ValueError("give exactly one of file or generator")
+        return self
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -241,6 +273,37 @@ class Scenario(BaseModel):
     calls: Calls = Calls()
     campaign: CampaignSpec = CampaignSpec()
     amd: Amd = Amd()
+    # Compliance reach (the core's gates, hopper and caller IDs, over real calendars):
+    start: datetime | None = Field(None, description="ISO date-time with offset of t=0; default 2026-01-05T08:00Z")
+    leads: Leads | None = None  # default: an endless list of made-up debtors without zones (pacing studies)
+    rule_set: str = "none"
+    rule_overrides: dict[str, Any] = Field(default_factory=dict)
+    dnc: FileRef | None = None  # CSV number,added_at: each entry takes effect at added_at (simulated time)
+    removals: FileRef | None = None  # CSV lead_id,removed_at: leads paid meanwhile, removed at that time
+    did_pool: list[str] = Field(default_factory=list)
+    did_hour_cap: int = Field(60, gt=0)
+    did_day_cap: int = Field(300, gt=0)
+    recycle: dict[str, Any] = Field(default_factory=dict)  # the hopper's rules (recycle_delays, max attempts...)
+    base_dir: str = Field(".", exclude=True, description="where relative files are read from (set by the loader)")
+
+    @field_validator("start")
+    @classmethod
+    def _offset(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("give the offset, e.g. 2026-10-30T08:00:00-04:00")
+        return v
+
+    @field_validator("rule_set")
+    @classmethod
+    def _known_rule_set(cls, v: str) -> str:
+        from dialer.compliance import RULE_SETS
+        if v not in RULE_SETS:
+            raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
+        return v
+
+    def path(self, ref: str) -> Path:
+        p = Path(ref)
+        return p if p.is_absolute() else Path(self.base_dir) / p
 
     @model_validator(mode="after")
     def _shares(self) -> Scenario:
@@ -268,6 +331,7 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: the top level must be a mapping")
+    data.setdefault("base_dir", str(path.parent))
     return parse_scenario(data, str(path))
 
 

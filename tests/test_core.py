@@ -82,7 +82,10 @@ def test_answer_connects_to_free_agent_then_wrapup_then_ready():
     cmds = core.handle(CallEnded(orig.call_id, 16), 30.0)
     (rec,) = of(cmds, RecordAttempt)
     assert rec.attempt.outcome is Outcome.CONNECTED and rec.attempt.ended_at == 30.0
-    assert of(cmds, ReleaseLead)[0].final
+    # A conversation without a final disposition: the hopper keeps the lead for another day, the store is not told.
+    assert not of(cmds, ReleaseLead)
+    info = core.campaigns["c1"].hopper.info(orig.lead_id)
+    assert info.state == "scheduled" and info.next_at == 30.0 + 86400
     assert core.agents.get("a1").status is AgentStatus.WRAPUP
     assert core.next_deadline() == 35.0
     core.tick(35.0)
@@ -94,8 +97,30 @@ def test_disposition_ends_wrapup_early():
     (orig,) = of(core.tick(1.0), Originate)
     core.handle(CallAnswered(orig.call_id), 2.0)
     core.handle(CallEnded(orig.call_id), 10.0)
-    core.handle(Disposition(orig.call_id, "PTP"), 12.0)
+    with pytest.raises(ValueError, match="ptp_amount"):
+        core.handle(Disposition(orig.call_id, "PTP"), 11.0)  # a promise without its amount is refused, named
+    cmds = core.handle(Disposition(orig.call_id, "PTP", ptp_amount=120.0, ptp_date="2026-12-15"), 12.0)
     assert core.agents.get("a1").status is AgentStatus.READY
+    (rel,) = of(cmds, ReleaseLead)  # a final code ends the lead: the store hears it is done
+    assert rel.final and rel.lead_id == orig.lead_id
+    assert of(cmds, RecordAttempt)[0].attempt.disposition == "PTP"
+
+
+def test_dnc_disposition_and_callbacks_steer_the_lead():
+    core = make(wrapup_s=60.0, n_leads=2, agents=("a1",))
+    (o1,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    core.handle(CallEnded(o1.call_id), 10.0)
+    core.handle(Disposition(o1.call_id, "CALLBACK", callback_at=500.0, own_callback=True), 11.0)
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).callback_agent == "a1"
+    (o2,) = of(core.tick(12.0), Originate)
+    assert o2.lead_id != o1.lead_id
+    core.handle(CallAnswered(o2.call_id), 13.0)
+    core.handle(CallEnded(o2.call_id), 20.0)
+    core.handle(Disposition(o2.call_id, "DNC"), 21.0)
+    assert core.dnc.contains(o2.number, "c1", 21.0)
+    with pytest.raises(CoreError):
+        core.handle(Disposition("nope", "PAID"), 22.0)
 
 
 def test_abandon_after_threshold_when_no_agent_free():
@@ -150,8 +175,8 @@ def test_failures_are_classified_and_released_for_recycling():
     cmds = core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 5.0)
     (rec,) = of(cmds, RecordAttempt)
     assert rec.attempt.outcome is Outcome.BUSY and rec.attempt.hangup_cause == 17
-    (rel,) = of(cmds, ReleaseLead)
-    assert not rel.final
+    assert not of(cmds, ReleaseLead)  # recycled by the core's hopper: busy → again in 10 min
+    assert core.campaigns["c1"].hopper.info(o.lead_id).next_at == 5.0 + 600
     assert core.stats("c1", 5.0)["outcomes"] == {"busy": 1}
 
 
@@ -311,8 +336,8 @@ def test_preview_mode_agent_sees_lead_dials_it_and_gets_the_call():
 def test_preview_skip_returns_lead_and_failed_preview_frees_agent():
     core = make(n_leads=3, agents=("a1",), strategy="preview")
     core.handle(PreviewRequest("a1", "c1"), 1.0)
-    (rel,) = of(core.handle(PreviewSkip("a1"), 2.0), ReleaseLead)
-    assert rel.lead_id == "L0" and not rel.final
+    assert not of(core.handle(PreviewSkip("a1"), 2.0), ReleaseLead)
+    assert core.campaigns["c1"].hopper.info("L0").state == "pending"  # back unattempted
     assert core.agents.get("a1").status is AgentStatus.READY
     core.handle(PreviewRequest("a1", "c1"), 3.0)
     (o,) = of(core.handle(PreviewDial("a1"), 4.0), Originate)

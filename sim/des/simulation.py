@@ -40,12 +40,15 @@ from dialer.events import (
     CallEnded,
     CallFailed,
     CampaignControl,
+    DncAdd,
     Event,
+    LeadRemoved,
     LeadsAvailable,
 )
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
 from pacing.registry import STRATEGIES, make_strategy
 from pacing.snapshot import PacingCaps, PacingStrategy
+from sim.debtors import DebtorFileError, generate_leads, read_leads, read_timed
 from sim.des.kernel import Kernel
 from sim.oracle import NAME as ORACLE
 from sim.oracle import Oracle
@@ -90,6 +93,8 @@ class SimResult:
     summary: dict[str, Any]
     attempts: list[Attempt]
     series: list[dict[str, float]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)  # the gates' refusals, in order
+    start: datetime = EPOCH  # wall-clock time of t = 0
 
 
 class Simulation:
@@ -133,6 +138,14 @@ class Simulation:
         self._lead_seq = 0
         self._deadline: float | None = None  # the core deadline the kernel will wake us for
         self._last_occ: tuple[float, float] = (0.0, 0.0)  # (talk, logged) at the last sample
+        # The core lives in real time (its gates read calendars): t = 0 is the scenario's `start`.
+        self.start = scenario.start or EPOCH
+        self.base = self.start.timestamp()
+        self.refusals: list[dict[str, Any]] = []
+        self._leads: deque[Lead] | None = None  # the scenario's own debtors; None: an endless made-up list
+        self.held: list[Any] = []  # leads the intake held back (no single time zone), as the core's intake says
+        if scenario.leads is not None:
+            self._leads = deque(self._load_leads(scenario))
         camp = scenario.campaign
         caps = PacingCaps(max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
                           max_calls_per_s=camp.max_calls_per_s, abandon_target=camp.abandon_target)
@@ -146,7 +159,9 @@ class Simulation:
             campaign_id=CAMPAIGN, name=scenario.name, strategy=strategy, abandon_target=camp.abandon_target,
             abandon_threshold_s=camp.abandon_threshold_s, ring_timeout_s=scenario.calls.no_answer_timeout_s,
             wrapup_s=NO_WRAPUP_TIMEOUT_S, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
-            max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled))
+            max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled, rule_set=scenario.rule_set,
+            rule_overrides=dict(scenario.rule_overrides), did_pool=list(scenario.did_pool),
+            did_hour_cap=scenario.did_hour_cap, did_day_cap=scenario.did_day_cap, hopper=dict(scenario.recycle)))
         self._handlers: dict[type, Callable[[Any], None]] = {
             Originate: self._originate, ConnectToAgent: self._connect, PlayAbandonMessage: self._play_abandon,
             Hangup: self._hangup, OriginateAgentLeg: self._agent_leg_up, HangupAgentLeg: self._agent_leg_down,
@@ -168,6 +183,7 @@ class Simulation:
             for change in self.sc.agents.schedule:
                 if 0 < change.at_s <= self.duration:
                     k.at(change.at_s, self._staff, change.at_s)
+        self._paperwork()
         self._feed(CampaignControl(CAMPAIGN, "start"))
         k.at(0.0, self._tick)
         k.at(0.0, self._sample)
@@ -175,14 +191,41 @@ class Simulation:
         if not self.series or self.series[-1]["t"] < self.duration:
             self._sample(reschedule=False)
         log = self._attempt_log()
-        return SimResult(self._summary(log, time.perf_counter() - started), log, self.series)
+        return SimResult(self._summary(log, time.perf_counter() - started), log, self.series, self.refusals,
+                         self.start)
+
+    def _load_leads(self, sc: Scenario) -> list[Lead]:
+        spec = sc.leads
+        assert spec is not None
+        if spec.generator is not None:
+            g = spec.generator
+            return generate_leads(CAMPAIGN, g.count, g.countries, g.segments, g.phones,
+                                  self.seed if g.seed is None else g.seed)
+        assert spec.file is not None
+        leads, report = read_leads(sc.path(spec.file), CAMPAIGN)
+        if report.rejected:
+            first = report.rejected[0]
+            raise DebtorFileError(f"{spec.file}: {len(report.rejected)} row(s) rejected; first: row {first.row}: "
+                                  f"{first.field}: {first.reason}")
+        self.held = list(report.held)
+        return leads
+
+    def _paperwork(self) -> None:
+        """DNC additions and paid-today removals, each delivered to the core at its time (before: at once)."""
+        sc = self.sc
+        if sc.dnc is not None:
+            for row in read_timed(sc.path(sc.dnc.file), "number", "added_at"):
+                self.kernel.at(max(0.0, row.at - self.base), self._feed, DncAdd(row.key, CAMPAIGN, row.at))
+        if sc.removals is not None:
+            for row in read_timed(sc.path(sc.removals.file), "lead_id", "removed_at"):
+                self.kernel.at(max(0.0, row.at - self.base), self._feed, LeadRemoved(CAMPAIGN, row.key))
 
     def _feed(self, event: Event) -> None:
-        self._run(self.core.handle(event, self.kernel.now))
+        self._run(self.core.handle(event, self.kernel.now + self.base))
 
     def _tick(self) -> None:
         now = self.kernel.now
-        self._run(self.core.tick(now))
+        self._run(self.core.tick(now + self.base))
         if now + self.tick_s <= self.duration:
             self.kernel.at(now + self.tick_s, self._tick)
         if self.progress is not None:
@@ -190,6 +233,8 @@ class Simulation:
 
     def _schedule_deadline(self) -> None:
         due = self.core.next_deadline()
+        if due is not None:
+            due -= self.base
         if due is not None and due <= self.duration and (self._deadline is None or due < self._deadline):
             self._deadline = due
             self.kernel.at(due, self._on_deadline, due)
@@ -199,8 +244,8 @@ class Simulation:
             return  # an earlier deadline came first and its tick already woke the core
         self._deadline = None
         due_now = self.core.next_deadline()
-        if due_now is not None and due_now <= self.kernel.now:
-            self._run(self.core.tick(self.kernel.now))
+        if due_now is not None and due_now - self.base <= self.kernel.now:
+            self._run(self.core.tick(self.kernel.now + self.base))
         else:  # that timer died meanwhile (the call was connected): like the runtime, do not wake the core
             self._schedule_deadline()
 
@@ -234,6 +279,9 @@ class Simulation:
         self.kernel.after(0.0, self._feed, AgentDisconnected(cmd.agent_id))
 
     def _emit(self, cmd: Emit) -> None:
+        if cmd.kind == "dial.refused":
+            self.refusals.append({**cmd.data, "at": iso(self.kernel.now, self.start)})
+            return
         if cmd.kind != "agent.state":
             return
         agent = self.agents.get(cmd.data["agent_id"])
@@ -252,6 +300,11 @@ class Simulation:
 
     def _fetch_leads(self, cmd: FetchLeads) -> None:
         leads = []
+        if self._leads is not None:  # the scenario's debtors, until there are no more
+            for _ in range(min(cmd.count, len(self._leads))):
+                leads.append(self._leads.popleft())
+            self.kernel.after(0.0, self._feed, LeadsAvailable(cmd.campaign_id, tuple(leads)))
+            return
         for _ in range(cmd.count):  # an endless list of debtors
             self._lead_seq += 1
             leads.append(Lead(f"L{self._lead_seq:07d}", cmd.campaign_id, (f"+1555{self._lead_seq:07d}",)))
@@ -324,11 +377,32 @@ class Simulation:
 
     def _record(self, cmd: RecordAttempt) -> None:
         if cmd.attempt.ended_at is not None:  # the final upsert (the first is sent at dial time)
-            self.attempts.append(cmd.attempt)
+            self.attempts.append(self._virtual(cmd.attempt))
+
+    def _virtual(self, a: Attempt) -> Attempt:
+        """The core's real-time attempt in the simulator's seconds since `start`."""
+        b = self.base
+        return dataclasses.replace(
+            a, dialed_at=a.dialed_at - b,
+            answered_at=None if a.answered_at is None else a.answered_at - b,
+            connected_at=None if a.connected_at is None else a.connected_at - b,
+            ended_at=None if a.ended_at is None else a.ended_at - b)
 
     # ------------------------------------------------------------------ the oracle's foresight
 
     def agents_free_at(self, now: float) -> list[float]:
+        b = self.base
+        return [t + b for t in self._agents_free_at(now - b)]
+
+    def offers_due(self, now: float) -> list[float]:
+        b = self.base
+        return [t + b for t in self._offers_due(now - b)]
+
+    def upcoming_offers(self, now: float) -> Iterator[float | None]:
+        b = self.base
+        return (None if t is None else t + b for t in self._upcoming_offers(now - b))
+
+    def _agents_free_at(self, now: float) -> list[float]:
         leaving = self._leaving_within(now + self._horizon_s)
         out = [now if a.state == READY else max(a.free_at, now)
                for a in self.agents.values() if a.state in WORKING and not a.leaving and a.agent_id not in leaving]
@@ -345,14 +419,14 @@ class Simulation:
             return frozenset()
         return frozenset(self._roster[min(counts):])
 
-    def offers_due(self, now: float) -> list[float]:
+    def _offers_due(self, now: float) -> list[float]:
         out = [now if c.state == "waiting" else max(c.offer_at or now, now)
                for c in self.calls.values()
                if c.state == "waiting" or (c.offer_at is not None and c.state == "ringing")]
         out.sort()
         return out
 
-    def upcoming_offers(self, now: float) -> Iterator[float | None]:
+    def _upcoming_offers(self, now: float) -> Iterator[float | None]:
         fates, i = self._fates, 0
         while True:
             if i == len(fates):
@@ -365,7 +439,7 @@ class Simulation:
 
     def _sample(self, reschedule: bool = True) -> None:
         now = self.kernel.now
-        stats = self.core.stats(CAMPAIGN, now)
+        stats = self.core.stats(CAMPAIGN, now + self.base)
         agents = stats["agents"]
         logged_in = agents[READY] + agents[ON_CALL] + agents[WRAPUP]
         talk, logged = stats["talk_s"], stats["talk_s"] + stats["ready_s"] + stats["wrapup_s"]
@@ -388,13 +462,13 @@ class Simulation:
     def _attempt_log(self) -> list[Attempt]:
         """Every dial, in dial order: finished ones as recorded, calls still up at the end as they stand
         (outcome None while ringing or waiting; a conversation in progress is already `connected`)."""
-        log = self.attempts + [dataclasses.replace(c.attempt) for c in self.core.calls.values()]
+        log = self.attempts + [self._virtual(c.attempt) for c in self.core.calls.values()]
         log.sort(key=lambda a: (a.dialed_at, int(a.call_id.rpartition("-")[2])))
         return log
 
     def _summary(self, log: list[Attempt], wall: float) -> dict[str, Any]:
         end = self.duration
-        stats = self.core.stats(CAMPAIGN, end)
+        stats = self.core.stats(CAMPAIGN, end + self.base)
         by: dict[str, int] = {}
         hourly: dict[int, list[int]] = {}
         for a in log:
@@ -425,16 +499,20 @@ class Simulation:
             "occupancy": round(stats["occupancy"], 5),
             "idle_per_connect_s": round(stats["idle_per_connect_s"], 3),
             "outcomes": dict(sorted(by.items())),
+            "refused": dict(sorted(stats["refused"].items())),
+            "held_leads": len(self.held),
         }
 
 
-def iso(t: float | None) -> str | None:
-    """Virtual seconds → ISO 8601 with offset, from the fixed epoch."""
-    return None if t is None else (EPOCH + timedelta(seconds=t)).isoformat()
+def iso(t: float | None, start: datetime = EPOCH) -> str | None:
+    """Virtual seconds → ISO 8601 with the start's offset."""
+    return None if t is None else (start + timedelta(seconds=t)).isoformat()
 
 
-def attempt_row(a: Attempt) -> dict[str, Any]:
+def attempt_row(a: Attempt, start: datetime = EPOCH) -> dict[str, Any]:
     """One line of the attempt log (--attempts-out)."""
     return {"call_id": a.call_id, "lead_id": a.lead_id, "number": a.number, "caller_id": a.caller_id,
-            "dialed_at": iso(a.dialed_at), "answered_at": iso(a.answered_at), "connected_at": iso(a.connected_at),
-            "ended_at": iso(a.ended_at), "outcome": a.outcome.value if a.outcome else None, "agent_id": a.agent_id}
+            "dialed_at": iso(a.dialed_at, start), "answered_at": iso(a.answered_at, start),
+            "connected_at": iso(a.connected_at, start), "ended_at": iso(a.ended_at, start),
+            "outcome": a.outcome.value if a.outcome else None, "agent_id": a.agent_id,
+            "caller_id_reason": a.caller_id_reason, "phone_reason": a.phone_reason}
