@@ -69,9 +69,15 @@ class TokenBook:
         return found
 
 
+def _route(request: Request) -> str:
+    # The route template, not the path: a path may hold a phone number (/dnc/{number}).
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "?"))
+
+
 def _unauthorized(request: Request, why: str) -> HTTPException:
-    # The path and the reason only: never the Authorization header or any part of the token.
-    log.warning("unauthorized request", extra={"fields": {"path": request.url.path, "why": why}})
+    # The route and the reason only: never the Authorization header or any part of the token.
+    log.warning("unauthorized request", extra={"fields": {"route": _route(request), "why": why}})
     return HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -92,7 +98,7 @@ def require(*roles: Role) -> Callable[..., Principal]:
         if principal is None:
             raise _unauthorized(request, "unknown token")
         if principal.role not in allowed:
-            log.info("forbidden", extra={"fields": {"path": request.url.path, "holder": principal.name,
+            log.info("forbidden", extra={"fields": {"route": _route(request), "holder": principal.name,
                                                     "role": principal.role}})
             needed = ", ".join(sorted(allowed))
             raise HTTPException(403, f"role {principal.role!r} may not do this; needs one of: {needed}")

@@ -311,7 +311,7 @@ async def test_attempts_pages_with_filters_and_a_stable_cursor() -> None:
         seen: list[str] = []
         cursor = None
         while True:
-            q = {"campaign_id": "c1", "limit": 4} | ({"cursor": cursor} if cursor else {})
+            q: dict[str, Any] = {"campaign_id": "c1", "limit": 4} | ({"cursor": cursor} if cursor else {})
             page = (await env.api.get("/api/v1/attempts", params=q)).json()
             seen += [a["call_id"] for a in page["items"]]
             cursor = page["next_cursor"]
