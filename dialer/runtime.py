@@ -363,7 +363,7 @@ class Runtime:
             camp.exhausted = False  # the failed lease calls said "nothing left": ask again at once
         self.store_up = True
         self.submit(StoreLink(True))
-        log.info("store reachable again: dialing resumes",
+        log.warning("store reachable again: dialing resumes",
                  extra={"fields": {"down_s": round(time.monotonic() - started, 3)}})
         await self._sync_abandon()
 
