@@ -90,6 +90,7 @@ class PbxSettings(BaseModel):
     mode: Literal["sim", "asterisk"] = Field("sim", description="sim: embedded simulated PBX; asterisk: use ami")
     scenario: str | None = Field(None, description="scenario YAML driving the simulated PBX's call model")
     speed: float = Field(1.0, gt=0, description="simulated PBX speed factor (1 = real time)")
+    call_log: str | None = Field(None, description="simulated PBX: write every customer Originate to this JSONL file")
 
 
 class DemoSettings(BaseModel):

@@ -432,9 +432,10 @@ class DialerCore:
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
         if call.state in ("dialing", "ringing"):
-            camp.strategy.observe(
-                DialResult(now, now - att.dialed_at, "none", timed_out=event.cause is Outcome.NO_ANSWER)
-            )
+            if event.cause is not Outcome.LOST:  # a dial never made (or lost in a crash) says nothing of callers
+                camp.strategy.observe(
+                    DialResult(now, now - att.dialed_at, "none", timed_out=event.cause is Outcome.NO_ANSWER)
+                )
             att.outcome = event.cause
         elif call.state == "waiting":
             # A failure report after the answer (e.g. a reconnect lost the trace): the person was not served.

@@ -99,6 +99,9 @@ async def serve(settings: MarcadorSettings) -> None:
             if not isinstance(store, InMemoryStore):
                 await runtime.drain(DRAIN_TIMEOUT_S)  # leave no attempt of this node without its outcome
             await runtime.stop()
+            webhooks = getattr(app.state, "webhooks", None)
+            if webhooks is not None:
+                await webhooks.aclose()  # uvicorn runs without lifespan: deliver what is queued before exit
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
 
