@@ -295,6 +295,11 @@ class Runtime:
         waited = time.monotonic() - op.queued_at
         if self.store_up and waited <= self.config.dial_write_deadline_s:
             try:
+                if not await self._did_taken(op.record.attempt):
+                    log.info("caller ID at its cap across nodes: call not made",
+                             extra={"fields": {"call_id": call_id}})
+                    self.submit(CallFailed(call_id, Outcome.LOST))
+                    return
                 await self.store.record_attempt(op.record.attempt)
             except Exception:
                 log.warning("dial record failed: call not made", extra={"fields": {"call_id": call_id}},
@@ -309,6 +314,16 @@ class Runtime:
             log.warning("dial record too late: call not made", extra={"fields": {"call_id": call_id,
                                                                                  "waited_s": round(waited, 3)}})
         self.submit(CallFailed(call_id, Outcome.LOST))
+
+    async def _did_taken(self, att: Attempt) -> bool:
+        """A pool DID counts against its caps in the shared store, atomically across nodes (each node's pool
+        only sees its own calls). A store without shared counters (in memory: one node) always agrees."""
+        take = getattr(self.store, "did_take", None)
+        camp = self.core.campaigns.get(att.campaign_id)
+        if take is None or camp is None or att.caller_id_reason not in ("sticky", "local", "pool"):
+            return True
+        s = camp.settings
+        return bool(await take(att.caller_id, self.clock(), s.did_hour_cap, s.did_day_cap))
 
     async def _write(self, op: StoreOp) -> None:
         if isinstance(op, _Dial):

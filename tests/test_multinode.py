@@ -132,3 +132,39 @@ async def test_outage_keeps_writes_in_order_and_signals_the_core(tmp_path: Path)
         await rt.stop()
     finally:
         server.stop()
+
+
+async def test_did_caps_hold_across_nodes(tmp_path: Path) -> None:
+    """A pool DID at its day cap through other nodes' calls is not shown again by this node: the dial is not made
+    (it ends lost, lead back); a dial with the campaign's fixed caller ID is not counted against any DID."""
+    from dialer.commands import Originate, RecordAttempt
+    from dialer.core import DialerCore
+    from dialer.model import CampaignSettings
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        store = open_store(f"{server.url}?lease_ttl=30&socket_timeout=1", node_id="n2")
+        assert isinstance(store, RedisStore)
+        did, t0 = "+12125550100", 1_700_000_000.0
+        settings = CampaignSettings(campaign_id="c", did_pool=[did], did_hour_cap=5, did_day_cap=2)
+        await store.save_campaign(settings)
+        assert await store.did_take(did, t0, 5, 2) and await store.did_take(did, t0, 5, 2)  # node n1's calls
+        core = DialerCore()
+        core.add_campaign(settings)
+        pbx = _Pbx()
+        rt = Runtime(core, store, pbx, RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0 + 5)
+        await rt.start()
+        capped = Attempt("k1", "c", "l1", "+13125550123", did, t0 + 5, caller_id_reason="pool")
+        fixed = Attempt("k2", "c", "l2", "+13125550124", "1000", t0 + 5, caller_id_reason="campaign")
+        rt._dispatch([RecordAttempt(capped), Originate("k1", "c", "l1", capped.number, did, 25.0),
+                      RecordAttempt(fixed), Originate("k2", "c", "l2", fixed.number, "1000", 25.0)])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if rt.pending_writes == 0 and pbx.originated:
+                break
+        assert pbx.originated == ["k2"]
+        assert await store.did_counts(did, t0 + 5) == (2, 2)
+        await rt.stop()
+    finally:
+        server.stop()
