@@ -1,47 +1,137 @@
-"""Prometheus exposition, collected from the runtime at scrape time (no counters to keep in step)."""
+"""Prometheus exposition, collected from the runtime at scrape time (no counters to keep in step).
+
+Everything comes from the core's own figures at the moment of the scrape, with two exceptions:
+- the rolling abandon windows (24 h, 30 days) need the store, which is async while a scrape is not: they are
+  computed by `refresh_abandon_windows` (the store's `abandon_counts` when it has one, else one pass over the
+  attempts) and cached per runtime; a scrape that finds the cache older than `WINDOW_MAX_AGE_S` starts a
+  refresh in the background and shows the last figures, with their age;
+- the decision-latency histogram is made cumulative here from the runtime's recent samples (see `_Latency`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from api.events import EventHub
 from api.webhooks import Webhooks
+from dialer.model import AgentStatus, Outcome
 from dialer.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_QUANTILES = (0.5, 0.9, 0.99)
+# Rolling abandon windows (DESIGN.md, Words and figures): label → seconds.
+WINDOWS: tuple[tuple[str, float], ...] = (("24h", 86_400.0), ("30d", 30 * 86_400.0))
+WINDOW_MAX_AGE_S = 10.0  # a scrape older than this asks for fresh window counts
+_WORKING = (AgentStatus.READY.value, AgentStatus.ON_CALL.value, AgentStatus.WRAPUP.value)
+
+log = logging.getLogger("marcador.metrics")
+
+
+@dataclass(slots=True)
+class _Windows:
+    counts: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # (campaign, window) → (ab, live)
+    at: float | None = None  # runtime clock of the last refresh
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Latency:
+    """Cumulative bucket counts over every decision seen by a scrape.
+
+    The runtime keeps only its recent samples (a list trimmed from the front by 2048 once past 4096), so the
+    samples new since the last scrape are told apart by length: a shorter list means it was trimmed meanwhile.
+    Exact while fewer than ~2048 ticks fall between two scrapes (7 minutes at 5 ticks/s)."""
+
+    seen_len: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(_BUCKETS))
+    count: int = 0
+    total: float = 0.0
+
+    def update(self, samples: list[float]) -> None:
+        n = len(samples)
+        start = self.seen_len if n >= self.seen_len else max(0, self.seen_len - 2048)
+        for s in samples[min(start, n):]:
+            self.count += 1
+            self.total += s
+            for i, b in enumerate(_BUCKETS):
+                if s <= b:
+                    self.buckets[i] += 1
+        self.seen_len = n
+
+
+_windows: weakref.WeakKeyDictionary[Runtime, _Windows] = weakref.WeakKeyDictionary()
+_latency: weakref.WeakKeyDictionary[Runtime, _Latency] = weakref.WeakKeyDictionary()
+
+
+async def refresh_abandon_windows(runtime: Runtime, now: float | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+    """(abandoned, live answers) per (campaign, window), campaign-wide when the store keeps shared counts
+    (Redis), else from the attempts the store holds. Cached for the next scrapes."""
+    now = runtime.clock() if now is None else now
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    campaigns = list(runtime.core.campaigns)
+    counts = getattr(runtime.store, "abandon_counts", None)
+    if callable(counts):
+        for cid in campaigns:
+            for name, span in WINDOWS:
+                abandoned, live = await counts(cid, now, span)
+                out[(cid, name)] = (int(abandoned), int(live))
+    else:
+        for cid in campaigns:
+            for name, _ in WINDOWS:
+                out[(cid, name)] = (0, 0)
+        for att in await runtime.attempts(None):  # one pass for every campaign and window
+            if att.outcome is None or not att.outcome.live or att.campaign_id not in runtime.core.campaigns:
+                continue
+            t = att.answered_at if att.answered_at is not None else (att.ended_at or att.dialed_at)
+            abandoned = att.outcome is Outcome.ABANDONED
+            for name, span in WINDOWS:
+                if now - span < t <= now:
+                    ab, live = out[(att.campaign_id, name)]
+                    out[(att.campaign_id, name)] = (ab + abandoned, live + 1)
+    cache = _windows.setdefault(runtime, _Windows())
+    cache.counts, cache.at = out, now
+    return out
+
+
+def _schedule_refresh(runtime: Runtime, now: float) -> _Windows:
+    cache = _windows.setdefault(runtime, _Windows())
+    stale = cache.at is None or now - cache.at >= WINDOW_MAX_AGE_S
+    if stale and (cache.task is None or cache.task.done()):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return cache  # no loop (a plain call): only `refresh_abandon_windows` fills the cache
+        cache.task = loop.create_task(_refresh_quietly(runtime), name="marcador-metrics-windows")
+    return cache
+
+
+async def _refresh_quietly(runtime: Runtime) -> None:
+    try:
+        await refresh_abandon_windows(runtime)
+    except Exception:  # the store is down: keep the last figures, their age says how old they are
+        log.warning("abandon window counts unavailable", exc_info=True)
 
 
 class RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         rt = self.runtime
-        calls = CounterMetricFamily("marcador_calls", "Finished attempts by outcome", labels=["campaign", "outcome"])
-        live = GaugeMetricFamily("marcador_live_calls", "Calls in flight or waiting", labels=["campaign", "state"])
-        rate = GaugeMetricFamily("marcador_abandon_rate", "Abandoned / live answers", labels=["campaign", "window"])
-        occ = GaugeMetricFamily("marcador_occupancy", "Talk time / logged-in time", labels=["campaign"])
-        agents = GaugeMetricFamily("marcador_agents", "Agents by state", labels=["campaign", "state"])
-        for cid in rt.core.campaigns:
-            st = rt.stats(cid)
-            for outcome, n in st["outcomes"].items():
-                calls.add_metric([cid, outcome], n)
-            live.add_metric([cid, "in_flight"], st["in_flight"])
-            live.add_metric([cid, "waiting"], st["waiting"])
-            rate.add_metric([cid, "campaign"], st["abandon_rate"])
-            occ.add_metric([cid], st["occupancy"])
-            for state, n in st["agents"].items():
-                agents.add_metric([cid, state], n)
-        yield calls
-        yield live
-        yield rate
-        yield occ
-        yield agents
+        now = rt.clock()
+        yield from self._campaigns(now)
+        yield from self._windows(now)
+        yield from self._dids(now)
         backlog = GaugeMetricFamily("marcador_core_event_backlog", "Events queued for the core")
         backlog.add_metric([], rt.event_backlog)
         yield backlog
@@ -53,23 +143,122 @@ class RuntimeCollector(Collector):
         dropped = CounterMetricFamily("marcador_events_dropped", "Events lost to a full core queue")
         dropped.add_metric([], rt.events_dropped)
         yield dropped
-        pacing = GaugeMetricFamily("marcador_pacing", "Pacing state (α, estimates)", labels=["campaign", "key"])
-        for cid, camp in rt.core.campaigns.items():  # for strategies that expose their state
-            state = getattr(camp.strategy, "state", None)
-            if callable(state):
-                for key, value in state().items():
-                    if isinstance(value, int | float):
-                        pacing.add_metric([cid, key], float(value))
-        yield pacing
+        handled = CounterMetricFamily("marcador_events_handled", "Events handled by the core")
+        handled.add_metric([], rt.events_handled)
+        yield handled
         up = GaugeMetricFamily("marcador_pbx_ready", "1 when the PBX link is logged in")
         up.add_metric([], 1.0 if rt.telephony.ready else 0.0)
         yield up
-        samples = sorted(rt.decision_seconds)
-        counts = [sum(1 for s in samples if s <= b) for b in _BUCKETS]
+        store = GaugeMetricFamily("marcador_store_up", "1 while the store answers (dialing pauses otherwise)")
+        store.add_metric([], 1.0 if rt.store_up else 0.0)
+        yield store
+        writes = GaugeMetricFamily("marcador_store_pending_writes", "Store writes not yet acknowledged")
+        writes.add_metric([], rt.pending_writes)
+        yield writes
+        yield from self._latency()
+
+    def _campaigns(self, now: float) -> Iterator[Metric]:
+        rt = self.runtime
+        calls = CounterMetricFamily("marcador_calls", "Finished attempts by outcome", labels=["campaign", "outcome"])
+        live = GaugeMetricFamily("marcador_live_calls", "Calls up now: dialing/ringing, answered and waiting for "
+                                 "an agent, connected to an agent", labels=["campaign", "state"])
+        rate = GaugeMetricFamily("marcador_abandon_rate", "Abandoned / live answers", labels=["campaign", "window"])
+        target = GaugeMetricFamily("marcador_abandon_target", "The campaign's abandon-rate ceiling",
+                                   labels=["campaign"])
+        occ = GaugeMetricFamily("marcador_occupancy", "Talk time / logged-in time", labels=["campaign"])
+        agents = GaugeMetricFamily("marcador_agents", "Agents by state", labels=["campaign", "state"])
+        lines = GaugeMetricFamily("marcador_lines_per_agent", "Lines up (dialing, ringing, waiting) per working "
+                                  "agent (ready, on a call, wrap-up)", labels=["campaign"])
+        lines_cap = GaugeMetricFamily("marcador_lines_per_agent_max", "The campaign's cap on lines per agent",
+                                      labels=["campaign"])
+        refused = CounterMetricFamily("marcador_dial_refusals", "Dials the compliance gate refused, by reason",
+                                      labels=["campaign", "reason"])
+        attempts = CounterMetricFamily("marcador_attempts", "Dials made", labels=["campaign"])
+        pacing = GaugeMetricFamily("marcador_pacing", "Pacing state (α, estimates)", labels=["campaign", "key"])
+        info = GaugeMetricFamily("marcador_campaign_info", "1 per campaign: its status and pacing strategy",
+                                 labels=["campaign", "status", "strategy"])
+        connected: dict[str, int] = {}
+        for call in rt.core.calls.values():
+            if call.state == "connected":
+                connected[call.attempt.campaign_id] = connected.get(call.attempt.campaign_id, 0) + 1
+        for cid, camp in rt.core.campaigns.items():
+            st = rt.stats(cid)
+            for outcome in Outcome:  # every outcome from the start, so rate() sees the first one
+                calls.add_metric([cid, outcome.value], st["outcomes"].get(outcome.value, 0))
+            live.add_metric([cid, "in_flight"], st["in_flight"])
+            live.add_metric([cid, "waiting"], st["waiting"])
+            live.add_metric([cid, "connected"], connected.get(cid, 0))
+            rate.add_metric([cid, "campaign"], st["abandon_rate"])
+            target.add_metric([cid], st["abandon_target"])
+            occ.add_metric([cid], st["occupancy"])
+            for state, n in st["agents"].items():
+                agents.add_metric([cid, state], n)
+            working = sum(st["agents"].get(s, 0) for s in _WORKING)
+            lines.add_metric([cid], (st["in_flight"] + st["waiting"]) / working if working else 0.0)
+            lines_cap.add_metric([cid], camp.settings.max_lines_per_agent)
+            for reason, n in st["refused"].items():
+                refused.add_metric([cid, reason], n)
+            attempts.add_metric([cid], st["attempts"])
+            info.add_metric([cid, st["status"], st["strategy"]], 1.0)
+            state = getattr(camp.strategy, "state", None)  # for strategies that expose their state
+            if callable(state):
+                for key, value in state().items():
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        pacing.add_metric([cid, key], float(value))
+        yield from (calls, live, rate, target, occ, agents, lines, lines_cap, refused, attempts, pacing, info)
+
+    def _windows(self, now: float) -> Iterator[Metric]:
+        cache = _schedule_refresh(self.runtime, now)
+        if cache.at is None:
+            return
+        rate = GaugeMetricFamily("marcador_abandon_rate_window", "Abandoned / live answers over a rolling window",
+                                 labels=["campaign", "window"])
+        live = GaugeMetricFamily("marcador_live_answers_window", "Live answers over a rolling window",
+                                 labels=["campaign", "window"])
+        for (cid, window), (abandoned, answers) in sorted(cache.counts.items()):
+            rate.add_metric([cid, window], abandoned / answers if answers else 0.0)
+            live.add_metric([cid, window], answers)
+        age = GaugeMetricFamily("marcador_abandon_window_age_seconds", "Age of the rolling abandon counts")
+        age.add_metric([], max(0.0, now - cache.at))
+        yield from (rate, live, age)
+
+    def _dids(self, now: float) -> Iterator[Metric]:
+        # DIDs are the operator's own caller IDs (not debtors' numbers): shown whole, they name the line to fix.
+        labels = ["campaign", "did"]
+        answer = GaugeMetricFamily("marcador_did_answer_rate", "Live answers / attempts since the DID's last rest",
+                                   labels=labels)
+        attempts = GaugeMetricFamily("marcador_did_attempts", "Attempts since the DID's last rest", labels=labels)
+        day = GaugeMetricFamily("marcador_did_day_count", "Calls in the DID's rolling day (cap window)",
+                                labels=labels)
+        hour = GaugeMetricFamily("marcador_did_hour_count", "Calls in the DID's rolling hour (cap window)",
+                                 labels=labels)
+        resting = GaugeMetricFamily("marcador_did_resting", "1 while the DID rests (low answer rate)", labels=labels)
+        for cid, camp in self.runtime.core.campaigns.items():
+            if camp.pool is None:
+                continue
+            for h in camp.pool.health(now):
+                key = [cid, h.did]
+                answer.add_metric(key, h.answer_rate if h.answer_rate is not None else 0.0)
+                attempts.add_metric(key, h.attempts)
+                day.add_metric(key, h.day_count)
+                hour.add_metric(key, h.hour_count)
+                resting.add_metric(key, 1.0 if h.resting_until is not None and h.resting_until > now else 0.0)
+        yield from (answer, attempts, day, hour, resting)
+
+    def _latency(self) -> Iterator[Metric]:
+        samples = self.runtime.decision_seconds
+        acc = _latency.setdefault(self.runtime, _Latency())
+        acc.update(samples)
         hist = HistogramMetricFamily("marcador_decision_seconds", "Time of one core tick (pacing decisions)")
-        hist.add_metric([], [(str(b), c) for b, c in zip(_BUCKETS, counts, strict=True)] + [("+Inf", len(samples))],
-                        sum_value=sum(samples))
+        hist.add_metric([], [(str(b), c) for b, c in zip(_BUCKETS, acc.buckets, strict=True)] + [("+Inf", acc.count)],
+                        sum_value=acc.total)
         yield hist
+        recent = GaugeMetricFamily("marcador_decision_recent_seconds",
+                                   "Quantiles of the runtime's recent core ticks (up to 4096)", labels=["quantile"])
+        ordered = sorted(samples)
+        for q in _QUANTILES:
+            recent.add_metric([str(q)], ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0)
+        yield recent
 
 
 class EventsCollector(Collector):
@@ -79,7 +268,7 @@ class EventsCollector(Collector):
         self.hub = hub
         self.webhooks = webhooks
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         if self.hub is not None:
             clients = GaugeMetricFamily("marcador_sse_clients", "Connected server-sent-event clients")
             clients.add_metric([], len(self.hub.clients))
