@@ -20,8 +20,8 @@ from dialer.events import AgentLogin, CampaignControl, DncAdd
 from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
 from dialer.runtime import Runtime, RuntimeConfig
-from sim.pbx import SimulatedPbx
 from pacing.snapshot import PacingCaps, PacingStrategy
+from sim.pbx import SimulatedPbx
 from tests.harness.campaign import Burst
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -71,8 +71,8 @@ async def run_with_scrapes(body: Callable[[Runtime, SimulatedPbx], Awaitable[Any
         cfg = AmiConfig(host="127.0.0.1", port=pbx.port, username="marcador", secret="m3trics", auth="md5",
                         call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
         # Three lines per ready agent and one agent: answers pile up and some are abandoned.
-        runtime = Runtime(DialerCore(CoreConfig(id_prefix="t", strategy_factory=stateful_burst)), InMemoryStore(), AmiTelephony(cfg),
-                          RuntimeConfig(tick_interval_s=0.05))
+        core = DialerCore(CoreConfig(id_prefix="t", strategy_factory=stateful_burst))
+        runtime = Runtime(core, InMemoryStore(), AmiTelephony(cfg), RuntimeConfig(tick_interval_s=0.05))
         await runtime.start()
         try:
             return await body(runtime, pbx)
