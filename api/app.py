@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.requests import ClientDisconnect
 
 from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, check_agent
+from api.dashboard import dashboard_router
 from api.events import EventHub, parse_last_id, parse_types
 from api.metrics import render_metrics
 from api.webhooks import Webhooks
@@ -757,6 +758,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     app.include_router(v1)
+    app.include_router(dashboard_router(runtime))  # /dashboard, / → it, /api/v1/campaigns/{id}/dids
 
     # ------------------------------------------------------------------ open endpoints
 
