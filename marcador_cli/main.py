@@ -46,5 +46,14 @@ def _mount_import() -> None:
 
 _mount_import()
 
+
+def _mount_check() -> None:
+    from marcador_cli.check_cmd import check_asterisk
+
+    app.command("check-asterisk")(check_asterisk)
+
+
+_mount_check()
+
 if __name__ == "__main__":
     app()
