@@ -21,9 +21,9 @@ run: $(STAMP)
 
 # System packages the integration tests need (Debian): debootstrap builds the Asterisk root, redis-server, chromium.
 deps-system:
-	@if ! command -v debootstrap >/dev/null || ! command -v redis-server >/dev/null; then \
+	@if ! command -v debootstrap >/dev/null || ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
 	  echo "installing system packages for the integration tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap redis-server >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap redis-server chromium >/dev/null; \
 	fi
 
 lint: $(STAMP)
