@@ -26,6 +26,7 @@ from tests.test_api_events import http_server
 BUILD = Path(__file__).resolve().parent.parent / "build"
 VIEWER = "viewer-token-0123456789"
 SUPERVISOR = "supervisor-token-0123456789"
+DIDS = ["+12125550101", "+12125550102", "+13125550103"]
 ADMIN = "admin-token-0123456789"
 TOKENS = [ApiToken(name="v", token=VIEWER, role="viewer"), ApiToken(name="s", token=SUPERVISOR, role="supervisor"),
           ApiToken(name="a", token=ADMIN, role="admin")]
@@ -113,6 +114,9 @@ async def _attempts(page: Page, cid: str = DEMO_CAMPAIGN) -> int:
 @pytest.mark.browser
 async def test_dashboard_live_against_the_simulated_pbx(chromium: Chromium) -> None:
     async with demo_engine() as base, chromium.page() as page, httpx.AsyncClient(base_url=base, timeout=10) as api:
+        # caller IDs from a pool, so the page has DID health to show
+        r = await api.patch(f"/api/v1/campaigns/{DEMO_CAMPAIGN}", json={"did_pool": DIDS})
+        assert r.status_code == 200, r.text
         await page.goto(base + "/")  # redirected to /dashboard
         assert await page.evaluate("location.pathname") == "/dashboard"
         await page.wait_for(f"document.querySelector('#status-{DEMO_CAMPAIGN}')?.textContent === 'running'")
@@ -130,6 +134,13 @@ async def test_dashboard_live_against_the_simulated_pbx(chromium: Chromium) -> N
             "document.querySelector('#abandon-demo').parentElement.textContent")
         await page.wait_for("Number(document.querySelector('#outcomes-demo tr td')?.textContent) > 0")
 
+        dids = await page.wait_for(
+            f"!document.querySelector('#dids-{DEMO_CAMPAIGN}').hidden && [...document.querySelectorAll("
+            f"'#dids-{DEMO_CAMPAIGN} tbody tr')].map(r => [r.cells[0].textContent, Number(r.cells[2].textContent)])"
+            ".filter(([, n]) => n > 0).length > 0 && "
+            f"[...document.querySelectorAll('#dids-{DEMO_CAMPAIGN} tbody tr')].map(r => r.cells[0].textContent)")
+        assert dids == DIDS
+
         # pause the campaign from the page
         assert await page.text(f"#toggle-{DEMO_CAMPAIGN}") == "pause"
         await page.click(f"#toggle-{DEMO_CAMPAIGN}")
@@ -146,6 +157,7 @@ async def test_dashboard_live_against_the_simulated_pbx(chromium: Chromium) -> N
         await page.wait_for("document.querySelector('#agent-demo02 .badge').textContent === 'paused'")
         agent = (await api.get("/api/v1/agents/demo02")).json()
         assert agent["state"] == "paused" and agent["reason"] == "supervisor"
+        await page.wait_for(f"document.querySelector('#agentstates-{DEMO_CAMPAIGN}').textContent.includes('paused')")
         size = await page.screenshot(BUILD / "dashboard.png")
         assert size > 10_000
         assert page.errors == []
