@@ -8,9 +8,9 @@ is right, 1 otherwise. The secret is never printed (AmiConfig keeps it out of it
 
 Probes (asterisk-docker/config/manager.conf gives the user write = call,originate,reporting and
 read = call,user,agent,reporting):
-- Originate (class originate) of `Local/marcador-check@<missing context>`, Async: the PBX must accept it and then
-  report its failure in an OriginateResponse (read class call, and an eventfilter that lets it through). A Local
-  channel into a context that does not exist rings nobody.
+- Originate (class originate) of `Local/marcador-check@<missing context>` into the answered context, Async: the
+  PBX must accept it and then report its failure in an OriginateResponse (read class call, and an eventfilter that
+  lets it through). A Local channel into a context that does not exist rings nobody; nothing reaches the dialplan.
 - Hangup and Redirect (class call) of a channel that does not exist: "no such channel" is right, "Permission
   denied" is not.
 - CoreShowChannels and ShowDialPlan (class reporting): the resync after a reconnect and the context checks.
@@ -76,8 +76,10 @@ def _permission(name: str, action: str, klass: str, msgs: list[Message], err: st
 
 
 async def _probe_originate(client: AmiClient, cfg: AmiConfig, timeout: float) -> list[Check]:
-    fields = {"Action": "Originate", "Channel": f"Local/marcador-check@{PROBE_CONTEXT}", "Context": PROBE_CONTEXT,
-              "Exten": "s", "Priority": "1", "Timeout": "2000", "Async": "true",
+    # The answered side exists (Asterisk refuses an Originate whose Context/Exten does not), the dialed side does
+    # not: the Local channel fails before anything runs, and the failure must come back as an event.
+    fields = {"Action": "Originate", "Channel": f"Local/marcador-check@{PROBE_CONTEXT}",
+              "Context": cfg.answered_context, "Exten": "s", "Priority": "1", "Timeout": "2000", "Async": "true",
               "ChannelId": f"marcador-check-{uuid.uuid4().hex[:12]}", "CallerID": "Marcador check <0>"}
     msgs, err = await _ask(client, fields, timeout)
     if err is not None:
@@ -95,8 +97,10 @@ async def _probe_originate(client: AmiClient, cfg: AmiConfig, timeout: float) ->
     if response.lower() == "success":
         return [Check("originate", False, "Originate accepted but no OriginateResponse event came back",
                       f"add `call` to `read =` of [{cfg.username}] and `eventfilter = Event: OriginateResponse`")]
-    # Refused for another reason (e.g. a PBX that checks the context first): the right is there.
-    return [Check("originate", True, f"Originate permitted (the PBX answered: {message or response})")]
+    # Refused for another reason (the answered context is missing: its own check says so): the right is there,
+    # the event path is unproven.
+    return [Check("originate", True, f"Originate permitted (the PBX answered: {message or response}); "
+                  "OriginateResponse not verified")]
 
 
 async def _probe_contexts(client: AmiClient, cfg: AmiConfig, timeout: float) -> list[Check]:
