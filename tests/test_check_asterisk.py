@@ -105,9 +105,9 @@ async def test_simulated_pbx_wrong_secret_and_missing_context() -> None:
         checks = await run_checks(_cfg("127.0.0.1", pbx.port, "wrong", "plain"))
         assert len(checks) == 1 and checks[0].name == "login" and not checks[0].ok
         assert "refused the login of AMI user 'marcador'" in checks[0].detail
-        checks = _by_name(await run_checks(_cfg("127.0.0.1", pbx.port, "right", room_context="no-such-room")))
-        assert not checks["context no-such-room"].ok
-        assert sum(not c.ok for c in checks.values()) == 1
+        named = _by_name(await run_checks(_cfg("127.0.0.1", pbx.port, "right", room_context="no-such-room")))
+        assert not named["context no-such-room"].ok
+        assert sum(not c.ok for c in named.values()) == 1
 
 
 async def test_nothing_listening_is_a_connect_failure() -> None:
