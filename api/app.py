@@ -24,7 +24,7 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import ClientDisconnect
 
@@ -300,6 +300,23 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 # ---------------------------------------------------------------------------------------------- the app
 
 
+def _document_422(app: FastAPI) -> None:
+    """The OpenAPI schema says what a 422 holds: FastAPI's list of field errors, or the message string our own
+    checks give (bad number, unknown rule set, CSV header...). Without this every such 422 breaks the schema."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        props = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError", {}).get("properties", {})
+        detail = props.get("detail")
+        if detail is not None and "anyOf" not in detail:
+            props["detail"] = {"title": "Detail", "anyOf": [{k: v for k, v in detail.items() if k != "title"},
+                                                            {"type": "string"}]}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI:
     """The API over a started (or starting) runtime. `settings` carries tokens, webhooks and limits; without
     them auth is off (the embedded demo) and no webhook is sent."""
@@ -322,6 +339,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     app = FastAPI(title="Marcador", version="0.1.0", lifespan=lifespan,
                   description="Predictive dialer engine beside Asterisk. Bearer tokens with roles; "
                               "/healthz, /readyz and /metrics are open.")
+    _document_422(app)
     app.state.tokens = TokenBook(cfg.tokens)
     app.state.hub = hub
     app.state.webhooks = webhooks
@@ -779,7 +797,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         response.status_code = 503 if failing else 200
         return Health(status="unavailable" if failing else "ok", checks=checks, failing=failing)
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)  # Prometheus text format
     async def metrics() -> Response:
         body, content_type = render_metrics(runtime, hub=hub, webhooks=webhooks)
         return Response(content=body, media_type=content_type)
