@@ -4,10 +4,14 @@ and valid exposition text (parsed back with prometheus_client's own parser)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -182,3 +186,92 @@ def test_latency_histogram_counts_every_tick_despite_trimming(ticks_between_scra
         acc.update(samples)
         assert acc.count == total
         assert acc.buckets[-1] == total
+
+
+# ------------------------------------------------------------------------------ Grafana, Prometheus, compose
+
+DOCKER = Path(__file__).resolve().parents[1] / "asterisk-docker"
+_METRIC = re.compile(r"\bmarcador_[a-z0-9_]+")
+
+
+async def _full_scrape() -> set[str]:
+    """Every sample name render_metrics emits for a runtime with an Erlang-paced campaign, a DID pool, rolling
+    windows and the SSE/webhook collectors (the runtime is not started: a scrape needs none of its tasks)."""
+    cfg = AmiConfig(port=5038, secret="unused")
+    rt = Runtime(DialerCore(), InMemoryStore(), AmiTelephony(cfg))
+    rt.core.add_campaign(CampaignSettings("g1", strategy="erlang", did_pool=list(DIDS)))
+    rt.core.handle(DncAdd(DNC_NUMBER, None), rt.clock())
+    rt.core.campaigns["g1"].refused["dnc_global"] = 1  # a refusal, so its family has a sample to name
+    await refresh_abandon_windows(rt)
+    return names(scrape(rt))
+
+
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel.get("targets", [])]
+
+
+async def test_dashboard_queries_only_metrics_that_are_emitted() -> None:
+    dash = json.loads((DOCKER / "grafana" / "dashboards" / "marcador.json").read_text(encoding="utf-8"))
+    emitted = await _full_scrape()
+    titles = {p["title"] for p in dash["panels"]}
+    for wanted in ("Abandon rate vs target", "Occupancy", "Lines per agent", "Calls by outcome (per minute)",
+                   "Agents by state", "AMI event lag", "Decision latency p99", "DID health",
+                   "Gate refusals by reason (per hour)"):
+        assert wanted in titles
+    uids = {p["datasource"]["uid"] for p in dash["panels"]} | {t["datasource"]["uid"] for p in dash["panels"]
+                                                               for t in p["targets"]}
+    assert uids == {"marcador-prometheus"}
+    used: set[str] = set()
+    for panel in dash["panels"]:
+        exprs = _exprs(panel)
+        assert exprs, panel["title"]
+        for expr in exprs:
+            found = set(_METRIC.findall(expr))
+            assert found, (panel["title"], expr)
+            used |= found
+    for variable in dash["templating"]["list"]:
+        used |= set(_METRIC.findall(variable["definition"]))
+    assert used - emitted == set(), f"queried but never emitted: {sorted(used - emitted)}"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_provisioning_prometheus_and_compose_agree() -> None:
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    mounts: dict[str, str] = {}
+    for name in ("prometheus", "grafana"):
+        svc = services[name]
+        assert svc["network_mode"] == "host"  # like the others: each binds loopback itself, nothing published
+        for volume in svc["volumes"]:
+            src, target, *_ = volume.split(":")
+            if src.startswith("."):
+                assert (DOCKER / src).exists(), f"{name} mounts a missing {src}"
+                mounts[target] = src
+            else:
+                assert src in compose["volumes"], src
+    assert "--web.listen-address=127.0.0.1:9090" in services["prometheus"]["command"]
+    env = services["grafana"]["environment"]
+    assert env["GF_SERVER_HTTP_ADDR"] == "127.0.0.1" and env["GF_SERVER_HTTP_PORT"] == "3000"
+    assert ":?" in env["GF_SECURITY_ADMIN_PASSWORD"]  # no default password
+    # Prometheus reads the mounted file and scrapes Marcador's API address (marcador.yaml).
+    config_arg = next(a for a in services["prometheus"]["command"] if a.startswith("--config.file="))
+    prom_file = DOCKER / mounts[config_arg.split("=", 1)[1]]
+    prom = yaml.safe_load(prom_file.read_text(encoding="utf-8"))
+    api = yaml.safe_load((DOCKER / "marcador.yaml").read_text(encoding="utf-8"))["api"]
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "marcador")
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"{api['host']}:{api['port']}"]
+    # Grafana: the datasource the dashboard names, at Prometheus's address; the provider's path is the mount.
+    ds_dir = DOCKER / mounts["/etc/grafana/provisioning/datasources"]
+    (ds,) = yaml.safe_load((ds_dir / "prometheus.yaml").read_text(encoding="utf-8"))["datasources"]
+    assert ds["uid"] == "marcador-prometheus" and ds["type"] == "prometheus"
+    assert ds["url"] == "http://127.0.0.1:9090"
+    prov_dir = DOCKER / mounts["/etc/grafana/provisioning/dashboards"]
+    (provider,) = yaml.safe_load((prov_dir / "marcador.yaml").read_text(encoding="utf-8"))["providers"]
+    assert provider["options"]["path"] in mounts
+    assert (DOCKER / mounts[provider["options"]["path"]] / "marcador.json").is_file()
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"] + "/")
