@@ -157,6 +157,8 @@ async def test_dashboard_live_against_the_simulated_pbx(chromium: Chromium) -> N
         await page.wait_for("document.querySelector('#agent-demo02 .badge').textContent === 'paused'")
         agent = (await api.get("/api/v1/agents/demo02")).json()
         assert agent["state"] == "paused" and agent["reason"] == "supervisor"
+        # time in state ticks in the browser from `since` (the paused agent does not change state again)
+        await page.wait_for("document.querySelector('#agent-demo02 td.since').textContent === '2s'", timeout=6)
         await page.wait_for(f"document.querySelector('#agentstates-{DEMO_CAMPAIGN}').textContent.includes('paused')")
         size = await page.screenshot(BUILD / "dashboard.png")
         assert size > 10_000
