@@ -2,9 +2,12 @@
 
 Everything comes from the core's own figures at the moment of the scrape, with two exceptions:
 - the rolling abandon windows (24 h, 30 days) need the store, which is async while a scrape is not: they are
-  computed by `refresh_abandon_windows` (the store's `abandon_counts` when it has one, else one pass over the
-  attempts) and cached per runtime; a scrape that finds the cache older than `WINDOW_MAX_AGE_S` starts a
-  refresh in the background and shows the last figures, with their age;
+  computed by `refresh_abandon_windows` and cached per runtime; a scrape that finds the cache older than
+  `WINDOW_MAX_AGE_S` starts a refresh in the background and shows the last figures, with their age. A store with
+  shared counts (`abandon_counts`, Redis) answers campaign-wide. Otherwise the attempts are read once (the first
+  refresh) and the runtime's `call.ended` events keep per-minute and per-hour buckets from then on, so a
+  refresh costs a few thousand additions, not a pass over every attempt (100k in-memory attempts take ~0.9 s to
+  read). The 24 h window is exact to the minute, the 30-day one to the hour;
 - the decision-latency histogram is made cumulative here from the runtime's recent samples (see `_Latency`).
 """
 
@@ -23,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from api.events import EventHub
 from api.webhooks import Webhooks
+from dialer.commands import Emit
 from dialer.model import AgentStatus, Outcome
 from dialer.runtime import Runtime
 
@@ -69,6 +73,54 @@ class _Latency:
         self.seen_len = n
 
 
+class _LiveBuckets:
+    """Live answers and abandons per campaign in minute buckets (24 h window) and hour buckets (30 days)."""
+
+    def __init__(self) -> None:
+        self.minutes: dict[str, dict[int, list[int]]] = {}
+        self.hours: dict[str, dict[int, list[int]]] = {}
+        self.seen: set[str] = set()  # call ids counted (an attempt read at seeding is not counted again)
+
+    def add(self, call_id: str, campaign_id: str, t: float, abandoned: bool) -> None:
+        if call_id in self.seen:
+            return
+        self.seen.add(call_id)
+        for table, unit in ((self.minutes, 60), (self.hours, 3600)):
+            bucket = table.setdefault(campaign_id, {}).setdefault(int(t // unit), [0, 0])
+            bucket[0] += 1
+            bucket[1] += abandoned
+
+    def on_emit(self, cmd: Emit) -> None:
+        if cmd.kind != "call.ended":
+            return
+        d = cmd.data
+        if d.get("outcome") not in _LIVE:
+            return
+        t = d.get("answered_at") or d.get("ended_at") or d.get("dialed_at") or 0.0
+        self.add(str(d.get("call_id")), str(d.get("campaign_id")), float(t), d.get("outcome") == "abandoned")
+
+    def prune(self, now: float) -> None:
+        """Buckets past every window they serve are let go (minutes serve ≤ 24 h, hours the longest window)."""
+        longest = max(span for _, span in WINDOWS)
+        for table, unit, keep in ((self.minutes, 60, 86_400.0), (self.hours, 3600, longest)):
+            oldest = int((now - keep) // unit)
+            for buckets in table.values():
+                for key in [k for k in buckets if k <= oldest]:
+                    del buckets[key]
+
+    def counts(self, campaign_id: str, now: float, span: float) -> tuple[int, int]:
+        table, unit = (self.minutes, 60) if span <= 86_400 else (self.hours, 3600)
+        after = int((now - span) // unit)  # buckets after this one (as RedisStore.abandon_counts, by minute)
+        live = abandoned = 0
+        for key, (n, ab) in table.get(campaign_id, {}).items():
+            if after < key <= int(now // unit):
+                live += n
+                abandoned += ab
+        return abandoned, live
+
+
+_LIVE = frozenset({Outcome.CONNECTED.value, Outcome.ABANDONED.value})
+_buckets: weakref.WeakKeyDictionary[Runtime, _LiveBuckets] = weakref.WeakKeyDictionary()
 _windows: weakref.WeakKeyDictionary[Runtime, _Windows] = weakref.WeakKeyDictionary()
 _latency: weakref.WeakKeyDictionary[Runtime, _Latency] = weakref.WeakKeyDictionary()
 
@@ -86,18 +138,22 @@ async def refresh_abandon_windows(runtime: Runtime, now: float | None = None) ->
                 abandoned, live = await counts(cid, now, span)
                 out[(cid, name)] = (int(abandoned), int(live))
     else:
+        buckets = _buckets.get(runtime)
+        if buckets is None:
+            # Subscribed before the read: a call ending meanwhile is counted once (by call id), whichever comes.
+            buckets = _buckets[runtime] = _LiveBuckets()
+            runtime.subscribe(buckets.on_emit)
+            for i, att in enumerate(await runtime.attempts(None)):
+                if att.outcome is not None and att.outcome.live:
+                    t = att.answered_at if att.answered_at is not None else (att.ended_at or att.dialed_at)
+                    buckets.add(att.call_id, att.campaign_id, t, att.outcome is Outcome.ABANDONED)
+                if i % 10_000 == 9_999:
+                    await asyncio.sleep(0)  # let the core run between chunks
+            buckets.seen.clear()  # from here on, each call.ended is counted once by the events alone
+        buckets.prune(now)
         for cid in campaigns:
-            for name, _ in WINDOWS:
-                out[(cid, name)] = (0, 0)
-        for att in await runtime.attempts(None):  # one pass for every campaign and window
-            if att.outcome is None or not att.outcome.live or att.campaign_id not in runtime.core.campaigns:
-                continue
-            t = att.answered_at if att.answered_at is not None else (att.ended_at or att.dialed_at)
-            abandoned = att.outcome is Outcome.ABANDONED
             for name, span in WINDOWS:
-                if now - span < t <= now:
-                    ab, live = out[(att.campaign_id, name)]
-                    out[(att.campaign_id, name)] = (ab + abandoned, live + 1)
+                out[(cid, name)] = buckets.counts(cid, now, span)
     cache = _windows.setdefault(runtime, _Windows())
     cache.counts, cache.at = out, now
     return out
