@@ -10,17 +10,27 @@ VmHWM and a 0.1 s sampler). Then checks: the rows the server rejected are exactl
 the campaign holds every good row.
 
     python bench/import_api.py [--rows 1000000] [--seed 7] [--batch 5000] [--json]
+    python bench/import_api.py --profile [--rows 200000]   # where the engine's time and memory go, in-process
+
+`--profile` runs the engine's share of the work in this process on the same kind of file: the CSV parse
+(`dialer.leads.iter_csv_leads`) under cProfile, then the parsed leads into an InMemoryStore under tracemalloc
+(bytes held per stored lead). The parse is timed once without the profiler.
 """
 
 from __future__ import annotations
 
+import asyncio
+import cProfile
 import csv
+import io
+import pstats
 import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import parser, report
 from bench.api_stats_latency import ROOT, engine
+from dialer.leads import ParseReport, iter_csv_leads
+from dialer.memory_store import InMemoryStore
+from dialer.model import CampaignSettings, Lead
 
 CAMPAIGN = "bench-import"
 TARGET_S = 60.0
@@ -180,6 +193,47 @@ def run(rows: int, seed: int, batch: int) -> dict[str, Any]:
     }
 
 
+def profile(rows: int, seed: int, top: int = 24) -> dict[str, Any]:
+    """The engine's per-row work in-process: parse time by function, then memory per stored lead."""
+
+    async def store_all(path: Path) -> tuple[int, int]:
+        store = InMemoryStore()
+        await store.save_campaign(CampaignSettings(campaign_id=CAMPAIGN))
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        with path.open(newline="") as f:
+            batch: list[Lead] = []
+            for lead in iter_csv_leads(f, CAMPAIGN, ParseReport()):
+                batch.append(lead)
+                if len(batch) >= 5000:
+                    await store.add_leads(CAMPAIGN, batch)
+                    batch = []
+            await store.add_leads(CAMPAIGN, batch)
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        return (await store.lead_counts(CAMPAIGN))["pending"], held
+
+    with tempfile.TemporaryDirectory(prefix="marcador-bench-import-") as tmp:
+        path = Path(tmp) / "leads.csv"
+        write_file(path, rows, seed)
+        started = time.perf_counter()  # unprofiled: cProfile's overhead would swamp the figure
+        with path.open(newline="") as f:
+            parsed = sum(1 for _ in iter_csv_leads(f, CAMPAIGN, ParseReport()))
+        parse_s = time.perf_counter() - started
+        prof = cProfile.Profile()
+        with path.open(newline="") as f:
+            prof.enable()
+            sum(1 for _ in iter_csv_leads(f, CAMPAIGN, ParseReport()))
+            prof.disable()
+        stored, held_bytes = asyncio.run(store_all(path))
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(top)
+    assert parsed == stored
+    return {"rows": rows, "parse_s": round(parse_s, 2), "parse_us_per_row": round(parse_s / rows * 1e6, 1),
+            "stored": stored, "bytes_per_stored_lead": round(held_bytes / max(1, stored)),
+            "mb_per_million": round(held_bytes / max(1, stored) * 1e6 / 2**20), "profile": out.getvalue()}
+
+
 def table(r: dict[str, Any]) -> str:
     rows = [
         ("rows (bad)", f"{r['rows']:,} ({r['bad_rows']:,})"),
@@ -200,7 +254,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=5000, help="data rows per request (import-leads --batch)")
+    ap.add_argument("--profile", action="store_true", help="profile the parse and the store in-process instead")
     args = ap.parse_args()
+    if args.profile:
+        prof = profile(args.rows, args.seed)
+        report(prof, args.json, lambda r: (
+            f"{r['profile']}\nimport_api --profile: parse {r['parse_us_per_row']} µs/row ({r['rows']} rows in "
+            f"{r['parse_s']} s, unprofiled); stored leads hold {r['bytes_per_stored_lead']} B each "
+            f"(≈ {r['mb_per_million']} MB per million)"))
+        return
     result = run(args.rows, args.seed, args.batch)
     report(result, args.json, table)
 
