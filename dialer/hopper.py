@@ -487,9 +487,9 @@ class Hopper:
         then most often) first, then untried / least tried in listed order, phones whose last news was a failure
         (unallocated, invalid) last."""
         phones = self._active(e)
+        if len(phones) <= 1:
+            return [(p, "only phone") for p in phones]
         if e.stats is None:
-            if len(phones) == 1:
-                return [(phones[0], "only phone")]
             return [(p, "first listed, untried" if i == 0 else "listed order, untried") for i, p in enumerate(phones)]
         keyed: list[tuple[tuple[float, ...], str, str]] = []
         for i, p in enumerate(phones):
@@ -730,6 +730,16 @@ class Hopper:
         else:
             self._to_pending(e)
         return True
+
+    def drain(self) -> list[str]:
+        """Let go of every lead not out on a call and not finished (campaign stopped): their ids, to hand back to
+        the store untouched. Leads out on a call stay until their outcome comes back."""
+        gone = [lead_id for lead_id, e in self._entries.items() if e.state in (PENDING, SCHEDULED, PARKED)]
+        for lead_id in gone:
+            e = self._entries.pop(lead_id)
+            self._counts[e.state] -= 1
+            e.ticket = -1  # stale in every heap: lazily dropped
+        return gone
 
     # -------------------------------------------------------------- reading
 
