@@ -402,7 +402,7 @@ def test_rules_from_config_errors_name_the_field() -> None:
         ({"best_time": "yes"}, r"hopper\.best_time"),
     ]:
         with pytest.raises(ValueError, match=msg):
-            HopperRules.from_config(cfg)
+            HopperRules.from_config(cfg)  # type: ignore[arg-type]
 
 
 def test_default_dispositions() -> None:
