@@ -48,6 +48,7 @@ DNC_NUMBER = "+573001110000"
 # conformance checks that come with "true to the schema" (content type, declared headers). Status codes the
 # schema does not list (404, 409, 401...) are not checked: FastAPI documents 200/422 only.
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, response_headers_conformance]
+CALL_TIMEOUT_S = 20.0  # a handler that never answers fails its case (naming it) instead of hanging the suite
 EXAMPLES = int(os.environ.get("MARCADOR_SCHEMA_EXAMPLES", "25"))  # per operation; raise it for a deeper run
 
 
@@ -130,8 +131,8 @@ class Engine:
 
     async def _stop(self) -> None:
         stack, self._stack, self.app = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+        if stack is not None:  # bounded: a runtime that does not stop fails the item instead of hanging the suite
+            await asyncio.wait_for(stack.aclose(), timeout=CALL_TIMEOUT_S)
 
     async def _seed(self, runtime: Runtime) -> None:
         """A running campaign whose agents end up in wrap-up (no wrap-up timeout), with attempts and a DNC entry."""
@@ -187,13 +188,14 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
 @open_schema.parametrize()
 @FUZZ
 def test_api_conforms_with_auth_off(case: Any) -> None:
-    case.call_and_validate(checks=CHECKS)
+    case.call_and_validate(checks=CHECKS, timeout=CALL_TIMEOUT_S)
 
 
 @auth_schema.parametrize()
 @FUZZ
 def test_api_conforms_with_admin_token(case: Any) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, checks=CHECKS)
+    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, checks=CHECKS,
+                           timeout=CALL_TIMEOUT_S)
 
 
 def test_seeded_engine_is_reachable_past_404_and_401() -> None:
