@@ -748,6 +748,10 @@ class DialerCore:
             return
         if state in ("done", "removed"):
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=True))
+        elif camp.status is CampaignStatus.STOPPED:
+            # Back from its last call after the stop: nothing here will dial it, the store gets it back now.
+            for waiting in camp.hopper.drain():
+                out.append(ReleaseLead(camp.settings.campaign_id, waiting, Outcome.LOST, final=False))
 
     def _dial(self, camp: CampaignState, pick: Pick, now: float, out: list[Command]) -> str | None:
         s = camp.settings

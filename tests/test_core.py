@@ -201,6 +201,16 @@ def test_pause_and_stop_campaign():
     assert len(released) == 9 and not any(r.final for r in released)
 
 
+def test_a_lead_back_from_its_call_after_the_stop_goes_back_to_the_store():
+    core = make(agents=("a1",))
+    (o,) = of(core.tick(1.0), Originate)
+    released = of(core.handle(CampaignControl("c1", "stop"), 2.0), ReleaseLead)
+    assert len(released) == 9 and o.lead_id not in {r.lead_id for r in released}
+    (rel,) = of(core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 3.0), ReleaseLead)
+    assert rel.lead_id == o.lead_id and not rel.final
+    assert core.campaigns["c1"].hopper.counts()["scheduled"] == 0
+
+
 def test_logout_after_call_hangs_up_agent_leg():
     core = make(wrapup_s=2.0)
     (o,) = of(core.tick(1.0), Originate)
