@@ -562,7 +562,10 @@ class Hopper:
             return picks
         self._promote(now)
         cbs = self._callbacks
-        while cbs and len(picks) < count and cbs[0][0] <= now:
+        # Only callbacks queued before this call: one refused with a retry time ≤ now is pushed back due, and must
+        # wait for the next call (tickets grow, so anything pushed meanwhile has a larger one).
+        before = self._seq
+        while cbs and len(picks) < count and cbs[0][0] <= now and cbs[0][1] <= before:
             _, ticket, e = heapq.heappop(cbs)
             if ticket == e.ticket:
                 pick = self._try(e, now, gate, CALLBACK)
@@ -600,7 +603,8 @@ class Hopper:
         and `select` never returns them. Pass the campaign's gate: compliance holds for callbacks too."""
         picks: list[Pick] = []
         heap = self._agent_cbs.get(agent_id)
-        while heap and heap[0][0] <= now and (count is None or len(picks) < count):
+        before = self._seq  # as in `select`: a callback refused and pushed back due waits for the next call
+        while heap and heap[0][0] <= now and heap[0][1] <= before and (count is None or len(picks) < count):
             _, ticket, e = heapq.heappop(heap)
             if ticket == e.ticket:
                 pick = self._try(e, now, gate, AGENT_CALLBACK)

@@ -330,6 +330,27 @@ def test_callback_refused_by_gate_keeps_its_callback() -> None:
     assert ids(h.due_agent_callbacks("ana", T0 + 500)) == ["L1"]
 
 
+def test_callback_refused_with_retry_now_waits_for_the_next_call() -> None:
+    """A refusal whose retry time is already due must not spin within one call (it used to loop for ever)."""
+    h = Hopper(C)
+    h.add([lead(1), lead(2)], T0)
+    h.schedule_callback("L1", T0, None)
+    h.schedule_callback("L2", T0, "ana")
+    calls = 0
+
+    def gate(ld: Lead, number: str, now: float) -> Refused:
+        nonlocal calls
+        calls += 1
+        if calls > 50:
+            raise AssertionError("gate called in a loop")
+        return Refused("busy line rule", retry_at=now)
+
+    assert h.select(5, T0, gate) == [] and h.due_agent_callbacks("ana", T0, gate) == []
+    assert calls == 2 and len(h.refusals) == 2
+    assert [p.source for p in h.select(5, T0)] == ["callback"]
+    assert [p.source for p in h.due_agent_callbacks("ana", T0)] == ["agent_callback"]
+
+
 # ------------------------------------------------------------------------------------------------ best time
 
 
