@@ -45,6 +45,7 @@ from dialer.events import (
     CallFailed,
     CallProgress,
     CampaignControl,
+    DebtorHistorySeed,
     Disposition,
     DncAdd,
     Event,
@@ -236,6 +237,8 @@ class DialerCore:
                 camp.fetch_pending = False
                 camp.exhausted = not event.leads
                 camp.hopper.add(event.leads, now)
+            case DebtorHistorySeed():
+                self._seed_history(self._campaign(event.campaign_id), event)
             case DncAdd():
                 self.dnc.add(event.number, event.campaign_id, now if event.added_at is None else event.added_at)
                 out.append(Emit("dnc.added", {"campaign_id": event.campaign_id}))
@@ -264,6 +267,21 @@ class DialerCore:
             case PreviewSkip():
                 self._on_preview_skip(event, now, out)
         return out
+
+    @staticmethod
+    def _seed_history(camp: CampaignState, event: DebtorHistorySeed) -> None:
+        """Merge the store's instants with what this node already holds of the debtor (in time order)."""
+        h, lead_id = camp.gate.history, event.lead_id
+        attempts = sorted(set(h.attempts(lead_id)) | set(event.attempts))
+        contacts = sorted(set(h.contacts(lead_id)) | set(event.contacts))
+        abandons = sorted(set(h.abandons(lead_id)) | set(event.abandons))
+        h.forget(lead_id)
+        for t in attempts:
+            h.note_attempt(lead_id, "", t)
+        for t in contacts:
+            h.note_contact(lead_id, t)
+        for t in abandons:
+            h.note_abandon(lead_id, t)
 
     # ------------------------------------------------------------------ preview mode
 

@@ -168,6 +168,18 @@ class SharedAbandon:
     abandoned: int
 
 
+@dataclass(frozen=True, slots=True)
+class DebtorHistorySeed:
+    """What the shared store knows of a debtor's recent attempts, conversations and abandons (other nodes' too),
+    given before its lead is dialed here: the compliance caps judge the whole history."""
+
+    campaign_id: str
+    lead_id: str
+    attempts: tuple[float, ...] = ()
+    contacts: tuple[float, ...] = ()
+    abandons: tuple[float, ...] = ()
+
+
 Event = (
     CallProgress
     | CallAnswered
@@ -183,6 +195,7 @@ Event = (
     | DncAdd
     | LeadRemoved
     | LeadsAvailable
+    | DebtorHistorySeed
     | CampaignControl
     | PbxLink
     | StoreLink

@@ -253,3 +253,29 @@ d = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {1, h, d}
 """
+
+
+# KEYS: the campaign's debtor history hash (lead id -> {"a": [...], "c": [...], "x": [...]})
+# ARGV: lead id, kind (a attempt, c contact, x abandon), time, seconds kept, entries kept per kind
+# Per-debtor instants the compliance caps look at, so a lead that moves to another node (its node died or
+# stopped) is judged on its whole history there. Only one node holds a lead at a time: no lost updates.
+DEBTOR_NOTE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local h = {}
+if raw then h = cjson.decode(raw) end
+local t = tonumber(ARGV[3])
+local cutoff = t - tonumber(ARGV[4])
+local list = h[ARGV[2]]
+if type(list) ~= 'table' then list = {} end
+local kept = {}
+for _, x in ipairs(list) do
+  if x >= cutoff then table.insert(kept, x) end
+end
+table.insert(kept, t)
+table.sort(kept)
+local maxn = tonumber(ARGV[5])
+while #kept > maxn do table.remove(kept, 1) end
+h[ARGV[2]] = kept
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return #kept
+"""

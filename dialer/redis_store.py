@@ -52,6 +52,7 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:lost             hash  call id -> time its node was found dead (outcome `lost` still to write)
     <p>attempt_campaigns         set   campaigns with attempts (for attempts() of every campaign)
     <p>{c:<id>}:tries[:h:<hour>|:d:<day>]   hash lead id -> attempts (total, per hour, per day)
+    <p>{c:<id>}:hist             hash  lead id -> {"a","c","x": instants} the compliance caps read (moves with a lead)
     <p>{c:<id>}:dnc, <p>dnc      sets of numbers (campaign, global)
     <p>{c:<id>}:live, :live_cum  abandon window totals and per-minute snapshots
     <p>did:{<did>}:h:<hour>|:d:<day>   DID use counters
@@ -194,6 +195,7 @@ class RedisStore:
         self._s_attempt = client.register_script(lua.RECORD_ATTEMPT)
         self._s_live = client.register_script(lua.RECORD_LIVE)
         self._s_did = client.register_script(lua.DID_TAKE)
+        self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
 
     @property
     def client(self) -> RedisClient:
@@ -507,6 +509,31 @@ class RedisStore:
         for b in range(first, last + 1):
             pipe.hget(self._k(campaign_id, f"tries:{kind}:{b}"), lead_id)
         return sum(int(x or 0) for x in await pipe.execute())
+
+    async def debtor_note(self, campaign_id: str, lead_id: str, kind: str, at: float, keep_s: float,
+                          max_n: int) -> None:
+        """One instant of a debtor's history (`a` attempt, `c` conversation, `x` abandoned), kept `keep_s`."""
+        if kind not in ("a", "c", "x"):
+            raise ValueError(f"kind: expected a, c or x, got {kind!r}")
+        await self._ensure()
+        await self._s_debtor(keys=[self._k(campaign_id, "hist")],
+                             args=[lead_id, kind, repr(float(at)), repr(float(keep_s)), int(max_n)])
+
+    async def debtor_histories(self, campaign_id: str,
+                               lead_ids: Sequence[str]) -> dict[str, dict[str, tuple[float, ...]]]:
+        """The recorded instants of these debtors (only those with any), by kind."""
+        if not lead_ids:
+            return {}
+        await self._ensure()
+        raws = await self._r.hmget(self._k(campaign_id, "hist"), list(lead_ids))
+        out: dict[str, dict[str, tuple[float, ...]]] = {}
+        for lead_id, raw in zip(lead_ids, raws, strict=True):
+            if raw:
+                doc = json.loads(raw)
+                # Lua's cjson writes an empty list as {}: anything not a list is empty.
+                out[lead_id] = {k: tuple(float(x) for x in v) if isinstance(v, list) else ()
+                                for k, v in doc.items()}
+        return out
 
     # ------------------------------------------------------------------ do-not-call
 

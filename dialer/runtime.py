@@ -26,7 +26,15 @@ from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, Originate, RecordAttempt, ReleaseLead
 from dialer.core import DialerCore
-from dialer.events import CallFailed, CampaignControl, Event, LeadsAvailable, SharedAbandon, StoreLink
+from dialer.events import (
+    CallFailed,
+    CampaignControl,
+    DebtorHistorySeed,
+    Event,
+    LeadsAvailable,
+    SharedAbandon,
+    StoreLink,
+)
 from dialer.logs import mask_number
 from dialer.model import Attempt, CampaignSettings, Lead, Outcome
 from dialer.ports import TELEPHONY_COMMANDS, Store, Telephony
@@ -273,7 +281,42 @@ class Runtime:
             log.warning("lease failed", extra={"fields": {"campaign_id": cmd.campaign_id}}, exc_info=True)
             await self._store_failed()
             leads = []
+        leads = await self._seed_histories(cmd.campaign_id, leads)
         self.submit(LeadsAvailable(cmd.campaign_id, tuple(leads)))
+
+    async def _seed_histories(self, campaign_id: str, leads: list[Lead]) -> list[Lead]:
+        """Before leased leads reach the core, what every node recorded of those debtors: a lead that comes from
+        a dead or stopped node keeps its attempt caps and cool-downs here."""
+        read = getattr(self.store, "debtor_histories", None)
+        if read is None or not leads:
+            return leads
+        try:
+            histories = await read(campaign_id, [lead.lead_id for lead in leads])
+        except Exception:
+            # Without the history the gates could let a capped debtor through: keep the leads out this time.
+            log.warning("debtor histories unreadable: leads handed back", exc_info=True)
+            for lead in leads:
+                self._store_ops.put_nowait(ReleaseLead(campaign_id, lead.lead_id, Outcome.LOST, final=False))
+            return []
+        for lead_id, h in histories.items():
+            self.submit(DebtorHistorySeed(campaign_id, lead_id, h.get("a", ()), h.get("c", ()), h.get("x", ())))
+        return leads
+
+    async def _note_debtor(self, att: Attempt, dialed: bool) -> None:
+        """The instants the compliance caps count, in the shared store (campaign-wide, across nodes)."""
+        note = getattr(self.store, "debtor_note", None)
+        camp = self.core.campaigns.get(att.campaign_id)
+        if note is None or camp is None:
+            return
+        history = camp.gate.history
+        keep, max_n = history.horizon_s, history.max_per_lead
+        if dialed:
+            await note(att.campaign_id, att.lead_id, "a", att.dialed_at, keep, max_n)
+        elif att.outcome is not None and att.outcome.value == "connected" and att.connected_at is not None:
+            await note(att.campaign_id, att.lead_id, "c", att.connected_at, keep, max_n)
+        elif att.outcome is not None and att.outcome.value == "abandoned":
+            await note(att.campaign_id, att.lead_id, "x", att.answered_at or att.ended_at or att.dialed_at,
+                       keep, max_n)
 
     async def _store_writer(self) -> None:
         """One writer keeps the store's view in the core's order (dial record before its final record). The queue
@@ -301,6 +344,7 @@ class Runtime:
                     self.submit(CallFailed(call_id, Outcome.LOST))
                     return
                 await self.store.record_attempt(op.record.attempt)
+                await self._note_debtor(op.record.attempt, dialed=True)
             except Exception:
                 log.warning("dial record failed: call not made", extra={"fields": {"call_id": call_id}},
                             exc_info=True)
@@ -330,12 +374,16 @@ class Runtime:
             await self._dial(op)
             return
         counted_live = False
+        counted_debtor = False
         failures = 0
         while True:
             try:
                 if isinstance(op, RecordAttempt):
                     att = op.attempt
                     await self.store.record_attempt(att)  # an upsert by call id: safe to repeat
+                    if att.outcome is not None and not counted_debtor:
+                        await self._note_debtor(att, dialed=False)
+                        counted_debtor = True
                     if att.outcome is not None and att.outcome.live and not counted_live:
                         recorder = getattr(self.store, "record_live", None)
                         if recorder is not None:

@@ -168,3 +168,61 @@ async def test_did_caps_hold_across_nodes(tmp_path: Path) -> None:
         await rt.stop()
     finally:
         server.stop()
+
+
+async def test_a_debtors_history_follows_its_lead_to_another_node(tmp_path: Path) -> None:
+    """Node n1 dials a debtor and reaches them; the lead then lands on node n2 (n1 stopped): n2's gates know the
+    attempt and the conversation, so a rule set's caps and cool-downs hold campaign-wide."""
+    from dialer.commands import Originate, RecordAttempt, ReleaseLead
+    from dialer.core import DialerCore
+    from dialer.events import CampaignControl
+    from dialer.model import CampaignSettings, Lead
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        t0 = 1_700_000_000.0
+        settings = CampaignSettings(campaign_id="c", rule_set="us-tsr-regf")
+        lead = Lead("l1", "c", ("+12125550123",), country="US", timezone="America/New_York")
+        s1 = open_store(f"{server.url}?lease_ttl=30", node_id="n1")
+        assert isinstance(s1, RedisStore)
+        await s1.save_campaign(settings)
+        await s1.add_leads("c", [lead])
+        assert [x.lead_id for x in await s1.lease_leads("c", 1, t0)] == ["l1"]
+        core1 = DialerCore()
+        core1.add_campaign(settings)
+        rt1 = Runtime(core1, s1, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0)
+        await rt1.start()
+        dial = Attempt("k1", "c", "l1", lead.phone, "1000", t0)
+        done = Attempt("k1", "c", "l1", lead.phone, "1000", t0, answered_at=t0 + 5, connected_at=t0 + 6,
+                       ended_at=t0 + 90, outcome=Outcome.CONNECTED, agent_id="a")
+        rt1._dispatch([RecordAttempt(dial), Originate("k1", "c", "l1", lead.phone, "1000", 25.0),
+                       RecordAttempt(done), ReleaseLead("c", "l1", Outcome.LOST, final=False)])  # n1 stops
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if rt1.pending_writes == 0:
+                break
+        await rt1.stop()
+        probe = open_store(server.url, node_id="probe")
+        assert isinstance(probe, RedisStore)
+        hist = await probe.debtor_histories("c", ["l1", "nobody"])
+        await probe.aclose()
+        assert hist == {"l1": {"a": (t0,), "c": (t0 + 6,)}}
+
+        s2 = open_store(f"{server.url}?lease_ttl=30", node_id="n2")
+        core2 = DialerCore()
+        core2.add_campaign(settings)
+        rt2 = Runtime(core2, s2, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0 + 3600)
+        await rt2.start()
+        rt2.submit(CampaignControl("c", "start"))  # asks the store for leads
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if core2.campaigns["c"].gate.history.contacts("l1"):
+                break
+        gate = core2.campaigns["c"].gate
+        assert gate.history.attempts("l1") == (t0,) and gate.history.contacts("l1") == (t0 + 6,)
+        refusal = gate.check(lead, lead.phone, t0 + 86400)  # a day later: inside the 7-day post-conversation block
+        assert refusal is not None and refusal.reason.value == "contact_cooldown"
+        await rt2.stop()
+    finally:
+        server.stop()
