@@ -55,5 +55,14 @@ def _mount_check() -> None:
 
 _mount_check()
 
+
+def _mount_config() -> None:
+    from marcador_cli.config_cmd import app as config_app
+
+    app.add_typer(config_app, name="config", help="Check and document the settings file.")
+
+
+_mount_config()
+
 if __name__ == "__main__":
     app()
