@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, check_agent
 from api.dashboard import dashboard_router
 from api.events import EventHub, parse_last_id, parse_types
-from api.metrics import render_metrics
+from api.metrics import abandon_windows, render_metrics
 from api.webhooks import Webhooks
 from config.settings import ApiSettings
 from dialer.core import PREVIEW, DialerCore
@@ -421,6 +421,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         await _settings(campaign_id)
         stats = runtime.stats(campaign_id)
         stats["leads"] = await runtime.store.lead_counts(campaign_id)
+        stats["abandon_windows"] = await abandon_windows(runtime, campaign_id)  # rolling 24 h and 30 days
+        stats["lines_per_agent"] = ((stats["in_flight"] + stats["waiting"]) / working) if (
+            working := sum(stats["agents"].get(k, 0) for k in ("ready", "on_call", "wrapup"))) else 0.0
         return stats
 
     @v1.get("/campaigns/{campaign_id}/attempts", tags=["attempts"])

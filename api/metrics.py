@@ -19,6 +19,7 @@ import math
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -169,6 +170,24 @@ def _schedule_refresh(runtime: Runtime, now: float) -> _Windows:
             return cache  # no loop (a plain call): only `refresh_abandon_windows` fills the cache
         cache.task = loop.create_task(_refresh_quietly(runtime), name="marcador-metrics-windows")
     return cache
+
+
+async def abandon_windows(runtime: Runtime, campaign_id: str) -> dict[str, Any]:
+    """Rolling abandon figures of one campaign for the stats API: {window: {abandoned, live_answers, rate}} plus
+    `age_s`. The first call waits for the counts; later ones read the cache and refresh it in the background when
+    older than WINDOW_MAX_AGE_S."""
+    now = runtime.clock()
+    cache = _windows.get(runtime)
+    if cache is None or cache.at is None:
+        await refresh_abandon_windows(runtime, now)
+        cache = _windows[runtime]
+    else:
+        cache = _schedule_refresh(runtime, now)
+    out: dict[str, Any] = {"age_s": round(now - cache.at, 3) if cache.at is not None else None}
+    for name, _ in WINDOWS:
+        abandoned, live = cache.counts.get((campaign_id, name), (0, 0))
+        out[name] = {"abandoned": abandoned, "live_answers": live, "rate": abandoned / live if live else 0.0}
+    return out
 
 
 async def _refresh_quietly(runtime: Runtime) -> None:

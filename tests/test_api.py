@@ -389,3 +389,19 @@ async def test_campaign_settings_are_checked_by_the_core_rules() -> None:
         r = await env.api.post("/api/v1/campaigns", json={"campaign_id": "x", "dispositions": [{"code": 3}]})
         assert r.status_code == 422 and "dispositions[0].code" in r.text
         assert (await env.api.get("/api/v1/campaigns/x")).status_code == 404  # nothing half-saved
+
+
+async def test_stats_carry_rolling_abandon_windows_and_lines_per_agent() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        now = env.runtime.clock()
+        rows = [("k1", now - 3600, Outcome.ABANDONED), ("k2", now - 3600, Outcome.CONNECTED),
+                ("k3", now - 5 * 86400, Outcome.ABANDONED), ("k4", now - 40 * 86400, Outcome.ABANDONED)]
+        for call_id, t, outcome in rows:
+            await env.store.record_attempt(Attempt(call_id, "c1", call_id, "+57300", "1", dialed_at=t - 10,
+                                                   answered_at=t, ended_at=t + 60, outcome=outcome))
+        stats = (await env.api.get("/api/v1/campaigns/c1/stats")).json()
+        w = stats["abandon_windows"]
+        assert w["24h"] == {"abandoned": 1, "live_answers": 2, "rate": 0.5}
+        assert w["30d"] == {"abandoned": 2, "live_answers": 3, "rate": 2 / 3}  # the 40-day-old one is out
+        assert stats["lines_per_agent"] == 0.0  # nobody logged in
