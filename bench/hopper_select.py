@@ -2,8 +2,9 @@
 
 Builds the leads (1-3 phones, mixed segments, stages, amounts and zones), adds them, then runs rounds of
 `select(--select)` with outcomes fed back between rounds (not timed) and virtual time moving on, once with a gate
-that allows everything and once with a gate refusing 30% of candidates (retry in an hour). Seeded: same figures'
-inputs on every run.
+that allows everything, once with a gate refusing 30% of candidates (retry in an hour), and once through the
+real compliance gates (`us-tsr-regf`: local calling window per debtor zone, 7-in-7 cap and cool-downs, a DNC
+list of 100,000 numbers). Seeded: same figures' inputs on every run.
 
     python bench/hopper_select.py [--leads 1000000] [--select 1000] [--rounds 30] [--best-time] [--json]
 """
@@ -22,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import parser, report
+from dialer.compliance import DebtorHistory, DncList, Gatekeeper, load_rule_set
 from dialer.hopper import Hopper, HopperRules, Pick
 from dialer.model import Lead, Outcome
 
@@ -53,7 +55,7 @@ def make_leads(n: int, rng: np.random.Generator) -> list[Lead]:
 
 
 def run_rounds(hopper: Hopper, count: int, rounds: int, refuse: float, rng: np.random.Generator,
-               start: float) -> tuple[list[float], int, float]:
+               start: float, real_gate: Gatekeeper | None = None) -> tuple[list[float], int, float]:
     """Times `select`; returns per-round ms, picks made, and the virtual time reached."""
     now = start
     # Refusal draws made up front, so the gate costs what a cheap real gate would (a lookup), not an RNG call.
@@ -69,9 +71,12 @@ def run_rounds(hopper: Hopper, count: int, rounds: int, refuse: float, rng: np.r
     picked = 0
     for _ in range(rounds):
         started = time.perf_counter()
-        picks: list[Pick] = hopper.select(count, now, gate)
+        picks: list[Pick] = hopper.select(count, now, gate if real_gate is None else real_gate.check)
         times.append((time.perf_counter() - started) * 1000)
         picked += len(picks)
+        if real_gate is not None:
+            for p in picks:
+                real_gate.history.note_attempt(p.lead.lead_id, p.number, now)
         oc = rng.choice(len(OUTCOMES), size=len(picks), p=OUTCOME_P)
         for p, k in zip(picks, oc, strict=True):
             hopper.outcome(p.lead.lead_id, p.number, OUTCOMES[k], now + 30.0)
@@ -102,19 +107,27 @@ def main() -> None:
     build_s = time.perf_counter() - started
     assert added == args.leads
     allow_ms, allow_n, now = run_rounds(hopper, args.select, args.rounds, 0.0, rng, T0)
-    gated_ms, gated_n, _ = run_rounds(hopper, args.select, args.rounds, args.refuse, rng, now)
+    gated_ms, gated_n, now = run_rounds(hopper, args.select, args.rounds, args.refuse, rng, now)
+    rules_set = load_rule_set("us-tsr-regf")
+    dnc = DncList()
+    dnc.add_many((lead.phones[0] for lead in leads[::10]), CAMPAIGN)
+    real = Gatekeeper(rules_set, dnc, DebtorHistory.for_rule_set(rules_set), CAMPAIGN)
+    real_ms, real_n, _ = run_rounds(hopper, args.select, args.rounds, 0.0, rng, now, real)
     result: dict[str, Any] = {
         "leads": args.leads, "select_count": args.select, "rounds": args.rounds, "best_time": args.best_time,
         "median_ms": round(statistics.median(allow_ms), 2), "p95_ms": round(pct(allow_ms, 95), 2),
         "gated_refuse": args.refuse,
         "gated_median_ms": round(statistics.median(gated_ms), 2), "gated_p95_ms": round(pct(gated_ms, 95), 2),
-        "picks": allow_n + gated_n, "refusals_logged": len(hopper.refusals),
+        "compliance_median_ms": round(statistics.median(real_ms), 2),
+        "compliance_p95_ms": round(pct(real_ms, 95), 2),
+        "picks": allow_n + gated_n + real_n, "refusals_logged": len(hopper.refusals),
         "build_s": round(build_s, 2), "counts": hopper.counts(),
     }
     report(result, args.json, lambda r: (
         f"hopper_select: select({r['select_count']}) of {r['leads']} leads: median {r['median_ms']} ms, "
         f"p95 {r['p95_ms']} ms; refusing {round(r['gated_refuse'] * 100)}%: median {r['gated_median_ms']} ms, "
-        f"p95 {r['gated_p95_ms']} ms; build {r['build_s']} s"))
+        f"p95 {r['gated_p95_ms']} ms; through the compliance gates: median {r['compliance_median_ms']} ms, "
+        f"p95 {r['compliance_p95_ms']} ms; build {r['build_s']} s"))
 
 
 if __name__ == "__main__":
