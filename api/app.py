@@ -9,11 +9,14 @@ import asyncio
 import base64
 import binascii
 import codecs
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import re
 import threading
 import time
@@ -36,7 +39,7 @@ from api.webhooks import Webhooks
 from config.settings import ApiSettings
 from dialer.core import PREVIEW, DialerCore
 from dialer.events import AgentLogin, AgentLogout, AgentState, CampaignControl, Disposition, DncAdd, LeadRemoved
-from dialer.leads import LeadFileError, ParseReport, RowIssue, iter_csv_leads, lead_from_row
+from dialer.leads import LeadFileError, ParseReport, RowIssue, accept, iter_csv_leads, lead_from_row, parse_csv_block
 from dialer.leads import normalise_phone as lead_phone
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime
@@ -49,6 +52,22 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
 LEAD_BATCH = 5000
+# Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
+POOL_MIN_BYTES = 256 * 1024
+POOL_BLOCK_ROWS = 1000
+POOL_BLOCKS_IN_FLIGHT = 4
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+def _lead_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """One pool of lead parsers per process, started on the first big upload (forkserver: children do not
+    inherit the engine's threads and sockets; they import only what parsing needs)."""
+    global _pool
+    if _pool is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["dialer.leads"])
+        _pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=ctx)
+    return _pool
 _READY_TIMEOUT_S = 2.0
 
 # ---------------------------------------------------------------------------------------------- schemas
@@ -434,6 +453,96 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
     # ------------------------------------------------------------------ leads
 
+    async def _add_csv_pooled(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
+        """A big upload: blocks of whole records are parsed in worker processes (every core; the phone number
+        library is the cost), then taken in file order on the loop: row numbers offset, duplicate ids refused,
+        batches added. At most a few blocks are in flight, so memory holds blocks, never the file."""
+        loop = asyncio.get_running_loop()
+        pool = _lead_pool()
+        report = ParseReport()
+        seen: set[str] = set()
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        offset = first_row  # file row number of the next block's first record
+        new = 0
+
+        async def take_one() -> None:
+            nonlocal offset, new
+            good, rejected, count = await pending.popleft()
+            batch: list[Lead] = []
+            k = 0  # rejected rows and good rows merged back into file order, as the one-thread path reports
+            for rel, lead, held in good:
+                while k < len(rejected) and rejected[k].row < rel:
+                    report.rejected.append(RowIssue(rejected[k].row + offset, rejected[k].field, rejected[k].reason))
+                    k += 1
+                held_at = RowIssue(held.row + offset, held.field, held.reason) if held is not None else None
+                if accept(lead, held_at, rel + offset, report, seen):
+                    batch.append(lead)
+            for issue in rejected[k:]:
+                report.rejected.append(RowIssue(issue.row + offset, issue.field, issue.reason))
+            offset += count
+            if batch:
+                new += await runtime.add_leads(campaign_id, batch)
+
+        header: str | None = None
+        block: list[str] = []
+        records, inside = 0, False  # whole records in `block`; inside a quoted field at the end of it
+
+        async def submit() -> None:
+            nonlocal block, records
+            if header is None or not block:
+                return
+            text = header + "".join(block)
+            block, records = [], 0
+            pending.append(loop.run_in_executor(pool, parse_csv_block, text, campaign_id))
+            if len(pending) > POOL_BLOCKS_IN_FLIGHT:
+                await take_one()
+
+        splitter = _Lines()
+        error: BaseException | None = None
+        try:
+            try:
+                async for chunk in _body_chunks(request, cfg.max_upload_bytes):
+                    hasher.update(chunk)
+                    for line in splitter.feed(chunk):
+                        if header is None:
+                            header = line
+                            continue
+                        block.append(line)
+                        # A record ends at a line end outside quotes (RFC 4180 doubles a quote inside a field,
+                        # so the count's parity says where we are); a stray quote only moves a block boundary.
+                        inside ^= line.count('"') % 2 == 1
+                        if not inside:
+                            records += 1
+                            if records >= POOL_BLOCK_ROWS:
+                                await submit()
+                        elif len(block) >= 4 * POOL_BLOCK_ROWS:
+                            inside = False
+                            await submit()
+                for line in splitter.feed(b"", final=True):
+                    if header is None:
+                        header = line
+                    else:
+                        block.append(line)
+            except (_TooLarge, ClientDisconnect) as exc:
+                error = exc
+            if header is None:
+                raise HTTPException(422, "csv: empty file: a header line is required")
+            if not header.endswith(("\n", "\r")):
+                header += "\n"
+            await submit()
+            while pending:
+                await take_one()
+        except LeadFileError as exc:  # the header, found by the first block: nothing was added
+            for fut in pending:
+                fut.cancel()
+            raise HTTPException(422, f"csv: {exc}") from None
+        if isinstance(error, _TooLarge):
+            raise HTTPException(413, {"reason": f"upload larger than {cfg.max_upload_bytes} bytes; rows before "
+                                                "the limit were processed", **_result(report, new)})
+        if error is not None:
+            raise error
+        return _result(report, new)
+
     async def _add_csv(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
         """Parse in a worker thread (a million rows must not stall the core's loop), add in batches on the loop.
         The body streams through a small bounded queue: memory holds a few chunks and one batch, never the file."""
@@ -590,7 +699,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         fingerprint: str | None = None
         result: dict[str, Any] = {}
         try:
-            if ctype == "text/csv":
+            if ctype == "text/csv" and int(request.headers.get("content-length") or 0) >= POOL_MIN_BYTES:
+                result = await _add_csv_pooled(request, campaign_id, first_row, hasher)
+            elif ctype == "text/csv":
                 result = await _add_csv(request, campaign_id, first_row, hasher)
             else:
                 result = await _add_json(request, campaign_id, first_row, hasher)

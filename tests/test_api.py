@@ -405,3 +405,40 @@ async def test_stats_carry_rolling_abandon_windows_and_lines_per_agent() -> None
         assert w["24h"] == {"abandoned": 1, "live_answers": 2, "rate": 0.5}
         assert w["30d"] == {"abandoned": 2, "live_answers": 3, "rate": 2 / 3}  # the 40-day-old one is out
         assert stats["lines_per_agent"] == 0.0  # nobody logged in
+
+
+async def test_a_big_csv_parsed_in_worker_processes_answers_as_the_streamed_one() -> None:
+    """Bodies of 256 KB and more are parsed in blocks by a process pool: same accepted, rejected (row, field),
+    held and duplicates as the one-thread path, quoted newlines and all."""
+    rows = []
+    for i in range(3000):
+        note = f"line one\nline two of {i}" if i % 97 == 0 else "x" * 40
+        row = co_row(i, note=note)
+        if i % 50 == 7:
+            row["phone"] = "12"  # bad
+        if i % 211 == 5:
+            row["lead_id"] = "L4"  # duplicate of an earlier lead
+        if i % 300 == 9:
+            row["timezone"] = ""  # a Colombian mobile has one zone: derived
+        rows.append(row)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([*HEADER.split(","), "note"])
+    for r in rows:
+        w.writerow([*(r[c] for c in HEADER.split(",")), r["note"]])
+    body = out.getvalue().encode()
+    assert len(body) >= 256 * 1024
+
+    async def streamed() -> AsyncIterator[bytes]:  # no Content-Length: the one-thread path
+        for k in range(0, len(body), 65536):
+            yield body[k:k + 65536]
+
+    async with api_env() as env:
+        await make_campaign(env.api, "big")
+        await make_campaign(env.api, "streamed")
+        headers = {"Content-Type": "text/csv"}
+        pooled = (await env.api.post("/api/v1/campaigns/big/leads", content=body, headers=headers)).json()
+        thread = (await env.api.post("/api/v1/campaigns/streamed/leads", content=streamed(), headers=headers)).json()
+        assert pooled == thread
+        assert pooled["accepted"] == pooled["new"] == 3000 - 60 - 15  # 60 bad phones, 15 repeated ids
+        assert {(r["row"], r["field"]) for r in pooled["rejected"]} >= {(8, "phone"), (6, "lead_id")}
