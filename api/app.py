@@ -53,7 +53,7 @@ _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
 LEAD_BATCH = 5000
 # Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
-POOL_MIN_BYTES = 256 * 1024
+POOL_MIN_BYTES = 64 * 1024
 POOL_BLOCK_ROWS = 1000
 POOL_BLOCKS_IN_FLIGHT = 4
 _pool: concurrent.futures.ProcessPoolExecutor | None = None

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -151,7 +153,7 @@ def send_chunk(client: httpx.Client, url: str, chunk: Chunk, key: str, *, retrie
 
 def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_path: Path, batch: int,
                resume_from: int = 1, *, console: Console | None = None, backoff_s: float = BACKOFF_S,
-               client: httpx.Client | None = None) -> ImportSummary:
+               client: httpx.Client | None = None, parallel: int = 2) -> ImportSummary:
     """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` as they come back
     (appended when resuming). Raises ImportFailed (with the row to resume from) or LeadFileError."""
     console = console or Console(stderr=True)
@@ -169,8 +171,9 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
             if resume_from == 1:
                 out.writerow(["row", "field", "reason"])
             task = progress.add_task(path.name, total=path.stat().st_size)
-            for chunk in iter_chunks(f, batch, resume_from):
-                data = send_chunk(http, url, chunk, key, backoff_s=backoff_s)
+
+            def take(chunk: Any, fut: Future[dict[str, Any]]) -> None:
+                data = fut.result()  # in file order: an ImportFailed names the first chunk that did not land
                 summary.rows += chunk.rows
                 summary.chunks += 1
                 summary.accepted += data["accepted"]
@@ -179,6 +182,21 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
                 out.writerows(data["rejected"])
                 rf.flush()  # what came back is on disk even if a later chunk fails
                 progress.update(task, completed=chunk.read_to)
+
+            # The next chunk travels while the server parses this one (the engine parses on every core);
+            # answers are taken in file order. A resumed import re-sends later chunks: their keys replay.
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
+                inflight: deque[tuple[Any, Future[dict[str, Any]]]] = deque()
+                try:
+                    for chunk in iter_chunks(f, batch, resume_from):
+                        inflight.append((chunk, pool.submit(send_chunk, http, url, chunk, key, backoff_s=backoff_s)))
+                        if len(inflight) >= parallel:
+                            take(*inflight.popleft())
+                    while inflight:
+                        take(*inflight.popleft())
+                finally:
+                    for _, fut in inflight:
+                        fut.cancel()
     finally:
         if own:
             http.close()
@@ -196,12 +214,14 @@ def import_leads(
     batch: Annotated[int, typer.Option("--batch", min=1, help="data rows per request")] = 5000,
     resume_from: Annotated[int, typer.Option("--resume-from", min=1, help="first data row to send (after a "
                                              "stopped import; same --batch)")] = 1,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=8, help="chunks in flight at once")] = 2,
 ) -> None:
     """Import leads from a CSV file into a campaign of a running Marcador, in chunks."""
     console = Console(stderr=True, soft_wrap=True)  # messages unwrapped: they get grepped out of logs
     rejects_path = rejects or file.with_name(f"{file.stem}.rejects.csv")
     try:
-        s = run_import(file, campaign, api, token, rejects_path, batch, resume_from, console=console)
+        s = run_import(file, campaign, api, token, rejects_path, batch, resume_from, console=console,
+                       parallel=parallel)
     except LeadFileError as exc:
         console.print(f"import-leads: {file}: {exc}", style="red", markup=False)
         raise typer.Exit(1) from None

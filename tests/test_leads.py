@@ -439,7 +439,7 @@ def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: Fake
                                                                    tmp_path: Path) -> None:
     rejects = tmp_path / "out.csv"
     args = [str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret", "--batch", "4",
-            "--rejects", str(rejects)]
+            "--rejects", str(rejects), "--parallel", "1"]  # one chunk in flight: the exact request sequence
     fake_api.fail[5] = 503
     r = _cli(args)
     assert r.exit_code == 1
@@ -454,6 +454,20 @@ def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: Fake
     assert len(fake_api.leads) == 7
     r = _cli([*args, "--resume-from", "6"])
     assert r.exit_code == 2 and "chunk's first row" in r.output
+
+
+def test_cli_with_chunks_in_flight_stops_at_the_first_failed_one_and_resumes(
+        fake_api: FakeLeadsApi, leads_file: Path, tmp_path: Path) -> None:
+    rejects = tmp_path / "out.csv"
+    args = [str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret", "--batch", "4",
+            "--rejects", str(rejects), "--parallel", "3"]
+    fake_api.fail[5] = 503
+    r = _cli(args)
+    assert r.exit_code == 1 and "--resume-from 5" in r.output  # a later chunk may have landed: its key replays
+    r = _cli([*args, "--resume-from", "5"])
+    assert r.exit_code == 0, r.output
+    assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
+    assert len(fake_api.leads) == 7
 
 
 def test_cli_retries_a_dropped_connection_with_the_same_key(fake_api: FakeLeadsApi, leads_file: Path) -> None:
