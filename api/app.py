@@ -54,7 +54,7 @@ _PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agen
 LEAD_BATCH = 5000
 # Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
 POOL_MIN_BYTES = 64 * 1024
-POOL_BLOCK_ROWS = 1000
+POOL_BLOCK_ROWS = 2500
 POOL_BLOCKS_IN_FLIGHT = 4
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 

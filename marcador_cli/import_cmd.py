@@ -214,7 +214,7 @@ def import_leads(
     batch: Annotated[int, typer.Option("--batch", min=1, help="data rows per request")] = 5000,
     resume_from: Annotated[int, typer.Option("--resume-from", min=1, help="first data row to send (after a "
                                              "stopped import; same --batch)")] = 1,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, max=8, help="chunks in flight at once")] = 2,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, max=8, help="chunks in flight at once")] = 3,
 ) -> None:
     """Import leads from a CSV file into a campaign of a running Marcador, in chunks."""
     console = Console(stderr=True, soft_wrap=True)  # messages unwrapped: they get grepped out of logs
