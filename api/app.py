@@ -6,6 +6,7 @@ OpenAPI at /docs. Auth: bearer tokens with roles (api/auth.py). Open: /healthz, 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import binascii
 import codecs
@@ -67,6 +68,7 @@ def _lead_pool() -> concurrent.futures.ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["dialer.leads"])
         _pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=ctx)
+        atexit.register(_pool.shutdown, wait=True, cancel_futures=True)  # before the interpreter tears down
     return _pool
 _READY_TIMEOUT_S = 2.0
 

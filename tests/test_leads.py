@@ -411,14 +411,14 @@ def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, 
     assert r.exit_code == 0, r.output
     assert "accepted 7, rejected 4, held 1" in r.output
     reqs = fake_api.requests
-    assert [q["first_row"] for q in reqs] == [1, 4, 7, 10]
+    assert sorted(q["first_row"] for q in reqs) == [1, 4, 7, 10]  # several in flight: any arrival order
     assert {q["path"] for q in reqs} == {"/api/v1/campaigns/c-1/leads"}
     header = SAMPLE.read_bytes().split(b"\n", 1)[0] + b"\n"
     assert all(q["body"].startswith(header) for q in reqs)
     assert all(q["headers"]["Content-Type"] == "text/csv" for q in reqs)
     assert all(q["headers"]["Authorization"] == "Bearer s3cret" for q in reqs)
     keys = [q["headers"]["Idempotency-Key"] for q in reqs]
-    assert [k.rsplit("-", 1)[1] for k in keys] == ["0", "1", "2", "3"]
+    assert sorted(k.rsplit("-", 1)[1] for k in keys) == ["0", "1", "2", "3"]
     assert len({k.rsplit("-", 1)[0] for k in keys}) == 1 and len(keys[0].split("-")[0]) == 64
     # The record with a quoted line break travelled whole, in the last chunk.
     assert fake_api.leads["es-2"].fields["account"] == "ACC-12\nsecond line"
@@ -466,7 +466,11 @@ def test_cli_with_chunks_in_flight_stops_at_the_first_failed_one_and_resumes(
     assert r.exit_code == 1 and "--resume-from 5" in r.output  # a later chunk may have landed: its key replays
     r = _cli([*args, "--resume-from", "5"])
     assert r.exit_code == 0, r.output
-    assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
+    got = _rejects(rejects)
+    # Chunks in flight land in any order, so which copy of the repeated id counts as the duplicate depends on
+    # arrival (the fake server, like a store, keeps the first it sees); the other rejects are fixed.
+    assert [x for x in got if x[1] != "lead_id"] == [(7, "phone"), (8, "timezone"), (9, "phone3")]
+    assert len([x for x in got if x[1] == "lead_id"]) == 1
     assert len(fake_api.leads) == 7
 
 
@@ -474,8 +478,9 @@ def test_cli_retries_a_dropped_connection_with_the_same_key(fake_api: FakeLeadsA
     fake_api.drop.add(7)
     r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret", "--batch", "6"])
     assert r.exit_code == 0, r.output
-    assert [q["first_row"] for q in fake_api.requests] == [1, 7, 7]
-    assert fake_api.requests[1]["headers"]["Idempotency-Key"] == fake_api.requests[2]["headers"]["Idempotency-Key"]
+    assert sorted(q["first_row"] for q in fake_api.requests) == [1, 7, 7]  # in flight together: any order
+    again = [q["headers"]["Idempotency-Key"] for q in fake_api.requests if q["first_row"] == 7]
+    assert again[0] == again[1]
     assert "accepted 7, rejected 4, held 1" in r.output
 
 
