@@ -29,7 +29,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NaiveDatetime,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import ClientDisconnect
 
 from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, check_agent
@@ -39,7 +48,17 @@ from api.metrics import abandon_windows, render_metrics
 from api.webhooks import Webhooks
 from config.settings import ApiSettings
 from dialer.core import PREVIEW, DialerCore
-from dialer.events import AgentLogin, AgentLogout, AgentState, CampaignControl, Disposition, DncAdd, LeadRemoved
+from dialer.events import (
+    AgentLogin,
+    AgentLogout,
+    AgentState,
+    CampaignControl,
+    Disposition,
+    DncAdd,
+    LeadRemoved,
+    ScheduleCallback,
+)
+from dialer.hopper import local_time_to_epoch
 from dialer.leads import LeadFileError, ParseReport, RowIssue, accept, iter_csv_leads, lead_from_row, parse_csv_block
 from dialer.leads import normalise_phone as lead_phone
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
@@ -109,6 +128,20 @@ class CampaignIn(BaseModel):
 
     def settings(self) -> CampaignSettings:
         return CampaignSettings(**self.model_dump())
+
+
+class CallbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime | None = Field(None, description="when, ISO 8601 with its offset")
+    local: NaiveDatetime | None = Field(None, description="or: a wall-clock time in the debtor's own zone")
+    agent_id: str | None = Field(None, pattern=_ID.pattern, description="the agent who calls back; none: anyone")
+
+    @model_validator(mode="after")
+    def _one_time(self) -> CallbackIn:
+        if (self.at is None) == (self.local is None):
+            raise ValueError("give exactly one of at (with offset) or local (the debtor's wall clock)")
+        return self
 
 
 class CampaignPatch(BaseModel):
@@ -727,6 +760,45 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         if in_core:
             runtime.submit(LeadRemoved(campaign_id, lead_id))  # out of the hopper before the next dial
         return Response(status_code=204)
+
+    # ------------------------------------------------------------------ callbacks
+
+    @v1.post("/campaigns/{campaign_id}/leads/{lead_id}/callback", status_code=202, tags=["callbacks"])
+    async def schedule_callback(campaign_id: str, lead_id: str, body: CallbackIn, _: Controller) -> dict[str, Any]:
+        """Call a lead back: at an instant (`at`, ISO 8601 with offset) or at a wall-clock time in the debtor's own
+        zone (`local`, e.g. 2026-12-01T18:00); by one agent (`agent_id`) or by whoever is free. The gates still
+        judge the dial when it comes due."""
+        await _settings(campaign_id)
+        camp = runtime.core.campaigns.get(campaign_id)
+        if body.at is not None:
+            at = body.at.timestamp()
+        else:
+            assert body.local is not None
+            lead = camp.hopper.lead(lead_id) if camp is not None else None
+            if lead is None or not lead.timezone:
+                raise HTTPException(409, "local: the debtor's time zone is not known here (lead not loaded or held); "
+                                         "give `at` with an offset")
+            at = local_time_to_epoch(body.local.date(), body.local.strftime("%H:%M"), lead.timezone)
+        if at <= runtime.clock():
+            raise HTTPException(422, "at: must be in the future")
+        if camp is not None and camp.hopper.info(lead_id) is None and not await _lead_exists(campaign_id, lead_id):
+            raise HTTPException(404, f"lead {lead_id!r} is not in campaign {campaign_id!r}")
+        runtime.submit(ScheduleCallback(campaign_id, lead_id, at, body.agent_id))
+        return {"campaign_id": campaign_id, "lead_id": lead_id, "at": at, "agent_id": body.agent_id}
+
+    @v1.get("/campaigns/{campaign_id}/callbacks", tags=["callbacks"])
+    async def list_callbacks(campaign_id: str, _: Reader) -> list[dict[str, Any]]:
+        """Scheduled callbacks, earliest first (with those asked for leads not loaded on this node yet)."""
+        await _settings(campaign_id)
+        camp = runtime.core.campaigns.get(campaign_id)
+        if camp is None:
+            return []
+        rows = camp.hopper.callbacks() + [(lid, at, agent) for lid, (at, agent) in camp.later_callbacks.items()]
+        return [{"lead_id": lid, "at": at, "agent_id": agent} for lid, at, agent in sorted(rows, key=lambda r: r[1])]
+
+    async def _lead_exists(campaign_id: str, lead_id: str) -> bool:
+        known = getattr(runtime.store, "has_lead", None)
+        return True if known is None else bool(await known(campaign_id, lead_id))
 
     # ------------------------------------------------------------------ DNC
 

@@ -55,6 +55,7 @@ from dialer.events import (
     PreviewDial,
     PreviewRequest,
     PreviewSkip,
+    ScheduleCallback,
     SharedAbandon,
     StoreLink,
 )
@@ -122,6 +123,7 @@ class CampaignState:
     connected: int = 0
     abandoned: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # gate refusals by reason
+    later_callbacks: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # for leads not loaded yet
 
 
 class DialerCore:
@@ -237,11 +239,23 @@ class DialerCore:
                 camp.fetch_pending = False
                 camp.exhausted = not event.leads
                 camp.hopper.add(event.leads, now)
+                for lead in event.leads if camp.later_callbacks else ():
+                    asked = camp.later_callbacks.pop(lead.lead_id, None)
+                    if asked is not None:
+                        camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1])
             case DebtorHistorySeed():
                 self._seed_history(self._campaign(event.campaign_id), event)
             case DncAdd():
                 self.dnc.add(event.number, event.campaign_id, now if event.added_at is None else event.added_at)
                 out.append(Emit("dnc.added", {"campaign_id": event.campaign_id}))
+            case ScheduleCallback():
+                camp = self._campaign(event.campaign_id)
+                if not camp.hopper.schedule_callback(event.lead_id, event.at, event.agent_id):
+                    if camp.hopper.info(event.lead_id) is not None:
+                        raise CoreError(f"lead_id: {event.lead_id!r} is done or removed: no callback")
+                    camp.later_callbacks[event.lead_id] = (event.at, event.agent_id)  # not loaded here yet
+                out.append(Emit("callback.scheduled", {"campaign_id": event.campaign_id, "lead_id": event.lead_id,
+                                                       "at": event.at, "agent_id": event.agent_id}))
             case LeadRemoved():
                 camp = self._campaign(event.campaign_id)
                 info = camp.hopper.info(event.lead_id)

@@ -101,6 +101,17 @@ class DncAdd:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleCallback:
+    """Call the lead back at `at` (epoch seconds), by `agent_id` only when given. A lead not loaded on this node
+    yet gets it when it arrives."""
+
+    campaign_id: str
+    lead_id: str
+    at: float
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LeadRemoved:
     """A lead leaves its campaign at once (e.g. paid today): never dialed again, its callbacks cancelled."""
 
@@ -194,6 +205,7 @@ Event = (
     | Disposition
     | DncAdd
     | LeadRemoved
+    | ScheduleCallback
     | LeadsAvailable
     | DebtorHistorySeed
     | CampaignControl

@@ -753,6 +753,22 @@ class Hopper:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def lead(self, lead_id: str) -> Lead | None:
+        e = self._entries.get(lead_id)
+        return None if e is None else e.lead
+
+    def callbacks(self) -> list[tuple[str, float, str | None]]:
+        """Scheduled callbacks (lead id, when, owning agent or None), earliest first; those of leads out on a
+        call (asked for during the call) included."""
+        out: list[tuple[str, float, str | None]] = []
+        for lead_id, e in self._entries.items():
+            if e.state == SCHEDULED and e.cb_at is not None:
+                out.append((lead_id, e.cb_at, e.cb_agent))
+            elif e.state == OUT and e.later_cb is not None:
+                out.append((lead_id, e.later_cb[0], e.later_cb[1]))
+        out.sort(key=lambda x: (x[1], x[0]))
+        return out
+
     def info(self, lead_id: str) -> LeadInfo | None:
         e = self._entries.get(lead_id)
         if e is None:

@@ -101,6 +101,11 @@ class InMemoryStore:
             bucket.pending[lead_id] = packed
             bucket.order.appendleft(lead_id)  # it was next in line: keep it first
 
+    async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
+        """The lead was loaded into the campaign (waiting, leased or done)."""
+        b = self._bucket(campaign_id)
+        return lead_id in b.pending or lead_id in b.leased or lead_id in b.done
+
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         bucket = self._bucket(campaign_id)
         if bucket.pending.pop(lead_id, None) is not None:

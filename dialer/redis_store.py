@@ -300,6 +300,11 @@ class RedisStore:
         else:
             await self._release(campaign_id, lead_id, "back", outcome.value, "")
 
+    async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
+        """The lead was loaded into the campaign (its id stays taken once done)."""
+        await self._ensure()
+        return bool(await self._r.hexists(self._k(campaign_id, "leads"), lead_id))
+
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         await self._ensure()
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done")]

@@ -442,3 +442,35 @@ async def test_a_big_csv_parsed_in_worker_processes_answers_as_the_streamed_one(
         assert pooled == thread
         assert pooled["accepted"] == pooled["new"] == 3000 - 60 - 15  # 60 bad phones, 15 repeated ids
         assert {(r["row"], r["field"]) for r in pooled["rejected"]} >= {(8, "phone"), (6, "lead_id")}
+
+
+async def test_callbacks_at_an_instant_or_on_the_debtors_wall_clock() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        rows = [co_row(i) for i in range(3)]
+        r = await env.api.post("/api/v1/campaigns/c1/leads", content=csv_of(rows), headers={"Content-Type": "text/csv"})
+        assert r.json()["accepted"] == 3
+        # Not loaded into the dialer yet (the campaign is not running): kept until the lead arrives.
+        soon = time.time() + 3600
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(soon))
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": iso, "agent_id": "a7"})
+        assert r.status_code == 202, r.text
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L2/callback", json={"local": "2031-06-02T18:00"})
+        assert r.status_code == 409  # the debtor's zone is read from the loaded lead: not loaded yet
+        assert (await env.api.post("/api/v1/campaigns/c1/start")).status_code == 200
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if env.runtime.core.campaigns["c1"].hopper.lead("L2") is not None:
+                break
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L2/callback", json={"local": "2031-06-02T18:00"})
+        assert r.status_code == 202, r.text
+        assert r.json()["at"] == 1938207600.0  # 18:00 in Bogotá (UTC-5) = 2031-06-02 23:00 UTC
+        await asyncio.sleep(0.05)
+        got = (await env.api.get("/api/v1/campaigns/c1/callbacks")).json()
+        assert [(c["lead_id"], c["agent_id"]) for c in got] == [("L1", "a7"), ("L2", None)]
+        assert (await env.api.post("/api/v1/campaigns/c1/leads/nobody/callback", json={"at": iso})).status_code == 404
+        both = {"at": iso, "local": "2031-06-02T18:00"}
+        bad = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json=both)
+        assert bad.status_code == 422
+        past = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": "2020-01-01T00:00:00Z"})
+        assert past.status_code == 422
