@@ -731,6 +731,8 @@ class DialerCore:
         self._maybe_fetch(camp, now, out)
         if not (self.pbx_up and self.store_up):
             return  # nothing can be sent or recorded: leads stay in the hopper rather than fail unsent
+        if camp.settings.strategy != PREVIEW:  # in preview the owner asks for its callbacks itself
+            self._serve_agent_callbacks(camp, now, out)
         snap = self.snapshot(camp.settings.campaign_id, now)
         if snap.agents_logged_in == 0:
             return  # never dial with nobody to take the call, whatever a strategy says
@@ -747,6 +749,29 @@ class DialerCore:
                         camp.hopper.release(rest.lead.lead_id, now)
                     break
         self._maybe_fetch(camp, now, out)
+
+    def _serve_agent_callbacks(self, camp: CampaignState, now: float, out: list[Command]) -> None:
+        """A ready agent with a callback of its own due dials it now, reserved for it (never abandoned, never
+        another agent's), as in preview; the pacer counts the rest of the floor."""
+        cid = camp.settings.campaign_id
+        for agent in list(self.agents.serving(cid, camp.settings.skill)):
+            if agent.status is not AgentStatus.READY:
+                continue
+            picks = camp.hopper.due_agent_callbacks(agent.agent_id, now, self._gate(camp, out, agent_reserved=True),
+                                                    count=1)
+            if not picks:
+                continue
+            pick = picks[0]
+            agent.preview, agent.preview_campaign = pick.lead, cid
+            self.agents.set_status(agent, AgentStatus.PREVIEW, now, reason="callback")
+            out.append(self._agent_emit(agent))
+            call_id = self._dial(camp, pick, now, out)
+            if call_id is None:  # no caller ID within caps now: the callback waits, the agent is free
+                camp.hopper.release(pick.lead.lead_id, now)
+                agent.preview = agent.preview_campaign = None
+                self._end_wrapup_or_pause(agent, now, out)
+                return
+            self.calls[call_id].reserved_agent = agent.agent_id
 
     def _gate(self, camp: CampaignState, out: list[Command], *,
               agent_reserved: bool = False) -> Callable[[Lead, str, float], Refusal | None]:

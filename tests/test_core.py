@@ -33,6 +33,7 @@ from dialer.events import (
     PreviewDial,
     PreviewRequest,
     PreviewSkip,
+    ScheduleCallback,
     SharedAbandon,
     StoreLink,
 )
@@ -294,6 +295,21 @@ def test_shared_abandon_counts_reach_the_predictive_pacer():
     assert controller.rate == pytest.approx(0.08)  # other nodes' abandons count against the target here
     core.handle(SharedAbandon("c1", live=0, abandoned=0), 1.0)  # progressive ignores it; erlang resets
     assert controller.rate == 0.0
+
+
+def test_an_agents_own_callback_is_dialed_for_that_agent_when_due():
+    core = make(n_leads=5, agents=("a1", "a2"))
+    core.handle(ScheduleCallback("c1", "L4", at=50.0, agent_id="a2"), 1.0)
+    core.handle(ScheduleCallback("c1", "L9", at=60.0, agent_id="a1"), 1.0)  # not loaded yet: waits for the lead
+    assert core.campaigns["c1"].later_callbacks == {"L9": (60.0, "a1")}
+    first = of(core.tick(2.0), Originate)
+    assert "L4" not in {o.lead_id for o in first}  # not before its time
+    for o in first:
+        core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 3.0)
+    cmds = core.tick(51.0)
+    (cb,) = [o for o in of(cmds, Originate) if o.lead_id == "L4"]
+    assert core.agents.get("a2").status is AgentStatus.PREVIEW  # reserved for its owner
+    assert of(core.handle(CallAnswered(cb.call_id), 55.0), ConnectToAgent) == [ConnectToAgent(cb.call_id, "a2")]
 
 
 def test_answered_call_goes_to_best_skill_level_then_longest_idle():
