@@ -262,6 +262,35 @@ class Leads(BaseModel):
         return self
 
 
+class CampaignEntry(BaseModel):
+    """One of several campaigns sharing the floor's agents (by weight), each with its own debtors and rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    weight: float = Field(1.0, gt=0)
+    leads: Leads | None = None
+    rule_set: str = "none"
+    rule_overrides: dict[str, Any] = Field(default_factory=dict)
+    dnc: FileRef | None = None
+    removals: FileRef | None = None
+    did_pool: list[str] = Field(default_factory=list)
+    did_hour_cap: int = Field(60, gt=0)
+    did_day_cap: int = Field(300, gt=0)
+    recycle: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("rule_set")
+    @classmethod
+    def _known_rule_set(cls, v: str) -> str:
+        from dialer.compliance import RULE_SETS
+        if v not in RULE_SETS:
+            raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
+        return v
+
+
+_PER_CAMPAIGN = ("leads", "rule_set", "rule_overrides", "dnc", "removals", "did_pool", "recycle")
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -284,6 +313,7 @@ class Scenario(BaseModel):
     did_hour_cap: int = Field(60, gt=0)
     did_day_cap: int = Field(300, gt=0)
     recycle: dict[str, Any] = Field(default_factory=dict)  # the hopper's rules (recycle_delays, max attempts...)
+    campaigns: list[CampaignEntry] = Field(default_factory=list)  # several campaigns; else the one above
     base_dir: str = Field(".", exclude=True, description="where relative files are read from (set by the loader)")
 
     @field_validator("start")
@@ -300,6 +330,26 @@ class Scenario(BaseModel):
         if v not in RULE_SETS:
             raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
         return v
+
+    @model_validator(mode="after")
+    def _campaigns_or_top_level(self) -> Scenario:
+        if self.campaigns:
+            given = [k for k in _PER_CAMPAIGN if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"with campaigns, give {', '.join(given)} per campaign")
+            ids = [c.id for c in self.campaigns]
+            if len(set(ids)) != len(ids):
+                raise ValueError("campaigns: ids must be unique")
+        return self
+
+    def campaign_entries(self) -> list[CampaignEntry]:
+        """The campaigns to run: the listed ones, or the top-level one (id `sim`)."""
+        if self.campaigns:
+            return list(self.campaigns)
+        return [CampaignEntry(id="sim", leads=self.leads, rule_set=self.rule_set,
+                              rule_overrides=dict(self.rule_overrides), dnc=self.dnc, removals=self.removals,
+                              did_pool=list(self.did_pool), did_hour_cap=self.did_hour_cap,
+                              did_day_cap=self.did_day_cap, recycle=dict(self.recycle))]
 
     def path(self, ref: str) -> Path:
         p = Path(ref)

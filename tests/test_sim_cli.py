@@ -44,7 +44,7 @@ def test_attempts_out_writes_one_line_per_attempt_with_iso_times(tmp_path: Path)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == s["attempts"]
     assert set(rows[0]) == {"call_id", "lead_id", "number", "caller_id", "dialed_at", "answered_at", "connected_at",
-                            "ended_at", "outcome", "agent_id", "caller_id_reason", "phone_reason"}
+                            "ended_at", "outcome", "agent_id", "campaign_id", "caller_id_reason", "phone_reason"}
     first = datetime.fromisoformat(rows[0]["dialed_at"])
     assert rows[0]["dialed_at"].startswith("2026-01-05T08:00:00") and first.utcoffset() is not None
     assert sum(r["outcome"] == "connected" for r in rows) == s["connected"]

@@ -14,7 +14,7 @@ from dialer.model import Attempt, Outcome
 from sim.des.kernel import Kernel
 from sim.des.simulation import CAMPAIGN, SimResult, Simulation, attempt_row, strategy_names
 from sim.oracle import abandons
-from sim.scenario import parse_scenario
+from sim.scenario import ScenarioError, parse_scenario
 
 STRATEGIES = strategy_names()  # the registry's (as others add theirs) and the oracle
 
@@ -184,3 +184,34 @@ def test_duration_and_agents_can_be_overridden() -> None:
     assert s["sim_seconds"] == 600 and s["agents"] == 3
     assert max(a.dialed_at for a in result.attempts) <= 600
     assert len({a.agent_id for a in result.attempts if a.agent_id}) <= 3
+
+
+def test_several_campaigns_share_the_floor_by_weight_with_their_own_debtors_and_lists(tmp_path) -> None:
+    dnc = tmp_path / "dnc.csv"
+    sc = parse_scenario(_scenario(
+        start="2026-11-02T14:00:00+00:00", duration_s=3600, agents={"count": 12},
+        campaigns=[
+            {"id": "us", "weight": 3, "leads": {"generator": {"count": 400, "countries": ["US"]}},
+             "dnc": {"file": str(dnc)}},
+            {"id": "co", "weight": 1, "leads": {"generator": {"count": 400, "countries": ["CO"]}}},
+        ]))
+    sim = Simulation(sc, "progressive")
+    us_leads = list(sim._leads["us"] or [])
+    blocked = us_leads[0].phones[0]
+    dnc.write_text(f"number,added_at\n{blocked},2026-11-02T13:00:00+00:00\n")
+    result = sim.run()
+    by = Counter(a.campaign_id for a in result.attempts)
+    assert by["us"] > 2 * by["co"] > 0  # 3:1 by weight, both dialed
+    for a in result.attempts:
+        assert a.number.startswith("+1" if a.campaign_id == "us" else "+57")
+        assert a.number != blocked  # the us campaign's DNC list
+    assert result.summary["campaigns"] == {"us": by["us"], "co": by["co"]}
+    assert result.summary["refused"].get("dnc_campaign", 0) >= 1
+
+
+def test_several_campaigns_are_given_per_campaign_and_not_to_the_oracle() -> None:
+    with pytest.raises(ScenarioError, match="per campaign"):
+        parse_scenario(_scenario(rule_set="us-tsr-regf", campaigns=[{"id": "a"}]))
+    two = parse_scenario(_scenario(campaigns=[{"id": "a"}, {"id": "b"}]))
+    with pytest.raises(ValueError, match="oracle"):
+        Simulation(two, "oracle")

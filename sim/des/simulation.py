@@ -52,7 +52,7 @@ from sim.debtors import DebtorFileError, generate_leads, read_leads, read_timed
 from sim.des.kernel import Kernel
 from sim.oracle import NAME as ORACLE
 from sim.oracle import Oracle
-from sim.scenario import CallFate, Scenario, draw_fate, random_streams
+from sim.scenario import CallFate, CampaignEntry, Scenario, draw_fate, random_streams
 
 CAMPAIGN = "sim"
 EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # virtual t=0 (a Monday, 08:00) for timestamps in logs
@@ -142,10 +142,15 @@ class Simulation:
         self.start = scenario.start or EPOCH
         self.base = self.start.timestamp()
         self.refusals: list[dict[str, Any]] = []
-        self._leads: deque[Lead] | None = None  # the scenario's own debtors; None: an endless made-up list
-        self.held: list[Any] = []  # leads the intake held back (no single time zone), as the core's intake says
-        if scenario.leads is not None:
-            self._leads = deque(self._load_leads(scenario))
+        self.entries = scenario.campaign_entries()
+        self.campaign_ids = [e.id for e in self.entries]
+        if strategy == ORACLE and len(self.entries) > 1:
+            raise ValueError("strategy: the oracle plans for the whole floor: run it on a single-campaign scenario")
+        # Each campaign's own debtors (None: an endless made-up list); leads the intake held back (no single zone).
+        self._leads: dict[str, deque[Lead] | None] = {}
+        self.held: list[Any] = []
+        for entry in self.entries:
+            self._leads[entry.id] = deque(self._load_leads(entry)) if entry.leads is not None else None
         camp = scenario.campaign
         caps = PacingCaps(max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
                           max_calls_per_s=camp.max_calls_per_s, abandon_target=camp.abandon_target)
@@ -155,13 +160,17 @@ class Simulation:
         self.strategy = self._make_strategy(strategy, caps)
         self.core = DialerCore(CoreConfig(id_prefix="sim", strategy_factory=lambda _n, _c: self.strategy,
                                           hopper_low_water=64, hopper_batch=256))
-        self.core.add_campaign(CampaignSettings(
-            campaign_id=CAMPAIGN, name=scenario.name, strategy=strategy, abandon_target=camp.abandon_target,
-            abandon_threshold_s=camp.abandon_threshold_s, ring_timeout_s=scenario.calls.no_answer_timeout_s,
-            wrapup_s=NO_WRAPUP_TIMEOUT_S, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
-            max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled, rule_set=scenario.rule_set,
-            rule_overrides=dict(scenario.rule_overrides), did_pool=list(scenario.did_pool),
-            did_hour_cap=scenario.did_hour_cap, did_day_cap=scenario.did_day_cap, hopper=dict(scenario.recycle)))
+        for i, entry in enumerate(self.entries):
+            self.core.add_campaign(CampaignSettings(
+                campaign_id=entry.id, name=scenario.name, strategy=strategy, abandon_target=camp.abandon_target,
+                abandon_threshold_s=camp.abandon_threshold_s, ring_timeout_s=scenario.calls.no_answer_timeout_s,
+                wrapup_s=NO_WRAPUP_TIMEOUT_S, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
+                max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled, rule_set=entry.rule_set,
+                rule_overrides=dict(entry.rule_overrides), did_pool=list(entry.did_pool),
+                did_hour_cap=entry.did_hour_cap, did_day_cap=entry.did_day_cap, hopper=dict(entry.recycle),
+                weight=entry.weight))
+            if i:  # a pacer of its own for each further campaign (they share the agents by weight)
+                self.core.set_strategy(entry.id, make_strategy(strategy, caps))
         self._handlers: dict[type, Callable[[Any], None]] = {
             Originate: self._originate, ConnectToAgent: self._connect, PlayAbandonMessage: self._play_abandon,
             Hangup: self._hangup, OriginateAgentLeg: self._agent_leg_up, HangupAgentLeg: self._agent_leg_down,
@@ -184,7 +193,8 @@ class Simulation:
                 if 0 < change.at_s <= self.duration:
                     k.at(change.at_s, self._staff, change.at_s)
         self._paperwork()
-        self._feed(CampaignControl(CAMPAIGN, "start"))
+        for cid in self.campaign_ids:
+            self._feed(CampaignControl(cid, "start"))
         k.at(0.0, self._tick)
         k.at(0.0, self._sample)
         k.run_until(self.duration)
@@ -194,31 +204,32 @@ class Simulation:
         return SimResult(self._summary(log, time.perf_counter() - started), log, self.series, self.refusals,
                          self.start)
 
-    def _load_leads(self, sc: Scenario) -> list[Lead]:
-        spec = sc.leads
+    def _load_leads(self, entry: CampaignEntry) -> list[Lead]:
+        spec = entry.leads
         assert spec is not None
         if spec.generator is not None:
             g = spec.generator
-            return generate_leads(CAMPAIGN, g.count, g.countries, g.segments, g.phones,
+            return generate_leads(entry.id, g.count, g.countries, g.segments, g.phones,
                                   self.seed if g.seed is None else g.seed)
         assert spec.file is not None
-        leads, report = read_leads(sc.path(spec.file), CAMPAIGN)
+        leads, report = read_leads(self.sc.path(spec.file), entry.id)
         if report.rejected:
             first = report.rejected[0]
             raise DebtorFileError(f"{spec.file}: {len(report.rejected)} row(s) rejected; first: row {first.row}: "
                                   f"{first.field}: {first.reason}")
-        self.held = list(report.held)
+        self.held += report.held
         return leads
 
     def _paperwork(self) -> None:
         """DNC additions and paid-today removals, each delivered to the core at its time (before: at once)."""
         sc = self.sc
-        if sc.dnc is not None:
-            for row in read_timed(sc.path(sc.dnc.file), "number", "added_at"):
-                self.kernel.at(max(0.0, row.at - self.base), self._feed, DncAdd(row.key, CAMPAIGN, row.at))
-        if sc.removals is not None:
-            for row in read_timed(sc.path(sc.removals.file), "lead_id", "removed_at"):
-                self.kernel.at(max(0.0, row.at - self.base), self._feed, LeadRemoved(CAMPAIGN, row.key))
+        for entry in self.entries:
+            if entry.dnc is not None:
+                for row in read_timed(sc.path(entry.dnc.file), "number", "added_at"):
+                    self.kernel.at(max(0.0, row.at - self.base), self._feed, DncAdd(row.key, entry.id, row.at))
+            if entry.removals is not None:
+                for row in read_timed(sc.path(entry.removals.file), "lead_id", "removed_at"):
+                    self.kernel.at(max(0.0, row.at - self.base), self._feed, LeadRemoved(entry.id, row.key))
 
     def _feed(self, event: Event) -> None:
         self._run(self.core.handle(event, self.kernel.now + self.base))
@@ -300,9 +311,10 @@ class Simulation:
 
     def _fetch_leads(self, cmd: FetchLeads) -> None:
         leads = []
-        if self._leads is not None:  # the scenario's debtors, until there are no more
-            for _ in range(min(cmd.count, len(self._leads))):
-                leads.append(self._leads.popleft())
+        own = self._leads.get(cmd.campaign_id)
+        if own is not None:  # the campaign's own debtors, until there are no more
+            for _ in range(min(cmd.count, len(own))):
+                leads.append(own.popleft())
             self.kernel.after(0.0, self._feed, LeadsAvailable(cmd.campaign_id, tuple(leads)))
             return
         for _ in range(cmd.count):  # an endless list of debtors
@@ -439,7 +451,7 @@ class Simulation:
 
     def _sample(self, reschedule: bool = True) -> None:
         now = self.kernel.now
-        stats = self.core.stats(CAMPAIGN, now + self.base)
+        stats = self.core.stats(self.campaign_ids[0], now + self.base)  # agents serve every campaign: floor-wide
         agents = stats["agents"]
         logged_in = agents[READY] + agents[ON_CALL] + agents[WRAPUP]
         talk, logged = stats["talk_s"], stats["talk_s"] + stats["ready_s"] + stats["wrapup_s"]
@@ -468,8 +480,15 @@ class Simulation:
 
     def _summary(self, log: list[Attempt], wall: float) -> dict[str, Any]:
         end = self.duration
-        stats = self.core.stats(CAMPAIGN, end + self.base)
+        stats = self.core.stats(self.campaign_ids[0], end + self.base)  # occupancy: the floor's (shared agents)
+        refused: dict[str, int] = {}
+        for cid in self.campaign_ids:
+            for reason, n in self.core.stats(cid, end + self.base)["refused"].items():
+                refused[reason] = refused.get(reason, 0) + n
         by: dict[str, int] = {}
+        by_campaign: dict[str, int] = {}
+        for a in log:
+            by_campaign[a.campaign_id] = by_campaign.get(a.campaign_id, 0) + 1
         hourly: dict[int, list[int]] = {}
         for a in log:
             key = a.outcome.value if a.outcome is not None else "in_flight"
@@ -499,7 +518,8 @@ class Simulation:
             "occupancy": round(stats["occupancy"], 5),
             "idle_per_connect_s": round(stats["idle_per_connect_s"], 3),
             "outcomes": dict(sorted(by.items())),
-            "refused": dict(sorted(stats["refused"].items())),
+            "refused": dict(sorted(refused.items())),
+            "campaigns": {cid: by_campaign.get(cid, 0) for cid in self.campaign_ids},
             "held_leads": len(self.held),
         }
 
@@ -514,5 +534,5 @@ def attempt_row(a: Attempt, start: datetime = EPOCH) -> dict[str, Any]:
     return {"call_id": a.call_id, "lead_id": a.lead_id, "number": a.number, "caller_id": a.caller_id,
             "dialed_at": iso(a.dialed_at, start), "answered_at": iso(a.answered_at, start),
             "connected_at": iso(a.connected_at, start), "ended_at": iso(a.ended_at, start),
-            "outcome": a.outcome.value if a.outcome else None, "agent_id": a.agent_id,
+            "outcome": a.outcome.value if a.outcome else None, "agent_id": a.agent_id, "campaign_id": a.campaign_id,
             "caller_id_reason": a.caller_id_reason, "phone_reason": a.phone_reason}
