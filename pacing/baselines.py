@@ -108,7 +108,8 @@ class Vicidial:
             elif self.mode == "AVERAGE":
                 self.level = max(1.0, self.level / 2.0)
             else:  # TAPERED: the cut shrinks as the day goes on (our day: 8 h from the first decision)
-                elapsed = (now - (self._start or now)) / 28_800.0
+                start = self._start if self._start is not None else now  # a clock may start at 0.0
+                elapsed = (now - start) / 28_800.0
                 self.level = max(1.0, self.level * (0.5 + 0.5 * min(1.0, elapsed)))
 
     def state(self) -> dict[str, Any]:

@@ -59,3 +59,19 @@ def test_omnidialer_warm_up_then_expected_free_over_hit_rate() -> None:
     expected = sum(1 - math.exp(-5.0 / max(1.0, 120.0 - a)) for a in (100.0, 10.0))
     want = math.floor((2 + expected) / o.p_hit * 1.0)
     assert o.decide(snap) == want
+
+
+def test_vicidial_tapered_cut_does_not_depend_on_where_the_clock_starts() -> None:
+    def run(t0: float) -> list[float]:
+        v = Vicidial(PacingCaps())
+        levels = []
+        for t in range(0, 3600, 5):
+            now = t0 + t
+            if t % 60 == 0:
+                for i in range(10):
+                    v.observe(LiveResult(now, connected=i != 0))  # 10 % dropped: over the 3 % target
+            v.decide(PacingSnapshot(now=now, agents_logged_in=10, agents_ready=6))
+            levels.append(round(v.level, 9))
+        return levels
+
+    assert run(0.0) == run(1_767_000_000.0)
