@@ -753,6 +753,11 @@ class Hopper:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def has_agent_callbacks(self) -> bool:
+        """Some agent owns a callback (cheap: the pacer asks every tick)."""
+        return any(self._agent_cbs.values())
+
     def lead(self, lead_id: str) -> Lead | None:
         e = self._entries.get(lead_id)
         return None if e is None else e.lead

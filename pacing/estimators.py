@@ -54,12 +54,21 @@ class _RecentSorted:
     def __init__(self, window: int) -> None:
         self._recent: deque[float] = deque(maxlen=window)
         self._sorted: list[float] = []
+        self._array: np.ndarray | None = None  # `_sorted` as an array, rebuilt only after a change
 
     def add(self, x: float) -> None:
         if len(self._recent) == self._recent.maxlen:
             del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
         self._recent.append(x)
         bisect.insort(self._sorted, x)
+        self._array = None
+
+    @property
+    def _sorted_array(self) -> np.ndarray:
+        # Decisions read the distribution far more often than samples arrive: convert once, not per lookup.
+        if self._array is None:
+            self._array = np.asarray(self._sorted, dtype=float)
+        return self._array
 
     @property
     def confidence(self) -> float:
@@ -82,7 +91,7 @@ class AnswerTime(_RecentSorted):
             with np.errstate(divide="ignore"):
                 z = (np.log(np.maximum(t, 1e-9)) - math.log(self._prior)) / 0.5
             return np.asarray(0.5 * special.erfc(-z / math.sqrt(2)))
-        return np.searchsorted(self._sorted, t, side="right") / len(self._sorted)
+        return np.searchsorted(self._sorted_array, t, side="right") / len(self._sorted)
 
     def quantile(self, q: float) -> float:
         if not self._sorted:
@@ -169,13 +178,13 @@ class WrapTime(_RecentSorted):
         if not self._sorted:
             return np.full(k, self.prior_s)
         idx = ((np.arange(k) + 0.5) / k * len(self._sorted)).astype(int)
-        return np.asarray(self._sorted)[np.minimum(idx, len(self._sorted) - 1)]
+        return self._sorted_array[np.minimum(idx, len(self._sorted) - 1)]
 
     def end_within(self, in_state: np.ndarray, horizon: float) -> np.ndarray:
         """P(wrap-up over within `horizon` | already `in_state` seconds into it), empirically."""
         if not self._sorted:
             return np.asarray((in_state + horizon) >= self.prior_s, dtype=float)
-        srt = self._sorted
+        srt = self._sorted_array
         n = len(srt)
         done_now = np.searchsorted(srt, in_state, side="right")
         done_then = np.searchsorted(srt, in_state + horizon, side="right")

@@ -391,3 +391,15 @@ def test_wrapup_without_timeout_waits_for_the_agent():
     assert core.agents.get("a1").status is AgentStatus.WRAPUP
     core.handle(AgentState("a1", AgentStatus.READY), 10_001.0)
     assert core.agents.get("a1").status is AgentStatus.READY
+
+
+def test_attempt_copies_keep_every_field() -> None:
+    import dataclasses
+
+    from dialer.core import _copy_attempt
+    from dialer.model import Attempt
+
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Attempt)}
+    att = Attempt(**values)  # type: ignore[arg-type]
+    copy = _copy_attempt(att)
+    assert copy == att and copy is not att
