@@ -488,6 +488,15 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
     # ------------------------------------------------------------------ leads
 
+    def _upload_result(report: ParseReport, new: int, error: BaseException | None) -> dict[str, Any]:
+        """The answer to an upload, or why it stopped: too large (what came before stays), or the client left."""
+        if isinstance(error, _TooLarge):
+            raise HTTPException(413, {"reason": f"upload larger than {cfg.max_upload_bytes} bytes; rows before "
+                                                "the limit were processed", **_result(report, new)})
+        if error is not None:
+            raise error
+        return _result(report, new)
+
     async def _add_csv_pooled(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
         """A big upload: blocks of whole records are parsed in worker processes (every core; the phone number
         library is the cost), then taken in file order on the loop: row numbers offset, duplicate ids refused,
@@ -571,12 +580,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             for fut in pending:
                 fut.cancel()
             raise HTTPException(422, f"csv: {exc}") from None
-        if isinstance(error, _TooLarge):
-            raise HTTPException(413, {"reason": f"upload larger than {cfg.max_upload_bytes} bytes; rows before "
-                                                "the limit were processed", **_result(report, new)})
-        if error is not None:
-            raise error
-        return _result(report, new)
+        return _upload_result(report, new, error)
 
     async def _add_csv(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
         """Parse in a worker thread (a million rows must not stall the core's loop), add in batches on the loop.
@@ -648,12 +652,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             new = await worker  # what was added before an error stays added
         except LeadFileError as exc:  # the header: nothing was added
             raise HTTPException(422, f"csv: {exc}") from None
-        if isinstance(error, _TooLarge):
-            raise HTTPException(413, {"reason": f"upload larger than {cfg.max_upload_bytes} bytes; rows before "
-                                                "the limit were processed", **_result(report, new)})
-        if error is not None:
-            raise error
-        return _result(report, new)
+        return _upload_result(report, new, error)
 
     async def _add_json(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
         raw = bytearray()
