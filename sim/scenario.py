@@ -262,6 +262,13 @@ class Leads(BaseModel):
         return self
 
 
+def _rule_set_name(v: str) -> str:
+    from dialer.compliance import RULE_SETS  # the core's table: a scenario names what the engine runs
+    if v not in RULE_SETS:
+        raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
+    return v
+
+
 class CampaignEntry(BaseModel):
     """One of several campaigns sharing the floor's agents (by weight), each with its own debtors and rules."""
 
@@ -282,10 +289,7 @@ class CampaignEntry(BaseModel):
     @field_validator("rule_set")
     @classmethod
     def _known_rule_set(cls, v: str) -> str:
-        from dialer.compliance import RULE_SETS
-        if v not in RULE_SETS:
-            raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
-        return v
+        return _rule_set_name(v)
 
 
 _PER_CAMPAIGN = ("leads", "rule_set", "rule_overrides", "dnc", "removals", "did_pool", "recycle")
@@ -326,10 +330,7 @@ class Scenario(BaseModel):
     @field_validator("rule_set")
     @classmethod
     def _known_rule_set(cls, v: str) -> str:
-        from dialer.compliance import RULE_SETS
-        if v not in RULE_SETS:
-            raise ValueError(f"unknown rule set {v!r}; known: {', '.join(sorted(RULE_SETS))}")
-        return v
+        return _rule_set_name(v)
 
     @model_validator(mode="after")
     def _campaigns_or_top_level(self) -> Scenario:
