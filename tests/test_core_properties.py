@@ -63,7 +63,7 @@ def test_random_floors_route_and_dial_within_the_rules(agents, steps, ratio) -> 
                 call = core.calls[c.call_id]
                 cid = call.attempt.campaign_id
                 need = core.campaigns[cid].settings.skill
-                assert need in skills[c.agent_id], "routed to an agent without the skill"
+                assert need is not None and need in skills[c.agent_id], "routed to an agent without the skill"
                 assert not camps[c.agent_id] or cid in camps[c.agent_id], "routed to an agent of another campaign"
                 assert c.agent_id not in holder, "an agent given two calls"
                 holder[c.agent_id] = c.call_id
@@ -85,6 +85,7 @@ def test_random_floors_route_and_dial_within_the_rules(agents, steps, ratio) -> 
                 for c in cmds:
                     if isinstance(c, ConnectToAgent):
                         need = core.campaigns[core.calls[call_id].attempt.campaign_id].settings.skill
+                        assert need is not None
                         best = max((skills[a][need] for a in free_before if need in skills[a]
                                     and (not camps[a] or core.calls[call_id].attempt.campaign_id in camps[a])),
                                    default=0)
