@@ -295,7 +295,7 @@ class RedisStore:
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
         if final or outcome is not Outcome.LOST:
-            # Recycling rules arrive with the hopper (issue 4); until then every attempted lead is done.
+            # The core's hopper recycles the leads it keeps; what it hands back with an outcome is done.
             await self._release(campaign_id, lead_id, "done", outcome.value, "")
         else:
             await self._release(campaign_id, lead_id, "back", outcome.value, "")
