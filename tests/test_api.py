@@ -18,48 +18,16 @@ import httpx
 
 from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
-from dialer.commands import ConnectToAgent, Originate, OriginateAgentLeg, PlayAbandonMessage
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import AgentConnected, CallAnswered, CallEnded, CallFailed
 from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, Outcome
-from dialer.ports import EventSink, TelephonyCommand
 from dialer.runtime import Runtime, RuntimeConfig
+from tests.harness.scripted_pbx import ScriptedPbx
 
 HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
 
 
-class StubPbx:
-    """Answers numbers ending in 1 (the customer talks `talk_s`), fails the rest as busy. `up` flips readiness."""
 
-    def __init__(self, talk_s: float = 0.05) -> None:
-        self.sink: EventSink | None = None
-        self.up = True
-        self.talk_s = talk_s
-
-    @property
-    def ready(self) -> bool:
-        return self.sink is not None and self.up
-
-    async def start(self, sink: EventSink) -> None:
-        self.sink = sink
-
-    def execute(self, cmd: TelephonyCommand) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.sink is not None
-        sink = self.sink
-        if isinstance(cmd, OriginateAgentLeg):
-            loop.call_soon(sink, AgentConnected(cmd.agent_id))
-        elif isinstance(cmd, Originate):
-            if cmd.number.endswith("1"):
-                loop.call_later(0.01, sink, CallAnswered(cmd.call_id))
-            else:
-                loop.call_later(0.01, sink, CallFailed(cmd.call_id, Outcome.BUSY, 17))
-        elif isinstance(cmd, ConnectToAgent | PlayAbandonMessage):
-            loop.call_later(self.talk_s, sink, CallEnded(cmd.call_id, 16))
-
-    async def close(self) -> None:
-        self.sink = None
 
 
 class DownStore(InMemoryStore):
@@ -81,14 +49,14 @@ class DownStore(InMemoryStore):
 class Env:
     runtime: Runtime
     store: DownStore
-    pbx: StubPbx
+    pbx: ScriptedPbx
     api: httpx.AsyncClient
 
 
 @asynccontextmanager
 async def api_env(settings: ApiSettings | None = None, talk_s: float = 0.05) -> AsyncIterator[Env]:
     store = DownStore()
-    pbx = StubPbx(talk_s)
+    pbx = ScriptedPbx(talk_s)
     runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, pbx, RuntimeConfig(tick_interval_s=0.02))
     await runtime.start()
     app = create_app(runtime, settings)

@@ -28,13 +28,12 @@ from schemathesis.checks import (
 
 from api.app import create_app
 from config.settings import ApiSettings, ApiToken
-from dialer.commands import ConnectToAgent, Originate, OriginateAgentLeg, PlayAbandonMessage
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import AgentConnected, AgentLogin, CallAnswered, CallEnded, CallFailed, CampaignControl, DncAdd
+from dialer.events import AgentLogin, CampaignControl, DncAdd
 from dialer.memory_store import InMemoryStore
-from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
-from dialer.ports import EventSink, TelephonyCommand
+from dialer.model import AgentStatus, CampaignSettings, Lead
 from dialer.runtime import Runtime, RuntimeConfig
+from tests.harness.scripted_pbx import ScriptedPbx
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -52,33 +51,7 @@ CALL_TIMEOUT_S = 20.0  # a handler that never answers fails its case (naming it)
 EXAMPLES = int(os.environ.get("MARCADOR_SCHEMA_EXAMPLES", "25"))  # per operation; raise it for a deeper run
 
 
-class ScriptedPbx:
-    """Answers numbers ending in 1 (talk 0.02 s), fails the rest as busy; agent legs connect at once."""
 
-    def __init__(self) -> None:
-        self.sink: EventSink | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.sink is not None
-
-    async def start(self, sink: EventSink) -> None:
-        self.sink = sink
-
-    def execute(self, cmd: TelephonyCommand) -> None:
-        if self.sink is None:
-            return
-        loop = asyncio.get_running_loop()
-        if isinstance(cmd, OriginateAgentLeg):
-            loop.call_soon(self.sink, AgentConnected(cmd.agent_id))
-        elif isinstance(cmd, Originate):
-            event = CallAnswered(cmd.call_id) if cmd.number.endswith("1") else CallFailed(cmd.call_id, Outcome.BUSY, 17)
-            loop.call_later(0.005, self.sink, event)
-        elif isinstance(cmd, ConnectToAgent | PlayAbandonMessage):
-            loop.call_later(0.02, self.sink, CallEnded(cmd.call_id, 16))
-
-    async def close(self) -> None:
-        self.sink = None
 
 
 class Engine:
@@ -120,7 +93,8 @@ class Engine:
     async def _start(self) -> None:
         await self._stop()
         stack = contextlib.AsyncExitStack()
-        runtime = Runtime(DialerCore(CoreConfig(id_prefix="s")), InMemoryStore(), ScriptedPbx(),
+        pbx = ScriptedPbx(talk_s=0.02, answer_s=0.005)
+        runtime = Runtime(DialerCore(CoreConfig(id_prefix="s")), InMemoryStore(), pbx,
                           RuntimeConfig(tick_interval_s=0.01))
         await runtime.start()
         stack.push_async_callback(runtime.stop)

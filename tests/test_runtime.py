@@ -8,46 +8,13 @@ import logging
 
 import pytest
 
-from dialer.commands import ConnectToAgent, Emit, Originate, OriginateAgentLeg, PlayAbandonMessage
+from dialer.commands import Emit
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import AgentConnected, AgentLogin, CallAnswered, CallEnded, CallFailed, CampaignControl
+from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead, Outcome
-from dialer.ports import EventSink, TelephonyCommand
 from dialer.runtime import Runtime, RuntimeConfig
-
-
-class ScriptedPbx:
-    """Answers numbers ending in 1, fails the rest as busy; customers talk 0.05 s."""
-
-    def __init__(self) -> None:
-        self.sink: EventSink | None = None
-        self.originated: list[str] = []
-
-    @property
-    def ready(self) -> bool:
-        return self.sink is not None
-
-    async def start(self, sink: EventSink) -> None:
-        self.sink = sink
-
-    def execute(self, cmd: TelephonyCommand) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.sink is not None
-        sink = self.sink
-        if isinstance(cmd, OriginateAgentLeg):
-            loop.call_soon(sink, AgentConnected(cmd.agent_id))
-        elif isinstance(cmd, Originate):
-            self.originated.append(cmd.call_id)
-            if cmd.number.endswith("1"):
-                loop.call_later(0.01, sink, CallAnswered(cmd.call_id))
-            else:
-                loop.call_later(0.01, sink, CallFailed(cmd.call_id, Outcome.BUSY, 17))
-        elif isinstance(cmd, ConnectToAgent | PlayAbandonMessage):
-            loop.call_later(0.05, sink, CallEnded(cmd.call_id, 16))
-
-    async def close(self) -> None:
-        self.sink = None
+from tests.harness.scripted_pbx import ScriptedPbx
 
 
 async def test_runtime_dials_every_lead_once_and_stores_final_attempts():
