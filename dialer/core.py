@@ -239,10 +239,11 @@ class DialerCore:
                 camp.fetch_pending = False
                 camp.exhausted = not event.leads
                 camp.hopper.add(event.leads, now)
-                for lead in event.leads if camp.later_callbacks else ():
-                    asked = camp.later_callbacks.pop(lead.lead_id, None)
-                    if asked is not None:
-                        camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1])
+                if camp.later_callbacks:  # callbacks asked for before these leads were loaded here
+                    for lead in event.leads:
+                        asked = camp.later_callbacks.pop(lead.lead_id, None)
+                        if asked is not None:
+                            camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1])
             case DebtorHistorySeed():
                 self._seed_history(self._campaign(event.campaign_id), event)
             case DncAdd():
@@ -754,11 +755,11 @@ class DialerCore:
         """A ready agent with a callback of its own due dials it now, reserved for it (never abandoned, never
         another agent's), as in preview; the pacer counts the rest of the floor."""
         cid = camp.settings.campaign_id
+        gate = self._gate(camp, out, agent_reserved=True)
         for agent in list(self.agents.serving(cid, camp.settings.skill)):
             if agent.status is not AgentStatus.READY:
                 continue
-            picks = camp.hopper.due_agent_callbacks(agent.agent_id, now, self._gate(camp, out, agent_reserved=True),
-                                                    count=1)
+            picks = camp.hopper.due_agent_callbacks(agent.agent_id, now, gate, count=1)
             if not picks:
                 continue
             pick = picks[0]
@@ -799,8 +800,7 @@ class DialerCore:
         """A dialed lead's call is over: the hopper recycles it or lets it go (then the store hears it is done)."""
         try:
             state = camp.hopper.outcome(lead_id, number, outcome, now)
-        except ValueError:
-            state = "done"  # not out from this hopper (e.g. dialed before a restart): the store decides
+        except ValueError:  # not out from this hopper (e.g. dialed before a restart): the store decides
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=outcome.live))
             return
         if state in ("done", "removed"):
