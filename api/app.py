@@ -476,8 +476,6 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         stats = runtime.stats(campaign_id)
         stats["leads"] = await runtime.store.lead_counts(campaign_id)
         stats["abandon_windows"] = await abandon_windows(runtime, campaign_id)  # rolling 24 h and 30 days
-        working = sum(stats["agents"].get(k, 0) for k in ("ready", "on_call", "wrapup"))
-        stats["lines_per_agent"] = (stats["in_flight"] + stats["waiting"]) / working if working else 0.0
         return stats
 
     @v1.get("/campaigns/{campaign_id}/attempts", tags=["attempts"])

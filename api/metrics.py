@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from api.events import EventHub
 from api.webhooks import Webhooks
 from dialer.commands import Emit
-from dialer.model import AgentStatus, Outcome
+from dialer.model import Outcome
 from dialer.runtime import Runtime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,7 +37,6 @@ _QUANTILES = (0.5, 0.9, 0.99)
 # Rolling abandon windows (DESIGN.md, Words and figures): label → seconds.
 WINDOWS: tuple[tuple[str, float], ...] = (("24h", 86_400.0), ("30d", 30 * 86_400.0))
 WINDOW_MAX_AGE_S = 10.0  # a scrape older than this asks for fresh window counts
-_WORKING = (AgentStatus.READY.value, AgentStatus.ON_CALL.value, AgentStatus.WRAPUP.value)
 
 log = logging.getLogger("marcador.metrics")
 
@@ -268,8 +267,7 @@ class RuntimeCollector(Collector):
             occ.add_metric([cid], st["occupancy"])
             for state, n in st["agents"].items():
                 agents.add_metric([cid, state], n)
-            working = sum(st["agents"].get(s, 0) for s in _WORKING)
-            lines.add_metric([cid], (st["in_flight"] + st["waiting"]) / working if working else 0.0)
+            lines.add_metric([cid], st["lines_per_agent"])
             lines_cap.add_metric([cid], camp.settings.max_lines_per_agent)
             for reason, n in st["refused"].items():
                 refused.add_metric([cid, reason], n)

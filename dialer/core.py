@@ -880,6 +880,9 @@ class DialerCore:
     def stats(self, campaign_id: str, now: float) -> dict[str, Any]:
         camp = self._campaign(campaign_id)
         occ = self.agents.occupancy(campaign_id, now, camp.settings.skill)
+        agents = self.agents.counts(campaign_id, camp.settings.skill)
+        working = sum(agents.get(s.value, 0) for s in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP))
+        lines = len(camp.in_flight) + len(camp.waiting)
         return {
             "campaign_id": campaign_id,
             "status": camp.status.value,
@@ -895,7 +898,8 @@ class DialerCore:
             "waiting": len(camp.waiting),
             "hopper": camp.hopper.counts(),
             "refused": dict(camp.refused),
-            "agents": self.agents.counts(campaign_id, camp.settings.skill),
+            "agents": agents,
+            "lines_per_agent": lines / working if working else 0.0,  # lines up per ready, talking or wrapping agent
             **occ,
         }
 
