@@ -750,6 +750,11 @@ class Hopper:
     def counts(self) -> dict[str, int]:
         return dict(zip(STATE_NAMES, self._counts, strict=True))
 
+    @property
+    def pending(self) -> int:
+        """Leads eligible now (cheap: the core asks twice per pacing pass)."""
+        return self._counts[PENDING]
+
     def __len__(self) -> int:
         return len(self._entries)
 
