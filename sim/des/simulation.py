@@ -8,7 +8,6 @@ deadlines. Pacing, routing and the abandon threshold are the core's own, exactly
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -56,7 +55,6 @@ from sim.scenario import CallFate, CampaignEntry, Scenario, draw_fate, random_st
 
 CAMPAIGN = "sim"
 EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # virtual t=0 (a Monday, 08:00) for timestamps in logs
-NO_WRAPUP_TIMEOUT_S = 1e12  # wrap-ups end when the simulated agent says so, never by the core's timer
 ANSWERING = ("live", "machine")
 READY, ON_CALL, WRAPUP = AgentStatus.READY.value, AgentStatus.ON_CALL.value, AgentStatus.WRAPUP.value
 LOGGED_OUT = AgentStatus.LOGGED_OUT.value
@@ -160,11 +158,12 @@ class Simulation:
         self.strategy = self._make_strategy(strategy, caps)
         self.core = DialerCore(CoreConfig(id_prefix="sim", strategy_factory=lambda _n, _c: self.strategy,
                                           hopper_low_water=64, hopper_batch=256))
+        # wrapup_s=None: wrap-ups end when the simulated agent says so, never by the core's timer (none is set).
         for i, entry in enumerate(self.entries):
             self.core.add_campaign(CampaignSettings(
                 campaign_id=entry.id, name=scenario.name, strategy=strategy, abandon_target=camp.abandon_target,
                 abandon_threshold_s=camp.abandon_threshold_s, ring_timeout_s=scenario.calls.no_answer_timeout_s,
-                wrapup_s=NO_WRAPUP_TIMEOUT_S, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
+                wrapup_s=None, max_lines=100_000, max_lines_per_agent=camp.max_lines_per_agent,
                 max_calls_per_s=camp.max_calls_per_s, amd=scenario.amd.enabled, rule_set=entry.rule_set,
                 rule_overrides=dict(entry.rule_overrides), did_pool=list(entry.did_pool),
                 did_hour_cap=entry.did_hour_cap, did_day_cap=entry.did_day_cap, hopper=dict(entry.recycle),
@@ -394,11 +393,12 @@ class Simulation:
     def _virtual(self, a: Attempt) -> Attempt:
         """The core's real-time attempt in the simulator's seconds since `start`."""
         b = self.base
-        return dataclasses.replace(
-            a, dialed_at=a.dialed_at - b,
-            answered_at=None if a.answered_at is None else a.answered_at - b,
-            connected_at=None if a.connected_at is None else a.connected_at - b,
-            ended_at=None if a.ended_at is None else a.ended_at - b)
+        v = a.copy()
+        v.dialed_at = a.dialed_at - b
+        v.answered_at = None if a.answered_at is None else a.answered_at - b
+        v.connected_at = None if a.connected_at is None else a.connected_at - b
+        v.ended_at = None if a.ended_at is None else a.ended_at - b
+        return v
 
     # ------------------------------------------------------------------ the oracle's foresight
 
