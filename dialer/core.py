@@ -508,7 +508,8 @@ class DialerCore:
             att.outcome = Outcome.FAILED
         camp.in_flight.pop(att.call_id, None)
         camp.waiting.pop(att.call_id, None)
-        camp.outcomes[att.outcome.value] = camp.outcomes.get(att.outcome.value, 0) + 1
+        outcome = att.outcome.value
+        camp.outcomes[outcome] = camp.outcomes.get(outcome, 0) + 1
         del self.calls[att.call_id]
         if call.reserved_agent is not None and att.connected_at is None:
             waiting_agent = self.agents.get(call.reserved_agent)

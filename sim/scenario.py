@@ -130,9 +130,12 @@ def _check_schedule_shape(v: Any) -> Any:
     raise ValueError(f"expected {SCHEDULE_SHAPES}, got {v!r}")
 
 
+_NUMBER = int | float  # built once: `value_at` runs four times per dialed call
+
+
 def value_at(spec: Schedule, t: float, duration_s: float) -> float:
     """A schedule's value at `t` seconds into a shift of `duration_s` (constant outside given points)."""
-    if isinstance(spec, int | float):
+    if isinstance(spec, _NUMBER):
         return float(spec)
     if isinstance(spec, Ramp):
         frac = min(1.0, max(0.0, t / duration_s)) if duration_s > 0 else 0.0
@@ -432,10 +435,11 @@ def draw_fate(sc: Scenario, rng: np.random.Generator, t: float) -> CallFate:
     talk = c.talk_s.sample(rng)
     patience = c.patience_s.sample(rng) if c.patience_s is not None else math.inf
     flip = float(rng.random()) if sc.amd.enabled else 1.0
-    p_live = sc.p("p_live", t)
-    p_machine = p_live + sc.p("p_machine", t)
-    p_busy = p_machine + sc.p("p_busy", t)
-    p_fail = p_busy + sc.p("p_fail", t)
+    dur = sc.duration_s  # `sc.p` inlined: this runs for every dial
+    p_live = value_at(c.p_live, t, dur)
+    p_machine = p_live + value_at(c.p_machine, t, dur)
+    p_busy = p_machine + value_at(c.p_busy, t, dur)
+    p_fail = p_busy + value_at(c.p_fail, t, dur)
     answered = answer < c.no_answer_timeout_s
     if u < p_live:
         kind = "live" if answered else "no_answer"

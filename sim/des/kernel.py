@@ -20,7 +20,10 @@ class Kernel:
         heapq.heappush(self._heap, (t if t > self.now else self.now, self._seq, fn, args))
 
     def after(self, delay: float, fn: Callable[..., None], *args: Any) -> None:
-        self.at(self.now + delay, fn, *args)
+        # `at(self.now + delay, ...)` inlined: most events are scheduled this way.
+        t = self.now + delay
+        self._seq += 1
+        heapq.heappush(self._heap, (t if t > self.now else self.now, self._seq, fn, args))
 
     def next_time(self) -> float | None:
         return self._heap[0][0] if self._heap else None
