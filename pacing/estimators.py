@@ -55,6 +55,7 @@ class _RecentSorted:
         self._recent: deque[float] = deque(maxlen=window)
         self._sorted: list[float] = []
         self._array: np.ndarray | None = None  # `_sorted` as an array, rebuilt only after a change
+        self.version = 0  # counts samples, so readers can cache what they derive from the distribution
 
     def add(self, x: float) -> None:
         if len(self._recent) == self._recent.maxlen:
@@ -62,6 +63,7 @@ class _RecentSorted:
         self._recent.append(x)
         bisect.insort(self._sorted, x)
         self._array = None
+        self.version += 1
 
     @property
     def _sorted_array(self) -> np.ndarray:
@@ -85,6 +87,8 @@ class AnswerTime(_RecentSorted):
     def __init__(self, window: int = 400, prior_median_s: float = 8.0) -> None:
         super().__init__(window)
         self._prior = prior_median_s
+        self._mid = np.zeros(0)
+        self._mid_key = (0, -1)
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
         if not self._sorted:  # before any answer: a lognormal around the prior median
@@ -98,6 +102,29 @@ class AnswerTime(_RecentSorted):
             return self._prior
         return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
 
+    def midpoints(self, k: int) -> np.ndarray:
+        """`k` evenly spread quantiles (midpoints): answer times that stand for the whole distribution."""
+        if self._mid_key != (k, self.version):
+            self._mid = np.asarray([self.quantile((i + 0.5) / k) for i in range(k)], dtype=float)
+            self._mid_key = (k, self.version)
+        return self._mid
+
+
+class UnansweredRing(_RecentSorted):
+    """How long calls that do not reach a person keep ringing: busy and failures end within seconds, no-answers
+    at the timeout. A call still ringing after those seconds is more likely to be answered than the raw live
+    rate says; this survival is what the conditional answer probability of a ringing call divides by."""
+
+    def __init__(self, window: int = 400) -> None:
+        super().__init__(window)
+
+    def survival(self, elapsed: np.ndarray, timeout_s: float) -> np.ndarray:
+        """P(still ringing after `elapsed` | not a live answer); before any sample, until the timeout."""
+        if not self._sorted:
+            return np.asarray(elapsed < timeout_s, dtype=float)
+        srt = self._sorted_array
+        return np.asarray(1.0 - np.searchsorted(srt, elapsed, side="right") / len(srt))
+
 
 class HandleTime:
     """Handle time (talk + wrap-up) as a gamma distribution, fitted by maximum likelihood with right-censoring:
@@ -110,6 +137,8 @@ class HandleTime:
         self.shape = 1.0
         self.scale = prior_mean_s
         self.fits = 0
+        self._table_for = (0.0, 0.0)
+        self._grid = self._log_s = np.zeros(0)
 
     def add(self, handle_s: float, censored_now: tuple[float, ...] = ()) -> None:
         self._done.append(max(handle_s, 1e-3))
@@ -142,7 +171,16 @@ class HandleTime:
         self.fits += 1
 
     def survival(self, t: np.ndarray) -> np.ndarray:
-        return np.asarray(special.gammaincc(self.shape, np.maximum(t, 0.0) / self.scale))
+        """S(t) of the fitted gamma. Decisions read it for every talking agent every second: it comes from a
+        table of log S over (0, S⁻¹(1e-14)], rebuilt at each refit, linear between points packed towards 0
+        where log S bends most (relative error under 1e-5 for shapes 0.7 to 60, 2e-4 at 0.3; past the table,
+        1e-14)."""
+        if self._table_for != (self.shape, self.scale):
+            top = float(special.gammainccinv(self.shape, 1e-14))
+            self._grid = top * np.linspace(0.0, 1.0, 4097) ** 3  # dense near 0, where log S bends most
+            self._log_s = np.log(np.maximum(special.gammaincc(self.shape, self._grid), 1e-300))
+            self._table_for = (self.shape, self.scale)
+        return np.exp(np.interp(np.maximum(t, 0.0) / self.scale, self._grid, self._log_s))
 
     def end_within(self, elapsed: np.ndarray, horizon: float) -> np.ndarray:
         """P(ends within `horizon` | lasted `elapsed`) for each busy agent."""
@@ -168,6 +206,8 @@ class WrapTime(_RecentSorted):
     def __init__(self, prior_s: float = 10.0, window: int = 400) -> None:
         super().__init__(window)
         self.prior_s = prior_s
+        self._distinct = np.zeros(0)
+        self._distinct_version = -1
 
     @property
     def mean(self) -> float:
@@ -180,8 +220,15 @@ class WrapTime(_RecentSorted):
         idx = ((np.arange(k) + 0.5) / k * len(self._sorted)).astype(int)
         return self._sorted_array[np.minimum(idx, len(self._sorted) - 1)]
 
-    def end_within(self, in_state: np.ndarray, horizon: float) -> np.ndarray:
-        """P(wrap-up over within `horizon` | already `in_state` seconds into it), empirically."""
+    def distinct_quantiles(self) -> np.ndarray:
+        """`quantiles()` without repeats (a fixed wrap-up is one value, not five): fewer cases to integrate."""
+        if self._distinct_version != self.version:
+            self._distinct = np.unique(self.quantiles())
+            self._distinct_version = self.version
+        return self._distinct
+
+    def end_within(self, in_state: np.ndarray, horizon: float | np.ndarray) -> np.ndarray:
+        """P(wrap-up over within `horizon` | already `in_state` seconds into it), empirically (broadcasts)."""
         if not self._sorted:
             return np.asarray((in_state + horizon) >= self.prior_s, dtype=float)
         srt = self._sorted_array

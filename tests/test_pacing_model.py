@@ -6,23 +6,81 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacing.erlang import AbandonController, ErlangPacer, expected_excess, poisson_binomial
-from pacing.estimators import AnswerRate, AnswerTime, HandleTime, WrapTime
+from scipy import special, stats
+
+from pacing.erlang import AbandonController, ErlangPacer, behind_chance, poisson_binomial, poisson_binomial_rows
+from pacing.estimators import AnswerRate, AnswerTime, HandleTime, UnansweredRing, WrapTime
 from pacing.registry import STRATEGIES, make_strategy
 from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, PacingSnapshot, PacingStrategy
 
 
-def test_poisson_binomial_matches_brute_force_and_excess_matches_definition() -> None:
+def _convolved(q: np.ndarray) -> np.ndarray:
+    pmf = np.ones(1)
+    for x in q:
+        pmf = np.convolve(pmf, [1 - x, x])
+    return pmf
+
+
+def test_poisson_binomial_is_exact() -> None:
     rng = np.random.default_rng(3)
     for n in (0, 1, 5, 7, 40):
         q = rng.random(n)
         pmf = poisson_binomial(q)
-        sims = (rng.random((200_000, n)) < q).sum(axis=1) if n else np.zeros(200_000, dtype=int)
-        emp = np.bincount(sims, minlength=n + 1) / len(sims)
-        assert np.allclose(pmf, emp, atol=0.01) and abs(pmf.sum() - 1) < 1e-9
-    px, pc = np.array([0.2, 0.5, 0.3]), np.array([0.6, 0.4])
-    brute = sum(px[x] * pc[c] * max(x - c, 0) for x in range(3) for c in range(2))
-    assert abs(expected_excess(px, pc) - brute) < 1e-12
+        assert np.abs(pmf - _convolved(q)).max() < 1e-12 and abs(pmf.sum() - 1) < 1e-9
+    # Many small chances (200 agents each near the end of a call): the transform stops short of 201 points,
+    # and what it leaves out is far below anything a decision can see.
+    q = rng.random((3, 200)) * 0.1
+    rows = poisson_binomial_rows(q)
+    assert rows.shape[1] < 201
+    for k in range(3):
+        full = _convolved(q[k])
+        assert np.abs(rows[k] - full[:rows.shape[1]]).max() < 1e-12 and full[rows.shape[1]:].sum() < 1e-15
+
+
+def test_behind_chance_matches_its_definition() -> None:
+    rng = np.random.default_rng(4)
+    ahead = rng.random((2, 4))
+    ahead /= ahead.sum(axis=1, keepdims=True)
+    free = rng.random((2, 6))
+    cdf = np.cumsum(free / free.sum(axis=1, keepdims=True), axis=1)
+    got = behind_chance(ahead, cdf, 7)
+    for k in range(2):
+        for m in range(8):  # P(ahead + m ≥ C)
+            brute = sum(ahead[k, y] * (free[k, c] / free[k].sum()) for y in range(4) for c in range(6) if y + m >= c)
+            assert abs(got[k, m] - brute) < 1e-12
+
+
+def test_the_chance_of_the_nth_call_is_its_definition() -> None:
+    # Every answer comes 8 s after the dial and wrap-ups last 30 s: with 3 ready agents and 4 in wrap-up
+    # (2 of them done within 8 s + the 2 s threshold), the n-th call is abandoned when at least 5 of the
+    # n − 1 before it are answered: a(n) = P(Bin(n − 1, p) ≥ 5).
+    pacer = ErlangPacer(PacingCaps(max_lines=500, max_lines_per_agent=20.0, max_calls_per_s=500))
+    for i in range(400):
+        pacer.observe(DialResult(float(i), 8.0 if i % 4 == 0 else 25.0, "live" if i % 4 == 0 else "none"))
+    for _ in range(40):
+        pacer.observe(HandleResult(400.0, 100.0, 30.0))
+    pacer.answer_rate = AnswerRate(half_life_s=1e12, prior=0.25)
+    snap = PacingSnapshot(now=400.0, agents_logged_in=7, agents_ready=3, wrapup_in_state=(1.0, 25.0, 0.5, 22.0))
+    for alpha in (0.02, 0.09, 0.3, 0.6):  # past 16 calls the search goes one n at a time: both ways agree
+        pacer.controller.alpha = alpha
+        n = pacer.decide(snap)
+        assert stats.binom.sf(4, n - 1, 0.25) <= alpha < stats.binom.sf(4, n, 0.25)
+        assert abs(pacer.last_chance - stats.binom.sf(4, n - 1, 0.25)) < 1e-6
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 800), st.integers(0, 800), st.integers(0, 900))
+def test_the_search_finds_the_last_n_that_passes(lo: int, span: int, true_at: int, guess: int) -> None:
+    room = lo + span
+    true = min(lo + true_at, room)
+    asked = []
+
+    def ok(n: int) -> bool:
+        asked.append(n)
+        return n <= true
+
+    assert ErlangPacer._largest(ok, lo, room, guess) == true
+    assert all(lo <= n <= room for n in asked)
 
 
 def test_estimators_recover_known_parameters() -> None:
@@ -54,6 +112,15 @@ def test_estimators_recover_known_parameters() -> None:
     for _ in range(50):
         wrap.add(10.0)
     assert list(wrap.end_within(np.array([7.0, 2.0]), 4.0)) == [1.0, 0.0]
+    # The talk-time survival comes from a table: it matches the incomplete gamma function closely.
+    t = np.linspace(0, 2000, 20001)
+    exact = special.gammaincc(handle.shape, t / handle.scale)
+    assert np.abs(handle.survival(t) / np.maximum(exact, 1e-300) - 1)[exact > 1e-10].max() < 1e-5
+    # Busy signals and failures end within seconds: a call still ringing after them is likelier to be live.
+    ring = UnansweredRing()
+    for x in [3.0] * 8 + [1.0] * 5 + [25.0] * 67:
+        ring.add(x)
+    assert list(ring.survival(np.array([0.5, 2.0, 4.0, 25.0]), 25.0)) == [1.0, 75 / 80, 67 / 80, 0.0]
 
 
 def _warm(caps: PacingCaps | None = None) -> ErlangPacer:
