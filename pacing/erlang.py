@@ -105,7 +105,7 @@ class AbandonController:
     Early on the nudges are smaller, so a few unlucky abandons cannot swing it.
     """
 
-    def __init__(self, target: float, margin: float = 0.95, gain: float = 0.08, alpha0: float = 3.0,
+    def __init__(self, target: float, margin: float = 0.95, gain: float = 0.08, alpha0: float = 0.6,
                  alpha_range: tuple[float, float] = (0.0005, 0.95), se_k: float = 1.5) -> None:
         self.target = target
         self.se_k = se_k
@@ -113,7 +113,9 @@ class AbandonController:
         self.setpoint = margin * target
         self.gain = gain
         self.lo, self.hi = alpha_range
-        self.alpha = alpha0 * target  # start low: the rate approaches its target from below
+        # Start low (on the shipped scenarios it settles near 0.3–0.8 × the target), so the rate approaches the
+        # target from below; starting at 3 × the target measured 6.5 % after 90 minutes on collections-10.
+        self.alpha = alpha0 * target
         self.live = 0
         self.abandoned = 0
         self._shared = (0, 0)  # campaign-wide (live, abandoned) from every node, as last synced
@@ -163,7 +165,7 @@ class ErlangPacer:
         extra = self.caps.extra
         self.controller = AbandonController(self.caps.abandon_target,
                                             margin=float(extra.get("margin", 0.95)),
-                                            alpha0=float(extra.get("alpha0", 3.0)),
+                                            alpha0=float(extra.get("alpha0", 0.6)),
                                             gain=float(extra.get("gain", 0.08)),
                                             se_k=float(extra.get("se_k", 1.5)))
         self.warmup_answers = int(extra.get("warmup_answers", 30))
