@@ -1,0 +1,96 @@
+"""Where the predictive model's gap to the oracle comes from: `erlang` on one scenario as shipped, then told
+what only the simulator knows, one estimate at a time, with the oracle for reference.
+
+- `agents known`: when every busy agent will be free replaces the model's estimate of agents free by τ + θ.
+- `calls known`: when every call already placed will reach an agent (and which never will) replaces its
+  estimate of the answers already coming by τ. The calls it is about to place stay unknown.
+
+Nothing else changes (same estimates otherwise, same controller, same callers), so the occupancy each variant
+gains is what that knowledge is worth to this model at the same abandon target.
+
+    python bench/pacing_foresight.py [--scenario PATH] [--duration S] [--jobs N] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._report import parser, report
+from pacing.erlang import ErlangPacer
+from pacing.snapshot import PacingCaps, PacingSnapshot
+from sim.des.simulation import Simulation
+from sim.scenario import load_scenario
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {"as shipped": (False, False), "agents known": (True, False), "calls known": (False, True),
+            "both known": (True, True)}
+
+
+class ForesightedErlang(ErlangPacer):
+    """`erlang` with one or both of its estimates replaced by the simulator's foresight."""
+
+    def __init__(self, caps: PacingCaps, sim: Simulation, agents: bool, calls: bool) -> None:
+        super().__init__(caps)
+        self.sim, self.agents, self.calls = sim, agents, calls
+
+    def _free_by(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
+        if not self.agents:
+            return super()._free_by(snap, reach)
+        free = np.asarray(self.sim.agents_free_at(snap.now))
+        counts = [int((free <= snap.now + r).sum()) for r in reach]
+        return np.asarray([[1.0 if x >= c else 0.0 for x in range(max(counts) + 1)] for c in counts])
+
+    def _answers_by(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
+        if not self.calls:
+            return super()._answers_by(snap, taus, p)
+        offers = np.asarray(self.sim.offers_due(snap.now))
+        counts = [int((offers <= snap.now + t).sum()) for t in taus]
+        return np.asarray([[1.0 if y == c else 0.0 for y in range(max(counts) + 1)] for c in counts])
+
+
+def run_variant(path: str, variant: str, duration: float | None) -> dict[str, Any]:
+    sc = load_scenario(path)
+    if variant == "oracle":
+        summary = Simulation(sc, "oracle", duration_s=duration).run().summary
+    else:
+        sim = Simulation(sc, "erlang", duration_s=duration)
+        agents, calls = VARIANTS[variant]
+        shipped = sim.strategy
+        assert isinstance(shipped, ErlangPacer)
+        if agents or calls:  # same caps (the scenario's), the model's own code for all the rest
+            sim.strategy = ForesightedErlang(shipped.caps, sim, agents, calls)
+            for cid in sim.campaign_ids:
+                sim.core.set_strategy(cid, sim.strategy)
+        summary = sim.run().summary
+    return {"variant": variant, "occupancy": round(summary["occupancy"], 4),
+            "abandon_rate": round(summary["abandon_rate"], 4),
+            "max_hourly_abandon_rate": round(summary["max_hourly_abandon_rate"], 4),
+            "idle_per_connect_s": round(summary["idle_per_connect_s"], 2)}
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--scenario", default=str(HERE / "scenarios" / "collections-50.yaml"))
+    ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    names = [*VARIANTS, "oracle"]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(run_variant, [args.scenario] * len(names), names, [args.duration] * len(names)))
+    result = {"scenario": Path(args.scenario).stem, "variants": rows}
+    report(result, args.json, lambda r: "\n".join(
+        [f"pacing_foresight: {r['scenario']}"]
+        + [f"  {v['variant']:<13} occupancy {v['occupancy']:.3f}  abandon {100 * v['abandon_rate']:.2f} % "
+           f"(max hourly {100 * v['max_hourly_abandon_rate']:.2f} %)  idle/connect {v['idle_per_connect_s']:.1f} s"
+           for v in r["variants"]]))
+
+
+if __name__ == "__main__":
+    main()
