@@ -40,19 +40,17 @@ class ForesightedErlang(ErlangPacer):
         super().__init__(caps)
         self.sim, self.agents, self.calls = sim, agents, calls
 
-    def _free_by(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
-        if not self.agents:
-            return super()._free_by(snap, reach)
-        free = np.asarray(self.sim.agents_free_at(snap.now))
-        counts = [int((free <= snap.now + r).sum()) for r in reach]
-        return np.asarray([[1.0 if x >= c else 0.0 for x in range(max(counts) + 1)] for c in counts])
-
-    def _answers_by(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
-        if not self.calls:
-            return super()._answers_by(snap, taus, p)
-        offers = np.asarray(self.sim.offers_due(snap.now))
-        counts = [int((offers <= snap.now + t).sum()) for t in taus]
-        return np.asarray([[1.0 if y == c else 0.0 for y in range(max(counts) + 1)] for c in counts])
+    def _floor(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+        cdf_free, ahead = super()._floor(snap, taus, p)
+        if self.agents:  # agents free by τ + θ, counted: a step from 0 to 1 at that count
+            free = np.asarray(self.sim.agents_free_at(snap.now))
+            counts = [int((free <= snap.now + t + snap.abandon_threshold_s).sum()) for t in taus]
+            cdf_free = np.asarray([[1.0 if x >= c else 0.0 for x in range(max(counts) + 1)] for c in counts])
+        if self.calls:  # answers by τ from the calls already placed, counted: all the mass on that count
+            offers = np.asarray(self.sim.offers_due(snap.now))
+            counts = [int((offers <= snap.now + t).sum()) for t in taus]
+            ahead = np.asarray([[1.0 if y == c else 0.0 for y in range(max(counts) + 1)] for c in counts])
+        return cdf_free, ahead
 
 
 def run_variant(path: str, variant: str, duration: float | None) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def poisson_binomial_rows(q: np.ndarray) -> np.ndarray:
     values = terms.prod(axis=0)
     pmf = values.real @ inv_re - values.imag @ inv_im
     np.maximum(pmf, 0.0, out=pmf)
-    return np.asarray(pmf / pmf.sum(axis=1, keepdims=True))
+    pmf /= pmf.sum(axis=1, keepdims=True)
+    return pmf
 
 
 _DFT: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -85,8 +86,9 @@ def behind_chance(pmf_ahead: np.ndarray, cdf_free: np.ndarray, extra: int) -> np
     padded = np.ones((kq, ys + extra))
     padded[:, :min(width, ys + extra)] = cdf_free[:, :ys + extra]
     row, col = padded.strides
-    windows = np.lib.stride_tricks.as_strided(padded, (kq, extra + 1, ys), (row, col, col))  # [k, m, y] = F[k, y + m]
-    return np.asarray(np.einsum("ky,kmy->km", pmf_ahead, windows))
+    windows = np.ndarray((kq, extra + 1, ys), float, padded, 0, (row, col, col))  # [k, m, y] = F[k, y + m], no copy
+    tail: np.ndarray = np.einsum("ky,kmy->km", pmf_ahead, windows)
+    return tail
 
 
 _BATCH = 16  # a(1..16) in one vectorised pass: the usual tick places fewer calls than that
@@ -253,10 +255,10 @@ class ErlangPacer:
         log_1s = np.log1p(-np.exp(log_s))[:, None]
         log_s = log_s[:, None]
         alpha = self.controller.alpha
-        cdf_free = self._free_by(snap, taus + snap.abandon_threshold_s)
+        cdf_free, ahead = self._floor(snap, taus, p)
         # Past the agents that can be free, one more answer ahead always means no agent: T = 1 from there.
         b = min(room, _BATCH)
-        tail = behind_chance(self._answers_by(snap, taus, p), cdf_free, min(room, max(cdf_free.shape[1] + 1, b)))
+        tail = behind_chance(ahead, cdf_free, min(room, max(cdf_free.shape[1] + 1, b)))
         # Most ticks place a few calls: a(1..B) in one pass (n − 1 other new calls, m of them answered by τ).
         m, n1 = _M[:b, :b], _N1[:b, :b]
         pmf = np.exp(_LOG_CHOOSE[:b, :b] + m * log_s[:, :, None] + (n1 - m) * log_1s[:, :, None])
@@ -297,12 +299,30 @@ class ErlangPacer:
             self._points_key = key
         return self._points
 
-    def _free_by(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
-        """P(C_k ≤ x) for each reach time: agents free by then, the ready ones first (K × x)."""
-        kq = len(reach)
-        rows = []
+    def _floor(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+        """At each answer time τ: P(C ≤ x), agents free by τ + θ, the ready ones first (K × x); and the pmf of
+        the answers already coming by τ, the waiting calls first (K × y). Both Poisson-binomials in one pass."""
+        kq = len(taus)
+        free = self._free_chances(snap, taus + snap.abandon_threshold_s)
+        answers = self._answer_chances(snap, taus, p)
+        both = np.zeros((2 * kq, max(free.shape[1], answers.shape[1])))
+        both[:kq, :free.shape[1]] = free
+        both[kq:, :answers.shape[1]] = answers
+        np.minimum(both, 1.0, out=both)
+        np.maximum(both, 0.0, out=both)
+        pmf = poisson_binomial_rows(both)
+        cdf_free = np.zeros((kq, snap.agents_ready + pmf.shape[1]))
+        np.cumsum(pmf[:kq], axis=1, out=cdf_free[:, snap.agents_ready:])
+        span = min(pmf.shape[1], answers.shape[1] + 1)  # the ringing calls' own support
+        ahead = np.zeros((kq, snap.waiting_calls + span))
+        ahead[:, snap.waiting_calls:] = pmf[kq:, :span]
+        return cdf_free, ahead
+
+    def _free_chances(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
+        """For each reach time and each busy agent, the chance it is free by then (K × busy agents)."""
         talking = np.asarray(snap.talking_elapsed, dtype=float)
         m = len(talking)
+        rows = []
         if m:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
             wraps = self.wrap.distinct_quantiles()
@@ -316,32 +336,24 @@ class ErlangPacer:
             rows.append(q[:, :, 0] if q.shape[2] == 1 else q.mean(axis=2))
         if snap.wrapup_in_state:
             rows.append(self.wrap.end_within(np.asarray(snap.wrapup_in_state)[None, :], reach[:, None]))
-        q_all = np.concatenate(rows, axis=1) if len(rows) > 1 else rows[0] if rows else np.zeros((kq, 0))
-        pmf = poisson_binomial_rows(np.clip(q_all, 0.0, 1.0))
-        out = np.zeros((kq, snap.agents_ready + pmf.shape[1]))
-        np.cumsum(pmf, axis=1, out=out[:, snap.agents_ready:])
-        return out
+        if len(rows) == 1:
+            return rows[0]
+        return np.concatenate(rows, axis=1) if rows else np.zeros((len(reach), 0))
 
-    def _answers_by(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
-        """pmf of the answers already coming by each τ (K × y): waiting calls, and ringing calls by their
-        chance of a live answer in (e, e + τ] given they still ring after e seconds."""
+    def _answer_chances(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
+        """For each answer time τ and each ringing call, its chance of a live answer in (e, e + τ] given it still
+        rings after e seconds (K × ringing calls)."""
         kq = len(taus)
-        if snap.ringing_elapsed:
-            e = np.asarray(snap.ringing_elapsed, dtype=float)
-            g = self.answer_time.cdf(np.concatenate([e, (taus[:, None] + e).ravel()]))
-            g_now = g[:len(e)]
-            # Still ringing: a live answer yet to come, or a call that will not reach a person and has not
-            # ended yet (busy and failures end in seconds, no-answers at the timeout).
-            denom = p * (1.0 - g_now) + (1.0 - p) * self.unanswered.survival(e, snap.ring_timeout_s)
-            r = p * (g[len(e):].reshape(kq, len(e)) - g_now) / np.maximum(denom, 1e-12)
-            pmf = poisson_binomial_rows(np.clip(r, 0.0, 1.0))
-        else:
-            pmf = np.ones((kq, 1))
-        if not snap.waiting_calls:
-            return pmf
-        out = np.zeros((kq, snap.waiting_calls + pmf.shape[1]))  # waiting calls: already there, first in line
-        out[:, snap.waiting_calls:] = pmf
-        return out
+        if not snap.ringing_elapsed:
+            return np.zeros((kq, 0))
+        e = np.asarray(snap.ringing_elapsed, dtype=float)
+        g = self.answer_time.cdf(np.concatenate([e, (taus[:, None] + e).ravel()]))
+        g_now = g[:len(e)]
+        # Still ringing: a live answer yet to come, or a call that will not reach a person and has not ended yet
+        # (busy and failures end in seconds, no-answers at the timeout).
+        denom = p * (1.0 - g_now) + (1.0 - p) * self.unanswered.survival(e, snap.ring_timeout_s)
+        chances: np.ndarray = p * (g[len(e):].reshape(kq, len(e)) - g_now) / np.maximum(denom, 1e-12)
+        return chances
 
     def state(self) -> dict[str, Any]:
         """Estimates and the controller's α, for metrics and the simulator's charts."""

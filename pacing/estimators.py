@@ -236,5 +236,4 @@ class WrapTime(_RecentSorted):
         done_now = np.searchsorted(srt, in_state, side="right")
         done_then = np.searchsorted(srt, in_state + horizon, side="right")
         alive = n - done_now
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(alive > 0, (done_then - done_now) / np.maximum(alive, 1), 1.0)
+        return np.where(alive > 0, (done_then - done_now) / np.maximum(alive, 1), 1.0)
