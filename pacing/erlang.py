@@ -307,9 +307,7 @@ class ErlangPacer:
         answers = self._answer_chances(snap, taus, p)
         both = np.zeros((2 * kq, max(free.shape[1], answers.shape[1])))
         both[:kq, :free.shape[1]] = free
-        both[kq:, :answers.shape[1]] = answers
-        np.minimum(both, 1.0, out=both)
-        np.maximum(both, 0.0, out=both)
+        both[kq:, :answers.shape[1]] = answers  # both within [0, 1] by construction: no clipping
         pmf = poisson_binomial_rows(both)
         cdf_free = np.zeros((kq, snap.agents_ready + pmf.shape[1]))
         np.cumsum(pmf[:kq], axis=1, out=cdf_free[:, snap.agents_ready:])
