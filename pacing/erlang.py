@@ -310,7 +310,7 @@ class ErlangPacer:
         both[kq:, :answers.shape[1]] = answers  # both within [0, 1] by construction: no clipping
         pmf = poisson_binomial_rows(both)
         cdf_free = np.zeros((kq, snap.agents_ready + pmf.shape[1]))
-        np.cumsum(pmf[:kq], axis=1, out=cdf_free[:, snap.agents_ready:])
+        pmf[:kq].cumsum(axis=1, out=cdf_free[:, snap.agents_ready:])
         span = min(pmf.shape[1], answers.shape[1] + 1)  # the ringing calls' own support
         ahead = np.zeros((kq, snap.waiting_calls + span))
         ahead[:, snap.waiting_calls:] = pmf[kq:, :span]

@@ -54,23 +54,28 @@ class _RecentSorted:
     def __init__(self, window: int) -> None:
         self._recent: deque[float] = deque(maxlen=window)
         self._sorted: list[float] = []
-        self._array: np.ndarray | None = None  # `_sorted` as an array, rebuilt only after a change
+        # The same sorted samples in an array, shifted in place as samples come and go: decisions read it every
+        # second and samples arrive about as often, so rebuilding it from the list on each change would not pay.
+        self._buf = np.zeros(window)
         self.version = 0  # counts samples, so readers can cache what they derive from the distribution
 
     def add(self, x: float) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        n = len(self._sorted)
+        if n == self._recent.maxlen:
+            i = bisect.bisect_left(self._sorted, self._recent[0])
+            del self._sorted[i]
+            self._buf[i:n - 1] = self._buf[i + 1:n]
+            n -= 1
         self._recent.append(x)
-        bisect.insort(self._sorted, x)
-        self._array = None
+        j = bisect.bisect_right(self._sorted, x)
+        self._sorted.insert(j, x)
+        self._buf[j + 1:n + 1] = self._buf[j:n].copy()
+        self._buf[j] = x
         self.version += 1
 
     @property
     def _sorted_array(self) -> np.ndarray:
-        # Decisions read the distribution far more often than samples arrive: convert once, not per lookup.
-        if self._array is None:
-            self._array = np.asarray(self._sorted, dtype=float)
-        return self._array
+        return self._buf[:len(self._sorted)]
 
     @property
     def confidence(self) -> float:
@@ -95,7 +100,7 @@ class AnswerTime(_RecentSorted):
             with np.errstate(divide="ignore"):
                 z = (np.log(np.maximum(t, 1e-9)) - math.log(self._prior)) / 0.5
             return np.asarray(0.5 * special.erfc(-z / math.sqrt(2)))
-        return np.searchsorted(self._sorted_array, t, side="right") / len(self._sorted)
+        return self._sorted_array.searchsorted(t, side="right") / len(self._sorted)
 
     def quantile(self, q: float) -> float:
         if not self._sorted:
@@ -123,7 +128,8 @@ class UnansweredRing(_RecentSorted):
         if not self._sorted:
             return np.asarray(elapsed < timeout_s, dtype=float)
         srt = self._sorted_array
-        return np.asarray(1.0 - np.searchsorted(srt, elapsed, side="right") / len(srt))
+        survival: np.ndarray = 1.0 - srt.searchsorted(elapsed, side="right") / len(srt)
+        return survival
 
 
 class HandleTime:
@@ -223,7 +229,8 @@ class WrapTime(_RecentSorted):
     def distinct_quantiles(self) -> np.ndarray:
         """`quantiles()` without repeats (a fixed wrap-up is one value, not five): fewer cases to integrate."""
         if self._distinct_version != self.version:
-            self._distinct = np.unique(self.quantiles())
+            q = self.quantiles()  # sorted: repeats sit side by side
+            self._distinct = q[np.concatenate([[True], q[1:] != q[:-1]])]
             self._distinct_version = self.version
         return self._distinct
 
@@ -233,7 +240,7 @@ class WrapTime(_RecentSorted):
             return np.asarray((in_state + horizon) >= self.prior_s, dtype=float)
         srt = self._sorted_array
         n = len(srt)
-        done_now = np.searchsorted(srt, in_state, side="right")
-        done_then = np.searchsorted(srt, in_state + horizon, side="right")
+        done_now = srt.searchsorted(in_state, side="right")
+        done_then = srt.searchsorted(in_state + horizon, side="right")
         alive = n - done_now
         return np.where(alive > 0, (done_then - done_now) / np.maximum(alive, 1), 1.0)
