@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from scipy import special, stats
 
 from pacing.erlang import AbandonController, ErlangPacer, behind_chance, poisson_binomial, poisson_binomial_rows
@@ -201,3 +200,14 @@ def test_observations_reach_the_controller() -> None:
     for _ in range(20):
         pacer.observe(LiveResult(1.0, connected=False))
     assert pacer.controller.alpha < a0 and pacer.state()["measured_abandon_rate"] == 1.0
+
+
+def test_foresight_bench_swaps_the_models_estimates() -> None:
+    # bench/pacing_foresight.py: told what the calls already ringing will do, the same model keeps agents
+    # busier on the same callers (its whole gap to the oracle on collections-50 is there).
+    from bench.pacing_foresight import HERE, run_variant
+
+    path = str(HERE / "scenarios" / "collections-50.yaml")
+    shipped, told = (run_variant(path, v, 1800.0) for v in ("as shipped", "calls known"))
+    assert told["occupancy"] > shipped["occupancy"] + 0.01
+    assert told["idle_per_connect_s"] < shipped["idle_per_connect_s"]
