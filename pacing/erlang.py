@@ -325,12 +325,7 @@ class ErlangPacer:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
             wraps = self.wrap.distinct_quantiles()
             budget = np.maximum(reach[:, None] - wraps, 0.0)[:, None, :]  # K × 1 × W
-            later = talking[:, None] + budget  # K × m × W
-            surv = self.talk.survival(np.concatenate([talking, later.ravel()]))
-            s_now = np.maximum(surv[:m, None], 1e-300)
-            q = 1.0 - surv[m:].reshape(later.shape) / s_now
-            # Far out in the tail the survival underflows: there a gamma is memoryless at rate 1/scale.
-            q = np.where(s_now > 1e-12, q, -np.expm1(-budget / self.talk.scale))
+            q = self.talk.end_within(talking[:, None], budget)  # K × m × W
             rows.append(q[:, :, 0] if q.shape[2] == 1 else q.mean(axis=2))
         if snap.wrapup_in_state:
             rows.append(self.wrap.end_within(np.asarray(snap.wrapup_in_state)[None, :], reach[:, None]))

@@ -69,7 +69,7 @@ class _RecentSorted:
         self._recent.append(x)
         j = bisect.bisect_right(self._sorted, x)
         self._sorted.insert(j, x)
-        self._buf[j + 1:n + 1] = self._buf[j:n].copy()
+        self._buf[j + 1:n + 1] = self._buf[j:n]  # numpy copies overlapping slices safely
         self._buf[j] = x
         self.version += 1
 
@@ -92,8 +92,6 @@ class AnswerTime(_RecentSorted):
     def __init__(self, window: int = 400, prior_median_s: float = 8.0) -> None:
         super().__init__(window)
         self._prior = prior_median_s
-        self._mid = np.zeros(0)
-        self._mid_key = (0, -1)
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
         if not self._sorted:  # before any answer: a lognormal around the prior median
@@ -109,10 +107,7 @@ class AnswerTime(_RecentSorted):
 
     def midpoints(self, k: int) -> np.ndarray:
         """`k` evenly spread quantiles (midpoints): answer times that stand for the whole distribution."""
-        if self._mid_key != (k, self.version):
-            self._mid = np.asarray([self.quantile((i + 0.5) / k) for i in range(k)], dtype=float)
-            self._mid_key = (k, self.version)
-        return self._mid
+        return np.asarray([self.quantile((i + 0.5) / k) for i in range(k)], dtype=float)
 
 
 class UnansweredRing(_RecentSorted):
@@ -188,13 +183,12 @@ class HandleTime:
             self._table_for = (self.shape, self.scale)
         return np.exp(np.interp(np.maximum(t, 0.0) / self.scale, self._grid, self._log_s))
 
-    def end_within(self, elapsed: np.ndarray, horizon: float) -> np.ndarray:
-        """P(ends within `horizon` | lasted `elapsed`) for each busy agent."""
-        s_now = self.survival(elapsed)
-        s_then = self.survival(elapsed + horizon)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(s_now > 1e-12, 1.0 - s_then / s_now, 1.0)
-        return np.clip(q, 0.0, 1.0)
+    def end_within(self, elapsed: np.ndarray, horizon: float | np.ndarray) -> np.ndarray:
+        """P(ends within `horizon` | lasted `elapsed`), broadcasting. Far out in the tail, where the survival
+        underflows, a gamma is memoryless at rate 1/scale."""
+        s_now = np.maximum(self.survival(elapsed), 1e-300)
+        q = 1.0 - self.survival(elapsed + horizon) / s_now  # within [0, 1]: the survival never increases
+        return np.where(s_now > 1e-12, q, -np.expm1(-np.asarray(horizon) / self.scale))
 
     @property
     def mean(self) -> float:
