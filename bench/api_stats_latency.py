@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import parser, report
+from tests.harness.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CAMPAIGN = "demo"  # marcador_cli.wiring.DEMO_CAMPAIGN (not imported: the engine runs in its own process)
 TARGET_P99_MS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

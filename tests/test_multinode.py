@@ -18,20 +18,21 @@ from dialer.events import StoreLink
 from dialer.model import Attempt, Outcome
 from dialer.redis_store import RedisStore
 from dialer.store_factory import open_store
-from tests.harness.redis import RedisServer, start_server, unavailable
+from tests.harness.redis import RedisServer, start_server
+from tests.harness.services import unavailable
 
 pytestmark = pytest.mark.redis
 
 
 def _server(tmp_path: Path) -> RedisServer:
     if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed")
+        unavailable("redis-server is not installed", "redis-server")
     return start_server(tmp_path / "redis")
 
 
 def test_two_nodes_kill_and_redis_restart_lose_and_double_nothing(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
-        unavailable("redis-server is not installed")
+        unavailable("redis-server is not installed", "redis-server")
     r = multinode.run(nodes=2, agents=20, leads=3000, speed=10.0, duration=22.0, kill_at=6.0, restart_at=12.0,
                       redis_down=2.0, lease_ttl=3.0, strategy="erlang", workdir=tmp_path)
     assert r["notes"] == []

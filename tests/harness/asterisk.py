@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,25 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.services import free_port, unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "asterisk-docker" / "provision.sh"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI (a marked test must run there), skip elsewhere."""
-    if in_ci():
-        pytest.fail(f"CI=true and the real service is unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -28,17 +28,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
+
+from tests.harness.services import unavailable
 
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
-
-
-def unavailable(reason: str) -> None:
-    """Fail under CI=true (a browser test must run there), skip elsewhere."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true and headless Chromium is unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def find_chromium() -> str | None:
@@ -126,13 +120,14 @@ class Chromium:
 def chromium_or_skip() -> Iterator[Chromium]:
     binary = find_chromium()
     if binary is None:
-        unavailable("chromium is not installed (Debian: apt-get install chromium; `make test` installs it)")
+        unavailable("chromium is not installed (Debian: apt-get install chromium; `make test` installs it)",
+                    "headless Chromium")
     assert binary is not None
     browser = Chromium(binary)
     try:
         browser.start()
     except (OSError, RuntimeError) as exc:
-        unavailable(f"chromium did not start: {exc}")
+        unavailable(f"chromium did not start: {exc}", "headless Chromium")
     try:
         yield browser
     finally:

@@ -8,7 +8,6 @@ locally; with CI=true they fail instead, never skip. `RedisServer` also runs out
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -19,18 +18,7 @@ from pathlib import Path
 
 import pytest
 
-
-def unavailable(reason: str) -> None:
-    """Fail under CI=true (a marked test must run there), skip elsewhere."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI=true and redis-server is unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.harness.services import free_port, unavailable
 
 
 class RedisServer:
@@ -137,7 +125,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         server = start_server(tmp_path_factory.mktemp("redis"))
     except (FileNotFoundError, RuntimeError) as exc:
-        unavailable(str(exc))
+        unavailable(str(exc), "redis-server")
         raise  # unreachable: unavailable() fails or skips
     try:
         yield server
