@@ -1,6 +1,6 @@
 """Lead intake: CSV rows (or JSON objects) to `Lead`s, with per-row issues instead of whole-file failure.
 
-Pure: no I/O besides iterating what it is given (reading the tz database to check a zone name is a lookup,
+Pure: no I/O besides iterating what it is given (reading the tz database, for a zone name or its country, is a lookup,
 not a side effect). Phone numbers go to E.164 with `phonenumbers`, using the row's country as the region for
 numbers written without `+`.
 
@@ -19,9 +19,12 @@ import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from importlib import resources
+from pathlib import Path
 from typing import Any
-from zoneinfo import available_timezones
+from zoneinfo import TZPATH, ZoneInfo, available_timezones
 
 import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
@@ -131,18 +134,23 @@ def _zones(e164_prefix: str, country_code: int, geographic: bool) -> tuple[str, 
     return tuple(z for z in zones or () if z != _UNKNOWN_ZONE)
 
 
-def _zone_of(parsed: tuple[str, int, bool]) -> tuple[str | None, list[str]]:
+def _zone_of(parsed: tuple[str, int, bool], country: str | None = None) -> tuple[str | None, list[str]]:
     e164, cc, geographic = parsed
     cands = _zones(e164[:1 + TIMEZONE_LONGEST_PREFIX], cc, geographic)
-    return (cands[0] if len(cands) == 1 else None), list(cands)
+    if len(cands) == 1:
+        return cands[0], list(cands)
+    return (same_clock_zone(cands, country) if cands else None), list(cands)
 
 
-def zone_for_number(e164: str) -> tuple[str | None, list[str]]:
-    """(the number's IANA zone if exactly one candidate else None, all candidates). ValueError if invalid."""
+def zone_for_number(e164: str, country: str | None = None) -> tuple[str | None, list[str]]:
+    """(the number's IANA zone, all candidates). The zone is the only candidate, or one of several that keep
+    the same clock (a UK mobile: London, Jersey, Guernsey, Isle of Man), the one `country` (ISO alpha-2) names
+    if any; None when the candidates' clocks differ (a Spanish mobile: Madrid or the Canaries). ValueError if
+    the number is invalid."""
     got = _parse(e164.strip(), None)
     if isinstance(got, str):
         raise ValueError(got)
-    return _zone_of(got)
+    return _zone_of(got, country.upper() if country else None)
 
 
 # --- time zones ----------------------------------------------------------------------------------------------
@@ -157,6 +165,78 @@ def _zone_names() -> dict[str, str]:
 def canonical_zone(name: str) -> str | None:
     """The IANA spelling of `name` (case-insensitive), or None if it is not a zone."""
     return _zone_names().get(name.strip().lower())
+
+
+# Clocks are compared from 2000 to 2040 (as far as the tz database plans): zones that split off before
+# 2000 keep the same time for dialing now. Midnight UTC each day finds the days a clock changes; those days are
+# compared again every 15 minutes, so changes on the same day at different hours still differ.
+_CLOCK_SPAN = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2040, 1, 1, tzinfo=UTC))
+
+
+@lru_cache(maxsize=256)
+def _clock(name: str) -> tuple[tuple[datetime, ...], tuple[float, ...]]:
+    """A zone's UTC offsets (seconds) at 00:00 UTC each day of the span, and at every 15 minutes of the days its
+    offset changes: (instants, offsets)."""
+    tz = ZoneInfo(name)
+    start, end = _CLOCK_SPAN
+    instants = [start + timedelta(days=i) for i in range((end - start).days)]
+    offsets = [_offset(t, tz) for t in instants]
+    extra: list[datetime] = []
+    for i in range(1, len(offsets)):
+        if offsets[i] != offsets[i - 1]:
+            extra += [instants[i - 1] + timedelta(minutes=15 * k) for k in range(1, 96)]
+    return tuple(instants + extra), tuple(offsets + [_offset(t, tz) for t in extra])
+
+
+def _offset(t: datetime, tz: ZoneInfo) -> float:
+    off = t.astimezone(tz).utcoffset()
+    return off.total_seconds() if off is not None else 0.0
+
+
+def _offsets_at(name: str, instants: tuple[datetime, ...]) -> tuple[float, ...]:
+    tz = ZoneInfo(name)
+    return tuple(_offset(t, tz) for t in instants)
+
+
+@lru_cache(maxsize=256)
+def _same_clock(names: tuple[str, ...]) -> bool:
+    """Whether these zones show the same local time at every instant of the span (each zone's change days are
+    checked at every 15 minutes in all the others)."""
+    quick = tuple(datetime(y, m, 15, tzinfo=UTC) for y in range(2000, 2040) for m in (1, 7))
+    first = _offsets_at(names[0], quick)
+    if any(_offsets_at(other, quick) != first for other in names[1:]):
+        return False  # most lists (a country's mobiles across its zones) differ in winter or summer already
+    clocks = [_clock(n) for n in names]
+    return all(_offsets_at(other, inst) == offs for inst, offs in clocks for other in names)
+
+
+@lru_cache(maxsize=1)
+def _zone_countries() -> dict[str, str]:
+    """Zone → ISO country from the tz database's zone.tab (empty if this machine has none)."""
+    paths = [Path(d) / "zone.tab" for d in TZPATH]
+    try:
+        paths.append(Path(str(resources.files("tzdata").joinpath("zoneinfo", "zone.tab"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    for path in paths:
+        if path.is_file():
+            rows = (line.split("\t") for line in path.read_text().splitlines() if not line.startswith("#"))
+            return {r[2].strip(): r[0] for r in rows if len(r) >= 3}
+    return {}
+
+
+def same_clock_zone(candidates: Iterable[str], country: str | None = None) -> str | None:
+    """One zone for several candidates that keep the same clock (the one `country` names in the tz database's
+    zone.tab, else the first); None if their clocks differ anywhere in 2000–2040."""
+    names = tuple(candidates)
+    if not names or not _same_clock(tuple(sorted(names))):
+        return None
+    if country:
+        owners = _zone_countries()
+        for name in names:
+            if owners.get(name) == country:
+                return name
+    return names[0]
 
 
 # --- rows ----------------------------------------------------------------------------------------------------
@@ -265,7 +345,7 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
 
     held: RowIssue | None = None
     if zone is None:
-        zone, cands = _zone_of(first)
+        zone, cands = _zone_of(first, country)
         if zone is None:
             # Held, not lost: the gates refuse a windowed dial for a lead without a zone.
             held = RowIssue(row_no, "timezone", f"ambiguous time zone: {len(cands)} candidates; give `timezone`")

@@ -31,11 +31,12 @@ WINDOWS = {0: (time(7), time(19)), 1: (time(7), time(19)), 2: (time(7), time(19)
 CAP, CAP_WINDOW = 7, timedelta(days=7)
 
 
-def _zone(row: dict[str, str]) -> str | None:
+def _zones(row: dict[str, str]) -> list[str]:
+    """The lead's zone, or every zone its first number may be in: a dial must be allowed in each of them."""
     if row.get("timezone"):
-        return row["timezone"]
+        return [row["timezone"]]
     zones = pn_timezone.time_zones_for_number(phonenumbers.parse(row["phone"]))
-    return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
+    return [z for z in zones if z != "Etc/Unknown"]
 
 
 def audit(attempts: list[dict], leads: dict[str, dict[str, str]], dnc: dict[str, datetime],
@@ -56,21 +57,23 @@ def audit(attempts: list[dict], leads: dict[str, dict[str, str]], dnc: dict[str,
             problems.append(f"{cid}: dialed a DNC number (on the list since {dnc[a['number']].isoformat()})")
         if a["lead_id"] in removed and removed[a["lead_id"]] <= at:
             problems.append(f"{cid}: dialed lead {a['lead_id']} removed at {removed[a['lead_id']].isoformat()}")
-        zone = _zone(lead)
-        if zone is None:
+        zones = _zones(lead)
+        if not zones:
             problems.append(f"{cid}: dialed lead {a['lead_id']} whose time zone is not known")
             continue
-        local = at.astimezone(ZoneInfo(zone))
-        key = (lead["country"], local.year)
-        if key not in calendars:
-            calendars[key] = holidays.country_holidays(lead["country"], years=local.year)
-        window = WINDOWS.get(local.weekday())
-        if window is None:
-            problems.append(f"{cid}: dialed on a Sunday ({local.isoformat()})")
-        elif not window[0] <= local.time() < window[1]:
-            problems.append(f"{cid}: dialed outside {window[0]:%H:%M}-{window[1]:%H:%M} ({local.isoformat()})")
-        if local.date() in calendars[key]:
-            problems.append(f"{cid}: dialed on a holiday of {lead['country']} ({local.date()})")
+        for zone in zones:
+            local = at.astimezone(ZoneInfo(zone))
+            key = (lead["country"], local.year)
+            if key not in calendars:
+                calendars[key] = holidays.country_holidays(lead["country"], years=local.year)
+            window = WINDOWS.get(local.weekday())
+            if window is None:
+                problems.append(f"{cid}: dialed on a Sunday ({local.isoformat()})")
+            elif not window[0] <= local.time() < window[1]:
+                problems.append(f"{cid}: dialed outside {window[0]:%H:%M}-{window[1]:%H:%M} ({local.isoformat()})")
+            if local.date() in calendars[key]:
+                problems.append(f"{cid}: dialed on a holiday of {lead['country']} ({local.date()})")
+        local = at.astimezone(ZoneInfo(zones[0]))
         by_lead[a["lead_id"]].append({**a, "_at": at, "_local_day": local.date()})
     for lead_id, rows in by_lead.items():
         rows.sort(key=lambda r: r["_at"])

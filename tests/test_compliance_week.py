@@ -59,3 +59,15 @@ def test_the_audit_catches_each_kind_of_violation() -> None:
                      {"L1": datetime.fromisoformat("2026-11-05T00:00:00-05:00")})
     flagged = {p.split(":")[0] for p in problems}
     assert flagged == {"sunday", "holiday", "early", "again", "dnc", "other"}
+
+
+def test_the_audit_checks_every_zone_a_number_may_be_in() -> None:
+    leads = {"uk": {"lead_id": "uk", "phone": "+447911123456", "country": "GB", "timezone": ""},
+             "es": {"lead_id": "es", "phone": "+34612345678", "country": "ES", "timezone": ""}}
+
+    def at(iso: str, lead: str) -> dict:
+        return {"call_id": f"{lead}@{iso}", "lead_id": lead, "number": leads[lead]["phone"], "dialed_at": iso,
+                "ended_at": iso, "outcome": "no_answer"}
+    # 07:30 in London (and Jersey, Guernsey, Man); 07:30 in Madrid is 06:30 in the Canaries.
+    problems = audit([at("2026-11-10T07:30:00+00:00", "uk"), at("2026-11-11T07:30:00+01:00", "es")], leads, {}, {})
+    assert [p.split(":")[0] for p in problems] == ["es@2026-11-11T07"]

@@ -9,10 +9,12 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import phonenumbers
@@ -31,6 +33,7 @@ from dialer.leads import (
     iter_csv_leads,
     lead_from_row,
     normalise_phone,
+    same_clock_zone,
     zone_for_number,
 )
 from dialer.model import Lead
@@ -132,7 +135,13 @@ def test_same_verdict_as_phonenumbers_validation(spelled: tuple[str, str]) -> No
     zone, cands = zone_for_number(got)
     ref_zones = [z for z in pn_timezone.time_zones_for_number(ref) if z != "Etc/Unknown"]
     assert cands == ref_zones
-    assert zone == (ref_zones[0] if len(ref_zones) == 1 else None)
+    if len(ref_zones) == 1:
+        assert zone == ref_zones[0]
+    elif zone is not None:  # several zones on one clock: one of them, and they do agree (checked by zoneinfo)
+        assert zone in ref_zones
+        for when in ("2026-01-15T12:00:00+00:00", "2026-07-15T12:00:00+00:00", "2031-03-30T01:30:00+00:00"):
+            t = datetime.fromisoformat(when)
+            assert len({t.astimezone(ZoneInfo(z)).utcoffset() for z in ref_zones}) == 1
 
 
 def test_zones_from_numbers() -> None:
@@ -144,6 +153,26 @@ def test_zones_from_numbers() -> None:
     # Not geographic (a mobile): the whole country's list.
     zone, cands = zone_for_number("+61412345678")
     assert zone is None and len(cands) > 5 and "Australia/Sydney" in cands
+    # Several zones that keep one clock are one zone: the one the country names, else the first.
+    uk = ["Europe/Guernsey", "Europe/Isle_of_Man", "Europe/Jersey", "Europe/London"]
+    assert zone_for_number("+447911123456", "GB") == ("Europe/London", uk)
+    assert zone_for_number("+447911123456", "je") == ("Europe/Jersey", uk)
+    assert zone_for_number("+447911123456") == ("Europe/Guernsey", uk)
+    assert zone_for_number("+393123456789", "IT")[0] == "Europe/Rome"  # Rome or the Vatican
+    assert zone_for_number("+4791234567", "NO")[0] == "Europe/Oslo"  # Oslo or Svalbard
+    # Different clocks stay unknown: Madrid or the Canaries (an hour behind), Lisbon or the Azores.
+    assert zone_for_number("+34612345678", "ES") == (None, ["Atlantic/Canary", "Europe/Madrid"])
+    assert zone_for_number("+351912345678", "PT")[0] is None
+
+
+def test_same_clock_zones() -> None:
+    assert same_clock_zone(["Europe/Paris", "Europe/Berlin"]) == "Europe/Paris"
+    assert same_clock_zone(["Europe/London", "Europe/Lisbon"]) == "Europe/London"  # WET/WEST, like GMT/BST
+    assert same_clock_zone(["America/Phoenix", "America/Denver"]) is None  # no summer time in Arizona
+    assert same_clock_zone(["Europe/Madrid", "Atlantic/Canary"]) is None
+    # Kyiv and Chisinau share winter and summer offsets but change at different hours on the same days.
+    assert same_clock_zone(["Europe/Kyiv", "Europe/Chisinau"]) is None
+    assert same_clock_zone([]) is None
 
 
 # --- rows ----------------------------------------------------------------------------------------------------
@@ -203,6 +232,15 @@ def test_field_rules(cell: str, field: str, ok: bool) -> None:
     lead, issues, _ = lead_from_row(row, "camp", 4)
     assert (lead is not None) == ok
     assert ok or [(i.row, i.field) for i in issues] == [(4, field)]
+
+
+def test_mobiles_on_one_clock_are_dialable_and_others_held() -> None:
+    row = {"lead_id": "L1", "country": "GB", "amount_due": "1", "days_past_due": "1", "segment": ""}
+    lead, issues, held = lead_from_row({**row, "phone": "07911 123456"}, "camp", 1)
+    assert issues == [] and held is None and lead is not None and lead.timezone == "Europe/London"
+    lead, issues, held = lead_from_row({**row, "phone": "612 345 678", "country": "ES"}, "camp", 2)
+    assert lead is not None and lead.timezone is None
+    assert held == RowIssue(2, "timezone", "ambiguous time zone: 2 candidates; give `timezone`")
 
 
 def test_json_values_are_accepted_and_fields_become_strings() -> None:
