@@ -42,11 +42,18 @@ class Agent:
         return not self.campaigns or campaign_id in self.campaigns
 
 
+# States in which an agent is shared out between running campaigns (the core's `_agent_owners`).
+_SHARED = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
+
+
 class AgentBoard:
     def __init__(self) -> None:
         self._agents: dict[str, Agent] = {}
         # Ready agents in the order they became ready (= longest idle first): picking is O(1) per call.
         self._ready: dict[str, Agent] = {}
+        # Counts changes to who is shared out (an agent entering or leaving those states, a login with new
+        # campaigns or skills), so the core recomputes the split only then, not on every pacing decision.
+        self.sharing_version = 0
 
     def get(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
@@ -56,6 +63,8 @@ class AgentBoard:
 
     def set_status(self, agent: Agent, status: AgentStatus, now: float, reason: str = "") -> None:
         agent.time_in[agent.status] = agent.time_in.get(agent.status, 0.0) + max(0.0, now - agent.since)
+        if (agent.status in _SHARED) != (status in _SHARED):
+            self.sharing_version += 1
         agent.status = status
         agent.since = now
         agent.reason = reason
@@ -70,6 +79,7 @@ class AgentBoard:
             agent = self._agents[agent_id] = Agent(agent_id=agent_id, since=now)
         agent.campaigns = campaigns
         agent.skills = dict(skills or {})
+        self.sharing_version += 1
         agent.logout_requested = False
         if agent.status is AgentStatus.LOGGED_OUT:
             self.set_status(agent, AgentStatus.CONNECTING, now)

@@ -133,6 +133,9 @@ class DialerCore:
         self.config = config or CoreConfig()
         self.campaigns: dict[str, CampaignState] = {}
         self.agents = AgentBoard()
+        # The last split of shared agents between running campaigns, and what it was computed from.
+        self._owners_key: tuple[Any, ...] = ()
+        self._owners: dict[str, str] = {}
         self.calls: dict[str, Call] = {}
         self._seq = 0
         self._timers: list[tuple[float, int, str, str]] = []  # (due, seq, kind, key)
@@ -716,6 +719,10 @@ class DialerCore:
         running = [c for c in self.campaigns.values() if c.status is CampaignStatus.RUNNING]
         if len(running) < 2:
             return {}
+        key = (self.agents.sharing_version,
+               tuple((c.settings.campaign_id, c.settings.weight, c.settings.skill) for c in running))
+        if key == self._owners_key:
+            return self._owners
         given: dict[str, int] = {c.settings.campaign_id: 0 for c in running}
         owners: dict[str, str] = {}
         for agent in sorted(self.agents.all(), key=lambda a: a.agent_id):
@@ -727,6 +734,7 @@ class DialerCore:
             pick = min(eligible, key=lambda st: (given[st.campaign_id] / st.weight, st.campaign_id))
             given[pick.campaign_id] += 1
             owners[agent.agent_id] = pick.campaign_id
+        self._owners_key, self._owners = key, owners
         return owners
 
     def _pace(self, camp: CampaignState, now: float, out: list[Command]) -> None:

@@ -345,6 +345,15 @@ def test_shared_agents_are_split_by_campaign_weight_never_double_counted():
     origs = of(core.tick(1.0), Originate)
     assert len(origs) == 8  # progressive: one line per agent in all, never one per agent per campaign
     assert sum(o.campaign_id == "big" for o in origs) == 6
+    # The split is kept between decisions and follows every change it depends on.
+    ready = lambda cid, t: core.snapshot(cid, t).agents_logged_in  # noqa: E731
+    core.handle(AgentLogout("a0"), 2.0)
+    core.handle(AgentLogout("a1"), 2.0)
+    assert (ready("big", 2.0), ready("small", 2.0)) == (4, 2)  # six left to share, 3:1 as near as whole agents go
+    core.handle(AgentLogin("a4", frozenset({"small"})), 3.0)  # now only small's: five left to share
+    assert (ready("big", 3.0), ready("small", 3.0)) == (4, 2)
+    core.add_campaign(CampaignSettings(campaign_id="small", weight=4.0))  # small now weighs more than big
+    assert (ready("big", 4.0), ready("small", 4.0)) == (2, 4)
 
 
 def test_preview_mode_agent_sees_lead_dials_it_and_gets_the_call():
