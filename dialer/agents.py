@@ -108,17 +108,24 @@ class AgentBoard:
         agent.call_id = None
         agent.wrap_started_at = now
 
-    def pick_free(self, campaign_id: str, skill: str | None = None) -> Agent | None:
-        """The ready agent serving the campaign: with the campaign's skill at the best level, then idle longest."""
-        if skill is None:
-            for agent in self._ready.values():
-                if agent.serves(campaign_id):
-                    return agent
-            return None
+    def pick_free(self, campaign_id: str, skill: str | None = None,
+                  owners: Mapping[str, str] | None = None) -> Agent | None:
+        """The ready agent serving the campaign: with the campaign's skill at the best level, then one the
+        campaign paces for (`owners`: agents shared out between campaigns, see the core), then idle longest.
+        Another campaign's agent still takes the call rather than let it wait."""
+        def rank(agent: Agent) -> tuple[int, bool]:
+            return (agent.skills[skill] if skill is not None else 0,
+                    not owners or owners.get(agent.agent_id, campaign_id) == campaign_id)
+
         best: Agent | None = None
-        for agent in self._ready.values():  # longest idle first: a later agent wins only with a higher level
-            if agent.serves(campaign_id, skill) and (best is None or agent.skills[skill] > best.skills[skill]):
-                best = agent
+        best_rank = (0, False)
+        for agent in self._ready.values():  # longest idle first: a later agent wins only when it ranks higher
+            if agent.serves(campaign_id, skill):
+                r = rank(agent)
+                if best is None or r > best_rank:
+                    best, best_rank = agent, r
+                    if skill is None and r[1]:
+                        break  # nothing ranks higher
         return best
 
     def serving(self, campaign_id: str, skill: str | None = None) -> Iterable[Agent]:

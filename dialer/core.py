@@ -420,7 +420,7 @@ class DialerCore:
                 reserved.preview = reserved.preview_campaign = None
                 self._connect(call, reserved, now, out)
                 return
-        agent = self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill)
+        agent = self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill, self._agent_owners())
         if agent is not None:
             self._connect(call, agent, now, out)
             return
@@ -678,19 +678,18 @@ class DialerCore:
         ready_st, call_st, wrap_st = AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP
         for agent in self.agents.serving(campaign_id, s.skill):
             st = agent.status
+            if owner and owner.get(agent.agent_id, campaign_id) != campaign_id:
+                continue  # shared out to another campaign: that one paces for it
             if st is ready_st:
-                if not owner or owner.get(agent.agent_id, campaign_id) == campaign_id:
-                    ready += 1
+                ready += 1
             elif st is call_st or st is wrap_st:
-                if not owner or owner.get(agent.agent_id, campaign_id) == campaign_id:
-                    logged += 1
-                if agent.last_campaign_id == campaign_id:
-                    # busy on this campaign's call: how soon it frees informs this campaign's pacing
-                    if st is call_st:
-                        talking.append(now - (agent.connected_at or now))
-                    else:
-                        wrap_total.append(now - (agent.connected_at or now))
-                        wrap_in.append(now - (agent.wrap_started_at or now))
+                # Busy, on this campaign's call or another's: when it frees, it is this campaign's to dial for.
+                logged += 1
+                if st is call_st:
+                    talking.append(now - (agent.connected_at or now))
+                else:
+                    wrap_total.append(now - (agent.connected_at or now))
+                    wrap_in.append(now - (agent.wrap_started_at or now))
         logged += ready
         while camp.launches and camp.launches[0] <= now - 1.0:
             camp.launches.popleft()

@@ -356,6 +356,43 @@ def test_shared_agents_are_split_by_campaign_weight_never_double_counted():
     assert (ready("big", 4.0), ready("small", 4.0)) == (2, 4)
 
 
+def _two_campaigns_one_shared_agent(strategy: str = "progressive") -> DialerCore:
+    """Campaigns a and z; x2 may work for both (shared out to a: ties go by campaign id), x3 only for z."""
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    for cid in ("a", "z"):
+        core.add_campaign(CampaignSettings(campaign_id=cid, weight=1.0, strategy=strategy))
+    core.handle(AgentLogin("x2"), 0.0)
+    core.handle(AgentLogin("x3", frozenset({"z"})), 0.0)
+    for agent in ("x2", "x3"):  # x2 is ready first: idle longest
+        core.handle(AgentConnected(agent), 0.0)
+    for cid in ("a", "z"):
+        core.handle(CampaignControl(cid, "start"), 0.0)
+        core.handle(LeadsAvailable(cid, tuple(Lead(f"{cid}{i}", cid, (f"+1555{i:07d}",)) for i in range(5))), 0.0)
+    return core
+
+
+def test_a_campaign_s_answers_go_to_the_agents_it_paces_for_first():
+    core = _two_campaigns_one_shared_agent()
+    by = {o.campaign_id: o.call_id for o in of(core.tick(1.0), Originate)}
+    # z's call answers first: it gets x3, its own, though x2 has been idle longer; a's then gets x2.
+    assert of(core.handle(CallAnswered(by["z"]), 5.0), ConnectToAgent) == [ConnectToAgent(by["z"], "x3")]
+    assert of(core.handle(CallAnswered(by["a"]), 6.0), ConnectToAgent) == [ConnectToAgent(by["a"], "x2")]
+    # Busy, each still counts for the one campaign that paces for it.
+    for cid in ("a", "z"):
+        snap = core.snapshot(cid, 7.0)
+        assert (snap.agents_logged_in, snap.agents_ready, len(snap.talking_elapsed)) == (1, 0, 1)
+
+
+def test_an_answer_takes_another_campaign_s_free_agent_rather_than_wait():
+    core = _two_campaigns_one_shared_agent("ratio")  # two lines per ready agent
+    calls = of(core.tick(1.0), Originate)
+    z1, z2 = [o.call_id for o in calls if o.campaign_id == "z"]
+    assert of(core.handle(CallAnswered(z1), 5.0), ConnectToAgent) == [ConnectToAgent(z1, "x3")]
+    assert of(core.handle(CallAnswered(z2), 5.5), ConnectToAgent) == [ConnectToAgent(z2, "x2")]  # a's, but free
+    # Busy on z's call, x2 is still a's to pace for, not z's.
+    assert [core.snapshot(cid, 6.0).agents_logged_in for cid in ("a", "z")] == [1, 1]
+
+
 def test_preview_mode_agent_sees_lead_dials_it_and_gets_the_call():
     core = make(n_leads=3, agents=("a1", "a2"), strategy="preview")
     assert not of(core.tick(1.0), Originate)  # the pacer launches nothing in preview mode
