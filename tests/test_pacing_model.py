@@ -211,3 +211,23 @@ def test_foresight_bench_swaps_the_models_estimates() -> None:
     shipped, told = (run_variant(path, v, 1800.0) for v in ("as shipped", "calls known"))
     assert told["occupancy"] > shipped["occupancy"] + 0.01
     assert told["idle_per_connect_s"] < shipped["idle_per_connect_s"]
+
+
+def test_calibration_bench_finds_the_forecasts_right_and_a_wrong_one_wrong() -> None:
+    # bench/pacing_calibration.py: the model's forecasts of answers coming and agents free match what the
+    # simulator then does, in mean and in distribution; a model that forgets how long calls have rung does not.
+    from bench.pacing_calibration import HERE, CalibratedErlang, calibrate
+
+    path = str(HERE / "scenarios" / "collections-50.yaml")
+    for row in calibrate(path, 1800.0)["rows"]:
+        assert abs(row["forecast_mean"] - row["actual_mean"]) <= 0.05 * row["actual_mean"], row
+        assert row["pit_worst_decile_gap"] <= 0.03, row
+
+    class Forgetful(CalibratedErlang):
+        def _answer_chances(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
+            e = np.asarray(snap.ringing_elapsed, dtype=float)
+            return p * (self.answer_time.cdf(taus[:, None] + e) - self.answer_time.cdf(e))  # not given still ringing
+
+    rows = calibrate(path, 1800.0, Forgetful)["rows"]
+    answers = [r for r in rows if r["what"] == "answers"]
+    assert all(r["forecast_mean"] < 0.9 * r["actual_mean"] and r["pit_worst_decile_gap"] > 0.04 for r in answers)
