@@ -10,7 +10,10 @@ For each τ (the model's answer-time quantile midpoints), over the shift:
 A calibrated model that still falls short of the oracle is short of information, not of arithmetic
 (`bench/pacing_foresight.py` shows which information).
 
-    python bench/pacing_calibration.py [--scenario PATH] [--duration S] [--json]
+    python bench/pacing_calibration.py [--scenario PATH] [--duration S] [--skip S] [--json]
+
+`--skip S` leaves out the decisions of the first S seconds, while the estimates are still learning (the live
+rate is read from calls that have ended, and in the first minutes those are mostly the quick ones).
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ class CalibratedErlang(ErlangPacer):
         self.sim = sim
         self.rng = np.random.default_rng(seed)  # only to split ties in the PIT
         self.rows: list[tuple[int, str, float, float, float, float]] = []  # (k, what, mean, var, actual, pit)
+        self.skip_until = -float("inf")  # simulated time (the core's clock) before which nothing is noted
 
     def _floor(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
         cdf_free, ahead = super()._floor(snap, taus, p)
+        if snap.now < self.skip_until:
+            return cdf_free, ahead
         offers = np.asarray(self.sim.offers_due(snap.now))
         free = np.asarray(self.sim.agents_free_at(snap.now))
         for k, tau in enumerate(taus):
@@ -61,12 +67,13 @@ class CalibratedErlang(ErlangPacer):
         self.rows.append((k, what, mean, var, float(actual), below + float(self.rng.random()) * at))
 
 
-def calibrate(path: str, duration: float | None = None,
+def calibrate(path: str, duration: float | None = None, skip_s: float = 0.0,
               pacer_class: type[CalibratedErlang] = CalibratedErlang) -> dict[str, Any]:
     sim = Simulation(load_scenario(path), "erlang", duration_s=duration)
     shipped = sim.strategy
     assert isinstance(shipped, ErlangPacer)
     pacer = pacer_class(shipped.caps, sim)
+    pacer.skip_until = sim.base + skip_s
     sim.strategy = pacer
     for cid in sim.campaign_ids:
         sim.core.set_strategy(cid, pacer)
@@ -105,8 +112,9 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--scenario", default=str(HERE / "scenarios" / "collections-50.yaml"))
     ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
+    ap.add_argument("--skip", type=float, default=0.0, help="leave out the first S simulated seconds (default 0)")
     args = ap.parse_args()
-    report(calibrate(args.scenario, args.duration), args.json, _line)
+    report(calibrate(args.scenario, args.duration, args.skip), args.json, _line)
 
 
 if __name__ == "__main__":

@@ -170,12 +170,20 @@ class ErlangPacer:
                                             alpha0=float(extra.get("alpha0", 0.6)),
                                             gain=float(extra.get("gain", 0.08)),
                                             se_k=float(extra.get("se_k", 1.5)))
-        self.warmup_answers = int(extra.get("warmup_answers", 30))
+        # Progressive only until this many answers have timed the answer-time distribution (30, and waiting for
+        # talk times too, kept a 50-agent floor on progressive for four minutes at each shift start); talk-time
+        # estimates are used once `warmup_handles` calls have ended.
+        self.warmup_answers = int(extra.get("warmup_answers", 10))
         self.warmup_handles = int(extra.get("warmup_handles", 15))
         self.answer_points = int(extra.get("answer_points", 3))  # K: answer times the chance is averaged over
         self._points_key = (0, -1)
         self._points = (np.zeros(0), np.zeros(0))
         self._talking: tuple[float, ...] = ()
+        # When the first call we heard back from was placed, the latest time we know of, and the ring timeout
+        # (from the last decision): warm-up lasts at least one ring timeout past that first call.
+        self._first_dial = math.inf
+        self._latest = -math.inf
+        self._ring_timeout = 25.0
         self.last_n = 0
         self.last_chance = 0.0  # a(n*): the abandon chance of the last call placed (of the first, if none was)
 
@@ -183,6 +191,8 @@ class ErlangPacer:
 
     def observe(self, obs: Observation) -> None:
         if isinstance(obs, DialResult):
+            self._first_dial = min(self._first_dial, obs.t - obs.ring_s)
+            self._latest = max(self._latest, obs.t)
             self.answer_rate.add(obs.t, obs.fate == "live")
             if obs.fate == "live":
                 self.answer_time.add(obs.ring_s)
@@ -199,8 +209,17 @@ class ErlangPacer:
 
     @property
     def warmed_up(self) -> bool:
+        """Enough answers to time them, and one ring timeout since the first call: until then only quick ends
+        (answers, busy, failures) have come back, and the live rate and the ring survival of calls that never
+        reach a person would be read from them alone."""
         return (self.answer_time.confidence >= self.warmup_answers
-                and self.talk.confidence >= self.warmup_handles)
+                and self._latest >= self._first_dial + self._ring_timeout)
+
+    @property
+    def talk_trusted(self) -> bool:
+        """Enough calls have ended to fit talk times; until then a talking agent counts as busy past the horizon
+        (the prior could be far off: it must not promise agents that will not be free)."""
+        return self.talk.confidence >= self.warmup_handles
 
     # ------------------------------------------------------------------ deciding
 
@@ -214,6 +233,7 @@ class ErlangPacer:
                    int(self.caps.max_calls_per_s) - snap.calls_launched_last_s)
         if room <= 0:
             return 0
+        self._latest, self._ring_timeout = max(self._latest, snap.now), snap.ring_timeout_s
         if not self.warmed_up:  # progressive until the estimates can be trusted
             return max(0, min(room, snap.agents_ready - in_flight))
         n = self._predict(snap, room)
@@ -321,7 +341,9 @@ class ErlangPacer:
         talking = np.asarray(snap.talking_elapsed, dtype=float)
         m = len(talking)
         rows = []
-        if m:
+        if m and not self.talk_trusted:
+            rows.append(np.zeros((len(reach), m)))
+        elif m:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
             wraps = self.wrap.distinct_quantiles()
             budget = np.maximum(reach[:, None] - wraps, 0.0)[:, None, :]  # K × 1 × W
@@ -358,6 +380,7 @@ class ErlangPacer:
             "talk_shape": self.talk.shape,
             "wrap_mean_s": self.wrap.mean,
             "warmed_up": self.warmed_up,
+            "talk_trusted": self.talk_trusted,
             "measured_abandon_rate": self.controller.rate,
             "last_n": self.last_n,
             "last_abandon_chance": self.last_chance,

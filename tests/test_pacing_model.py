@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,6 +67,22 @@ def test_the_chance_of_the_nth_call_is_its_definition() -> None:
         n = pacer.decide(snap)
         assert stats.binom.sf(4, n - 1, 0.25) <= alpha < stats.binom.sf(4, n, 0.25)
         assert abs(pacer.last_chance - stats.binom.sf(4, n - 1, 0.25)) < 1e-6
+
+
+def test_warm_up_ends_at_ten_answers_and_talking_agents_count_only_once_talk_times_are_known() -> None:
+    pacer = ErlangPacer(PacingCaps(max_lines=500, max_lines_per_agent=20.0, max_calls_per_s=500))
+    idle = PacingSnapshot(now=100.0, agents_logged_in=3, agents_ready=3)
+    for i in range(9):
+        pacer.observe(DialResult(float(i), 8.0, "live"))
+    assert not pacer.warmed_up and pacer.decide(idle) == 3  # progressive: one call per ready agent
+    pacer.observe(DialResult(9.0, 8.0, "live"))
+    assert pacer.warmed_up and not pacer.talk_trusted
+    # Forty agents 400 s into calls: the prior (a 120 s mean) would have many of them free within seconds.
+    busy = dataclasses.replace(idle, agents_logged_in=43, talking_elapsed=(400.0,) * 40)
+    assert pacer.decide(busy) == pacer.decide(idle)  # not counted on before a talk time has been seen
+    for i in range(15):  # no wrap-up: an agent is free when its talk ends
+        pacer.observe(HandleResult(100.0, 40.0 + 3.0 * i, 0.0))
+    assert pacer.talk_trusted and pacer.decide(busy) > pacer.decide(idle)
 
 
 @settings(max_examples=300, deadline=None)
@@ -219,8 +237,8 @@ def test_calibration_bench_finds_the_forecasts_right_and_a_wrong_one_wrong() -> 
     from bench.pacing_calibration import HERE, CalibratedErlang, calibrate
 
     path = str(HERE / "scenarios" / "collections-50.yaml")
-    for row in calibrate(path, 1800.0)["rows"]:
-        assert abs(row["forecast_mean"] - row["actual_mean"]) <= 0.05 * row["actual_mean"], row
+    for row in calibrate(path, 10800.0, skip_s=1800.0)["rows"]:  # 3 h, the first 30 min (learning) left out
+        assert abs(row["forecast_mean"] - row["actual_mean"]) <= 0.03 * row["actual_mean"], row
         assert row["pit_worst_decile_gap"] <= 0.03, row
 
     class Forgetful(CalibratedErlang):
@@ -228,6 +246,6 @@ def test_calibration_bench_finds_the_forecasts_right_and_a_wrong_one_wrong() -> 
             e = np.asarray(snap.ringing_elapsed, dtype=float)
             return p * (self.answer_time.cdf(taus[:, None] + e) - self.answer_time.cdf(e))  # not given still ringing
 
-    rows = calibrate(path, 1800.0, Forgetful)["rows"]
+    rows = calibrate(path, 10800.0, 1800.0, Forgetful)["rows"]
     answers = [r for r in rows if r["what"] == "answers"]
     assert all(r["forecast_mean"] < 0.9 * r["actual_mean"] and r["pit_worst_decile_gap"] > 0.04 for r in answers)
