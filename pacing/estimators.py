@@ -6,7 +6,6 @@ size) so the pacer knows when to stop warming up.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 
@@ -53,33 +52,32 @@ class _RecentSorted:
 
     def __init__(self, window: int) -> None:
         self._recent: deque[float] = deque(maxlen=window)
-        self._sorted: list[float] = []
-        # The same sorted samples in an array, shifted in place as samples come and go: decisions read it every
-        # second and samples arrive about as often, so rebuilding it from the list on each change would not pay.
+        # The samples sorted, in an array shifted in place as samples come and go: decisions read it every second
+        # and samples arrive about as often, so neither a rebuild per change nor a second sorted copy pays.
         self._buf = np.zeros(window)
+        self._n = 0
         self.version = 0  # counts samples, so readers can cache what they derive from the distribution
 
     def add(self, x: float) -> None:
-        n = len(self._sorted)
+        n = self._n
         if n == self._recent.maxlen:
-            i = bisect.bisect_left(self._sorted, self._recent[0])
-            del self._sorted[i]
+            i = int(self._buf[:n].searchsorted(self._recent[0], side="left"))
             self._buf[i:n - 1] = self._buf[i + 1:n]
             n -= 1
         self._recent.append(x)
-        j = bisect.bisect_right(self._sorted, x)
-        self._sorted.insert(j, x)
+        j = int(self._buf[:n].searchsorted(x, side="right"))
         self._buf[j + 1:n + 1] = self._buf[j:n]  # numpy copies overlapping slices safely
         self._buf[j] = x
+        self._n = n + 1
         self.version += 1
 
     @property
     def _sorted_array(self) -> np.ndarray:
-        return self._buf[:len(self._sorted)]
+        return self._buf[:self._n]
 
     @property
     def confidence(self) -> float:
-        return float(len(self._sorted))
+        return float(self._n)
 
 
 class AnswerTime(_RecentSorted):
@@ -94,16 +92,16 @@ class AnswerTime(_RecentSorted):
         self._prior = prior_median_s
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
-        if not self._sorted:  # before any answer: a lognormal around the prior median
+        if not self._n:  # before any answer: a lognormal around the prior median
             with np.errstate(divide="ignore"):
                 z = (np.log(np.maximum(t, 1e-9)) - math.log(self._prior)) / 0.5
             return np.asarray(0.5 * special.erfc(-z / math.sqrt(2)))
-        return self._sorted_array.searchsorted(t, side="right") / len(self._sorted)
+        return self._sorted_array.searchsorted(t, side="right") / self._n
 
     def quantile(self, q: float) -> float:
-        if not self._sorted:
+        if not self._n:
             return self._prior
-        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
+        return float(self._buf[min(self._n - 1, int(q * self._n))])
 
     def midpoints(self, k: int) -> np.ndarray:
         """`k` evenly spread quantiles (midpoints): answer times that stand for the whole distribution."""
@@ -120,7 +118,7 @@ class UnansweredRing(_RecentSorted):
 
     def survival(self, elapsed: np.ndarray, timeout_s: float) -> np.ndarray:
         """P(still ringing after `elapsed` | not a live answer); before any sample, until the timeout."""
-        if not self._sorted:
+        if not self._n:
             return np.asarray(elapsed < timeout_s, dtype=float)
         srt = self._sorted_array
         survival: np.ndarray = 1.0 - srt.searchsorted(elapsed, side="right") / len(srt)
@@ -211,14 +209,14 @@ class WrapTime(_RecentSorted):
 
     @property
     def mean(self) -> float:
-        return sum(self._sorted) / len(self._sorted) if self._sorted else self.prior_s
+        return sum(self._sorted_array.tolist()) / self._n if self._n else self.prior_s
 
     def quantiles(self, k: int = 5) -> np.ndarray:
         """`k` evenly spread quantiles (midpoints), to integrate over the wrap-up that follows a call."""
-        if not self._sorted:
+        if not self._n:
             return np.full(k, self.prior_s)
-        idx = ((np.arange(k) + 0.5) / k * len(self._sorted)).astype(int)
-        return self._sorted_array[np.minimum(idx, len(self._sorted) - 1)]
+        idx = ((np.arange(k) + 0.5) / k * self._n).astype(int)
+        return self._sorted_array[np.minimum(idx, self._n - 1)]
 
     def distinct_quantiles(self) -> np.ndarray:
         """`quantiles()` without repeats (a fixed wrap-up is one value, not five): fewer cases to integrate."""
@@ -230,7 +228,7 @@ class WrapTime(_RecentSorted):
 
     def end_within(self, in_state: np.ndarray, horizon: float | np.ndarray) -> np.ndarray:
         """P(wrap-up over within `horizon` | already `in_state` seconds into it), empirically (broadcasts)."""
-        if not self._sorted:
+        if not self._n:
             return np.asarray((in_state + horizon) >= self.prior_s, dtype=float)
         srt = self._sorted_array
         n = len(srt)
