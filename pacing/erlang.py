@@ -337,13 +337,12 @@ class ErlangPacer:
         return cdf_free, ahead
 
     def _free_chances(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
-        """For each reach time and each busy agent, the chance it is free by then (K × busy agents)."""
+        """For each reach time and each busy agent that may be free by then, that chance (K × those agents).
+        Talking agents count only once talk times are trusted (`talk_trusted`); until then none is."""
         talking = np.asarray(snap.talking_elapsed, dtype=float)
         m = len(talking)
         rows = []
-        if m and not self.talk_trusted:
-            rows.append(np.zeros((len(reach), m)))
-        elif m:
+        if m and self.talk_trusted:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
             wraps = self.wrap.distinct_quantiles()
             budget = np.maximum(reach[:, None] - wraps, 0.0)[:, None, :]  # K × 1 × W
