@@ -74,9 +74,7 @@ def calibrate(path: str, duration: float | None = None, skip_s: float = 0.0,
     assert isinstance(shipped, ErlangPacer)
     pacer = pacer_class(shipped.caps, sim)
     pacer.skip_until = sim.base + skip_s
-    sim.strategy = pacer
-    for cid in sim.campaign_ids:
-        sim.core.set_strategy(cid, pacer)
+    sim.use_strategy(pacer)
     summary = sim.run().summary
     rows = []
     ks = sorted({r[0] for r in pacer.rows})

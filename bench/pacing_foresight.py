@@ -63,9 +63,7 @@ def run_variant(path: str, variant: str, duration: float | None) -> dict[str, An
         shipped = sim.strategy
         assert isinstance(shipped, ErlangPacer)
         if agents or calls:  # same caps (the scenario's), the model's own code for all the rest
-            sim.strategy = ForesightedErlang(shipped.caps, sim, agents, calls)
-            for cid in sim.campaign_ids:
-                sim.core.set_strategy(cid, sim.strategy)
+            sim.use_strategy(ForesightedErlang(shipped.caps, sim, agents, calls))
         summary = sim.run().summary
     return {"variant": variant, "occupancy": round(summary["occupancy"], 4),
             "abandon_rate": round(summary["abandon_rate"], 4),

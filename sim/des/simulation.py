@@ -181,6 +181,13 @@ class Simulation:
             return Oracle(self, caps)
         return make_strategy(name, caps)
 
+    def use_strategy(self, strategy: PacingStrategy) -> None:
+        """Pace a single-campaign shift with `strategy` instead (benchmarks that instrument or inform a model)."""
+        if len(self.campaign_ids) > 1:
+            raise ValueError("strategy: only a single-campaign simulation takes a strategy object")
+        self.strategy = strategy
+        self.core.set_strategy(self.campaign_ids[0], strategy)
+
     # ------------------------------------------------------------------ running
 
     def run(self) -> SimResult:
