@@ -42,8 +42,9 @@ class Agent:
         return not self.campaigns or campaign_id in self.campaigns
 
 
-# States in which an agent is shared out between running campaigns (the core's `_agent_owners`).
-_SHARED = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
+# States in which an agent is on the floor for the pacers: shared out between running campaigns (the core's
+# `_agent_owners`) and counted in lines per agent.
+SHARED_STATES = (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP)
 
 
 class AgentBoard:
@@ -63,7 +64,7 @@ class AgentBoard:
 
     def set_status(self, agent: Agent, status: AgentStatus, now: float, reason: str = "") -> None:
         agent.time_in[agent.status] = agent.time_in.get(agent.status, 0.0) + max(0.0, now - agent.since)
-        if (agent.status in _SHARED) != (status in _SHARED):
+        if (agent.status in SHARED_STATES) != (status in SHARED_STATES):
             self.sharing_version += 1
         agent.status = status
         agent.since = now

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from dialer.agents import Agent, AgentBoard
+from dialer.agents import SHARED_STATES, Agent, AgentBoard
 from dialer.callerid import CallerIdPool, PoolExhausted
 from dialer.commands import (
     Command,
@@ -725,7 +725,7 @@ class DialerCore:
         given: dict[str, int] = {c.settings.campaign_id: 0 for c in running}
         owners: dict[str, str] = {}
         for agent in sorted(self.agents.all(), key=lambda a: a.agent_id):
-            if agent.status not in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP):
+            if agent.status not in SHARED_STATES:
                 continue
             eligible = [c.settings for c in running if agent.serves(c.settings.campaign_id, c.settings.skill)]
             if len(eligible) < 2:
@@ -889,7 +889,7 @@ class DialerCore:
         camp = self._campaign(campaign_id)
         occ = self.agents.occupancy(campaign_id, now, camp.settings.skill)
         agents = self.agents.counts(campaign_id, camp.settings.skill)
-        working = sum(agents.get(s.value, 0) for s in (AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP))
+        working = sum(agents.get(s.value, 0) for s in SHARED_STATES)
         lines = len(camp.in_flight) + len(camp.waiting)
         return {
             "campaign_id": campaign_id,
@@ -934,5 +934,3 @@ def _cause_outcome(cause: int) -> Outcome:
         return Outcome.CONGESTION
     return Outcome.FAILED
 
-
-_copy_attempt = Attempt.copy  # the name the tests check every field is copied under

@@ -442,10 +442,9 @@ def test_wrapup_without_timeout_waits_for_the_agent():
 def test_attempt_copies_keep_every_field() -> None:
     import dataclasses
 
-    from dialer.core import _copy_attempt
     from dialer.model import Attempt
 
     values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Attempt)}
     att = Attempt(**values)  # type: ignore[arg-type]
-    copy = _copy_attempt(att)
+    copy = att.copy()
     assert copy == att and copy is not att
