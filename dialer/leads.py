@@ -177,25 +177,18 @@ _CLOCK_SPAN = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2040, 1, 1, tzinfo=UTC
 def _clock(name: str) -> tuple[tuple[datetime, ...], tuple[float, ...]]:
     """A zone's UTC offsets (seconds) at 00:00 UTC each day of the span, and at every 15 minutes of the days its
     offset changes: (instants, offsets)."""
-    tz = ZoneInfo(name)
     start, end = _CLOCK_SPAN
-    instants = [start + timedelta(days=i) for i in range((end - start).days)]
-    offsets = [_offset(t, tz) for t in instants]
-    extra: list[datetime] = []
-    for i in range(1, len(offsets)):
-        if offsets[i] != offsets[i - 1]:
-            extra += [instants[i - 1] + timedelta(minutes=15 * k) for k in range(1, 96)]
-    return tuple(instants + extra), tuple(offsets + [_offset(t, tz) for t in extra])
-
-
-def _offset(t: datetime, tz: ZoneInfo) -> float:
-    off = t.astimezone(tz).utcoffset()
-    return off.total_seconds() if off is not None else 0.0
+    days = tuple(start + timedelta(days=i) for i in range((end - start).days))
+    offsets = _offsets_at(name, days)
+    extra = tuple(days[i - 1] + timedelta(minutes=15 * k)
+                  for i in range(1, len(offsets)) if offsets[i] != offsets[i - 1] for k in range(1, 96))
+    return days + extra, offsets + _offsets_at(name, extra)
 
 
 def _offsets_at(name: str, instants: tuple[datetime, ...]) -> tuple[float, ...]:
     tz = ZoneInfo(name)
-    return tuple(_offset(t, tz) for t in instants)
+    return tuple(off.total_seconds() if (off := t.astimezone(tz).utcoffset()) is not None else 0.0
+                 for t in instants)
 
 
 @lru_cache(maxsize=256)
@@ -206,8 +199,11 @@ def _same_clock(names: tuple[str, ...]) -> bool:
     first = _offsets_at(names[0], quick)
     if any(_offsets_at(other, quick) != first for other in names[1:]):
         return False  # most lists (a country's mobiles across its zones) differ in winter or summer already
-    clocks = [_clock(n) for n in names]
-    return all(_offsets_at(other, inst) == offs for inst, offs in clocks for other in names)
+    for name in names:
+        instants, offsets = _clock(name)
+        if any(_offsets_at(other, instants) != offsets for other in names if other != name):
+            return False
+    return True
 
 
 @lru_cache(maxsize=1)
