@@ -27,9 +27,6 @@ from tests.harness.scripted_pbx import ScriptedPbx
 HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
 
 
-
-
-
 class DownStore(InMemoryStore):
     """An in-memory store whose ping can be made to fail or hang, as a Redis that went away."""
 
