@@ -249,3 +249,23 @@ def test_calibration_bench_finds_the_forecasts_right_and_a_wrong_one_wrong() -> 
     rows = calibrate(path, 10800.0, 1800.0, Forgetful)["rows"]
     answers = [r for r in rows if r["what"] == "answers"]
     assert all(r["forecast_mean"] < 0.9 * r["actual_mean"] and r["pit_worst_decile_gap"] > 0.04 for r in answers)
+
+
+def test_frontier_reads_occupancy_at_the_target() -> None:
+    # bench/pacing_frontier.py: the frontier keeps only runs that beat every run with fewer abandons, and the
+    # target is read between the runs either side of it.
+    from bench.pacing_frontier import at_target
+
+    pts = [{"abandon_rate": r, "occupancy": o} for r, o in ((0.01, 0.80), (0.02, 0.85), (0.025, 0.84), (0.04, 0.87))]
+    assert at_target(pts, 0.03) == {"best_under_target": 0.85, "at_target": 0.86}
+    assert at_target(pts[3:], 0.03) == {"best_under_target": None, "at_target": None}
+
+
+def test_frontier_bench_holds_alpha_fixed() -> None:
+    # With the controller off, a higher fixed α buys occupancy with abandons (the frontier is monotone).
+    from bench.pacing_frontier import HERE, run_point
+
+    path = str(HERE / "scenarios" / "collections-50.yaml")
+    low, high = (run_point(path, "erlang", a, 3600.0) for a in (0.005, 0.06))
+    assert low["abandon_rate"] < 0.015 < 0.04 < high["abandon_rate"]
+    assert low["occupancy"] < high["occupancy"]
