@@ -14,6 +14,7 @@ left is not caution but what cannot be known when the calls are placed.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -61,7 +62,7 @@ def at_target(points: list[dict[str, Any]], target: float) -> dict[str, float | 
     under = [occ for rate, occ in frontier if rate <= target]
     best = max(under, default=None)
     at: float | None = None
-    for (r0, o0), (r1, o1) in zip(frontier, frontier[1:], strict=False):
+    for (r0, o0), (r1, o1) in itertools.pairwise(frontier):
         if r0 <= target <= r1:
             at = o0 + (o1 - o0) * (target - r0) / (r1 - r0) if r1 > r0 else o1
     return {"best_under_target": best, "at_target": round(at, 4) if at is not None else None}
@@ -89,8 +90,8 @@ def main() -> None:
     def lines(r: dict[str, Any]) -> str:
         out = [f"pacing_frontier: {r['scenario']} (target {100 * r['target']:.1f} %)"]
         for p in r["points"]:
-            out.append(f"  {p['strategy']:<11} {p['setting']:>6g}  occupancy {p['occupancy']:.3f}  "
-                       f"abandon {100 * p['abandon_rate']:5.2f} % (max hourly {100 * p['max_hourly_abandon_rate']:5.2f} %)")
+            out.append(f"  {p['strategy']:<11} {p['setting']:>6g}  occupancy {p['occupancy']:.3f}  abandon "
+                       f"{100 * p['abandon_rate']:5.2f} % (max hourly {100 * p['max_hourly_abandon_rate']:5.2f} %)")
         for name, f in r["frontiers"].items():
             best, at = f["best_under_target"], f["at_target"]
             out.append(f"  frontier {name:<11} best at or under target "

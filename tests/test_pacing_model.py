@@ -269,3 +269,28 @@ def test_frontier_bench_holds_alpha_fixed() -> None:
     low, high = (run_point(path, "erlang", a, 3600.0) for a in (0.005, 0.06))
     assert low["abandon_rate"] < 0.015 < 0.04 < high["abandon_rate"]
     assert low["occupancy"] < high["occupancy"]
+
+
+def test_random_scenarios_are_valid_and_judged_by_the_issue_checks() -> None:
+    # bench/sim_random_scenarios.py: every drawn floor passes the scenario schema; the checks flag an abandon
+    # rate over the target, a worst hour over 6 % and a baseline at or under the target that keeps agents busier.
+    from bench.sim_random_scenarios import draw, judge, run_one
+    from sim.scenario import parse_scenario
+
+    rng = np.random.default_rng(7)
+    drawn = [draw(rng, i, 3600.0) for i in range(200)]
+    for data in drawn:
+        parse_scenario(data, data["name"])
+    data = min(drawn, key=lambda d: d["agents"]["count"])
+    assert run_one(data, "erlang")["strategy"] == "erlang"
+
+    def run(strategy: str, occ: float, rate: float, worst: float = 0.0) -> dict[str, object]:
+        return {"strategy": strategy, "occupancy": occ, "abandon_rate": rate, "max_hourly_abandon_rate": worst}
+
+    data["campaign"]["abandon_target"] = 0.03
+    good = [run("erlang", 0.85, 0.025, 0.04), run("oracle", 0.95, 0.0), run("ratio", 0.80, 0.02),
+            run("vicidial", 0.90, 0.08)]
+    assert judge(data, good)["failures"] == [] and judge(data, good)["best_baseline"]["strategy"] == "ratio"
+    bad = [run("erlang", 0.85, 0.031, 0.07), run("oracle", 0.95, 0.0), run("progressive", 0.86, 0.0)]
+    verdict = judge(data, bad)
+    assert len(verdict["failures"]) == 3 and verdict["yaml"] is not None
