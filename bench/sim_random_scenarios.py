@@ -6,10 +6,11 @@ Each scenario draws (from `--seed`): agents 5–150, wrap-up fixed, exponential 
 delays lognormal or gamma; the ring timeout; talk times gamma or lognormal, 20 s to 5 min; people who hang up
 while waiting, or not; half the agents leaving mid-shift, or not; a target of 2–5 %.
 
-Checks on `erlang`, as for the shipped scenarios: abandon rate at or under the target, worst hour at most 6 %,
-and occupancy above every baseline (`progressive`, `ratio`, `vicidial`, `omnidialer`) that stays at or under
-the target. The oracle runs too, for reference (its occupancy bounds what any strategy can reach on those
-callers). A failure prints the scenario as YAML, to keep and re-run with `marcador sim`.
+Checks on `erlang`, as for the shipped scenarios: abandon rate at or under the target, worst hour at most twice
+the target (the issue's 6 % for its 3 %), and occupancy above every baseline (`progressive`, `ratio`,
+`vicidial`, `omnidialer`) that stays at or under the target. The oracle runs too, for reference (its
+occupancy bounds what any strategy can reach on those callers). A failure prints the scenario as YAML, to
+keep and re-run with `marcador sim`.
 
     python bench/sim_random_scenarios.py [--count N] [--seed S] [--duration S] [--jobs N] [--json]
 """
@@ -33,7 +34,7 @@ from sim.scenario import parse_scenario
 
 BASELINES = ("progressive", "ratio", "vicidial", "omnidialer")
 STRATEGIES = ("erlang", "oracle", *BASELINES)
-MAX_HOURLY = 0.06
+HOURLY_FACTOR = 2.0  # the worst hour may reach this × the target: 6 % for 3 %, as the issue has it
 
 
 def _r(x: float, digits: int = 3) -> float:
@@ -97,8 +98,8 @@ def judge(data: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     failures = []
     if erlang["abandon_rate"] > target:
         failures.append(f"abandon {erlang['abandon_rate']:.4f} over the target {target}")
-    if erlang["max_hourly_abandon_rate"] > MAX_HOURLY:
-        failures.append(f"worst hour {erlang['max_hourly_abandon_rate']:.4f} over {MAX_HOURLY}")
+    if erlang["max_hourly_abandon_rate"] > HOURLY_FACTOR * target:
+        failures.append(f"worst hour {erlang['max_hourly_abandon_rate']:.4f} over {HOURLY_FACTOR * target:g}")
     if best is not None and best["occupancy"] >= erlang["occupancy"]:
         failures.append(f"{best['strategy']} keeps agents busier ({best['occupancy']:.4f} ≥ {erlang['occupancy']:.4f})")
     return {"scenario": data["name"], "agents": data["agents"]["count"], "target": target,
