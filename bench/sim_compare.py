@@ -1,7 +1,9 @@
 """Every strategy on every scenario in bench/scenarios/, same callers per scenario: the comparison tables, then
 the wall time of one 8-hour collections-50 shift under the predictive strategy (target: at most 15 s).
 
-    python bench/sim_compare.py [--scenarios GLOB] [--strategies a,b] [--jobs N] [--no-timing] [--json]
+    python bench/sim_compare.py [--dir DIR] [--scenarios GLOB] [--strategies a,b] [--jobs N] [--no-timing] [--json]
+
+`--dir bench/variants` runs the variants of collections-50 kept there instead of the shipped scenarios.
 
 With --json the tables go to stderr and one JSON object is printed last on stdout.
 """
@@ -47,7 +49,8 @@ def timing() -> dict[str, Any]:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--scenarios", default="*.yaml", help="glob inside bench/scenarios")
+    ap.add_argument("--dir", default=str(HERE / "scenarios"), help="where the scenarios are (bench/scenarios)")
+    ap.add_argument("--scenarios", default="*.yaml", help="glob inside --dir")
     ap.add_argument("--strategies", default=",".join(strategy_names()))
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (wall seconds per run then overlap)")
     ap.add_argument("--no-timing", action="store_true", help="skip the collections-50 wall-time measurement")
@@ -57,7 +60,9 @@ def main() -> None:
     unknown = sorted(set(names) - set(strategy_names()))
     if unknown:
         ap.error(f"unknown strategies {unknown}; known: {strategy_names()}")
-    paths = sorted((HERE / "scenarios").glob(args.scenarios))
+    paths = sorted(Path(args.dir).glob(args.scenarios))
+    if not paths:
+        ap.error(f"no scenario matches {args.scenarios} in {args.dir}")
     jobs = [(str(p), n) for p in paths for n in names]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

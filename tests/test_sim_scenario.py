@@ -119,6 +119,20 @@ def test_shipped_scenarios_are_the_ones_asked_for() -> None:
     assert shift.count_at(0) == 50 and shift.count_at(14_400) == 25
 
 
+def test_variants_load_and_differ_from_collections_50_as_named() -> None:
+    # bench/variants: collections-50 with one thing changed each (README: outside the shipped set).
+    base = load_scenario(SCENARIOS / "collections-50.yaml")
+    v = {p.stem: load_scenario(p) for p in (SCENARIOS.parent / "variants").glob("*.yaml")}
+    assert {n: s.name for n, s in v.items()} == {n: n for n in v} and len(v) == 6
+    assert v["c50-plive-05"].p("p_live", 0) == 0.05 and v["c50-plive-60"].p("p_live", 0) == 0.60
+    assert (v["c50-short-talk"].calls.talk_s.mean, v["c50-short-talk"].calls.talk_s.cv) == (30, 1.2)
+    assert v["c50-wide-answer"].calls.answer_delay_s.sigma == 1.0
+    assert (v["c50-five-agents"].agents.count, v["c50-five-agents"].agents.wrapup_s.dist) == (5, "exponential")
+    assert v["c50-no-wrapup"].agents.wrapup_s.value == 0 and v["c50-no-wrapup"].campaign.abandon_threshold_s == 0.5
+    for s in v.values():
+        assert s.seed == base.seed and s.duration_s == base.duration_s and s.campaign.abandon_target == 0.03
+
+
 def test_fates_follow_the_stated_shares() -> None:
     sc = parse_scenario(_scenario(calls={"p_live": 0.2, "p_machine": 0.1, "p_busy": 0.1, "p_fail": 0.05,
                                          "answer_delay_s": {"dist": "uniform", "low": 1, "high": 30}},
