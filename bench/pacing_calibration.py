@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._report import parser, report
+from bench._report import one_scenario_args, parser, report
 from pacing.erlang import ErlangPacer
 from pacing.snapshot import PacingCaps, PacingSnapshot
 from sim.des.simulation import Simulation
@@ -108,8 +108,7 @@ def _line(r: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--scenario", default=str(HERE / "scenarios" / "collections-50.yaml"))
-    ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
+    one_scenario_args(ap, jobs=False)
     ap.add_argument("--skip", type=float, default=0.0, help="leave out the first S simulated seconds (default 0)")
     args = ap.parse_args()
     report(calibrate(args.scenario, args.duration, args.skip), args.json, _line)

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._report import parser, report
+from bench._report import one_scenario_args, parser, report
 from pacing.erlang import ErlangPacer
 from pacing.snapshot import PacingCaps, PacingSnapshot
 from sim.des.simulation import Simulation
@@ -73,9 +73,7 @@ def run_variant(path: str, variant: str, duration: float | None) -> dict[str, An
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--scenario", default=str(HERE / "scenarios" / "collections-50.yaml"))
-    ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
-    ap.add_argument("--jobs", type=int, default=2)
+    one_scenario_args(ap)
     args = ap.parse_args()
     names = [*VARIANTS, "oracle"]
     with ProcessPoolExecutor(args.jobs) as pool:

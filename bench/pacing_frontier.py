@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._report import parser, report
+from bench._report import one_scenario_args, parser, report
 from sim.des.simulation import Simulation
 from sim.scenario import load_scenario
 
@@ -70,9 +70,7 @@ def at_target(points: list[dict[str, Any]], target: float) -> dict[str, float | 
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--scenario", default=str(HERE / "scenarios" / "collections-50.yaml"))
-    ap.add_argument("--duration", type=float, default=None, help="simulated seconds (default: the scenario's)")
-    ap.add_argument("--jobs", type=int, default=2)
+    one_scenario_args(ap)
     args = ap.parse_args()
     target = load_scenario(args.scenario).campaign.abandon_target
     jobs: list[tuple[str, float | None]] = [(name, v) for name, values in SWEEPS.items() for v in values]
