@@ -139,7 +139,7 @@ class AbandonController:
         # (1.5 standard errors), so a small floor with few answers aims lower than a big one: the rate ends
         # under the target.
         t = self.target
-        se = math.sqrt(t * (1 - t) / max(self.live, 50))
+        se = math.sqrt(t * (1 - t) / max(self.counts[0], 50))  # of the campaign-wide rate, as `rate` is
         self.setpoint = self._bounded(t - self.se_k * se)
         # The next answers aim at what keeps the campaign-to-date rate on that setpoint as answers accrue:
         # abandons allowed so far are L·(t − k·se(L)), whose slope is t − k·se/2. Aiming at the setpoint itself
@@ -156,10 +156,15 @@ class AbandonController:
         return max(0.3 * self.target, min(self.margin * self.target, rate))
 
     @property
-    def rate(self) -> float:
-        live, abandoned = self.live, self.abandoned
+    def counts(self) -> tuple[int, int]:
+        """Campaign-wide (live, abandoned): every node's as last synced plus this node's since, else this node's."""
         if self._shared[0]:
-            live, abandoned = self._shared[0] + self._since[0], self._shared[1] + self._since[1]
+            return self._shared[0] + self._since[0], self._shared[1] + self._since[1]
+        return self.live, self.abandoned
+
+    @property
+    def rate(self) -> float:
+        live, abandoned = self.counts
         return abandoned / live if live else 0.0
 
 

@@ -7,6 +7,7 @@ import math
 import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
@@ -228,6 +229,19 @@ def test_controller_brings_the_rate_to_date_to_its_setpoint_and_not_over_the_tar
     setpoint = 0.03 - 1.5 * math.sqrt(0.03 * 0.97 / 2400)
     assert max(finals) <= 0.03
     assert sum(finals) / len(finals) >= setpoint - 0.003
+
+
+def test_setpoint_follows_the_campaign_wide_answers_when_nodes_share_them() -> None:
+    # With several nodes, the rate-to-date and its setpoint both come from the campaign-wide counts: a node
+    # that has seen 10 answers of a campaign's 20,000 aims at the big campaign's setpoint, not a tiny floor's.
+    alone, shared = AbandonController(0.03), AbandonController(0.03)
+    shared.sync(20_000, 500)
+    for c in (alone, shared):
+        for _ in range(10):
+            c.observe(connected=True)
+    assert shared.counts == (20_010, 500) and shared.rate == pytest.approx(500 / 20_010)
+    assert shared.setpoint == pytest.approx(0.03 - 1.5 * math.sqrt(0.03 * 0.97 / 20_010))
+    assert alone.setpoint == pytest.approx(0.3 * 0.03)  # 10 answers: the floor of the setpoint
 
 
 def test_observations_reach_the_controller() -> None:
