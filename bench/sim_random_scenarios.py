@@ -55,10 +55,10 @@ def draw(rng: np.random.Generator, index: int, duration_s: float) -> dict[str, A
     amd = bool(rng.random() < 0.3)
     p_machine = _r(rng.uniform(0.02, 0.25)) if amd or rng.random() < 0.2 else 0.0
     p_busy, p_fail = _r(rng.uniform(0, 0.15)), _r(rng.uniform(0, 0.15))
-    top = max(p_live if isinstance(live, float) else max(live["from"], live["to"]), 0.0)
-    spare = 0.95 - top - p_machine
+    top = max(p_live, live["to"]) if isinstance(live, dict) else p_live
+    spare = 0.95 - top - p_machine  # at least 0.10: live ≤ 0.60, machines ≤ 0.25
     if p_busy + p_fail > spare:
-        scale = max(spare, 0.0) / (p_busy + p_fail)
+        scale = spare / (p_busy + p_fail)
         p_busy, p_fail = _r(p_busy * scale), _r(p_fail * scale)
     timeout = _r(rng.uniform(18, 40), 0)
     median = rng.uniform(4, 14)

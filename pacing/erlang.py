@@ -139,7 +139,8 @@ class AbandonController:
         # (1.5 standard errors), so a small floor with few answers aims lower than a big one: the rate ends
         # under the target.
         t = self.target
-        se = math.sqrt(t * (1 - t) / max(self.counts[0], 50))  # of the campaign-wide rate, as `rate` is
+        live, abandoned = self.counts  # campaign-wide when nodes share them: the rate and its uncertainty
+        se = math.sqrt(t * (1 - t) / max(live, 50))
         self.setpoint = self._bounded(t - self.se_k * se)
         # The next answers aim at what keeps the campaign-to-date rate on that setpoint as answers accrue:
         # abandons allowed so far are L·(t − k·se(L)), whose slope is t − k·se/2. Aiming at the setpoint itself
@@ -148,7 +149,7 @@ class AbandonController:
         # unlucky abandons (on small floors a few would otherwise keep it above for hours), higher after
         # lucky ones, never above the margin under the target.
         marginal = self._bounded(t - 0.5 * self.se_k * se)
-        aim = min(self.margin * t, max(0.2 * self.setpoint, marginal + self.setpoint - self.rate))
+        aim = min(self.margin * t, max(0.2 * self.setpoint, marginal + self.setpoint - abandoned / live))
         self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (aim - y))))
 
     def _bounded(self, rate: float) -> float:
