@@ -4,6 +4,8 @@ what only the simulator knows, one estimate at a time, with the oracle for refer
 - `agents known`: when every busy agent will be free replaces the model's estimate of agents free by τ + θ.
 - `calls known`: when every call already placed will reach an agent (and which never will) replaces its
   estimate of the answers already coming by τ. The calls it is about to place stay unknown.
+- `live rate known`: the scenario's chance that a call reaches an agent, at that moment of the shift, replaces
+  the model's decayed estimate of it (how much the estimate's own noise costs).
 
 Nothing else changes (same estimates otherwise, same controller, same callers), so the occupancy each variant
 gains is what that knowledge is worth to this model at the same abandon target.
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._report import one_scenario_args, parser, report
 from pacing.erlang import ErlangPacer
+from pacing.estimators import AnswerRate
 from pacing.snapshot import PacingCaps, PacingSnapshot
 from sim.des.simulation import Simulation
 from sim.scenario import load_scenario
@@ -31,6 +34,31 @@ from sim.scenario import load_scenario
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"as shipped": (False, False), "agents known": (True, False), "calls known": (False, True),
             "both known": (True, True)}
+LIVE_RATE_KNOWN = "live rate known"
+
+
+class KnownRate(AnswerRate):
+    """The live rate the scenario sets at this moment: p_live (and, with AMD, what it lets through) times the
+    chance a person answers before the ring timeout (the answer delay may reach it)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__()
+        self.sim = sim
+        sc = sim.sc
+        # The share of answer delays under the timeout, from a fixed sample (known to about 0.1 %).
+        rng = np.random.default_rng(0)
+        delays = np.fromiter((sc.calls.answer_delay_s.sample(rng) for _ in range(100_000)), float)
+        self.in_time = float((delays < sc.calls.no_answer_timeout_s).mean())
+
+    @property
+    def p(self) -> float:
+        sc, t = self.sim.sc, self.sim.kernel.now
+        live, machine = sc.p("p_live", t), sc.p("p_machine", t)
+        if sc.amd.enabled:  # people AMD takes for machines never reach an agent; machines it takes for people do
+            live, machine = live * (1.0 - sc.amd.false_machine), machine * sc.amd.false_human
+        else:
+            machine = 0.0
+        return (live + machine) * self.in_time
 
 
 class ForesightedErlang(ErlangPacer):
@@ -59,10 +87,12 @@ def run_variant(path: str, variant: str, duration: float | None) -> dict[str, An
         summary = Simulation(sc, "oracle", duration_s=duration).run().summary
     else:
         sim = Simulation(sc, "erlang", duration_s=duration)
-        agents, calls = VARIANTS[variant]
+        agents, calls = VARIANTS.get(variant, (False, False))
         shipped = sim.strategy
         assert isinstance(shipped, ErlangPacer)
-        if agents or calls:  # same caps (the scenario's), the model's own code for all the rest
+        if variant == LIVE_RATE_KNOWN:
+            shipped.answer_rate = KnownRate(sim)
+        elif agents or calls:  # same caps (the scenario's), the model's own code for all the rest
             sim.use_strategy(ForesightedErlang(shipped.caps, sim, agents, calls))
         summary = sim.run().summary
     return {"variant": variant, "occupancy": round(summary["occupancy"], 4),
@@ -75,13 +105,13 @@ def main() -> None:
     ap = parser(__doc__)
     one_scenario_args(ap)
     args = ap.parse_args()
-    names = [*VARIANTS, "oracle"]
+    names = [*VARIANTS, LIVE_RATE_KNOWN, "oracle"]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(run_variant, [args.scenario] * len(names), names, [args.duration] * len(names)))
     result = {"scenario": Path(args.scenario).stem, "variants": rows}
     report(result, args.json, lambda r: "\n".join(
         [f"pacing_foresight: {r['scenario']}"]
-        + [f"  {v['variant']:<13} occupancy {v['occupancy']:.3f}  abandon {100 * v['abandon_rate']:.2f} % "
+        + [f"  {v['variant']:<15} occupancy {v['occupancy']:.3f}  abandon {100 * v['abandon_rate']:.2f} % "
            f"(max hourly {100 * v['max_hourly_abandon_rate']:.2f} %)  idle/connect {v['idle_per_connect_s']:.1f} s"
            for v in r["variants"]]))
 

@@ -263,6 +263,24 @@ def test_foresight_bench_swaps_the_models_estimates() -> None:
     assert told["idle_per_connect_s"] < shipped["idle_per_connect_s"]
 
 
+def test_foresight_bench_knows_the_scenarios_live_rate() -> None:
+    # bench/pacing_foresight.py "live rate known": the chance a call reaches an agent, as the scenario sets it at
+    # that moment (AMD lets through the machines it takes for people and stops the people it takes for machines).
+    from bench.pacing_foresight import HERE, KnownRate
+    from sim.des.simulation import Simulation
+    from sim.scenario import load_scenario
+
+    plain = KnownRate(Simulation(load_scenario(HERE / "scenarios" / "collections-50.yaml"), "erlang"))
+    assert 0.98 < plain.in_time < 1.0  # lognormal median 8 s, σ 0.5: about 1 % reach the 25 s timeout
+    assert plain.p == pytest.approx(0.20 * plain.in_time)
+    sim = Simulation(load_scenario(HERE / "scenarios" / "drift-50.yaml"), "erlang")
+    drift = KnownRate(sim)
+    sim.kernel.now = sim.duration / 2
+    assert drift.p == pytest.approx(0.20 * drift.in_time)  # 0.30 → 0.10 over the shift
+    amd = KnownRate(Simulation(load_scenario(HERE / "scenarios" / "amd-50.yaml"), "erlang"))
+    assert amd.p == pytest.approx((0.13 * 0.95 + 0.07 * 0.15) * amd.in_time)  # false_machine 5 %, false_human 15 %
+
+
 def test_calibration_bench_finds_the_forecasts_right_and_a_wrong_one_wrong() -> None:
     # bench/pacing_calibration.py: the model's forecasts of answers coming and agents free match what the
     # simulator then does, in mean and in distribution; a model that forgets how long calls have rung does not.
