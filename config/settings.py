@@ -99,7 +99,7 @@ class DemoSettings(BaseModel):
     enabled: bool = Field(True, description="create a demo campaign with simulated agents at start-up")
     agents: int = Field(10, ge=0, le=1000, description="simulated agents logged in")
     leads: int = Field(5000, ge=0, description="demo leads loaded")
-    strategy: str = Field("progressive", description="pacing strategy of the demo campaign")
+    strategy: str = Field("erlang", description="pacing strategy of the demo campaign (erlang: the predictive model)")
 
 
 class MarcadorSettings(BaseSettings):
