@@ -2,7 +2,8 @@
 time τ it looks at, how many answers are already coming by τ (waiting calls and calls ringing) and how many
 agents will be free by τ + θ. The simulator knows both counts; this compares them, decision by decision.
 
-For each τ (the model's answer-time quantile midpoints), over the shift:
+For each τ (the model's answer-time quantile midpoints, three of them here at every decision; the shipped
+model takes more on small floors), over the shift:
 - forecast mean against the mean of what happened, and the forecast variance against the mean squared error;
 - the randomised PIT (where what happened falls in the forecast distribution, ties split at random): ten
   deciles that each hold about 10 % of the decisions when the forecast distribution is right, not only its mean.
@@ -40,6 +41,7 @@ class CalibratedErlang(ErlangPacer):
 
     def __init__(self, caps: PacingCaps, sim: Simulation, seed: int = 1) -> None:
         super().__init__(caps)
+        self.answer_points = 3  # the same three answer times at every decision, so each τ# is one quantile
         self.sim = sim
         self.rng = np.random.default_rng(seed)  # only to split ties in the PIT
         self.rows: list[tuple[int, str, float, float, float, float]] = []  # (k, what, mean, var, actual, pit)
