@@ -87,13 +87,12 @@ def run_variant(path: str, variant: str, duration: float | None) -> dict[str, An
         summary = Simulation(sc, "oracle", duration_s=duration).run().summary
     else:
         sim = Simulation(sc, "erlang", duration_s=duration)
-        agents, calls = VARIANTS.get(variant, (False, False))
         shipped = sim.strategy
         assert isinstance(shipped, ErlangPacer)
         if variant == LIVE_RATE_KNOWN:
             shipped.answer_rate = KnownRate(sim)
-        elif agents or calls:  # same caps (the scenario's), the model's own code for all the rest
-            sim.use_strategy(ForesightedErlang(shipped.caps, sim, agents, calls))
+        elif variant != "as shipped":  # same caps (the scenario's), the model's own code for all the rest
+            sim.use_strategy(ForesightedErlang(shipped.caps, sim, *VARIANTS[variant]))
         summary = sim.run().summary
     return {"variant": variant, "occupancy": round(summary["occupancy"], 4),
             "abandon_rate": round(summary["abandon_rate"], 4),

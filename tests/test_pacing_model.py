@@ -199,7 +199,6 @@ def test_more_ready_agents_never_means_fewer_calls(snap: PacingSnapshot) -> None
     assert WARM.decide(more) >= WARM.decide(snap)
 
 
-
 def test_a_small_floor_weighs_answers_that_come_before_a_known_agent_frees() -> None:
     # 7 agents: 6 on long calls, 1 in a fixed 24 s wrap-up with 4 s to go; answer times spread wide
     # (lognormal median 8.3 s, σ 0.79). A call answered within 2 s waits more than the 2 s threshold for that
@@ -219,7 +218,6 @@ def test_a_small_floor_weighs_answers_that_come_before_a_known_agent_frees() -> 
     true_chance = float((answers < 2.0).mean())
     assert 0.03 < true_chance < 0.04
     assert 0.5 * true_chance <= pacer.last_chance <= 2.0 * true_chance
-
 
 
 def test_the_random_seven_agent_floor_that_answered_too_early_stays_under_its_target() -> None:
