@@ -18,7 +18,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from typer.core import TyperGroup
 
-from sim.des.simulation import SimResult, Simulation, attempt_row, strategy_names
+from sim.des.simulation import SimResult, Simulation, attempt_row, override_problems, strategy_names
+from sim.oracle import NAME as ORACLE
 from sim.scenario import Scenario, ScenarioError, load_scenario
 
 
@@ -40,6 +41,14 @@ def _load(path: Path) -> Scenario:
         return load_scenario(path)
     except ScenarioError as exc:
         raise typer.BadParameter(str(exc), param_hint="SCENARIO") from None
+
+
+_OPTION = {"duration_s": "--duration", "tick_s": "--tick", "agents": "--agents", "ratio": "--ratio"}
+
+
+def _check_overrides(**overrides: Any) -> None:
+    for name, why in override_problems(**overrides):
+        raise typer.BadParameter(why, param_hint=_OPTION[name])
 
 
 def _check_strategy(name: str) -> None:
@@ -89,6 +98,14 @@ def run(
 ) -> None:
     """Simulate one strategy over the scenario's shift (`marcador sim SCENARIO` is short for this)."""
     sc = _load(scenario)
+    _check_strategy(strategy)
+    _check_overrides(duration_s=duration, tick_s=tick, agents=agents, ratio=ratio)
+    if ratio is not None and strategy != "ratio":
+        raise typer.BadParameter(f"sets the lines per ready agent of --strategy ratio; {strategy} does not use it",
+                                 param_hint="--ratio")
+    if strategy == ORACLE and len(sc.campaign_entries()) > 1:
+        raise typer.BadParameter(f"the oracle plans for a single campaign's floor; {sc.name} has "
+                                 f"{len(sc.campaign_entries())} campaigns", param_hint="--strategy")
     if plot is not None:
         _need_matplotlib()
     result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio, tick=tick,
@@ -128,14 +145,21 @@ def compare(
     scenario: Annotated[Path, typer.Argument(help="scenario YAML", exists=True, dir_okay=False)],
     seed: Annotated[int | None, typer.Option(help="random seed (default: the scenario's)")] = None,
     duration: Annotated[float | None, typer.Option(help="simulated seconds (default: the scenario's)")] = None,
-    strategies: Annotated[str | None, typer.Option(help="comma-separated (default: all)")] = None,
+    strategies: Annotated[str | None, typer.Option(
+        help="comma-separated (default: all; without the oracle on a floor of several campaigns)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Run every strategy on the same callers (same seed) and compare: sorted by occupancy, with abandon rates."""
     sc = _load(scenario)
-    names = [n.strip() for n in (strategies or ",".join(strategy_names())).split(",") if n.strip()]
+    _check_overrides(duration_s=duration)
+    several = len(sc.campaign_entries()) > 1
+    default = [n for n in strategy_names() if not (several and n == ORACLE)]  # the oracle plans one campaign
+    names = [n.strip() for n in strategies.split(",") if n.strip()] if strategies else default
     for name in names:
         _check_strategy(name)
+    if several and ORACLE in names:
+        raise typer.BadParameter(f"the oracle plans for a single campaign's floor; {sc.name} has "
+                                 f"{len(sc.campaign_entries())} campaigns", param_hint="--strategies")
     rows = [simulate(sc, name, seed=seed, duration=duration, show_progress=sys.stdout.isatty() and not as_json).summary
             for name in names]
     rows = rank(rows)
@@ -143,6 +167,9 @@ def compare(
         print(json.dumps({"scenario": sc.name, "target": sc.campaign.abandon_target, "results": rows}))
         return
     Console().print(comparison_table(sc.name, sc.campaign.abandon_target, rows))
+    if several and not strategies:
+        Console().print(f"(no oracle row: the oracle plans for a single campaign's floor, and {sc.name} has "
+                        f"{len(sc.campaign_entries())} campaigns)")
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -77,3 +77,39 @@ def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "calls.p_live" in r.output
     r = CliRunner().invoke(app, ["sim", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize(("args", "option", "says"), [
+    (["--duration", "-5"], "--duration", "more than 0 seconds"),
+    (["--tick", "0"], "--tick", "more than 0 and at most 60"),  # a tick of 0 never advanced the clock: a hang
+    (["--tick", "nan"], "--tick", "more than 0 and at most 60"),
+    (["--agents", "-3"], "--agents", "0 to 100000"),
+    (["--strategy", "ratio", "--ratio", "0"], "--ratio", "more than 0"),
+    (["--strategy", "erlang", "--ratio", "3"], "--ratio", "erlang does not use it"),
+])
+def test_a_bad_override_is_a_usage_error_naming_the_option(args: list[str], option: str, says: str) -> None:
+    r = CliRunner().invoke(app, ["sim", SCENARIO, *args])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.replace("│", " ").split())
+    assert option in text and says in text
+
+
+def test_the_oracle_is_left_out_of_a_floor_of_several_campaigns_with_a_word_not_a_traceback() -> None:
+    floor = str(Path(SCENARIO).parents[1] / "floor" / "three-campaigns-50.yaml")
+    r = CliRunner().invoke(app, ["sim", "compare", floor, "--duration", "60"])
+    assert r.exit_code == 0, r.output
+    assert "erlang" in r.output and "no oracle row" in r.output
+    for args in (["sim", floor, "--strategy", "oracle"], ["sim", "compare", floor, "--strategies", "erlang,oracle"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "single campaign" in " ".join(r.output.replace("│", " ").split())
+
+
+def test_the_simulation_refuses_bad_overrides_from_python_too() -> None:
+    from sim.des.simulation import Simulation
+    from sim.scenario import load_scenario
+
+    sc = load_scenario(Path(SCENARIO))
+    with pytest.raises(ValueError, match="tick_s: must be more than 0"):
+        Simulation(sc, "erlang", tick_s=0.0)
+    with pytest.raises(ValueError, match=r"duration_s: .*; ratio: "):
+        Simulation(sc, "ratio", duration_s=-1.0, ratio=-2.0)

@@ -8,6 +8,7 @@ deadlines. Pacing, routing and the abandon threshold are the core's own, exactly
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -68,6 +69,22 @@ def strategy_names() -> list[str]:
     return [*STRATEGIES, ORACLE]
 
 
+def override_problems(*, duration_s: float | None = None, tick_s: float | None = None, agents: int | None = None,
+                      ratio: float | None = None) -> list[tuple[str, str]]:
+    """(field, what is wrong) for each run override outside the bounds a scenario file has for the same field
+    (a tick of 0 would never advance the clock)."""
+    problems = []
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        problems.append(("duration_s", f"must be more than 0 seconds (got {duration_s:g})"))
+    if tick_s is not None and not (math.isfinite(tick_s) and 0 < tick_s <= 60):
+        problems.append(("tick_s", f"must be more than 0 and at most 60 seconds (got {tick_s:g})"))
+    if agents is not None and not 0 <= agents <= 100_000:
+        problems.append(("agents", f"must be 0 to 100000 (got {agents})"))
+    if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
+        problems.append(("ratio", f"lines per ready agent must be more than 0 (got {ratio:g})"))
+    return problems
+
+
 @dataclass(slots=True)
 class SimCall:
     call_id: str
@@ -112,6 +129,9 @@ class Simulation:
         series_every_s: float = 60.0,
         progress: Callable[[float], None] | None = None,
     ) -> None:
+        problems = override_problems(duration_s=duration_s, tick_s=tick_s, agents=agents, ratio=ratio)
+        if problems:
+            raise ValueError("; ".join(f"{name}: {why}" for name, why in problems))
         self.sc = scenario
         self.strategy_name = strategy
         self.seed = scenario.seed if seed is None else seed
