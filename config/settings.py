@@ -1,7 +1,7 @@
 """Marcador's configuration: a YAML file plus environment variables (MARCADOR_..., nested with `__`).
 
 Environment variables override the file; every field has a default that runs the embedded demo.
-`marcador config show-defaults` prints every field with its default and description.
+`marcador config show` prints every field with its default and description.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 Role = Literal["admin", "integrator", "supervisor", "agent", "viewer"]
 
 
@@ -111,7 +112,16 @@ class MarcadorSettings(BaseSettings):
     demo: DemoSettings = Field(DemoSettings(), description="the embedded demo (sim mode only)")
     store_url: str = Field("memory://", description="memory:// or redis://host:port/db")
     node_id: str = Field("node1", description="this node's name; prefixes call ids")
-    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR")
+    log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR (any case)")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        # Checked here, not when logging is set up: a typo must be named like any bad field, not crash `run`.
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @classmethod
     def settings_customise_sources(

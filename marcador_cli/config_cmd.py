@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from config.settings import MarcadorSettings, load_settings
+from config.settings import MarcadorSettings
+from dialer.store_factory import redact_url
+from marcador_cli.settings_check import SettingsProblem, load_checked
 
 app = typer.Typer(help="Check and document the settings file.", no_args_is_help=True)
 
@@ -23,29 +25,23 @@ ENV_PREFIX = "MARCADOR_"
 @app.command("validate")
 def validate(file: Annotated[Path, typer.Argument(help="YAML settings file", exists=False)]) -> None:
     """Load FILE with the environment on top, as `marcador run --config FILE` would; name every bad field."""
-    console = Console(stderr=True, soft_wrap=True)
     try:
-        settings = load_settings(file)
-    except FileNotFoundError:
-        console.print(f"[red]{file}: no such file[/red]")
-        raise typer.Exit(1) from None
-    except yaml.YAMLError as exc:
-        console.print(f"[red]{file}: not valid YAML: {exc}[/red]")
-        raise typer.Exit(1) from None
-    except ValidationError as exc:
-        console.print(f"[red]{file}: {exc.error_count()} problem(s)[/red]")
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            console.print(f"  {where}: {err['msg']}")
-        raise typer.Exit(1) from None
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+        settings = load_checked(file)
+    except SettingsProblem as problem:
+        print_problem(problem, Console(stderr=True, soft_wrap=True))
         raise typer.Exit(1) from None
     out = Console(soft_wrap=True)
-    out.print(f"[green]{file}: valid[/green]")
-    out.print(f"  PBX: {settings.pbx.mode}; store: {_redact_url(settings.store_url)}; "
-              f"API: {settings.api.host}:{settings.api.port}; tokens: {len(settings.api.tokens)}; "
-              f"webhooks: {len(settings.api.webhooks)}")
+    out.print(f"[green]{escape(str(file))}: valid[/green]")
+    out.print(escape(f"  PBX: {settings.pbx.mode}; store: {redact_url(settings.store_url)}; "
+                     f"API: {settings.api.host}:{settings.api.port}; tokens: {len(settings.api.tokens)}; "
+                     f"webhooks: {len(settings.api.webhooks)}"))
+
+
+def print_problem(problem: SettingsProblem, console: Console) -> None:
+    # escape: YAML errors quote the file ("ami: [unclosed"), which rich would read as markup and drop
+    console.print(f"[red]{escape(problem.headline)}[/red]")
+    for line in problem.lines:
+        console.print(f"  {escape(line)}")
 
 
 @app.command("show")
@@ -76,13 +72,3 @@ def _default(info: FieldInfo) -> str:
     if "Secret" in type(value).__name__:
         return "(secret)"
     return repr(value)
-
-
-def _redact_url(url: str) -> str:
-    """redis://user:password@host → redis://user:***@host: a password never reaches the terminal."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from config.settings import load_settings
 from dialer.logs import setup_logging
+
+EXIT_CONFIG = 2  # the settings are wrong: restarting will not help (systemd: RestartPreventExitStatus=2)
 
 app = typer.Typer(help="Marcador: predictive dialer engine beside Asterisk.", no_args_is_help=True)
 
@@ -19,9 +20,17 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file")] = None,
 ) -> None:
     """Run the engine: PBX link, store, pacing, REST API and dashboard. Ctrl-C stops it cleanly."""
+    from rich.console import Console
+
+    from marcador_cli.config_cmd import print_problem
+    from marcador_cli.settings_check import SettingsProblem, load_checked
     from marcador_cli.wiring import serve
 
-    settings = load_settings(config)
+    try:
+        settings = load_checked(config)
+    except SettingsProblem as problem:
+        print_problem(problem, Console(stderr=True, soft_wrap=True))
+        raise typer.Exit(EXIT_CONFIG) from None
     setup_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))

@@ -1,0 +1,70 @@
+"""Load the settings as `marcador run` uses them and name every problem, for `run` and `config validate` alike.
+
+pydantic checks the schema; what only the wiring would find later (a store URL it cannot open, a channel template
+without its placeholder, an AMI port of 0 against a real Asterisk) is checked here too, so a file that validates
+also starts. Problems name the setting and never carry its value: a bad value may be a secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ami_bridge.config import AmiConfig
+from config.settings import MarcadorSettings, load_settings
+from dialer.store_factory import parse_store_url
+
+
+class SettingsProblem(Exception):
+    """The settings cannot be used; `lines` say why, one problem a line, without any value."""
+
+    def __init__(self, headline: str, lines: list[str] | None = None) -> None:
+        super().__init__(headline)
+        self.headline = headline
+        self.lines = lines or []
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's quote of the line: that line may hold a secret."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or ""
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{at}: {problem}" if problem else at
+
+
+def ami_config(settings: MarcadorSettings) -> AmiConfig:
+    """The AMI endpoint of `pbx.mode: asterisk` (ValueError naming the field when a value cannot be used)."""
+    ami = settings.ami
+    return AmiConfig(host=ami.host, port=ami.port, username=ami.username, secret=ami.secret.get_secret_value(),
+                     auth=ami.auth, tls=ami.tls, call_channel=ami.call_channel, agent_channel=ami.agent_channel)
+
+
+def load_checked(path: Path | None) -> MarcadorSettings:
+    """The settings from `path` (None: defaults) with the environment on top, or `SettingsProblem`."""
+    where = str(path) if path is not None else "settings"
+    try:
+        settings = load_settings(path)
+    except FileNotFoundError:
+        raise SettingsProblem(f"{where}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise SettingsProblem(f"{where}: not valid YAML{_yaml_where(exc)}") from None
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()]
+        raise SettingsProblem(f"{where}: {exc.error_count()} problem(s)", lines) from None
+    except (ValueError, OSError) as exc:
+        raise SettingsProblem(f"{where}: {exc}") from None
+    lines = []
+    try:
+        parse_store_url(settings.store_url)  # its message redacts the password
+    except ValueError as exc:
+        lines.append(f"store_url: {exc}")
+    if settings.pbx.mode == "asterisk":
+        try:
+            ami_config(settings)
+        except ValueError as exc:
+            lines.append(f"ami.{exc}")
+    if lines:
+        raise SettingsProblem(f"{where}: {len(lines)} problem(s)", lines)
+    return settings
