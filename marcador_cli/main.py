@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dialer.logs import setup_logging
-
-EXIT_CONFIG = 2  # the settings are wrong: restarting will not help (systemd: RestartPreventExitStatus=2)
+from marcador_cli.lifecycle import EXIT_CONFIG, StartupError
 
 app = typer.Typer(help="Marcador: predictive dialer engine beside Asterisk.", no_args_is_help=True)
 
@@ -34,6 +34,9 @@ def run(
     setup_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
+    except StartupError as exc:
+        logging.getLogger("marcador").error(f"cannot start: {exc}")
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         pass
 

@@ -8,12 +8,14 @@ import logging
 import random
 import secrets
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import uvicorn
 
+from ami_bridge.client import AmiAuthError
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from api.app import create_app
@@ -22,14 +24,18 @@ from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
+from dialer.ports import Store
 from dialer.runtime import Runtime, RuntimeConfig
-from dialer.store_factory import open_store
+from dialer.store_factory import open_store, redact_url
+from marcador_cli.lifecycle import EXIT_CONFIG, ApiServer, StartupError, StopSignals, bind_api
+from marcador_cli.settings_check import ami_config
 from sim.pbx import SimulatedPbx
 
 log = logging.getLogger("marcador")
 
 DEMO_CAMPAIGN = "demo"
-DRAIN_TIMEOUT_S = 30.0  # a stopping node with a shared store waits this long for its calls to end
+DRAIN_TIMEOUT_S = 30.0  # a stopping node waits this long for its calls to end (keep it above ring timeouts)
+STORE_START_TIMEOUT_S = 10.0
 # Simulated-PBX numbers end in O NN TTT (outcome, ring seconds, talk seconds): a mix like a real list.
 _DEMO_OUTCOMES = [(1, 0.30), (2, 0.08), (3, 0.04), (4, 0.50), (5, 0.08)]
 
@@ -51,8 +57,7 @@ async def pbx_link(settings: MarcadorSettings) -> AsyncIterator[AmiConfig]:
     """The AMI endpoint to use: the embedded simulated PBX, or the configured Asterisk."""
     ami = settings.ami
     if settings.pbx.mode == "asterisk":
-        yield AmiConfig(host=ami.host, port=ami.port, username=ami.username, secret=ami.secret.get_secret_value(),
-                        auth=ami.auth, tls=ami.tls, call_channel=ami.call_channel, agent_channel=ami.agent_channel)
+        yield ami_config(settings)
         return
     secret = secrets.token_urlsafe(16)
     async with SimulatedPbx(host="127.0.0.1", port=ami.port if ami.port != 5038 else 0, username=ami.username,
@@ -76,34 +81,68 @@ async def start_demo(runtime: Runtime, settings: MarcadorSettings) -> None:
     runtime.submit(CampaignControl(DEMO_CAMPAIGN, "start"))
 
 
+async def open_checked_store(url: str, node_id: str) -> Store:
+    """The store, once it has answered: an unreachable Redis stops the start-up with its reason."""
+    store = open_store(url, node_id=node_id)
+    try:
+        await asyncio.wait_for(store.list_campaigns(), STORE_START_TIMEOUT_S)
+    except Exception as exc:
+        closer = getattr(store, "aclose", None)
+        if callable(closer):
+            with contextlib.suppress(Exception):
+                await closer()
+        raise StartupError(f"the store {redact_url(url)} does not answer: {exc or type(exc).__name__} "
+                           "(store_url, MARCADOR_STORE_URL)") from None
+    return store
+
+
 async def serve(settings: MarcadorSettings) -> None:
-    store = open_store(settings.store_url, node_id=settings.node_id)  # leases are owned by this node
+    """The service until SIGTERM/SIGINT; `StartupError` when it cannot start. On a stop it dials nothing more
+    and, when calls are real (Asterisk) or their records shared (Redis), waits for the calls up to end."""
+    sock = bind_api(settings.api.host, settings.api.port)
+    try:
+        await _serve(settings, sock)
+    finally:
+        sock.close()
+
+
+async def _serve(settings: MarcadorSettings, sock: socket.socket) -> None:
+    store = await open_checked_store(settings.store_url, settings.node_id)  # leases are owned by this node
     # Call ids must never repeat across restarts of this node: the boot time is part of them.
     boot = format(int(time.time()), "x")
     core = DialerCore(CoreConfig(id_prefix=f"{settings.node_id}-{boot}"))
-    async with pbx_link(settings) as ami_config:
-        telephony = AmiTelephony(ami_config, id_prefix=f"{settings.node_id}-{boot}")
-        runtime = Runtime(core, store, telephony)
-        await runtime.start()
+    async with pbx_link(settings) as ami:
+        runtime = Runtime(core, store, AmiTelephony(ami, id_prefix=f"{settings.node_id}-{boot}"))
+        try:
+            await runtime.start()
+        except AmiAuthError as exc:
+            await runtime.stop()
+            raise StartupError(f"{exc} (ami.username, ami.secret / MARCADOR_AMI__SECRET, manager.conf); "
+                               "not retried", EXIT_CONFIG) from None
         if settings.pbx.mode == "sim" and settings.demo.enabled:
             await start_demo(runtime, settings)
         app = create_app(runtime, settings.api)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.api.host, port=settings.api.port,
-                                               log_config=None, lifespan="off"))
-        url = f"http://{settings.api.host}:{settings.api.port}"
-        print(f"Marcador is running: API {url}/api/v1  docs {url}/docs  metrics {url}/metrics  (Ctrl-C stops)",
-              flush=True)
-        try:
-            await server.serve()
-        finally:
-            if not isinstance(store, InMemoryStore):
-                await runtime.drain(DRAIN_TIMEOUT_S)  # leave no attempt of this node without its outcome
-            await runtime.stop()
-            webhooks = getattr(app.state, "webhooks", None)
-            if webhooks is not None:
-                await webhooks.aclose()  # uvicorn runs without lifespan: deliver what is queued before exit
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)
+        server = ApiServer(uvicorn.Config(app, log_config=None, lifespan="off"))
+        signals = StopSignals(server)
+        host, port = settings.api.host, sock.getsockname()[1]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        # A drain matters when calls are real (a debtor answering after we left would wait on hold in silence)
+        # or their records shared (an attempt left open is later written `lost`).
+        drain = settings.pbx.mode == "asterisk" or not isinstance(store, InMemoryStore)
+        with signals.installed():
+            print(f"Marcador is running: API {url}/api/v1  docs {url}/docs  metrics {url}/metrics  (Ctrl-C stops)",
+                  flush=True)
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                if drain:
+                    signals.drain_task = asyncio.ensure_future(runtime.drain(DRAIN_TIMEOUT_S))
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await signals.drain_task  # leave no call or attempt of this node open
+                await runtime.stop()
+                webhooks = getattr(app.state, "webhooks", None)
+                if webhooks is not None:
+                    await webhooks.aclose()  # uvicorn runs without lifespan: deliver what is queued before exit
 
 
 # ---------------------------------------------------------------------------------------------- a headless node
