@@ -3,8 +3,11 @@ anyone, what the dialer needs: the actions its AMI user may send, the OriginateR
 the dialplan contexts it routes calls into, and ConfBridge. Prints what is right and what to fix; exit 0 when all
 is right, 1 otherwise. The secret is never printed (AmiConfig keeps it out of its repr too).
 
-    marcador check-asterisk [--host 127.0.0.1] [--port 5038] [--username marcador] [--secret S | env
-        MARCADOR_AMI_SECRET] [--auth md5|plain] [--tls [--tls-ca FILE]]
+    marcador check-asterisk [--config FILE] [--host H] [--port P] [--username U] [--secret S | env
+        MARCADOR_AMI__SECRET] [--auth md5|plain] [--tls [--tls-ca FILE]]
+
+Defaults come from the settings `marcador run` reads (`--config FILE` and MARCADOR_AMI__... variables), so the
+check tests what the service will use.
 
 Probes (asterisk-docker/config/manager.conf gives the user write = call,originate,reporting and
 read = call,user,agent,reporting):
@@ -25,6 +28,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -35,8 +39,12 @@ from rich.table import Table
 
 from ami_bridge.client import AmiAuthError, AmiClient, LinkLost
 from ami_bridge.config import AmiConfig
+from config.settings import AmiSettings
+from marcador_cli.config_cmd import print_problem
+from marcador_cli.settings_check import SettingsProblem, load_checked
 
 PROBE_CONTEXT = "marcador-check-no-such-context"
+_DEFAULT_SECRET = AmiSettings().secret  # the settings' development default: not a secret anyone chose
 _DENIED = "permission denied"
 
 
@@ -149,7 +157,7 @@ async def run_checks(cfg: AmiConfig, timeout: float = 5.0) -> list[Check]:
         except AmiAuthError:
             return [Check("login", False, f"Asterisk refused the login of AMI user {cfg.username!r} ({cfg.auth})",
                           f"the secret must match `secret =` of [{cfg.username}] in manager.conf (pass --secret or "
-                          "MARCADOR_AMI_SECRET), and `permit =` must allow this host")]
+                          "MARCADOR_AMI__SECRET), and `permit =` must allow this host")]
         except OSError as exc:
             return [Check("connect", False, f"cannot open {where}: {exc}", "")]
         if not client.logged_in:
@@ -195,26 +203,46 @@ def print_checks(checks: list[Check], console: Console) -> None:
 
 
 def check_asterisk(
-    host: Annotated[str, typer.Option(help="AMI host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="AMI port")] = 5038,
-    username: Annotated[str, typer.Option(help="AMI user (manager.conf section)")] = "marcador",
-    secret: Annotated[str | None, typer.Option(help="AMI secret (default: env MARCADOR_AMI_SECRET)",
-                                               show_default=False)] = None,
-    auth: Annotated[str, typer.Option(help="login method: md5 (challenge) or plain")] = "md5",
-    tls: Annotated[bool, typer.Option("--tls", help="AMI over TLS")] = False,
+    host: Annotated[str | None, typer.Option(help="AMI host [default: ami.host, 127.0.0.1]",
+                                             show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="AMI port [default: ami.port, 5038]", show_default=False)] = None,
+    username: Annotated[str | None, typer.Option(help="AMI user (manager.conf section) [default: ami.username, "
+                                                 "marcador]", show_default=False)] = None,
+    secret: Annotated[str | None, typer.Option(help="AMI secret [default: env MARCADOR_AMI__SECRET, then "
+                                               "ami.secret of --config]", show_default=False)] = None,
+    auth: Annotated[str | None, typer.Option(help="login method: md5 (challenge) or plain [default: ami.auth, md5]",
+                                             show_default=False)] = None,
+    tls: Annotated[bool | None, typer.Option("--tls", help="AMI over TLS [default: ami.tls]",
+                                             show_default=False)] = None,
     tls_ca: Annotated[str | None, typer.Option(help="CA bundle for --tls (default: the system's)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 5.0,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="the settings file `marcador run` uses: "
+                                                "its ami.* (with the environment on top) are the defaults")] = None,
 ) -> None:
     """Check that an Asterisk is ready for Marcador: AMI login, rights, dialplan contexts, ConfBridge."""
+    try:
+        # The same settings as `marcador run` (file, then MARCADOR_AMI__... on top): the check tests what the
+        # service will use, not a second set of defaults.
+        ami = load_checked(config).ami
+    except SettingsProblem as problem:
+        print_problem(problem, Console(stderr=True, soft_wrap=True))
+        raise typer.Exit(1) from None
+    auth = auth or ami.auth
     if auth not in ("md5", "plain"):
         raise typer.BadParameter("must be md5 or plain", param_hint="--auth")
-    secret = secret if secret is not None else os.environ.get("MARCADOR_AMI_SECRET", "")
+    if secret is None:
+        if config is not None or ami.secret != _DEFAULT_SECRET:  # set in the file or by MARCADOR_AMI__SECRET
+            secret = ami.secret.get_secret_value()
+        else:
+            secret = os.environ.get("MARCADOR_AMI_SECRET", "")  # the name this command documented before
     method: Literal["md5", "plain"] = "md5" if auth == "md5" else "plain"
-    cfg = AmiConfig(host=host, port=port, username=username, secret=secret, auth=method, tls=tls,
-                    tls_ca_file=tls_ca, action_timeout_s=timeout, connect_timeout_s=timeout)
+    cfg = AmiConfig(host=host or ami.host, port=port or ami.port, username=username or ami.username,
+                    secret=secret, auth=method, tls=ami.tls if tls is None else tls, tls_ca_file=tls_ca,
+                    action_timeout_s=timeout, connect_timeout_s=timeout)
     console = Console(highlight=False)
     if not secret:
-        console.print("[yellow]no secret given (--secret or MARCADOR_AMI_SECRET): logging in with an empty one[/]")
+        console.print("[yellow]no secret given (--secret, MARCADOR_AMI__SECRET or --config): logging in with an "
+                      "empty one[/]")
     logging.getLogger("marcador.ami").setLevel(logging.CRITICAL)  # the table says it all, once
     checks = asyncio.run(run_checks(cfg, timeout))
     print_checks(checks, console)

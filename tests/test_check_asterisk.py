@@ -10,6 +10,7 @@ is shown here on the real Asterisk, or on the simulated PBX told to lack a conte
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,7 @@ def _cli(port: int, secret: str, *extra: str, env_secret: bool = False) -> Any:
     args = ["check-asterisk", "--host", "127.0.0.1", "--port", str(port), "--timeout", "5", *extra]
     env = {"COLUMNS": "200"}
     if env_secret:
-        env["MARCADOR_AMI_SECRET"] = secret
+        env["MARCADOR_AMI__SECRET"] = secret  # the variable `marcador run` reads
     else:
         args += ["--secret", secret]
     return CliRunner().invoke(app, args, env=env)
@@ -128,3 +129,22 @@ def test_cli_on_simulated_pbx_exit_codes() -> None:
     assert "cli-secret" not in ok.output
     bad = asyncio.run(serve("nope", "--auth", "plain"))
     assert bad.exit_code == 1 and "login" in bad.output and "nope" not in bad.output
+
+
+def test_cli_takes_the_ami_settings_marcador_run_uses(tmp_path: Path) -> None:
+    # The service reads MARCADOR_AMI__SECRET (and its settings file); the check read only MARCADOR_AMI_SECRET and
+    # its own defaults, so on a correctly configured host it reported a refused login.
+    async def serve() -> tuple[Any, Any]:
+        async with SimulatedPbx(secret="svc-secret") as pbx:
+            by_env = await asyncio.to_thread(_cli, pbx.port, "svc-secret", env_secret=True)
+            settings = tmp_path / "marcador.yaml"
+            settings.write_text(f"pbx: {{mode: asterisk}}\nami: {{port: {pbx.port}, secret: svc-secret, "
+                                "auth: plain}\n")
+            by_file = await asyncio.to_thread(
+                CliRunner().invoke, app, ["check-asterisk", "--config", str(settings)], env={"COLUMNS": "200"})
+            return by_env, by_file
+
+    by_env, by_file = asyncio.run(serve())
+    assert by_env.exit_code == 0, by_env.output
+    assert by_file.exit_code == 0, by_file.output
+    assert "(plain)" in by_file.output and "svc-secret" not in by_env.output + by_file.output
