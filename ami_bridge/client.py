@@ -15,6 +15,7 @@ import codecs
 import contextlib
 import hashlib
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from ami_bridge.config import AmiConfig
 log = logging.getLogger("marcador.ami")
 
 _EOM = "\r\n\r\n"
+CONNECT_REMIND_S = 60  # while AMI cannot be reached, a warning this often (the first at once)
 
 
 class LinkLost(ConnectionError):
@@ -81,18 +83,60 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
                 action.future.set_exception(LinkLost(f"AMI link lost before the answer to {action['action']}"))
 
 
+def _why(exc: OSError) -> str:
+    """"Connection refused" rather than asyncio's "[Errno 111] Connect call failed (...)"."""
+    if isinstance(exc, ssl.SSLError) or not exc.errno or exc.errno < 0:
+        return exc.strerror or str(exc)  # TLS, or a resolver error ("Name or service not known")
+    return os.strerror(exc.errno)
+
+
 class _Manager(Manager):  # type: ignore[misc]
-    """panoramisk's Manager without its unchecked pinger and without its own login."""
+    """panoramisk's Manager without its unchecked pinger, its own login, its replay of actions, and its log line
+    per failed connect (once a second, without host or reason, for as long as Asterisk is away)."""
 
     stopped = False
+    connect_failures = 0
+    connect_error = ""  # why the last connect failed
+    _failing_since = 0.0
+    _warned_at = 0.0
 
     def ping(self) -> None:  # our liveness task replaces panoramisk's fire-and-forget ping
         return None
+
+    async def send_awaiting_actions(self, *_: Any) -> None:
+        self.awaiting_actions.clear()  # never replayed (see module docstring), and no log line saying otherwise
 
     def connect(self, *args: Any, **kwargs: Any) -> Any:
         if self.stopped:  # a reconnect scheduled before close() must not revive the link
             return None
         return super().connect(*args, **kwargs)
+
+    def connection_made(self, f: asyncio.Future[Any]) -> None:
+        exc = None if f.cancelled() else f.exception()
+        if not isinstance(exc, OSError):
+            if self.connect_failures:
+                log.info("AMI reachable again", extra={"fields": {
+                    "host": self.config["host"], "port": self.config["port"],
+                    "failed_attempts": self.connect_failures}})
+            self.connect_failures = 0
+            super().connection_made(f)
+            return
+        if getattr(self, "protocol", None):
+            self.protocol.close()
+        self.connect_failures += 1
+        self.connect_error = _why(exc)
+        now = self.loop.time()
+        if self.connect_failures == 1:
+            self._failing_since = now
+        # Retried every reconnect_timeout as before (a restarted Asterisk is back at once); said once, then
+        # once a minute, with where and why.
+        if self.connect_failures == 1 or now - self._warned_at >= CONNECT_REMIND_S:
+            self._warned_at = now
+            log.warning("AMI connect failed; retrying", extra={"fields": {
+                "host": self.config["host"], "port": self.config["port"], "error": self.connect_error,
+                "failed_attempts": self.connect_failures, "failing_s": round(now - self._failing_since),
+                "retry_every_s": self.reconnect_timeout}})
+        self.loop.call_later(self.reconnect_timeout, self.connect)
 
 
 class AmiClient:
@@ -165,6 +209,11 @@ class AmiClient:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def connect_error(self) -> str:
+        """Why the last TCP connect failed ("" when it did not)."""
+        return self._manager.connect_error if self._manager is not None else ""
 
     # ------------------------------------------------------------------ actions
 

@@ -162,7 +162,8 @@ async def run_checks(cfg: AmiConfig, timeout: float = 5.0) -> list[Check]:
             return [Check("connect", False, f"cannot open {where}: {exc}", "")]
         if not client.logged_in:
             if client.connects == 0:
-                return [Check("connect", False, f"no AMI listener at {where}",
+                why = f": {client.connect_error}" if client.connect_error else " (no answer)"
+                return [Check("connect", False, f"cannot connect to {where}{why}",
                               "check `enabled = yes`, `port` and `bindaddr` in manager.conf [general], that "
                               "Asterisk runs, and --tls if AMI is served over TLS")]
             return [Check("login", False, f"connected to {where} but the login of {cfg.username!r} did not complete",

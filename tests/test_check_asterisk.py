@@ -117,6 +117,7 @@ async def test_nothing_listening_is_a_connect_failure() -> None:
     checks = await run_checks(_cfg("127.0.0.1", port, "x", connect_timeout_s=1.0), timeout=1.0)
     assert [c.name for c in checks] == ["connect"] and not checks[0].ok
     assert "manager.conf" in checks[0].fix
+    assert "Connection refused" in checks[0].detail  # why, not only that it failed
 
 
 def test_cli_on_simulated_pbx_exit_codes() -> None:

@@ -158,3 +158,30 @@ async def test_scenario_file_drives_the_simulated_pbx(tmp_path: Path) -> None:
     assert set(outcomes) <= {"busy", "connected", "abandoned"} and outcomes["connected"] > 0
     assert 0.35 < outcomes["busy"] / 40 < 0.85  # 60 % busy, within sampling noise of 40 calls
     assert len(pbx.call_log) == 40
+
+
+async def test_an_unreachable_pbx_is_reported_once_with_where_and_why(caplog: pytest.LogCaptureFixture) -> None:
+    # panoramisk logged "Not able to reconnect" every second, without host, port or reason, while Asterisk was away.
+    caplog.set_level(logging.INFO, logger="marcador.ami")
+    async with SimulatedPbx(secret="s3cret-pbx") as gone:
+        port = gone.port  # nothing listens here any more
+    cfg = AmiConfig(port=port, secret="s3cret-pbx", auth="md5", connect_timeout_s=0.5,
+                    call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
+    tel = AmiTelephony(cfg)
+    await tel.start(lambda ev: None)
+    await asyncio.sleep(3.2)  # about four failed connects, one a second
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Not able to reconnect" not in said, said
+    failed = [r for r in caplog.records if r.getMessage() == "AMI connect failed; retrying"]
+    assert len(failed) == 1, said
+    fields = failed[0].__dict__["fields"]
+    assert fields["port"] == port and "refused" in fields["error"].lower()
+    async with SimulatedPbx(port=port, secret="s3cret-pbx"):  # Asterisk is back: still retried every second
+        for _ in range(40):
+            if tel.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert tel.ready
+        await tel.close()
+    assert "AMI reachable again" in caplog.text
+    assert "awaiting actions" not in caplog.text  # panoramisk said it replayed actions; none is ever replayed
