@@ -95,6 +95,7 @@ class _Manager(Manager):  # type: ignore[misc]
     per failed connect (once a second, without host or reason, for as long as Asterisk is away)."""
 
     stopped = False
+    hold_until = 0.0  # loop time before which no connect is tried
     connect_failures = 0
     connect_error = ""  # why the last connect failed
     _failing_since = 0.0
@@ -108,6 +109,10 @@ class _Manager(Manager):  # type: ignore[misc]
 
     def connect(self, *args: Any, **kwargs: Any) -> Any:
         if self.stopped:  # a reconnect scheduled before close() must not revive the link
+            return None
+        wait = self.hold_until - self.loop.time()
+        if wait > 0:  # a refused login: the next try waits (AmiConfig.auth_retry_s)
+            self.loop.call_later(wait, self.connect)
             return None
         return super().connect(*args, **kwargs)
 
@@ -155,6 +160,7 @@ class AmiClient:
         self.auth_error: str | None = None
         self.connects = 0
         self.reconnects = 0
+        self.logins = 0
         self._closing = False
         self._login_waiter: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -295,8 +301,17 @@ class AmiClient:
             log.warning("AMI login did not complete", extra={"fields": {"error": str(exc)}})
             return
         if str(reply.get("Response", "")).lower() != "success":
+            refused = f"AMI login refused for user {cfg.username!r}: {reply.get('Message', '')}"
+            if self.logins and self._manager is not None and not self._closing:
+                # It worked before: manager.conf changed under a running engine. Never a loop of bad logins
+                # (Asterisk and fail2ban would see an attack), but not a link dead until someone restarts us.
+                log.error(refused + "; retrying later", extra={"fields": {"retry_in_s": cfg.auth_retry_s}})
+                self._manager.hold_until = asyncio.get_running_loop().time() + cfg.auth_retry_s
+                if getattr(proto, "transport", None) is not None:
+                    proto.transport.close()
+                return
             # Never retry bad credentials in a loop (Asterisk would log us as an attack); stop and say so.
-            self.auth_error = f"AMI login refused for user {cfg.username!r}: {reply.get('Message', '')}"
+            self.auth_error = refused
             log.error(self.auth_error)
             self._closing = True
             if self._manager is not None:
@@ -306,6 +321,7 @@ class AmiClient:
                 self._login_waiter.set()
             return
         self.logged_in = True
+        self.logins += 1
         log.info("AMI logged in", extra={"fields": {"host": cfg.host, "port": cfg.port, "auth": cfg.auth,
                                                     "reconnects": self.reconnects}})
         if self._login_waiter is not None:

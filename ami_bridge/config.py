@@ -30,6 +30,9 @@ class AmiConfig:
     ping_timeout_s: float = 2.0  # a Ping unanswered this long marks the link dead
     reconnect_delay_s: float = 1.0
     connect_timeout_s: float = 5.0
+    # A login refused after earlier ones succeeded (manager.conf changed under us) is tried again this much later;
+    # a refusal at start is not retried at all.
+    auth_retry_s: float = 300.0
     boot_wait_s: float = 30.0  # how long a starting Asterisk may lack our dialplan/ConfBridge before we say so
 
     def __post_init__(self) -> None:

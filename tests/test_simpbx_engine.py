@@ -7,6 +7,7 @@ import logging
 import ssl
 import subprocess
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,25 @@ async def test_an_unreachable_pbx_is_reported_once_with_where_and_why(caplog: py
         await tel.close()
     assert "AMI reachable again" in caplog.text
     assert "awaiting actions" not in caplog.text  # panoramisk said it replayed actions; none is ever replayed
+
+
+async def test_a_login_refused_after_a_reconnect_is_retried_slowly_until_it_works() -> None:
+    # manager.conf changed under a running engine (a secret rotated, a reload with a typo): the link used to stay
+    # dead until the engine was restarted by hand, while /readyz said 503 and nothing dialed.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        tel = AmiTelephony(replace(_config(pbx), auth_retry_s=2.0))
+        await tel.start(lambda ev: None)
+        assert tel.ready
+        pbx.secret = "rotated"
+        pbx.drop_connections()
+        await asyncio.sleep(1.5)  # reconnected, refused
+        assert not tel.ready and tel.client.auth_error is None
+        connects = tel.client.connects
+        pbx.secret = "s3cret-pbx"  # fixed on the Asterisk side
+        for _ in range(60):
+            if tel.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert tel.ready
+        assert tel.client.connects == connects + 1  # one more try after the wait, not a loop of refused logins
+        await tel.close()
