@@ -15,7 +15,7 @@ from rich.table import Table
 
 from config.settings import MarcadorSettings
 from dialer.store_factory import redact_url
-from marcador_cli.settings_check import SettingsProblem, load_checked
+from marcador_cli.settings_check import SettingsProblem, load_checked, unknown_env
 
 app = typer.Typer(help="Check and document the settings file.", no_args_is_help=True)
 
@@ -31,6 +31,8 @@ def validate(file: Annotated[Path, typer.Argument(help="YAML settings file", exi
         print_problem(problem, Console(stderr=True, soft_wrap=True))
         raise typer.Exit(1) from None
     out = Console(soft_wrap=True)
+    for warning in unknown_env():
+        out.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     out.print(f"[green]{escape(str(file))}: valid[/green]")
     out.print(escape(f"  PBX: {settings.pbx.mode}; store: {redact_url(settings.store_url)}; "
                      f"API: {settings.api.host}:{settings.api.port}; tokens: {len(settings.api.tokens)}; "

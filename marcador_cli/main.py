@@ -23,7 +23,7 @@ def run(
     from rich.console import Console
 
     from marcador_cli.config_cmd import print_problem
-    from marcador_cli.settings_check import SettingsProblem, load_checked
+    from marcador_cli.settings_check import SettingsProblem, load_checked, unknown_env
     from marcador_cli.wiring import serve
 
     try:
@@ -32,6 +32,8 @@ def run(
         print_problem(problem, Console(stderr=True, soft_wrap=True))
         raise typer.Exit(EXIT_CONFIG) from None
     setup_logging(settings.log_level)
+    for warning in unknown_env():
+        logging.getLogger("marcador").warning(warning)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:

@@ -7,10 +7,12 @@ also starts. Problems name the setting and never carry its value: a bad value ma
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ami_bridge.config import AmiConfig
 from config.settings import MarcadorSettings, load_settings
@@ -68,3 +70,35 @@ def load_checked(path: Path | None) -> MarcadorSettings:
     if lines:
         raise SettingsProblem(f"{where}: {len(lines)} problem(s)", lines)
     return settings
+
+
+ENV_PREFIX = "MARCADOR_"
+# MARCADOR_ variables that are not settings: provision.sh's chroot, check-asterisk's former secret variable.
+_NOT_SETTINGS = {"MARCADOR_ASTERISK_ROOT"}
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, info in model.model_fields.items():
+        env = prefix + name.upper()
+        names.add(env)  # a section may also come whole, as JSON
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names |= _env_names(info.annotation, env + "__")
+    return names
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """MARCADOR_ variables that match no setting. pydantic-settings ignores them silently (an unknown key inside a
+    section is an error, a misspelt section or top-level name is not): MARCADOR_AMI_SECRET looks right and is not."""
+    env = os.environ if environ is None else environ
+    known = _env_names(MarcadorSettings, ENV_PREFIX)
+    out = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in _NOT_SETTINGS:
+            continue
+        tail = upper[len(ENV_PREFIX):]
+        guesses = [ENV_PREFIX + tail[:i] + "_" + tail[i:] for i, ch in enumerate(tail) if ch == "_"]
+        hint = next((g for g in guesses if g in known), None)
+        out.append(f"{name} is not a setting and is ignored" + (f" (did you mean {hint}?)" if hint else ""))
+    return out

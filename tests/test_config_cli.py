@@ -103,3 +103,17 @@ def test_show_lists_every_setting_with_its_environment_variable() -> None:
     for path, _ in _fields(MarcadorSettings, ()):
         assert ".".join(path) in r.output
     assert "MARCADOR_AMI__SECRET" in r.output and "(secret)" in r.output
+
+
+def test_validate_warns_of_environment_variables_that_set_nothing(tmp_path: Path) -> None:
+    # pydantic-settings ignores a MARCADOR_ variable that names no setting: the service then ran on the default.
+    f = tmp_path / "ok.yaml"
+    f.write_text("log_level: INFO\n")
+    env = {"MARCADOR_AMI_SECRET": "env-s3cret", "MARCADOR_STOREURL": "redis://h", "MARCADOR_API__PORT": "9000",
+           "MARCADOR_ASTERISK_ROOT": "/srv/chroot"}
+    r = CliRunner().invoke(app, ["config", "validate", str(f)], env=env)
+    assert r.exit_code == 0, r.output
+    assert "MARCADOR_AMI_SECRET is not a setting and is ignored (did you mean MARCADOR_AMI__SECRET?)" in r.output
+    assert "MARCADOR_STOREURL is not a setting" in r.output
+    assert "MARCADOR_API__PORT" not in r.output and "MARCADOR_ASTERISK_ROOT" not in r.output
+    assert "env-s3cret" not in r.output
