@@ -57,10 +57,12 @@ class AmiTelephony:
     def execute(self, cmd: TelephonyCommand) -> None:
         for action in self.translator.actions_for(cmd):
             if isinstance(cmd, Originate) and not self.client.logged_in:
-                # Never sent, so nothing can be dialing: the attempt fails now and is not retried blindly.
+                # Never sent (the link dropped after the core decided), so nothing is dialing. `lost`, not
+                # `failed`: a failure would teach the pacer a dead line, park the lead for an hour and rank the
+                # phone last, for a number no one dialed. The lead goes back for a new attempt.
                 self.originates_failed_to_send += 1
                 self.translator.calls.pop(cmd.call_id, None)
-                self._deliver([CallFailed(cmd.call_id, Outcome.FAILED)])
+                self._deliver([CallFailed(cmd.call_id, Outcome.LOST)])
                 continue
             self._send(action)
 

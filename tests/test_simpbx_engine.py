@@ -208,3 +208,18 @@ async def test_a_login_refused_after_a_reconnect_is_retried_slowly_until_it_work
         assert tel.ready
         assert tel.client.connects == connects + 1  # one more try after the wait, not a loop of refused logins
         await tel.close()
+
+
+async def test_an_originate_the_link_could_not_send_is_lost_not_failed() -> None:
+    # The link is down when the command comes (it dropped after the core decided): nothing was dialed.
+    async with SimulatedPbx(secret="s3cret-pbx") as gone:
+        port = gone.port
+    events: list[Event] = []
+    tel = AmiTelephony(AmiConfig(port=port, secret="s3cret-pbx", connect_timeout_s=0.3,
+                                 call_channel="Local/{number}@sim-customer",
+                                 agent_channel="Local/{agent_id}@sim-agent"))
+    await tel.start(events.append)
+    tel.execute(Originate("c1", "camp", "L1", "+15550001102010", "", 15.0))
+    await tel.close()
+    assert [e for e in events if isinstance(e, CallFailed)] == [CallFailed("c1", Outcome.LOST, None)]
+    assert tel.originates_failed_to_send == 1
