@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dialer.commands import Command, Emit, FetchLeads, Originate, RecordAttempt, ReleaseLead
+from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, RecordAttempt, ReleaseLead
 from dialer.core import DialerCore
 from dialer.events import (
     CallFailed,
@@ -43,6 +43,8 @@ log = logging.getLogger("marcador.runtime")
 
 Subscriber = Callable[[Emit], None]
 _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
+_UNSERVED = ("dialing", "ringing", "waiting")  # call states with no agent on the line (dialer.core.Call)
+HANGUP_WAIT_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +130,29 @@ class Runtime:
 
     async def drain(self, timeout_s: float = 30.0) -> bool:
         """Dial nothing more and wait (up to `timeout_s`) for the calls up to end and every store write to land,
-        so a node leaves no attempt without its outcome. True if it all finished in time."""
+        so a node leaves no attempt without its outcome. True if it all finished in time. Calls no agent has by
+        then (still ringing, or answered and waiting) are hung up: left behind, one answered after we are gone
+        would wait on hold with no one to take it. Calls with an agent go on."""
         self._halt_dialing()
         deadline = time.monotonic() + timeout_s
         while self.core.calls or self._store_ops.qsize():
             if time.monotonic() >= deadline:
+                unserved = [cid for cid, call in self.core.calls.items() if call.state in _UNSERVED]
                 log.warning("drain timed out", extra={"fields": {"calls": len(self.core.calls),
+                                                                 "hung_up": len(unserved),
                                                                  "writes": self._store_ops.qsize()}})
+                for call_id in unserved:
+                    self.telephony.execute(Hangup(call_id))
+                await self._until_ended(unserved, HANGUP_WAIT_S)
                 return False
             await asyncio.sleep(0.05)
         return True
+
+    async def _until_ended(self, call_ids: list[str], timeout_s: float) -> None:
+        """Give the PBX a moment to confirm hangups, so their outcomes are recorded before the link closes."""
+        deadline = time.monotonic() + timeout_s
+        while any(cid in self.core.calls for cid in call_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """Stop dialing, flush what the store still has to write, close the PBX link. Calls still up are left to

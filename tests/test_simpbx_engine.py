@@ -16,8 +16,11 @@ from ami_bridge.client import AmiAuthError
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from dialer.commands import Originate
-from dialer.events import CallFailed, Event, PbxLink
-from dialer.model import Outcome
+from dialer.core import CoreConfig, DialerCore
+from dialer.events import AgentLogin, CallFailed, CampaignControl, Event, PbxLink
+from dialer.memory_store import InMemoryStore
+from dialer.model import CampaignSettings, Lead, Outcome
+from dialer.runtime import Runtime, RuntimeConfig
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import burst_config, check_forced_run, forced_leads, run_campaign
 
@@ -223,3 +226,33 @@ async def test_an_originate_the_link_could_not_send_is_lost_not_failed() -> None
     await tel.close()
     assert [e for e in events if isinstance(e, CallFailed)] == [CallFailed("c1", Outcome.LOST, None)]
     assert tel.originates_failed_to_send == 1
+
+
+async def test_a_drain_that_runs_out_hangs_up_the_calls_no_agent_has() -> None:
+    # A stop waits for the calls up; at its deadline a call still ringing used to be left on the PBX: answered
+    # after the engine had gone, the debtor would wait on hold (marcador-answered's Wait) with no one to take it.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        store = InMemoryStore()
+        rt = Runtime(DialerCore(CoreConfig(id_prefix="dr")), store, AmiTelephony(_config(pbx)),
+                     RuntimeConfig(tick_interval_s=0.05))
+        await rt.start()
+        await rt.create_campaign(CampaignSettings(campaign_id="d", strategy="progressive", ring_timeout_s=60,
+                                                  wrapup_s=1))
+        # Two numbers that ring until the Originate's timeout (O=4), one agent's talk of 60 s (O=1, ring 0 s).
+        await rt.add_leads("d", [Lead("T1", "d", ("+15550001100060",)), Lead("N1", "d", ("+15550002401000",)),
+                                 Lead("N2", "d", ("+15550003401000",))])
+        for agent in ("a1", "a2", "a3"):
+            rt.submit(AgentLogin(agent))
+        rt.submit(CampaignControl("d", "start"))
+        for _ in range(100):
+            if sum(1 for c in rt.core.calls.values() if c.state == "ringing") == 2 and any(
+                    c.state == "connected" for c in rt.core.calls.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert len(pbx.call_log) == 3
+        assert not await rt.drain(timeout_s=0.5)
+        up = {ch.name.split("@")[0] for ch in pbx.channels.values() if ch.kind == "call"}
+        await rt.stop()
+    assert up == {"Local/+15550001100060"}  # the ringing ones hung up; the conversation with an agent goes on
+    outcomes = {a.lead_id: a.outcome for a in await store.attempts("d")}
+    assert outcomes["N1"] is not None and outcomes["N2"] is not None
