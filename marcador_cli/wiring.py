@@ -91,7 +91,7 @@ async def open_checked_store(url: str, node_id: str) -> Store:
         if callable(closer):
             with contextlib.suppress(Exception):
                 await closer()
-        raise StartupError(f"the store {redact_url(url)} does not answer: {exc or type(exc).__name__} "
+        raise StartupError(f"the store {redact_url(url)} cannot be used: {exc or type(exc).__name__} "
                            "(store_url, MARCADOR_STORE_URL)") from None
     return store
 
