@@ -73,6 +73,16 @@ from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, Pa
 
 PREVIEW = "preview"  # dialing mode where agents pick and dial leads themselves; the pacer launches nothing
 
+# How long past the abandon threshold the PBX holds an answered call the engine has neither connected nor
+# released (engine stopped, AMI link down) before playing the safe-harbour message itself: never a silent hold.
+HOLD_GRACE_S = 5
+
+
+def hold_limit_s(abandon_threshold_s: float) -> int:
+    """Whole seconds the dialplan holds an answered call waiting for the engine (MARCADOR_HOLD_S)."""
+    return math.ceil(abandon_threshold_s) + HOLD_GRACE_S
+
+
 # AMD results that mean "a machine answered"; anything else is treated as a person (the safe side for abandons).
 MACHINE_AMD = frozenset({"MACHINE"})
 
@@ -842,7 +852,8 @@ class DialerCore:
         out.append(Originate(call_id=call_id, campaign_id=s.campaign_id, lead_id=lead.lead_id, number=pick.number,
                              caller_id=caller_id, timeout_s=s.ring_timeout_s,
                              variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_CAMPAIGN": s.campaign_id,
-                                        "MARCADOR_AMD": "1" if s.amd else "0"}))
+                                        "MARCADOR_AMD": "1" if s.amd else "0",
+                                        "MARCADOR_HOLD_S": str(hold_limit_s(s.abandon_threshold_s))}))
         out.append(Emit("call.dialed", {"call_id": call_id, "campaign_id": s.campaign_id, "lead_id": lead.lead_id,
                                         "number": pick.number, "caller_id": caller_id,
                                         "caller_id_reason": cid_reason, "phone_reason": pick.reason}))

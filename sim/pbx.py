@@ -86,6 +86,7 @@ class Channel:
     room: str | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     patience: asyncio.TimerHandle | None = None  # running while an answered person waits for an agent
+    hold: asyncio.TimerHandle | None = None  # marcador-answered's hold limit, running until a Redirect
 
     def cancel_timers(self) -> None:
         for t in self.timers:
@@ -94,9 +95,10 @@ class Channel:
         self.stop_waiting()
 
     def stop_waiting(self) -> None:
-        if self.patience is not None:
-            self.patience.cancel()
-            self.patience = None
+        for timer in (self.patience, self.hold):
+            if timer is not None:
+                timer.cancel()
+        self.patience = self.hold = None
 
 
 class SimulatedPbx:
@@ -453,6 +455,14 @@ class SimulatedPbx:
         self._after(ch, fate.talk_s, self._gone, ch, 16)  # the person hangs up after talking
         if math.isfinite(fate.patience_s):
             ch.patience = asyncio.get_running_loop().call_later(fate.patience_s / self.speed, self._gave_up, ch)
+        # As the dialplan: held past MARCADOR_HOLD_S with no Redirect, the caller hears the abandon message.
+        hold_s = float(ch.variables.get("MARCADOR_HOLD_S") or 10)
+        ch.hold = asyncio.get_running_loop().call_later(hold_s / self.speed, self._hold_ran_out, ch)
+
+    def _hold_ran_out(self, ch: Channel) -> None:
+        ch.stop_waiting()
+        if ch.uid in self.channels and ch.room is None:
+            self._after(ch, self.abandon_message_s, self._abandon_done, ch)
 
     def _gave_up(self, ch: Channel) -> None:
         ch.patience = None

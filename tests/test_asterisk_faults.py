@@ -16,7 +16,13 @@ import pytest
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from dialer.runtime import Runtime
-from tests.harness.campaign import CountingTelephony, burst_config, check_forced_run, run_campaign
+from tests.harness.campaign import (
+    CountingTelephony,
+    answered_call_left_alone,
+    burst_config,
+    check_forced_run,
+    run_campaign,
+)
 
 pytestmark = pytest.mark.asterisk
 
@@ -41,6 +47,13 @@ async def test_abandon_path_plays_message_and_counts(asterisk: Any) -> None:
         if a["outcome"] == "abandoned":
             # the message (about 2 s) was played before the line was hung up, not a silent drop
             assert a["ended_at"] - a["answered_at"] >= 1.0 + 1.0
+
+
+async def test_an_answered_call_the_engine_never_takes_hears_the_abandon_message_after_the_hold_limit(
+        asterisk: Any) -> None:
+    # marcador-answered used to Wait(3600) in a loop: with the engine gone, a debtor who answered sat in silence.
+    held, would_talk = await answered_call_left_alone(_telephony(asterisk), hold_s=1)
+    assert 1.0 + 1.0 <= held < would_talk / 4, held  # the hold, then the message (silence/1&sorry), then hang-up
 
 
 def _fault_leads() -> list[dict[str, Any]]:

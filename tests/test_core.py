@@ -57,6 +57,14 @@ def make(n_leads=10, agents=("a1",), **settings):
     return core
 
 
+def test_the_originate_tells_the_dialplan_how_long_to_hold_an_answered_call():
+    # past the abandon threshold + 5 s with no word from the engine, marcador-answered plays the abandon message
+    (orig,) = of(make(abandon_threshold_s=2.5).tick(1.0), Originate)
+    assert orig.variables["MARCADOR_HOLD_S"] == "8"
+    (orig,) = of(make().tick(1.0), Originate)
+    assert orig.variables["MARCADOR_HOLD_S"] == "7"
+
+
 def test_progressive_dials_one_per_ready_agent_and_records_attempt():
     core = make(agents=("a1", "a2"))
     cmds = core.tick(1.0)

@@ -22,7 +22,7 @@ from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from sim.pbx import SimulatedPbx
-from tests.harness.campaign import burst_config, check_forced_run, forced_leads, run_campaign
+from tests.harness.campaign import answered_call_left_alone, burst_config, check_forced_run, forced_leads, run_campaign
 
 
 def _config(pbx: SimulatedPbx, auth: str = "md5", secret: str = "s3cret-pbx") -> AmiConfig:
@@ -256,3 +256,12 @@ async def test_a_drain_that_runs_out_hangs_up_the_calls_no_agent_has() -> None:
     assert up == {"Local/+15550001100060"}  # the ringing ones hung up; the conversation with an agent goes on
     outcomes = {a.lead_id: a.outcome for a in await store.attempts("d")}
     assert outcomes["N1"] is not None and outcomes["N2"] is not None
+
+
+
+async def test_an_answered_call_the_engine_never_takes_hears_the_abandon_message_after_the_hold_limit() -> None:
+    # marcador-answered used to hold it in silence for an hour; the simulated PBX follows the dialplan.
+    async with SimulatedPbx(secret="s3cret-pbx", abandon_message_s=0.5) as pbx:
+        held, would_talk = await answered_call_left_alone(AmiTelephony(_config(pbx)), hold_s=1)
+    assert 1.0 + 0.5 - 0.1 <= held < would_talk / 4, held
+    assert [c["call_id"] for c in pbx.call_log] == ["h1"]

@@ -14,6 +14,7 @@ import pytest
 from api.app import create_app
 from dialer.commands import Emit, Originate
 from dialer.core import CoreConfig, DialerCore
+from dialer.events import CallAnswered, CallEnded, CallFailed
 from dialer.memory_store import InMemoryStore
 from dialer.model import Lead
 from dialer.ports import Telephony, TelephonyCommand
@@ -177,3 +178,24 @@ def check_forced_run(run: CampaignRun, expected: dict[str, set[str]]) -> None:
     assert stats["connected"] == by_outcome["connected"]
     assert stats["abandoned"] == by_outcome["abandoned"]
     assert stats["live_answers"] == by_outcome["connected"] + by_outcome["abandoned"]
+
+
+async def answered_call_left_alone(tel: Telephony, hold_s: int) -> tuple[float, float]:
+    """Originate a call that answers at once and talks 30 s, then never connect or release it (an engine that
+    has gone): (seconds from answer to hang-up, seconds the caller would have talked)."""
+    loop = asyncio.get_running_loop()
+    seen: dict[type, float] = {}
+
+    def note(ev: object) -> None:
+        seen.setdefault(type(ev), loop.time())
+
+    await tel.start(note)
+    tel.execute(Originate("h1", "camp", "L1", "+15550001100030", "", 15.0,
+                          variables={"MARCADOR_CALL_ID": "h1", "MARCADOR_HOLD_S": str(hold_s)}))
+    for _ in range(300):
+        if CallEnded in seen or CallFailed in seen:
+            break
+        await asyncio.sleep(0.05)
+    await tel.close()
+    assert CallAnswered in seen and CallEnded in seen, seen
+    return seen[CallEnded] - seen[CallAnswered], 30.0
