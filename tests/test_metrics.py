@@ -24,6 +24,7 @@ from dialer.events import AgentLogin, CampaignControl, DncAdd
 from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
 from dialer.runtime import Runtime, RuntimeConfig
+from marcador_cli.wiring import DRAIN_TIMEOUT_S
 from pacing.snapshot import PacingCaps, PacingStrategy
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import Burst
@@ -239,6 +240,13 @@ async def test_dashboard_queries_only_metrics_that_are_emitted() -> None:
     assert used - emitted == set(), f"queried but never emitted: {sorted(used - emitted)}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_compose_lets_the_engine_drain_before_it_kills_it() -> None:
+    # docker's default is 10 s, which cut the 30 s drain: calls up were left to the dialplan
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text(encoding="utf-8"))
+    grace = str(compose["services"]["marcador"]["stop_grace_period"])
+    assert grace.endswith("s") and int(grace[:-1]) > DRAIN_TIMEOUT_S
 
 
 def test_provisioning_prometheus_and_compose_agree() -> None:
