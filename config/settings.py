@@ -6,6 +6,7 @@ Environment variables override the file; every field has a default that runs the
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,25 @@ class ApiSettings(BaseModel):
     events_replay: int = Field(2_000, ge=0, description="recent events an SSE client can resume with Last-Event-ID")
     events_client_queue: int = Field(1_000, ge=1, description="events held for a slow SSE client; oldest dropped")
     events_heartbeat_s: float = Field(15.0, gt=0, le=300, description="SSE keep-alive comment interval")
+    allow_open: bool = Field(False, description="serve with no tokens on an address beyond loopback (auth off)")
+
+    @model_validator(mode="after")
+    def _no_open_api_beyond_loopback(self) -> ApiSettings:
+        # With no tokens every request acts as admin: fine for the local demo, not for a port others can reach.
+        if not self.tokens and not self.allow_open and not _loopback(self.host):
+            raise ValueError(f"tokens: none configured, and the API would listen on {self.host}, beyond this "
+                             "machine, with auth off (anyone reaching it could start campaigns and read debtors' "
+                             "numbers); add api.tokens, listen on 127.0.0.1, or set api.allow_open: true")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 class PbxSettings(BaseModel):

@@ -117,3 +117,21 @@ def test_validate_warns_of_environment_variables_that_set_nothing(tmp_path: Path
     assert "MARCADOR_STOREURL is not a setting" in r.output
     assert "MARCADOR_API__PORT" not in r.output and "MARCADOR_ASTERISK_ROOT" not in r.output
     assert "env-s3cret" not in r.output
+
+
+def test_an_api_beyond_loopback_needs_tokens_or_an_explicit_allow_open(tmp_path: Path) -> None:
+    # With no tokens every request acts as admin; on 0.0.0.0 that was only a warning in the log.
+    token = "api:\n  host: {host}\n  tokens: [{{name: ops, token: tok-0123456789abcdef, role: admin}}]\n"
+    cases = {
+        "api: {host: 0.0.0.0}\n": 1, "api: {host: 10.1.2.3}\n": 1, "api: {host: '::'}\n": 1,
+        "api: {host: dialer.example.com}\n": 1,
+        "api: {host: 127.0.0.1}\n": 0, "api: {host: localhost}\n": 0, "api: {host: '::1'}\n": 0,
+        "api: {host: 0.0.0.0, allow_open: true}\n": 0, token.format(host="0.0.0.0"): 0,
+    }
+    for i, (text, code) in enumerate(cases.items()):
+        f = tmp_path / f"a{i}.yaml"
+        f.write_text(text)
+        r = CliRunner().invoke(app, ["config", "validate", str(f)])
+        assert r.exit_code == code, (text, r.output)
+        if code:
+            assert "api.tokens" in r.output and "allow_open" in " ".join(r.output.split()), r.output
