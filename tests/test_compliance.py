@@ -249,6 +249,33 @@ def test_dnc_global_campaign_and_added_at() -> None:
     assert dnc.add(later, added_at=now) and dnc.contains(later, now=now)
 
 
+@pytest.mark.parametrize(("entry", "dialed"), [
+    ("+44 (0)20 7946 0958", "+442079460958"),  # UK trunk zero kept in brackets
+    ("+4402079460958", "+442079460958"),
+    ("0044 20 7946 0958", "+442079460958"),  # international prefix 00
+    ("tel:+44-20-7946-0958", "+442079460958"),
+    ("+1 212-555-0100 ext. 12", "+12125550100"),  # the extension's line is blocked
+    ("+12125550100;ext=12", "+12125550100"),
+    ("+57\u00a0300\u00a0123\u00a04567", "+573001234567"),  # a spreadsheet's no-break spaces
+    ("+57/300/123/4567", "+573001234567"),
+    ("+52 1 55 1234 5678", "+525512345678"),  # Mexico's old mobile "1"
+    ("020 7946 0958", "+442079460958"),  # national forms: no country code to read, matched on national digits
+    ("300 123 4567", "+573001234567"),
+    ("(212) 555-0100", "+12125550100"),
+    ("1-212-555-0100", "+12125550100"),
+    ("06 1234 5678", "+390612345678"),  # Italy keeps its leading zero in E.164
+])
+def test_a_dnc_number_is_blocked_in_any_spelling(entry: str, dialed: str) -> None:
+    now = utc(2026, 5, 5, 16)
+    for campaign_id in (None, "C1"):
+        dnc = DncList()
+        dnc.add(entry, campaign_id=campaign_id)
+        assert dnc.contains(dialed, "C1", now), (entry, campaign_id)
+        assert reason(gate("none", dnc).check(lead("UTC"), dialed, now)) in (Reason.DNC_GLOBAL, Reason.DNC_CAMPAIGN)
+        assert not dnc.contains("+573109876543", "C1", now)  # other numbers stay dialable
+        assert dnc.remove(entry, campaign_id) and not dnc.contains(dialed, "C1", now)
+
+
 # --- tightening ----------------------------------------------------------------------------------------------------
 
 

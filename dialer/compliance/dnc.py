@@ -3,6 +3,14 @@
 Each entry carries the instant it takes effect (`added_at`), so a DNC file loaded ahead of time starts blocking at
 the stated moment and a number added now blocks the very next dial. The shared stores keep their own DNC sets; this
 is the structure the gates consult, fed from them.
+
+A number is filed under one key whatever its spelling, so a DNC'd number is never dialed in another format:
+- written with its country code ("+", "00" or "tel:"), the key is its E.164 form as `phonenumbers` reads it, the
+  form lead intake gives every dialed number: "+44 (0)20 7946 0958", "0044 20 7946 0958", "+4402079460958" and
+  "+44 20 7946 0958 ext. 3" are all +442079460958 (an extension is dropped: the line itself is blocked);
+- written without one ("020 7946 0958", "300 123 4567"), its country cannot be known here, so the entry blocks every
+  number whose digits after some country code (1 to 3 digits) are the same, leading zeros ignored on both sides.
+  That may block a same-digits number of another country too: the safe side for a do-not-call list.
 """
 
 from __future__ import annotations
@@ -10,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-_FORMATTING = str.maketrans("", "", " -.()\t")
+import phonenumbers
+from phonenumbers import PhoneNumberFormat
+
 _ALWAYS = float("-inf")
 
 
@@ -19,21 +29,61 @@ class DncScope(StrEnum):
     CAMPAIGN = "campaign"
 
 
+def _international(number: str) -> str | None:
+    """`number` as E.164 when it is written with its country code, else None."""
+    text = number.strip().removeprefix("tel:")
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+"):
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        digits = "".join(c for c in text if c.isdigit())
+        return "+" + digits if digits else text
+    e164 = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
+    if e164.startswith("+521") and len(e164) == 14 and not phonenumbers.is_valid_number(parsed):
+        # Mexico's old mobile prefix "1" (dropped in 2019; "+52 1 55 ..." still fills spreadsheets): same line.
+        plain = phonenumbers.parse("+52" + e164[4:], None)
+        if phonenumbers.is_valid_number(plain):
+            return "+52" + e164[4:]
+    return e164
+
+
+def _national(number: str) -> str:
+    """The key of a number written without a country code: its digits, trunk zeros dropped."""
+    return "".join(c for c in number if c.isdigit()).lstrip("0")
+
+
 def normalize(number: str) -> str:
-    """E.164 stays as is; visual separators ("+57 300-123 4567") are dropped so both spellings match."""
+    """The key `number` is filed under: E.164 when written with a country code, else its national digits."""
+    got = _international(number)
+    return got if got is not None else _national(number)
+
+
+def _lookup_key(number: str) -> str:
+    # The hot path: what the gates look up is a lead's number, E.164 from intake already, taken as is.
     if number[:1] == "+" and number[1:].isdigit():
         return number
-    return number.translate(_FORMATTING)
+    return normalize(number)
+
+
+def _national_keys(e164: str) -> tuple[str, ...]:
+    """The national keys that block E.164 `e164`: its digits after a country code of 0 to 3 digits (0: NANP's
+    national form "1 212 ..." keeps the country code as trunk prefix), leading zeros dropped."""
+    digits = e164[1:]
+    return tuple(digits[k:].lstrip("0") for k in range(4))
 
 
 class DncList:
     """Numbers not to dial: globally (`campaign_id=None`) or for one campaign; effective from `added_at`."""
 
-    __slots__ = ("_campaigns", "_global")
+    __slots__ = ("_campaigns", "_global", "_national")
 
     def __init__(self) -> None:
         self._global: dict[str, float] = {}
         self._campaigns: dict[str, dict[str, float]] = {}
+        self._national = 0  # national-format entries held: only then does a lookup try national keys
 
     def _table(self, campaign_id: str | None, create: bool = False) -> dict[str, float] | None:
         if campaign_id is None:
@@ -54,6 +104,8 @@ class DncList:
         old = table.get(key)
         if old is not None and old <= added_at:
             return False
+        if old is None and not key.startswith("+"):
+            self._national += 1
         table[key] = added_at
         return True
 
@@ -63,21 +115,35 @@ class DncList:
 
     def remove(self, number: str, campaign_id: str | None = None) -> bool:
         table = self._table(campaign_id)
-        return table is not None and table.pop(normalize(number), None) is not None
+        key = normalize(number)
+        if table is None or table.pop(key, None) is None:
+            return False
+        if not key.startswith("+"):
+            self._national -= 1
+        return True
 
     def lookup(self, number: str, campaign_id: str | None = None, now: float | None = None) -> DncScope | None:
-        """Which list blocks `number` at `now` (global first); None if neither. `now=None` counts every entry."""
-        key = normalize(number)
-        at = self._global.get(key)
-        if at is not None and (now is None or at <= now):
+        """Which list blocks `number` at `now` (global first); None if neither. `now=None` counts every entry.
+
+        E.164 as lead intake writes it is taken as is (the hot path); any other spelling is normalised first.
+        """
+        key = _lookup_key(number)
+        keys = (key, *_national_keys(key)) if self._national and key.startswith("+") else (key,)
+        if self._blocks(self._global, keys, now):
             return DncScope.GLOBAL
         if campaign_id is not None:
             table = self._campaigns.get(campaign_id)
-            if table is not None:
-                at = table.get(key)
-                if at is not None and (now is None or at <= now):
-                    return DncScope.CAMPAIGN
+            if table is not None and self._blocks(table, keys, now):
+                return DncScope.CAMPAIGN
         return None
+
+    @staticmethod
+    def _blocks(table: dict[str, float], keys: tuple[str, ...], now: float | None) -> bool:
+        for key in keys:
+            at = table.get(key)
+            if at is not None and (now is None or at <= now):
+                return True
+        return False
 
     def contains(self, number: str, campaign_id: str | None = None, now: float | None = None) -> bool:
         return self.lookup(number, campaign_id, now) is not None
