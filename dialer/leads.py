@@ -343,8 +343,9 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
     if zone is None:
         zone, cands = _zone_of(first, country)
         if zone is None:
-            # Held, not lost: the gates refuse a windowed dial for a lead without a zone.
-            held = RowIssue(row_no, "timezone", f"ambiguous time zone: {len(cands)} candidates; give `timezone`")
+            # Flagged, not lost: the gates dial a lead without a zone only while every candidate's window is open.
+            held = RowIssue(row_no, "timezone", f"ambiguous time zone: {len(cands)} candidates ({', '.join(cands)}); "
+                                                "dialed only while the window is open in all; give `timezone`")
 
     custom = {k: _text(v) for k, v in row.items() if k not in KNOWN_COLUMNS}
     # A million leads share a handful of countries, zones and segments: one string each, not one per lead

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dialer.compliance import (
     RULE_SETS,
+    Calendar,
     DebtorHistory,
     DncList,
     Gatekeeper,
@@ -25,6 +26,7 @@ from dialer.compliance import (
     load_rule_set,
     next_open,
 )
+from dialer.leads import zone_for_number
 from dialer.model import Lead
 
 DAY = 86_400.0
@@ -142,6 +144,50 @@ def test_unknown_holiday_calendar_refuses_on_closing_rule_sets() -> None:
     refusal = gate("es-consumo").check(lead("Europe/Madrid", "ZZ"), NUMBER, local("Europe/Madrid", 2026, 10, 13, 12))
     assert refusal is not None and refusal.reason is Reason.HOLIDAY and "unknown" in refusal.detail
     assert refusal.retry_at is None
+
+
+def test_a_phone_in_another_zone_waits_for_its_own_window() -> None:
+    # Lead placed in New York (given or derived from its first phone); its second phone is a Honolulu line.
+    debtor = Lead(lead_id="L1", campaign_id="C1", phones=("+12124289048", "+18089568000"), country="US",
+                  timezone="America/New_York")
+    g = gate("us-tsr-regf")
+    now = local("America/New_York", 2026, 11, 10, 9, 0)  # 09:00 in New York is 04:00 in Honolulu
+    assert g.check(debtor, "+12124289048", now) is None
+    refusal = g.check(debtor, "+18089568000", now)
+    assert refusal is not None and refusal.reason is Reason.OUTSIDE_WINDOW and "Pacific/Honolulu" in refusal.detail
+    assert refusal.retry_at == local("Pacific/Honolulu", 2026, 11, 10, 8, 0)
+    assert g.next_open(debtor, now, "+18089568000") == refusal.retry_at
+    assert g.check(debtor, "+18089568000", refusal.retry_at) is None
+    # 20:30 in Honolulu is 01:30 in New York: the lead's own zone still binds that phone.
+    late = local("Pacific/Honolulu", 2026, 11, 10, 20, 30)
+    assert reason(g.check(debtor, "+18089568000", late)) is Reason.OUTSIDE_WINDOW
+
+
+@pytest.mark.parametrize(("phone", "country", "rule_set"), [
+    ("+34612345678", "ES", "es-consumo"),  # Madrid or the Canaries (an hour behind)
+    ("+351912345678", "PT", "uk-ofcom"),  # Lisbon or the Azores (an hour behind)
+    ("+16052223333", "US", "us-tsr-regf"),  # Denver or North Dakota (Central)
+])
+def test_a_lead_of_several_zones_is_dialed_only_when_open_in_every_one(phone: str, country: str,
+                                                                         rule_set: str) -> None:
+    debtor = Lead(lead_id="L1", campaign_id="C1", phones=(phone,), country=country, timezone=None)
+    candidates = [ZoneInfo(z) for z in zone_for_number(phone)[1]]
+    assert len(candidates) == 2
+    rs = load_rule_set(rule_set)
+    g, cal = gate(rs), Calendar(rs)
+    start = utc(2026, 3, 23)  # two weeks over the EU and after the US daylight-saving change, every 5 minutes
+    dialable = 0
+    for step in range(14 * 24 * 12):
+        now = start + step * 300
+        refusal = g.check(debtor, phone, now)
+        in_all = all(cal.allows(tz, country, now) for tz in candidates)
+        assert (refusal is None) == in_all, datetime.fromtimestamp(now, UTC)
+        if refusal is None:
+            dialable += 1
+        else:
+            assert refusal.reason is not Reason.TIMEZONE_UNKNOWN and refusal.retry_at is not None
+            assert refusal.retry_at > now and g.check(debtor, phone, refusal.retry_at) is None
+    assert dialable > 0
 
 
 # --- caps, cool-downs, recall block ----------------------------------------------------------------------------------

@@ -186,7 +186,9 @@ def test_sample_file_accepts_holds_and_rejects_by_row_and_field() -> None:
         (7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
     assert report.rejected[3].reason == "duplicate in this upload"
     assert leads["us-1"].phones == ("+12125550100", "+14155550100")  # the first us-1 wins
-    assert report.held == [RowIssue(6, "timezone", "ambiguous time zone: 2 candidates; give `timezone`")]
+    assert report.held == [RowIssue(6, "timezone", "ambiguous time zone: 2 candidates (America/Denver, "
+                                    "America/North_Dakota/Center); dialed only while the window is open in all; "
+                                    "give `timezone`")]
     assert leads["us-2"].timezone is None
 
 
@@ -240,7 +242,8 @@ def test_mobiles_on_one_clock_are_dialable_and_others_held() -> None:
     assert issues == [] and held is None and lead is not None and lead.timezone == "Europe/London"
     lead, issues, held = lead_from_row({**row, "phone": "612 345 678", "country": "ES"}, "camp", 2)
     assert lead is not None and lead.timezone is None
-    assert held == RowIssue(2, "timezone", "ambiguous time zone: 2 candidates; give `timezone`")
+    assert held == RowIssue(2, "timezone", "ambiguous time zone: 2 candidates (Atlantic/Canary, Europe/Madrid); "
+                                           "dialed only while the window is open in all; give `timezone`")
 
 
 def test_json_values_are_accepted_and_fields_become_strings() -> None:
@@ -258,7 +261,7 @@ def test_json_values_are_accepted_and_fields_become_strings() -> None:
 def test_held_lead_with_a_countrywide_list() -> None:
     leads, report = parse(f"{HEADER}\nau,0412 345 678,AU,,1,1,\n")
     assert [lead.timezone for lead in leads] == [None]
-    assert len(report.held) == 1 and report.held[0].reason.startswith("ambiguous time zone: 8 candidates")
+    assert len(report.held) == 1 and report.held[0].reason.startswith("ambiguous time zone: 8 candidates (Australia/")
 
 
 # --- files ---------------------------------------------------------------------------------------------------

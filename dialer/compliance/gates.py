@@ -4,7 +4,8 @@
 code, a human detail (numbers masked) and `retry_at`, the earliest instant that gate could pass:
 - DNC: never (None);
 - time zone unknown: None (it will not become known by waiting);
-- window / closed day / holiday: the calendar's next opening (None when the holiday calendar is unknown);
+- window / closed day / holiday: the calendar's next opening, in every zone the dial must respect (see
+  `dialzones`; None when the holiday calendar is unknown);
 - attempt cap: when the oldest counted attempt ages out; cool-downs and the abandon recall block: when they end;
 - contacts per local day: the next local day's window opening.
 Gates are checked in that order. Abandon-rate targets, minimum ring and the abandon message are campaign-level
@@ -18,8 +19,10 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 from dialer.compliance.calendar import Calendar, DayPlan, zone
+from dialer.compliance.dialzones import DialZones
 from dialer.compliance.dnc import DncList, DncScope
 from dialer.compliance.rulesets import DAY, RuleSet
 from dialer.logs import mask_number
@@ -140,6 +143,7 @@ class Gatekeeper:
         "_contacts",
         "_needs_tz",
         "_windowed",
+        "_zones",
         "campaign_id",
         "dnc",
         "history",
@@ -161,17 +165,38 @@ class Gatekeeper:
         self._caps = rule_set.attempt_caps
         self._needs_tz = rule_set.needs_timezone
         self._windowed = rule_set.windowed
+        self._zones = DialZones()
         # Bound once: check() is the hot path.
         self._attempts = history._attempts
         self._contacts = history._contacts
         self._abandons = history._abandons
 
-    def next_open(self, lead: Lead, now: float) -> float | None:
-        """Earliest instant >= now the window and holidays allow; None when the zone is unknown."""
+    def next_open(self, lead: Lead, now: float, number: str | None = None) -> float | None:
+        """Earliest instant >= now the window and holidays allow (for dialing `number` when given: in every zone
+        that dial must respect); None when the zone is unknown."""
         if not self.rule_set.windowed:
             return now
-        tz = zone(lead.timezone)
-        return None if tz is None else self._cal.next_open(tz, lead.country, now)
+        if number is None:
+            tz = zone(lead.timezone)
+            return None if tz is None else self._cal.next_open(tz, lead.country, now)
+        zones = self._zones.for_dial(lead, number)
+        return None if zones is None else self._open_in_all(zones, lead.country, now)
+
+    def _open_in_all(self, zones: tuple[ZoneInfo, ...], country: str | None, now: float) -> float | None:
+        """Earliest instant >= now open in every zone: each zone's next opening from the latest found, until they
+        agree; None when one zone never opens or they share no open instant within 400 days."""
+        t = now
+        while t - now < 400 * DAY:
+            latest = t
+            for tz in zones:
+                opens = self._cal.next_open(tz, country, t)
+                if opens is None:
+                    return None
+                latest = max(latest, opens)
+            if latest == t:
+                return t
+            t = latest
+        return None
 
     def check(self, lead: Lead, number: str, now: float, *, agent_reserved: bool = False) -> Refusal | None:
         """None if `number` of `lead` may be dialed at `now`, else the first failing gate."""
@@ -183,21 +208,27 @@ class Gatekeeper:
                 Reason.DNC_CAMPAIGN, f"{mask_number(number)} is on the DNC list of campaign {self.campaign_id}", None
             )
         rs = self.rule_set
-        plan: DayPlan | None = None
+        zones: tuple[ZoneInfo, ...] = ()
+        plans: tuple[DayPlan, ...] = ()
         if self._needs_tz:
-            tz = zone(lead.timezone)
-            if tz is None:
+            found = self._zones.for_dial(lead, number)
+            if found is None:
                 what = "no time zone" if lead.timezone is None else f"unknown time zone {lead.timezone!r}"
                 return Refusal(
                     Reason.TIMEZONE_UNKNOWN, f"lead {lead.lead_id}: {what}; {rs.name} needs local time", None
                 )
-            plan = self._cal.plan(tz, lead.country, now)
+            zones = found
+            if len(zones) == 1:  # the common case, kept cheap
+                plans = (self._cal.plan(zones[0], lead.country, now),)
+            else:
+                plans = tuple([self._cal.plan(tz, lead.country, now) for tz in zones])
             if self._windowed:
-                for a, b in plan.open:
-                    if a <= now < b:
-                        break
-                else:
-                    return self._closed(lead, plan, now)
+                for i, plan in enumerate(plans):
+                    for a, b in plan.open:
+                        if a <= now < b:
+                            break
+                    else:
+                        return self._closed(lead, zones, zones[i], plan, now)
         lead_id = lead.lead_id
         if rs.abandoned_recall_block_s and not agent_reserved:
             q = self._abandons.get(lead_id)
@@ -220,15 +251,15 @@ class Gatekeeper:
                         q[-1] + rs.contact_cooldown_s,
                     )
                 cap = rs.max_contacts_per_local_day
-                if cap is not None and plan is not None:
-                    today = sum(1 for t in q if plan.start <= t < plan.end)
+                if cap is not None and plans:
+                    # Several zones: a conversation on the local day of any of them counts (the safe side).
+                    today = sum(1 for t in q if any(p.start <= t < p.end for p in plans))
                     if today >= cap:
-                        tz = zone(lead.timezone)
-                        assert tz is not None
-                        retry = self._cal.next_open(tz, lead.country, plan.end) if rs.windowed else plan.end
+                        end = max(p.end for p in plans)
+                        retry = self._open_in_all(zones, lead.country, end) if rs.windowed else end
                         return Refusal(
                             Reason.DAILY_CONTACT_CAP,
-                            f"lead {lead_id}: {today} conversation(s) on local day {plan.day.isoformat()}; "
+                            f"lead {lead_id}: {today} conversation(s) on local day {plans[0].day.isoformat()}; "
                             f"at most {cap} a day",
                             retry,
                         )
@@ -246,12 +277,12 @@ class Gatekeeper:
                         )
         return None
 
-    def _closed(self, lead: Lead, plan: DayPlan, now: float) -> Refusal:
-        tz = zone(lead.timezone)
-        assert tz is not None
-        retry = self._cal.next_open(tz, lead.country, now)
+    def _closed(self, lead: Lead, zones: tuple[ZoneInfo, ...], tz: ZoneInfo, plan: DayPlan, now: float) -> Refusal:
+        retry = self._open_in_all(zones, lead.country, now)
         local = datetime.fromtimestamp(now, tz)
         where = f"{local:%a %Y-%m-%d %H:%M} {tz.key}"
+        if len(zones) > 1:
+            where += f" (the dial must suit every zone of {', '.join(z.key for z in zones)})"
         if plan.closed == Reason.HOLIDAY:
             return Refusal(Reason.HOLIDAY, f"lead {lead.lead_id}: {where} is a holiday ({plan.note})", retry)
         if plan.closed == Reason.CLOSED_DAY:
