@@ -327,6 +327,11 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         zone = canonical_zone(zone_raw)
         if zone is None:
             bad("timezone", "not an IANA time zone (e.g. America/Bogota)")
+        elif zone == "UTC" or zone.startswith("Etc/"):
+            # "Etc/GMT-5" reads as UTC-5 but is UTC+5 (POSIX signs): a debtor in Bogota would be dialed at night.
+            bad("timezone", f"{zone} is a fixed UTC offset, not a place: it ignores daylight saving and Etc/GMT-5 "
+                            "is UTC+5; give the debtor's zone (e.g. America/Bogota)")
+            zone = None
 
     amount = _amount(row.get("amount_due"))
     if isinstance(amount, str):

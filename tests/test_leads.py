@@ -225,7 +225,9 @@ def test_every_problem_in_a_row_is_named() -> None:
     ("nan", "amount_due", False), ("$5", "amount_due", False), ("", "amount_due", True),
     ("0", "days_past_due", True), ("-1", "days_past_due", False), ("", "days_past_due", True),
     ("co", "country", True), ("COL", "country", False), ("", "country", False),
-    ("UTC", "timezone", True), ("America/Bogota", "timezone", True), ("Bogota", "timezone", False),
+    ("UTC", "timezone", False), ("America/Bogota", "timezone", True), ("Bogota", "timezone", False),
+    ("Etc/GMT-5", "timezone", False), ("etc/gmt+5", "timezone", False), ("Etc/UTC", "timezone", False),
+    ("US/Eastern", "timezone", True),
 ])
 def test_field_rules(cell: str, field: str, ok: bool) -> None:
     row = {"lead_id": "L1", "phone": "+573001234567", "country": "CO", "timezone": "", "amount_due": "1",
