@@ -631,6 +631,8 @@ def test_next_open_is_the_first_open_instant(rs: RuleSet, tz: str, country: str 
     if opens > now:
         probes = [now + (opens - now) * k / 64 for k in range(64)] + [max(now, opens - 1)]
         for t in probes:
+            if t >= opens:  # a float step can round onto the opening itself (now a hair before midnight)
+                continue
             assert expected_window_reason(rs, debtor, t) is not None, datetime.fromtimestamp(t, ZoneInfo(tz))
 
 
