@@ -153,6 +153,45 @@ def zone_for_number(e164: str, country: str | None = None) -> tuple[str | None, 
     return _zone_of(got, country.upper() if country else None)
 
 
+_REGIONS_OF_CODE = phonenumbers.COUNTRY_CODE_TO_REGION_CODE
+
+
+def _read_e164(e164: str) -> tuple[str, int, bool] | str:
+    """`_parse` for a number in E.164 as phonenumbers writes it (every number intake accepts), built without
+    parsing it again: the same verdict at a tenth of the cost, for the gates that look up every dialed number.
+    Other spellings are parsed; a hand-made "+digits" string phonenumbers would rewrite may read as invalid."""
+    digits = e164[1:]
+    if e164[:1] != "+" or not digits.isdigit() or digits[:1] == "0" or len(digits) > 17:
+        return _parse(e164.strip(), None)
+    for n in (1, 2, 3):  # country calling codes are prefix-free
+        cc = int(digits[:n])
+        if cc in _REGIONS_OF_CODE:
+            break
+    else:
+        return _parse(e164, None)
+    nsn = digits[n:]
+    if not nsn:
+        return _parse(e164, None)
+    num = phonenumbers.PhoneNumber(country_code=cc, national_number=int(nsn))
+    zeros = len(nsn) - len(nsn.lstrip("0"))
+    if zeros:  # kept in E.164 (Italy's "06"): phonenumbers holds them as flags beside the integer
+        num.italian_leading_zero = True
+        if zeros > 1:
+            num.number_of_leading_zeros = zeros
+    ntype = phonenumbers.number_type(num)
+    if ntype == PhoneNumberType.UNKNOWN:
+        return "not a valid number"
+    return e164, cc, phonenumbers.is_number_type_geographical(ntype, cc)
+
+
+def zone_for_e164(e164: str, country: str | None = None) -> tuple[str | None, list[str]]:
+    """`zone_for_number` for a number in E.164 as intake writes it, about ten times cheaper."""
+    got = _read_e164(e164)
+    if isinstance(got, str):
+        raise ValueError(got)
+    return _zone_of(got, country.upper() if country else None)
+
+
 # --- time zones ----------------------------------------------------------------------------------------------
 
 

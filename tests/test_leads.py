@@ -34,6 +34,7 @@ from dialer.leads import (
     lead_from_row,
     normalise_phone,
     same_clock_zone,
+    zone_for_e164,
     zone_for_number,
 )
 from dialer.model import Lead
@@ -163,6 +164,38 @@ def test_zones_from_numbers() -> None:
     # Different clocks stay unknown: Madrid or the Canaries (an hour behind), Lisbon or the Azores.
     assert zone_for_number("+34612345678", "ES") == (None, ["Atlantic/Canary", "Europe/Madrid"])
     assert zone_for_number("+351912345678", "PT")[0] is None
+
+
+def test_zone_for_e164_agrees_with_parsing_on_every_region_and_type() -> None:
+    # The gates read each dialed number's zone without parsing it again: same answer as phonenumbers' parse on the
+    # example number of every region and type, and on neighbours of it (valid or not) as intake would write them.
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for ntype in range(12):
+            example = phonenumbers.example_number_for_type(region, ntype)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            spellings = {e164}
+            for near in (e164[:-1], e164 + "1", e164[:-2] + "00", e164[:-1] + "7"):
+                try:
+                    spellings.add(phonenumbers.format_number(phonenumbers.parse(near, None),
+                                                             phonenumbers.PhoneNumberFormat.E164))
+                except phonenumbers.NumberParseException:
+                    pass
+            for number in spellings:
+                for country in (region, None):
+                    try:
+                        want: object = zone_for_number(number, country)
+                    except ValueError:
+                        want = ValueError
+                    try:
+                        got: object = zone_for_e164(number, country)
+                    except ValueError:
+                        got = ValueError
+                    assert got == want, (number, country)
+                    checked += 1
+    assert checked > 5000
 
 
 def test_same_clock_zones() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from dialer.compliance.calendar import zone
-from dialer.leads import zone_for_number
+from dialer.leads import zone_for_e164
 from dialer.model import Lead
 
 _MAX_NUMBERS = 200_000  # numbers' zones kept; dropped wholesale beyond it (a lookup is cheap to redo)
@@ -36,7 +36,7 @@ class DialZones:
         got = self._numbers.get(key)
         if got is None:
             try:
-                one, candidates = zone_for_number(number, country)
+                one, candidates = zone_for_e164(number, country)
             except ValueError:  # not a number phonenumbers knows: only the lead's zone can place it
                 one, candidates = None, []
             got = (one,) if one is not None else tuple(sorted(candidates))
