@@ -62,6 +62,11 @@ def allow_all(lead: Lead, number: str, now: float) -> None:
     return None
 
 
+# Refusals by the calling calendar (gates.Reason values): they depend only on the number's zones and the time, never
+# on who dials, so a phone so refused is not asked about again, nor counted, before its retry time.
+CALENDAR_REFUSALS = frozenset({"outside_window", "holiday", "closed_day"})
+
+
 # ---------------------------------------------------------------------------------------------------- rules
 
 
@@ -301,7 +306,7 @@ class _Bucket:
 
 class _Entry:
     __slots__ = ("attempts", "bucket", "cb_agent", "cb_at", "dropped", "gone", "later_cb", "lead", "neg_amount",
-                 "next_at", "out_at", "out_cb", "out_number", "out_source", "state", "stats", "ticket")
+                 "next_at", "out_at", "out_cb", "out_number", "out_source", "state", "stats", "ticket", "waits")
 
     def __init__(self, lead: Lead, bucket: _Bucket) -> None:
         self.lead = lead
@@ -321,6 +326,7 @@ class _Entry:
         self.out_cb: tuple[float, str | None] | None = None  # the callback a pick came from (release restores it)
         self.later_cb: tuple[float, str | None] | None = None  # asked for while out: applied when it returns
         self.gone = False  # removed while out: never comes back
+        self.waits: dict[str, tuple[float, str]] | None = None  # phone -> (closed until, reason): calendar refusals
 
 
 # ---------------------------------------------------------------------------------------------------- hopper
@@ -518,6 +524,13 @@ class Hopper:
         retry: float | None = None
         first_refusal: str | None = None
         for number, why in ranked:
+            wait = e.waits.get(number) if e.waits is not None else None
+            if wait is not None and wait[0] > now:
+                if first_refusal is None:
+                    first_refusal = wait[1]
+                if retry is None or wait[0] < retry:
+                    retry = wait[0]
+                continue
             refusal = gate(e.lead, number, now)
             if refusal is None:
                 if first_refusal is not None:
@@ -536,6 +549,10 @@ class Hopper:
             at = getattr(refusal, "retry_at", None)
             if at is not None and (retry is None or at < retry):
                 retry = float(at)
+            if at is not None and at > now and reason in CALENDAR_REFUSALS:
+                if e.waits is None:
+                    e.waits = {}
+                e.waits[number] = (float(at), reason)
         if source == QUEUE:
             if retry is None:
                 self._park(e)

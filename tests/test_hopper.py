@@ -242,6 +242,33 @@ def test_refused_phone_falls_through_to_the_next() -> None:
     assert list(h.refusals) == [("L1", "+1", "dnc", T0)]
 
 
+def test_a_phone_closed_by_the_calendar_is_not_asked_again_before_it_opens() -> None:
+    # "+1" sits in a zone whose window opens in an hour, "+2" is open: every pass dials "+2", and "+1" is refused
+    # (and counted) once, not on every pass until it opens.
+    asked: list[tuple[str, float]] = []
+
+    def gate(ld: Lead, n: str, t: float) -> Refused | None:
+        asked.append((n, t))
+        return Refused("outside_window", T0 + 3600) if n == "+1" and t < T0 + 3600 else None
+
+    h = Hopper(C)
+    h.add([lead(1, phones=("+1", "+2"))], T0)
+    for k in range(5):
+        (p,) = h.select(1, T0 + k * 700, gate)
+        assert p.number == "+2" and p.reason.endswith("higher-ranked refused (outside_window)")
+        assert h.release("L1", T0 + k * 700)
+    assert [n for n, _ in asked].count("+1") == 1 and len(h.refusals) == 1
+    (p,) = h.select(1, T0 + 3600, gate)  # open now: asked again, and dialed
+    assert p.number == "+1" and asked[-1] == ("+1", T0 + 3600)
+    # Other refusals are asked every pass (a DNC entry may be removed, an agent may be reserved).
+    h2 = Hopper(C)
+    h2.add([lead(1, phones=("+1", "+2"))], T0)
+    for k in range(3):
+        h2.select(1, T0 + k, lambda ld, n, t: Refused("abandon_recall_block", T0 + 9999) if n == "+1" else None)
+        h2.release("L1", T0 + k)
+    assert len(h2.refusals) == 3
+
+
 def test_refusal_log_is_bounded() -> None:
     h = Hopper(C, HopperRules(refusal_log=5))
     h.add([lead(i) for i in range(20)], T0)
