@@ -190,6 +190,21 @@ def test_a_lead_of_several_zones_is_dialed_only_when_open_in_every_one(phone: st
     assert dialable > 0
 
 
+def test_contacts_per_day_of_a_lead_of_several_zones_count_on_every_zone_s_day() -> None:
+    # A Spanish mobile (Madrid or the Canaries) under one contact a day: a conversation at 23:30 in the Canaries is
+    # already the next day in Madrid, so the next day counts it too; the day after, the lead may be dialed again.
+    rs = load_rule_set("es-consumo", {"max_contacts_per_local_day": 1})
+    h = DebtorHistory.for_rule_set(rs)
+    g = Gatekeeper(rs, DncList(), h, "C1")
+    debtor = Lead(lead_id="L1", campaign_id="C1", phones=("+34612345678",), country="ES", timezone=None)
+    h.note_contact("L1", local("Atlantic/Canary", 2026, 11, 9, 23, 30))  # Mon 23:30 Canaries, Tue 00:30 Madrid
+    tuesday = local("Europe/Madrid", 2026, 11, 10, 12, 0)
+    refusal = g.check(debtor, "+34612345678", tuesday)
+    assert refusal is not None and refusal.reason is Reason.DAILY_CONTACT_CAP
+    assert refusal.retry_at == local("Europe/Madrid", 2026, 11, 11, 10, 0)  # 09:00 Canaries, open in both
+    assert g.check(debtor, "+34612345678", refusal.retry_at) is None
+
+
 # --- caps, cool-downs, recall block ----------------------------------------------------------------------------------
 
 
