@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import TZPATH, ZoneInfo, available_timezones
 
+import holidays
 import phonenumbers
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
@@ -274,6 +275,26 @@ def same_clock_zone(candidates: Iterable[str], country: str | None = None) -> st
     return names[0]
 
 
+@lru_cache(maxsize=1)
+def _subdivisions() -> dict[str, dict[str, str]]:
+    """Country → {upper-case code: code} of the subdivisions whose holidays the `holidays` package knows."""
+    return {c: {sub.upper(): sub for sub in subs} for c, subs in holidays.list_supported_countries().items()}
+
+
+def _subdivision(country: str, raw: str) -> tuple[str | None, str]:
+    """(the `subdivision` cell as the holiday calendar spells it: "es-ct" → "CT", None), or (None, why not)."""
+    known = _subdivisions().get(country)
+    if not known:
+        return None, f"the holiday calendar of {country} has no subdivisions; leave it empty"
+    text = raw.strip()
+    if text.upper().startswith(country + "-"):
+        text = text[len(country) + 1:]
+    code = known.get(text.upper())
+    if code is None:
+        return None, f"not a subdivision of {country} (known: {', '.join(sorted(known.values()))})"
+    return code, ""
+
+
 # --- rows ----------------------------------------------------------------------------------------------------
 
 
@@ -372,6 +393,14 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
                             "is UTC+5; give the debtor's zone (e.g. America/Bogota)")
             zone = None
 
+    subdivision = _text(row.get("subdivision"))
+    if subdivision and country:
+        code, why = _subdivision(country, subdivision)
+        if code is None:
+            bad("subdivision", why)
+        else:
+            subdivision = code
+
     amount = _amount(row.get("amount_due"))
     if isinstance(amount, str):
         bad("amount_due", amount)
@@ -392,6 +421,8 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
                                                 "dialed only while the window is open in all; give `timezone`")
 
     custom = {k: _text(v) for k, v in row.items() if k not in KNOWN_COLUMNS}
+    if subdivision:
+        custom["subdivision"] = subdivision  # as the holiday calendar spells it
     # A million leads share a handful of countries, zones and segments: one string each, not one per lead
     # (about 150 bytes a lead).
     lead = Lead(lead_id, campaign_id, tuple(phones), custom, _intern(country), _intern(zone),

@@ -130,6 +130,20 @@ def test_spain_weekdays_weekends_and_national_day() -> None:
     )
 
 
+def test_regional_holidays_close_the_day_for_a_lead_of_that_region() -> None:
+    # 11 September (a Friday in 2026) is Catalonia's national day, not a Spanish one.
+    g = gate("es-consumo")
+    noon = local("Europe/Madrid", 2026, 9, 11, 12, 0)
+    madrid = Lead(lead_id="L1", campaign_id="C1", phones=("+34914123456",), country="ES", timezone="Europe/Madrid")
+    barcelona = Lead(lead_id="L2", campaign_id="C1", phones=("+34934123456",), country="ES",
+                     timezone="Europe/Madrid", fields={"subdivision": "CT"})
+    assert g.check(madrid, "+34914123456", noon) is None
+    refusal = g.check(barcelona, "+34934123456", noon)
+    assert refusal is not None and refusal.reason is Reason.HOLIDAY
+    assert refusal.retry_at == local("Europe/Madrid", 2026, 9, 14, 9, 0)  # Monday: the weekend is closed too
+    assert next_open(RULE_SETS["es-consumo"], barcelona, noon) == refusal.retry_at
+
+
 def test_unknown_time_zone_is_refused_unless_no_calendar() -> None:
     now = utc(2026, 5, 5, 15)
     for tz in (None, "Mars/Olympus_Mons"):

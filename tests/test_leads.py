@@ -271,6 +271,21 @@ def test_field_rules(cell: str, field: str, ok: bool) -> None:
     assert ok or [(i.row, i.field) for i in issues] == [(4, field)]
 
 
+def test_subdivision_names_a_region_the_holiday_calendar_knows() -> None:
+    row = {"lead_id": "L1", "phone": "+34934123456", "country": "ES", "timezone": "", "amount_due": "1",
+           "days_past_due": "1", "segment": ""}
+    for cell in ("CT", "ct", "ES-CT"):
+        lead, issues, _ = lead_from_row({**row, "subdivision": cell}, "camp", 3)
+        assert issues == [] and lead is not None and lead.fields == {"subdivision": "CT"}
+    _, issues, _ = lead_from_row({**row, "subdivision": "XX"}, "camp", 3)
+    assert [(i.row, i.field) for i in issues] == [(3, "subdivision")] and "CT" in issues[0].reason
+    _, issues, _ = lead_from_row({**row, "country": "CO", "phone": "+573001234567", "subdivision": "ANT"}, "camp", 4)
+    assert [(i.row, i.field, i.reason) for i in issues] == [
+        (4, "subdivision", "the holiday calendar of CO has no subdivisions; leave it empty")]
+    lead, issues, _ = lead_from_row({**row, "subdivision": ""}, "camp", 5)
+    assert issues == [] and lead is not None and lead.fields == {"subdivision": ""}
+
+
 def test_mobiles_on_one_clock_are_dialable_and_others_held() -> None:
     row = {"lead_id": "L1", "country": "GB", "amount_due": "1", "days_past_due": "1", "segment": ""}
     lead, issues, held = lead_from_row({**row, "phone": "07911 123456"}, "camp", 1)

@@ -54,15 +54,19 @@ def zone(name: str | None) -> ZoneInfo | None:
 
 
 def holidays_for(country: str, year: int) -> dict[int, str] | None:
-    """Public holidays of `country` in `year` as {date ordinal: name}, cached; None if `holidays` lacks the country."""
+    """Public holidays of `country` in `year` as {date ordinal: name}, cached; None if `holidays` lacks the country.
+
+    `country` may name a subdivision after a dash ("ES-CT"): the country's holidays and that region's own."""
     key = (country, year)
     try:
         return _holiday_cache[key]
     except KeyError:
         pass
+    code, _, subdiv = country.partition("-")
     try:
         table: dict[int, str] | None = {
-            d.toordinal(): name for d, name in _holidays.country_holidays(country, years=year).items()
+            d.toordinal(): name
+            for d, name in _holidays.country_holidays(code, subdiv=subdiv or None, years=year).items()
         }
     except NotImplementedError:
         table = None
@@ -201,7 +205,8 @@ class Calendar:
         closed: str | None = CLOSED_DAY if closed_weekday else None
         if not self.rule_set.holidays_closed:
             return closed, ""
-        country = (country or self.rule_set.country or "").upper() or None  # holidays wants "CO", not "co"
+        code, dash, subdiv = (country or self.rule_set.country or "").partition("-")
+        country = (code.upper() + dash + subdiv) or None  # holidays wants "CO", not "co"; "Barcelona" keeps its case
         table = None if country is None else holidays_for(country, date.fromordinal(ordinal).year)
         if table is None:
             why = "no country for the debtor" if country is None else f"for country {country!r}"
@@ -210,6 +215,12 @@ class Calendar:
         if closed is None and name is not None:
             return HOLIDAY, name
         return closed, ""
+
+
+def holiday_region(lead: Lead) -> str | None:
+    """The holiday calendar of `lead`: its country, or "ES-CT" when its `subdivision` field names a region."""
+    subdiv = lead.fields.get("subdivision") if lead.fields else None
+    return f"{lead.country}-{subdiv}" if subdiv and lead.country else lead.country
 
 
 _calendars: dict[RuleSet, Calendar] = {}
@@ -235,4 +246,4 @@ def next_open(rule_set: RuleSet, lead: Lead, now: float) -> float | None:
     tz = zone(lead.timezone)
     if tz is None:
         return None
-    return calendar_for(rule_set).next_open(tz, lead.country, now)
+    return calendar_for(rule_set).next_open(tz, holiday_region(lead), now)

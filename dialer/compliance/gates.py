@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from dialer.compliance.calendar import Calendar, DayPlan, zone
+from dialer.compliance.calendar import Calendar, DayPlan, holiday_region, zone
 from dialer.compliance.dialzones import DialZones
 from dialer.compliance.dnc import DncList, DncScope
 from dialer.compliance.rulesets import DAY, RuleSet
@@ -178,9 +178,9 @@ class Gatekeeper:
             return now
         if number is None:
             tz = zone(lead.timezone)
-            return None if tz is None else self._cal.next_open(tz, lead.country, now)
+            return None if tz is None else self._cal.next_open(tz, holiday_region(lead), now)
         zones = self._zones.for_dial(lead, number)
-        return None if zones is None else self._open_in_all(zones, lead.country, now)
+        return None if zones is None else self._open_in_all(zones, holiday_region(lead), now)
 
     def _open_in_all(self, zones: tuple[ZoneInfo, ...], country: str | None, now: float) -> float | None:
         """Earliest instant >= now open in every zone: each zone's next opening from the latest found, until they
@@ -218,10 +218,11 @@ class Gatekeeper:
                     Reason.TIMEZONE_UNKNOWN, f"lead {lead.lead_id}: {what}; {rs.name} needs local time", None
                 )
             zones = found
+            region = holiday_region(lead)
             if len(zones) == 1:  # the common case, kept cheap
-                plans = (self._cal.plan(zones[0], lead.country, now),)
+                plans = (self._cal.plan(zones[0], region, now),)
             else:
-                plans = tuple([self._cal.plan(tz, lead.country, now) for tz in zones])
+                plans = tuple([self._cal.plan(tz, region, now) for tz in zones])
             if self._windowed:
                 for i, plan in enumerate(plans):
                     for a, b in plan.open:
@@ -256,7 +257,7 @@ class Gatekeeper:
                     today = sum(1 for t in q if any(p.start <= t < p.end for p in plans))
                     if today >= cap:
                         end = max(p.end for p in plans)
-                        retry = self._open_in_all(zones, lead.country, end) if rs.windowed else end
+                        retry = self._open_in_all(zones, holiday_region(lead), end) if rs.windowed else end
                         return Refusal(
                             Reason.DAILY_CONTACT_CAP,
                             f"lead {lead_id}: {today} conversation(s) on local day {plans[0].day.isoformat()}; "
@@ -278,7 +279,7 @@ class Gatekeeper:
         return None
 
     def _closed(self, lead: Lead, zones: tuple[ZoneInfo, ...], tz: ZoneInfo, plan: DayPlan, now: float) -> Refusal:
-        retry = self._open_in_all(zones, lead.country, now)
+        retry = self._open_in_all(zones, holiday_region(lead), now)
         local = datetime.fromtimestamp(now, tz)
         where = f"{local:%a %Y-%m-%d %H:%M} {tz.key}"
         if len(zones) > 1:
