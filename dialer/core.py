@@ -178,7 +178,7 @@ class DialerCore:
             existing.dispositions = dispositions
             if rule_set != existing.rule_set:
                 existing.rule_set = rule_set
-                existing.gate = Gatekeeper(rule_set, self.dnc, DebtorHistory.for_rule_set(rule_set),
+                existing.gate = Gatekeeper(rule_set, self.dnc, existing.gate.history.resized_for(rule_set),
                                            settings.campaign_id)
             if pool is None or existing.pool is None or set(existing.pool.dids) != set(settings.did_pool):
                 existing.pool = pool

@@ -693,3 +693,24 @@ def test_every_time_zone_day_plan_covers_the_day() -> None:
         t += 5 * HOUR + 17
     assert timedelta(seconds=plan.end - plan.start) <= timedelta(hours=25)
     assert g.check(debtor, NUMBER, utc(2026, 6, 1, 1)) is None  # 11:00 at Lord Howe
+
+
+def test_a_campaign_whose_rule_set_changes_keeps_its_debtors_history() -> None:
+    # A PATCH of rule_set or rule_overrides built a fresh history: caps and cool-downs were forgotten mid-campaign.
+    from dialer.core import CoreConfig, DialerCore
+    from dialer.model import CampaignSettings
+
+    core = DialerCore(CoreConfig(id_prefix="rs"))
+    core.add_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"))
+    first = utc(2026, 4, 6, 15)  # 11:00 in New York
+    for day in range(7):
+        core.campaigns["c"].gate.history.note_attempt("L1", NUMBER, first + day * DAY)
+    core.campaigns["c"].gate.history.note_contact("L2", first)
+    core.add_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf",
+                                       rule_overrides={"window_start": "09:00", "window_end": "20:00"}))
+    g = core.campaigns["c"].gate
+    assert g.rule_set.windows[0] == ("09:00", "20:00")  # the new rule set is in force
+    ny = lead("America/New_York", "US")
+    assert reason(g.check(ny, NUMBER, first + 6 * DAY + HOUR)) is Reason.ATTEMPT_CAP
+    assert reason(g.check(lead("America/New_York", "US", "L2"), NUMBER, first + DAY)) is Reason.CONTACT_COOLDOWN
+    assert g.check(lead("America/New_York", "US", "L3"), NUMBER, first + DAY) is None
