@@ -31,12 +31,19 @@ WINDOWS = {0: (time(7), time(19)), 1: (time(7), time(19)), 2: (time(7), time(19)
 CAP, CAP_WINDOW = 7, timedelta(days=7)
 
 
-def _zones(row: dict[str, str]) -> list[str]:
-    """The lead's zone, or every zone its first number may be in: a dial must be allowed in each of them."""
-    if row.get("timezone"):
-        return [row["timezone"]]
-    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(row["phone"]))
+def _number_zones(number: str) -> list[str]:
+    zones = pn_timezone.time_zones_for_number(phonenumbers.parse(number))
     return [z for z in zones if z != "Etc/Unknown"]
+
+
+def _zones(row: dict[str, str], dialed: str) -> list[str]:
+    """Where the dial must be allowed: the lead's zone, or every zone its first number may be in; and the dialed
+    number's own zone when that number has exactly one (a second phone may ring in another zone)."""
+    zones = [row["timezone"]] if row.get("timezone") else _number_zones(row["phone"])
+    own = _number_zones(dialed)
+    if zones and len(own) == 1 and own[0] not in zones:
+        zones.append(own[0])
+    return zones
 
 
 def audit(attempts: list[dict], leads: dict[str, dict[str, str]], dnc: dict[str, datetime],
@@ -57,7 +64,7 @@ def audit(attempts: list[dict], leads: dict[str, dict[str, str]], dnc: dict[str,
             problems.append(f"{cid}: dialed a DNC number (on the list since {dnc[a['number']].isoformat()})")
         if a["lead_id"] in removed and removed[a["lead_id"]] <= at:
             problems.append(f"{cid}: dialed lead {a['lead_id']} removed at {removed[a['lead_id']].isoformat()}")
-        zones = _zones(lead)
+        zones = _zones(lead, a["number"])
         if not zones:
             problems.append(f"{cid}: dialed lead {a['lead_id']} whose time zone is not known")
             continue

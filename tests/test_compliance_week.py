@@ -71,3 +71,17 @@ def test_the_audit_checks_every_zone_a_number_may_be_in() -> None:
     # 07:30 in London (and Jersey, Guernsey, Man); 07:30 in Madrid is 06:30 in the Canaries.
     problems = audit([at("2026-11-10T07:30:00+00:00", "uk"), at("2026-11-11T07:30:00+01:00", "es")], leads, {}, {})
     assert [p.split(":")[0] for p in problems] == ["es@2026-11-11T07"]
+
+
+def test_the_audit_judges_a_second_phone_on_its_own_clock_too() -> None:
+    # It judged every dial on the lead's zone, so a Los Angeles second phone of a New York debtor dialed at 06:23
+    # its own time passed (221 such dials on the week bench before the gates judged each number's own zone).
+    leads = {"L1": {"lead_id": "L1", "phone": "+12125550100", "phone2": "+12135550100", "country": "US",
+                    "timezone": "America/New_York"}}
+
+    def at(iso: str, number: str) -> dict:
+        return {"call_id": f"{number}@{iso}", "lead_id": "L1", "number": number, "dialed_at": iso, "ended_at": iso,
+                "outcome": "no_answer"}
+    rows = [at("2026-11-05T09:23:00-05:00", "+12125550100"), at("2026-11-06T09:23:00-05:00", "+12135550100"),
+            at("2026-11-09T12:00:00-05:00", "+12135550100")]
+    assert [p.split(":")[0] for p in audit(rows, leads, {}, {})] == ["+12135550100@2026-11-06T09"]
