@@ -833,8 +833,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     @v1.delete("/dnc/{number}", status_code=204, tags=["dnc"])
     async def dnc_remove(number: str, _: Manager, campaign_id: str | None = None) -> Response:
         (clean,) = _numbers([number])
-        # Direct on the core's list (same loop thread as the core): the core has no removal event yet.
-        if not runtime.core.dnc.remove(clean, campaign_id):
+        # Direct on the core (same loop thread): its leads parked by that number go back to be gated again.
+        if not runtime.core.remove_dnc(clean, campaign_id, runtime.clock()):
             raise HTTPException(404, "number not on that list")
         await _persist("dnc_remove", [clean], campaign_id)
         return Response(status_code=204)

@@ -31,7 +31,7 @@ from dialer.commands import (
     RecordAttempt,
     ReleaseLead,
 )
-from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleSet, load_rule_set
+from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleSet, entry_blocks, load_rule_set
 from dialer.dispositions import DispositionSet
 from dialer.events import (
     AgentConnected,
@@ -156,6 +156,17 @@ class DialerCore:
         self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ campaigns
+
+    def remove_dnc(self, number: str, campaign_id: str | None, now: float) -> bool:
+        """Take `number` off the global list (campaign_id None) or a campaign's; False if it was not on it. Leads
+        parked because that number was refused (no other phone left to dial) go back to be gated again: they
+        used to stay parked for good."""
+        if not self.dnc.remove(number, campaign_id):
+            return False
+        for cid, camp in self.campaigns.items():
+            if campaign_id is None or cid == campaign_id:
+                camp.hopper.unpark(now, camp.hopper.parked_with(lambda phone: entry_blocks(number, phone)))
+        return True
 
     def add_campaign(self, settings: CampaignSettings) -> None:
         # Everything is built (and so validated) before anything changes: a bad setting leaves the campaign as it was.

@@ -459,6 +459,10 @@ class Hopper:
         self._end(e, REMOVED)
         return True
 
+    def parked_with(self, phone: Callable[[str], bool]) -> list[str]:
+        """Parked leads with a phone `phone` picks out (for a DNC entry taken off its list)."""
+        return [lid for lid, e in self._entries.items() if e.state == PARKED and any(map(phone, e.lead.phones))]
+
     def unpark(self, now: float, lead_ids: Iterable[str] | None = None) -> int:
         """Put parked leads back (a gate's refusal without retry time no longer holds). Returns how many."""
         ids = [lid for lid, e in self._entries.items() if e.state == PARKED] if lead_ids is None else lead_ids

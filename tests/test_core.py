@@ -28,6 +28,7 @@ from dialer.events import (
     CallFailed,
     CampaignControl,
     Disposition,
+    DncAdd,
     LeadsAvailable,
     PbxLink,
     PreviewDial,
@@ -456,3 +457,25 @@ def test_attempt_copies_keep_every_field() -> None:
     att = Attempt(**values)  # type: ignore[arg-type]
     copy = att.copy()
     assert copy == att and copy is not att
+
+
+def test_a_number_taken_off_dnc_frees_the_leads_parked_by_it():
+    # A lead whose only phone was refused as DNC is parked (no retry time); nothing used to unpark it.
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1"))
+    core.handle(DncAdd("+15550100001"), 0.0)
+    core.handle(DncAdd("+15550100002", "c1"), 0.0)
+    core.handle(AgentLogin("a1"), 0.0)
+    core.handle(AgentConnected("a1"), 0.0)
+    core.handle(CampaignControl("c1", "start"), 0.0)
+    core.handle(LeadsAvailable("c1", (Lead("L1", "c1", ("+15550100001",)), Lead("L2", "c1", ("+15550100002",)))),
+                0.0)
+    assert not of(core.tick(1.0), Originate) and not of(core.tick(2.0), Originate)
+    assert not core.remove_dnc("+15550100009", None, 3.0)  # not on the list: nothing changes
+    assert not core.remove_dnc("+15550100002", None, 3.0)  # on the campaign's list, not the global one
+    assert core.remove_dnc("+1 555 010 0001", None, 3.0)  # any spelling of the entry
+    (orig,) = of(core.tick(4.0), Originate)
+    assert orig.lead_id == "L1"
+    core.handle(CallFailed(orig.call_id, Outcome.BUSY), 5.0)
+    assert core.remove_dnc("+15550100002", "c1", 6.0)
+    assert [o.lead_id for o in of(core.tick(7.0), Originate)] == ["L2"]

@@ -68,6 +68,12 @@ def _lookup_key(number: str) -> str:
     return normalize(number)
 
 
+def entry_blocks(entry: str, number: str) -> bool:
+    """Whether a DNC entry written `entry` blocks a dial of `number` (the same matching as `DncList.lookup`)."""
+    key, dialed = normalize(entry), _lookup_key(number)
+    return key == dialed or (not key.startswith("+") and dialed.startswith("+") and key in _national_keys(dialed))
+
+
 def _national_keys(e164: str) -> tuple[str, ...]:
     """The national keys that block E.164 `e164`: its digits after a country code of 0 to 3 digits (0: NANP's
     national form "1 212 ..." keeps the country code as trunk prefix), leading zeros dropped."""
