@@ -120,6 +120,8 @@ class CampaignState:
     gate: Gatekeeper
     dispositions: DispositionSet
     pool: CallerIdPool | None = None  # None: the campaign's fixed caller ID
+    # Every DID capped or resting until then: nothing is picked (it used to pick, gate and release every tick).
+    dids_back_at: float | None = None
     status: CampaignStatus = CampaignStatus.CREATED
     fetch_pending: bool = False
     exhausted: bool = False  # the store had nothing last time; retried on a slow cadence
@@ -193,6 +195,7 @@ class DialerCore:
                                            settings.campaign_id)
             if pool is None or existing.pool is None or set(existing.pool.dids) != set(settings.did_pool):
                 existing.pool = pool
+                existing.dids_back_at = None
             return
         caps = PacingCaps(
             max_lines=settings.max_lines,
@@ -761,6 +764,10 @@ class DialerCore:
         self._maybe_fetch(camp, now, out)
         if not (self.pbx_up and self.store_up):
             return  # nothing can be sent or recorded: leads stay in the hopper rather than fail unsent
+        if camp.dids_back_at is not None:
+            if now < camp.dids_back_at:
+                return
+            camp.dids_back_at = None
         if camp.settings.strategy != PREVIEW and camp.hopper.has_agent_callbacks:  # preview: the owner asks
             self._serve_agent_callbacks(camp, now, out)
         snap = self.snapshot(camp.settings.campaign_id, now)
@@ -848,6 +855,7 @@ class DialerCore:
                 choice = camp.pool.choose(lead.lead_id, pick.number, now)
             except PoolExhausted as exc:
                 out.append(Emit("did.exhausted", {"campaign_id": s.campaign_id, "retry_at": exc.retry_at}))
+                camp.dids_back_at = math.inf if exc.retry_at is None else exc.retry_at
                 return None
             caller_id, cid_reason = choice.did, choice.reason
         self._seq += 1

@@ -479,3 +479,14 @@ def test_a_number_taken_off_dnc_frees_the_leads_parked_by_it():
     core.handle(CallFailed(orig.call_id, Outcome.BUSY), 5.0)
     assert core.remove_dnc("+15550100002", "c1", 6.0)
     assert [o.lead_id for o in of(core.tick(7.0), Originate)] == ["L2"]
+
+
+def test_a_pool_of_capped_dids_waits_for_its_retry_time_instead_of_picking_every_tick():
+    # Every DID at its cap: the core used to pick, gate, release and emit did.exhausted on every tick.
+    core = make(n_leads=5, agents=("a1", "a2", "a3"), did_pool=["+12125550101"], did_hour_cap=1)
+    first = core.tick(1.0)
+    assert len(of(first, Originate)) == 1
+    assert [e.kind for e in of(first, Emit) if e.kind == "did.exhausted"] == ["did.exhausted"]
+    later = [c for t in range(2, 600) for c in core.tick(float(t))]
+    assert not of(later, Originate) and not [e for e in of(later, Emit) if e.kind in ("did.exhausted", "dial.refused")]
+    assert len(of(core.tick(3601.5), Originate)) == 1  # the hour cap frees the DID: dialing resumes
