@@ -155,6 +155,9 @@ class DialerCore:
         self.pbx_up = True  # shells without a link notion never send PbxLink
         self.store_up = True  # likewise StoreLink: a dial that cannot be recorded is not made
         self.dnc = DncList()  # global and per-campaign entries, shared by every campaign's gate
+        # Each debtor's attempts, conversations and abandons, shared by every campaign's gate: caps and cool-downs
+        # are per debtor (lead id), so a debtor loaded into two campaigns is not called twice as often.
+        self.history = DebtorHistory(horizon_s=86_400.0, max_per_lead=1)
         self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ campaigns
@@ -191,8 +194,8 @@ class DialerCore:
             existing.dispositions = dispositions
             if rule_set != existing.rule_set:
                 existing.rule_set = rule_set
-                existing.gate = Gatekeeper(rule_set, self.dnc, existing.gate.history.resized_for(rule_set),
-                                           settings.campaign_id)
+                self.history.widen_for(rule_set)
+                existing.gate = Gatekeeper(rule_set, self.dnc, self.history, settings.campaign_id)
             if pool is None or existing.pool is None or set(existing.pool.dids) != set(settings.did_pool):
                 existing.pool = pool
                 existing.dids_back_at = None
@@ -204,7 +207,8 @@ class DialerCore:
             abandon_target=settings.abandon_target,
         )
         strategy = _NoDial() if settings.strategy == PREVIEW else self.config.strategy_factory(settings.strategy, caps)
-        gate = Gatekeeper(rule_set, self.dnc, DebtorHistory.for_rule_set(rule_set), settings.campaign_id)
+        self.history.widen_for(rule_set)
+        gate = Gatekeeper(rule_set, self.dnc, self.history, settings.campaign_id)
         self.campaigns[settings.campaign_id] = CampaignState(
             settings=settings, strategy=strategy, hopper=Hopper(settings.campaign_id, rules), rule_set=rule_set,
             gate=gate, dispositions=dispositions, pool=pool)
@@ -406,9 +410,8 @@ class DialerCore:
         prune = now - self._pruned_at >= 3600.0  # debtor histories shed what no rule can look at any more
         if prune:
             self._pruned_at = now
+            self.history.prune(now)
         for camp in self.campaigns.values():
-            if prune:
-                camp.gate.history.prune(now)
             if camp.status is CampaignStatus.RUNNING:
                 self._pace(camp, now, out)
         return out

@@ -714,3 +714,21 @@ def test_a_campaign_whose_rule_set_changes_keeps_its_debtors_history() -> None:
     assert reason(g.check(ny, NUMBER, first + 6 * DAY + HOUR)) is Reason.ATTEMPT_CAP
     assert reason(g.check(lead("America/New_York", "US", "L2"), NUMBER, first + DAY)) is Reason.CONTACT_COOLDOWN
     assert g.check(lead("America/New_York", "US", "L3"), NUMBER, first + DAY) is None
+
+
+def test_caps_count_a_debtors_calls_from_every_campaign() -> None:
+    # Each campaign kept its own history, so a debtor loaded into two Reg F campaigns could get 14 calls in 7 days.
+    from dialer.core import CoreConfig, DialerCore
+    from dialer.model import CampaignSettings
+
+    core = DialerCore(CoreConfig(id_prefix="x"))
+    core.add_campaign(CampaignSettings(campaign_id="early", rule_set="none"))
+    core.add_campaign(CampaignSettings(campaign_id="late", rule_set="us-tsr-regf"))
+    first = utc(2026, 4, 6, 15)  # 11:00 in New York
+    for day in range(7):
+        core.campaigns["early"].gate.history.note_attempt("L1", NUMBER, first + day * DAY)
+    late, ny = core.campaigns["late"].gate, lead("America/New_York", "US")
+    assert reason(late.check(ny, NUMBER, first + 6 * DAY + HOUR)) is Reason.ATTEMPT_CAP
+    assert late.check(lead("America/New_York", "US", "L2"), NUMBER, first + 6 * DAY + HOUR) is None
+    # the history keeps what the strictest rule set needs, whichever campaign came first
+    assert core.history.horizon_s >= 7 * DAY and core.history.max_per_lead >= 7

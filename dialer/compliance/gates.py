@@ -71,17 +71,15 @@ class DebtorHistory:
         caps = [n for n, _ in rule_set.attempt_caps] + [rule_set.max_contacts_per_local_day or 0]
         return cls(horizon_s=max(rule_set.history_horizon_s, DAY), max_per_lead=max([1, *caps]))
 
-    def resized_for(self, rule_set: RuleSet) -> DebtorHistory:
-        """The history `rule_set` needs, holding what this one holds: a campaign whose rule set changes keeps its
-        debtors' attempts, contacts and abandons (a fresh history forgot its caps and cool-downs mid-campaign)."""
-        new = DebtorHistory.for_rule_set(rule_set)
-        new.horizon_s = max(new.horizon_s, self.horizon_s)  # what is kept stays kept until the next prune
-        new.max_per_lead = max(new.max_per_lead, self.max_per_lead)
-        for mine, theirs in ((self._attempts, new._attempts), (self._contacts, new._contacts),
-                             (self._abandons, new._abandons)):
-            for lead_id, q in mine.items():
-                theirs[lead_id] = deque(q, maxlen=new.max_per_lead)
-        return new
+    def widen_for(self, rule_set: RuleSet) -> None:
+        """Keep enough for `rule_set` too (one history serves every campaign's gate, whatever its rules)."""
+        need = DebtorHistory.for_rule_set(rule_set)
+        self.horizon_s = max(self.horizon_s, need.horizon_s)
+        if need.max_per_lead > self.max_per_lead:
+            self.max_per_lead = need.max_per_lead
+            for table in (self._attempts, self._contacts, self._abandons):
+                for lead_id, q in table.items():
+                    table[lead_id] = deque(q, maxlen=self.max_per_lead)
 
     def _note(self, table: dict[str, deque[float]], lead_id: str, now: float) -> None:
         q = table.get(lead_id)
