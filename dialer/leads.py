@@ -104,12 +104,22 @@ _PUNCT = str.maketrans("", "", " ()-./\t\u00a0")
 _PLAIN = re.compile(r"\+?\d{1,20}")
 
 
+# Mexico's dialing prefixes retired in 2019-2020 (mobile "1" after +52, "044"/"045" before a mobile's ten digits,
+# "01" for long distance): old CRM exports still hold them, and the line is the same ten digits.
+_MX_OLD = re.compile(r"\+521(\d{10})|(?:044|045|01)(\d{10})")
+
+
 def _parse_raw(raw: str, region: str | None) -> tuple[str, int, bool] | str:
     # Spreadsheet punctuation off first when what is left is plain digits: phonenumbers ignores it anyway, its
     # per-character normalising is a good part of its cost, and "(212) 555-0100" then shares a cache entry with
     # "212-555-0100". Anything else (letters, "ext") goes to phonenumbers as written.
     plain = raw.translate(_PUNCT)
-    return _parse(plain if _PLAIN.fullmatch(plain) else raw, region)
+    if not _PLAIN.fullmatch(plain):
+        return _parse(raw, region)
+    old = _MX_OLD.fullmatch(plain) if plain.startswith("+521") or region == "MX" else None
+    if old is not None:
+        plain = "+52" + (old.group(1) or old.group(2))
+    return _parse(plain, region)
 
 
 def normalise_phone(raw: str, country: str | None) -> str:

@@ -612,3 +612,17 @@ def test_chunks_split_on_records_and_lose_nothing(cells: list[list[str]], batch:
     rows = [r for c in chunks for r in csv.reader(io.StringIO(c.body.decode(), newline=""))]
     one_pass = list(csv.reader(io.StringIO(data.decode(), newline="")))[1:]
     assert [r for r in rows if r != HEADER.split(",")] == one_pass
+
+
+@pytest.mark.parametrize(("raw", "country"), [
+    ("+52 1 55 1234 5678", "MX"), ("+5215512345678", None), ("044 55 1234 5678", "MX"), ("045 55 1234 5678", "MX"),
+    ("01 55 1234 5678", "MX"), ("(044) 55-1234-5678", "MX"),
+])
+def test_mexicos_retired_prefixes_read_as_the_same_line(raw: str, country: str | None) -> None:
+    # Old CRM exports keep the mobile "1", "044"/"045" and "01" that Mexico retired in 2019-2020: they were refused.
+    assert normalise_phone(raw, country) == "+525512345678"
+
+
+def test_a_retired_mexican_prefix_is_not_read_into_another_country() -> None:
+    with pytest.raises(ValueError, match="not a valid number for CO"):
+        normalise_phone("044 55 1234 5678", "CO")
