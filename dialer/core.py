@@ -32,6 +32,7 @@ from dialer.commands import (
     ReleaseLead,
 )
 from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleSet, entry_blocks, load_rule_set
+from dialer.compliance.dnc import normalize as normalize_dnc
 from dialer.dispositions import DispositionSet
 from dialer.events import (
     AgentConnected,
@@ -48,6 +49,7 @@ from dialer.events import (
     DebtorHistorySeed,
     Disposition,
     DncAdd,
+    DncSnapshot,
     Event,
     LeadRemoved,
     LeadsAvailable,
@@ -161,6 +163,21 @@ class DialerCore:
         self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ campaigns
+
+    def _apply_dnc_snapshot(self, event: DncSnapshot, now: float, out: list[Command]) -> None:
+        if event.campaign_id is not None and event.campaign_id not in self.campaigns:
+            return
+        held = self.dnc.entries(event.campaign_id)
+        wanted = {normalize_dnc(n): n for n in event.numbers}
+        added = [n for key, n in wanted.items() if key not in held]
+        for number in added:
+            self.dnc.add(number, event.campaign_id, now)
+        gone = [key for key, at in held.items() if key not in wanted and at < event.taken_at]
+        for key in gone:
+            self.remove_dnc(key, event.campaign_id, now)
+        if added or gone:
+            out.append(Emit("dnc.synced", {"campaign_id": event.campaign_id, "added": len(added),
+                                           "removed": len(gone)}))
 
     def remove_dnc(self, number: str, campaign_id: str | None, now: float) -> bool:
         """Take `number` off the global list (campaign_id None) or a campaign's; False if it was not on it. Leads
@@ -277,6 +294,8 @@ class DialerCore:
                             camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1])
             case DebtorHistorySeed():
                 self._seed_history(self._campaign(event.campaign_id), event)
+            case DncSnapshot():
+                self._apply_dnc_snapshot(event, now, out)
             case DncAdd():
                 self.dnc.add(event.number, event.campaign_id, now if event.added_at is None else event.added_at)
                 out.append(Emit("dnc.added", {"campaign_id": event.campaign_id}))

@@ -180,6 +180,17 @@ class SharedAbandon:
 
 
 @dataclass(frozen=True, slots=True)
+class DncSnapshot:
+    """A DNC list as the shared store holds it (every node's changes), read from `taken_at` on. The core adds what
+    it lacks and takes off what the store no longer has, except entries added here since `taken_at` (their
+    write may have landed after the read)."""
+
+    campaign_id: str | None
+    numbers: frozenset[str]
+    taken_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class DebtorHistorySeed:
     """What the shared store knows of a debtor's recent attempts, conversations and abandons (other nodes' too),
     given before its lead is dialed here: the compliance caps judge the whole history."""
@@ -208,6 +219,7 @@ Event = (
     | ScheduleCallback
     | LeadsAvailable
     | DebtorHistorySeed
+    | DncSnapshot
     | CampaignControl
     | PbxLink
     | StoreLink

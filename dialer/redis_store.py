@@ -549,12 +549,35 @@ class RedisStore:
         """Add numbers to the global list (campaign_id None) or a campaign's. Returns how many were new."""
         await self._ensure()
         items = list(numbers)
-        return int(await self._r.sadd(self._dnc_key(campaign_id), *items)) if items else 0
+        if not items:
+            return 0
+        added = int(await self._r.sadd(self._dnc_key(campaign_id), *items))
+        await self._r.incr(self._g("dnc:ver"))  # after the change: a node that reads the new version sees it
+        return added
 
     async def dnc_remove(self, numbers: Iterable[str], campaign_id: str | None = None) -> int:
         await self._ensure()
         items = list(numbers)
-        return int(await self._r.srem(self._dnc_key(campaign_id), *items)) if items else 0
+        if not items:
+            return 0
+        removed = int(await self._r.srem(self._dnc_key(campaign_id), *items))
+        await self._r.incr(self._g("dnc:ver"))
+        return removed
+
+    async def dnc_version(self) -> int:
+        """Bumped by every change to any DNC list: nodes reload the lists when it moves."""
+        await self._ensure()
+        return int(await self._r.get(self._g("dnc:ver")) or 0)
+
+    async def dnc_lists(self, campaign_ids: Iterable[str]) -> dict[str | None, set[str]]:
+        """The global list (key None) and each campaign's, as stored."""
+        await self._ensure()
+        ids: list[str | None] = [None, *campaign_ids]
+        out: dict[str | None, set[str]] = {}
+        for cid in ids:
+            out[cid] = {m.decode() if isinstance(m, bytes) else str(m)
+                        async for m in self._r.sscan_iter(self._dnc_key(cid), count=5000)}
+        return out
 
     async def dnc_contains(self, number: str, campaign_id: str | None = None) -> bool:
         """On the global list, or on the campaign's when a campaign is given."""

@@ -30,6 +30,7 @@ from dialer.events import (
     CallFailed,
     CampaignControl,
     DebtorHistorySeed,
+    DncSnapshot,
     Event,
     LeadsAvailable,
     SharedAbandon,
@@ -66,6 +67,7 @@ class RuntimeConfig:
     maintain_interval_s: float = 20.0  # shared stores: heartbeat and lease renewal (at most a third of the TTL)
     store_retry_s: float = 0.5  # while the store is down: how often a write or a ping is tried again
     shared_abandon_interval_s: float = 5.0  # campaign-wide abandon counts → the core's pacers
+    dnc_sync_interval_s: float = 2.0  # shared stores: how often the DNC lists' version is checked (reloaded if moved)
     abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
     # A dial whose record has not landed this long after the decision is not made (keep it well under the lease
     # TTL: a lease that lapsed meanwhile may have gone to another node).
@@ -100,6 +102,8 @@ class Runtime:
         self.event_lag_s = 0.0  # queued → handled, of the last event
         self.event_lag_max_s = 0.0  # worst since start
         self.decision_seconds: list[float] = []  # recent core.tick durations (for the latency histogram)
+        self._dnc_version: int | None = None  # the shared DNC lists' version last loaded into the core
+        self._dnc_campaigns: frozenset[str] = frozenset()  # the campaigns whose lists that load read
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,6 +119,10 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._maintain(), name="marcador-store-maintenance"))
         if callable(getattr(self.store, "abandon_counts", None)):
             self._tasks.append(asyncio.create_task(self._abandon_sync(), name="marcador-shared-abandon"))
+        if callable(getattr(self.store, "dnc_version", None)):
+            # Before the PBX link: nothing is dialed before the stored lists (every node's, past restarts) are in.
+            await self._sync_dnc()
+            self._tasks.append(asyncio.create_task(self._dnc_sync(), name="marcador-dnc-sync"))
         await self.telephony.start(self.submit)
 
     def _halt_dialing(self) -> None:
@@ -464,6 +472,32 @@ class Runtime:
                 log.warning("store maintenance failed", exc_info=True)
                 await self._store_failed()
             await asyncio.sleep(self._maintain_interval())
+
+    async def _dnc_sync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dnc_sync_interval_s)
+            if not self.store_up:
+                self._dnc_version = None  # after an outage: reload whatever the version says
+                continue
+            try:
+                await self._sync_dnc()
+            except Exception:
+                log.warning("DNC lists unreadable", exc_info=True)
+                self._dnc_version = None
+                await self._store_failed()
+
+    async def _sync_dnc(self) -> None:
+        """The shared store's DNC lists (global and each campaign's) → the core, when their version moved. An
+        entry added on another node, or before a restart, is in force here within `dnc_sync_interval_s`."""
+        version = await self.store.dnc_version()  # type: ignore[attr-defined]
+        campaigns = frozenset(self.core.campaigns)
+        if version == self._dnc_version and campaigns == self._dnc_campaigns:
+            return  # a campaign new here (created on another node, or since) has its list read as well
+        taken_at = self.clock()
+        lists = await self.store.dnc_lists(sorted(campaigns))  # type: ignore[attr-defined]
+        for cid, numbers in lists.items():
+            self.submit(DncSnapshot(cid, frozenset(numbers), taken_at))
+        self._dnc_version, self._dnc_campaigns = version, campaigns
 
     async def _abandon_sync(self) -> None:
         while True:

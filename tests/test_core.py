@@ -29,6 +29,7 @@ from dialer.events import (
     CampaignControl,
     Disposition,
     DncAdd,
+    DncSnapshot,
     LeadsAvailable,
     PbxLink,
     PreviewDial,
@@ -490,3 +491,23 @@ def test_a_pool_of_capped_dids_waits_for_its_retry_time_instead_of_picking_every
     later = [c for t in range(2, 600) for c in core.tick(float(t))]
     assert not of(later, Originate) and not [e for e in of(later, Emit) if e.kind in ("did.exhausted", "dial.refused")]
     assert len(of(core.tick(3601.5), Originate)) == 1  # the hour cap frees the DID: dialing resumes
+
+
+def test_a_dnc_snapshot_from_the_shared_store_adds_and_removes_but_keeps_what_came_after_it():
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1"))
+    core.handle(DncAdd("+15550100001"), 10.0)  # on the store's list too, then taken off there by another node
+    core.handle(DncAdd("+15550100003"), 30.0)  # added here after the snapshot was read: its write may be later
+    core.handle(AgentLogin("a1"), 0.0)
+    core.handle(AgentConnected("a1"), 0.0)
+    core.handle(CampaignControl("c1", "start"), 0.0)
+    core.handle(LeadsAvailable("c1", (Lead("L1", "c1", ("+15550100001",)),)), 0.0)
+    assert not of(core.tick(11.0), Originate)  # parked by the DNC refusal
+    cmds = core.handle(DncSnapshot(None, frozenset({"+15550100002"}), taken_at=20.0), 40.0)
+    assert [c.data for c in of(cmds, Emit) if c.kind == "dnc.synced"] == [
+        {"campaign_id": None, "added": 1, "removed": 1}]
+    assert core.dnc.lookup("+15550100002", None, 41.0) is not None
+    assert core.dnc.lookup("+15550100003", None, 41.0) is not None
+    assert core.dnc.lookup("+15550100001", None, 41.0) is None
+    assert [o.lead_id for o in of(core.tick(42.0), Originate)] == ["L1"]  # unparked by the removal
+    assert not of(core.handle(DncSnapshot("nope", frozenset({"+15550100009"}), 50.0), 50.0), Emit)

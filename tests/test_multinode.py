@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -225,5 +226,64 @@ async def test_a_debtors_history_follows_its_lead_to_another_node(tmp_path: Path
         refusal = gate.check(lead, lead.phone, t0 + 86400)  # a day later: inside the 7-day post-conversation block
         assert refusal is not None and refusal.reason.value == "contact_cooldown"
         await rt2.stop()
+    finally:
+        server.stop()
+
+
+async def test_dnc_lists_reach_every_node_and_survive_a_restart(tmp_path: Path) -> None:
+    """A number put on a DNC list through one node (the shared store) is in force on the others within the sync
+    interval, and on a node that starts later before it can dial; a removal frees it everywhere. Each node used
+    to hold only the entries its own API had taken, and a restart began with empty lists."""
+    from dialer.core import DialerCore
+    from dialer.model import CampaignSettings, Lead
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        t0 = 1_700_000_000.0
+        settings = CampaignSettings(campaign_id="c", rule_set="us-tsr-regf")
+        lead = Lead("l1", "c", ("+12125550123",), country="US", timezone="America/New_York")
+        other = open_store(server.url, node_id="n2")  # what node n2's API writes
+        assert isinstance(other, RedisStore)
+        await other.save_campaign(settings)
+        await other.dnc_add(["+12125550199"], "c")  # before n1 starts
+
+        started = time.monotonic()
+
+        def clock() -> float:
+            return t0 + time.monotonic() - started
+
+        def node(name: str) -> tuple[Runtime, DialerCore]:
+            store = open_store(server.url, node_id=name)
+            core = DialerCore()
+            return Runtime(core, store, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600,
+                                                              dnc_sync_interval_s=0.1), clock=clock), core
+
+        rt1, core1 = node("n1")
+        await rt1.start()
+
+        async def blocked(core: DialerCore, number: str, want: bool, campaign: str | None = "c") -> bool:
+            for _ in range(60):
+                if (core.dnc.lookup(number, campaign, clock() + 1) is not None) == want:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await blocked(core1, "+12125550199", True)  # loaded at start, before the PBX link
+        await other.dnc_add(["+12125550123"])  # global, through the other node
+        assert await blocked(core1, "+12125550123", True)
+        refusal = core1.campaigns["c"].gate.check(lead, lead.phone, clock() + 1)
+        assert refusal is not None and refusal.reason.value == "dnc_global"
+        await other.dnc_remove(["+12125550199"], "c")
+        assert await blocked(core1, "+12125550199", False)
+        assert core1.dnc.lookup("+12125550123", None, clock() + 1) is not None  # the other entry stays
+
+        rt3, core3 = node("n3")  # a node that starts (or restarts) later
+        await rt3.start()
+        assert await blocked(core3, "+12125550123", True)
+        assert not await blocked(core3, "+12125550199", True)
+        await rt1.stop()
+        await rt3.stop()
+        await other.aclose()
     finally:
         server.stop()

@@ -99,6 +99,10 @@ class DncList:
             table = self._campaigns[campaign_id] = {}
         return table
 
+    def entries(self, campaign_id: str | None = None) -> dict[str, float]:
+        """The list's keys (as `normalize` files them) and when each took effect."""
+        return dict(self._table(campaign_id) or {})
+
     def add(self, number: str, campaign_id: str | None = None, added_at: float = _ALWAYS) -> bool:
         """Block `number` from `added_at` on (default: always). Re-adding keeps the earliest effective time.
 
