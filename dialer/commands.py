@@ -71,6 +71,15 @@ class ReleaseLead:
 
 
 @dataclass(frozen=True, slots=True)
+class PersistDnc:
+    """A number the core put on a DNC list itself (a DNC disposition): the shared store keeps it for every node
+    and restart."""
+
+    number: str
+    campaign_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     """An event for the API's stream, webhooks and logs."""
 
@@ -88,5 +97,6 @@ Command = (
     | RecordAttempt
     | FetchLeads
     | ReleaseLead
+    | PersistDnc
     | Emit
 )

@@ -27,6 +27,7 @@ from dialer.commands import (
     HangupAgentLeg,
     Originate,
     OriginateAgentLeg,
+    PersistDnc,
     PlayAbandonMessage,
     RecordAttempt,
     ReleaseLead,
@@ -160,6 +161,7 @@ class DialerCore:
         # Each debtor's attempts, conversations and abandons, shared by every campaign's gate: caps and cool-downs
         # are per debtor (lead id), so a debtor loaded into two campaigns is not called twice as often.
         self.history = DebtorHistory(horizon_s=86_400.0, max_per_lead=1)
+        self._dnc_unstored: set[tuple[str | None, str]] = set()  # DNC entries of ours the store may not hold yet
         self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ campaigns
@@ -167,12 +169,15 @@ class DialerCore:
     def _apply_dnc_snapshot(self, event: DncSnapshot, now: float, out: list[Command]) -> None:
         if event.campaign_id is not None and event.campaign_id not in self.campaigns:
             return
-        held = self.dnc.entries(event.campaign_id)
+        cid = event.campaign_id
+        held = self.dnc.entries(cid)
         wanted = {normalize_dnc(n): n for n in event.numbers}
+        self._dnc_unstored -= {(cid, key) for key in wanted}
         added = [n for key, n in wanted.items() if key not in held]
         for number in added:
-            self.dnc.add(number, event.campaign_id, now)
-        gone = [key for key, at in held.items() if key not in wanted and at < event.taken_at]
+            self.dnc.add(number, cid, now)
+        gone = [key for key, at in held.items()
+                if key not in wanted and at < event.taken_at and (cid, key) not in self._dnc_unstored]
         for key in gone:
             self.remove_dnc(key, event.campaign_id, now)
         if added or gone:
@@ -607,7 +612,11 @@ class DialerCore:
                         event.code, event.callback_at, event.ptp_amount,
                         date.fromisoformat(event.ptp_date) if event.ptp_date else None, now=now)
                     if code.dnc:
-                        self.dnc.add(done.number, camp.settings.campaign_id, now)
+                        cid = camp.settings.campaign_id
+                        self.dnc.add(done.number, cid, now)
+                        # Until a snapshot of the shared store shows it, no snapshot may take it off again.
+                        self._dnc_unstored.add((cid, normalize_dnc(done.number)))
+                        out.append(PersistDnc(done.number, cid))
                     info = camp.hopper.info(done.lead_id)
                     before = info.state if info is not None else None
                     if before not in (None, "done", "removed"):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, RecordAttempt, ReleaseLead
+from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
 from dialer.core import DialerCore
 from dialer.events import (
     CallFailed,
@@ -57,7 +57,7 @@ class _Dial:
     queued_at: float  # time.monotonic()
 
 
-StoreOp = RecordAttempt | ReleaseLead | _Dial
+StoreOp = RecordAttempt | ReleaseLead | PersistDnc | _Dial
 
 
 @dataclass(slots=True)
@@ -285,7 +285,7 @@ class Runtime:
                 held = cmd
             elif isinstance(cmd, TELEPHONY_COMMANDS):
                 self.telephony.execute(cmd)
-            elif isinstance(cmd, RecordAttempt | ReleaseLead):
+            elif isinstance(cmd, RecordAttempt | ReleaseLead | PersistDnc):
                 self._store_ops.put_nowait(cmd)
             elif isinstance(cmd, FetchLeads):
                 task = asyncio.create_task(self._fetch(cmd))
@@ -417,6 +417,10 @@ class Runtime:
                 elif isinstance(op, ReleaseLead):
                     # Repeating a release that landed is harmless: the lead is no longer leased, it is ignored.
                     await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
+                elif isinstance(op, PersistDnc):
+                    add = getattr(self.store, "dnc_add", None)  # a shared store; in memory the core is the list
+                    if add is not None:
+                        await add([op.number], op.campaign_id)
                 return
             except Exception:
                 failures += 1

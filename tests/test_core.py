@@ -12,6 +12,7 @@ from dialer.commands import (
     HangupAgentLeg,
     Originate,
     OriginateAgentLeg,
+    PersistDnc,
     PlayAbandonMessage,
     RecordAttempt,
     ReleaseLead,
@@ -128,8 +129,15 @@ def test_dnc_disposition_and_callbacks_steer_the_lead():
     assert o2.lead_id != o1.lead_id
     core.handle(CallAnswered(o2.call_id), 13.0)
     core.handle(CallEnded(o2.call_id), 20.0)
-    core.handle(Disposition(o2.call_id, "DNC"), 21.0)
+    cmds = core.handle(Disposition(o2.call_id, "DNC"), 21.0)
     assert core.dnc.contains(o2.number, "c1", 21.0)
+    assert of(cmds, PersistDnc) == [PersistDnc(o2.number, "c1")]  # the shared store keeps it for every node
+    # a snapshot of the store read before that write landed does not take it off again; once shown, it may
+    core.handle(DncSnapshot("c1", frozenset(), taken_at=30.0), 31.0)
+    assert core.dnc.contains(o2.number, "c1", 31.0)
+    core.handle(DncSnapshot("c1", frozenset({o2.number}), taken_at=40.0), 41.0)
+    core.handle(DncSnapshot("c1", frozenset(), taken_at=50.0), 51.0)  # then taken off the list by someone
+    assert not core.dnc.contains(o2.number, "c1", 51.0)
     with pytest.raises(CoreError):
         core.handle(Disposition("nope", "PAID"), 22.0)
 

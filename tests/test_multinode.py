@@ -278,10 +278,20 @@ async def test_dnc_lists_reach_every_node_and_survive_a_restart(tmp_path: Path) 
         assert await blocked(core1, "+12125550199", False)
         assert core1.dnc.lookup("+12125550123", None, clock() + 1) is not None  # the other entry stays
 
+        from dialer.commands import PersistDnc
+
+        rt1._dispatch([PersistDnc("+12125550177", "c")])  # a debtor's "DNC" disposition on n1
+        for _ in range(60):
+            if await other.dnc_contains("+12125550177", "c"):
+                break
+            await asyncio.sleep(0.05)
+        assert await other.dnc_contains("+12125550177", "c")
+
         rt3, core3 = node("n3")  # a node that starts (or restarts) later
         await rt3.start()
         assert await blocked(core3, "+12125550123", True)
         assert not await blocked(core3, "+12125550199", True)
+        assert await blocked(core3, "+12125550177", True)
         await rt1.stop()
         await rt3.stop()
         await other.aclose()
