@@ -70,6 +70,7 @@ log = logging.getLogger("marcador.api")
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
 LEAD_BATCH = 5000
 # Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
@@ -118,6 +119,15 @@ class CampaignIn(BaseModel):
     did_day_cap: int = Field(300, ge=1, description="calls per DID per rolling day")
     hopper: dict[str, Any] = Field({}, description="lead priorities and recycling rules")
     dispositions: list[dict[str, Any]] = Field([], description="disposition codes; empty: the collections defaults")
+
+    @field_validator("caller_id")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        # It goes into an AMI header: a CR or LF would end the header and smuggle in more fields or a whole
+        # action (an Originate no gate judged). Any control character is refused, not stripped.
+        if _CONTROL.search(v):
+            raise ValueError("control characters (line breaks, tabs, NUL) are not allowed")
+        return v
 
     @field_validator("strategy")
     @classmethod

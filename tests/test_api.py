@@ -439,3 +439,20 @@ async def test_callbacks_at_an_instant_or_on_the_debtors_wall_clock() -> None:
         assert bad.status_code == 422
         past = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": "2020-01-01T00:00:00Z"})
         assert past.status_code == 422
+
+
+async def test_a_caller_id_with_a_line_break_is_refused_it_would_split_the_ami_originate() -> None:
+    """The caller ID is written into an AMI header (`CallerID: <...>`): a CR or LF in it ends that header and
+    lets the rest pass as more AMI fields or a whole new action (an Originate past every compliance gate)."""
+    async with api_env() as env:
+        evil = "Cobros <1000>\r\n\r\nAction: Originate\r\nChannel: PJSIP/5550100@trunk"
+        r = await env.api.post("/api/v1/campaigns", json={"campaign_id": "c9", "caller_id": evil})
+        assert r.status_code == 422 and "caller_id" in r.text
+        assert (await env.api.get("/api/v1/campaigns/c9")).status_code == 404
+        await make_campaign(env.api)
+        for bad in ("A\nB <1>", "A <1>\x00", "tab\there"):
+            r = await env.api.patch("/api/v1/campaigns/c1", json={"caller_id": bad})
+            assert r.status_code == 422 and "caller_id" in r.text, bad
+        assert (await env.store.get_campaign("c1")).caller_id == "Marcador <1000>"  # type: ignore[union-attr]
+        ok = await env.api.patch("/api/v1/campaigns/c1", json={"caller_id": "Cobranza Ñandú <+5716000000>"})
+        assert ok.status_code == 200 and ok.json()["caller_id"] == "Cobranza Ñandú <+5716000000>"
