@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -28,6 +29,8 @@ from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import (
     AwareDatetime,
@@ -96,7 +99,7 @@ _READY_TIMEOUT_S = 2.0
 
 
 class CampaignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     campaign_id: str = Field(pattern=_ID.pattern, description="stable id, letters/digits/-/_")
     name: str = Field("", max_length=200)
@@ -141,7 +144,7 @@ class CampaignIn(BaseModel):
 
 
 class CallbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     at: AwareDatetime | None = Field(None, description="when, ISO 8601 with its offset")
     local: NaiveDatetime | None = Field(None, description="or: a wall-clock time in the debtor's own zone")
@@ -157,7 +160,7 @@ class CallbackIn(BaseModel):
 class CampaignPatch(BaseModel):
     """Fields to change; omitted fields keep their value. Changing a pacing field restarts the pacer's estimates."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
     strategy: str | None = None
@@ -206,7 +209,7 @@ class Health(BaseModel):
 
 
 class AgentLoginIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     campaigns: list[str] = Field([], description="campaigns to work; empty: every campaign")
     skills: dict[str, int] = Field({}, description="skill → level (higher is better)")
@@ -217,7 +220,7 @@ class PauseIn(BaseModel):
 
 
 class DispositionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     code: str = Field(pattern=_CODE.pattern, description="a code of the campaign's disposition set, e.g. PTP")
     callback_at: float | None = Field(None, description="epoch seconds of an agreed callback (callback codes)")
@@ -364,6 +367,22 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 # ---------------------------------------------------------------------------------------------- the app
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and ±Infinity as strings: a 422 echoes the input, and a JSON body may hold them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+async def _validation_422(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 def _document_422(app: FastAPI) -> None:
     """The OpenAPI schema says what a 422 holds: FastAPI's list of field errors, or the message string our own
     checks give (bad number, unknown rule set, CSV header...). Without this every such 422 breaks the schema."""
@@ -404,6 +423,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                   description="Predictive dialer engine beside Asterisk. Bearer tokens with roles; "
                               "/healthz, /readyz and /metrics are open.")
     _document_422(app)
+    app.add_exception_handler(RequestValidationError, _validation_422)
     app.state.tokens = TokenBook(cfg.tokens)
     app.state.hub = hub
     app.state.webhooks = webhooks
@@ -453,8 +473,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         merged = {k: getattr(current, k) for k in CampaignIn.model_fields} | patch.model_dump(exclude_unset=True)
         try:
             new = CampaignIn.model_validate(merged)
-        except ValidationError as exc:
-            raise HTTPException(422, json.loads(exc.json(include_url=False))) from None
+        except ValidationError as exc:  # located as FastAPI locates the body's own errors
+            errors = [e | {"loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)]
+            raise HTTPException(422, json_safe(jsonable_encoder(errors))) from None
         if (current.strategy == PREVIEW) != (new.strategy == PREVIEW):
             raise HTTPException(409, "a campaign cannot switch to or from preview mode; create another campaign")
         settings = new.settings()

@@ -456,3 +456,22 @@ async def test_a_caller_id_with_a_line_break_is_refused_it_would_split_the_ami_o
         assert (await env.store.get_campaign("c1")).caller_id == "Marcador <1000>"  # type: ignore[union-attr]
         ok = await env.api.patch("/api/v1/campaigns/c1", json={"caller_id": "Cobranza Ñandú <+5716000000>"})
         assert ok.status_code == 200 and ok.json()["caller_id"] == "Cobranza Ñandú <+5716000000>"
+
+
+async def test_nan_and_infinity_in_a_body_are_a_422_naming_the_field_never_a_500() -> None:
+    """Python's JSON reader takes NaN and Infinity; the 422 that echoes such an input must still be JSON, and
+    no NaN may pass into the core (a NaN callback time or weight compares false with everything)."""
+    async with api_env() as env:
+        await make_campaign(env.api)
+        raw = {"Content-Type": "application/json"}
+        for body in (b'{"campaign_id": "x", "weight": NaN}', b'{"campaign_id": "x", "max_calls_per_s": Infinity}',
+                     b'{"campaign_id": "x", "abandon_target": -Infinity}'):
+            r = await env.api.post("/api/v1/campaigns", content=body, headers=raw)
+            assert r.status_code == 422, (body, r.status_code)
+            assert r.json()["detail"][0]["loc"][0] == "body"
+        r = await env.api.patch("/api/v1/campaigns/c1", content=b'{"weight": NaN}', headers=raw)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "weight"], r.text
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", content=b'{"at": NaN}', headers=raw)
+        assert r.status_code == 422
+        assert (await env.store.get_campaign("c1")).weight == 1.0  # type: ignore[union-attr]
+        assert (await env.api.get("/api/v1/campaigns/x")).status_code == 404
