@@ -13,6 +13,7 @@ import codecs
 import collections
 import concurrent.futures
 import contextlib
+import csv
 import hashlib
 import json
 import logging
@@ -83,14 +84,15 @@ POOL_BLOCKS_IN_FLIGHT = 4
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 
 
-def _lead_pool() -> concurrent.futures.ProcessPoolExecutor:
+def _lead_pool(field_limit: int) -> concurrent.futures.ProcessPoolExecutor:
     """One pool of lead parsers per process, started on the first big upload (forkserver: children do not
     inherit the engine's threads and sockets; they import only what parsing needs)."""
     global _pool
     if _pool is None:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["dialer.leads"])
-        _pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=ctx)
+        _pool = concurrent.futures.ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1), mp_context=ctx,
+                                                       initializer=csv.field_size_limit, initargs=(field_limit,))
         atexit.register(_pool.shutdown, wait=True, cancel_futures=True)  # before the interpreter tears down
     return _pool
 _READY_TIMEOUT_S = 2.0
@@ -321,7 +323,8 @@ class _Lines:
         self._tail = ""
 
     def feed(self, chunk: bytes, final: bool = False) -> list[str]:
-        text = self._tail + self._decoder.decode(chunk, final=final)
+        # A NUL stops Python's CSV reader for the whole file; as a replacement character it fails only its field.
+        text = self._tail + self._decoder.decode(chunk, final=final).replace("\x00", "\ufffd")
         if not text:
             return []
         lines = text.splitlines(keepends=True)
@@ -404,6 +407,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     """The API over a started (or starting) runtime. `settings` carries tokens, webhooks and limits; without
     them auth is off (the embedded demo) and no webhook is sent."""
     cfg = settings or ApiSettings()
+    # The CSV reader refuses a field over 128 KB by default and stops there; a line is already held whole up to
+    # the upload limit, so a long field (a note) is parsed and its row judged like any other.
+    csv.field_size_limit(max(csv.field_size_limit(), cfg.max_upload_bytes))
     hub = EventHub(runtime.clock, replay=cfg.events_replay, client_queue=cfg.events_client_queue,
                    heartbeat_s=cfg.events_heartbeat_s)
     webhooks = Webhooks(cfg.webhooks)
@@ -531,7 +537,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         library is the cost), then taken in file order on the loop: row numbers offset, duplicate ids refused,
         batches added. At most a few blocks are in flight, so memory holds blocks, never the file."""
         loop = asyncio.get_running_loop()
-        pool = _lead_pool()
+        pool = _lead_pool(csv.field_size_limit())
         report = ParseReport()
         seen: set[str] = set()
         pending: collections.deque[asyncio.Future[Any]] = collections.deque()
