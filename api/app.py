@@ -75,6 +75,7 @@ log = logging.getLogger("marcador.api")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # a line with its end, or a last one without
 _PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
 LEAD_BATCH = 5000
 # Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
@@ -327,7 +328,9 @@ class _Lines:
         text = self._tail + self._decoder.decode(chunk, final=final).replace("\x00", "\ufffd")
         if not text:
             return []
-        lines = text.splitlines(keepends=True)
+        # CR and LF only, as the CSV reader ends rows: str.splitlines also cuts at U+2028, U+0085, form feed...,
+        # which may sit inside a field (text pasted from the web) and would split its row in two.
+        lines = _LINE.findall(text)
         self._tail = ""
         if not final and (not lines[-1].endswith(("\n", "\r")) or lines[-1].endswith("\r")):
             self._tail = lines.pop()  # an unfinished line (or a \r whose \n may follow in the next chunk)

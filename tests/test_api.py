@@ -502,3 +502,34 @@ async def test_a_csv_with_a_very_long_field_or_a_nul_byte_keeps_every_good_row()
             assert got["accepted"] == got["new"] == 399, cid
             assert [(x["row"], x["field"]) for x in got["rejected"]] == [(6, "phone")], cid
             assert (await env.store.lead_counts(cid))["pending"] == 399
+
+
+async def test_a_unicode_line_separator_inside_a_field_does_not_split_the_row() -> None:
+    """CSV rows end at CR or LF only. U+2028, U+0085, form feed... inside a field (text pasted from the web) cut the
+    row in two: its tail was lost, a phantom row was refused, and every later row was reported one too far."""
+    head = HEADER + ",note\n"
+    rows = [f"L{i},+5730012{i:04d}1,CO,America/Bogota,10,1,x,n{i}\n" for i in range(2000)]
+    rows[1] = "L1,+573001200011,CO,America/Bogota,10,1,x,first\u2028second\x85third\x0cfourth\x1dfifth\n"
+    rows[2] = "L2,bad,CO,America/Bogota,10,1,x,n2\n"
+    body = (head + "".join(rows)).encode()
+    assert len(body) >= 64 * 1024
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield body
+
+    async with api_env() as env:
+        for cid, content in (("pooled", body), ("streamed", streamed())):
+            await make_campaign(env.api, cid)
+            got = (await env.api.post(f"/api/v1/campaigns/{cid}/leads", content=content,
+                                      headers={"Content-Type": "text/csv"})).json()
+            assert [(x["row"], x["field"]) for x in got["rejected"]] == [(3, "phone")], (cid, got["rejected"])
+            assert got["accepted"] == 1999, cid
+        leads = await env.store.lease_leads("streamed", 2, time.time())
+        assert [lead.fields["note"] for lead in leads if lead.lead_id == "L1"] == [
+            "first\u2028second\x85third\x0cfourth\x1dfifth"]
+
+
+def test_line_splitter_ends_lines_at_cr_and_lf_only() -> None:
+    s = _Lines()
+    text = "a\u2028b\x0bc\x0cd\x1ce\x85f\r\ng\rh\n"
+    assert s.feed(text.encode(), final=True) == ["a\u2028b\x0bc\x0cd\x1ce\x85f\r\n", "g\r", "h\n"]
