@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -65,6 +66,39 @@ def file_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
 
 
+_HEAD_MAX = 1 << 20  # no line end in the first MB: read as LF lines (the header check then says what is wrong)
+_LF_LINE = re.compile(rb"[^\n]*\n")
+_ANY_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
+
+
+def _lines(f: IO[bytes], size: int = 1 << 16) -> Iterator[bytes]:
+    """The file's lines, ends kept. A file whose header ends with a lone CR (a classic Mac spreadsheet export)
+    has its rows end at CR, LF or CRLF, as the server reads them; any other file at LF, as before (iterating a
+    binary file cut at LF only: a CR-only file was one line, and the import stopped with a CSV traceback)."""
+    data = f.read(size)
+    while True:  # up to the header's line end and the byte after it (a CR's LF may be in the next block)
+        end = re.search(rb"[\r\n]", data)
+        if (end is not None and end.end() < len(data)) or len(data) > _HEAD_MAX or not (more := f.read(size)):
+            break
+        data += more
+    cr_only = end is not None and end.group() == b"\r" and data[end.end():end.end() + 1] != b"\n"
+    line = _ANY_LINE if cr_only else _LF_LINE
+    while data:
+        ends = list(line.finditer(data))
+        cut = ends[-1].end() if ends else 0
+        if cr_only and cut == len(data) and data.endswith(b"\r"):  # an LF may open the next block
+            cut = ends.pop().start()
+        for m in ends:
+            yield m.group()
+        data = data[cut:]
+        more = f.read(size)
+        if not more:
+            break
+        data += more
+    if data:
+        yield data
+
+
 def _records(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
     """CSV records with the file offset after each. A record ends at a line end outside quotes: with RFC 4180
     quoting ("" inside a quoted field) that is exactly when the record holds an even number of quote bytes.
@@ -72,7 +106,7 @@ def _records(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
     parts: list[bytes] = []
     quotes = 0
     offset = 0
-    for line in f:
+    for line in _lines(f):
         offset += len(line)
         parts.append(line)
         quotes += line.count(b'"')
@@ -97,7 +131,7 @@ def iter_chunks(f: IO[bytes], batch: int, resume_from: int = 1) -> Iterator[Chun
         raise LeadFileError("empty file: a header line is required") from None
     if header.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise LeadFileError("the file is UTF-16: save it as CSV UTF-8")
-    if not header.endswith(b"\n"):
+    if not header.endswith((b"\n", b"\r")):
         header += b"\r\n"
     # The server parses the same header; checking it here fails fast, before any chunk is sent.
     for _ in iter_csv_leads([header.decode("utf-8", errors="replace")], "-", ParseReport()):
