@@ -63,7 +63,16 @@ from dialer.events import (
     ScheduleCallback,
 )
 from dialer.hopper import local_time_to_epoch
-from dialer.leads import LeadFileError, ParseReport, RowIssue, accept, iter_csv_leads, lead_from_row, parse_csv_block
+from dialer.leads import (
+    KNOWN_COLUMNS,
+    LeadFileError,
+    ParseReport,
+    RowIssue,
+    accept,
+    iter_csv_leads,
+    lead_from_row,
+    parse_csv_block,
+)
 from dialer.leads import normalise_phone as lead_phone
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime
@@ -345,6 +354,10 @@ async def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
             raise _TooLarge()
         if chunk:
             yield chunk
+
+
+def _json_kind(value: Any) -> str:
+    return "array" if isinstance(value, list) else "object"
 
 
 def _json_row(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -715,6 +728,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         for n, item in enumerate(rows, start=first_row):
             if not isinstance(item, dict):
                 report.rejected.append(RowIssue(n, "-", "a lead must be a JSON object"))
+                continue
+            nested = [RowIssue(n, k, f"must be a string or a number, not an {_json_kind(v)}")
+                      for k, v in item.items() if k in KNOWN_COLUMNS and isinstance(v, dict | list)]
+            if nested:  # as JSON text it could pass for a phone or a segment; custom fields may nest
+                report.rejected.extend(nested)
                 continue
             lead, issues, held = lead_from_row(_json_row(item), campaign_id, n)
             if lead is None:

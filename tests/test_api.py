@@ -533,3 +533,18 @@ def test_line_splitter_ends_lines_at_cr_and_lf_only() -> None:
     s = _Lines()
     text = "a\u2028b\x0bc\x0cd\x1ce\x85f\r\ng\rh\n"
     assert s.feed(text.encode(), final=True) == ["a\u2028b\x0bc\x0cd\x1ce\x85f\r\n", "g\r", "h\n"]
+
+
+async def test_a_json_lead_with_an_array_or_object_in_a_known_field_is_refused_naming_it() -> None:
+    """Nested values are kept as JSON text in custom fields; in a known field they were turned into text too, so
+    `"phone": ["+57..."]` was read as a phone number and `"segment": ["late"]` became the segment '["late"]'."""
+    async with api_env() as env:
+        await make_campaign(env.api)
+        rows = [co_row(1, phone=["+573001200011"]), co_row(2, segment=["late"]), co_row(3, phone2={"n": 1}),
+                co_row(4, tags=["vip"])]
+        got = (await env.api.post("/api/v1/campaigns/c1/leads", json=rows)).json()
+        assert [(x["row"], x["field"]) for x in got["rejected"]] == [(1, "phone"), (2, "segment"), (3, "phone2")]
+        assert "array" in got["rejected"][0]["reason"] and "object" in got["rejected"][2]["reason"]
+        assert got["accepted"] == got["new"] == 1
+        (lead,) = await env.store.lease_leads("c1", 5, time.time())
+        assert lead.lead_id == "L4" and lead.fields["tags"] == '["vip"]'
