@@ -44,6 +44,9 @@ def matches(kind: str, prefixes: Sequence[str]) -> bool:
     return not prefixes or any(kind.startswith(p) for p in prefixes)
 
 
+GAP = "stream.gap"  # sent whatever the filter, without an id (a resume's Last-Event-ID stays where it was)
+
+
 @dataclass(eq=False)
 class Client:
     prefixes: tuple[str, ...]
@@ -51,6 +54,8 @@ class Client:
     queue: deque[OutEvent] = field(init=False)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
+    notices: list[dict[str, Any]] = field(default_factory=list)  # gaps to tell before the next events
+    _lost: list[int] = field(default_factory=lambda: [0, 0, 0])  # dropped since last told: count, first, last id
 
     def __post_init__(self) -> None:
         self.queue = deque()
@@ -59,10 +64,19 @@ class Client:
         if not matches(ev.kind, self.prefixes):
             return
         if len(self.queue) >= self.size:
-            self.queue.popleft()  # the client is slow: it loses the oldest, the runtime never waits
+            lost = self.queue.popleft()  # the client is slow: it loses the oldest, the runtime never waits
             self.dropped += 1
+            self._lost = [self._lost[0] + 1, self._lost[1] or lost.seq, lost.seq]
         self.queue.append(ev)
         self.wake.set()
+
+    def take_notices(self) -> list[dict[str, Any]]:
+        out, self.notices = self.notices, []
+        count, first, last = self._lost
+        if count:
+            out.append({"reason": "slow_client", "dropped": count, "from_id": first, "to_id": last})
+            self._lost = [0, 0, 0]
+        return out
 
 
 class EventHub:
@@ -96,9 +110,14 @@ class EventHub:
     def connect(self, prefixes: tuple[str, ...], last_id: int | None = None) -> Client:
         client = Client(prefixes, self.client_queue)
         if last_id is not None:
-            for ev in self.recent:
-                if ev.seq > last_id:
-                    client.offer(ev)
+            oldest = self.recent[0].seq if self.recent else self.seq + 1
+            if last_id > self.seq:  # not an id of this run (the engine restarted): all it kept is new to the client
+                client.notices.append({"reason": "unknown_id", "last_event_id": last_id, "oldest_id": oldest})
+                last_id = 0
+            elif last_id < oldest - 1:
+                client.notices.append({"reason": "replay_exceeded", "from_id": last_id + 1, "to_id": oldest - 1})
+            # The whole replay, past the client's queue bound: it asked for it, and `replay` bounds it already.
+            client.queue.extend(ev for ev in self.recent if ev.seq > last_id and matches(ev.kind, prefixes))
         self.clients.add(client)
         return client
 
@@ -110,6 +129,8 @@ class EventHub:
         try:
             yield ": connected\n\n"
             while True:
+                for notice in client.take_notices():
+                    yield f"event: {GAP}\ndata: {json.dumps(notice, separators=(',', ':'))}\n\n"
                 while client.queue:
                     ev = client.queue.popleft()
                     yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {ev.json()}\n\n"

@@ -139,3 +139,43 @@ async def test_a_slow_client_loses_its_oldest_events_and_never_blocks() -> None:
 def test_type_filters() -> None:
     assert parse_types(None) == () and parse_types("*") == () and parse_types("call.*, agent.") == ("call.",
                                                                                                     "agent.")
+
+
+async def _frames(hub: EventHub, client: Any, n: int) -> list[str]:
+    stream = hub.stream(client, lambda: asyncio.sleep(0, result=False))
+    out = [await asyncio.wait_for(anext(stream), 1) for _ in range(n + 1)][1:]  # after ": connected"
+    hub.disconnect(client)
+    return out
+
+
+def _gap(frame: str) -> dict[str, Any]:
+    assert frame.startswith("event: stream.gap\n") and "\nid:" not in frame, frame  # no id: resumes stay put
+    return json.loads(frame.split("data: ", 1)[1])  # type: ignore[no-any-return]
+
+
+async def test_a_client_is_told_when_events_were_lost_never_left_to_guess() -> None:
+    """Past the replay buffer, after a restart (an id this run never gave) or as a slow client, events are lost by
+    design; the stream now says so with a `stream.gap` frame, so an integrator knows to reconcile (GET /attempts)
+    instead of silently missing a call's outcome."""
+    hub = EventHub(lambda: 0.0, replay=5, client_queue=3)
+    for i in range(10):
+        hub(Emit("call.ended", {"i": i}))  # ids 1..10; ids 6..10 kept
+    late = hub.connect(("call.",), last_id=2)  # 3, 4, 5 are gone
+    frames = await _frames(hub, late, 4)
+    assert _gap(frames[0]) == {"reason": "replay_exceeded", "from_id": 3, "to_id": 5}
+    assert [f.split("\n")[0] for f in frames[1:]] == ["id: 6", "id: 7", "id: 8"]
+
+    restarted = hub.connect((), last_id=5000)  # an id from before a restart: replay what this run kept
+    frames = await _frames(hub, restarted, 2)
+    assert _gap(frames[0]) == {"reason": "unknown_id", "last_event_id": 5000, "oldest_id": 6}
+    assert frames[1].startswith("id: 6\n")
+
+    in_time = hub.connect((), last_id=7)
+    assert (await _frames(hub, in_time, 1))[0].startswith("id: 8\n")  # nothing lost: no notice
+
+    slow = hub.connect(("call.",))
+    for i in range(5):
+        hub(Emit("call.ended", {"i": i}))  # ids 11..15: a queue of 3 loses 11 and 12
+    frames = await _frames(hub, slow, 4)
+    assert _gap(frames[0]) == {"reason": "slow_client", "dropped": 2, "from_id": 11, "to_id": 12}
+    assert [f.split("\n")[0] for f in frames[1:]] == ["id: 13", "id: 14", "id: 15"]
