@@ -807,14 +807,20 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     async def remove_lead(campaign_id: str, lead_id: str, _: Manager) -> Response:
         """Remove a lead at once (e.g. the debtor paid today): it is not dialed again."""
         await _settings(campaign_id)
-        camp = runtime.core.campaigns.get(campaign_id)
-        in_core = camp is not None and camp.hopper.info(lead_id) is not None  # buffered, on a call or scheduled
+        in_core = _in_hopper(campaign_id, lead_id)  # buffered, on a call or scheduled
         in_store = await runtime.store.remove_lead(campaign_id, lead_id)
         if not (in_store or in_core):
-            raise HTTPException(404, f"lead {lead_id!r} is not waiting to be dialed in {campaign_id!r}")
+            raise HTTPException(404, f"lead {lead_id!r} is not waiting to be dialed in {campaign_id!r} "
+                                     "(removed already, done, or never loaded)")
         if in_core:
             runtime.submit(LeadRemoved(campaign_id, lead_id))  # out of the hopper before the next dial
         return Response(status_code=204)
+
+    def _in_hopper(campaign_id: str, lead_id: str) -> bool:
+        """The dialer holds the lead and it was not removed (the hopper keeps a removed lead's entry)."""
+        camp = runtime.core.campaigns.get(campaign_id)
+        info = camp.hopper.info(lead_id) if camp is not None else None
+        return info is not None and info.state != "removed"
 
     # ------------------------------------------------------------------ callbacks
 
@@ -825,6 +831,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         judge the dial when it comes due."""
         await _settings(campaign_id)
         camp = runtime.core.campaigns.get(campaign_id)
+        info = camp.hopper.info(lead_id) if camp is not None else None
+        if info is not None and info.state == "removed":
+            raise HTTPException(404, f"lead {lead_id!r} was removed from campaign {campaign_id!r}: it is not called")
+        if info is None and not await _lead_exists(campaign_id, lead_id):
+            raise HTTPException(404, f"lead {lead_id!r} is not in campaign {campaign_id!r}")
         if body.at is not None:
             at = body.at.timestamp()
         else:
@@ -836,8 +847,6 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             at = local_time_to_epoch(body.local.date(), body.local.strftime("%H:%M"), lead.timezone)
         if at <= runtime.clock():
             raise HTTPException(422, "at: must be in the future")
-        if camp is not None and camp.hopper.info(lead_id) is None and not await _lead_exists(campaign_id, lead_id):
-            raise HTTPException(404, f"lead {lead_id!r} is not in campaign {campaign_id!r}")
         runtime.submit(ScheduleCallback(campaign_id, lead_id, at, body.agent_id))
         return {"campaign_id": campaign_id, "lead_id": lead_id, "at": at, "agent_id": body.agent_id}
 

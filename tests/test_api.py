@@ -548,3 +548,31 @@ async def test_a_json_lead_with_an_array_or_object_in_a_known_field_is_refused_n
         assert got["accepted"] == got["new"] == 1
         (lead,) = await env.store.lease_leads("c1", 5, time.time())
         assert lead.lead_id == "L4" and lead.fields["tags"] == '["vip"]'
+
+
+async def test_a_lead_removed_from_a_running_campaign_is_gone_for_delete_and_callbacks() -> None:
+    """The hopper keeps a removed lead's entry (state `removed`): a second DELETE answered 204 again, and a
+    callback for the debtor who paid was accepted (202) though the dialer then drops it: the integrator was told
+    a call would come that never does."""
+    async with api_env() as env:
+        await make_campaign(env.api)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(i) for i in range(1, 4)])
+        at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+        r = await env.api.post("/api/v1/campaigns/c1/leads/nobody/callback", json={"at": at})
+        assert r.status_code == 404  # not started on this node yet: the store says who is in the campaign
+        await env.api.post("/api/v1/campaigns/c1/start")  # no agent: leads wait in the hopper, none is dialed
+        hopper = env.runtime.core.campaigns["c1"].hopper
+        for _ in range(100):
+            if hopper.info("L2") is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert hopper.info("L2") is not None
+        assert (await env.api.delete("/api/v1/campaigns/c1/leads/L2")).status_code == 204
+        for _ in range(100):
+            if hopper.info("L2").state == "removed":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.02)
+        assert (await env.api.delete("/api/v1/campaigns/c1/leads/L2")).status_code == 404
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L2/callback", json={"at": at})
+        assert r.status_code == 404 and "removed" in r.text
+        assert (await env.api.post("/api/v1/campaigns/c1/leads/L3/callback", json={"at": at})).status_code == 202
