@@ -228,6 +228,8 @@ class AgentLoginIn(BaseModel):
 
 
 class PauseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt `reason` is not replaced by the default
+
     reason: str = Field("paused", max_length=64)
 
 
@@ -970,6 +972,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         """Log in with the campaigns and skills to work: the agent's phone is called into its room."""
         check_agent(principal, _agent_id(agent_id))
         body = body or AgentLoginIn()
+        for i, campaign_id in enumerate(body.campaigns):  # a typo would leave the agent ready for nothing all shift
+            if await runtime.store.get_campaign(campaign_id) is None:
+                raise HTTPException(422, f"campaigns[{i}]: campaign {campaign_id!r} not found")
         runtime.submit(AgentLogin(agent_id, frozenset(body.campaigns), tuple(sorted(body.skills.items()))))
         return {"agent_id": agent_id, "requested": "login"}
 

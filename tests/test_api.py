@@ -576,3 +576,27 @@ async def test_a_lead_removed_from_a_running_campaign_is_gone_for_delete_and_cal
         r = await env.api.post("/api/v1/campaigns/c1/leads/L2/callback", json={"at": at})
         assert r.status_code == 404 and "removed" in r.text
         assert (await env.api.post("/api/v1/campaigns/c1/leads/L3/callback", json={"at": at})).status_code == 202
+
+
+async def test_an_agent_login_naming_an_unknown_campaign_is_refused() -> None:
+    """A typo in `campaigns` logged the agent in for a campaign that does not exist: ready all shift, serving
+    nothing, and counted as logged in."""
+    async with api_env() as env:
+        await make_campaign(env.api)
+        r = await env.api.post("/api/v1/agents/a1/login", json={"campaigns": ["c1", "c1-typo"]})
+        assert r.status_code == 422 and "campaigns[1]" in r.text and "c1-typo" in r.text
+        await asyncio.sleep(0.05)
+        assert env.runtime.core.agents.get("a1") is None
+        assert (await env.api.post("/api/v1/agents/a1/login", json={"campaigns": ["c1"]})).status_code == 202
+        for _ in range(100):  # logged in before the runtime stops (a stop mid-login waits for the agent leg)
+            agent = env.runtime.core.agents.get("a1")
+            if agent is not None and agent.status.value == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert env.runtime.core.agents.get("a1").campaigns == frozenset({"c1"})  # type: ignore[union-attr]
+
+
+async def test_a_misspelt_pause_field_is_refused_not_replaced_by_the_default_reason() -> None:
+    async with api_env() as env:
+        r = await env.api.post("/api/v1/agents/a1/pause", json={"reson": "lunch"})
+        assert r.status_code == 422 and "reson" in r.text
