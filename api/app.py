@@ -836,6 +836,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         info = camp.hopper.info(lead_id) if camp is not None else None
         if info is not None and info.state == "removed":
             raise HTTPException(404, f"lead {lead_id!r} was removed from campaign {campaign_id!r}: it is not called")
+        if info is not None and info.state == "done":  # the core would refuse it after our 202
+            raise HTTPException(409, f"lead {lead_id!r} has a final outcome in {campaign_id!r}: no callback")
         if info is None and not await _lead_exists(campaign_id, lead_id):
             raise HTTPException(404, f"lead {lead_id!r} is not in campaign {campaign_id!r}")
         if body.at is not None:

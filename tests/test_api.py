@@ -600,3 +600,28 @@ async def test_a_misspelt_pause_field_is_refused_not_replaced_by_the_default_rea
     async with api_env() as env:
         r = await env.api.post("/api/v1/agents/a1/pause", json={"reson": "lunch"})
         assert r.status_code == 422 and "reson" in r.text
+
+
+async def test_a_callback_for_a_lead_that_is_done_is_refused_not_accepted_and_dropped() -> None:
+    """The core refuses a callback for a lead whose outcome is final (it logs an error); the API answered 202."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
+        await env.api.post("/api/v1/agents/a1/login")
+        await env.api.post("/api/v1/campaigns/c1/start")
+        agent: dict[str, Any] = {}
+        for _ in range(300):
+            agent = (await env.api.get("/api/v1/agents/a1")).json()
+            if agent["state"] == "wrapup":
+                break
+            await asyncio.sleep(0.01)
+        r = await env.api.post(f"/api/v1/calls/{agent['last_call_id']}/disposition", json={"code": "PAID"})
+        assert r.status_code == 202
+        hopper = env.runtime.core.campaigns["c1"].hopper
+        for _ in range(100):
+            if hopper.info("L1").state == "done":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.01)
+        at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": at})
+        assert r.status_code == 409 and "final" in r.text
