@@ -60,6 +60,9 @@ from dialer.events import (
     Disposition,
     DncAdd,
     LeadRemoved,
+    PreviewDial,
+    PreviewRequest,
+    PreviewSkip,
     ScheduleCallback,
 )
 from dialer.hopper import local_time_to_epoch
@@ -231,6 +234,12 @@ class PauseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt `reason` is not replaced by the default
 
     reason: str = Field("paused", max_length=64)
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    campaign_id: str = Field(pattern=_ID.pattern, description="the campaign to take the next lead from")
 
 
 class DispositionIn(BaseModel):
@@ -953,9 +962,12 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         return agent_id
 
     def _agent_view(a: Any) -> dict[str, Any]:
+        lead = a.preview
+        preview = None if lead is None else {"campaign_id": a.preview_campaign, "lead_id": lead.lead_id,
+                                             "phones": list(lead.phones), "fields": dict(lead.fields)}
         return {"agent_id": a.agent_id, "state": a.status.value, "since": a.since, "reason": a.reason,
                 "call_id": a.call_id, "last_call_id": a.last_call_id, "campaigns": sorted(a.campaigns),
-                "skills": dict(a.skills)}
+                "skills": dict(a.skills), "preview": preview}
 
     @v1.get("/agents", tags=["agents"])
     async def list_agents(_: Reader) -> list[dict[str, Any]]:
@@ -997,6 +1009,45 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         check_agent(principal, _agent_id(agent_id))
         runtime.submit(AgentState(agent_id, AgentStatus.PAUSED, body.reason if body else "paused"))
         return {"agent_id": agent_id, "requested": "pause"}
+
+    # ------------------------------------------------------------------ preview mode
+
+    def _previewing(agent_id: str) -> None:
+        agent = runtime.core.agents.get(agent_id)
+        if agent is None or agent.status is not AgentStatus.PREVIEW or agent.preview is None:
+            state = agent.status.value if agent is not None else "never logged in"
+            raise HTTPException(409, f"agent {agent_id!r} has no lead on screen (agent is {state})")
+
+    @v1.post("/agents/{agent_id}/preview", status_code=202, tags=["agents"])
+    async def preview_request(agent_id: str, body: PreviewIn, principal: AgentActor) -> dict[str, str]:
+        """Preview mode: the next lead of a running campaign for this ready agent to look at. It comes as a
+        `preview.offer` event (or `preview.none`) and in `GET /agents/{id}` under `preview`."""
+        check_agent(principal, _agent_id(agent_id))
+        settings = await _settings(body.campaign_id)
+        agent = runtime.core.agents.get(agent_id)
+        if agent is None or agent.status is not AgentStatus.READY or not agent.serves(body.campaign_id,
+                                                                                        settings.skill):
+            state = agent.status.value if agent is not None else "never logged in"
+            raise HTTPException(409, f"agent {agent_id!r} is not a ready agent of {body.campaign_id!r} ({state})")
+        runtime.submit(PreviewRequest(agent_id, body.campaign_id))
+        return {"agent_id": agent_id, "requested": "preview"}
+
+    @v1.post("/agents/{agent_id}/preview/dial", status_code=202, tags=["agents"])
+    async def preview_dial(agent_id: str, principal: AgentActor) -> dict[str, str]:
+        """Dial the lead on the agent's screen; the call is reserved for this agent (never abandoned). The gates
+        judge it again: a refusal comes as `dial.refused`."""
+        check_agent(principal, _agent_id(agent_id))
+        _previewing(agent_id)
+        runtime.submit(PreviewDial(agent_id))
+        return {"agent_id": agent_id, "requested": "dial"}
+
+    @v1.post("/agents/{agent_id}/preview/skip", status_code=202, tags=["agents"])
+    async def preview_skip(agent_id: str, principal: AgentActor) -> dict[str, str]:
+        """Pass on the lead on screen: it goes back to the queue unattempted."""
+        check_agent(principal, _agent_id(agent_id))
+        _previewing(agent_id)
+        runtime.submit(PreviewSkip(agent_id))
+        return {"agent_id": agent_id, "requested": "skip"}
 
     @v1.post("/calls/{call_id}/disposition", status_code=202, tags=["agents"])
     async def post_disposition(call_id: str, body: DispositionIn, principal: AgentActor) -> dict[str, str]:

@@ -625,3 +625,46 @@ async def test_a_callback_for_a_lead_that_is_done_is_refused_not_accepted_and_dr
         at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 3600))
         r = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": at})
         assert r.status_code == 409 and "final" in r.text
+
+
+async def test_preview_mode_is_worked_over_the_api() -> None:
+    """A campaign could be created with strategy `preview`, but no route let an agent ask for a lead, dial it or
+    skip it: such a campaign never dialed anyone."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api, strategy="preview")
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1), co_row(2)])
+        await env.api.post("/api/v1/agents/a1/login")
+        await env.api.post("/api/v1/campaigns/c1/start")
+        for _ in range(100):
+            if (await env.api.get("/api/v1/agents/a1")).json().get("state") == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert (await env.api.post("/api/v1/agents/a1/preview/dial")).status_code == 409  # nothing on screen
+
+        async def offer() -> dict[str, Any]:
+            for _ in range(200):
+                agent = (await env.api.get("/api/v1/agents/a1")).json()
+                if agent["preview"] is not None:
+                    return agent
+                if agent["state"] == "ready":
+                    r = await env.api.post("/api/v1/agents/a1/preview", json={"campaign_id": "c1"})
+                    assert r.status_code == 202, r.text
+                await asyncio.sleep(0.02)
+            raise AssertionError("no lead offered")
+
+        first = await offer()
+        assert first["state"] == "preview" and first["preview"]["lead_id"] in ("L1", "L2")
+        assert first["preview"]["phones"] and first["preview"]["campaign_id"] == "c1"
+        r = await env.api.post("/api/v1/agents/a1/preview", json={"campaign_id": "c1"})
+        assert r.status_code == 409  # one lead on screen at a time
+        assert (await env.api.post("/api/v1/agents/a1/preview/skip")).status_code == 202
+        second = await offer()
+        assert (await env.api.post("/api/v1/agents/a1/preview/dial")).status_code == 202
+        for _ in range(200):
+            dialed = [a for a in await env.store.attempts("c1") if a.lead_id == second["preview"]["lead_id"]]
+            if dialed:
+                break
+            await asyncio.sleep(0.02)
+        assert len(dialed) == 1
+        assert (await env.api.post("/api/v1/agents/a9/preview", json={"campaign_id": "c1"})).status_code == 409
+        assert (await env.api.post("/api/v1/agents/a1/preview", json={"campaign_id": "zz"})).status_code == 404

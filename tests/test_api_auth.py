@@ -48,6 +48,9 @@ MATRIX: list[tuple[str, str, Any, set[str]]] = [
     ("POST", "/api/v1/agents/a1/pause", None, {"supervisor", "agent"}),
     ("POST", "/api/v1/agents/a1/ready", None, {"supervisor", "agent"}),
     ("POST", "/api/v1/calls/x1/disposition", {"code": "PAID"}, {"supervisor", "agent"}),
+    ("POST", "/api/v1/agents/a1/preview", {"campaign_id": "c1"}, {"supervisor", "agent"}),
+    ("POST", "/api/v1/agents/a1/preview/dial", None, {"supervisor", "agent"}),
+    ("POST", "/api/v1/agents/a1/preview/skip", None, {"supervisor", "agent"}),
 ]
 
 
