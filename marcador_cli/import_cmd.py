@@ -5,7 +5,8 @@
 
 Each chunk is the header plus up to --batch data rows, POSTed as text/csv to /api/v1/campaigns/{ID}/leads with
 `first_row` (so the server numbers rows as in the file) and an Idempotency-Key made from the file's path, size
-and mtime plus the chunk index: a chunk sent twice (a retry after a network failure, a resume) is applied once.
+and mtime, the campaign and the chunk index: a chunk sent twice (a retry after a network failure, a resume) is
+applied once.
 The file is split on record boundaries, not lines: a quoted field may hold a line break.
 """
 
@@ -191,7 +192,8 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
     """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` as they come back
     (appended when resuming). Raises ImportFailed (with the row to resume from) or LeadFileError."""
     console = console or Console(stderr=True)
-    key = file_key(path)
+    # The campaign too: the same file may go to two campaigns, and the engine keeps a key with its campaign.
+    key = hashlib.sha256(f"{file_key(path)}\0{campaign}".encode()).hexdigest()
     url = f"/api/v1/campaigns/{quote(campaign, safe='')}/leads"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     own = client is None

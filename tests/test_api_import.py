@@ -34,3 +34,18 @@ def test_line_reader_follows_the_header_line_end_across_blocks() -> None:
         got = list(_lines(io.BytesIO(cr_file), size))
         assert got == [b"a\r", b"b\r\n", b"c\n", b"d\r", b"\r\n", b"\"q\r", b"q\"\r"], size
         assert list(_lines(io.BytesIO(lf_file), size)) == [b"a\r\n", b"b\rc\n", b"d"], size
+
+
+async def test_the_same_file_can_be_imported_into_two_campaigns(tmp_path: Path) -> None:
+    """Chunk keys were made from the file alone: the second campaign's chunks replayed keys the first had used
+    with another campaign's upload, and the engine refused every one (422, a different upload under the key)."""
+    path = tmp_path / "debtors.csv"
+    path.write_text("\n".join([HEADER, *(f"L{i},+5730012{i:04d}1,CO,America/Bogota,10,1,x" for i in range(5))]) + "\n")
+    async with api_env() as env, http_server(create_app(env.runtime)) as base:
+        for cid in ("c1", "c2"):
+            await make_campaign(env.api, cid)
+            summary = await asyncio.to_thread(run_import, path, cid, base, None, tmp_path / f"{cid}.rejects.csv", 2)
+            assert summary.accepted == 5, cid
+            assert (await env.store.lead_counts(cid))["pending"] == 5
+        again = await asyncio.to_thread(run_import, path, "c1", base, None, tmp_path / "again.rejects.csv", 2)
+        assert again.accepted == 5 and (await env.store.lead_counts("c1"))["pending"] == 5  # a rerun replays
