@@ -125,7 +125,9 @@ class Translator:
             "Variable": [f"{k}={v}" for k, v in variables.items()],
         }
         if cmd.caller_id:
-            fields["CallerID"] = f"<{cmd.caller_id}>"
+            # `Name <number>` as configured goes as is; a bare number (a pool DID) is wrapped. Wrapping both sent
+            # "<Marcador <1000>>": the number right, the name shown "<Marcador".
+            fields["CallerID"] = cmd.caller_id if "<" in cmd.caller_id else f"<{cmd.caller_id}>"
         return AmiAction(fields, call_id=cmd.call_id)
 
     def _agent_leg(self, agent_id: str) -> AmiAction:

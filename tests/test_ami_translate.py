@@ -153,3 +153,13 @@ def test_room_resync_reannounces_customers_and_recalls_a_leg_outside_its_room() 
     assert events == [AgentJoinedCall("c1", "ag1")] and actions == []
     events, actions = t.reconcile_room("ag1", [])
     assert events == [] and [a.fields["Channel"] for a in actions] == ["Local/ag1@sim-agent-1;1"]
+
+
+def test_caller_id_goes_as_name_and_number_or_a_bare_number_wrapped() -> None:
+    t = Translator(CFG)
+    (named,) = t.actions_for(Originate("c1", "camp", "L1", "+15550001", "Marcador <1000>", 25.0))
+    (did,) = t.actions_for(Originate("c2", "camp", "L1", "+15550001", "+12125550101", 25.0))
+    (none,) = t.actions_for(Originate("c3", "camp", "L1", "+15550001", "", 25.0))
+    assert named.fields["CallerID"] == "Marcador <1000>"  # was "<Marcador <1000>>"
+    assert did.fields["CallerID"] == "<+12125550101>"
+    assert "CallerID" not in none.fields
