@@ -318,6 +318,12 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+# Past these a value is a slip (a pasted account number, a column shifted), not a debt: "9" × 400 read as inf.
+MAX_AMOUNT = 1e12
+MAX_DAYS = 36_500
+MAX_CUSTOM_CHARS = 4_000  # a custom field's text (notes); a longer one is refused rather than stored per lead
+
+
 def _amount(value: Any) -> float | str:
     """The amount, or the reason it is not one."""
     if isinstance(value, bool):
@@ -325,14 +331,16 @@ def _amount(value: Any) -> float | str:
     if isinstance(value, int | float):
         if not math.isfinite(value) or value < 0:
             return "must be a finite number ≥ 0"
-        return float(value)
-    text = _text(value)
-    if not text:
-        return 0.0
-    if not _DECIMAL.fullmatch(text):
-        # No guessing at "1.234,56" vs "1,234.56": a wrong guess is a debt off by a factor of 1000.
-        return "not a decimal ≥ 0 (write 1234.56: no thousands separators, no currency sign)"
-    return float(text)
+        amount = float(value)
+    else:
+        text = _text(value)
+        if not text:
+            return 0.0
+        if not _DECIMAL.fullmatch(text):
+            # No guessing at "1.234,56" vs "1,234.56": a wrong guess is a debt off by a factor of 1000.
+            return "not a decimal ≥ 0 (write 1234.56: no thousands separators, no currency sign)"
+        amount = float(text)
+    return amount if amount < MAX_AMOUNT else "must be under 1,000,000,000,000"
 
 
 def _days(value: Any) -> int | str:
@@ -341,13 +349,17 @@ def _days(value: Any) -> int | str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int):
-        return value if value >= 0 else "must be an integer ≥ 0"
-    text = _text(value)
-    if not text:
-        return 0
-    if not _INTEGER.fullmatch(text):
-        return "not an integer ≥ 0"
-    return int(text)
+        days = value
+        if days < 0:
+            return "must be an integer ≥ 0"
+    else:
+        text = _text(value)
+        if not text:
+            return 0
+        if not _INTEGER.fullmatch(text):
+            return "not an integer ≥ 0"
+        days = int(text) if len(text) <= 9 else MAX_DAYS + 1  # never parse a 500-digit "integer"
+    return days if days <= MAX_DAYS else f"must be at most {MAX_DAYS:,}"
 
 
 def lead_from_row(row: Mapping[str, Any], campaign_id: str,
@@ -417,6 +429,10 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
     days = _days(row.get("days_past_due"))
     if isinstance(days, str):
         bad("days_past_due", days)
+
+    for key, value in row.items():
+        if key not in KNOWN_COLUMNS and isinstance(value, str) and len(value) > MAX_CUSTOM_CHARS:
+            bad(str(key), f"longer than {MAX_CUSTOM_CHARS:,} characters")
 
     if issues:
         return None, issues, None

@@ -626,3 +626,19 @@ def test_mexicos_retired_prefixes_read_as_the_same_line(raw: str, country: str |
 def test_a_retired_mexican_prefix_is_not_read_into_another_country() -> None:
     with pytest.raises(ValueError, match="not a valid number for CO"):
         normalise_phone("044 55 1234 5678", "CO")
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("amount_due", "9" * 400, "under 1,000,000,000,000"),  # was stored as inf
+    ("amount_due", 5e12, "under 1,000,000,000,000"),
+    ("days_past_due", "1" + "0" * 500, "at most 36,500"),  # was accepted
+    ("days_past_due", 36_501, "at most 36,500"),
+    ("note", "x" * 4_001, "longer than 4,000 characters"),  # a custom field: was stored whole
+])
+def test_values_past_any_real_debt_are_refused_naming_the_field(field: str, value: object, says: str) -> None:
+    row = {"lead_id": "L1", "phone": "+12125550100", "country": "US", "timezone": "", "amount_due": "10",
+           "days_past_due": "5", "segment": "a", field: value}
+    lead, issues, _ = lead_from_row(row, "c", 7)
+    assert lead is None and [(i.row, i.field) for i in issues] == [(7, field)] and says in issues[0].reason
+    row[field] = {"amount_due": "999999999999.99", "days_past_due": "36500", "note": "x" * 4_000}[field]
+    assert lead_from_row(row, "c", 7)[0] is not None
