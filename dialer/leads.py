@@ -430,8 +430,14 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
     if isinstance(days, str):
         bad("days_past_due", days)
 
+    named = {issue.field for issue in issues}
     for key, value in row.items():
-        if key not in KNOWN_COLUMNS and isinstance(value, str) and len(value) > MAX_CUSTOM_CHARS:
+        if not isinstance(value, str) or key in named:
+            continue  # a field already refused is named once
+        if "\ufffd" in value:  # what the upload's UTF-8 decoder puts for bytes it cannot read
+            bad(str(key), "holds bytes that are not UTF-8 text (a file saved as Latin-1 or Windows-1252, or a NUL): "
+                          "save the file as UTF-8")
+        elif key not in KNOWN_COLUMNS and len(value) > MAX_CUSTOM_CHARS:
             bad(str(key), f"longer than {MAX_CUSTOM_CHARS:,} characters")
 
     if issues:

@@ -480,7 +480,8 @@ async def test_nan_and_infinity_in_a_body_are_a_422_naming_the_field_never_a_500
 async def test_a_csv_with_a_very_long_field_or_a_nul_byte_keeps_every_good_row() -> None:
     """Python's CSV reader raises on a field over 128 KB and (3.11) on a NUL byte: that was a 500 with nothing
     said about the rows. Both upload paths (streamed, and parsed in worker processes) now judge such rows like any
-    other: the long note is a custom field, the NUL makes the phone unreadable, and every good row is stored."""
+    other: the long note is refused as too long for a custom field, the NUL makes the phone unreadable, and every
+    good row is stored."""
     head = HEADER + ",note\n"
     rows = [f"L{i},+5730012{i:04d}1,CO,America/Bogota,10,1,x,n{i}\n" for i in range(400)]
     rows[3] = "L3,+573001200031,CO,America/Bogota,10,1,x," + "y" * 200_000 + "\n"
@@ -499,9 +500,9 @@ async def test_a_csv_with_a_very_long_field_or_a_nul_byte_keeps_every_good_row()
                                    headers={"Content-Type": "text/csv"})
             assert r.status_code == 200, (cid, r.text[:300])
             got = r.json()
-            assert got["accepted"] == got["new"] == 399, cid
-            assert [(x["row"], x["field"]) for x in got["rejected"]] == [(6, "phone")], cid
-            assert (await env.store.lead_counts(cid))["pending"] == 399
+            assert got["accepted"] == got["new"] == 398, cid
+            assert [(x["row"], x["field"]) for x in got["rejected"]] == [(4, "note"), (6, "phone")], cid
+            assert (await env.store.lead_counts(cid))["pending"] == 398
 
 
 async def test_a_unicode_line_separator_inside_a_field_does_not_split_the_row() -> None:
@@ -668,3 +669,16 @@ async def test_preview_mode_is_worked_over_the_api() -> None:
         assert len(dialed) == 1
         assert (await env.api.post("/api/v1/agents/a9/preview", json={"campaign_id": "c1"})).status_code == 409
         assert (await env.api.post("/api/v1/agents/a1/preview", json={"campaign_id": "zz"})).status_code == 404
+
+
+async def test_a_latin1_csv_refuses_the_rows_it_would_garble_and_keeps_the_rest() -> None:
+    # Decoded as UTF-8 with replacement, "señor" from a Windows-1252 export was stored as "se\ufffdor", unsaid.
+    body = (HEADER + ",note\n" + "L1,+573001200011,CO,America/Bogota,10,1,x,se\xf1or\n"
+            + "L2,+573001200021,CO,America/Bogota,10,1,x,plain\n").encode("latin-1")
+    async with api_env() as env:
+        await make_campaign(env.api)
+        r = await env.api.post("/api/v1/campaigns/c1/leads", content=body, headers={"Content-Type": "text/csv"})
+        got = r.json()
+        assert r.status_code == 200 and got["accepted"] == 1, got
+        assert [(x["row"], x["field"]) for x in got["rejected"]] == [(1, "note")]
+        assert "UTF-8" in got["rejected"][0]["reason"]
