@@ -302,18 +302,24 @@ async def test_campaign_update_validates_and_takes_effect() -> None:
         assert (await env.api.patch("/api/v1/campaigns/zz", json={"name": "x"})).status_code == 404
 
 
+async def _agent_in_wrapup(api: httpx.AsyncClient, agent_id: str) -> dict[str, Any]:
+    """The agent as the API shows it once its call has ended (or after 3 s)."""
+    agent: dict[str, Any] = {}
+    for _ in range(300):
+        agent = (await api.get(f"/api/v1/agents/{agent_id}")).json()
+        if agent["state"] == "wrapup":
+            break
+        await asyncio.sleep(0.01)
+    return agent
+
+
 async def test_a_disposition_ends_the_agents_wrap_up() -> None:
     async with api_env(talk_s=0.05) as env:
         await make_campaign(env.api)
         await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
         assert (await env.api.post("/api/v1/agents/a1/login", json={"skills": {"es": 3}})).status_code == 202
         await env.api.post("/api/v1/campaigns/c1/start")
-        agent: dict[str, Any] = {}
-        for _ in range(300):
-            agent = (await env.api.get("/api/v1/agents/a1")).json()
-            if agent["state"] == "wrapup":
-                break
-            await asyncio.sleep(0.01)
+        agent = await _agent_in_wrapup(env.api, "a1")
         assert agent["state"] == "wrapup" and agent["skills"] == {"es": 3}
         call_id = agent["last_call_id"]
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PTP"})
@@ -610,12 +616,7 @@ async def test_a_callback_for_a_lead_that_is_done_is_refused_not_accepted_and_dr
         await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
         await env.api.post("/api/v1/agents/a1/login")
         await env.api.post("/api/v1/campaigns/c1/start")
-        agent: dict[str, Any] = {}
-        for _ in range(300):
-            agent = (await env.api.get("/api/v1/agents/a1")).json()
-            if agent["state"] == "wrapup":
-                break
-            await asyncio.sleep(0.01)
+        agent = await _agent_in_wrapup(env.api, "a1")
         r = await env.api.post(f"/api/v1/calls/{agent['last_call_id']}/disposition", json={"code": "PAID"})
         assert r.status_code == 202
         hopper = env.runtime.core.campaigns["c1"].hopper
