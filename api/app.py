@@ -524,8 +524,14 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     def _control(action: Literal["start", "pause", "stop"]) -> Any:
         async def control(campaign_id: str, _: Controller) -> dict[str, str]:
             await _settings(campaign_id)
+            camp = runtime.core.campaigns.get(campaign_id)
+            status = camp.status.value if camp is not None else "created"
+            if action == "pause" and status in ("created", "stopped"):
+                # It answered 200 "requested" and nothing happened: the integrator believed it paused.
+                raise HTTPException(409, f"campaign {campaign_id} is {status}: only a running campaign can be "
+                                         "paused (stop it to end it, start it to dial)")
             runtime.submit(CampaignControl(campaign_id, action))
-            return {"campaign_id": campaign_id, "requested": action}
+            return {"campaign_id": campaign_id, "requested": action, "status_before": status}
 
         control.__name__ = f"{action}_campaign"
         return control

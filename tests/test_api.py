@@ -683,3 +683,24 @@ async def test_a_latin1_csv_refuses_the_rows_it_would_garble_and_keeps_the_rest(
         assert r.status_code == 200 and got["accepted"] == 1, got
         assert [(x["row"], x["field"]) for x in got["rejected"]] == [(1, "note")]
         assert "UTF-8" in got["rejected"][0]["reason"]
+
+
+async def test_pausing_a_campaign_that_is_not_running_is_a_conflict_not_a_silent_no_op() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        r = await env.api.post("/api/v1/campaigns/c1/pause")
+        assert r.status_code == 409 and "is created" in r.json()["detail"]
+        r = await env.api.post("/api/v1/campaigns/c1/start")
+        assert r.status_code == 200 and r.json()["status_before"] == "created"
+        for _ in range(100):
+            if env.runtime.core.campaigns["c1"].status.value == "running":
+                break
+            await asyncio.sleep(0.01)
+        assert (await env.api.post("/api/v1/campaigns/c1/pause")).status_code == 200
+        assert (await env.api.post("/api/v1/campaigns/c1/stop")).status_code == 200
+        for _ in range(100):
+            if env.runtime.core.campaigns["c1"].status.value == "stopped":
+                break
+            await asyncio.sleep(0.01)
+        r = await env.api.post("/api/v1/campaigns/c1/pause")
+        assert r.status_code == 409 and "is stopped" in r.json()["detail"]
