@@ -261,7 +261,9 @@ async def test_a_drain_that_runs_out_hangs_up_the_calls_no_agent_has() -> None:
 
 async def test_an_answered_call_the_engine_never_takes_hears_the_abandon_message_after_the_hold_limit() -> None:
     # marcador-answered used to hold it in silence for an hour; the simulated PBX follows the dialplan.
-    async with SimulatedPbx(secret="s3cret-pbx", abandon_message_s=0.5) as pbx:
+    # At 10× the caller's 30 s of talk take 3 s, the message 0.05 s, but the hold stays 1 s: it waits for the
+    # engine, whose clock the speed factor does not touch (a 0.1 s hold beat the engine's threshold at 10×).
+    async with SimulatedPbx(secret="s3cret-pbx", abandon_message_s=0.5, speed=10.0) as pbx:
         held, would_talk = await answered_call_left_alone(AmiTelephony(_config(pbx)), hold_s=1)
-    assert 1.0 + 0.5 - 0.1 <= held < would_talk / 4, held
+    assert 1.0 <= held < 1.0 + 1.0 < would_talk / 10, held
     assert [c["call_id"] for c in pbx.call_log] == ["h1"]
