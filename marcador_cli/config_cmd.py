@@ -15,11 +15,9 @@ from rich.table import Table
 
 from config.settings import MarcadorSettings
 from dialer.store_factory import redact_url
-from marcador_cli.settings_check import SettingsProblem, load_checked, unknown_env
+from marcador_cli.settings_check import ENV_PREFIX, SettingsProblem, load_checked, unknown_env
 
 app = typer.Typer(help="Check and document the settings file.", no_args_is_help=True)
-
-ENV_PREFIX = "MARCADOR_"
 
 
 @app.command("validate")

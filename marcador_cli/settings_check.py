@@ -73,7 +73,8 @@ def load_checked(path: Path | None) -> MarcadorSettings:
 
 
 ENV_PREFIX = "MARCADOR_"
-# MARCADOR_ variables that are not settings: provision.sh's chroot, check-asterisk's former secret variable.
+# MARCADOR_ variables that are not settings: provision.sh's chroot. (check-asterisk still reads the former
+# MARCADOR_AMI_SECRET, but `run` does not: it is warned about.)
 _NOT_SETTINGS = {"MARCADOR_ASTERISK_ROOT"}
 
 

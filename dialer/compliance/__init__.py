@@ -2,7 +2,7 @@
 attempt caps, cool-downs and per-jurisdiction rule sets (see DESIGN.md, Compliance)."""
 
 from dialer.compliance.calendar import Calendar, DayPlan, holidays_for, next_open, zone
-from dialer.compliance.dnc import DncList, DncScope, entry_blocks
+from dialer.compliance.dnc import DncList, DncScope
 from dialer.compliance.gates import DebtorHistory, Gatekeeper, Reason, Refusal
 from dialer.compliance.rulesets import RULE_SETS, RuleSet, load_rule_set
 
@@ -17,7 +17,6 @@ __all__ = [
     "Reason",
     "Refusal",
     "RuleSet",
-    "entry_blocks",
     "holidays_for",
     "load_rule_set",
     "next_open",

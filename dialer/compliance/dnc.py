@@ -21,6 +21,8 @@ from enum import StrEnum
 import phonenumbers
 from phonenumbers import PhoneNumberFormat
 
+from dialer.leads import normalise_phone
+
 _ALWAYS = float("-inf")
 
 
@@ -30,24 +32,22 @@ class DncScope(StrEnum):
 
 
 def _international(number: str) -> str | None:
-    """`number` as E.164 when it is written with its country code, else None."""
+    """`number` as E.164 when it is written with its country code, else None: read as lead intake reads numbers
+    (so Mexico's retired "+52 1" is the same line), or, for what intake refuses, as `phonenumbers` formats it."""
     text = number.strip().removeprefix("tel:")
     if text.startswith("00"):
         text = "+" + text[2:]
     if not text.startswith("+"):
         return None
     try:
-        parsed = phonenumbers.parse(text, None)
+        return normalise_phone(text, None)
+    except ValueError:
+        pass
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(text, None), PhoneNumberFormat.E164)
     except phonenumbers.NumberParseException:
         digits = "".join(c for c in text if c.isdigit())
         return "+" + digits if digits else text
-    e164 = phonenumbers.format_number(parsed, PhoneNumberFormat.E164)
-    if e164.startswith("+521") and len(e164) == 14 and not phonenumbers.is_valid_number(parsed):
-        # Mexico's old mobile prefix "1" (dropped in 2019; "+52 1 55 ..." still fills spreadsheets): same line.
-        plain = phonenumbers.parse("+52" + e164[4:], None)
-        if phonenumbers.is_valid_number(plain):
-            return "+52" + e164[4:]
-    return e164
 
 
 def _national(number: str) -> str:
@@ -61,17 +61,12 @@ def normalize(number: str) -> str:
     return got if got is not None else _national(number)
 
 
-def _lookup_key(number: str) -> str:
-    # The hot path: what the gates look up is a lead's number, E.164 from intake already, taken as is.
+def lookup_key(number: str) -> str:
+    """The key to look `number` up under. The hot path: a number as intake or the API writes it (canonical E.164)
+    is its own key; any other spelling is normalised."""
     if number[:1] == "+" and number[1:].isdigit():
         return number
     return normalize(number)
-
-
-def entry_blocks(entry: str, number: str) -> bool:
-    """Whether a DNC entry written `entry` blocks a dial of `number` (the same matching as `DncList.lookup`)."""
-    key, dialed = normalize(entry), _lookup_key(number)
-    return key == dialed or (not key.startswith("+") and dialed.startswith("+") and key in _national_keys(dialed))
 
 
 def _national_keys(e164: str) -> tuple[str, ...]:
@@ -137,7 +132,7 @@ class DncList:
 
         E.164 as lead intake writes it is taken as is (the hot path); any other spelling is normalised first.
         """
-        key = _lookup_key(number)
+        key = lookup_key(number)
         keys = (key, *_national_keys(key)) if self._national and key.startswith("+") else (key,)
         if self._blocks(self._global, keys, now):
             return DncScope.GLOBAL
