@@ -759,7 +759,7 @@ class Hopper:
     def drain(self) -> list[str]:
         """Let go of every lead not out on a call and not finished (campaign stopped): their ids, to hand back to
         the store untouched. Leads out on a call stay until their outcome comes back."""
-        gone = [lead_id for lead_id, e in self._entries.items() if e.state in (PENDING, SCHEDULED, PARKED)]
+        gone = self.waiting()
         for lead_id in gone:
             e = self._entries.pop(lead_id)
             self._counts[e.state] -= 1
@@ -767,6 +767,10 @@ class Hopper:
         return gone
 
     # -------------------------------------------------------------- reading
+
+    def waiting(self) -> list[str]:
+        """The leads held here that are still to be dialed (pending, scheduled or parked): their ids."""
+        return [lead_id for lead_id, e in self._entries.items() if e.state in (PENDING, SCHEDULED, PARKED)]
 
     def counts(self) -> dict[str, int]:
         return dict(zip(STATE_NAMES, self._counts, strict=True))

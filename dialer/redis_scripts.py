@@ -255,16 +255,25 @@ return {1, h, d}
 """
 
 
-# KEYS: the campaign's debtor history hash (lead id -> {"a": [...], "c": [...], "x": [...]})
+# KEYS: the debtor history hash, shared by every campaign (lead id -> {"a": [...], "c": [...], "x": [...],
+#       "k": seconds kept, "n": entries kept per kind})
 # ARGV: lead id, kind (a attempt, c contact, x abandon), time, seconds kept, entries kept per kind
-# Per-debtor instants the compliance caps look at, so a lead that moves to another node (its node died or
-# stopped) is judged on its whole history there. Only one node holds a lead at a time: no lost updates.
+# Per-debtor instants the compliance caps look at, so a lead on another node (its node died or stopped, or the
+# debtor is in another node's campaign) is judged on its whole history there. The script's read-modify-write
+# is atomic, so nodes noting one debtor at once lose nothing. Each debtor keeps the longest horizon and depth
+# any campaign asked for: a campaign with short caps must not trim what a 7-day cap elsewhere still counts.
 DEBTOR_NOTE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local h = {}
 if raw then h = cjson.decode(raw) end
 local t = tonumber(ARGV[3])
-local cutoff = t - tonumber(ARGV[4])
+local keep = tonumber(ARGV[4])
+if type(h.k) == 'number' and h.k > keep then keep = h.k end
+local maxn = tonumber(ARGV[5])
+if type(h.n) == 'number' and h.n > maxn then maxn = h.n end
+h.k = keep
+h.n = maxn
+local cutoff = t - keep
 local list = h[ARGV[2]]
 if type(list) ~= 'table' then list = {} end
 local kept = {}
@@ -273,7 +282,6 @@ for _, x in ipairs(list) do
 end
 table.insert(kept, t)
 table.sort(kept)
-local maxn = tonumber(ARGV[5])
 while #kept > maxn do table.remove(kept, 1) end
 h[ARGV[2]] = kept
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))

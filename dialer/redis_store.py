@@ -52,7 +52,8 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:lost             hash  call id -> time its node was found dead (outcome `lost` still to write)
     <p>attempt_campaigns         set   campaigns with attempts (for attempts() of every campaign)
     <p>{c:<id>}:tries[:h:<hour>|:d:<day>]   hash lead id -> attempts (total, per hour, per day)
-    <p>{c:<id>}:hist             hash  lead id -> {"a","c","x": instants} the compliance caps read (moves with a lead)
+    <p>debtors:hist              hash  lead id -> {"a","c","x": instants} the compliance caps read, every campaign's
+                                 (a debtor is a lead id across campaigns); <p>{c:<id>}:hist, per campaign, is read too
     <p>{c:<id>}:dnc, <p>dnc      sets of numbers (campaign, global)
     <p>{c:<id>}:live, :live_cum  abandon window totals and per-minute snapshots
     <p>did:{<did>}:h:<hour>|:d:<day>   DID use counters
@@ -517,27 +518,36 @@ class RedisStore:
 
     async def debtor_note(self, campaign_id: str, lead_id: str, kind: str, at: float, keep_s: float,
                           max_n: int) -> None:
-        """One instant of a debtor's history (`a` attempt, `c` conversation, `x` abandoned), kept `keep_s`."""
+        """One instant of a debtor's history (`a` attempt, `c` conversation, `x` abandoned), kept at least `keep_s`
+        and `max_n` deep. Every campaign notes into one history, so a node's gates count a debtor's calls of any
+        campaign on any node; `campaign_id` names the noting campaign (kept for the store's interface)."""
         if kind not in ("a", "c", "x"):
             raise ValueError(f"kind: expected a, c or x, got {kind!r}")
         await self._ensure()
-        await self._s_debtor(keys=[self._k(campaign_id, "hist")],
+        await self._s_debtor(keys=[self._g("debtors:hist")],
                              args=[lead_id, kind, repr(float(at)), repr(float(keep_s)), int(max_n)])
 
     async def debtor_histories(self, campaign_id: str,
                                lead_ids: Sequence[str]) -> dict[str, dict[str, tuple[float, ...]]]:
-        """The recorded instants of these debtors (only those with any), by kind."""
+        """The recorded instants of these debtors (only those with any), by kind: every campaign's, merged with
+        what an earlier release kept per campaign (`{c}:hist`) so an upgrade forgets no cap."""
         if not lead_ids:
             return {}
         await self._ensure()
-        raws = await self._r.hmget(self._k(campaign_id, "hist"), list(lead_ids))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hmget(self._g("debtors:hist"), list(lead_ids))
+        pipe.hmget(self._k(campaign_id, "hist"), list(lead_ids))
+        shared, legacy = await pipe.execute()
         out: dict[str, dict[str, tuple[float, ...]]] = {}
-        for lead_id, raw in zip(lead_ids, raws, strict=True):
-            if raw:
-                doc = json.loads(raw)
-                # Lua's cjson writes an empty list as {}: anything not a list is empty.
-                out[lead_id] = {k: tuple(float(x) for x in v) if isinstance(v, list) else ()
-                                for k, v in doc.items()}
+        for lead_id, *raws in zip(lead_ids, shared, legacy, strict=True):
+            kinds: dict[str, set[float]] = {}
+            for raw in raws:
+                for k, v in (json.loads(raw) if raw else {}).items():
+                    # Lua's cjson writes an empty list as {}: anything not a list is empty.
+                    if k in ("a", "c", "x") and isinstance(v, list):
+                        kinds.setdefault(k, set()).update(float(x) for x in v)
+            if kinds:
+                out[lead_id] = {k: tuple(sorted(v)) for k, v in kinds.items()}
         return out
 
     # ------------------------------------------------------------------ do-not-call

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
+from dialer.compliance import DebtorHistory
 from dialer.core import DialerCore
 from dialer.events import (
     CallFailed,
@@ -68,6 +69,9 @@ class RuntimeConfig:
     store_retry_s: float = 0.5  # while the store is down: how often a write or a ping is tried again
     shared_abandon_interval_s: float = 5.0  # campaign-wide abandon counts → the core's pacers
     dnc_sync_interval_s: float = 2.0  # shared stores: how often the DNC lists' version is checked (reloaded if moved)
+    # shared stores: how often the debtors a node holds have their histories read again (another node's call to
+    # one of them, in another campaign, counts against the caps here within this)
+    history_sync_interval_s: float = 5.0
     abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
     # A dial whose record has not landed this long after the decision is not made (keep it well under the lease
     # TTL: a lease that lapsed meanwhile may have gone to another node).
@@ -123,6 +127,8 @@ class Runtime:
             # Before the PBX link: nothing is dialed before the stored lists (every node's, past restarts) are in.
             await self._sync_dnc()
             self._tasks.append(asyncio.create_task(self._dnc_sync(), name="marcador-dnc-sync"))
+        if callable(getattr(self.store, "debtor_histories", None)):
+            self._tasks.append(asyncio.create_task(self._history_sync(), name="marcador-history-sync"))
         await self.telephony.start(self.submit)
 
     def _halt_dialing(self) -> None:
@@ -503,6 +509,31 @@ class Runtime:
             self.submit(DncSnapshot(cid, frozenset(numbers), taken_at))
         self._dnc_version, self._dnc_campaigns = version, campaigns
 
+    async def _history_sync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.history_sync_interval_s)
+            if not self.store_up:
+                continue
+            try:
+                await self._sync_histories()
+            except Exception:
+                log.warning("debtor histories unreadable", exc_info=True)
+                await self._store_failed()
+
+    async def _sync_histories(self) -> None:
+        """The debtors this node holds and has yet to dial: what the shared store noted of them since they were
+        leased (a call to the same debtor in another campaign, on another node) → the core's gates. Histories
+        are read when a lead is leased too; a lead can wait here for minutes before its dial."""
+        read = self.store.debtor_histories  # type: ignore[attr-defined]
+        history, now = self.core.history, self.clock()
+        for cid, camp in list(self.core.campaigns.items()):
+            held = camp.hopper.waiting()
+            for start in range(0, len(held), 1000):
+                for lead_id, kinds in (await read(cid, held[start:start + 1000])).items():
+                    if _news(history, lead_id, kinds, now):
+                        self.submit(DebtorHistorySeed(cid, lead_id, kinds.get("a", ()), kinds.get("c", ()),
+                                                      kinds.get("x", ())))
+
     async def _abandon_sync(self) -> None:
         while True:
             await asyncio.sleep(self.config.shared_abandon_interval_s)
@@ -536,3 +567,15 @@ class Runtime:
                 fn(cmd)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _news(history: DebtorHistory, lead_id: str, kinds: dict[str, tuple[float, ...]], now: float) -> bool:
+    """The store holds an instant of this debtor that the gates could count and do not have yet (what is past
+    their horizon or depth is not news: seeding it again every pass would change nothing)."""
+    cutoff = now - history.horizon_s
+    for kind, held in (("a", history.attempts(lead_id)), ("c", history.contacts(lead_id)),
+                       ("x", history.abandons(lead_id))):
+        counted = [t for t in kinds.get(kind, ()) if t >= cutoff][-history.max_per_lead:]
+        if not set(counted) <= set(held):
+            return True
+    return False

@@ -230,6 +230,96 @@ async def test_a_debtors_history_follows_its_lead_to_another_node(tmp_path: Path
         server.stop()
 
 
+async def test_a_call_in_another_campaign_on_another_node_counts_against_the_caps(tmp_path: Path) -> None:
+    """One debtor (lead id) in two campaigns on two nodes: n2 holds it in campaign d, waiting for an agent, when
+    n1 reaches it in campaign c. Within n2's history sync its gates know that conversation, and a node that
+    leases the debtor later is told at the lease. The store used to keep each campaign's history apart: n2 would
+    call the debtor a day into Reg F's 7-day block after a conversation."""
+    from dialer.commands import Originate, RecordAttempt
+    from dialer.core import DialerCore
+    from dialer.events import CampaignControl
+    from dialer.model import CampaignSettings, Lead
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        t0 = 1_700_000_000.0
+        c, d = CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"), \
+            CampaignSettings(campaign_id="d", rule_set="us-tsr-regf")
+        in_c = Lead("l1", "c", ("+12125550123",), country="US", timezone="America/New_York")
+        in_d = Lead("l1", "d", ("+12125550123",), country="US", timezone="America/New_York")
+        s1 = open_store(f"{server.url}?lease_ttl=30", node_id="n1")
+        assert isinstance(s1, RedisStore)
+        for settings, lead in ((c, in_c), (d, in_d)):
+            await s1.save_campaign(settings)
+            await s1.add_leads(settings.campaign_id, [lead])
+
+        def node(name: str) -> tuple[Runtime, DialerCore]:
+            core = DialerCore()
+            store = open_store(f"{server.url}?lease_ttl=30", node_id=name)
+            return Runtime(core, store, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600,
+                                                              history_sync_interval_s=0.1),
+                           clock=lambda: t0 + 60), core
+
+        rt2, core2 = node("n2")
+        await rt2.start()
+        rt2.submit(CampaignControl("d", "start"))  # leases l1 in d: nothing noted of it yet
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if core2.campaigns["d"].hopper.waiting() == ["l1"]:
+                break
+        assert core2.campaigns["d"].hopper.waiting() == ["l1"] and not core2.history.attempts("l1")
+
+        assert [x.lead_id for x in await s1.lease_leads("c", 1, t0)] == ["l1"]
+        core1 = DialerCore()
+        core1.add_campaign(c)
+        rt1 = Runtime(core1, s1, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0)
+        await rt1.start()
+        done = Attempt("k1", "c", "l1", in_c.phone, "1000", t0, answered_at=t0 + 5, connected_at=t0 + 6,
+                       ended_at=t0 + 90, outcome=Outcome.CONNECTED, agent_id="a")
+        rt1._dispatch([RecordAttempt(Attempt("k1", "c", "l1", in_c.phone, "1000", t0)),
+                       Originate("k1", "c", "l1", in_c.phone, "1000", 25.0), RecordAttempt(done)])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if core2.history.contacts("l1"):
+                break
+        await rt1.stop()
+        assert core2.history.attempts("l1") == (t0,) and core2.history.contacts("l1") == (t0 + 6,)
+        refusal = core2.campaigns["d"].gate.check(in_d, in_d.phone, t0 + 86400)
+        assert refusal is not None and refusal.reason.value == "contact_cooldown"
+        await rt2.stop()
+
+        # A lease reads every campaign's history too: a third node taking campaign d's lead later knows the call.
+        probe = open_store(server.url, node_id="probe")
+        assert isinstance(probe, RedisStore)
+        assert await probe.debtor_histories("d", ["l1"]) == {"l1": {"a": (t0,), "c": (t0 + 6,)}}
+        await probe.aclose()
+    finally:
+        server.stop()
+
+
+async def test_a_short_horizon_campaign_does_not_trim_a_long_caps_history(tmp_path: Path) -> None:
+    """Campaigns share a debtor's history in the store: a note from one whose rule set looks back a day keeps
+    the instants a 7-day cap elsewhere still counts. Histories an earlier release kept per campaign are read."""
+    server = _server(tmp_path)
+    try:
+        store = open_store(server.url, node_id="n1")
+        assert isinstance(store, RedisStore)
+        t0, day = 1_700_000_000.0, 86_400.0
+        await store.debtor_note("c", "l1", "a", t0, 8 * day, 7)
+        await store.debtor_note("d", "l1", "a", t0 + 2 * day, day, 1)
+        await store.debtor_note("d", "l1", "a", t0 + 3 * day, day, 1)
+        assert await store.debtor_histories("d", ["l1"]) == {"l1": {"a": (t0, t0 + 2 * day, t0 + 3 * day)}}
+        # Past the longest horizon any campaign asked for, instants go.
+        await store.debtor_note("d", "l1", "a", t0 + 9 * day, day, 1)
+        assert await store.debtor_histories("c", ["l1"]) == {"l1": {"a": (t0 + 2 * day, t0 + 3 * day, t0 + 9 * day)}}
+        await store._r.hset(store._k("e", "hist"), "l1", '{"x": [%r], "c": {}}' % (t0 + 4 * day))
+        assert (await store.debtor_histories("e", ["l1"]))["l1"]["x"] == (t0 + 4 * day,)
+        await store.aclose()
+    finally:
+        server.stop()
+
+
 async def test_dnc_lists_reach_every_node_and_survive_a_restart(tmp_path: Path) -> None:
     """A number put on a DNC list through one node (the shared store) is in force on the others within the sync
     interval, and on a node that starts later before it can dial; a removal frees it everywhere. Each node used
