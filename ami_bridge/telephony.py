@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ami_bridge.client import AmiClient, LinkLost
@@ -129,14 +130,12 @@ class AmiTelephony:
                 rooms = await self.client.request({"Action": "ConfbridgeListRooms"}, timeout=5)
             except (LinkLost, TimeoutError):
                 return  # the link went down again: the next login starts over
-            dialplan_ok = str(dialplan[0].get("Response", "")).lower() == "success"
-            rooms_ok = "unknown command" not in str(rooms[0].get("Message", "")).lower()
-            if dialplan_ok and rooms_ok:
+            reason = not_ready_reason(dialplan[0], rooms[0], self.config.answered_context)
+            if reason is None:
                 break
             if loop.time() > deadline:
-                log.error("PBX not ready: dialplan context or ConfBridge missing",
-                          extra={"fields": {"context": self.config.answered_context, "dialplan_ok": dialplan_ok,
-                                            "confbridge_ok": rooms_ok}})
+                log.error("PBX not ready", extra={"fields": {"reason": reason,
+                                                            "context": self.config.answered_context}})
                 deadline = loop.time() + self.config.boot_wait_s  # keep probing, say it again later
             await asyncio.sleep(0.5)
         if resync:
@@ -174,3 +173,17 @@ class AmiTelephony:
             return
         for event in events:
             self._sink(event)
+
+
+def not_ready_reason(dialplan: Mapping[str, Any], rooms: Mapping[str, Any], context: str) -> str | None:
+    """Why the readiness probes say Asterisk cannot take calls yet, in words an operator can act on (None: it
+    can). A user without `reporting` is refused both probes: that is not a missing dialplan."""
+    said = [str(r.get("Message", "")).lower() for r in (dialplan, rooms)]
+    if any("permission denied" in m for m in said):
+        return "the AMI user may not run ShowDialPlan/ConfbridgeListRooms: add `reporting` to its `write =` " \
+               "in manager.conf (`marcador check-asterisk` lists every privilege)"
+    if str(dialplan.get("Response", "")).lower() != "success":
+        return f"dialplan context {context} not loaded (extensions.conf, `dialplan reload`)"
+    if "unknown command" in said[1]:
+        return "ConfBridge not loaded (app_confbridge, `module load app_confbridge.so`)"
+    return None

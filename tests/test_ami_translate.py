@@ -163,3 +163,19 @@ def test_caller_id_goes_as_name_and_number_or_a_bare_number_wrapped() -> None:
     assert named.fields["CallerID"] == "Marcador <1000>"  # was "<Marcador <1000>>"
     assert did.fields["CallerID"] == "<+12125550101>"
     assert "CallerID" not in none.fields
+
+
+def test_not_ready_reason_names_what_the_operator_must_fix() -> None:
+    """A user without `reporting` is refused both readiness probes: the log used to say the dialplan context or
+    ConfBridge was missing, sending operators to extensions.conf for a manager.conf privilege."""
+    from ami_bridge.telephony import not_ready_reason
+
+    ok, denied = {"Response": "Success"}, {"Response": "Error", "Message": "Permission denied"}
+    assert not_ready_reason(ok, {"Response": "Success", "Message": "No active conferences."}, "x") is None
+    reason = not_ready_reason(denied, denied, "marcador-answered")
+    assert reason is not None and "reporting" in reason and "manager.conf" in reason
+    missing = not_ready_reason({"Response": "Error", "Message": "Did not find context marcador-answered"}, ok,
+                               "marcador-answered")
+    assert missing is not None and "marcador-answered" in missing and "reporting" not in missing
+    no_bridge = not_ready_reason(ok, {"Response": "Error", "Message": "Invalid/unknown command"}, "x")
+    assert no_bridge is not None and "ConfBridge" in no_bridge
