@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -64,8 +65,19 @@ class WebhookSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_url(self) -> WebhookSettings:
+        # Checked as the sender will use it, so a URL it cannot send to fails here, naming the field. Messages never
+        # quote the URL: it may carry a password or a token.
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url: must start with http:// or https://")
+        if any(ch.isspace() or not ch.isprintable() for ch in self.url):
+            raise ValueError("url: holds a space or a control character")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 -- parsed on access: a port out of 0-65535 raises here
+        except ValueError:
+            raise ValueError("url: cannot be parsed (a bad port or an unclosed [IPv6] host)") from None
+        if not parts.hostname:
+            raise ValueError("url: names no host")
         return self
 
 

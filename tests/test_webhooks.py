@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -137,4 +138,21 @@ def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
 @pytest.mark.parametrize("url", ["ftp://x", "example.com/hook"])
 def test_webhook_urls_must_be_http(url: str) -> None:
     with pytest.raises(ValueError, match="http"):
+        WebhookSettings(url=url, secret=SECRET)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["http://", "http:///hook", "https://:443/hook", "http://exa mple.com/hook",
+                                 "http://user:hunter2@host:99999/hook", "http://[::1/hook", "http://host/\nhook"])
+def test_a_webhook_url_that_cannot_be_sent_to_is_refused_at_validation(url: str) -> None:
+    """These passed (they start with http://): a URL with no host was retried for every event and labelled
+    `http://None`; an out-of-range port or a broken IPv6 host crashed create_app with a bare ValueError instead of
+    `config validate` naming the field. The message never repeats the URL (it may hold a password)."""
+    with pytest.raises(ValidationError) as err:
+        WebhookSettings(url=url, secret=SECRET)  # type: ignore[arg-type]
+    (problem,) = err.value.errors()
+    assert problem["msg"].startswith("Value error, url: ") and "hunter2" not in problem["msg"]
+
+
+def test_a_good_webhook_url_is_accepted() -> None:
+    for url in ("https://hooks.example.com/marcador?tenant=7", "http://[::1]:8080/hook"):
         WebhookSettings(url=url, secret=SECRET)  # type: ignore[arg-type]
