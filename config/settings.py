@@ -63,6 +63,14 @@ class WebhookSettings(BaseModel):
     backoff_max_s: float = Field(300.0, gt=0, description="longest delay between retries")
     queue_size: int = Field(10_000, ge=1, description="events held for a slow endpoint; the oldest is dropped past it")
 
+    @field_validator("secret")
+    @classmethod
+    def _secret_set(cls, value: SecretStr) -> SecretStr:
+        # An empty HMAC key signs every body with a signature anyone can compute: the receiver's check proves nothing.
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty: set a random string the receiver also knows")
+        return value
+
     @model_validator(mode="after")
     def _check_url(self) -> WebhookSettings:
         # Checked as the sender will use it, so a URL it cannot send to fails here, naming the field. Messages never

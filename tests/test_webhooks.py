@@ -156,3 +156,13 @@ def test_a_webhook_url_that_cannot_be_sent_to_is_refused_at_validation(url: str)
 def test_a_good_webhook_url_is_accepted() -> None:
     for url in ("https://hooks.example.com/marcador?tenant=7", "http://[::1]:8080/hook"):
         WebhookSettings(url=url, secret=SECRET)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secret", ["", "   "])
+def test_a_webhook_without_a_secret_is_refused(secret: str) -> None:
+    """An empty secret validated: every body was 'signed' with an empty HMAC key, a signature anyone can make, so
+    the receiver's check proved nothing. The message names the field, never the value."""
+    with pytest.raises(ValidationError) as err:
+        WebhookSettings(url="https://hooks.example.com/h", secret=secret)  # type: ignore[arg-type]
+    (problem,) = err.value.errors()
+    assert problem["loc"] == ("secret",) and "empty" in problem["msg"]
