@@ -52,3 +52,5 @@ def setup_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs each request at INFO with its full URL: a webhook's query string may carry a credential.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

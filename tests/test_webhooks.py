@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from api.app import create_app
 from api.events import OutEvent
 from api.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhooks, backoff_delays, sign, verify
 from config.settings import ApiSettings, WebhookSettings
+from dialer.logs import setup_logging
 from tests.test_api import api_env, co_row, make_campaign
 from tests.test_api_events import http_server
 
@@ -166,3 +168,26 @@ def test_a_webhook_without_a_secret_is_refused(secret: str) -> None:
         WebhookSettings(url="https://hooks.example.com/h", secret=secret)  # type: ignore[arg-type]
     (problem,) = err.value.errors()
     assert problem["loc"] == ("secret",) and "empty" in problem["msg"]
+
+
+async def test_a_delivery_never_logs_the_url_query_string(capsys: pytest.CaptureFixture[str]) -> None:
+    """With the service's logging (INFO), httpx logged every webhook POST as 'HTTP Request: POST <full URL>',
+    query string and all: a credential an endpoint takes in its query (`?token=`) reached the logs, which the
+    webhook module promises never happens."""
+    root, httpx_log = logging.getLogger(), logging.getLogger("httpx")
+    saved = (root.handlers[:], root.level, httpx_log.level)
+    rx = Receiver(fail=0)
+    try:
+        setup_logging("INFO", json_lines=True)
+        async with http_server(rx.app()) as base:
+            hooks = Webhooks([WebhookSettings(url=f"{base}/hook?token=tok-s3cret", secret=SECRET)])  # type: ignore[arg-type]
+            hooks(OutEvent(1, "call.ended", {}, 0.0))
+            await asyncio.sleep(0)
+            await hooks.senders[0].drain(5)
+            await hooks.aclose()
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        httpx_log.setLevel(saved[2])
+    assert len(rx.delivered) == 1
+    assert "tok-s3cret" not in capsys.readouterr().err
