@@ -4,7 +4,8 @@ Body: `{"type", "data", "id", "ts"}`. Headers: `X-Marcador-Signature: sha256=<he
 with the webhook's secret>`, `X-Marcador-Event: <type>`, `X-Marcador-Delivery: <id>` (the same on every retry,
 so a receiver can drop a repeat). One sender per endpoint delivers in order; an event that keeps failing holds
 the ones behind it until it succeeds or is given up after `max_attempts`. Each sender's queue is bounded: past
-`queue_size` the oldest event is dropped (counted). Secrets and payloads are never logged; URLs are logged
+`queue_size` the oldest event is dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is
+left then is counted as dropped and logged. Secrets and payloads are never logged; URLs are logged
 without their query string.
 """
 
@@ -32,6 +33,9 @@ log = logging.getLogger("marcador.api.webhooks")
 SIGNATURE_HEADER = "X-Marcador-Signature"
 EVENT_HEADER = "X-Marcador-Event"
 DELIVERY_HEADER = "X-Marcador-Delivery"
+# At shutdown queued events get this long to go out: the last calls' outcomes are sent, yet a dead endpoint
+# cannot hold a stopping node (it fits docker's 45 s grace after the engine's 30 s drain).
+DRAIN_S = 5.0
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -58,7 +62,7 @@ class WebhookCounters:
     sent: int = 0  # events delivered (2xx)
     failed: int = 0  # events given up after max_attempts
     retried: int = 0  # delivery attempts after a first failure
-    dropped: int = 0  # events lost to a full queue
+    dropped: int = 0  # events lost to a full queue, or left undelivered at shutdown
 
 
 class WebhookSender:
@@ -76,6 +80,7 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = False
+        self._closed = False
         self.counters = WebhookCounters()
 
     @property
@@ -85,6 +90,9 @@ class WebhookSender:
     def offer(self, ev: OutEvent) -> None:
         """Called on the runtime's loop: never blocks."""
         if not matches(ev.kind, self.prefixes):
+            return
+        if self._closed:
+            self.counters.dropped += 1
             return
         if len(self._queue) >= self.settings.queue_size:
             self._queue.popleft()
@@ -151,12 +159,20 @@ class WebhookSender:
         while (self._queue or self._in_flight) and loop.time() < end:
             await asyncio.sleep(0.01)
 
-    async def aclose(self) -> None:
+    async def aclose(self, drain_s: float = DRAIN_S) -> None:
+        await self.drain(drain_s)
+        self._closed = True  # a late offer must not start a sender no one stops
+        lost = len(self._queue) + self._in_flight  # the one in flight is cut: its receiver may not have it
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if lost:
+            self.counters.dropped += lost
+            self._queue.clear()
+            log.warning("webhook events undelivered at shutdown", extra={"fields": {"url": self.label,
+                                                                                    "events": lost}})
 
 
 class Webhooks:
@@ -173,8 +189,8 @@ class Webhooks:
         for sender in self.senders:
             sender.offer(ev)
 
-    async def aclose(self) -> None:
-        for sender in self.senders:
-            await sender.aclose()
+    async def aclose(self, drain_s: float = DRAIN_S) -> None:
+        """Deliver what is queued (all endpoints at once, up to `drain_s`), then stop the senders."""
+        await asyncio.gather(*(sender.aclose(drain_s) for sender in self.senders))
         if self._own_client:
             await self._client.aclose()

@@ -35,12 +35,14 @@ class Receiver:
     """Answers 500 to the first `fail` requests, then 200; keeps every request's raw body and headers."""
 
     fail: int = 2
+    delay_s: float = 0.0  # before each answer
     got: list[tuple[bytes, dict[str, str], int]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
             body = await request.body()
+            await asyncio.sleep(self.delay_s)
             status = 500 if len(self.got) < self.fail else 200
             self.got.append((body, dict(request.headers), status))
             if status == 200:
@@ -191,3 +193,27 @@ async def test_a_delivery_never_logs_the_url_query_string(capsys: pytest.Capture
         httpx_log.setLevel(saved[2])
     assert len(rx.delivered) == 1
     assert "tok-s3cret" not in capsys.readouterr().err
+
+
+async def test_events_queued_at_shutdown_are_delivered_before_the_senders_stop() -> None:
+    """`marcador run` closes the webhooks after draining the engine, so the last calls' `call.ended` are still
+    queued then; aclose cancelled the senders at once and those events were never sent (the in-flight one cut
+    mid-request). It now lets them go out first, within a bound."""
+    rx = Receiver(fail=0, delay_s=0.1)
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([WebhookSettings(url=f"{base}/hook", secret=SECRET)])  # type: ignore[arg-type]
+        for seq in (1, 2, 3):
+            hooks(OutEvent(seq, "call.ended", {"seq": seq}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.aclose()
+    assert [json.loads(b)["data"]["seq"] for b, _ in rx.delivered] == [1, 2, 3]
+
+
+async def test_shutdown_does_not_wait_past_its_bound_for_a_dead_endpoint() -> None:
+    hooks = Webhooks([WebhookSettings(url="http://127.0.0.1:9/hook", secret=SECRET, backoff_base_s=30)])  # type: ignore[arg-type]
+    hooks(OutEvent(1, "call.ended", {}, 0.0))
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    await hooks.aclose(drain_s=0.3)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert hooks.senders[0].counters.dropped == 1  # the event left undelivered is counted as lost
