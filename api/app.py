@@ -437,8 +437,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     # The CSV reader refuses a field over 128 KB by default and stops there; a line is already held whole up to
     # the upload limit, so a long field (a note) is parsed and its row judged like any other.
     csv.field_size_limit(max(csv.field_size_limit(), cfg.max_upload_bytes))
+    # Event ids start at the boot time in microseconds, so they keep rising across restarts and a Last-Event-ID
+    # from an earlier run is always told apart (counted from 1, it passed for one of this run once as many events
+    # had been sent). Still below 2**53: exact as a JavaScript number.
     hub = EventHub(runtime.clock, replay=cfg.events_replay, client_queue=cfg.events_client_queue,
-                   heartbeat_s=cfg.events_heartbeat_s)
+                   heartbeat_s=cfg.events_heartbeat_s, first_id=time.time_ns() // 1000)
     webhooks = Webhooks(cfg.webhooks)
     if webhooks.senders:
         hub.sinks.append(webhooks)

@@ -83,9 +83,10 @@ class EventHub:
     """Numbers every event (the SSE `id`), keeps the last `replay` for `Last-Event-ID` resumes."""
 
     def __init__(self, clock: Callable[[], float], *, replay: int = 2000, client_queue: int = 1000,
-                 heartbeat_s: float = 15.0) -> None:
+                 heartbeat_s: float = 15.0, first_id: int = 0) -> None:
         self.clock = clock
-        self.seq = 0
+        self.first_id = first_id  # ids of this run are above it; an id at or below it is from an earlier run
+        self.seq = first_id
         self.recent: deque[OutEvent] = deque(maxlen=max(1, replay))
         self.client_queue = client_queue
         self.heartbeat_s = heartbeat_s
@@ -111,7 +112,7 @@ class EventHub:
         client = Client(prefixes, self.client_queue)
         if last_id is not None:
             oldest = self.recent[0].seq if self.recent else self.seq + 1
-            if last_id > self.seq:  # not an id of this run (the engine restarted): all it kept is new to the client
+            if not self.first_id <= last_id <= self.seq:  # an earlier run's id: all this run kept is new to the client
                 client.notices.append({"reason": "unknown_id", "last_event_id": last_id, "oldest_id": oldest})
                 last_id = 0
             elif last_id < oldest - 1:

@@ -179,3 +179,24 @@ async def test_a_client_is_told_when_events_were_lost_never_left_to_guess() -> N
     frames = await _frames(hub, slow, 4)
     assert _gap(frames[0]) == {"reason": "slow_client", "dropped": 2, "from_id": 11, "to_id": 12}
     assert [f.split("\n")[0] for f in frames[1:]] == ["id: 13", "id: 14", "id: 15"]
+
+
+async def test_a_resume_after_a_restart_is_told_even_when_the_new_run_has_passed_its_id() -> None:
+    """Ids counted from 1 in every run, so a Last-Event-ID from before a restart looked like one of this run as
+    soon as the new run had sent that many events (on a busy floor, within seconds): the client was replayed
+    only the events after it and silently missed the new run's first ones, the loss `unknown_id` exists to
+    announce. Ids now start past every id an earlier run gave, so such an id is always recognised."""
+    async with api_env() as env:
+        before = create_app(env.runtime, ApiSettings(events_heartbeat_s=0.3)).state.hub
+        for i in range(3):
+            before(Emit("call.ended", {"run": 1, "i": i}))
+        last_seen = before.seq  # what an SSE client of the first run holds when the engine restarts
+        await asyncio.sleep(0.01)
+        app = create_app(env.runtime, ApiSettings(events_heartbeat_s=0.3))  # the restarted engine's API
+        for i in range(5):
+            app.state.hub(Emit("call.ended", {"run": 2, "i": i}))
+        async with http_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with http.stream("GET", "/api/v1/events", headers={"Last-Event-ID": str(last_seen)}) as resp:
+                frames = (await SseReader(resp).frames(7))[1:]  # after ": connected"
+    assert frames[0]["event"] == "stream.gap" and json.loads(frames[0]["data"])["reason"] == "unknown_id"
+    assert [json.loads(f["data"]) for f in frames[1:]] == [{"run": 2, "i": i} for i in range(5)]
