@@ -184,6 +184,13 @@ class Webhooks:
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         instance = uuid.uuid4().hex[:12]  # delivery ids stay unique across restarts of this node
         self.senders = [WebhookSender(w, self._client, instance, sleep) for w in settings]
+        # Hooks told apart only by what the label leaves out (a query string) would share one metrics series and
+        # one name in the logs: the 2nd, 3rd... are suffixed with their rank (a label never has a fragment).
+        seen: dict[str, int] = {}
+        for sender in self.senders:
+            rank = seen[sender.label] = seen.get(sender.label, 0) + 1
+            if rank > 1:
+                sender.label += f"#{rank}"
 
     def __call__(self, ev: OutEvent) -> None:
         for sender in self.senders:

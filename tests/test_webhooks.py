@@ -217,3 +217,19 @@ async def test_shutdown_does_not_wait_past_its_bound_for_a_dead_endpoint() -> No
     await hooks.aclose(drain_s=0.3)
     assert asyncio.get_running_loop().time() - started < 2
     assert hooks.senders[0].counters.dropped == 1  # the event left undelivered is counted as lost
+
+
+async def test_two_webhooks_to_one_endpoint_are_two_series_in_metrics() -> None:
+    """Two tenants' hooks on one URL, told apart by their query strings, got the same `url` label (the query is
+    left out): /metrics then held every webhook sample twice with one label set, which Prometheus takes as
+    duplicate samples, keeping one endpoint's figures and dropping the other's."""
+    async with api_env() as env:
+        hooks = [WebhookSettings(url=f"https://hooks.example.com/h?tenant={t}", secret=SECRET)  # type: ignore[arg-type]
+                 for t in (1, 2)]
+        app = create_app(env.runtime, ApiSettings(webhooks=hooks))
+        series = [line.rsplit(" ", 1)[0] for line in (await _metrics(app)).splitlines()
+                  if line.startswith("marcador_webhook_")]
+        assert len(series) == 2 * 5 and len(set(series)) == len(series), series
+        assert {s.split("url=")[1] for s in series if s.startswith("marcador_webhook_backlog")} == \
+            {'"https://hooks.example.com/h"}', '"https://hooks.example.com/h#2"}'}
+        await app.state.webhooks.aclose()
