@@ -6,7 +6,7 @@ so a receiver can drop a repeat). One sender per endpoint delivers in order; an 
 the ones behind it until it succeeds or is given up after `max_attempts`. Each sender's queue is bounded: past
 `queue_size` the oldest event is dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is
 left then is counted as dropped and logged. Secrets and payloads are never logged; URLs are logged
-without their query string.
+as their origin alone (scheme, host, port): a path or a query string may carry a credential.
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ def backoff_delays(base_s: float, max_s: float, attempts: int) -> list[float]:
 
 
 def _safe_url(url: str) -> str:
+    """The endpoint's origin, for logs and the metrics label: the path is left out with the query and userinfo,
+    as many receivers take their credential there (Slack, Discord, catch-hook services) and /metrics is open."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}"
 
 
 @dataclass(slots=True)

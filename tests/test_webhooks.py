@@ -83,7 +83,7 @@ async def test_no_answer_call_reaches_the_integrator_signed_after_two_failures()
         sender = app.state.webhooks.senders[0]
         assert (sender.counters.sent, sender.counters.retried, sender.counters.failed) == (1, 2, 0)
         metrics = (await _metrics(app)).splitlines()
-        label = f'url="{base}/hook"'  # no query string (it may carry a credential)
+        label = f'url="{base}"'  # the origin alone: a path or a query may carry a credential
         assert f'marcador_webhook_events_total{{result="sent",{label}}} 1.0' in metrics
         assert f"marcador_webhook_retries_total{{{label}}} 2.0" in metrics
         await app.state.webhooks.aclose()
@@ -231,5 +231,27 @@ async def test_two_webhooks_to_one_endpoint_are_two_series_in_metrics() -> None:
                   if line.startswith("marcador_webhook_")]
         assert len(series) == 2 * 5 and len(set(series)) == len(series), series
         assert {s.split("url=")[1] for s in series if s.startswith("marcador_webhook_backlog")} == \
-            {'"https://hooks.example.com/h"}', '"https://hooks.example.com/h#2"}'}
+            {'"https://hooks.example.com"}', '"https://hooks.example.com#2"}'}
+        await app.state.webhooks.aclose()
+
+
+async def test_a_token_in_the_webhook_path_reaches_neither_metrics_nor_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Many receivers take their credential in the path (Slack, Discord, Zapier-style catch hooks). The url label
+    and the log lines kept the path, so the token was on the open /metrics page and in every failure's log."""
+    token = "XyZ-path-s3cret-42"
+    async with api_env() as env:
+        hook = WebhookSettings(url=f"http://127.0.0.1:9/services/T01/{token}", secret=SECRET,  # type: ignore[arg-type]
+                               max_attempts=1)
+        app = create_app(env.runtime, ApiSettings(webhooks=[hook]))
+        sender = app.state.webhooks.senders[0]
+        with caplog.at_level(logging.INFO, logger="marcador.api.webhooks"):
+            app.state.webhooks(OutEvent(1, "call.ended", {}, 0.0))
+            await asyncio.sleep(0)
+            await sender.drain(5)
+        assert sender.counters.failed == 1  # it was tried, and its failure logged
+        text = await _metrics(app)
+        assert 'marcador_webhook_events_total{result="failed",url="http://127.0.0.1:9"} 1.0' in text
+        assert token not in text
+        logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+        assert "webhook event given up" in logged and token not in logged
         await app.state.webhooks.aclose()
