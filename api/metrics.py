@@ -79,12 +79,14 @@ class _LiveBuckets:
     def __init__(self) -> None:
         self.minutes: dict[str, dict[int, list[int]]] = {}
         self.hours: dict[str, dict[int, list[int]]] = {}
-        self.seen: set[str] = set()  # call ids counted (an attempt read at seeding is not counted again)
+        self.seen: set[str] = set()  # call ids counted while seeding (an attempt read then is not counted again)
+        self.seeding = True  # after it, events alone count each call once: no id is kept (the set would only grow)
 
     def add(self, call_id: str, campaign_id: str, t: float, abandoned: bool) -> None:
-        if call_id in self.seen:
-            return
-        self.seen.add(call_id)
+        if self.seeding:
+            if call_id in self.seen:
+                return
+            self.seen.add(call_id)
         for table, unit in ((self.minutes, 60), (self.hours, 3600)):
             bucket = table.setdefault(campaign_id, {}).setdefault(int(t // unit), [0, 0])
             bucket[0] += 1
@@ -149,7 +151,8 @@ async def refresh_abandon_windows(runtime: Runtime, now: float | None = None) ->
                     buckets.add(att.call_id, att.campaign_id, t, att.outcome is Outcome.ABANDONED)
                 if i % 10_000 == 9_999:
                     await asyncio.sleep(0)  # let the core run between chunks
-            buckets.seen.clear()  # from here on, each call.ended is counted once by the events alone
+            buckets.seeding = False  # from here on, each call.ended is counted once by the events alone
+            buckets.seen.clear()
         buckets.prune(now)
         for cid in campaigns:
             for name, span in WINDOWS:

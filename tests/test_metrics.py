@@ -18,7 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
+from api import metrics as metrics_module
 from api.metrics import _Latency, refresh_abandon_windows, render_metrics
+from dialer.commands import Emit
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl, DncAdd
 from dialer.memory_store import InMemoryStore
@@ -28,6 +30,7 @@ from marcador_cli.wiring import DRAIN_TIMEOUT_S
 from pacing.snapshot import PacingCaps, PacingStrategy
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import Burst
+from tests.test_api import api_env
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 DIDS = ["+12025550143", "+12025550187"]
@@ -288,3 +291,20 @@ def test_provisioning_prometheus_and_compose_agree() -> None:
     assert (DOCKER / mounts[provider["options"]["path"]] / "marcador.json").is_file()
     home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(provider["options"]["path"] + "/")
+
+
+async def test_rolling_windows_keep_no_memory_per_call_once_seeded() -> None:
+    """With the in-memory store the windows are kept from call.ended events after one read of the attempts.
+    Every call id was also added to a set meant only to tell apart, during that read, calls counted twice: it
+    grew by one entry per live call for the life of the process, past every window."""
+    async with api_env() as env:
+        rt = env.runtime
+        await rt.create_campaign(CampaignSettings("m1"))
+        await refresh_abandon_windows(rt)
+        buckets = metrics_module._buckets[rt]
+        now = rt.clock()
+        for i in range(1000):
+            buckets.on_emit(Emit("call.ended", {"call_id": f"x{i}", "campaign_id": "m1", "ended_at": now,
+                                                "outcome": "abandoned" if i % 10 == 0 else "connected"}))
+        assert (await refresh_abandon_windows(rt))[("m1", "24h")] == (100, 1000)  # every call counted once
+        assert len(buckets.seen) == 0
