@@ -215,3 +215,20 @@ def test_several_campaigns_are_given_per_campaign_and_not_to_the_oracle() -> Non
     two = parse_scenario(_scenario(campaigns=[{"id": "a"}, {"id": "b"}]))
     with pytest.raises(ValueError, match="oracle"):
         Simulation(two, "oracle")
+
+
+def _rate_between(log: list[Attempt], start: float, end: float) -> float | None:
+    """Abandoned / live answers among the calls answered in [start, end] (independent of the simulator's own)."""
+    live = [a for a in log if a.outcome is not None and a.outcome.live and a.answered_at is not None
+            and start <= a.answered_at <= end]
+    return round(sum(a.outcome is Outcome.ABANDONED for a in live) / len(live), 5) if live else None
+
+
+def test_hours_without_live_answers_keep_their_place_in_the_hourly_rates() -> None:
+    """Nobody logged in for the second hour: it has no rate (null), and the third hour stays third."""
+    result = _run("progressive", duration_s=3 * 3600,
+                  agents={"count": 10, "schedule": [{"at_s": 3000, "count": 0}, {"at_s": 7200, "count": 10}]})
+    s, log = result.summary, result.attempts
+    assert s["hourly_abandon_rates"] == [_rate_between(log, 0, 3600 - 1e-9), None,
+                                         _rate_between(log, 7200, 10800)]
+    assert s["hourly_abandon_rates"][2] is not None

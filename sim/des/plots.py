@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.des.simulation import SimResult
+from sim.des.simulation import SimResult, hourly_abandons
 from sim.scenario import Scenario
 
 
@@ -35,18 +35,15 @@ def write_plots(result: SimResult, sc: Scenario, folder: Path) -> list[Path]:
         plt.close(fig)  # type: ignore[arg-type]
         written.append(path)
 
-    hourly: dict[int, list[int]] = {}
-    for a in result.attempts:
-        if a.outcome is not None and a.outcome.live and a.answered_at is not None:
-            h = hourly.setdefault(int(a.answered_at // 3600), [0, 0])
-            h[0] += 1
-            h[1] += a.outcome.value == "abandoned"
+    # The summary's own hours (hourly_abandon_rates), each bar over the stretch of the shift it covers.
+    judged = [(h.start_s / 3600, h.end_s / 3600, h.abandoned / h.live)
+              for h in hourly_abandons(result.attempts, result.summary["sim_seconds"]) if h.live]
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(hours, [row["abandon_rate"] for row in series], label="campaign to date")
-    ax.bar([h + 0.5 for h in sorted(hourly)], [hourly[h][1] / hourly[h][0] for h in sorted(hourly)], width=0.8,
-           alpha=0.3, label="hourly")
+    ax.bar([(a + b) / 2 for a, b, _ in judged], [r for _, _, r in judged],
+           width=[0.8 * (b - a) for a, b, _ in judged], alpha=0.3, label="hourly")
     ax.axhline(target, color="red", linestyle="--", label=f"target {target:.0%}")
-    top = max([2 * target] + [row["abandon_rate"] for row in series] + [h[1] / h[0] for h in hourly.values()])
+    top = max([2 * target] + [row["abandon_rate"] for row in series] + [r for _, _, r in judged])
     ax.set(xlabel="hour of shift", ylabel="abandon rate", ylim=(0, top * 1.1),
            title=f"{sc.name} · {strategy}: abandon rate")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))

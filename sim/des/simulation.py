@@ -516,17 +516,12 @@ class Simulation:
         by_campaign: dict[str, int] = {}
         for a in log:
             by_campaign[a.campaign_id] = by_campaign.get(a.campaign_id, 0) + 1
-        hourly: dict[int, list[int]] = {}
         for a in log:
             key = a.outcome.value if a.outcome is not None else "in_flight"
             by[key] = by.get(key, 0) + 1
-            if a.outcome is not None and a.outcome.live and a.answered_at is not None:
-                h = hourly.setdefault(int(a.answered_at // 3600), [0, 0])
-                h[0] += 1
-                h[1] += a.outcome is Outcome.ABANDONED
         connected, abandoned = by.get(Outcome.CONNECTED.value, 0), by.get(Outcome.ABANDONED.value, 0)
         live = connected + abandoned
-        rates = [round(h[1] / h[0], 5) for _, h in sorted(hourly.items())]
+        rates = [round(h.rate, 5) if h.rate is not None else None for h in hourly_abandons(log, end)]
         return {
             "scenario": self.sc.name,
             "strategy": self.strategy_name,
@@ -540,7 +535,7 @@ class Simulation:
             "abandoned": abandoned,
             "abandon_rate": round(abandoned / live, 5) if live else 0.0,
             "abandon_target": self.sc.campaign.abandon_target,
-            "max_hourly_abandon_rate": max(rates, default=0.0),
+            "max_hourly_abandon_rate": max((r for r in rates if r is not None), default=0.0),
             "hourly_abandon_rates": rates,
             "occupancy": round(stats["occupancy"], 5),
             "idle_per_connect_s": round(stats["idle_per_connect_s"], 3),
@@ -549,6 +544,34 @@ class Simulation:
             "campaigns": {cid: by_campaign.get(cid, 0) for cid in self.campaign_ids},
             "held_leads": len(self.held),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyAbandons:
+    """Live answers and abandons among the calls answered in one hour of the shift [start_s, end_s)."""
+
+    start_s: float
+    end_s: float
+    live: int
+    abandoned: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.abandoned / self.live if self.live else None  # None: no live answer, no rate to judge
+
+
+def hourly_abandons(log: list[Attempt], duration_s: float) -> list[HourlyAbandons]:
+    """One entry per hour of the shift, in order, hours without live answers included (so the n-th entry is
+    always the n-th hour). An answer at the very end of the shift counts in its last hour."""
+    n = max(1, math.ceil(duration_s / 3600))
+    counts = [[0, 0] for _ in range(n)]
+    for a in log:
+        if a.outcome is not None and a.outcome.live and a.answered_at is not None:
+            h = counts[min(int(a.answered_at // 3600), n - 1)]
+            h[0] += 1
+            h[1] += a.outcome is Outcome.ABANDONED
+    return [HourlyAbandons(i * 3600.0, min((i + 1) * 3600.0, duration_s), live, ab)
+            for i, (live, ab) in enumerate(counts)]
 
 
 def iso(t: float | None, start: datetime = EPOCH) -> str | None:
