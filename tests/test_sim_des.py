@@ -224,6 +224,15 @@ def _rate_between(log: list[Attempt], start: float, end: float) -> float | None:
     return round(sum(a.outcome is Outcome.ABANDONED for a in live) / len(live), 5) if live else None
 
 
+def test_a_last_partial_hour_is_judged_over_the_shifts_last_sixty_minutes() -> None:
+    """A 61-minute shift: its second 'hour' is 60 s of answers; judged alone, a single abandon among a handful
+    would decide the worst hour. It is judged over 60..3660 s instead."""
+    result = _run("ratio", duration_s=3660, options={"ratio": 2.5})
+    s, log = result.summary, result.attempts
+    assert s["hourly_abandon_rates"] == [_rate_between(log, 0, 3600 - 1e-9), _rate_between(log, 60, 3660)]
+    assert s["max_hourly_abandon_rate"] == max(s["hourly_abandon_rates"])
+
+
 def test_hours_without_live_answers_keep_their_place_in_the_hourly_rates() -> None:
     """Nobody logged in for the second hour: it has no rate (null), and the third hour stays third."""
     result = _run("progressive", duration_s=3 * 3600,

@@ -562,15 +562,26 @@ class HourlyAbandons:
 
 def hourly_abandons(log: list[Attempt], duration_s: float) -> list[HourlyAbandons]:
     """One entry per hour of the shift, in order, hours without live answers included (so the n-th entry is
-    always the n-th hour). An answer at the very end of the shift counts in its last hour."""
+    always the n-th hour). An answer at the very end of the shift counts in its last hour.
+
+    A shift that does not end on the hour has its last hour judged over its last 60 minutes (overlapping the
+    hour before): judged alone, a tail of a minute holds a handful of answers, and one abandon among them
+    would decide the worst hour (collections-10 for 61 minutes: 1 of 7, 14 %). A shift under an hour is one
+    hour, the whole of it."""
     n = max(1, math.ceil(duration_s / 3600))
+    last_start = max(0.0, duration_s - 3600)
     counts = [[0, 0] for _ in range(n)]
     for a in log:
         if a.outcome is not None and a.outcome.live and a.answered_at is not None:
-            h = counts[min(int(a.answered_at // 3600), n - 1)]
-            h[0] += 1
-            h[1] += a.outcome is Outcome.ABANDONED
-    return [HourlyAbandons(i * 3600.0, min((i + 1) * 3600.0, duration_s), live, ab)
+            ab = a.outcome is Outcome.ABANDONED
+            h = int(a.answered_at // 3600)
+            if h < n - 1:  # a clock hour before the last
+                counts[h][0] += 1
+                counts[h][1] += ab
+            if a.answered_at >= last_start:  # the last hour (every answer from (n - 1) h on is in it)
+                counts[-1][0] += 1
+                counts[-1][1] += ab
+    return [HourlyAbandons(i * 3600.0 if i < n - 1 else last_start, min((i + 1) * 3600.0, duration_s), live, ab)
             for i, (live, ab) in enumerate(counts)]
 
 
