@@ -22,8 +22,8 @@ simulator (sim/des) and the simulated PBX. No I/O here apart from `load_scenario
     campaign: {abandon_target: 0.03, abandon_threshold_s: 2.0}
     amd: {enabled: false, detect_s: 2.5, false_machine: 0.05, false_human: 0.15}
 
-Distributions: fixed (value), exponential (mean), uniform (low, high), lognormal (median, sigma),
-gamma (mean, cv); each with optional min/max (clipped).
+Distributions (durations in seconds: no parameter negative or infinite): fixed (value), exponential (mean),
+uniform (low, high), lognormal (median, sigma), gamma (mean, cv); each with optional min/max (clipped).
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ class ScenarioError(ValueError):
 
 
 class Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A duration in seconds (wrap-up, answer delay, talk, patience): never negative, always finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     dist: Literal["fixed", "exponential", "uniform", "lognormal", "gamma"]
-    value: float | None = None
+    value: float | None = Field(None, ge=0)
     mean: float | None = Field(None, gt=0)
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(None, ge=0)
+    high: float | None = Field(None, ge=0)
     median: float | None = Field(None, gt=0)
     sigma: float | None = Field(None, ge=0)
     cv: float | None = Field(None, gt=0)
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, ge=0)
+    max: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _params(self) -> Dist:

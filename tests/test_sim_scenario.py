@@ -78,6 +78,21 @@ def test_scenario_errors_name_the_field(data: dict[str, object], field: str, why
         parse_scenario(data)
 
 
+@pytest.mark.parametrize(("dist", "field"), [
+    ({"dist": "fixed", "value": -10}, "value"),
+    ({"dist": "uniform", "low": -5, "high": 3}, "low"),
+    ({"dist": "gamma", "mean": 150, "cv": 0.8, "max": -1}, "max"),
+    ({"dist": "lognormal", "median": 8, "sigma": 0.5, "min": -2}, "min"),
+    ({"dist": "fixed", "value": float("inf")}, "value"),
+])
+def test_distributions_are_durations_in_seconds_never_negative_or_endless(dist: dict[str, object],
+                                                                          field: str) -> None:
+    """Every distribution in a scenario is a time (wrap-up, answer delay, talk, patience): a negative one was
+    run as if it were 0 (a talk of -10 s ended at once), an endless one never ended."""
+    with pytest.raises(ScenarioError, match=rf"^scenario: calls\.talk_s\.{field}: "):
+        parse_scenario(_scenario(calls={"p_live": 0.3, "talk_s": dist}))
+
+
 def test_shares_are_checked_wherever_a_schedule_bends() -> None:
     with pytest.raises(ScenarioError, match=r"> 1"):
         parse_scenario(_scenario(calls={"p_live": 0.6, "p_busy": 0.5}))
