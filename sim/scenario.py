@@ -67,6 +67,11 @@ class Dist(BaseModel):
         missing = [p for p in need if getattr(self, p) is None]
         if missing:
             raise ValueError(f"{self.dist} needs {', '.join(missing)}")
+        # A parameter of another distribution would be ignored: say so rather than run something else.
+        unused = [p for p in ("value", "mean", "low", "high", "median", "sigma", "cv")
+                  if p not in need and getattr(self, p) is not None]
+        if unused:
+            raise ValueError(f"{self.dist} does not take {', '.join(unused)} (it takes {', '.join(need)}, min, max)")
         if self.low is not None and self.high is not None and self.high < self.low:
             raise ValueError("uniform: high must be >= low")
         if self.min is not None and self.max is not None and self.max < self.min:

@@ -93,6 +93,17 @@ def test_distributions_are_durations_in_seconds_never_negative_or_endless(dist: 
         parse_scenario(_scenario(calls={"p_live": 0.3, "talk_s": dist}))
 
 
+@pytest.mark.parametrize(("dist", "why"), [
+    ({"dist": "exponential", "mean": 5, "cv": 0.5}, "exponential does not take cv"),
+    ({"dist": "lognormal", "median": 8, "sigma": 0.5, "mean": 12}, "lognormal does not take mean"),
+    ({"dist": "fixed", "value": 10, "low": 5, "high": 20}, "fixed does not take low, high"),
+])
+def test_a_parameter_the_distribution_does_not_use_is_refused_not_ignored(dist: dict[str, object],
+                                                                          why: str) -> None:
+    with pytest.raises(ScenarioError, match=rf"^scenario: calls\.talk_s: {why} \(it takes "):
+        parse_scenario(_scenario(calls={"p_live": 0.3, "talk_s": dist}))
+
+
 def test_shares_are_checked_wherever_a_schedule_bends() -> None:
     with pytest.raises(ScenarioError, match=r"> 1"):
         parse_scenario(_scenario(calls={"p_live": 0.6, "p_busy": 0.5}))
