@@ -209,6 +209,17 @@ def test_several_campaigns_share_the_floor_by_weight_with_their_own_debtors_and_
     assert result.summary["refused"].get("dnc_campaign", 0) >= 1
 
 
+def test_the_charts_series_is_the_floors_on_a_floor_of_several_campaigns() -> None:
+    """The plotted abandon rate and lines are the whole floor's, like the summary and the agents they share."""
+    result = _run("ratio", duration_s=2700, agents={"count": 12},
+                  campaigns=[{"id": "a", "weight": 3}, {"id": "b", "weight": 1}], options={"ratio": 2.5})
+    last, s = result.series[-1], result.summary
+    up = Counter(a.campaign_id for a in result.attempts if a.outcome is None)  # ringing or waiting at the end
+    assert set(up) == {"a", "b"}
+    assert last["lines"] == sum(up.values())
+    assert last["abandon_rate"] == pytest.approx(s["abandon_rate"], abs=1e-5)
+
+
 def test_several_campaigns_are_given_per_campaign_and_not_to_the_oracle() -> None:
     with pytest.raises(ScenarioError, match="per campaign"):
         parse_scenario(_scenario(rule_set="us-tsr-regf", campaigns=[{"id": "a"}]))

@@ -479,15 +479,22 @@ class Simulation:
     def _sample(self, reschedule: bool = True) -> None:
         now = self.kernel.now
         stats = self.core.stats(self.campaign_ids[0], now + self.base)  # agents serve every campaign: floor-wide
+        # Calls and answers are each campaign's: add them up, so the charts show the floor like the summary.
+        lines = live = abandoned = 0
+        for cid in self.campaign_ids:
+            own = stats if cid == self.campaign_ids[0] else self.core.stats(cid, now + self.base)
+            lines += own["in_flight"] + own["waiting"]
+            live += own["live_answers"]
+            abandoned += own["abandoned"]
         agents = stats["agents"]
         logged_in = agents[READY] + agents[ON_CALL] + agents[WRAPUP]
         talk, logged = stats["talk_s"], stats["talk_s"] + stats["ready_s"] + stats["wrapup_s"]
         d_talk, d_logged = talk - self._last_occ[0], logged - self._last_occ[1]
         self._last_occ = (talk, logged)
-        row = {"t": now, "abandon_rate": stats["abandon_rate"], "occupancy": stats["occupancy"],
+        row = {"t": now, "abandon_rate": abandoned / live if live else 0.0, "occupancy": stats["occupancy"],
                "occupancy_interval": d_talk / d_logged if d_logged > 0 else 0.0,
-               "lines_per_agent": (stats["in_flight"] + stats["waiting"]) / logged_in if logged_in else 0.0,
-               "lines": float(stats["in_flight"] + stats["waiting"]),
+               "lines_per_agent": lines / logged_in if logged_in else 0.0,
+               "lines": float(lines),
                **{f"agents_{k}": float(v) for k, v in agents.items()}}
         state = getattr(self.strategy, "state", None)
         if callable(state):
