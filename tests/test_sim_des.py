@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -252,3 +253,16 @@ def test_hours_without_live_answers_keep_their_place_in_the_hourly_rates() -> No
     assert s["hourly_abandon_rates"] == [_rate_between(log, 0, 3600 - 1e-9), None,
                                          _rate_between(log, 7200, 10800)]
     assert s["hourly_abandon_rates"][2] is not None
+
+
+def test_occupancy_has_no_value_while_nobody_is_logged_in() -> None:
+    """With no logged-in time in an interval there is no occupancy: the chart breaks its line there instead
+    of drawing agents idle (0) who are not there."""
+    result = _run("progressive", duration_s=3 * 3600,
+                  agents={"count": 10, "schedule": [{"at_s": 3000, "count": 0}, {"at_s": 7200, "count": 10}]})
+    empty = [r for r in result.series if 4000 <= r["t"] <= 7200]
+    full = [r for r in result.series if 60 <= r["t"] <= 3000 or r["t"] >= 7260]
+    assert empty and all(r["agents_ready"] + r["agents_on_call"] + r["agents_wrapup"] == 0 for r in empty)
+    assert all(math.isnan(r["occupancy_interval"]) for r in empty)
+    assert all(0 < r["occupancy_interval"] <= 1 for r in full)
+    assert math.isnan(result.series[0]["occupancy"]) and result.series[0]["t"] == 0  # nobody has worked yet

@@ -491,8 +491,11 @@ class Simulation:
         talk, logged = stats["talk_s"], stats["talk_s"] + stats["ready_s"] + stats["wrapup_s"]
         d_talk, d_logged = talk - self._last_occ[0], logged - self._last_occ[1]
         self._last_occ = (talk, logged)
-        row = {"t": now, "abandon_rate": abandoned / live if live else 0.0, "occupancy": stats["occupancy"],
-               "occupancy_interval": d_talk / d_logged if d_logged > 0 else 0.0,
+        row = {"t": now, "abandon_rate": abandoned / live if live else 0.0,
+               "occupancy": stats["occupancy"] if logged > 0 else math.nan,
+               # No logged-in time in the interval: no occupancy (NaN breaks the chart's line; 0 would draw
+               # idle agents who are not there).
+               "occupancy_interval": d_talk / d_logged if d_logged > 0 else math.nan,
                "lines_per_agent": lines / logged_in if logged_in else 0.0,
                "lines": float(lines),
                **{f"agents_{k}": float(v) for k, v in agents.items()}}
