@@ -49,7 +49,8 @@ class Fate:
 
 
 class CallModel(Protocol):
-    def fate(self, number: str) -> Fate: ...
+    def fate(self, number: str, ring_s: float) -> Fate:
+        """What the called party does, the line ringing `ring_s` (the Originate's timeout)."""
 
 
 class NumberCodedModel:
@@ -60,7 +61,7 @@ class NumberCodedModel:
         "1": "answer", "2": "busy", "3": "congestion", "4": "no_answer", "5": "unallocated", "6": "machine",
     }
 
-    def fate(self, number: str) -> Fate:
+    def fate(self, number: str, ring_s: float) -> Fate:
         digits = "".join(ch for ch in number if ch.isdigit())
         if len(digits) < 6:
             return Fate("unallocated")
@@ -314,8 +315,8 @@ class SimulatedPbx:
         self.originates += 1
         ch = Channel(uid, f"Local/{dest}@{ctx or 'sim-customer'}-{seq:08x};1", "call", str(aid or ""), s,
                      call_id=variables.get("MARCADOR_CALL_ID", uid), number=dest, variables=variables)
-        fate = self.model.fate(dest)
         timeout_s = float(a.get("timeout", 30000)) / 1000
+        fate = self.model.fate(dest, timeout_s)
         row = {"call_id": ch.call_id, "uniqueid": uid, "number": dest, "fate": fate.kind, "t": time.time()}
         self.call_log.append(row)
         if self._call_log_file is not None:
@@ -616,9 +617,9 @@ class ScenarioCallModel:
         self.speed = speed
         self._t0 = time.monotonic()
 
-    def fate(self, number: str) -> Fate:
+    def fate(self, number: str, ring_s: float) -> Fate:
         t = (time.monotonic() - self._t0) * self.speed
-        f = draw_fate(self.scenario, self.rng, t % self.scenario.duration_s)
+        f = draw_fate(self.scenario, self.rng, t % self.scenario.duration_s, ring_s)
         detect = self.scenario.amd.detect_s if self.scenario.amd.enabled and f.kind in ("live", "machine") else 0.0
         verdict = ("MACHINE" if f.amd_says_machine else "HUMAN") if self.scenario.amd.enabled else None
         return Fate(self.KINDS[f.kind], f.answer_s + detect, f.talk_s, verdict, f.patience_s)

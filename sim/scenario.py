@@ -430,8 +430,10 @@ class CallFate:
     amd_says_machine: bool  # AMD's verdict when enabled (false classifications included)
 
 
-def draw_fate(sc: Scenario, rng: np.random.Generator, t: float) -> CallFate:
-    """The call model, shared by the simulator and the simulated PBX; `t` is seconds into the shift.
+def draw_fate(sc: Scenario, rng: np.random.Generator, t: float, ring_s: float | None = None) -> CallFate:
+    """The call model, shared by the simulator and the simulated PBX; `t` is seconds into the shift, `ring_s`
+    how long the line rings (the core's ring timeout, which a rule set's minimum ring may make longer than the
+    scenario's `no_answer_timeout_s`; None: that timeout). A person who would pick up later is a no answer.
 
     Every fate takes the same number of draws whatever its kind, so one caller's fate never shifts the
     stream of the next.
@@ -447,7 +449,7 @@ def draw_fate(sc: Scenario, rng: np.random.Generator, t: float) -> CallFate:
     p_machine = p_live + value_at(c.p_machine, t, dur)
     p_busy = p_machine + value_at(c.p_busy, t, dur)
     p_fail = p_busy + value_at(c.p_fail, t, dur)
-    answered = answer < c.no_answer_timeout_s
+    answered = answer < (c.no_answer_timeout_s if ring_s is None else ring_s)
     if u < p_live:
         kind = "live" if answered else "no_answer"
     elif u < p_machine:

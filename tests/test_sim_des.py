@@ -266,3 +266,16 @@ def test_occupancy_has_no_value_while_nobody_is_logged_in() -> None:
     assert all(math.isnan(r["occupancy_interval"]) for r in empty)
     assert all(0 < r["occupancy_interval"] <= 1 for r in full)
     assert math.isnan(result.series[0]["occupancy"]) and result.series[0]["t"] == 0  # nobody has worked yet
+
+
+@pytest.mark.parametrize("strategy", ["progressive", "oracle"])
+def test_people_are_judged_on_the_ring_the_core_asks_for(strategy: str) -> None:
+    """A rule set's minimum ring (Ofcom and Reg F/TSR: 15 s, here as an override) lengthens a scenario's 10 s
+    timeout: the core rings 15 s, so people who pick up at 12 s answer. The callers were judged on the 10 s
+    and every one of them counted as a no answer while the line rang on."""
+    result = _run(strategy, duration_s=1200, agents={"count": 4}, rule_overrides={"min_ring_s": 15},
+                  calls={"p_live": 0.87, "answer_delay_s": {"dist": "fixed", "value": 12},
+                         "no_answer_timeout_s": 10})
+    out = Counter(_outcome(a) for a in result.attempts)
+    assert out["connected"] > 20 and out["no_answer"] == 0  # the rest are busy or fail at once
+    assert {a.answered_at - a.dialed_at for a in result.attempts if a.answered_at is not None} == {12.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,19 @@ def test_random_streams_are_reproducible_and_independent() -> None:
     assert c1.random() == c2.random() and a1.random() == a2.random()
     c3, a3 = random_streams(5)
     assert c3.random() != a3.random()
+
+
+def test_the_simulated_pbx_judges_its_callers_on_the_originates_ring_time() -> None:
+    """The simulated PBX rings as long as the Originate asks (a rule set's minimum ring may lengthen the
+    scenario's timeout): a person who picks up at 12 s answers a 15 s ring, not a 10 s one."""
+    from sim.pbx import ScenarioCallModel
+
+    sc = parse_scenario({"name": "t", "agents": {"count": 1}, "calls": {
+        "p_live": 0.8, "p_busy": 0.0, "p_fail": 0.0, "answer_delay_s": {"dist": "fixed", "value": 12},
+        "no_answer_timeout_s": 10}})
+    kinds = {}
+    for ring in (10.0, 15.0):
+        model = ScenarioCallModel(sc, seed=1)
+        kinds[ring] = Counter(model.fate("+15550000001", ring).kind for _ in range(200))
+    assert set(kinds[10.0]) == {"no_answer"}
+    assert kinds[15.0]["answer"] > 100 and set(kinds[15.0]) == {"answer", "no_answer"}

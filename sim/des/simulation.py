@@ -149,9 +149,7 @@ class Simulation:
         self.series: list[dict[str, float]] = []
         self._fates: deque[CallFate] = deque()  # drawn ahead only when the oracle looks ahead
         self._roster: list[str] = []  # agents the schedule keeps logged in, in login order
-        # How far ahead the oracle looks: the longest a call it places now can take to reach an agent.
-        self._horizon_s = (scenario.calls.no_answer_timeout_s + self.detect_s
-                           + scenario.campaign.abandon_threshold_s)
+        self._horizon_s = 0.0  # how far ahead the oracle looks: the longest a call placed now takes to reach an agent
         self._agent_seq = 0
         self._lead_seq = 0
         self._deadline: float | None = None  # the core deadline the kernel will wake us for
@@ -190,6 +188,10 @@ class Simulation:
                 weight=entry.weight))
             if i:  # a pacer of its own for each further campaign (they share the agents by weight)
                 self.core.set_strategy(entry.id, make_strategy(strategy, caps))
+        # How long the core rings (a rule set's minimum ring may lengthen the scenario's timeout): the oracle's
+        # fates drawn ahead are judged on it, like every fate at its Originate.
+        self._ring_s = self.core.campaigns[self.campaign_ids[0]].settings.ring_timeout_s
+        self._horizon_s = self._ring_s + self.detect_s + scenario.campaign.abandon_threshold_s
         self._handlers: dict[type, Callable[[Any], None]] = {
             Originate: self._originate, ConnectToAgent: self._connect, PlayAbandonMessage: self._play_abandon,
             Hangup: self._hangup, OriginateAgentLeg: self._agent_leg_up, HangupAgentLeg: self._agent_leg_down,
@@ -348,16 +350,16 @@ class Simulation:
             leads.append(Lead(f"L{self._lead_seq:07d}", cmd.campaign_id, (f"+1555{self._lead_seq:07d}",)))
         self.kernel.after(0.0, self._feed, LeadsAvailable(cmd.campaign_id, tuple(leads)))
 
-    def _next_fate(self) -> CallFate:
+    def _next_fate(self, ring_s: float) -> CallFate:
         if self._fates:
             return self._fates.popleft()
-        return draw_fate(self.sc, self.rng_calls, self.kernel.now)
+        return draw_fate(self.sc, self.rng_calls, self.kernel.now, ring_s)
 
     def _reaches_agent(self, fate: CallFate) -> bool:
         return fate.kind in ANSWERING and not fate.amd_says_machine
 
     def _originate(self, cmd: Originate) -> None:
-        fate = self._next_fate()
+        fate = self._next_fate(cmd.timeout_s)
         now = self.kernel.now
         k = self.kernel
         offer = now + fate.answer_s + self.detect_s if self._reaches_agent(fate) else None
@@ -469,7 +471,7 @@ class Simulation:
         fates, i = self._fates, 0
         while True:
             if i == len(fates):
-                fates.append(draw_fate(self.sc, self.rng_calls, now))
+                fates.append(draw_fate(self.sc, self.rng_calls, now, self._ring_s))
             fate = fates[i]
             i += 1
             yield now + fate.answer_s + self.detect_s if self._reaches_agent(fate) else None
