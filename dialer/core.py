@@ -809,6 +809,8 @@ class DialerCore:
             if now < camp.dids_back_at:
                 return
             camp.dids_back_at = None
+        if camp.hopper.has_agent_callbacks:
+            self._orphan_callbacks(camp, now)
         if camp.settings.strategy != PREVIEW and camp.hopper.has_agent_callbacks:  # preview: the owner asks
             self._serve_agent_callbacks(camp, now, out)
         snap = self.snapshot(camp.settings.campaign_id, now)
@@ -827,6 +829,16 @@ class DialerCore:
                         camp.hopper.release(rest.lead.lead_id, now)
                     break
         self._maybe_fetch(camp, now, out)
+
+    def _orphan_callbacks(self, camp: CampaignState, now: float) -> None:
+        """A due callback owned by an agent who is logged out (or unknown here, or no longer serves the campaign)
+        goes to the campaign: its owner would only dial it once logged in, and the debtor was promised the time.
+        An owner who is paused, busy or connecting keeps it: they are on shift and take it when ready."""
+        cid, skill = camp.settings.campaign_id, camp.settings.skill
+        for agent_id in camp.hopper.callback_owners():
+            owner = self.agents.get(agent_id)
+            if owner is None or owner.status is AgentStatus.LOGGED_OUT or not owner.serves(cid, skill):
+                camp.hopper.reassign_agent_callbacks(agent_id, None, due_by=now)
 
     def _serve_agent_callbacks(self, camp: CampaignState, now: float, out: list[Command]) -> None:
         """A ready agent with a callback of its own due dials it now, reserved for it (never abandoned, never

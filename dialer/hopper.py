@@ -633,15 +633,29 @@ class Hopper:
                     picks.append(pick)
         return picks
 
-    def reassign_agent_callbacks(self, agent_id: str, to_agent: str | None = None) -> int:
-        """Hand an agent's pending callbacks to another agent, or to the campaign (None): e.g. the agent left."""
+    def reassign_agent_callbacks(self, agent_id: str, to_agent: str | None = None, due_by: float | None = None) -> int:
+        """Hand an agent's pending callbacks (only those due by `due_by` when given) to another agent, or to the
+        campaign (None): e.g. the agent left."""
         heap = self._agent_cbs.pop(agent_id, [])
+        keep: list[tuple[float, int, _Entry]] = []
         n = 0
-        for at, ticket, e in heap:
-            if ticket == e.ticket:
+        for item in heap:
+            at, ticket, e = item
+            if ticket != e.ticket:
+                continue
+            if due_by is not None and at > due_by:
+                keep.append(item)
+            else:
                 self._to_callback(e, at, to_agent)
                 n += 1
+        if keep:
+            heapq.heapify(keep)
+            self._agent_cbs[agent_id] = keep
         return n
+
+    def callback_owners(self) -> list[str]:
+        """The agents who own a callback here (some entries may be stale)."""
+        return [agent_id for agent_id, heap in self._agent_cbs.items() if heap]
 
     # -------------------------------------------------------------- results
 

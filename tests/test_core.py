@@ -330,6 +330,35 @@ def test_an_agents_own_callback_is_dialed_for_that_agent_when_due():
     assert of(core.handle(CallAnswered(cb.call_id), 55.0), ConnectToAgent) == [ConnectToAgent(cb.call_id, "a2")]
 
 
+def test_an_owned_callback_whose_agent_logged_out_goes_to_the_campaign_when_due():
+    # The owner logged out (or is unknown here): the callback is not left waiting for ever, nor fired before its time.
+    core = make(n_leads=3, agents=("a1", "a2"))
+    core.handle(ScheduleCallback("c1", "L2", at=100.0, agent_id="a2"), 1.0)
+    core.handle(ScheduleCallback("c1", "L1", at=100.0, agent_id="ghost"), 1.0)
+    core.handle(AgentLogout("a2"), 2.0)
+    core.handle(AgentDisconnected("a2"), 2.5)
+    (first,) = of(core.tick(3.0), Originate)
+    assert first.lead_id == "L0"
+    core.handle(CallFailed(first.call_id, Outcome.BUSY, 17), 4.0)
+    assert not of(core.tick(99.0), Originate)
+    (cb,) = of(core.tick(100.0), Originate)  # one ready agent: the first due callback, as the campaign's
+    assert cb.lead_id in ("L1", "L2") and core.agents.get("a1").status is AgentStatus.READY
+    core.handle(CallFailed(cb.call_id, Outcome.BUSY, 17), 101.0)
+    (cb2,) = of(core.tick(102.0), Originate)
+    assert {cb.lead_id, cb2.lead_id} == {"L1", "L2"}
+    assert core.campaigns["c1"].hopper.callbacks() == []
+
+
+def test_an_owned_callback_waits_for_its_paused_or_busy_agent():
+    core = make(n_leads=2, agents=("a1", "a2"))
+    core.handle(ScheduleCallback("c1", "L1", at=50.0, agent_id="a2"), 1.0)
+    core.handle(AgentState("a2", AgentStatus.PAUSED, "lunch"), 2.0)
+    for o in of(core.tick(3.0), Originate):
+        core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 4.0)
+    assert all(o.lead_id != "L1" for o in of(core.tick(60.0), Originate))  # still a2's
+    assert core.campaigns["c1"].hopper.info("L1").callback_agent == "a2"
+
+
 def test_answered_call_goes_to_best_skill_level_then_longest_idle():
     core = DialerCore(CoreConfig(id_prefix="t"))
     core.add_campaign(CampaignSettings(campaign_id="c1", skill="legal"))
