@@ -277,6 +277,8 @@ class DialerCore:
                 leaving = self.agents.get(event.agent_id)
                 if leaving is not None and leaving.status is not AgentStatus.LOGGED_OUT:
                     leaving.logout_requested = True
+                    if leaving.status is AgentStatus.PREVIEW:
+                        self._drop_preview(leaving, now)  # a lead on screen, not dialed: back to the hopper
                     if leaving.status in (AgentStatus.READY, AgentStatus.PAUSED, AgentStatus.CONNECTING):
                         # Out of the ready pool at once: no call may be routed to an agent who is leaving.
                         self.agents.set_status(leaving, AgentStatus.PAUSED, now, reason="logging out")
@@ -398,6 +400,18 @@ class DialerCore:
         lead, camp = agent.preview, self._campaign(agent.preview_campaign or "")
         agent.preview = agent.preview_campaign = None
         return agent, camp, lead
+
+    def _drop_preview(self, agent: Agent, now: float) -> None:
+        """The agent can no longer act on its preview (leg dropped, logging out). A lead on screen and not dialed
+        goes back to the hopper unattempted (it used to stay out for good); one already dialed comes back with its
+        call's outcome, and the call, reserved for nobody now, goes to any free agent if answered."""
+        if agent.status is AgentStatus.PREVIEW and agent.preview is not None:
+            camp = self.campaigns.get(agent.preview_campaign or "")
+            dialed = any(c.reserved_agent == agent.agent_id for c in self.calls.values())
+            if camp is not None and not dialed:
+                camp.hopper.release(agent.preview.lead_id, now)
+                self.agents.set_status(agent, AgentStatus.READY, now)
+        agent.preview = agent.preview_campaign = agent.preview_pick = None
 
     def _on_preview_dial(self, event: PreviewDial, now: float, out: list[Command]) -> None:
         if not (self.pbx_up and self.store_up):
@@ -668,6 +682,7 @@ class DialerCore:
         if gone is None or gone.status is AgentStatus.LOGGED_OUT:
             return
         gone.call_id = None  # the call, if any, ends on its own events; the agent no longer holds it
+        self._drop_preview(gone, now)
         if gone.logout_requested or gone.rejoins >= self.config.agent_rejoin_attempts:
             reason = "" if gone.logout_requested else "phone unreachable"
             self.agents.set_status(gone, AgentStatus.LOGGED_OUT, now, reason=reason)

@@ -466,6 +466,32 @@ def test_preview_skip_returns_lead_and_failed_preview_frees_agent():
         core.handle(PreviewDial("a1"), 7.0)  # nothing on screen
 
 
+def test_a_lead_on_screen_goes_back_when_the_agent_leg_drops_or_the_agent_logs_out():
+    core = make(n_leads=2, agents=("a1", "a2"), strategy="preview")
+    core.handle(PreviewRequest("a1", "c1"), 1.0)
+    hopper = core.campaigns["c1"].hopper
+    assert hopper.info("L0").state == "out"
+    core.handle(AgentDisconnected("a1"), 2.0)  # the phone dropped before the agent dialed
+    assert hopper.info("L0").state == "pending"  # it used to stay out for good
+    core.handle(AgentConnected("a1"), 4.0)
+    a1 = core.agents.get("a1")
+    assert a1.status is AgentStatus.READY and a1.preview is None
+    with pytest.raises(CoreError):
+        core.handle(PreviewDial("a1"), 5.0)  # nothing on screen any more
+    # Logging out with a lead on screen: the lead goes back and the leg is hung up at once.
+    core.handle(PreviewRequest("a2", "c1"), 6.0)
+    cmds = core.handle(AgentLogout("a2"), 7.0)
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a2")]
+    assert hopper.counts()["out"] == 0 and core.agents.get("a2").preview is None
+    # A previewed call already ringing is not released: its own outcome brings the lead back.
+    core.handle(PreviewRequest("a1", "c1"), 8.0)
+    (o,) = of(core.handle(PreviewDial("a1"), 9.0), Originate)
+    core.handle(AgentDisconnected("a1"), 10.0)
+    assert hopper.info(o.lead_id).state == "out"
+    core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 12.0)
+    assert hopper.info(o.lead_id).state == "scheduled" and hopper.info(o.lead_id).attempts == 1
+
+
 def test_logout_of_a_ready_agent_takes_it_out_of_the_ready_pool_at_once():
     core = make(agents=("a1", "a2"))
     cmds = core.handle(AgentLogout("a1"), 1.0)
