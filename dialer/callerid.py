@@ -218,6 +218,24 @@ class CallerIdPool:
         if not st.day:
             del self._dids[did]
 
+    def reconfigure(self, dids: Sequence[str], hour_cap: int, day_cap: int) -> None:
+        """Take an edited pool and caps in place: the DIDs kept keep their cap windows, counters and the debtors
+        they are sticky to (a new pool would start every DID's hour and day at zero, over its caps)."""
+        if hour_cap < 1 or day_cap < 1:
+            raise ValueError("hour_cap and day_cap must be at least 1")
+        for i, did in enumerate(dids):
+            _validate_did(did, i)
+        wanted = set(dids)
+        for st in self._active():
+            if st.did not in wanted:
+                self.remove(st.did)
+        for did in dids:
+            self.add(did)
+        if (hour_cap, day_cap) != (self.hour_cap, self.day_cap):
+            self.hour_cap, self.day_cap = hour_cap, day_cap
+            for st in self._active():
+                self._touch(st)  # eligibility and wake-up times follow the new caps
+
     @property
     def dids(self) -> list[str]:
         return sorted(st.did for st in self._active())

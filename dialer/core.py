@@ -228,9 +228,11 @@ class DialerCore:
                 existing.rule_set = rule_set
                 self.history.widen_for(rule_set)
                 existing.gate = Gatekeeper(rule_set, self.dnc, self.history, settings.campaign_id)
-            if pool is None or existing.pool is None or set(existing.pool.dids) != set(settings.did_pool):
+            if pool is None or existing.pool is None:
                 existing.pool = pool
-                existing.dids_back_at = None
+            else:  # in place: the DIDs kept must keep their cap windows and sticky debtors
+                existing.pool.reconfigure(settings.did_pool, settings.did_hour_cap, settings.did_day_cap)
+            existing.dids_back_at = None  # a DID added or a cap raised may be usable now
             return
         caps = PacingCaps(
             max_lines=settings.max_lines,

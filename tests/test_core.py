@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dialer.commands import (
@@ -554,6 +556,41 @@ def test_a_pool_of_capped_dids_waits_for_its_retry_time_instead_of_picking_every
     later = [c for t in range(2, 600) for c in core.tick(float(t))]
     assert not of(later, Originate) and not [e for e in of(later, Emit) if e.kind in ("did.exhausted", "dial.refused")]
     assert len(of(core.tick(3601.5), Originate)) == 1  # the hour cap frees the DID: dialing resumes
+
+
+def test_editing_a_campaigns_did_pool_or_caps_keeps_the_caps_and_sticky_dids():
+    dids = ["+12125550100", "+12125550101"]
+    settings = CampaignSettings(campaign_id="c1", did_pool=dids, did_hour_cap=2, did_day_cap=100)
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(settings)
+    for i in range(10):
+        core.handle(AgentLogin(f"a{i}"), 0.0)
+        core.handle(AgentConnected(f"a{i}"), 0.0)
+    core.handle(CampaignControl("c1", "start"), 0.0)
+    core.handle(LeadsAvailable("c1", tuple(Lead(f"L{i}", "c1", (f"+1212555{i:04d}",)) for i in range(50))), 0.0)
+    used: dict[str, int] = {}
+
+    def run(t: float) -> list[Originate]:
+        origs = of(core.tick(t), Originate)
+        for o in origs:
+            used[o.caller_id] = used.get(o.caller_id, 0) + 1
+            core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), t + 1)
+        return origs
+
+    first = run(1.0)
+    assert used == dict.fromkeys(dids, 2)
+    # A DID added mid-hour: the two in use keep their hour's count (a new pool used to start them at zero).
+    core.add_campaign(dataclasses.replace(settings, did_pool=[*dids, "+12125550102"]))
+    run(10.0)
+    run(20.0)
+    assert used == {**dict.fromkeys(dids, 2), "+12125550102": 2}
+    # A lower cap on the same DIDs binds at once (it used to be ignored until a restart).
+    core.add_campaign(dataclasses.replace(settings, did_pool=[*dids, "+12125550102"], did_hour_cap=1))
+    pool = core.campaigns["c1"].pool
+    assert pool is not None and pool.hour_cap == 1
+    assert pool.sticky_for(first[0].lead_id) == first[0].caller_id  # the debtor keeps its number
+    assert not run(100.0)
+    assert len(run(3625.0)) == 3  # the hour passed: one call a DID under the new cap
 
 
 def test_a_dnc_snapshot_from_the_shared_store_adds_and_removes_but_keeps_what_came_after_it():
