@@ -350,6 +350,9 @@ class Hopper:
         self._agent_cbs: dict[str, list[tuple[float, int, _Entry]]] = {}
         self._counts = [0] * len(STATE_NAMES)
         self._seq = 0
+        # Leads drained back to the store (campaign stopped), with their attempts, delays and callbacks: the store
+        # keeps none of that, so a lead it leases here again takes its state back rather than start afresh.
+        self._dormant: dict[str, _Entry] = {}
 
     # -------------------------------------------------------------- transitions (each gives a new ticket)
 
@@ -411,8 +414,16 @@ class Hopper:
         by_key: dict[tuple[str, int, str | None], _Bucket] = {}  # (segment, stage, zone) -> bucket, this batch
         added = pending = 0
         seq = self._seq
+        dormant = self._dormant
+        back: list[_Entry] = []
         for lead in batch:
             if lead.lead_id in entries:
+                continue
+            if dormant and lead.lead_id in dormant:
+                e = entries[lead.lead_id] = dormant.pop(lead.lead_id)
+                e.lead, e.neg_amount = lead, -float(lead.amount_due)
+                back.append(e)
+                added += 1
                 continue
             dpd = lead.days_past_due
             key = (lead.segment, 0 if dpd < lo else 1 if dpd < hi else 2, lead.timezone)
@@ -444,12 +455,22 @@ class Hopper:
             else:
                 for it in items:
                     heapq.heappush(b.heap, it)
+        for e in back:
+            e.bucket = self._bucket_for(e.lead)
+            if e.cb_at is not None:
+                self._to_callback(e, e.cb_at, e.cb_agent)
+            elif e.next_at is not None:
+                self._to_timed(e, e.next_at, now)
+            else:
+                self._to_pending(e)  # pending or parked before: gated afresh
         return added
 
     def remove(self, lead_id: str, now: float) -> bool:
         """Remove a lead at once (paid today...): never selected again, its callbacks cancelled. A lead out on a
         call stays out until its outcome or release, which then ends it. False if unknown or already removed."""
         e = self._entries.get(lead_id)
+        if e is None and lead_id in self._dormant:  # drained: removed like any lead held here, never back
+            e = self._entries[lead_id] = self._dormant.pop(lead_id)
         if e is None or e.state == REMOVED or e.gone:
             return False
         if e.state == OUT:
@@ -772,12 +793,14 @@ class Hopper:
 
     def drain(self) -> list[str]:
         """Let go of every lead not out on a call and not finished (campaign stopped): their ids, to hand back to
-        the store untouched. Leads out on a call stay until their outcome comes back."""
+        the store untouched. Leads out on a call stay until their outcome comes back. What the hopper knew of a
+        drained lead (attempts, phones, recycle time, callback) is kept aside and restored if it is added again."""
         gone = self.waiting()
         for lead_id in gone:
             e = self._entries.pop(lead_id)
             self._counts[e.state] -= 1
-            e.ticket = -1  # stale in every heap: lazily dropped
+            e.ticket = e.state = -1  # stale in every heap: lazily dropped
+            self._dormant[lead_id] = e
         return gone
 
     # -------------------------------------------------------------- reading

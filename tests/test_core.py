@@ -285,6 +285,20 @@ def test_agent_leg_dropped_after_logout_request_logs_out():
     assert not of(core.tick(10.0), OriginateAgentLeg)
 
 
+def test_stop_then_start_keeps_a_leads_recycle_delay_attempts_and_callback():
+    core = make(n_leads=1, agents=("a1",))
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0)
+    core.handle(ScheduleCallback("c1", "L0", at=5000.0), 21.0)
+    assert of(core.handle(CampaignControl("c1", "stop"), 30.0), ReleaseLead)  # back to the store, not final
+    core.handle(CampaignControl("c1", "start"), 40.0)
+    core.handle(LeadsAvailable("c1", (Lead("L0", "c1", ("+15550100000",)),)), 41.0)  # the store leases it again
+    assert not of(core.tick(42.0), Originate)  # it used to be redialed at once, as a new lead
+    info = core.campaigns["c1"].hopper.info("L0")
+    assert (info.attempts, info.callback_at) == (1, 5000.0)
+    assert [o.lead_id for o in of(core.tick(5000.0), Originate)] == ["L0"]
+
+
 def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():
     core = make(agents=("a1", "a2"))
     core.handle(PbxLink(False), 1.0)

@@ -693,3 +693,37 @@ def test_drain_hands_back_waiting_leads_and_keeps_those_on_a_call() -> None:
     assert hop.counts()["pending"] == 0 and hop.counts()["scheduled"] == 0 and hop.counts()["out"] == 1
     assert hop.select(5, 1000.0) == []  # nothing drained comes back, callbacks included
     assert hop.outcome(out.lead.lead_id, out.number, Outcome.BUSY, 10.0) == "scheduled"
+
+
+def test_a_lead_drained_and_loaded_again_keeps_its_attempts_delays_and_callback() -> None:
+    """Stop then start: the store hands the drained leads back, and they used to come back as new leads: dialed at
+    once despite a recycle delay, their attempts and callbacks forgotten (over max_attempts_lead in a few cycles)."""
+    hop = Hopper("c", HopperRules(max_attempts_lead=2))
+    leads = [Lead(f"L{i}", "c", (f"+1212555{i:04d}",)) for i in range(3)]
+    hop.add(leads, 0.0)
+    a, b, c = hop.select(3, 0.0)
+    hop.outcome(a.lead.lead_id, a.number, Outcome.NO_ANSWER, 10.0)  # back at 10 + 7200
+    hop.outcome(b.lead.lead_id, b.number, Outcome.BUSY, 10.0)
+    hop.schedule_callback(b.lead.lead_id, 5000.0, "ana")
+    hop.outcome(c.lead.lead_id, c.number, Outcome.BUSY, 10.0)
+    assert sorted(hop.drain()) == ["L0", "L1", "L2"]
+    assert hop.info("L0") is None and hop.select(5, 20.0) == []
+    assert hop.add(leads, 30.0) == 3  # the store leased them again
+    assert ids(hop.select(5, 620.0)) == ["L2"]  # busy at 10: due at 610, not at 30
+    assert hop.info("L0").next_at == 7210.0 and hop.info("L0").attempts == 1  # type: ignore[union-attr]
+    assert hop.info("L1").callback_at == 5000.0 and hop.info("L1").callback_agent == "ana"  # type: ignore[union-attr]
+    (p,) = hop.select(5, 7210.0)
+    assert hop.outcome(p.lead.lead_id, p.number, Outcome.NO_ANSWER, 7220.0) == "done"  # its second attempt: the cap
+    assert hop.remove("L1", 7300.0)
+
+
+def test_a_drained_lead_removed_meanwhile_does_not_come_back() -> None:
+    hop = Hopper("c")
+    lead0 = Lead("L0", "c", ("+12125550000",))
+    hop.add([lead0], 0.0)
+    (p,) = hop.select(1, 0.0)
+    hop.outcome("L0", p.number, Outcome.BUSY, 1.0)
+    hop.drain()
+    assert hop.remove("L0", 2.0)  # paid today while the campaign was stopped
+    hop.add([lead0], 3.0)
+    assert hop.select(1, 1e6) == []
