@@ -139,6 +139,7 @@ class CampaignState:
     abandoned: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # gate refusals by reason
     later_callbacks: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # for leads not loaded yet
+    ended_by_rules: list[str] = field(default_factory=list)  # leads a hopper-rule edit ended, for the store
 
 
 class DialerCore:
@@ -224,6 +225,9 @@ class DialerCore:
         if existing is not None:
             existing.settings = settings
             existing.dispositions = dispositions
+            if rules != existing.hopper.rules:
+                # Leads ended by a lowered cap are done: the store hears it at the next pacing pass.
+                existing.ended_by_rules.extend(existing.hopper.set_rules(rules))
             if rule_set != existing.rule_set:
                 existing.rule_set = rule_set
                 self.history.widen_for(rule_set)
@@ -457,6 +461,11 @@ class DialerCore:
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
         self._run_timers(now, out)
+        for camp in self.campaigns.values():
+            if camp.ended_by_rules:  # add_campaign returns no commands: the store hears of them here
+                for lead_id in camp.ended_by_rules:
+                    out.append(ReleaseLead(camp.settings.campaign_id, lead_id, Outcome.LOST, final=True))
+                camp.ended_by_rules.clear()
         prune = now - self._pruned_at >= 3600.0  # debtor histories shed what no rule can look at any more
         if prune:
             self._pruned_at = now

@@ -390,6 +390,34 @@ class Hopper:
         e.next_at = None
         self._set(e, PARKED)
 
+    def set_rules(self, rules: HopperRules) -> list[str]:
+        """Take edited rules for the leads held: ordering re-sorts the pending ones, new delays apply to outcomes
+        from now on, lowered caps drop the phones and end the leads (not out on a call) already at them. Returns
+        the ids of the leads so ended: the store must hear they are done."""
+        old, self.rules = self.rules, rules
+        if rules.refusal_log != old.refusal_log:
+            self.refusals = deque(self.refusals, maxlen=rules.refusal_log)
+        self.answer_rates.alpha, self.answer_rates.beta = rules.answer_prior
+        if (rules.stage_bounds, rules.segment_priority, rules.stage_priority, rules.best_time) != \
+                (old.stage_bounds, old.segment_priority, old.stage_priority, old.best_time):
+            self._buckets = {}
+            for e in self._entries.values():
+                e.bucket = self._bucket_for(e.lead)
+                if e.state == PENDING:  # same ticket: still valid, now in its new bucket
+                    heapq.heappush(e.bucket.heap, (e.neg_amount, e.ticket, e))
+        ended: list[str] = []
+        if rules.max_attempts_lead < old.max_attempts_lead or rules.max_attempts_phone < old.max_attempts_phone:
+            for lead_id, e in self._entries.items():
+                if e.state not in (PENDING, SCHEDULED, PARKED):
+                    continue  # out: its outcome applies the caps; done or removed: nothing to do
+                for number, st in (e.stats or {}).items():
+                    if st.attempts >= rules.max_attempts_phone:
+                        self._drop_phone(e, number)
+                if e.attempts >= rules.max_attempts_lead or not self._active(e):
+                    self._end(e, DONE)
+                    ended.append(lead_id)
+        return ended
+
     # -------------------------------------------------------------- loading and removal
 
     def _bucket_for(self, lead: Lead) -> _Bucket:

@@ -607,6 +607,32 @@ def test_editing_a_campaigns_did_pool_or_caps_keeps_the_caps_and_sticky_dids():
     assert len(run(3625.0)) == 3  # the hour passed: one call a DID under the new cap
 
 
+def test_editing_a_campaigns_hopper_rules_takes_effect_on_the_leads_it_holds():
+    settings = CampaignSettings(campaign_id="c1", hopper={"max_attempts_lead": 3})
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(settings)
+    core.handle(AgentLogin("a1"), 0.0)
+    core.handle(AgentConnected("a1"), 0.0)
+    core.handle(CampaignControl("c1", "start"), 0.0)
+    core.handle(LeadsAvailable("c1", (Lead("L0", "c1", ("+15550100000",), segment="small"),
+                                      Lead("L2", "c1", ("+15550100002",), segment="small"),
+                                      Lead("L1", "c1", ("+15550100001",), segment="vip"))), 0.0)
+    (o,) = of(core.tick(1.0), Originate)
+    assert o.lead_id == "L0"  # listed first, nothing ranks it lower yet
+    core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 2.0)
+    # Fewer attempts, a shorter busy delay, and vip first: it used to be ignored until a restart.
+    core.handle(CampaignControl("c1", "pause"), 3.0)
+    core.add_campaign(dataclasses.replace(settings, hopper={
+        "max_attempts_lead": 1, "recycle_delays": {"busy": 60}, "segment_priority": {"vip": 10}}))
+    hopper = core.campaigns["c1"].hopper
+    assert hopper.rules.max_attempts_lead == 1
+    core.handle(CampaignControl("c1", "start"), 4.0)
+    cmds = core.tick(5.0)
+    assert [o.lead_id for o in of(cmds, Originate)] == ["L1"]  # vip now goes before L2
+    assert hopper.info("L0").state == "done"  # type: ignore[union-attr]  # at the new cap, and the store is told
+    assert ReleaseLead("c1", "L0", Outcome.LOST, final=True) in of(cmds, ReleaseLead)
+
+
 def test_a_dnc_snapshot_from_the_shared_store_adds_and_removes_but_keeps_what_came_after_it():
     core = DialerCore(CoreConfig(id_prefix="t"))
     core.add_campaign(CampaignSettings(campaign_id="c1"))

@@ -727,3 +727,17 @@ def test_a_drained_lead_removed_meanwhile_does_not_come_back() -> None:
     assert hop.remove("L0", 2.0)  # paid today while the campaign was stopped
     hop.add([lead0], 3.0)
     assert hop.select(1, 1e6) == []
+
+
+def test_lowered_phone_cap_drops_the_phones_at_it_and_ends_leads_left_with_none() -> None:
+    hop = Hopper("c")
+    hop.add([Lead("L0", "c", ("+12125550000", "+12125550001")), Lead("L1", "c", ("+12125550002",))], 0.0)
+    for t in (0.0, 1000.0):
+        for p in hop.select(2, t):
+            hop.outcome(p.lead.lead_id, p.number, Outcome.BUSY, t + 1)
+    assert hop.info("L0").phone_attempts == {"+12125550001": 1, "+12125550000": 1}  # type: ignore[union-attr]
+    assert hop.set_rules(HopperRules(max_attempts_phone=3)) == []
+    assert hop.set_rules(HopperRules(max_attempts_phone=2)) == ["L1"]  # its one phone tried twice
+    assert hop.info("L0").state == "scheduled"  # type: ignore[union-attr]
+    assert hop.set_rules(HopperRules(max_attempts_phone=1)) == ["L0"]
+    assert hop.info("L0").state == "done" and hop.select(5, 1e6) == []  # type: ignore[union-attr]
