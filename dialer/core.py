@@ -686,6 +686,9 @@ class DialerCore:
         else:
             self.agents.set_status(agent, AgentStatus.READY, now)
         out.append(self._agent_emit(agent))
+        stopped = self.campaigns.get(agent.last_campaign_id or "")
+        if stopped is not None and stopped.status is CampaignStatus.STOPPED:
+            self._hand_back(stopped, out)  # the lead held for this wrap-up's disposition
         self._serve_waiting(agent, now, out)
 
     def _on_agent_disconnected(self, event: AgentDisconnected, now: float, out: list[Command]) -> None:
@@ -744,9 +747,7 @@ class DialerCore:
                 camp.status = CampaignStatus.PAUSED
         elif event.action == "stop":
             camp.status = CampaignStatus.STOPPED
-            # Leads waiting in the hopper go back to the store untouched (not attempted, not final).
-            for lead_id in camp.hopper.drain():
-                out.append(ReleaseLead(camp.settings.campaign_id, lead_id, Outcome.LOST, final=False))
+            self._hand_back(camp, out)
         out.append(Emit("campaign.state", {"campaign_id": camp.settings.campaign_id, "status": camp.status.value}))
 
     def _maybe_fetch(self, camp: CampaignState, now: float, out: list[Command]) -> None:
@@ -921,9 +922,17 @@ class DialerCore:
         if state in ("done", "removed"):
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=True))
         elif camp.status is CampaignStatus.STOPPED:
-            # Back from its last call after the stop: nothing here will dial it, the store gets it back now.
-            for waiting in camp.hopper.drain():
-                out.append(ReleaseLead(camp.settings.campaign_id, waiting, Outcome.LOST, final=False))
+            self._hand_back(camp, out)  # back from its last call after the stop: nothing here will dial it
+
+    def _hand_back(self, camp: CampaignState, out: list[Command]) -> None:
+        """A stopped campaign's waiting leads go back to the store untouched (not attempted, not final), except
+        the lead of a call an agent is still wrapping up: its disposition (PAID, a callback...) must reach it
+        first, or the store would hand out a debtor who just paid. It goes when the wrap-up ends."""
+        cid = camp.settings.campaign_id
+        wrapping = {a.last_attempt.lead_id for a in self.agents.all()
+                    if a.status is AgentStatus.WRAPUP and a.last_campaign_id == cid and a.last_attempt is not None}
+        for lead_id in camp.hopper.drain(keep=wrapping):
+            out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False))
 
     def _dial(self, camp: CampaignState, pick: Pick, now: float, out: list[Command]) -> str | None:
         s = camp.settings

@@ -819,11 +819,12 @@ class Hopper:
             self._to_pending(e)
         return True
 
-    def drain(self) -> list[str]:
-        """Let go of every lead not out on a call and not finished (campaign stopped): their ids, to hand back to
-        the store untouched. Leads out on a call stay until their outcome comes back. What the hopper knew of a
-        drained lead (attempts, phones, recycle time, callback) is kept aside and restored if it is added again."""
-        gone = self.waiting()
+    def drain(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Let go of every lead not out on a call, not finished and not in `keep` (campaign stopped): their ids, to
+        hand back to the store untouched. Leads out on a call stay until their outcome comes back. What the hopper
+        knew of a drained lead (attempts, phones, recycle time, callback) is kept aside and restored if it is added
+        again."""
+        gone = [lead_id for lead_id in self.waiting() if lead_id not in keep]
         for lead_id in gone:
             e = self._entries.pop(lead_id)
             self._counts[e.state] -= 1

@@ -232,6 +232,24 @@ def test_a_lead_back_from_its_call_after_the_stop_goes_back_to_the_store():
     assert core.campaigns["c1"].hopper.counts()["scheduled"] == 0
 
 
+def test_a_disposition_posted_after_the_stop_still_steers_the_lead():
+    # The lead of a call being wrapped up used to go back to the store (not final) at the stop or at the call's end:
+    # a PAID posted in wrap-up then changed nothing, and the debtor who paid was dialed again at the next start.
+    core = make(n_leads=3, agents=("a1", "a2"), wrapup_s=60.0)
+    o1, o2 = of(core.tick(1.0), Originate)
+    for o in (o1, o2):
+        core.handle(CallAnswered(o.call_id), 3.0)
+    core.handle(CallEnded(o1.call_id, 16), 5.0)  # a1 wraps up before the stop, a2 is still talking
+    released = of(core.handle(CampaignControl("c1", "stop"), 10.0), ReleaseLead)
+    assert [r.lead_id for r in released] == ["L2"]
+    assert not of(core.handle(CallEnded(o2.call_id, 16), 20.0), ReleaseLead)  # wrap-up: its disposition may come
+    (paid,) = of(core.handle(Disposition(o1.call_id, "PAID"), 25.0), ReleaseLead)
+    assert paid == ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)
+    # No disposition: the wrap-up ends on its timer and the lead goes back to the store then, not final.
+    assert of(core.tick(80.0), ReleaseLead) == [ReleaseLead("c1", o2.lead_id, Outcome.LOST, final=False)]
+    assert core.campaigns["c1"].hopper.waiting() == []
+
+
 def test_logout_after_call_hangs_up_agent_leg():
     core = make(wrapup_s=2.0)
     (o,) = of(core.tick(1.0), Originate)
