@@ -772,18 +772,25 @@ class Hopper:
     def outcome(self, lead_id: str, number: str, outcome: Outcome, now: float, *,
                 disposition: DispositionCode | None = None, callback_at: float | None = None,
                 callback_agent: str | None = None) -> str:
-        """Take a lead back from a call: count the attempt (lead and phone), learn the answer rate, then end it
-        (final disposition, a cap reached, no usable phone left, removed meanwhile), schedule its callback, or
-        recycle it after the outcome's delay. Returns the lead's new state name."""
+        """Take a lead back from a call: count the attempt (lead and phone; not for `lost`, a dial never made), learn
+        the answer rate, then end it (final disposition, a cap reached, no usable phone left, removed meanwhile),
+        schedule its callback, or recycle it after the outcome's delay. Returns the lead's new state name."""
         e = self._entries.get(lead_id)
         if e is None or e.state != OUT:
             raise ValueError(f"lead {lead_id!r} is not out on a call")
         outcome = Outcome(outcome)
         self._check_callback(disposition, callback_at)
-        e.attempts += 1
-        self.answer_rates.record(e.lead.segment, self._clock.hour_of_week(e.out_at, e.lead.timezone), outcome.live)
-        self._record_phone(e, number, outcome, now)
-        callback = (callback_at, callback_agent) if callback_at is not None else e.later_cb
+        if outcome is Outcome.LOST:
+            # The dial was never made (not sent, its record too late, a DID capped on another node): no attempt,
+            # nothing learnt, and the callback it came from stands. Counted, ten in a row (a link flap) ended a
+            # lead that never rang.
+            callback = (callback_at, callback_agent) if callback_at is not None else e.later_cb or e.out_cb
+        else:
+            e.attempts += 1
+            self.answer_rates.record(e.lead.segment, self._clock.hour_of_week(e.out_at, e.lead.timezone),
+                                     outcome.live)
+            self._record_phone(e, number, outcome, now)
+            callback = (callback_at, callback_agent) if callback_at is not None else e.later_cb
         e.out_cb = e.later_cb = None
         delay = self.rules.recycle_delays.get(outcome, 0.0)
         return self._settle(e, number, disposition, now, callback, now + delay)

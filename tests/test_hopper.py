@@ -113,20 +113,23 @@ def test_recycle_delay_from_config() -> None:
     assert h.select(1, T0 + 59) == [] and len(h.select(1, T0 + 60)) == 1
 
 
+BUSY_AT_ONCE = {**DEFAULT_RECYCLE_S, Outcome.BUSY: 0.0}
+
+
 def test_caps_per_lead_end_it() -> None:
-    h = Hopper(C, HopperRules(max_attempts_lead=3, max_attempts_phone=10))
+    h = Hopper(C, HopperRules(max_attempts_lead=3, max_attempts_phone=10, recycle_delays=BUSY_AT_ONCE))
     h.add([lead(1, phones=("+1", "+2"))], T0)
     now = T0
     states = []
     for _ in range(3):
         (p,) = h.select(1, now)
-        states.append(h.outcome("L1", p.number, Outcome.LOST, now))
+        states.append(h.outcome("L1", p.number, Outcome.BUSY, now))
     assert states == ["pending", "pending", "done"]
     assert h.select(1, now + 1e6) == [] and h.info("L1").attempts == 3  # type: ignore[union-attr]
 
 
 def test_cap_per_phone_drops_it_then_the_lead_ends() -> None:
-    h = Hopper(C, HopperRules(max_attempts_phone=2))
+    h = Hopper(C, HopperRules(max_attempts_phone=2, recycle_delays=BUSY_AT_ONCE))
     h.add([lead(1, phones=("+1", "+2"))], T0)
     dialed = []
     for _ in range(10):
@@ -134,10 +137,27 @@ def test_cap_per_phone_drops_it_then_the_lead_ends() -> None:
         if not picks:
             break
         dialed.append(picks[0].number)
-        h.outcome("L1", picks[0].number, Outcome.LOST, T0)
+        h.outcome("L1", picks[0].number, Outcome.BUSY, T0)
     assert sorted(dialed) == ["+1", "+1", "+2", "+2"]
     info = h.info("L1")
     assert info is not None and info.state == "done" and info.phones == () and info.phone_attempts == {"+1": 2, "+2": 2}
+
+
+def test_a_dial_never_made_is_not_an_attempt_and_keeps_its_callback() -> None:
+    """`lost`: the Originate was never sent (link down, dial record too late, a DID at its cap on another node). It
+    used to count against both caps, so ten in a row (a link flap, a DID capped elsewhere) ended a lead never rung."""
+    h = Hopper(C, HopperRules(max_attempts_lead=3, max_attempts_phone=2))
+    h.add([lead(1, phones=("+1", "+2"))], T0)
+    for _ in range(10):
+        (p,) = h.select(1, T0)
+        assert h.outcome("L1", p.number, Outcome.LOST, T0) == "pending"
+    info = h.info("L1")
+    assert info is not None and (info.attempts, info.phone_attempts, info.phones) == (0, {}, ("+1", "+2"))
+    assert h.answer_rates.rate("", 0) == h.answer_rates.rate("", 1)  # nothing learnt either
+    h.schedule_callback("L1", T0 + 50, "ana")
+    (p,) = h.due_agent_callbacks("ana", T0 + 50)
+    assert h.outcome("L1", p.number, Outcome.LOST, T0 + 51) == "scheduled"
+    assert h.callbacks() == [("L1", T0 + 50, "ana")]  # still ana's, still due
 
 
 def test_connected_with_final_disposition_ends_the_lead_and_without_it_recycles() -> None:
@@ -574,8 +594,9 @@ class HopperMachine(RuleBasedStateMachine):
         code = DISP.get(disp) if disp else None
         cb = self.now + 100 if code is not None and code.callback else None
         state = self.h.outcome(lid, number, outcome, self.now, disposition=code, callback_at=cb)
-        self.attempts[lid] = self.attempts.get(lid, 0) + 1
-        self.phone_attempts[(lid, number)] = self.phone_attempts.get((lid, number), 0) + 1
+        if outcome is not Outcome.LOST:  # a dial never made is no attempt
+            self.attempts[lid] = self.attempts.get(lid, 0) + 1
+            self.phone_attempts[(lid, number)] = self.phone_attempts.get((lid, number), 0) + 1
         if lid in self.removed:
             assert state == "removed"
 
@@ -587,8 +608,9 @@ class HopperMachine(RuleBasedStateMachine):
             number = self.out.pop(lid)
             oc = data.draw(st.sampled_from([Outcome.NO_ANSWER, Outcome.LOST, Outcome.FAILED, Outcome.CONNECTED]))
             self.h.outcome(lid, number, oc, self.now)
-            self.attempts[lid] = self.attempts.get(lid, 0) + 1
-            self.phone_attempts[(lid, number)] = self.phone_attempts.get((lid, number), 0) + 1
+            if oc is not Outcome.LOST:  # a dial never made is no attempt
+                self.attempts[lid] = self.attempts.get(lid, 0) + 1
+                self.phone_attempts[(lid, number)] = self.phone_attempts.get((lid, number), 0) + 1
 
     @precondition(lambda self: self.out)
     @rule(data=st.data())
@@ -657,8 +679,9 @@ def test_dialing_one_lead_until_it_ends_respects_both_caps(outcomes: list[Outcom
         if not picks:
             break
         (p,) = picks
-        per_phone[int(p.number[1:])] += 1
-        total += 1
+        if oc is not Outcome.LOST:  # lost: the dial was never made
+            per_phone[int(p.number[1:])] += 1
+            total += 1
         assert total <= max_lead and max(per_phone.values()) <= max_phone
         h.outcome("L1", p.number, oc, now)
         now += 86400.0
