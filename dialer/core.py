@@ -610,7 +610,8 @@ class DialerCore:
             camp.gate.history.note_contact(att.lead_id, att.connected_at or now)
         elif att.outcome is Outcome.ABANDONED:
             camp.gate.history.note_abandon(att.lead_id, att.answered_at or now)
-        if camp.pool is not None and att.caller_id_reason not in (None, "campaign"):
+        # A lost dial was never made: the DID was shown to nobody, so its answer rate learns nothing from it.
+        if camp.pool is not None and att.caller_id_reason not in (None, "campaign") and att.outcome is not Outcome.LOST:
             talk = now - att.connected_at if att.connected_at is not None else None
             camp.pool.record(att.caller_id, now, answered_live=att.outcome.live, talk_s=talk)
         self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out)

@@ -651,6 +651,18 @@ def test_editing_a_campaigns_hopper_rules_takes_effect_on_the_leads_it_holds():
     assert ReleaseLead("c1", "L0", Outcome.LOST, final=True) in of(cmds, ReleaseLead)
 
 
+def test_a_dial_never_made_does_not_count_against_its_dids_answer_rate():
+    core = make(n_leads=2, agents=("a1",), did_pool=["+12125550101"])
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallFailed(o.call_id, Outcome.LOST), 2.0)  # not sent: the DID was shown to nobody
+    pool = core.campaigns["c1"].pool
+    assert pool is not None
+    assert pool.health(3.0)[0].attempts == 0
+    (o,) = of(core.tick(3.0), Originate)
+    core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 30.0)
+    assert pool.health(31.0)[0].attempts == 1
+
+
 def test_a_dnc_snapshot_from_the_shared_store_adds_and_removes_but_keeps_what_came_after_it():
     core = DialerCore(CoreConfig(id_prefix="t"))
     core.add_campaign(CampaignSettings(campaign_id="c1"))
