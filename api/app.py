@@ -1070,10 +1070,17 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         camp = runtime.core.campaigns.get(owner.last_campaign_id or "")
         if camp is not None:  # the core checks again; here the caller learns what is wrong
             try:
-                camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
-                                           now=runtime.clock())
+                code = camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
+                                                  now=runtime.clock())
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
+            # A lead ended by its call (its attempt cap reached, no phone left) or removed meanwhile is never dialed
+            # again: a callback would be dropped while the agent believes the debtor will be called.
+            done = owner.last_attempt
+            info = camp.hopper.info(done.lead_id) if code.callback and done is not None else None
+            if done is not None and info is not None and info.state in ("done", "removed"):
+                raise HTTPException(409, f"callback_at: lead {done.lead_id!r} is {info.state} (attempt cap reached, "
+                                         "no phone left, or removed): no callback can be scheduled; post another code")
         runtime.submit(Disposition(call_id, body.code, body.callback_at, body.own_callback, body.ptp_amount,
                                    body.ptp_date.isoformat() if body.ptp_date else None))
         return {"call_id": call_id, "agent_id": owner.agent_id, "requested": "disposition"}

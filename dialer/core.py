@@ -643,6 +643,7 @@ class DialerCore:
             if agent.last_call_id == event.call_id and agent.status is AgentStatus.WRAPUP:
                 done = agent.last_attempt
                 camp = self.campaigns.get(agent.last_campaign_id or "")
+                scheduled: float | None = None
                 if camp is not None and done is not None and done.call_id == event.call_id:
                     code = camp.dispositions.validate(
                         event.code, event.callback_at, event.ptp_amount,
@@ -655,6 +656,7 @@ class DialerCore:
                         out.append(PersistDnc(done.number, cid))
                     info = camp.hopper.info(done.lead_id)
                     before = info.state if info is not None else None
+                    scheduled = event.callback_at if before not in (None, "done", "removed") else None
                     if before not in (None, "done", "removed"):
                         after = camp.hopper.dispose(done.lead_id, done.number, code, now,
                                                     callback_at=event.callback_at,
@@ -664,9 +666,10 @@ class DialerCore:
                                                    or Outcome.CONNECTED, final=True))
                     done.disposition = event.code
                     out.append(RecordAttempt(done.copy()))
+                # callback_at: the callback scheduled (None where the lead is no longer dialed: nothing was).
                 out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code,
                                                      "agent_id": agent.agent_id,
-                                                     "callback_at": event.callback_at,
+                                                     "callback_at": scheduled,
                                                      "ptp_amount": event.ptp_amount, "ptp_date": event.ptp_date}))
                 self._end_wrapup_or_pause(agent, now, out)
                 return

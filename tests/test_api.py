@@ -339,6 +339,33 @@ async def test_a_disposition_ends_the_agents_wrap_up() -> None:
         assert (await env.api.post("/api/v1/calls/nope/disposition", json={"code": "x"})).status_code == 404
 
 
+async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped() -> None:
+    """The call that ends a lead at its attempt cap is answered and the debtor asks to be called back: the lead
+    is already done, so no callback can be scheduled. The disposition was taken (202) and the callback silently
+    dropped, with call.disposition carrying its time as if it stood."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api, hopper={"max_attempts_lead": 1})
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
+        seen: list[Any] = []
+        env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
+        await env.api.post("/api/v1/agents/a1/login", json={})
+        await env.api.post("/api/v1/campaigns/c1/start")
+        call_id = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
+        at = env.runtime.clock() + 3600
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "CALLBACK", "callback_at": at})
+        assert r.status_code == 409 and "callback_at" in r.text and "'L1' is done" in r.text
+        assert (await env.api.get("/api/v1/agents/a1")).json()["state"] == "wrapup"  # the agent picks another code
+        # Straight to the core (an integration that skips the API's check): nothing said to be scheduled.
+        from dialer.events import Disposition
+
+        env.runtime.submit(Disposition(call_id, "CALLBACK", at))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen and seen[0]["code"] == "CALLBACK" and seen[0]["callback_at"] is None
+
+
 async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
     async with api_env() as env:
         await make_campaign(env.api)
