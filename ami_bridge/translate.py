@@ -31,17 +31,17 @@ from dialer.events import (
     CallProgress,
     Event,
 )
-from dialer.model import Outcome
+from dialer.model import Outcome, outcome_for_cause
 from dialer.ports import TelephonyCommand
 
 log = logging.getLogger("marcador.ami")
 
 Message = Mapping[str, Any]  # a parsed AMI message; header names as Asterisk sends them
 
-# OriginateResponse `Reason` (the last control frame seen) → outcome of a call that never answered.
+# OriginateResponse `Reason` (the last control frame seen) → outcome of a call that never answered. Only a busy
+# or congestion tone, or the Originate's own timeout, say something; a far end that just hangs up (a SIP trunk's
+# 486, 480, 503 or 404 alike) gives Reason 0 or 1, and then the channel's Hangup cause tells what happened.
 _REASON_OUTCOME = {
-    "0": Outcome.FAILED,  # no such number / channel could not be created
-    "1": Outcome.FAILED,  # far end hung up before answering
     "3": Outcome.NO_ANSWER,  # still ringing at the Originate timeout
     "5": Outcome.BUSY,
     "8": Outcome.CONGESTION,
@@ -70,6 +70,8 @@ class CallTrack:
     hangup_requested: bool = False
     hangup_cause: int | None = None
     progress_seen: bool = False
+    gone: bool = False  # our channel's Hangup seen
+    failure_reason: str | None = None  # a failed Originate's Reason, held until the channel's Hangup gives the cause
 
 
 @dataclass(slots=True)
@@ -187,9 +189,14 @@ class Translator:
         if "Reason" not in final:  # the action itself was refused (bad channel, permission)
             del self.calls[call_id]
             return [CallFailed(call_id, Outcome.FAILED, track.hangup_cause)]
-        outcome = _REASON_OUTCOME.get(str(final.get("Reason")), Outcome.FAILED)
+        reason = str(final.get("Reason"))
+        if reason not in _REASON_OUTCOME and track.hangup_cause is None and track.channel is not None \
+                and not track.gone:
+            # Asterisk often sends the OriginateResponse before the channel's Hangup: wait for its cause.
+            track.failure_reason = reason
+            return []
         del self.calls[call_id]
-        return [CallFailed(call_id, outcome, track.hangup_cause)]
+        return [CallFailed(call_id, _failure_outcome(reason, track.hangup_cause), track.hangup_cause)]
 
     def _leg_result(self, agent_id: str, messages: Sequence[Message] | None) -> list[Event]:
         if messages is not None and str(messages[-1].get("Response", "")).lower() == "success":
@@ -269,9 +276,13 @@ class Translator:
         track = self.calls.get(uid)
         if track is not None:
             track.hangup_cause = cause
+            track.gone = True
             if track.answered:
                 del self.calls[uid]
                 return [CallEnded(uid, cause)]
+            if track.failure_reason is not None:  # the OriginateResponse came first and waited for this cause
+                del self.calls[uid]
+                return [CallFailed(uid, _failure_outcome(track.failure_reason, cause), cause)]
             return []  # not answered: the OriginateResponse that follows classifies it
         if uid.endswith(";2"):
             far = self.calls.get(uid[:-2])
@@ -310,8 +321,13 @@ class Translator:
             mine = live.get(call_id)
             if mine is None and f"{call_id};2" not in live:
                 del self.calls[call_id]
-                out.append(CallEnded(call_id, track.hangup_cause) if track.answered
-                           else CallFailed(call_id, Outcome.LOST, track.hangup_cause))
+                if track.answered:
+                    out.append(CallEnded(call_id, track.hangup_cause))
+                elif track.failure_reason is not None:  # its failure was reported; only the cause was missed
+                    out.append(CallFailed(call_id, _failure_outcome(track.failure_reason, track.hangup_cause),
+                                          track.hangup_cause))
+                else:
+                    out.append(CallFailed(call_id, Outcome.LOST, track.hangup_cause))
                 continue
             if mine is not None:
                 track.channel = str(mine.get("Channel") or track.channel or "") or None
@@ -337,6 +353,14 @@ class Translator:
             return events, [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"},
                                       agent_id=agent_id)]
         return events, []
+
+
+def _failure_outcome(reason: str, cause: int | None) -> Outcome:
+    """A failed Originate's outcome: its Reason when that is a tone or the timeout, else its hangup cause."""
+    by_reason = _REASON_OUTCOME.get(reason)
+    if by_reason is not None:
+        return by_reason
+    return Outcome.FAILED if cause is None else outcome_for_cause(cause)
 
 
 def _int(value: Any) -> int | None:

@@ -70,6 +70,7 @@ from dialer.model import (
     CampaignStatus,
     Lead,
     Outcome,
+    outcome_for_cause,
 )
 from pacing.registry import make_strategy
 from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, PacingSnapshot, PacingStrategy
@@ -575,7 +576,7 @@ class DialerCore:
         if call.state in ("dialing", "ringing"):
             # Hung up before any answer we saw: the fate is a failure of the attempt, never a silent redial.
             camp.strategy.observe(DialResult(now, now - att.dialed_at, "none"))
-            att.outcome = Outcome.FAILED if event.hangup_cause is None else _cause_outcome(event.hangup_cause)
+            att.outcome = Outcome.FAILED if event.hangup_cause is None else outcome_for_cause(event.hangup_cause)
         elif call.state == "waiting":
             # The person hung up while waiting for an agent: abandoned (DESIGN.md, Words and figures).
             self._abandon(call, now, out, play_message=False)  # no message to play: the line is gone
@@ -1044,15 +1045,3 @@ class _NoDial:
 
     def decide(self, snap: PacingSnapshot) -> int:
         return 0
-
-
-def _cause_outcome(cause: int) -> Outcome:
-    """Q.850 hangup cause of a call that never answered → its outcome."""
-    if cause == 17:
-        return Outcome.BUSY
-    if cause in (18, 19):
-        return Outcome.NO_ANSWER
-    if cause in (34, 38, 42):
-        return Outcome.CONGESTION
-    return Outcome.FAILED
-

@@ -28,6 +28,17 @@ class Outcome(StrEnum):
 FAILURE_OUTCOMES = frozenset({Outcome.BUSY, Outcome.NO_ANSWER, Outcome.CONGESTION, Outcome.FAILED})
 
 
+def outcome_for_cause(cause: int) -> Outcome:
+    """Q.850 hangup cause of a call that never answered → its outcome."""
+    if cause == 17:
+        return Outcome.BUSY
+    if cause in (18, 19):
+        return Outcome.NO_ANSWER
+    if cause in (34, 38, 42):
+        return Outcome.CONGESTION
+    return Outcome.FAILED
+
+
 class AgentStatus(StrEnum):
     LOGGED_OUT = "logged_out"
     CONNECTING = "connecting"  # leg being originated into the agent's room

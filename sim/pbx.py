@@ -46,6 +46,7 @@ class Fate:
     talk_s: float = 0.0
     amd_verdict: str | None = None  # what AMD would say when the dialplan runs it (None: the truth)
     patience_s: float = math.inf  # a person left waiting hangs up after this
+    cause: int = 16  # kind `cause`: the Q.850 cause the far end hangs up with, without a tone
 
 
 class CallModel(Protocol):
@@ -55,7 +56,7 @@ class CallModel(Protocol):
 
 class NumberCodedModel:
     """The sim-customer convention: last six digits O NN TTT (1 answer, 2 busy, 3 congestion, 4 no answer,
-    5 unallocated, 6 machine; NN ring seconds, TTT talk seconds)."""
+    5 unallocated, 6 machine; NN ring seconds, TTT talk seconds; 7 hang up with Q.850 cause TTT, as a SIP trunk)."""
 
     KINDS: ClassVar[dict[str, str]] = {
         "1": "answer", "2": "busy", "3": "congestion", "4": "no_answer", "5": "unallocated", "6": "machine",
@@ -66,6 +67,8 @@ class NumberCodedModel:
         if len(digits) < 6:
             return Fate("unallocated")
         code = digits[-6:]
+        if code[0] == "7":
+            return Fate("cause", float(code[1:3]), cause=int(code[3:6]))
         return Fate(self.KINDS.get(code[0], "congestion"), float(code[1:3]), float(code[3:6]))
 
 
@@ -334,6 +337,9 @@ class SimulatedPbx:
         elif fate.kind in ("busy", "congestion") and fate.ring_s < timeout_s:
             self._after(ch, 0.1, self._ringing, ch)
             self._after(ch, fate.ring_s, self._fail, ch, fate.kind)
+        elif fate.kind == "cause" and fate.ring_s < timeout_s:
+            self._after(ch, 0.1, self._ringing, ch)
+            self._after(ch, fate.ring_s, self._hung_up, ch, fate.cause)
         else:
             self._after(ch, 0.1, self._ringing, ch)
             self._after(ch, timeout_s, self._fail, ch, "no_answer")
@@ -478,6 +484,14 @@ class SimulatedPbx:
         reason, cause = _REASON.get(kind, ("1", 16))
         self._gone(ch, cause, respond=False)
         self._originate_response(ch, "Failure", reason)
+
+    def _hung_up(self, ch: Channel, cause: int) -> None:
+        # As Asterisk 22 does for a far end that hangs up without a tone: Reason 0 whatever the cause, and the
+        # OriginateResponse often before the channel's Hangup.
+        if ch.uid not in self.channels:
+            return
+        self._originate_response(ch, "Failure", "0")
+        self._gone(ch, cause, respond=False)
 
     def _abandon_done(self, ch: Channel) -> None:
         self.broadcast("UserEvent", UserEvent="DialerAbandoned", Channel=ch.name, Uniqueid=ch.uid,

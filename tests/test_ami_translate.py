@@ -48,15 +48,38 @@ def test_originate_fields_and_answer_connect_hangup() -> None:
 
 
 def test_failure_reasons_classify_outcomes() -> None:
-    for reason, outcome in (("5", Outcome.BUSY), ("8", Outcome.CONGESTION), ("3", Outcome.NO_ANSWER),
-                            ("0", Outcome.FAILED), ("1", Outcome.FAILED)):
+    # Reason 0/1 (the far end just hung up, as a SIP trunk reports busy) defer to the hangup cause.
+    for reason, cause, outcome in (("5", "16", Outcome.BUSY), ("8", "16", Outcome.CONGESTION),
+                                   ("3", "16", Outcome.NO_ANSWER), ("0", "17", Outcome.BUSY),
+                                   ("1", "17", Outcome.BUSY), ("0", "19", Outcome.NO_ANSWER),
+                                   ("0", "34", Outcome.CONGESTION), ("0", "1", Outcome.FAILED)):
         t = Translator(CFG)
         (orig,) = t.actions_for(Originate("c1", "camp", "L1", "+15550001", "", 25.0))
-        t.on_event({"Event": "Hangup", "Uniqueid": "c1;2", "Cause": "17"})  # far half: cause kept
+        t.on_event({"Event": "Hangup", "Uniqueid": "c1;2", "Cause": cause})  # far half: cause kept
         events = t.originate_result(orig, [{"Response": "Success", "Message": "Originate successfully queued"},
                                            {"Event": "OriginateResponse", "Response": "Failure", "Reason": reason}])
-        assert events == [CallFailed("c1", outcome, 17)]
+        assert events == [CallFailed("c1", outcome, int(cause))]
         assert "c1" not in t.calls
+
+
+def test_a_failure_reported_before_the_hangup_waits_for_its_cause() -> None:
+    # Seen on Asterisk 22: OriginateResponse (Reason 0) first, the channel's Hangup (cause 17) just after.
+    t = Translator(CFG)
+    (orig,) = t.actions_for(Originate("c1", "camp", "L1", "+15550001", "", 25.0))
+    t.on_event({"Event": "Newchannel", "Uniqueid": "c1", "Channel": "PJSIP/trunk-0001"})
+    failure = [{"Response": "Success"}, {"Event": "OriginateResponse", "Response": "Failure", "Reason": "0"}]
+    assert t.originate_result(orig, failure) == []
+    assert t.on_event({"Event": "Hangup", "Uniqueid": "c1", "Cause": "17"}) == ([CallFailed("c1", Outcome.BUSY, 17)],
+                                                                                [])
+    assert "c1" not in t.calls
+    # A channel never created has no Hangup to wait for: classified at once.
+    (orig,) = t.actions_for(Originate("c2", "camp", "L1", "+15550001", "", 25.0))
+    assert t.originate_result(orig, failure) == [CallFailed("c2", Outcome.FAILED, None)]
+    # The link lost between the two: the reconcile still gives the reported failure, not `lost`.
+    (orig,) = t.actions_for(Originate("c3", "camp", "L1", "+15550001", "", 25.0))
+    t.on_event({"Event": "Newchannel", "Uniqueid": "c3", "Channel": "PJSIP/trunk-0003"})
+    assert t.originate_result(orig, failure) == []
+    assert t.reconcile([]) == [CallFailed("c3", Outcome.FAILED, None)]
 
 
 def test_refused_originate_fails_the_call_and_unknown_fate_waits_for_reconcile() -> None:

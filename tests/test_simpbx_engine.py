@@ -22,7 +22,14 @@ from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from sim.pbx import SimulatedPbx
-from tests.harness.campaign import answered_call_left_alone, burst_config, check_forced_run, forced_leads, run_campaign
+from tests.harness.campaign import (
+    answered_call_left_alone,
+    burst_config,
+    check_forced_run,
+    forced_leads,
+    run_campaign,
+    trunk_cause_leads,
+)
 
 
 def _config(pbx: SimulatedPbx, auth: str = "md5", secret: str = "s3cret-pbx") -> AmiConfig:
@@ -39,6 +46,15 @@ async def test_forced_outcomes_over_ami(auth: str) -> None:
         check_forced_run(run, expected)
         assert len(pbx.call_log) == 20  # the PBX saw each lead dialed exactly once
         assert len({c["call_id"] for c in pbx.call_log}) == 20
+
+
+async def test_trunk_hangup_causes_classify_outcomes() -> None:
+    # As on Asterisk 22 (tests/test_asterisk_callflow.py): Reason 0 for every cause, the OriginateResponse first.
+    async with SimulatedPbx(secret="s3cret-pbx", speed=4.0) as pbx:
+        leads, expected = trunk_cause_leads()
+        run = await run_campaign(AmiTelephony(_config(pbx)), leads, ("ag1",),
+                                 {"campaign_id": "tc", "ring_timeout_s": 15, "wrapup_s": 1})
+        check_forced_run(run, expected)
 
 
 async def test_abandon_when_no_agent_is_free() -> None:

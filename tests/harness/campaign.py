@@ -49,6 +49,16 @@ def forced_leads(plan: Plan = FORCED_PLAN) -> tuple[list[dict[str, Any]], dict[s
     return leads, expected
 
 
+# sim-customer outcome 7: the far end hangs up with Q.850 cause TTT and no tone, as a SIP trunk reports it.
+TRUNK_CAUSES = {"017": "busy", "018": "no_answer", "019": "no_answer", "034": "congestion", "001": "failed"}
+
+
+def trunk_cause_leads() -> tuple[list[dict[str, Any]], dict[str, set[str]]]:
+    """One lead per cause in TRUNK_CAUSES (after 1 s of ringing) and the outcome each must get."""
+    leads = [{"lead_id": f"T{cause}", "phone": f"+1555000{i}701{cause}"} for i, cause in enumerate(TRUNK_CAUSES)]
+    return leads, {f"T{cause}": {outcome} for cause, outcome in TRUNK_CAUSES.items()}
+
+
 class Burst:
     """Test pacing: `lines` calls per ready agent, to force answers with no free agent (the abandon path)."""
 
