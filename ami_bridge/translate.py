@@ -47,6 +47,7 @@ _REASON_OUTCOME = {
     "8": Outcome.CONGESTION,
 }
 ROOM_PREFIX = "agent-"
+AMD_HANGUP = "HANGUP"  # AMD()'s own word for a callee who hung up while it listened
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class CallTrack:
     hangup_cause: int | None = None
     progress_seen: bool = False
     gone: bool = False  # our channel's Hangup seen
+    up: bool = False  # the far end answered (our channel went Up), whether or not DialerAnswered came
     failure_reason: str | None = None  # a failed Originate's Reason, held until the channel's Hangup gives the cause
 
 
@@ -263,7 +265,11 @@ class Translator:
         uid = str(msg.get("Uniqueid", ""))
         call_id = uid[:-2] if uid.endswith(";2") else uid
         track = self.calls.get(call_id)
-        if track is None or track.progress_seen or track.answered:
+        if track is None:
+            return []
+        if uid == call_id and msg.get("ChannelStateDesc") == "Up":
+            track.up = True
+        if track.progress_seen or track.answered:
             return []
         if msg.get("ChannelStateDesc") in ("Ringing", "Ring"):
             track.progress_seen = True
@@ -283,6 +289,12 @@ class Translator:
             if track.failure_reason is not None:  # the OriginateResponse came first and waited for this cause
                 del self.calls[uid]
                 return [CallFailed(uid, _failure_outcome(track.failure_reason, cause), cause)]
+            if track.up:
+                # Answered, then hung up before the dialplan announced it (AMD() still listening: the dialplan
+                # stops, DialerAnswered never comes, and the OriginateResponse already said Success). Without
+                # this the call stayed "dialing" in the core for ever. A live answer the dialer could not serve.
+                del self.calls[uid]
+                return [CallAnswered(uid, AMD_HANGUP), CallEnded(uid, cause)]
             return []  # not answered: the OriginateResponse that follows classifies it
         if uid.endswith(";2"):
             far = self.calls.get(uid[:-2])

@@ -89,6 +89,8 @@ def hold_limit_s(abandon_threshold_s: float) -> int:
 
 # AMD results that mean "a machine answered"; anything else is treated as a person (the safe side for abandons).
 MACHINE_AMD = frozenset({"MACHINE"})
+# The callee hung up while AMD listened: a live answer, but no line left to hand an agent (its end follows).
+GONE_AMD = "HANGUP"
 
 
 class CoreError(ValueError):
@@ -501,13 +503,17 @@ class DialerCore:
             return
         camp.strategy.observe(DialResult(now, ring_s, "live"))
         camp.live_answers += 1
-        if call.reserved_agent is not None:
+        # A line already gone is never handed to an agent: it waits like any unserved answer, and the CallEnded
+        # that follows makes it abandoned (no message to play).
+        gone = event.amd.upper() == GONE_AMD
+        if call.reserved_agent is not None and not gone:
             reserved = self.agents.get(call.reserved_agent)
             if reserved is not None and reserved.status is AgentStatus.PREVIEW:
                 reserved.preview = reserved.preview_campaign = None
                 self._connect(call, reserved, now, out)
                 return
-        agent = self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill, self._agent_owners())
+        agent = None if gone else self.agents.pick_free(camp.settings.campaign_id, camp.settings.skill,
+                                                        self._agent_owners())
         if agent is not None:
             self._connect(call, agent, now, out)
             return

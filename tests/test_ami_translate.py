@@ -202,3 +202,19 @@ def test_not_ready_reason_names_what_the_operator_must_fix() -> None:
     assert missing is not None and "marcador-answered" in missing and "reporting" not in missing
     no_bridge = not_ready_reason(ok, {"Response": "Error", "Message": "Invalid/unknown command"}, "x")
     assert no_bridge is not None and "ConfBridge" in no_bridge
+
+
+def test_a_callee_gone_before_the_dialplan_announced_the_answer_is_an_answer_then_an_end() -> None:
+    # Asterisk 22, AMD on: Success, the channel Up, then its Hangup; AMD() never returned to raise DialerAnswered.
+    t = Translator(CFG)
+    (orig,) = t.actions_for(Originate("c1", "camp", "L1", "+15550001", "", 25.0))
+    t.on_event({"Event": "Newchannel", "Uniqueid": "c1", "Channel": "Local/x@sim-customer-1;1"})
+    assert t.originate_result(orig, [{"Response": "Success"}, {"Event": "OriginateResponse", "Response": "Success",
+                                                               "Reason": "4"}]) == []
+    t.on_event({"Event": "Newstate", "Uniqueid": "c1;2", "ChannelStateDesc": "Up"})  # the far half: not ours
+    assert t.on_event({"Event": "Hangup", "Uniqueid": "c1;2", "Cause": "16"}) == ([], [])
+    assert not t.calls["c1"].up
+    t.on_event({"Event": "Newstate", "Uniqueid": "c1", "ChannelStateDesc": "Up"})
+    events, _ = t.on_event({"Event": "Hangup", "Uniqueid": "c1", "Cause": "16"})
+    assert events == [CallAnswered("c1", "HANGUP"), CallEnded("c1", 16)]
+    assert "c1" not in t.calls

@@ -5,6 +5,7 @@ Numbers follow the sim-customer convention (last six digits O NN TTT, asterisk-d
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -31,3 +32,16 @@ async def test_trunk_hangup_causes_classify_busy_no_answer_and_congestion(asteri
     check_forced_run(run, expected)
     assert {a["lead_id"]: a["hangup_cause"] for a in run.attempts} == {f"T{c}": int(c) for c in TRUNK_CAUSES}
 
+
+async def test_a_callee_who_hangs_up_while_amd_listens_ends_the_attempt(asterisk: Any) -> None:
+    # Answered, then gone after 1 s, before AMD() decided: the dialplan never reaches its DialerAnswered event.
+    # The attempt used to stay "dialing" for ever (the campaign never finished, a line counted in flight).
+    leads = [{"lead_id": "H1", "phone": "+15550001100001"}]
+    run = await run_campaign(_telephony(asterisk), leads, ("ag1",),
+                             {"campaign_id": "ah", "ring_timeout_s": 15, "wrapup_s": 1, "amd": True}, timeout_s=30)
+    # Not a machine by AMD: a live answer the dialer could not serve (DESIGN.md, Words and figures).
+    check_forced_run(run, {"H1": {"abandoned"}})
+    (attempt,) = run.attempts
+    assert attempt["amd"] == "HANGUP" and attempt["answered_at"] is not None and attempt["hangup_cause"] == 16
+    assert run.events["call.connected"] == 0  # no agent was handed a line that was already dead
+    assert Counter(a["outcome"] for a in run.attempts) == {"abandoned": 1}
