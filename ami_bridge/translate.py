@@ -239,7 +239,10 @@ class Translator:
     def _user_event(self, msg: Message) -> list[Event]:
         if msg.get("UserEvent") != "DialerAnswered":
             return []
-        call_id = str(msg.get("CallId", ""))
+        # The channel's Uniqueid is our ChannelId, the call id as sent. The CallId header is the call id passed
+        # through UserEvent()'s argument parser, which cuts it at a comma (call ids carry the free-text node id).
+        uid = str(msg.get("Uniqueid", ""))
+        call_id = uid if uid in self.calls else str(msg.get("CallId", ""))
         track = self.calls.get(call_id)
         if track is None or track.answered:
             return []

@@ -5,6 +5,7 @@ Numbers follow the sim-customer convention (last six digits O NN TTT, asterisk-d
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
+from dialer.commands import Originate
+from dialer.events import CallAnswered, CallEnded
 from tests.harness.campaign import TRUNK_CAUSES, check_forced_run, run_campaign, trunk_cause_leads
 
 pytestmark = pytest.mark.asterisk
@@ -45,3 +48,21 @@ async def test_a_callee_who_hangs_up_while_amd_listens_ends_the_attempt(asterisk
     assert attempt["amd"] == "HANGUP" and attempt["answered_at"] is not None and attempt["hangup_cause"] == 16
     assert run.events["call.connected"] == 0  # no agent was handed a line that was already dead
     assert Counter(a["outcome"] for a in run.attempts) == {"abandoned": 1}
+
+
+async def test_a_call_id_with_a_comma_is_still_recognised_when_answered(asterisk: Any) -> None:
+    # Call ids start with the node id (settings.node_id, free text). UserEvent() splits its arguments at commas, so
+    # "dc1,east-…" came back as CallId "dc1": the answer was never matched, the debtor sat in the hold and then
+    # heard the abandon message while an agent stood ready.
+    tel = _telephony(asterisk)
+    seen: list[object] = []
+    await tel.start(seen.append)
+    call_id = "dc1,east-5f00-1"
+    tel.execute(Originate(call_id, "camp", "L1", "+15550001100002", "", 15.0,
+                          variables={"MARCADOR_CALL_ID": call_id, "MARCADOR_HOLD_S": "1"}))
+    for _ in range(100):
+        if any(isinstance(e, CallEnded) for e in seen):
+            break
+        await asyncio.sleep(0.05)
+    await tel.close()
+    assert CallAnswered(call_id, "HUMAN") in seen, seen
