@@ -7,6 +7,7 @@ Environment variables override the file; every field has a default that runs the
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 Role = Literal["admin", "integrator", "supervisor", "agent", "viewer"]
 
 
@@ -151,8 +153,19 @@ class MarcadorSettings(BaseSettings):
     pbx: PbxSettings = Field(PbxSettings(), description="which PBX to drive")
     demo: DemoSettings = Field(DemoSettings(), description="the embedded demo (sim mode only)")
     store_url: str = Field("memory://", description="memory:// or redis://host:port/db")
-    node_id: str = Field("node1", description="this node's name; prefixes call ids")
+    node_id: str = Field("node1", description="this node's name; prefixes call ids (letters, digits, `.`, `-`, `_`; "
+                                              "at most 32)")
     log_level: str = Field("INFO", description="DEBUG | INFO | WARNING | ERROR (any case)")
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        # It prefixes every call and agent-leg id, sent as ChannelId, ActionID and a channel variable of each
+        # Originate: a CR/LF would smuggle AMI headers in, the dialplan's argument parser cuts at commas and strips
+        # quotes and backslashes, and Asterisk refuses a ChannelId over 149 characters (a leg id adds up to ~90).
+        if not _NODE_ID.fullmatch(value):
+            raise ValueError("must be 1-32 letters, digits, '.', '-' or '_', starting with a letter or digit")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -131,3 +131,20 @@ def test_an_api_beyond_loopback_needs_tokens_or_an_explicit_allow_open(tmp_path:
         assert r.exit_code == code, (text, r.output)
         if code:
             assert "api.tokens" in r.output and "allow_open" in " ".join(r.output.split()), r.output
+
+
+@pytest.mark.parametrize("node_id", ["n1\r\nAction: Originate", "dc1,east", 'say "hi"', "x" * 40, ""])
+def test_a_node_id_that_cannot_travel_in_ami_headers_and_dialplan_arguments_is_refused(
+        node_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It prefixes every call id and agent-leg id: ChannelId, ActionID and a channel variable in each Originate. A CR
+    # or LF there ends the header and smuggles in fields or a whole action; commas, quotes and backslashes are cut
+    # or stripped by the dialplan's argument parser; Asterisk refuses a ChannelId over 149 characters.
+    monkeypatch.setenv("MARCADOR_NODE_ID", node_id)
+    with pytest.raises(ValueError, match="node_id"):
+        MarcadorSettings()
+
+
+def test_usual_node_ids_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for node_id in ("node1", "dc1-east.2", "paris_01"):
+        monkeypatch.setenv("MARCADOR_NODE_ID", node_id)
+        assert MarcadorSettings().node_id == node_id
