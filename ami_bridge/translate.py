@@ -7,6 +7,8 @@ Conventions (asterisk-docker/config/extensions.conf):
 - a customer call is originated with `ChannelId = call_id`, so its first channel's Uniqueid is the call id
   (with Local channels, the second half is `call_id;2`); it runs the answered context when answered, which
   raises `UserEvent DialerAnswered` carrying the AMD verdict;
+- a customer redirected into an agent's room whose agent leg is not in it raises `UserEvent DialerNoAgent`
+  and hears the abandon message instead of joining;
 - an agent's leg is originated with `ChannelId = <prefix>-agent-<agent_id>-<n>` into the login context and
   joins the ConfBridge `agent-<agent_id>`; a customer is redirected into the same bridge to be connected.
 """
@@ -25,6 +27,7 @@ from dialer.events import (
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
+    AgentMissing,
     CallAnswered,
     CallEnded,
     CallFailed,
@@ -237,13 +240,16 @@ class Translator:
         return []
 
     def _user_event(self, msg: Message) -> list[Event]:
-        if msg.get("UserEvent") != "DialerAnswered":
+        kind = msg.get("UserEvent")
+        if kind not in ("DialerAnswered", "DialerNoAgent"):
             return []
         # The channel's Uniqueid is our ChannelId, the call id as sent. The CallId header is the call id passed
         # through UserEvent()'s argument parser, which cuts it at a comma (call ids carry the free-text node id).
         uid = str(msg.get("Uniqueid", ""))
         call_id = uid if uid in self.calls else str(msg.get("CallId", ""))
         track = self.calls.get(call_id)
+        if kind == "DialerNoAgent":
+            return [] if track is None else [AgentMissing(call_id, str(msg.get("AgentId", "")))]
         if track is None or track.answered:
             return []
         track.answered = True

@@ -41,6 +41,7 @@ from dialer.events import (
     AgentJoinedCall,
     AgentLogin,
     AgentLogout,
+    AgentMissing,
     AgentState,
     CallAnswered,
     CallEnded,
@@ -304,6 +305,8 @@ class DialerCore:
                 call = self.calls.get(event.call_id)
                 if call is not None and call.attempt.agent_id == event.agent_id:
                     out.append(Emit("call.joined", {"call_id": event.call_id, "agent_id": event.agent_id}))
+            case AgentMissing():
+                self._on_agent_missing(event, now, out)
             case AgentState():
                 self._on_agent_state(event, now, out)
             case Disposition():
@@ -553,6 +556,33 @@ class DialerCore:
         if play_message:
             out.append(PlayAbandonMessage(att.call_id))
         out.append(Emit("call.abandoned", {"call_id": att.call_id, "campaign_id": att.campaign_id}))
+
+    def _on_agent_missing(self, event: AgentMissing, now: float, out: list[Command]) -> None:
+        """The debtor sent into the agent's room found no agent there (its leg had left before the customer
+        joined), and the dialplan is already playing the safe-harbour message. Nobody took the call: the connect
+        is undone and it counts as abandoned (DESIGN.md, Words and figures), with no wrap-up to wait for."""
+        call = self.calls.get(event.call_id)
+        if call is None or call.ended or call.state != "connected" or call.attempt.agent_id != event.agent_id:
+            return
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        camp.connected -= 1
+        att.agent_id = att.connected_at = None  # as any abandoned attempt: no agent, never connected
+        agent = self.agents.get(event.agent_id)
+        if agent is not None:
+            agent.connects -= 1
+            if agent.call_id == att.call_id:
+                # The leg's drop has not reached us yet, but the room is empty: no further customer may be sent
+                # there. The leg is hung up (whatever state it is in) so that its AgentDisconnected calls the phone
+                # back into its room, or completes a logout asked for meanwhile.
+                agent.call_id = None
+                self.agents.set_status(agent, AgentStatus.CONNECTING, now, reason="rejoining")
+                out.append(HangupAgentLeg(agent.agent_id))
+                out.append(self._agent_emit(agent))
+            # else the core already saw the leg drop: the agent is rejoining or logged out, as that left it.
+        # The pacer heard "connected" at the connect and cannot take it back: it now hears the abandon too (one
+        # live answer counted twice by it, but the abandon not missed; the campaign's own counts are exact).
+        self._abandon(call, now, out, play_message=False)  # the dialplan plays the message already
 
     def _on_failed(self, event: CallFailed, now: float, out: list[Command]) -> None:
         call = self.calls.get(event.call_id)

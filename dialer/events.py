@@ -72,6 +72,15 @@ class AgentJoinedCall:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentMissing:
+    """The customer leg of `call_id`, sent into `agent_id`'s room, found no agent there (its leg had left): the
+    dialplan plays the safe-harbour message and hangs up instead of joining an empty conference."""
+
+    call_id: str
+    agent_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentState:
     agent_id: str
     state: Literal[AgentStatus.READY, AgentStatus.PAUSED, AgentStatus.WRAPUP]
@@ -212,6 +221,7 @@ Event = (
     | AgentConnected
     | AgentDisconnected
     | AgentJoinedCall
+    | AgentMissing
     | AgentState
     | Disposition
     | DncAdd

@@ -2,10 +2,11 @@
 
 It plays the part of Asterisk with Marcador's dialplan (asterisk-docker/config/extensions.conf):
 Originate (async, with our ChannelId) → ringing → answer (UserEvent DialerAnswered, OriginateResponse) or
-a failure OriginateResponse with Asterisk's Reason codes; Redirect into an agent's ConfBridge room or to
-the abandon message; Hangup; agent legs joining their rooms; CoreShowChannels and ConfbridgeList for
-resync; Ping; plain and MD5 login. The fate of each call comes from a call model: by default the number's
-last six digits `O NN TTT` as in the `sim-customer` context (outcome, ring seconds, talk seconds).
+a failure OriginateResponse with Asterisk's Reason codes; Redirect into an agent's ConfBridge room (its agent leg
+not in it: UserEvent DialerNoAgent and the abandon message instead) or to the abandon message; Hangup; agent legs
+joining their rooms; CoreShowChannels and ConfbridgeList for resync; Ping; plain and MD5 login. The fate of each
+call comes from a call model: by default the number's last six digits `O NN TTT` as in the `sim-customer` context
+(outcome, ring seconds, talk seconds).
 
 Faults on demand: `drop_connections()`, `stall(seconds)`, `restart()`.
 """
@@ -147,6 +148,7 @@ class SimulatedPbx:
         self.connect_latencies: deque[float] = deque(maxlen=100_000)
         self.max_concurrent_calls = 0
         self._calls_now = 0
+        self._agents_in: dict[str, int] = {}  # room → agent legs in it (CONFBRIDGE_INFO(marked,...))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,6 +166,7 @@ class SimulatedPbx:
         self.channels.clear()
         self._by_name.clear()
         self._calls_now = 0
+        self._agents_in.clear()
         self.drop_connections()
         if self._server is not None:
             self._server.close()
@@ -204,6 +207,7 @@ class SimulatedPbx:
         self.channels.clear()
         self._by_name.clear()
         self._calls_now = 0
+        self._agents_in.clear()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -357,7 +361,15 @@ class SimulatedPbx:
             answered = self._answered_at.pop(ch.uid, None)
             if answered is not None:
                 self.connect_latencies.append(time.perf_counter() - answered)
-            ch.room = f"agent-{a.get('exten', '')}"
+            agent_id = str(a.get("exten", ""))
+            room = f"agent-{agent_id}"
+            if not self._agents_in.get(room):
+                # As the dialplan: no agent leg (marked user) in the room, so no joining it to wait in silence.
+                self.broadcast("UserEvent", UserEvent="DialerNoAgent", Channel=ch.name, Uniqueid=ch.uid,
+                               CallId=ch.call_id, AgentId=agent_id)
+                self._after(ch, self.abandon_message_s, self._abandon_done, ch)
+                return
+            ch.room = room
             self.broadcast("ConfbridgeJoin", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid,
                            Linkedid=ch.uid)
         elif context.endswith("abandon"):
@@ -445,6 +457,7 @@ class SimulatedPbx:
 
     def _agent_leg_up(self, ch: Channel) -> None:
         ch.room = f"agent-{ch.agent_id}"
+        self._agents_in[ch.room] = self._agents_in.get(ch.room, 0) + 1
         self.broadcast("ConfbridgeJoin", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid, Linkedid=ch.uid)
         self._originate_response(ch, "Success", "4")
 
@@ -500,6 +513,10 @@ class SimulatedPbx:
 
     def _leave_room(self, ch: Channel) -> None:
         if ch.room is not None:
+            if ch.kind == "agent":
+                left = self._agents_in.pop(ch.room, 0) - 1
+                if left > 0:
+                    self._agents_in[ch.room] = left
             self.broadcast("ConfbridgeLeave", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid)
             ch.room = None
 

@@ -10,6 +10,7 @@ from dialer.events import (
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
+    AgentMissing,
     CallAnswered,
     CallEnded,
     CallFailed,
@@ -135,6 +136,21 @@ def test_abandon_redirect_goes_to_the_abandon_context() -> None:
     t.on_event({"Event": "UserEvent", "UserEvent": "DialerAnswered", "CallId": "c1", "Channel": "Local/x;1"})
     (action,) = t.actions_for(PlayAbandonMessage("c1"))
     assert action.fields["Context"] == "marcador-abandon"
+
+
+def test_a_customer_who_found_no_agent_in_the_room_is_reported_by_its_uniqueid() -> None:
+    # UserEvent() cuts the CallId at a comma ("dc1,east-1" arrives as "dc1"): the channel's Uniqueid names the call.
+    t = Translator(CFG)
+    _dial(t, "dc1,east-1")
+    t.on_event({"Event": "UserEvent", "UserEvent": "DialerAnswered", "Uniqueid": "dc1,east-1", "CallId": "dc1",
+                "Channel": "Local/x;1"})
+    events, actions = t.on_event({"Event": "UserEvent", "UserEvent": "DialerNoAgent", "Uniqueid": "dc1,east-1",
+                                  "CallId": "dc1", "AgentId": "ag1", "Channel": "Local/x;1"})
+    assert (events, actions) == ([AgentMissing("dc1,east-1", "ag1")], [])
+    # the message plays, then the hang-up ends the call as any answered call
+    assert t.on_event({"Event": "Hangup", "Uniqueid": "dc1,east-1", "Cause": "16"})[0] == [CallEnded("dc1,east-1", 16)]
+    assert t.on_event({"Event": "UserEvent", "UserEvent": "DialerNoAgent", "Uniqueid": "zz", "CallId": "zz",
+                       "AgentId": "ag1"}) == ([], [])  # not a call of ours
 
 
 def test_protocol_decodes_utf8_split_across_reads() -> None:

@@ -15,7 +15,14 @@ from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from dialer.commands import Originate
 from dialer.events import CallAnswered, CallEnded
-from tests.harness.campaign import TRUNK_CAUSES, check_forced_run, run_campaign, trunk_cause_leads
+from tests.harness.campaign import (
+    TRUNK_CAUSES,
+    answer_for_a_vanished_agent,
+    check_forced_run,
+    check_vanished_agent_run,
+    run_campaign,
+    trunk_cause_leads,
+)
 
 pytestmark = pytest.mark.asterisk
 
@@ -66,3 +73,11 @@ async def test_a_call_id_with_a_comma_is_still_recognised_when_answered(asterisk
         await asyncio.sleep(0.05)
     await tel.close()
     assert CallAnswered(call_id, "HUMAN") in seen, seen
+
+
+async def test_a_debtor_redirected_into_a_room_without_its_agent_hears_the_message_and_is_abandoned(
+        asterisk: Any) -> None:
+    # The agent's leg dropped before the core heard of it: the core connected the answer to that agent, and the
+    # debtor sat alone in the conference, in silence, for the whole 30 s, recorded "connected".
+    run = await answer_for_a_vanished_agent(_telephony(asterisk))
+    check_vanished_agent_run(run)

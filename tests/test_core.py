@@ -25,6 +25,7 @@ from dialer.events import (
     AgentDisconnected,
     AgentLogin,
     AgentLogout,
+    AgentMissing,
     AgentState,
     CallAnswered,
     CallEnded,
@@ -681,3 +682,62 @@ def test_a_dnc_snapshot_from_the_shared_store_adds_and_removes_but_keeps_what_ca
     assert core.dnc.lookup("+15550100001", None, 41.0) is None
     assert [o.lead_id for o in of(core.tick(42.0), Originate)] == ["L1"]  # unparked by the removal
     assert not of(core.handle(DncSnapshot("nope", frozenset({"+15550100009"}), 50.0), 50.0), Emit)
+
+
+def test_a_call_connected_to_an_agent_whose_leg_had_left_is_abandoned_and_the_agent_rejoins():
+    # The dialplan found no agent in the room (DialerNoAgent) and plays the safe-harbour message: nobody took the
+    # call. It used to stay "connected", the agent "on call" with an empty room that the next debtor was sent to.
+    core = make(agents=("a1",), wrapup_s=5.0)
+    (o1,) = of(core.tick(1.0), Originate)
+    assert of(core.handle(CallAnswered(o1.call_id), 2.0), ConnectToAgent) == [ConnectToAgent(o1.call_id, "a1")]
+    cmds = core.handle(AgentMissing(o1.call_id, "a1"), 2.1)
+    assert not of(cmds, PlayAbandonMessage)  # the dialplan is already playing it
+    assert [c.data for c in cmds if isinstance(c, Emit) and c.kind == "call.abandoned"] == [
+        {"call_id": o1.call_id, "campaign_id": "c1"}]
+    # The core had not heard the leg drop: the agent takes no call until its leg is back in the room.
+    a1 = core.agents.get("a1")
+    assert a1.status is AgentStatus.CONNECTING and a1.call_id is None and a1.connects == 0
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a1")]
+    st = core.stats("c1", 2.1)
+    assert (st["live_answers"], st["connected"], st["abandoned"], st["abandon_rate"]) == (1, 0, 1, 1.0)
+    assert not of(core.tick(2.5), Originate)  # nobody ready: nothing dialed
+    (rec,) = of(core.handle(CallEnded(o1.call_id, 16), 4.0), RecordAttempt)  # the message played, hung up
+    assert rec.attempt.outcome is Outcome.ABANDONED
+    assert rec.attempt.agent_id is None and rec.attempt.connected_at is None and rec.attempt.answered_at == 2.0
+    assert a1.status is AgentStatus.CONNECTING  # no wrap-up for a call it never had
+    with pytest.raises(CoreError):
+        core.handle(Disposition(o1.call_id, "PAID"), 4.5)
+    assert core.stats("c1", 4.0)["outcomes"] == {"abandoned": 1}
+    core.handle(AgentDisconnected("a1"), 4.2)  # the leg's drop arrives: its phone is called back
+    assert of(core.tick(core.next_deadline()), OriginateAgentLeg) == [OriginateAgentLeg("a1")]
+    core.handle(AgentConnected("a1"), 7.0)
+    assert a1.status is AgentStatus.READY
+    (o2,) = of(core.tick(7.5), Originate)
+    assert of(core.handle(CallAnswered(o2.call_id), 8.0), ConnectToAgent) == [ConnectToAgent(o2.call_id, "a1")]
+
+
+def test_no_agent_in_the_room_after_the_core_saw_the_leg_drop_leaves_the_agent_as_that_left_it():
+    core = make(agents=("a1", "a2"))
+    o1, o2 = of(core.tick(1.0), Originate)
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 1.5)
+    core.handle(CallAnswered(o1.call_id), 2.0)  # to a1
+    core.handle(AgentDisconnected("a1"), 2.05)  # the drop is processed before the room's verdict
+    rejoin_at = core.next_deadline()
+    cmds = core.handle(AgentMissing(o1.call_id, "a1"), 2.1)
+    assert not of(cmds, HangupAgentLeg) and not of(cmds, PlayAbandonMessage)
+    assert core.agents.get("a1").status is AgentStatus.CONNECTING and core.next_deadline() == rejoin_at
+    assert core.stats("c1", 2.1)["connected"] == 0 and core.stats("c1", 2.1)["abandoned"] == 1
+    # a verdict for another agent, or repeated, changes nothing
+    assert core.handle(AgentMissing(o1.call_id, "a2"), 2.2) == []
+    assert core.handle(AgentMissing(o1.call_id, "a1"), 2.3) == []
+    core.handle(CallEnded(o1.call_id, 16), 4.0)
+    assert core.stats("c1", 4.0)["outcomes"] == {"abandoned": 1}
+    assert core.handle(AgentMissing(o1.call_id, "a1"), 4.1) == []
+    # a leg dropped after a logout request: logged out, not called back
+    core.handle(AgentState("a2", AgentStatus.READY), 5.0)
+    assert of(core.handle(CallAnswered(o2.call_id), 6.0), ConnectToAgent) == [ConnectToAgent(o2.call_id, "a2")]
+    core.handle(AgentLogout("a2"), 6.1)
+    core.handle(AgentDisconnected("a2"), 6.2)
+    core.handle(AgentMissing(o2.call_id, "a2"), 6.3)
+    assert core.agents.get("a2").status is AgentStatus.LOGGED_OUT
+    assert core.stats("c1", 6.3)["abandoned"] == 2

@@ -23,9 +23,11 @@ from dialer.model import CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import (
+    answer_for_a_vanished_agent,
     answered_call_left_alone,
     burst_config,
     check_forced_run,
+    check_vanished_agent_run,
     forced_leads,
     run_campaign,
     trunk_cause_leads,
@@ -283,3 +285,11 @@ async def test_an_answered_call_the_engine_never_takes_hears_the_abandon_message
         held, would_talk = await answered_call_left_alone(AmiTelephony(_config(pbx)), hold_s=1)
     assert 1.0 <= held < 1.0 + 1.0 < would_talk / 10, held
     assert [c["call_id"] for c in pbx.call_log] == ["h1"]
+
+
+async def test_a_debtor_redirected_into_a_room_without_its_agent_hears_the_message_and_is_abandoned() -> None:
+    # As on Asterisk (tests/test_asterisk_callflow.py): the dialplan finds no agent in the room and plays the
+    # safe-harbour message instead of leaving the debtor alone in it.
+    async with SimulatedPbx(secret="s3cret-pbx", abandon_message_s=1.0) as pbx:
+        run = await answer_for_a_vanished_agent(AmiTelephony(_config(pbx)))
+    check_vanished_agent_run(run)

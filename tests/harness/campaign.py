@@ -12,12 +12,12 @@ import httpx
 import pytest
 
 from api.app import create_app
-from dialer.commands import Emit, Originate
+from dialer.commands import Emit, HangupAgentLeg, Originate
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import CallAnswered, CallEnded, CallFailed
+from dialer.events import AgentDisconnected, CallAnswered, CallEnded, CallFailed, Event
 from dialer.memory_store import InMemoryStore
 from dialer.model import Lead
-from dialer.ports import Telephony, TelephonyCommand
+from dialer.ports import EventSink, Telephony, TelephonyCommand
 from dialer.runtime import Runtime, RuntimeConfig
 from pacing.snapshot import Observation, PacingCaps, PacingSnapshot, PacingStrategy
 
@@ -209,3 +209,58 @@ async def answered_call_left_alone(tel: Telephony, hold_s: int) -> tuple[float, 
     await tel.close()
     assert CallAnswered in seen and CallEnded in seen, seen
     return seen[CallEnded] - seen[CallAnswered], 30.0
+
+
+class LaggingLegDrops:
+    """Wraps a Telephony: an agent leg's `AgentDisconnected` reaches the core `lag_s` late, as when the core has
+    not processed it yet (a busy event queue) and may still pick that agent."""
+
+    def __init__(self, inner: Telephony, lag_s: float) -> None:
+        self.inner = inner
+        self.lag_s = lag_s
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.inner.ready)
+
+    async def start(self, sink: EventSink) -> None:
+        loop = asyncio.get_running_loop()
+
+        def deliver(ev: Event) -> None:
+            if isinstance(ev, AgentDisconnected):
+                loop.call_later(self.lag_s, sink, ev)
+            else:
+                sink(ev)
+
+        await self.inner.start(deliver)
+
+    def execute(self, cmd: TelephonyCommand) -> None:
+        self.inner.execute(cmd)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def answer_for_a_vanished_agent(tel: Telephony, lag_s: float = 4.0, timeout_s: float = 45.0) -> CampaignRun:
+    """One debtor who answers after 2 s and would talk 30 s; the only agent's leg is hung up as the campaign
+    starts, and the core hears of it `lag_s` late: it connects the answer into a room with no agent in it. The agent
+    is named for this test alone: engines stopped by other tests on the same Asterisk leave their legs in rooms."""
+    agent = "vanishing"
+
+    async def drop_leg(runtime: Runtime) -> None:
+        tel.execute(HangupAgentLeg(agent))  # behind the core's back: as if the phone had dropped
+
+    return await run_campaign(LaggingLegDrops(tel, lag_s), [{"lead_id": "V1", "phone": "+15550001102030"}], (agent,),
+                              {"campaign_id": "va", "ring_timeout_s": 15, "wrapup_s": 1}, timeout_s=timeout_s,
+                              chaos=drop_leg)
+
+
+def check_vanished_agent_run(run: CampaignRun) -> None:
+    """The debtor put into an empty room hears the safe-harbour message and is hung up within seconds, counted
+    abandoned (DESIGN.md: a live answer not connected to an agent), never connected."""
+    check_forced_run(run, {"V1": {"abandoned"}})
+    (attempt,) = run.attempts
+    assert attempt["agent_id"] is None and attempt["connected_at"] is None, attempt
+    assert attempt["ended_at"] - attempt["answered_at"] < 8.0, attempt  # not the 30 s of silence in the room
+    assert run.joined == set() and run.events["call.abandoned"] == 1
+    assert run.stats["connected"] == 0 and run.stats["abandon_rate"] == 1.0
