@@ -84,6 +84,7 @@ class LegTrack:
     agent_id: str
     uniqueid: str
     channel: str | None = None
+    hangup_requested: bool = False  # asked before its channel was announced: sent when it is
 
 
 @dataclass(slots=True)
@@ -111,7 +112,12 @@ class Translator:
                 return [self._agent_leg(cmd.agent_id)]
             case HangupAgentLeg():
                 leg = self.legs.get(cmd.agent_id)
-                if leg is None or leg.channel is None:
+                if leg is None:
+                    return []
+                if leg.channel is None:
+                    # A logout right after the login: dropping this left the phone in its room and the agent
+                    # "logging out" for good. Sent as soon as the channel is announced, as for calls.
+                    leg.hangup_requested = True
                     return []
                 return [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"})]
         return []
@@ -266,7 +272,10 @@ class Translator:
             return [], []
         agent_id = self._leg_uids.get(uid)
         if agent_id is not None:
-            self.legs[agent_id].channel = str(msg.get("Channel", "")) or None
+            leg = self.legs[agent_id]
+            leg.channel = str(msg.get("Channel", "")) or None
+            if leg.hangup_requested and leg.channel:
+                return [], [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"}, agent_id=agent_id)]
         return [], []
 
     def _new_state(self, msg: Message) -> list[Event]:

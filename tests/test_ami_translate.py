@@ -130,6 +130,23 @@ def test_agent_leg_lifecycle() -> None:
     assert t.on_event({"Event": "Hangup", "Uniqueid": uid, "Cause": "16"})[0] == [AgentDisconnected("ag1")]
 
 
+def test_an_agent_leg_hung_up_before_its_channel_is_known_is_hung_up_when_it_appears() -> None:
+    # A logout right after the login: the leg's hangup used to be dropped, the agent stayed "logging out" with its
+    # phone in the room. As for calls, it is sent once the channel is announced.
+    t = Translator(CFG, id_prefix="n1")
+    (leg,) = t.actions_for(OriginateAgentLeg("ag1"))
+    uid = str(leg.fields["ChannelId"])
+    assert t.actions_for(HangupAgentLeg("ag1")) == []
+    _, actions = t.on_event({"Event": "Newchannel", "Uniqueid": uid, "Channel": "Local/ag1@sim-agent-1;1"})
+    assert [a.fields for a in actions] == [{"Action": "Hangup", "Channel": "Local/ag1@sim-agent-1;1", "Cause": "16"}]
+    assert actions[0].agent_id == "ag1"
+    assert t.on_event({"Event": "Hangup", "Uniqueid": uid, "Cause": "16"})[0] == [AgentDisconnected("ag1")]
+    # a new leg for the agent starts clean
+    (leg2,) = t.actions_for(OriginateAgentLeg("ag1"))
+    assert t.on_event({"Event": "Newchannel", "Uniqueid": str(leg2.fields["ChannelId"]),
+                       "Channel": "Local/ag1@sim-agent-2;1"}) == ([], [])
+
+
 def test_abandon_redirect_goes_to_the_abandon_context() -> None:
     t = Translator(CFG)
     _dial(t)

@@ -14,7 +14,11 @@ import pytest
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
 from dialer.commands import Originate
-from dialer.events import CallAnswered, CallEnded
+from dialer.core import CoreConfig, DialerCore
+from dialer.events import AgentLogin, AgentLogout, CallAnswered, CallEnded
+from dialer.memory_store import InMemoryStore
+from dialer.model import AgentStatus
+from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.campaign import (
     TRUNK_CAUSES,
     answer_for_a_vanished_agent,
@@ -81,3 +85,26 @@ async def test_a_debtor_redirected_into_a_room_without_its_agent_hears_the_messa
     # debtor sat alone in the conference, in silence, for the whole 30 s, recorded "connected".
     run = await answer_for_a_vanished_agent(_telephony(asterisk))
     check_vanished_agent_run(run)
+
+
+async def test_an_agent_logged_out_right_after_logging_in_leaves_its_room(asterisk: Any) -> None:
+    # The logout's hangup came before Asterisk announced the leg's channel and was dropped: the phone joined its
+    # room and stayed there, the agent "logging out" for good.
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="lo")), InMemoryStore(), _telephony(asterisk),
+                 RuntimeConfig(tick_interval_s=0.05))
+    await rt.start()
+    try:
+        rt.submit(AgentLogin("quick"))
+        rt.submit(AgentLogout("quick"))
+        status = None
+        for _ in range(100):
+            agent = rt.core.agents.get("quick")
+            status = agent.status if agent is not None else None
+            if status is AgentStatus.LOGGED_OUT:
+                break
+            await asyncio.sleep(0.05)
+        rooms = asterisk.cli("confbridge list")
+    finally:
+        await rt.stop()
+    assert status is AgentStatus.LOGGED_OUT
+    assert "agent-quick" not in rooms, rooms
