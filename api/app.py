@@ -978,6 +978,30 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 "call_id": a.call_id, "last_call_id": a.last_call_id, "campaigns": sorted(a.campaigns),
                 "skills": dict(a.skills), "preview": preview}
 
+    async def _not_here(agent_id: str) -> HTTPException:
+        """Why this node cannot act for an agent its core does not know: 409 if a live node of a shared store
+        lists it (its leg is on that node's PBX; a client told 404 would log it in twice), else 404."""
+        nodes = getattr(runtime.store, "nodes", None)
+        if callable(nodes):
+            me = getattr(runtime.store, "node_id", None)
+            try:
+                registry = await nodes(now=runtime.clock())
+            except Exception:
+                log.warning("node registry unreadable", exc_info=True)
+                return HTTPException(503, f"agent {agent_id}: not logged in on this node, and the shared store "
+                                          "(which says on which node it is) does not answer")
+            for node in registry:
+                if node.alive and node.node_id != me and agent_id in node.agents:
+                    return HTTPException(409, f"agent {agent_id}: logged in on node {node.node_id}, not this one; "
+                                              "send its commands to that node")
+        return HTTPException(404, f"agent {agent_id}: not logged in")
+
+    async def _known_agent(agent_id: str) -> None:
+        """Refuse a command for an agent the core neither has nor is about to (a queued login): the core would
+        drop it after our 202."""
+        if not runtime.agent_known(agent_id):
+            raise await _not_here(agent_id)
+
     @v1.get("/agents", tags=["agents"])
     async def list_agents(_: Reader) -> list[dict[str, Any]]:
         return [_agent_view(a) for a in runtime.core.agents.all()]
@@ -987,7 +1011,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         check_agent(principal, agent_id)
         agent = runtime.core.agents.get(agent_id)
         if agent is None:
-            raise HTTPException(404, f"agent {agent_id!r} has never logged in")
+            raise await _not_here(agent_id)
         return _agent_view(agent)
 
     @v1.post("/agents/{agent_id}/login", status_code=202, tags=["agents"])
@@ -1004,28 +1028,32 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     @v1.post("/agents/{agent_id}/logout", status_code=202, tags=["agents"])
     async def agent_logout(agent_id: str, principal: AgentActor) -> dict[str, str]:
         check_agent(principal, _agent_id(agent_id))
+        await _known_agent(agent_id)
         runtime.submit(AgentLogout(agent_id))
         return {"agent_id": agent_id, "requested": "logout"}
 
     @v1.post("/agents/{agent_id}/ready", status_code=202, tags=["agents"])
     async def agent_ready(agent_id: str, principal: AgentActor) -> dict[str, str]:
         check_agent(principal, _agent_id(agent_id))
+        await _known_agent(agent_id)
         runtime.submit(AgentState(agent_id, AgentStatus.READY))
         return {"agent_id": agent_id, "requested": "ready"}
 
     @v1.post("/agents/{agent_id}/pause", status_code=202, tags=["agents"])
     async def agent_pause(agent_id: str, principal: AgentActor, body: PauseIn | None = None) -> dict[str, str]:
         check_agent(principal, _agent_id(agent_id))
+        await _known_agent(agent_id)
         runtime.submit(AgentState(agent_id, AgentStatus.PAUSED, body.reason if body else "paused"))
         return {"agent_id": agent_id, "requested": "pause"}
 
     # ------------------------------------------------------------------ preview mode
 
-    def _previewing(agent_id: str) -> None:
+    async def _previewing(agent_id: str) -> None:
         agent = runtime.core.agents.get(agent_id)
-        if agent is None or agent.status is not AgentStatus.PREVIEW or agent.preview is None:
-            state = agent.status.value if agent is not None else "never logged in"
-            raise HTTPException(409, f"agent {agent_id!r} has no lead on screen (agent is {state})")
+        if agent is None:
+            raise await _not_here(agent_id)
+        if agent.status is not AgentStatus.PREVIEW or agent.preview is None:
+            raise HTTPException(409, f"agent {agent_id!r} has no lead on screen (agent is {agent.status.value})")
 
     @v1.post("/agents/{agent_id}/preview", status_code=202, tags=["agents"])
     async def preview_request(agent_id: str, body: PreviewIn, principal: AgentActor) -> dict[str, str]:
@@ -1034,10 +1062,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         check_agent(principal, _agent_id(agent_id))
         settings = await _settings(body.campaign_id)
         agent = runtime.core.agents.get(agent_id)
-        if agent is None or agent.status is not AgentStatus.READY or not agent.serves(body.campaign_id,
-                                                                                        settings.skill):
-            state = agent.status.value if agent is not None else "never logged in"
-            raise HTTPException(409, f"agent {agent_id!r} is not a ready agent of {body.campaign_id!r} ({state})")
+        if agent is None:
+            raise await _not_here(agent_id)
+        if agent.status is not AgentStatus.READY or not agent.serves(body.campaign_id, settings.skill):
+            raise HTTPException(409, f"agent {agent_id!r} is not a ready agent of {body.campaign_id!r} "
+                                     f"({agent.status.value})")
         runtime.submit(PreviewRequest(agent_id, body.campaign_id))
         return {"agent_id": agent_id, "requested": "preview"}
 
@@ -1046,7 +1075,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         """Dial the lead on the agent's screen; the call is reserved for this agent (never abandoned). The gates
         judge it again: a refusal comes as `dial.refused`."""
         check_agent(principal, _agent_id(agent_id))
-        _previewing(agent_id)
+        await _previewing(agent_id)
         runtime.submit(PreviewDial(agent_id))
         return {"agent_id": agent_id, "requested": "dial"}
 
@@ -1054,7 +1083,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     async def preview_skip(agent_id: str, principal: AgentActor) -> dict[str, str]:
         """Pass on the lead on screen: it goes back to the queue unattempted."""
         check_agent(principal, _agent_id(agent_id))
-        _previewing(agent_id)
+        await _previewing(agent_id)
         runtime.submit(PreviewSkip(agent_id))
         return {"agent_id": agent_id, "requested": "skip"}
 

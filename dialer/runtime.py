@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, Persis
 from dialer.compliance import DebtorHistory
 from dialer.core import DialerCore
 from dialer.events import (
+    AgentLogin,
     CallFailed,
     CampaignControl,
     DebtorHistorySeed,
@@ -108,6 +110,7 @@ class Runtime:
         self.decision_seconds: list[float] = []  # recent core.tick durations (for the latency histogram)
         self._dnc_version: int | None = None  # the shared DNC lists' version last loaded into the core
         self._dnc_campaigns: frozenset[str] = frozenset()  # the campaigns whose lists that load read
+        self._logins_queued: Counter[str] = Counter()  # agent id → AgentLogin events submitted, not yet handled
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,6 +209,9 @@ class Runtime:
         except asyncio.QueueFull:
             self.events_dropped += 1
             log.error("core event queue full: event dropped", extra={"fields": {"event": type(event).__name__}})
+            return
+        if isinstance(event, AgentLogin):
+            self._logins_queued[event.agent_id] += 1
 
     async def create_campaign(self, settings: CampaignSettings) -> None:
         await self.store.save_campaign(settings)
@@ -220,6 +226,11 @@ class Runtime:
 
     def stats(self, campaign_id: str) -> dict[str, Any]:
         return self.core.stats(campaign_id, self.clock())
+
+    def agent_known(self, agent_id: str) -> bool:
+        """The core has this agent (in any state), or will once a queued login of it is handled: a command sent
+        right behind the login must not be refused for the lag of the event queue."""
+        return self.core.agents.get(agent_id) is not None or agent_id in self._logins_queued
 
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
         return await self.store.attempts(campaign_id)
@@ -262,6 +273,10 @@ class Runtime:
 
     def _handle(self, queued_at: float, event: Event) -> None:
         self.events_handled += 1
+        if isinstance(event, AgentLogin):
+            self._logins_queued[event.agent_id] -= 1
+            if self._logins_queued[event.agent_id] <= 0:
+                del self._logins_queued[event.agent_id]
         self.event_lag_s = lag = time.monotonic() - queued_at
         if lag > self.event_lag_max_s:
             self.event_lag_max_s = lag

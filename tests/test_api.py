@@ -15,13 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 
 from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, Outcome
+from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
+from dialer.store_factory import open_store
+from tests.harness.redis import RedisServer
 from tests.harness.scripted_pbx import ScriptedPbx
 
 HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
@@ -695,7 +699,7 @@ async def test_preview_mode_is_worked_over_the_api() -> None:
                 break
             await asyncio.sleep(0.02)
         assert len(dialed) == 1
-        assert (await env.api.post("/api/v1/agents/a9/preview", json={"campaign_id": "c1"})).status_code == 409
+        assert (await env.api.post("/api/v1/agents/a9/preview", json={"campaign_id": "c1"})).status_code == 404
         assert (await env.api.post("/api/v1/agents/a1/preview", json={"campaign_id": "zz"})).status_code == 404
 
 
@@ -731,3 +735,62 @@ async def test_pausing_a_campaign_that_is_not_running_is_a_conflict_not_a_silent
             await asyncio.sleep(0.01)
         r = await env.api.post("/api/v1/campaigns/c1/pause")
         assert r.status_code == 409 and "is stopped" in r.json()["detail"]
+
+
+AGENT_COMMANDS: list[tuple[str, Any]] = [("ready", None), ("pause", {"reason": "lunch"}), ("logout", None),
+                                         ("preview", {"campaign_id": "c1"}), ("preview/dial", None),
+                                         ("preview/skip", None)]
+
+
+async def test_commands_for_an_agent_never_logged_in_are_404_not_a_silent_202() -> None:
+    """ready, pause and logout for an agent the core does not know answered 202 and the core ignored them."""
+    async with api_env() as env:
+        await make_campaign(env.api, strategy="preview")
+        for path, body in AGENT_COMMANDS:
+            r = await env.api.post(f"/api/v1/agents/a9/{path}", json=body)
+            assert r.status_code == 404 and r.json()["detail"] == "agent a9: not logged in", (path, r.text)
+        r = await env.api.get("/api/v1/agents/a9")
+        assert r.status_code == 404 and r.json()["detail"] == "agent a9: not logged in"
+        # Login is for unknown agents; a command sent along with it (the login still queued for the core) is taken.
+        for agent in ("a8", "a9"):
+            login, ready = await asyncio.gather(env.api.post(f"/api/v1/agents/{agent}/login"),
+                                                env.api.post(f"/api/v1/agents/{agent}/ready"))
+            assert (login.status_code, ready.status_code) == (202, 202), ready.text
+        for _ in range(100):
+            if (await env.api.get("/api/v1/agents/a9")).json().get("state") == "ready":
+                break
+            await asyncio.sleep(0.01)
+        assert (await env.api.post("/api/v1/agents/a9/pause", json={"reason": "lunch"})).status_code == 202
+        for _ in range(100):
+            if (await env.api.get("/api/v1/agents/a9")).json()["state"] == "paused":
+                break
+            await asyncio.sleep(0.01)
+        assert (await env.api.get("/api/v1/agents/a9")).json()["reason"] == "lunch"
+
+
+@pytest.mark.redis
+async def test_an_agent_on_another_node_is_a_conflict_naming_that_node(redis_server: RedisServer) -> None:
+    """Agents work on the node whose PBX holds their leg; the shared store's node registry says which. Here the
+    agent is not unknown, so not 404: a client told "not logged in" would log it in a second time here."""
+    prefix = f"t{os.urandom(5).hex()}:"
+    store = open_store(f"{redis_server.url}?prefix={prefix}&lease_ttl=30", node_id="n1")
+    peer = open_store(f"{redis_server.url}?prefix={prefix}&lease_ttl=30", node_id="n2")
+    assert isinstance(store, RedisStore) and isinstance(peer, RedisStore)
+    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, ScriptedPbx(), RuntimeConfig(tick_interval_s=0.02))
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)),
+                                     base_url="http://test") as api:
+            await make_campaign(api, strategy="preview")
+            await peer.heartbeat(["a7"], now=runtime.clock())
+            for path, body in AGENT_COMMANDS:
+                r = await api.post(f"/api/v1/agents/a7/{path}", json=body)
+                assert r.status_code == 409 and "node n2" in r.json()["detail"], (path, r.text)
+            r = await api.get("/api/v1/agents/a7")
+            assert r.status_code == 409 and "node n2" in r.json()["detail"]
+            assert (await api.post("/api/v1/agents/a8/ready")).status_code == 404
+            await peer.heartbeat(["a7"], now=runtime.clock() - 120)  # n2 died: nobody has a7 now
+            assert (await api.post("/api/v1/agents/a7/ready")).status_code == 404
+    finally:
+        await runtime.stop()
+        await peer.aclose()
