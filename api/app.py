@@ -259,6 +259,12 @@ class DncIn(BaseModel):
     campaign_id: str | None = Field(None, description="absent: the global list")
 
 
+class DncAdded(BaseModel):
+    added: int = Field(description="numbers new to the list (stored by this request)")
+    already: int = Field(description="numbers that were on the list already (left as they were)")
+    repeated: int = Field(description="entries repeating a number earlier in this request (in any spelling)")
+
+
 class AttemptsPage(BaseModel):
     items: list[dict[str, Any]]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
@@ -902,16 +908,24 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         if callable(fn):
             await fn(numbers, campaign_id)
 
-    @v1.post("/dnc", tags=["dnc"])
-    async def dnc_add(body: DncIn, _: Manager) -> dict[str, int]:
+    @v1.post("/dnc", response_model=DncAdded, tags=["dnc"])
+    async def dnc_add(body: DncIn, _: Manager) -> DncAdded:
         """Numbers onto the global do-not-call list, or a campaign's; effective before the next dial."""
         if body.campaign_id is not None:
             await _settings(body.campaign_id)
         numbers = _numbers(body.numbers)
-        await _persist("dnc_add", numbers, body.campaign_id)
-        for number in numbers:
+        unique = list(dict.fromkeys(numbers))  # normalised: two spellings of one number are one
+        shared = getattr(runtime.store, "dnc_add", None)
+        if callable(shared):  # the shared list is the list of record (every node's adds): it counts what is new
+            added = int(await shared(unique, body.campaign_id))
+        else:
+            # Only the core keeps the list: add here (the loop's thread, no await) so a repeat sent before the core
+            # handles the queued DncAdd is not counted new again. The event still follows, for `dnc.added`.
+            now = runtime.clock()
+            added = sum(runtime.core.dnc.add(n, body.campaign_id, now) for n in unique)
+        for number in unique:
             runtime.submit(DncAdd(number, body.campaign_id))
-        return {"added": len(numbers)}
+        return DncAdded(added=added, already=len(unique) - added, repeated=len(numbers) - len(unique))
 
     @v1.get("/dnc/{number}", tags=["dnc"])
     async def dnc_check(number: str, _: Reader, campaign_id: str | None = None) -> dict[str, Any]:

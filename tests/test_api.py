@@ -374,7 +374,7 @@ async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
     async with api_env() as env:
         await make_campaign(env.api)
         r = await env.api.post("/api/v1/dnc", json={"numbers": ["+57 300 123 4567"], "campaign_id": "c1"})
-        assert r.status_code == 200 and r.json() == {"added": 1}
+        assert r.status_code == 200 and r.json()["added"] == 1
         assert (await env.api.post("/api/v1/dnc", json={"numbers": ["12"]})).status_code == 422
         for _ in range(100):
             if (await env.api.get("/api/v1/dnc/+573001234567", params={"campaign_id": "c1"})).json()["blocked"]:
@@ -768,29 +768,72 @@ async def test_commands_for_an_agent_never_logged_in_are_404_not_a_silent_202() 
         assert (await env.api.get("/api/v1/agents/a9")).json()["reason"] == "lunch"
 
 
-@pytest.mark.redis
-async def test_an_agent_on_another_node_is_a_conflict_naming_that_node(redis_server: RedisServer) -> None:
-    """Agents work on the node whose PBX holds their leg; the shared store's node registry says which. Here the
-    agent is not unknown, so not 404: a client told "not logged in" would log it in a second time here."""
+@dataclass
+class RedisEnv:
+    runtime: Runtime
+    store: RedisStore
+    peer: RedisStore  # another node's view of the same Redis (node n2)
+    api: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def redis_api_env(server: RedisServer) -> AsyncIterator[RedisEnv]:
+    """The API of node n1 over a Redis store (a fresh key prefix), with node n2's store beside it."""
     prefix = f"t{os.urandom(5).hex()}:"
-    store = open_store(f"{redis_server.url}?prefix={prefix}&lease_ttl=30", node_id="n1")
-    peer = open_store(f"{redis_server.url}?prefix={prefix}&lease_ttl=30", node_id="n2")
+    store = open_store(f"{server.url}?prefix={prefix}&lease_ttl=30", node_id="n1")
+    peer = open_store(f"{server.url}?prefix={prefix}&lease_ttl=30", node_id="n2")
     assert isinstance(store, RedisStore) and isinstance(peer, RedisStore)
     runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, ScriptedPbx(), RuntimeConfig(tick_interval_s=0.02))
     await runtime.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)),
                                      base_url="http://test") as api:
-            await make_campaign(api, strategy="preview")
-            await peer.heartbeat(["a7"], now=runtime.clock())
-            for path, body in AGENT_COMMANDS:
-                r = await api.post(f"/api/v1/agents/a7/{path}", json=body)
-                assert r.status_code == 409 and "node n2" in r.json()["detail"], (path, r.text)
-            r = await api.get("/api/v1/agents/a7")
-            assert r.status_code == 409 and "node n2" in r.json()["detail"]
-            assert (await api.post("/api/v1/agents/a8/ready")).status_code == 404
-            await peer.heartbeat(["a7"], now=runtime.clock() - 120)  # n2 died: nobody has a7 now
-            assert (await api.post("/api/v1/agents/a7/ready")).status_code == 404
+            yield RedisEnv(runtime, store, peer, api)
     finally:
         await runtime.stop()
         await peer.aclose()
+
+
+@pytest.mark.redis
+async def test_an_agent_on_another_node_is_a_conflict_naming_that_node(redis_server: RedisServer) -> None:
+    """Agents work on the node whose PBX holds their leg; the shared store's node registry says which. Here the
+    agent is not unknown, so not 404: a client told "not logged in" would log it in a second time here."""
+    async with redis_api_env(redis_server) as env:
+        api, clock = env.api, env.runtime.clock
+        await make_campaign(api, strategy="preview")
+        await env.peer.heartbeat(["a7"], now=clock())
+        for path, body in AGENT_COMMANDS:
+            r = await api.post(f"/api/v1/agents/a7/{path}", json=body)
+            assert r.status_code == 409 and "node n2" in r.json()["detail"], (path, r.text)
+        r = await api.get("/api/v1/agents/a7")
+        assert r.status_code == 409 and "node n2" in r.json()["detail"]
+        assert (await api.post("/api/v1/agents/a8/ready")).status_code == 404
+        await env.peer.heartbeat(["a7"], now=clock() - 120)  # n2 died: nobody has a7 now
+        assert (await api.post("/api/v1/agents/a7/ready")).status_code == 404
+
+
+async def _dnc_counts_only_new_numbers(api: httpx.AsyncClient) -> None:
+    await make_campaign(api)
+    numbers = ["+57 300 123 4567", "+573001234567", "+573001234568"]  # the first two are one number
+    r = await api.post("/api/v1/dnc", json={"numbers": numbers, "campaign_id": "c1"})
+    assert r.status_code == 200 and r.json() == {"added": 2, "already": 0, "repeated": 1}
+    r = await api.post("/api/v1/dnc", json={"numbers": [*numbers, "+573001234569"], "campaign_id": "c1"})
+    assert r.json() == {"added": 1, "already": 2, "repeated": 1}
+    r = await api.post("/api/v1/dnc", json={"numbers": ["+573001234567"]})  # the global list is another list
+    assert r.json() == {"added": 1, "already": 0, "repeated": 0}
+    # Sent together (the first not yet applied by the core when the second is counted): added once.
+    got = await asyncio.gather(*[api.post("/api/v1/dnc", json={"numbers": ["+573001234570"]}) for _ in range(3)])
+    assert sorted(r.json()["added"] for r in got) == [0, 0, 1]
+
+
+async def test_dnc_add_counts_only_numbers_new_to_the_list() -> None:
+    """`added` counted every number sent, those already on the list and repeats within the request too."""
+    async with api_env() as env:
+        await _dnc_counts_only_new_numbers(env.api)
+
+
+@pytest.mark.redis
+async def test_dnc_add_counts_only_numbers_new_to_the_shared_list(redis_server: RedisServer) -> None:
+    async with redis_api_env(redis_server) as env:
+        await _dnc_counts_only_new_numbers(env.api)
+        assert await env.peer.dnc_blocked(["+573001234569"], "c1") == {"+573001234569"}
