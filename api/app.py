@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -509,8 +510,19 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     async def read_campaign(campaign_id: str, _: Reader) -> CampaignOut:
         return _campaign_out(await _settings(campaign_id))
 
+    # One PATCH of a campaign at a time (on this node): each reads the settings, awaits, and writes them whole, so
+    # two at once lost the first one's fields. A lock lives while a request holds or waits for it.
+    patching: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
     @v1.patch("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
     async def update_campaign(campaign_id: str, patch: CampaignPatch, _: Manager) -> CampaignOut:
+        lock = patching.get(campaign_id)
+        if lock is None:
+            lock = patching[campaign_id] = asyncio.Lock()
+        async with lock:
+            return await _update_campaign(campaign_id, patch)
+
+    async def _update_campaign(campaign_id: str, patch: CampaignPatch) -> CampaignOut:
         current = await _settings(campaign_id)
         merged = {k: getattr(current, k) for k in CampaignIn.model_fields} | patch.model_dump(exclude_unset=True)
         try:

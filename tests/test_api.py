@@ -21,7 +21,7 @@ from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
-from dialer.model import Attempt, Outcome
+from dialer.model import Attempt, CampaignSettings, Outcome
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
@@ -32,11 +32,19 @@ HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
 
 
 class DownStore(InMemoryStore):
-    """An in-memory store whose ping can be made to fail or hang, as a Redis that went away."""
+    """An in-memory store whose ping can be made to fail or hang, as a Redis that went away; and whose campaign
+    reads can be made slow, as a network store's are."""
 
     def __init__(self) -> None:
         super().__init__()
         self.mode = "up"
+        self.slow_reads = False
+
+    async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
+        found = await super().get_campaign(campaign_id)
+        if self.slow_reads:
+            await asyncio.sleep(0.01)  # the reply on its way
+        return found
 
     async def ping(self) -> bool:
         if self.mode == "error":
@@ -837,3 +845,31 @@ async def test_dnc_add_counts_only_numbers_new_to_the_shared_list(redis_server: 
     async with redis_api_env(redis_server) as env:
         await _dnc_counts_only_new_numbers(env.api)
         assert await env.peer.dnc_blocked(["+573001234569"], "c1") == {"+573001234569"}
+
+
+async def _patches_of_different_fields_both_last(api: httpx.AsyncClient, store: Any, runtime: Runtime) -> None:
+    await make_campaign(api)
+    for i in range(10):
+        a, b = await asyncio.gather(api.patch("/api/v1/campaigns/c1", json={"name": f"Q{i}"}),
+                                    api.patch("/api/v1/campaigns/c1", json={"max_lines": 20 + i}))
+        assert (a.status_code, b.status_code) == (200, 200), (a.text, b.text)
+        saved = await store.get_campaign("c1")
+        assert (saved.name, saved.max_lines) == (f"Q{i}", 20 + i)
+        assert (runtime.core.campaigns["c1"].settings.name, runtime.core.campaigns["c1"].settings.max_lines) == \
+            (f"Q{i}", 20 + i)
+        got = (await api.get("/api/v1/campaigns/c1")).json()
+        assert (got["name"], got["max_lines"]) == (f"Q{i}", 20 + i)
+
+
+async def test_concurrent_patches_of_one_campaign_lose_no_change() -> None:
+    """Each PATCH read the campaign, awaited, then wrote it whole: of two at once, the later write undid the other's
+    field."""
+    async with api_env() as env:
+        env.store.slow_reads = True
+        await _patches_of_different_fields_both_last(env.api, env.store, env.runtime)
+
+
+@pytest.mark.redis
+async def test_concurrent_patches_of_one_campaign_lose_no_change_on_redis(redis_server: RedisServer) -> None:
+    async with redis_api_env(redis_server) as env:
+        await _patches_of_different_fields_both_last(env.api, env.store, env.runtime)
