@@ -110,6 +110,7 @@ def _lead_pool(field_limit: int) -> concurrent.futures.ProcessPoolExecutor:
         atexit.register(_pool.shutdown, wait=True, cancel_futures=True)  # before the interpreter tears down
     return _pool
 _READY_TIMEOUT_S = 2.0
+_ATTEMPT_SCAN = 500  # attempts read from the store per round when an outcome filter thins the page
 
 # ---------------------------------------------------------------------------------------------- schemas
 
@@ -980,13 +981,22 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 else:
                     raise HTTPException(422, f"outcome: unknown {o!r}")
         after = _decode_cursor(cursor) if cursor else None
-        rows = [a for a in await runtime.attempts(campaign_id)
-                if (wanted is None or (a.outcome.value if a.outcome else None) in wanted)
-                and (since is None or a.dialed_at >= since) and (until is None or a.dialed_at < until)
-                and (after is None or (a.dialed_at, a.call_id) > after)]
-        rows.sort(key=lambda a: (a.dialed_at, a.call_id))
-        page = rows[:limit]
-        more = len(rows) > limit
+        # The store pages in order; the outcome filter is applied here, reading on until the page is full and one
+        # more match says whether there is a next page (null only at the end, as before).
+        fetch = limit + 1 if wanted is None else max(limit + 1, _ATTEMPT_SCAN)
+        page: list[Attempt] = []
+        more = False
+        while not more:
+            batch = await runtime.attempts_page(campaign_id, after=after, since=since, until=until, limit=fetch)
+            for a in batch:
+                if wanted is None or (a.outcome.value if a.outcome else None) in wanted:
+                    if len(page) == limit:
+                        more = True
+                        break
+                    page.append(a)
+            if len(batch) < fetch:
+                break
+            after = (batch[-1].dialed_at, batch[-1].call_id)
         return AttemptsPage(items=[a.as_dict() for a in page], next_cursor=_encode_cursor(page[-1]) if more else None)
 
     # ------------------------------------------------------------------ agents

@@ -4,6 +4,7 @@ because the process that holds them is the only one that could dial them."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,9 @@ class InMemoryStore:
         self._campaigns: dict[str, CampaignSettings] = {}
         self._leads: dict[str, _CampaignLeads] = {}
         self._attempts: dict[str, Attempt] = {}
+        # (dialed_at, call_id) of every attempt, sorted, and of each campaign's: a page is two bisects and a slice.
+        self._dialed: list[tuple[float, str]] = []
+        self._dialed_in: dict[str, list[tuple[float, str]]] = {}
         self._lock = asyncio.Lock()
 
     async def ping(self) -> bool:
@@ -114,10 +118,28 @@ class InMemoryStore:
         return False
 
     async def record_attempt(self, attempt: Attempt) -> None:
+        old = self._attempts.get(attempt.call_id)
+        if old is None or (old.dialed_at, old.campaign_id) != (attempt.dialed_at, attempt.campaign_id):
+            if old is not None:  # an upsert that moved it (never in practice): out of its old place first
+                for keys in (self._dialed, self._dialed_in[old.campaign_id]):
+                    del keys[bisect.bisect_left(keys, (old.dialed_at, old.call_id))]
+            key = (attempt.dialed_at, attempt.call_id)
+            bisect.insort(self._dialed, key)  # dials come in time order: near the end, cheap
+            bisect.insort(self._dialed_in.setdefault(attempt.campaign_id, []), key)
         self._attempts[attempt.call_id] = replace(attempt)
 
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
         return [replace(a) for a in self._attempts.values() if campaign_id in (None, a.campaign_id)]
+
+    async def attempts_page(self, campaign_id: str | None = None, *, after: tuple[float, str] | None = None,
+                            since: float | None = None, until: float | None = None,
+                            limit: int = 100) -> list[Attempt]:
+        keys = self._dialed if campaign_id is None else self._dialed_in.get(campaign_id, [])
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        if since is not None:
+            start = max(start, bisect.bisect_left(keys, (since, "")))  # "" sorts before every call id
+        end = len(keys) if until is None else bisect.bisect_left(keys, (until, ""))
+        return [self._attempts[call_id].copy() for _, call_id in keys[start:min(end, start + max(limit, 0))]]
 
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         bucket = self._bucket(campaign_id)

@@ -74,6 +74,13 @@ class Store(Protocol):
 
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]: ...
 
+    async def attempts_page(self, campaign_id: str | None = None, *, after: tuple[float, str] | None = None,
+                            since: float | None = None, until: float | None = None,
+                            limit: int = 100) -> list[Attempt]:
+        """Up to `limit` attempts (of one campaign, or of all) in (dialed_at, call_id) order: those after `after`
+        (exclusive) dialed in [since, until). The next page starts after the last one's (dialed_at, call_id)."""
+        ...
+
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         """Leads by state: pending, leased, done."""
         ...

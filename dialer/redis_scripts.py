@@ -185,14 +185,19 @@ end
 return renewed
 """
 
-# KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day, inflight
+# KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day, inflight, attempt_dial,
+#       attempt_dial_upto
 # ARGV: call id, attempt json, lead id, stream maxlen ('' = keep all), hour bucket ttl, day bucket ttl,
-#       '1' if the attempt has its outcome else '0'
+#       '1' if the attempt has its outcome else '0', dialed at
 # The first record of a call id gets its place in the campaign's order and counts one try for the lead;
 # later records (the outcome) only update it. Every record is appended to the stream. `inflight` maps a
 # lead to its call while that call has no outcome (what EXPIRE must not send back to the hopper at once).
+# `attempt_dial` (call id -> dialed at) is the index pages are read from; `attempt_dial_upto` is the place in
+# `attempt_order` through which it is complete: it moves on with this record only if it was complete through the
+# one before (records of nodes of earlier versions, which write no index, are indexed by the reader).
 RECORD_ATTEMPT = """
 local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[9], ARGV[8], ARGV[1])
 if new == 1 then
   local t = redis.call('TIME')
   local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -201,6 +206,7 @@ if new == 1 then
   local s = string.format('%.17g', us)
   redis.call('SET', KEYS[3], s)
   redis.call('ZADD', KEYS[2], s, ARGV[1])
+  if tonumber(redis.call('GET', KEYS[10]) or '0') >= last then redis.call('SET', KEYS[10], s) end
   redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
   redis.call('HINCRBY', KEYS[6], ARGV[3], 1)
   redis.call('EXPIRE', KEYS[6], ARGV[5])

@@ -48,6 +48,8 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:held:<node>      set   lead ids a node holds (for renewal) ; :fence counter of tokens
     <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
     <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
+    <p>{c:<id>}:attempt_dial     zset  call id -> dialed at (pages) ; :attempt_dial_upto the attempt_order score
+                                       through which it is complete (older nodes write no index: filled on read)
     <p>{c:<id>}:inflight         hash  lead id -> call id while that call has no outcome
     <p>{c:<id>}:lost             hash  call id -> time its node was found dead (outcome `lost` still to write)
     <p>attempt_campaigns         set   campaigns with attempts (for attempts() of every campaign)
@@ -87,6 +89,7 @@ PRIORITY_STRIDE = 2**40  # arrivals per campaign fit below this; scores stay exa
 MAX_PRIORITY = 1000
 _LEASE_CHUNK = 1000  # leads per script call: keeps each script short and Lua's unpack() within its limits
 _ADD_CHUNK = 2000
+_INDEX_CHUNK = 5000  # attempts per round when the dial-time index is filled in from older records
 _PROMOTE_LIMIT = 1000
 _HOUR_TTL_S = 26 * 3600
 _DAY_TTL_S = 35 * 86400
@@ -319,12 +322,13 @@ class RedisStore:
         cid = attempt.campaign_id
         hour, day = int(attempt.dialed_at // 3600), int(attempt.dialed_at // 86400)
         keys = [self._k(cid, n) for n in ("attempts", "attempt_order", "attempt_last", "attempt_log", "tries",
-                                          f"tries:h:{hour}", f"tries:d:{day}", "inflight")]
+                                          f"tries:h:{hour}", f"tries:d:{day}", "inflight", "attempt_dial",
+                                          "attempt_dial_upto")]
         doc = json.dumps(attempt.as_dict(), separators=(",", ":"))
         maxlen = "" if self.stream_maxlen is None else str(self.stream_maxlen)
         final = "0" if attempt.outcome is None else "1"
         await self._s_attempt(keys=keys, args=[attempt.call_id, doc, attempt.lead_id, maxlen, _HOUR_TTL_S,
-                                               _DAY_TTL_S, final])
+                                               _DAY_TTL_S, final, _num(attempt.dialed_at)])
         if cid not in self._attempt_campaigns:
             # Lets attempts(None) find campaigns whose definition was never saved, as the in-memory store does.
             await self._r.sadd(self._g("attempt_campaigns"), cid)
@@ -352,6 +356,82 @@ class RedisStore:
                     ranked.append((float(score), _attempt_from(raw)))
         ranked.sort(key=lambda pair: pair[0])  # first-record order, as the in-memory store keeps it
         return [a for _, a in ranked]
+
+    async def attempts_page(self, campaign_id: str | None = None, *, after: tuple[float, str] | None = None,
+                            since: float | None = None, until: float | None = None,
+                            limit: int = 100) -> list[Attempt]:
+        """A page from each campaign's `attempt_dial` zset (dial time, ties by call id: the zset's own order),
+        the campaigns' pages merged; only the attempts on the page are read."""
+        await self._ensure()
+        if limit <= 0:
+            return []
+        if campaign_id is not None:
+            cids = [campaign_id]
+        else:
+            cids = sorted(str(c) for c in await self._r.smembers(self._g("attempt_campaigns")))
+        keyed: list[tuple[float, str, str]] = []  # (dialed at, call id, campaign id)
+        for cid in cids:
+            await self._index_dials(cid)
+            keyed += [(t, call_id, cid) for t, call_id in await self._dial_keys(cid, after, since, until, limit)]
+        keyed.sort()
+        keyed = keyed[:limit]
+        by_campaign: dict[str, list[str]] = {}
+        for _, call_id, cid in keyed:
+            by_campaign.setdefault(cid, []).append(call_id)
+        pipe = self._r.pipeline(transaction=False)
+        for cid, call_ids in by_campaign.items():
+            pipe.hmget(self._k(cid, "attempts"), call_ids)
+        raws = {call_id: raw for (cid, call_ids), got in zip(by_campaign.items(), await pipe.execute(), strict=True)
+                for call_id, raw in zip(call_ids, got, strict=True)}
+        return [_attempt_from(str(raws[call_id])) for _, call_id, _ in keyed if raws.get(call_id) is not None]
+
+    async def _dial_keys(self, campaign_id: str, after: tuple[float, str] | None, since: float | None,
+                         until: float | None, limit: int) -> list[tuple[float, str]]:
+        """Up to `limit` (dialed at, call id) of one campaign, in order, after `after`, within [since, until)."""
+        key = self._k(campaign_id, "attempt_dial")
+        top = "+inf" if until is None else f"({_num(until)}"
+        out: list[tuple[float, str]] = []
+        if after is not None and (since is None or after[0] >= since):
+            at, call_id = after
+            if until is not None and at >= until:
+                return []
+            # Equal dial times sort by call id, which a score range cannot start from: those are read whole.
+            out = [(t, c) for t, c in await self._scored(key, _num(at), _num(at)) if c > call_id][:limit]
+            bottom = f"({_num(at)}"
+        else:
+            bottom = "-inf" if since is None else _num(since)
+        if len(out) < limit:
+            out += await self._scored(key, bottom, top, limit - len(out))
+        return out
+
+    async def _scored(self, key: str, low: str, high: str, count: int | None = None) -> list[tuple[float, str]]:
+        """(score, member) of a zset's members within the score range, in order (the first `count`)."""
+        rows: list[Any] = await self._r.zrangebyscore(key, low, high, start=None if count is None else 0, num=count,
+                                                      withscores=True)
+        return [(float(score), str(member)) for member, score in rows]
+
+    async def _index_dials(self, campaign_id: str) -> None:
+        """Bring `attempt_dial` up to date with `attempt_order`: records from before this index existed, or from
+        nodes of an earlier version still running, are added (a no-op, two GETs, once it is complete)."""
+        order, upto_key = self._k(campaign_id, "attempt_order"), self._k(campaign_id, "attempt_dial_upto")
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(upto_key)
+        pipe.get(self._k(campaign_id, "attempt_last"))
+        upto_raw, last_raw = await pipe.execute()
+        upto, last = float(upto_raw or 0), float(last_raw or 0)
+        while upto < last:
+            rows = await self._scored(order, f"({_num(upto)}", "+inf", _INDEX_CHUNK)
+            if not rows:
+                break
+            call_ids = [c for _, c in rows]
+            raws = await self._r.hmget(self._k(campaign_id, "attempts"), call_ids)
+            dials = {c: json.loads(raw)["dialed_at"] for c, raw in zip(call_ids, raws, strict=True) if raw}
+            upto = rows[-1][0]
+            pipe = self._r.pipeline(transaction=False)
+            if dials:
+                pipe.zadd(self._k(campaign_id, "attempt_dial"), dials)
+            pipe.set(upto_key, _num(upto))  # everything through here is indexed (a slower reader may set it lower)
+            await pipe.execute()
 
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         await self._ensure()

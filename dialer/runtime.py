@@ -235,6 +235,12 @@ class Runtime:
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
         return await self.store.attempts(campaign_id)
 
+    async def attempts_page(self, campaign_id: str | None = None, *, after: tuple[float, str] | None = None,
+                            since: float | None = None, until: float | None = None,
+                            limit: int = 100) -> list[Attempt]:
+        """One page of the stored attempts in (dialed_at, call_id) order (see `Store.attempts_page`)."""
+        return await self.store.attempts_page(campaign_id, after=after, since=since, until=until, limit=limit)
+
     @property
     def event_backlog(self) -> int:
         return self._events.qsize()

@@ -8,6 +8,7 @@ counters) skip on the in-memory store. At the end: the Redis restart test and th
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -210,6 +211,50 @@ async def test_attempts_upsert_by_call_id(store: Store) -> None:
     assert await store.attempts("none") == []
 
 
+async def test_attempts_page_in_dial_order_after_a_cursor(store: Store) -> None:
+    # Recorded out of dial order, two campaigns, ties in dial time broken by call id.
+    for call_id, cid, t in [("k5", "c1", T0 + 3), ("k1", "c1", T0 + 1), ("k3", "c2", T0 + 1), ("k2", "c1", T0 + 1),
+                            ("k4", "c1", T0 + 2.5), ("k0", "c2", T0)]:
+        await store.record_attempt(Attempt(call_id, cid, "l" + call_id, "+1555", "1000", t))
+    done = Attempt("k1", "c1", "lk1", "+1555", "1000", T0 + 1, ended_at=T0 + 9, outcome=Outcome.BUSY)
+    await store.record_attempt(done)  # an upsert keeps its place
+
+    async def page(cid: str | None = None, **kw: object) -> list[str]:
+        return [a.call_id for a in await store.attempts_page(cid, **kw)]  # type: ignore[arg-type]
+
+    assert await page() == ["k0", "k1", "k2", "k3", "k4", "k5"]
+    assert await page("c1") == ["k1", "k2", "k4", "k5"]
+    assert (await store.attempts_page("c1", limit=1)) == [done]
+    assert await page(limit=2) == ["k0", "k1"]
+    assert await page(after=(T0 + 1, "k1"), limit=2) == ["k2", "k3"]
+    assert await page(after=(T0 + 1, "k3"), limit=2) == ["k4", "k5"]
+    assert await page(after=(T0 + 3, "k5")) == []
+    assert await page(after=(T0 + 1, "k15")) == ["k2", "k3", "k4", "k5"]  # a cursor between stored ids
+    assert await page("c1", after=(T0 + 1, "k2")) == ["k4", "k5"]
+    assert await page(since=T0 + 1, until=T0 + 3) == ["k1", "k2", "k3", "k4"]  # since inclusive, until not
+    assert await page(since=T0 + 2.5, until=T0 + 2.5) == []
+    assert await page("c1", after=(T0 + 1, "k1"), since=T0 + 2) == ["k4", "k5"]  # the later bound wins
+    assert await page("c1", after=(T0 + 2.5, "k4"), since=T0) == ["k5"]
+    assert await page("c2", after=(T0, "k0"), until=T0 + 1) == []
+    assert await page("none") == []
+    assert await page(limit=0) == []
+
+
+async def test_attempts_page_walks_a_large_history_exactly_once(store: Store) -> None:
+    dials = [(f"x{i:04d}", T0 + (i * 7919 % 1000) / 4) for i in range(1000)]  # shuffled, with many equal times
+    for call_id, t in dials:
+        await store.record_attempt(Attempt(call_id, "c1", "l", "+1555", "1000", t))
+    walked: list[tuple[float, str]] = []
+    after: tuple[float, str] | None = None
+    while True:
+        got = await store.attempts_page("c1", after=after, limit=97)
+        walked += [(a.dialed_at, a.call_id) for a in got]
+        if len(got) < 97:
+            break
+        after = walked[-1]
+    assert walked == sorted((t, c) for c, t in dials)
+
+
 # ---------------------------------------------------------------------------------------------- beyond the protocol
 
 
@@ -322,6 +367,32 @@ async def test_counters_and_nodes(store: Store, peer: Store) -> None:
     assert not nodes["node-b"].alive
     await a.forget_node("node-b")
     assert [n.node_id for n in await a.nodes(now=T0)] == ["node-a"]
+
+
+async def test_attempts_page_indexes_what_older_nodes_wrote(store: Store) -> None:
+    """The page reads a zset of dial times that nodes of earlier versions did not write: history from before the
+    upgrade, and records such a node still writes during a rolling upgrade, are indexed on read."""
+    s = redis_only(store, "older nodes")
+    r = s.client
+
+    def k(name: str) -> str:
+        return s._k("c1", name)
+
+    async def old_node_records(call_id: str, t: float) -> None:  # what RECORD_ATTEMPT wrote before the index
+        last = float(await r.get(k("attempt_last")) or 0) + 1
+        await r.set(k("attempt_last"), repr(last))
+        await r.hset(k("attempts"), call_id, json.dumps(Attempt(call_id, "c1", "l", "+1555", "1000", t).as_dict()))
+        await r.zadd(k("attempt_order"), {call_id: last})
+        await r.sadd(s._g("attempt_campaigns"), "c1")
+
+    for i in range(5):
+        await old_node_records(f"o{i}", T0 + 10 - i)
+    assert [a.call_id for a in await s.attempts_page("c1", limit=3)] == ["o4", "o3", "o2"]
+    await s.record_attempt(Attempt("n1", "c1", "l", "+1555", "1000", T0 + 7.5))  # this version
+    await old_node_records("o5", T0 + 7.2)  # an older node, still up
+    await s.record_attempt(Attempt("n2", "c1", "l", "+1555", "1000", T0 + 1))
+    assert [a.call_id for a in await s.attempts_page(None, limit=4)] == ["n2", "o4", "o3", "o5"]
+    assert [a.call_id for a in await s.attempts_page("c1", after=(T0 + 7.2, "o5"))] == ["n1", "o2", "o1", "o0"]
 
 
 # ---------------------------------------------------------------------------------------------- redis restart
