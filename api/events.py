@@ -136,8 +136,9 @@ class EventHub:
                     ev = client.queue.popleft()
                     yield f"id: {ev.seq}\nevent: {ev.kind}\ndata: {ev.json()}\n\n"
                 client.wake.clear()
-                try:
-                    await asyncio.wait_for(client.wake.wait(), timeout=self.heartbeat_s)
+                try:  # asyncio.timeout: wait_for (3.11) can swallow a cancellation that lands as the event is set
+                    async with asyncio.timeout(self.heartbeat_s):
+                        await client.wake.wait()
                 except TimeoutError:
                     if await is_disconnected():
                         return

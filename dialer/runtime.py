@@ -258,10 +258,14 @@ class Runtime:
             now = self.clock()
             deadline = self.core.next_deadline()
             wake = min(next_tick, deadline) if deadline is not None else next_tick
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as the get
+            # completes (an event arriving as stop() cancels this task), and the loop then ran on for ever.
+            item = None
             try:
-                item = await asyncio.wait_for(self._events.get(), timeout=max(0.0, wake - now))
+                async with asyncio.timeout(max(0.0, wake - now)):
+                    item = await self._events.get()
             except TimeoutError:
-                item = None
+                pass
             if item is not None:
                 self._handle(*item)
                 # Drain whatever else is queued before ticking: events first, they may free agents.

@@ -55,3 +55,17 @@ def test_call_lifecycle_log_lines_mask_the_number(caplog: pytest.LogCaptureFixtu
     assert record.getMessage() == "call dialed"
     assert record.__dict__["fields"] == {"call_id": "c1", "campaign_id": "k", "lead_id": "L1", "number": "+155******67"}
     assert "1234" not in caplog.text
+
+
+async def test_stop_ends_even_when_an_event_lands_as_the_loop_is_cancelled() -> None:
+    """stop() right after a login: the PBX's AgentConnected reaches the queue in the loop iteration that cancels
+    the core's task. asyncio.wait_for (Python 3.11) returned that event and swallowed the cancellation, the loop
+    ran on, and stop() waited for it for ever (a test run, or `marcador run` after SIGTERM, hung)."""
+    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), InMemoryStore(), ScriptedPbx(),
+                      RuntimeConfig(tick_interval_s=0.02))
+    await runtime.start()
+    runtime.submit(AgentLogin("a1", frozenset()))  # handled as stop() begins; the PBX answers its leg at once
+    stopping = asyncio.ensure_future(runtime.stop())
+    done, _ = await asyncio.wait([stopping], timeout=10.0)
+    assert done, "stop() hung"
+    await stopping
