@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
@@ -211,11 +212,21 @@ def _client_kwargs(spec: StoreUrl) -> dict[str, Any]:
     return kw
 
 
+# redis-py's default pool raises "Too many connections" past 100 commands in flight: a burst of API requests
+# on top of the engine's own traffic then failed a store write, and a failed write pauses dialing. A blocking
+# pool makes such a burst wait its turn (up to the socket timeout) instead.
+POOL_SIZE = 100
+
+
 def build_client(spec: StoreUrl) -> Redis | RedisCluster:
     kw = _client_kwargs(spec)
     if spec.kind == "plain":
         host, port = spec.hosts[0]
-        return Redis(host=host, port=port, db=spec.db, **kw)
+        if kw.pop("ssl", False):
+            kw["connection_class"] = SSLConnection
+        pool = BlockingConnectionPool(host=host, port=port, db=spec.db, max_connections=POOL_SIZE,
+                                      timeout=kw["socket_timeout"], **kw)
+        return Redis(connection_pool=pool)
     if spec.kind == "cluster":
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **kw)
     if spec.kind == "sentinel":

@@ -483,3 +483,13 @@ def test_redact_url() -> None:
     assert redact_url("redis+sentinel://:x@s1,s2/m?sentinel_password=y&prefix=p") == (
         "redis+sentinel://:***@s1,s2/m?sentinel_password=***&prefix=p")
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(store: Store) -> None:
+    """1,000 writes at once (API requests on top of the engine's traffic): redis-py's default pool raised "Too
+    many connections" past 100, and a failed store write pauses dialing. They now queue for a connection."""
+    s = redis_only(store, "connection pool")
+    await s.save_campaign(CampaignSettings(campaign_id="c1"))
+    atts = [Attempt(f"k{i}", "c1", f"L{i}", "+15550000001", "1000", T0 + i) for i in range(1000)]
+    await asyncio.gather(*(s.record_attempt(a) for a in atts))
+    assert len(await s.attempts("c1")) == 1000
