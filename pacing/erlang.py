@@ -45,19 +45,31 @@ def poisson_binomial_rows(q: np.ndarray) -> np.ndarray:
     k, m = q.shape
     if m == 0:
         return np.ones((k, 1))
-    mean = float(q.sum(axis=1).max())
+    # ufunc reductions called directly: the same sums as .sum() and .prod(), without their Python wrappers
+    mean = float(np.maximum.reduce(np.add.reduce(q, axis=1)))
     size = int(min(m + 1, math.ceil(mean + 12.0 * math.sqrt(mean) + 8)))  # the variance is at most the mean
     roots, inv_re, inv_im = _dft(size)
-    terms = q.T[:, :, None] * roots  # agents first: the product then runs over contiguous blocks
+    terms = _terms_buffer(m, k, len(roots))
+    np.multiply(q.T[:, :, None], roots, out=terms)  # agents first: the product then runs over contiguous blocks
     terms += 1.0
-    values = terms.prod(axis=0)
+    values = np.multiply.reduce(terms, axis=0)
     pmf = values.real @ inv_re - values.imag @ inv_im
     np.maximum(pmf, 0.0, out=pmf)
-    pmf /= pmf.sum(axis=1, keepdims=True)
+    pmf /= np.add.reduce(pmf, axis=1, keepdims=True)
     return pmf
 
 
 _DFT: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+_TERMS = [np.empty(0, dtype=complex)]
+
+
+def _terms_buffer(m: int, k: int, half: int) -> np.ndarray:
+    """A C-ordered m × k × half complex array over memory kept between calls (pacing runs on one thread): a
+    fresh one each decision cost a tenth of the transform in first touches of its pages."""
+    size = m * k * half
+    if len(_TERMS[0]) < size:
+        _TERMS[0] = np.empty(max(size, 2 * len(_TERMS[0])), dtype=complex)
+    return _TERMS[0][:size].reshape(m, k, half)
 
 
 def _dft(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,6 +108,8 @@ _N1, _M = np.meshgrid(np.arange(_BATCH), np.arange(_BATCH), indexing="ij")  # (n
 # log C(n − 1, m), −inf where m > n − 1 (so that pmf entry is 0)
 _LOG_CHOOSE = np.where(_M <= _N1, special.gammaln(_N1 + 1.0) - special.gammaln(_M + 1.0)
                        - special.gammaln(np.maximum(_N1 - _M, 0) + 1.0), -np.inf)
+# m and n − 1 − m as floats: the same products as with the integers, without a cast each decision
+_M_F, _REST_F = _M.astype(float), (_N1 - _M).astype(float)
 
 
 class AbandonController:
@@ -198,6 +212,8 @@ class ErlangPacer:
         self.point_budget = float(extra.get("answer_point_budget", 240.0))
         self._points_key = (0, -1)
         self._points = (np.zeros(0), np.zeros(0))
+        self._new_for: tuple[float, np.ndarray | None, int] = (math.nan, None, 0)
+        self._new = (np.zeros(0), np.zeros(0), np.zeros(0))
         self._talking: tuple[float, ...] = ()
         # When the first call we heard back from was placed, the latest time we know of, and the ring timeout
         # (from the last decision): warm-up lasts at least one ring timeout past that first call.
@@ -291,21 +307,18 @@ class ErlangPacer:
         """n*: the largest n whose n-th call has an abandon chance a(n) ≤ α (module docstring)."""
         p = min(max(self.answer_rate.p, 1e-4), 1.0)
         taus, log_g = self._answer_points(self._points_for(snap))
-        log_s = math.log(p) + log_g  # log P(a new call is answered by a person by τ)
-        log_1s = np.log1p(-np.exp(log_s))[:, None]
-        log_s = log_s[:, None]
+        b = min(room, _BATCH)
+        log_s, log_1s, pmf = self._new_answers(p, log_g, b)
         alpha = self.controller.alpha
         cdf_free, ahead = self._floor(snap, taus, p)
         # Past the agents that can be free, one more answer ahead always means no agent: T = 1 from there.
-        b = min(room, _BATCH)
         tail = behind_chance(ahead, cdf_free, min(room, max(cdf_free.shape[1] + 1, b)))
-        # Most ticks place a few calls: a(1..B) in one pass (n − 1 other new calls, m of them answered by τ).
-        m, n1 = _M[:b, :b], _N1[:b, :b]
-        pmf = np.exp(_LOG_CHOOSE[:b, :b] + m * log_s[:, :, None] + (n1 - m) * log_1s[:, :, None])
+        # Most ticks place a few calls: a(1..B) in one pass.
         chances = np.einsum("knm,km->n", pmf, tail[:, :b]) / len(taus)
-        over = np.flatnonzero(chances > alpha)
-        if len(over) or b == room:
-            n = int(over[0]) if len(over) else b
+        over = chances > alpha
+        first = int(over.argmax())  # the first n − 1 over α, or 0 if none is
+        if over[first] or b == room:
+            n = first if over[first] else b
             self.last_chance = float(chances[max(n - 1, 0)])
             return n
         # Further out, one n at a time, from a guess: the chance with the other new calls' answers at their mean.
@@ -329,6 +342,18 @@ class ErlangPacer:
         n = self._largest(ok, b, room, guess)
         self.last_chance = seen[n]
         return n
+
+    def _new_answers(self, p: float, log_g: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """log P(a new call is answered by a person by τ) and of its complement (K × 1 each), and for n = 1..b
+        the chance that m of the n − 1 other new calls are (K × n × m). Cached: p moves only when a dial's fate
+        comes back, and about two ticks in five hear of none."""
+        if self._new_for[0] != p or self._new_for[1] is not log_g or self._new_for[2] != b:
+            log_s = math.log(p) + log_g
+            log_1s = np.log1p(-np.exp(log_s))[:, None]
+            log_s = log_s[:, None]
+            pmf = np.exp(_LOG_CHOOSE[:b, :b] + _M_F[:b, :b] * log_s[:, :, None] + _REST_F[:b, :b] * log_1s[:, :, None])
+            self._new_for, self._new = (p, log_g, b), (log_s, log_1s, pmf)
+        return self._new
 
     def _points_for(self, snap: PacingSnapshot) -> int:
         """K for this decision: 3 where 69 or more busy agents and ringing calls are weighed, up to 16 where 15
@@ -375,14 +400,12 @@ class ErlangPacer:
     def _free_chances(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
         """For each reach time and each busy agent that may be free by then, that chance (K × those agents).
         Talking agents count only once talk times are trusted (`talk_trusted`); until then none is."""
-        talking = np.asarray(snap.talking_elapsed, dtype=float)
-        m = len(talking)
         rows = []
-        if m and self.talk_trusted:
+        if snap.talking_elapsed and self.talk_trusted:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
             wraps = self.wrap.distinct_quantiles()
-            budget = np.maximum(reach[:, None] - wraps, 0.0)[:, None, :]  # K × 1 × W
-            q = self.talk.end_within(talking[:, None], budget)  # K × m × W
+            budget = np.maximum(reach[:, None] - wraps, 0.0)  # K × W
+            q = self.talk.end_within_each(np.asarray(snap.talking_elapsed, dtype=float), budget)  # K × m × W
             rows.append(q[:, :, 0] if q.shape[2] == 1 else q.mean(axis=2))
         if snap.wrapup_in_state:
             rows.append(self.wrap.end_within(np.asarray(snap.wrapup_in_state)[None, :], reach[:, None]))
@@ -393,16 +416,26 @@ class ErlangPacer:
     def _answer_chances(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
         """For each answer time τ and each ringing call, its chance of a live answer in (e, e + τ] given it still
         rings after e seconds (K × ringing calls)."""
-        kq = len(taus)
-        if not snap.ringing_elapsed:
+        kq, r = len(taus), len(snap.ringing_elapsed)
+        if not r:
             return np.zeros((kq, 0))
-        e = np.asarray(snap.ringing_elapsed, dtype=float)
-        g = self.answer_time.cdf(np.concatenate([e, (taus[:, None] + e).ravel()]))
-        g_now = g[:len(e)]
+        # One lookup for G at each call's elapsed time e and at e + τ for each τ (written in place: small arrays,
+        # many calls).
+        t = np.empty((kq + 1) * r)
+        e = t[:r]
+        e[:] = snap.ringing_elapsed
+        np.add(taus[:, None], e, out=t[r:].reshape(kq, r))
+        g = self.answer_time.cdf(t)
+        g_now = g[:r]
         # Still ringing: a live answer yet to come, or a call that will not reach a person and has not ended yet
         # (busy and failures end in seconds, no-answers at the timeout).
-        denom = p * (1.0 - g_now) + (1.0 - p) * self.unanswered.survival(e, snap.ring_timeout_s)
-        chances: np.ndarray = p * (g[len(e):].reshape(kq, len(e)) - g_now) / np.maximum(denom, 1e-12)
+        denom = p * (1.0 - g_now)
+        denom += (1.0 - p) * self.unanswered.survival(e, snap.ring_timeout_s)
+        np.maximum(denom, 1e-12, out=denom)
+        chances = g[r:].reshape(kq, r)
+        chances -= g_now
+        chances *= p
+        chances /= denom
         return chances
 
     def state(self) -> dict[str, Any]:
