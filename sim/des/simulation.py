@@ -8,10 +8,12 @@ deadlines. Pacing, routing and the abandon threshold are the core's own, exactly
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -213,6 +215,10 @@ class Simulation:
     # ------------------------------------------------------------------ running
 
     def run(self) -> SimResult:
+        with _rare_gc_passes():
+            return self._run_shift()
+
+    def _run_shift(self) -> SimResult:
         started = time.perf_counter()
         k = self.kernel
         self._staff(0.0)
@@ -595,6 +601,21 @@ def hourly_abandons(log: list[Attempt], duration_s: float) -> list[HourlyAbandon
                 counts[-1][1] += ab
     return [HourlyAbandons(i * 3600.0 if i < n - 1 else last_start, min((i + 1) * 3600.0, duration_s), live, ab)
             for i, (live, ab) in enumerate(counts)]
+
+
+@contextmanager
+def _rare_gc_passes(gen0: int = 10_000) -> Iterator[None]:
+    """Run the cyclic garbage collector less often for a while (the thresholds are restored after).
+
+    A shift keeps every attempt, lead and timer it makes (hundreds of thousands of objects) and frees the rest by
+    reference counting, so the collector's passes find almost nothing, yet its full passes over that growing heap
+    took about 0.5 s of an 8-hour collections-50 run. Cycles are still collected, only in larger batches."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(gen0, old[0]), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def iso(t: float | None, start: datetime = EPOCH) -> str | None:
