@@ -214,6 +214,9 @@ class ErlangPacer:
         self._points = (np.zeros(0), np.zeros(0))
         self._new_for: tuple[float, np.ndarray | None, int] = (math.nan, None, 0)
         self._new = (np.zeros(0), np.zeros(0), np.zeros(0))
+        self._reach_taus: np.ndarray | None = None
+        self._reach_key = (math.nan, -1)
+        self._reach_val = (np.zeros(0), np.zeros((0, 0)))
         self._talking: tuple[float, ...] = ()
         # When the first call we heard back from was placed, the latest time we know of, and the ring timeout
         # (from the last decision): warm-up lasts at least one ring timeout past that first call.
@@ -384,10 +387,10 @@ class ErlangPacer:
         """At each answer time τ: P(C ≤ x), agents free by τ + θ, the ready ones first (K × x); and the pmf of
         the answers already coming by τ, the waiting calls first (K × y). Both Poisson-binomials in one pass."""
         kq = len(taus)
-        free = self._free_chances(snap, taus + snap.abandon_threshold_s)
         answers = self._answer_chances(snap, taus, p)
-        both = np.zeros((2 * kq, max(free.shape[1], answers.shape[1])))
-        both[:kq, :free.shape[1]] = free
+        busy = (len(snap.talking_elapsed) if self.talk_trusted else 0) + len(snap.wrapup_in_state)
+        both = np.zeros((2 * kq, max(busy, answers.shape[1])))
+        self._free_chances(snap, taus, both[:kq, :busy])
         both[kq:, :answers.shape[1]] = answers  # both within [0, 1] by construction: no clipping
         pmf = poisson_binomial_rows(both)
         cdf_free = np.zeros((kq, snap.agents_ready + pmf.shape[1]))
@@ -397,21 +400,29 @@ class ErlangPacer:
         ahead[:, snap.waiting_calls:] = pmf[kq:, :span]
         return cdf_free, ahead
 
-    def _free_chances(self, snap: PacingSnapshot, reach: np.ndarray) -> np.ndarray:
-        """For each reach time and each busy agent that may be free by then, that chance (K × those agents).
-        Talking agents count only once talk times are trusted (`talk_trusted`); until then none is."""
-        rows = []
+    def _free_chances(self, snap: PacingSnapshot, taus: np.ndarray, out: np.ndarray) -> None:
+        """Into `out` (K × busy agents): for each answer time τ and each busy agent, the chance it is free by
+        τ + θ, the talking agents first. Talking agents count only once talk times are trusted (`talk_trusted`);
+        until then none is (nor has a column)."""
+        reach, budget = self._reach(taus, snap.abandon_threshold_s)
+        m = 0
         if snap.talking_elapsed and self.talk_trusted:
             # A talking agent frees when the talk is over and then the wrap-up: over each wrap-up length.
-            wraps = self.wrap.distinct_quantiles()
-            budget = np.maximum(reach[:, None] - wraps, 0.0)  # K × W
+            m = len(snap.talking_elapsed)
             q = self.talk.end_within_each(np.asarray(snap.talking_elapsed, dtype=float), budget)  # K × m × W
-            rows.append(q[:, :, 0] if q.shape[2] == 1 else q.mean(axis=2))
+            out[:, :m] = q[:, :, 0] if q.shape[2] == 1 else q.mean(axis=2)
         if snap.wrapup_in_state:
-            rows.append(self.wrap.end_within(np.asarray(snap.wrapup_in_state)[None, :], reach[:, None]))
-        if len(rows) == 1:
-            return rows[0]
-        return np.concatenate(rows, axis=1) if rows else np.zeros((len(reach), 0))
+            out[:, m:] = self.wrap.end_within(np.asarray(snap.wrapup_in_state)[None, :], reach[:, None])
+
+    def _reach(self, taus: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """τ + θ, and the talk time left by then before each wrap-up length (K × W, at least 0): cached per
+        answer points, threshold and wrap-up sample."""
+        key = (threshold, self.wrap.version)
+        if self._reach_taus is not taus or self._reach_key != key:
+            reach = taus + threshold
+            self._reach_val = (reach, np.maximum(reach[:, None] - self.wrap.distinct_quantiles(), 0.0))
+            self._reach_taus, self._reach_key = taus, key
+        return self._reach_val
 
     def _answer_chances(self, snap: PacingSnapshot, taus: np.ndarray, p: float) -> np.ndarray:
         """For each answer time τ and each ringing call, its chance of a live answer in (e, e + τ] given it still
