@@ -803,27 +803,26 @@ class DialerCore:
     def snapshot(self, campaign_id: str, now: float) -> PacingSnapshot:
         camp = self._campaign(campaign_id)
         s = camp.settings
-        ready = logged = 0
+        ready = 0
         talking: list[float] = []
         wrap_total: list[float] = []
         wrap_in: list[float] = []
+        agents = self.agents.serving(campaign_id, s.skill)
         owner = self._agent_owners()
+        if owner:  # shared out to another campaign: that one paces for it
+            agents = [a for a in agents if owner.get(a.agent_id, campaign_id) == campaign_id]
         ready_st, call_st, wrap_st = AgentStatus.READY, AgentStatus.ON_CALL, AgentStatus.WRAPUP
-        for agent in self.agents.serving(campaign_id, s.skill):
+        # Busy agents, on this campaign's call or another's: when one frees, it is this campaign's to dial for.
+        for agent in agents:
             st = agent.status
-            if owner and owner.get(agent.agent_id, campaign_id) != campaign_id:
-                continue  # shared out to another campaign: that one paces for it
-            if st is ready_st:
+            if st is call_st:  # the usual state first: this loop runs for every agent on every tick
+                talking.append(now - (agent.connected_at or now))
+            elif st is ready_st:
                 ready += 1
-            elif st is call_st or st is wrap_st:
-                # Busy, on this campaign's call or another's: when it frees, it is this campaign's to dial for.
-                logged += 1
-                if st is call_st:
-                    talking.append(now - (agent.connected_at or now))
-                else:
-                    wrap_total.append(now - (agent.connected_at or now))
-                    wrap_in.append(now - (agent.wrap_started_at or now))
-        logged += ready
+            elif st is wrap_st:
+                wrap_total.append(now - (agent.connected_at or now))
+                wrap_in.append(now - (agent.wrap_started_at or now))
+        logged = ready + len(talking) + len(wrap_total)
         while camp.launches and camp.launches[0] <= now - 1.0:
             camp.launches.popleft()
         ringing = tuple([now - t for t in camp.in_flight.values()])  # a list first: quicker than a generator
