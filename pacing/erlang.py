@@ -317,12 +317,14 @@ class ErlangPacer:
         # Past the agents that can be free, one more answer ahead always means no agent: T = 1 from there.
         tail = behind_chance(ahead, cdf_free, min(room, max(cdf_free.shape[1] + 1, b)))
         # Most ticks place a few calls: a(1..B) in one pass.
-        chances = np.einsum("knm,km->n", pmf, tail[:, :b]) / len(taus)
-        over = chances > alpha
-        first = int(over.argmax())  # the first n − 1 over α, or 0 if none is
-        if over[first] or b == room:
-            n = first if over[first] else b
-            self.last_chance = float(chances[max(n - 1, 0)])
+        chances: list[float] = (np.einsum("knm,km->n", pmf, tail[:, :b]) / len(taus)).tolist()
+        n = b  # the first n − 1 whose chance is over α (a plain loop: cheaper than numpy calls on B numbers)
+        for i, chance in enumerate(chances):
+            if chance > alpha:
+                n = i
+                break
+        if n < b or b == room:
+            self.last_chance = chances[max(n - 1, 0)]
             return n
         # Further out, one n at a time, from a guess: the chance with the other new calls' answers at their mean.
         width = tail.shape[1]
@@ -333,7 +335,7 @@ class ErlangPacer:
         ks = np.arange(room)
         log_fact = special.gammaln(np.arange(room + 1) + 1.0)
 
-        seen = {b: float(chances[-1])}
+        seen = {b: chances[-1]}
 
         def ok(n: int) -> bool:
             k = ks[:n]

@@ -154,11 +154,14 @@ class HandleTime:
         mean, var = float(x.mean()), float(x.var()) or 1.0
         k0, th0 = max(mean * mean / var, 0.05), max(var / mean, 1e-3)  # method of moments: the starting point
 
+        log_x, n = np.log(x), len(x)  # the same in every evaluation of the likelihood
+
         def nll(params: np.ndarray) -> float:
             k, th = math.exp(params[0]), math.exp(params[1])
-            ll = float(np.sum((k - 1) * np.log(x) - x / th)) - len(x) * (special.gammaln(k) + k * math.log(th))
+            # np.add.reduce: np.sum's own reduction, without its Python wrapper
+            ll = float(np.add.reduce((k - 1) * log_x - x / th)) - n * (special.gammaln(k) + k * math.log(th))
             if len(c):
-                ll += float(np.sum(np.log(np.maximum(special.gammaincc(k, c / th), 1e-300))))
+                ll += float(np.add.reduce(np.log(np.maximum(special.gammaincc(k, c / th), 1e-300))))
             return -ll
 
         res = optimize.minimize(nll, np.log([k0, th0]), method="Nelder-Mead",
