@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from ami_bridge.config import AmiConfig
-from ami_bridge.telephony import AmiTelephony
 from dialer.commands import Originate
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, AgentLogout, CallAnswered, CallEnded
@@ -31,17 +29,11 @@ from tests.harness.campaign import (
 pytestmark = pytest.mark.asterisk
 
 
-def _telephony(asterisk: Any) -> AmiTelephony:
-    return AmiTelephony(AmiConfig(host=asterisk.host, port=asterisk.port, username=asterisk.username,
-                                  secret=asterisk.secret, auth="md5", call_channel="Local/{number}@sim-customer",
-                                  agent_channel="Local/{agent_id}@sim-agent"))
-
-
 async def test_trunk_hangup_causes_classify_busy_no_answer_and_congestion(asterisk: Any) -> None:
     # A SIP trunk reports busy/no answer/congestion/unallocated as a hang-up cause without a tone, and Asterisk's
     # OriginateResponse then says Reason 0 for all of them: the outcome must come from the cause.
     leads, expected = trunk_cause_leads()
-    run = await run_campaign(_telephony(asterisk), leads, ("ag1",),
+    run = await run_campaign(asterisk.telephony(), leads, ("ag1",),
                              {"campaign_id": "tc", "ring_timeout_s": 15, "wrapup_s": 1}, timeout_s=40)
     check_forced_run(run, expected)
     assert {a["lead_id"]: a["hangup_cause"] for a in run.attempts} == {f"T{c}": int(c) for c in TRUNK_CAUSES}
@@ -51,7 +43,7 @@ async def test_a_callee_who_hangs_up_while_amd_listens_ends_the_attempt(asterisk
     # Answered, then gone after 1 s, before AMD() decided: the dialplan never reaches its DialerAnswered event.
     # The attempt used to stay "dialing" for ever (the campaign never finished, a line counted in flight).
     leads = [{"lead_id": "H1", "phone": "+15550001100001"}]
-    run = await run_campaign(_telephony(asterisk), leads, ("ag1",),
+    run = await run_campaign(asterisk.telephony(), leads, ("ag1",),
                              {"campaign_id": "ah", "ring_timeout_s": 15, "wrapup_s": 1, "amd": True}, timeout_s=30)
     # Not a machine by AMD: a live answer the dialer could not serve (DESIGN.md, Words and figures).
     check_forced_run(run, {"H1": {"abandoned"}})
@@ -65,7 +57,7 @@ async def test_a_call_id_with_a_comma_is_still_recognised_when_answered(asterisk
     # Call ids start with the node id (settings.node_id, free text). UserEvent() splits its arguments at commas, so
     # "dc1,east-…" came back as CallId "dc1": the answer was never matched, the debtor sat in the hold and then
     # heard the abandon message while an agent stood ready.
-    tel = _telephony(asterisk)
+    tel = asterisk.telephony()
     seen: list[object] = []
     await tel.start(seen.append)
     call_id = "dc1,east-5f00-1"
@@ -83,14 +75,14 @@ async def test_a_debtor_redirected_into_a_room_without_its_agent_hears_the_messa
         asterisk: Any) -> None:
     # The agent's leg dropped before the core heard of it: the core connected the answer to that agent, and the
     # debtor sat alone in the conference, in silence, for the whole 30 s, recorded "connected".
-    run = await answer_for_a_vanished_agent(_telephony(asterisk))
+    run = await answer_for_a_vanished_agent(asterisk.telephony())
     check_vanished_agent_run(run)
 
 
 async def test_an_agent_logged_out_right_after_logging_in_leaves_its_room(asterisk: Any) -> None:
     # The logout's hangup came before Asterisk announced the leg's channel and was dropped: the phone joined its
     # room and stayed there, the agent "logging out" for good.
-    rt = Runtime(DialerCore(CoreConfig(id_prefix="lo")), InMemoryStore(), _telephony(asterisk),
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="lo")), InMemoryStore(), asterisk.telephony(),
                  RuntimeConfig(tick_interval_s=0.05))
     await rt.start()
     try:

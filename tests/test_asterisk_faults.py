@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from ami_bridge.config import AmiConfig
-from ami_bridge.telephony import AmiTelephony
 from dialer.runtime import Runtime
 from tests.harness.campaign import (
     CountingTelephony,
@@ -27,17 +25,10 @@ from tests.harness.campaign import (
 pytestmark = pytest.mark.asterisk
 
 
-def _telephony(asterisk: Any) -> AmiTelephony:
-    return AmiTelephony(AmiConfig(host=asterisk.host, port=asterisk.port, username=asterisk.username,
-                                  secret=asterisk.secret, auth="md5", reconnect_delay_s=1.0,
-                                  call_channel="Local/{number}@sim-customer",
-                                  agent_channel="Local/{agent_id}@sim-agent"))
-
-
 async def test_abandon_path_plays_message_and_counts(asterisk: Any) -> None:
     # One agent, three answers at once: one is connected, two wait past 1 s and hear the abandon message.
     leads = [{"lead_id": f"A{i}", "phone": f"+1555000{i}102020"} for i in range(3)]
-    run = await run_campaign(_telephony(asterisk), leads, ("ag1",),
+    run = await run_campaign(asterisk.telephony(reconnect_delay_s=1.0), leads, ("ag1",),
                              {"campaign_id": "ab", "ring_timeout_s": 15, "wrapup_s": 1, "abandon_threshold_s": 1.0},
                              core_config=burst_config(3))
     check_forced_run(run, {lead["lead_id"]: {"connected", "abandoned"} for lead in leads})
@@ -52,7 +43,7 @@ async def test_abandon_path_plays_message_and_counts(asterisk: Any) -> None:
 async def test_an_answered_call_the_engine_never_takes_hears_the_abandon_message_after_the_hold_limit(
         asterisk: Any) -> None:
     # marcador-answered used to Wait(3600) in a loop: with the engine gone, a debtor who answered sat in silence.
-    held, would_talk = await answered_call_left_alone(_telephony(asterisk), hold_s=1)
+    held, would_talk = await answered_call_left_alone(asterisk.telephony(reconnect_delay_s=1.0), hold_s=1)
     assert 1.0 + 1.0 <= held < would_talk / 4, held  # the hold, then the message (silence/1&sorry), then hang-up
 
 
@@ -75,7 +66,7 @@ def _check_fault_run(run: Any, tel: CountingTelephony, fault_at: list[float]) ->
 
 async def _run_with_fault(asterisk: Any, campaign_id: str, at_s: float,
                           fault: Callable[[CountingTelephony], Awaitable[None]]) -> CountingTelephony:
-    tel = CountingTelephony(_telephony(asterisk))
+    tel = CountingTelephony(asterisk.telephony(reconnect_delay_s=1.0))
     fault_at: list[float] = []
 
     async def chaos(runtime: Runtime) -> None:

@@ -9,18 +9,13 @@ from typing import Any
 
 import pytest
 
-from ami_bridge.config import AmiConfig
-from ami_bridge.telephony import AmiTelephony
 from tests.harness.campaign import check_forced_run, forced_leads, run_campaign
 
 pytestmark = pytest.mark.asterisk
 
 
 async def test_campaign_of_20_leads_through_real_asterisk(asterisk: Any) -> None:
-    telephony = AmiTelephony(
-        AmiConfig(host=asterisk.host, port=asterisk.port, username=asterisk.username, secret=asterisk.secret,
-                  auth="md5", call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
-    )
+    telephony = asterisk.telephony()
     leads, expected = forced_leads()
     run = await run_campaign(telephony, leads, ("ag1", "ag2", "ag3"),
                              {"campaign_id": "sk", "ring_timeout_s": 15, "wrapup_s": 1}, timeout_s=120)

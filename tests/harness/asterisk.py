@@ -13,10 +13,14 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.harness.services import free_port, unavailable
+
+if TYPE_CHECKING:
+    from ami_bridge.telephony import AmiTelephony
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "asterisk-docker" / "provision.sh"
@@ -29,6 +33,15 @@ class AsteriskInstance:
     username: str
     secret: str
     rundir: Path
+
+    def telephony(self, **over: Any) -> AmiTelephony:
+        """Our AMI bridge on this Asterisk, dialing the test contexts (sim-customer, sim-agent)."""
+        from ami_bridge.config import AmiConfig
+        from ami_bridge.telephony import AmiTelephony
+
+        return AmiTelephony(AmiConfig(host=self.host, port=self.port, username=self.username, secret=self.secret,
+                                      auth="md5", call_channel="Local/{number}@sim-customer",
+                                      agent_channel="Local/{agent_id}@sim-agent", **over))
 
     def _run(self, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(["bash", str(PROVISION), *args, "--port", str(self.port)],
