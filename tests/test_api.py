@@ -759,10 +759,11 @@ async def test_commands_for_an_agent_never_logged_in_are_404_not_a_silent_202() 
             assert r.status_code == 404 and r.json()["detail"] == "agent a9: not logged in", (path, r.text)
         r = await env.api.get("/api/v1/agents/a9")
         assert r.status_code == 404 and r.json()["detail"] == "agent a9: not logged in"
-        # Login is for unknown agents; a command sent along with it (the login still queued for the core) is taken.
+        # Login is for unknown agents; a command sent right behind it (the login still queued for the core) is
+        # taken. (Sent concurrently, the two requests may reach the API in either order: a ready first is a 404.)
         for agent in ("a8", "a9"):
-            login, ready = await asyncio.gather(env.api.post(f"/api/v1/agents/{agent}/login"),
-                                                env.api.post(f"/api/v1/agents/{agent}/ready"))
+            login = await env.api.post(f"/api/v1/agents/{agent}/login")
+            ready = await env.api.post(f"/api/v1/agents/{agent}/ready")
             assert (login.status_code, ready.status_code) == (202, 202), ready.text
         for _ in range(100):
             if (await env.api.get("/api/v1/agents/a9")).json().get("state") == "ready":
