@@ -964,6 +964,16 @@ class DialerCore:
         elif camp.status is CampaignStatus.STOPPED:
             self._hand_back(camp, out)  # back from its last call after the stop: nothing here will dial it
 
+    def leave(self) -> list[Command]:
+        """The node is going away (its runtime stops): every lead still held goes back to the store, the one kept
+        for a wrap-up's disposition too (no disposition can reach this node any more; left, it would stay leased
+        until its lease ran out, or for good with a store that has no leases)."""
+        out: list[Command] = []
+        for cid, camp in self.campaigns.items():
+            for lead_id in camp.hopper.drain():
+                out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False))
+        return out
+
     def _hand_back(self, camp: CampaignState, out: list[Command]) -> None:
         """A stopped campaign's waiting leads go back to the store untouched (not attempted, not final), except
         the lead of a call an agent is still wrapping up: its disposition (PAID, a callback...) must reach it

@@ -176,6 +176,7 @@ class Runtime:
         the PBX; with a shared store their leases expire and the attempts are reconciled (see RedisStore)."""
         self._running = False
         self._halt_dialing()
+        self._dispatch(self.core.leave())
         in_flight = len(self.core.calls)
         if in_flight:
             log.info("stopping with calls in flight", extra={"fields": {"calls": in_flight}})

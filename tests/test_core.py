@@ -251,6 +251,19 @@ def test_a_disposition_posted_after_the_stop_still_steers_the_lead():
     assert core.campaigns["c1"].hopper.waiting() == []
 
 
+def test_a_node_leaving_hands_back_the_lead_kept_for_a_wrap_up():
+    # The stop keeps a wrap-up's lead for its disposition; a node that then goes away (runtime stop) must let it
+    # go: it stayed leased (bench/multinode.py: 2-3 leads "lost" at every run's end, until their leases ran out).
+    core = make(n_leads=2, agents=("a1",), wrapup_s=60.0)
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o.call_id), 3.0)
+    core.handle(CallEnded(o.call_id, 16), 5.0)
+    released = of(core.handle(CampaignControl("c1", "stop"), 10.0), ReleaseLead)
+    assert len(released) == 1 and released[0].lead_id != o.lead_id  # the other lead; o's is kept for the wrap-up
+    assert core.leave() == [ReleaseLead("c1", o.lead_id, Outcome.LOST, final=False)]
+    assert core.leave() == []
+
+
 def test_logout_after_call_hangs_up_agent_leg():
     core = make(wrapup_s=2.0)
     (o,) = of(core.tick(1.0), Originate)
