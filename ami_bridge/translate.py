@@ -187,7 +187,7 @@ class Translator:
     def originate_result(self, action: AmiAction, messages: Sequence[Message] | None) -> list[Event]:
         """The Originate's response and its OriginateResponse event, or None when the link failed first."""
         if action.agent_id is not None:
-            return self._leg_result(action.agent_id, messages)
+            return self._leg_result(action, action.agent_id, messages)
         call_id = action.call_id
         track = self.calls.get(call_id or "")
         if track is None or call_id is None:
@@ -209,12 +209,17 @@ class Translator:
         del self.calls[call_id]
         return [CallFailed(call_id, _failure_outcome(reason, track.hangup_cause), track.hangup_cause)]
 
-    def _leg_result(self, agent_id: str, messages: Sequence[Message] | None) -> list[Event]:
+    def _leg_result(self, action: AmiAction, agent_id: str, messages: Sequence[Message] | None) -> list[Event]:
         if messages is not None and str(messages[-1].get("Response", "")).lower() == "success":
             return []
-        leg = self.legs.pop(agent_id, None)
-        if leg is not None:
-            self._leg_uids.pop(leg.uniqueid, None)
+        leg = self.legs.get(agent_id)
+        uid = str(action.fields.get("ActionID", ""))[len("leg-"):]
+        if leg is None or (uid and leg.uniqueid != uid):
+            # That leg's end is already told (its Hangup came first, as it usually does for a failed dial) or a
+            # newer leg replaced it: a second AgentDisconnected spent a second rejoin on one failed call-back.
+            return []
+        del self.legs[agent_id]
+        self._leg_uids.pop(leg.uniqueid, None)
         return [AgentDisconnected(agent_id)]
 
     def on_event(self, msg: Message) -> tuple[list[Event], list[AmiAction]]:
@@ -242,7 +247,7 @@ class Translator:
         if action_id.startswith("leg-"):
             agent_id = self._leg_uids.get(action_id[4:])
             if agent_id is not None:
-                return self.originate_result(AmiAction({}, agent_id=agent_id), [msg])
+                return self.originate_result(AmiAction({"ActionID": action_id}, agent_id=agent_id), [msg])
         return []
 
     def _user_event(self, msg: Message) -> list[Event]:

@@ -251,3 +251,22 @@ def test_a_callee_gone_before_the_dialplan_announced_the_answer_is_an_answer_the
     events, _ = t.on_event({"Event": "Hangup", "Uniqueid": "c1", "Cause": "16"})
     assert events == [CallAnswered("c1", "HANGUP"), CallEnded("c1", 16)]
     assert "c1" not in t.calls
+
+
+def test_a_failed_agent_call_back_is_one_disconnect_not_two() -> None:
+    # A leg whose dial fails ends twice over AMI: its channel's Hangup, then the failed OriginateResponse. Each
+    # was an AgentDisconnected, so every failed call-back spent two of the agent's rejoin attempts (8 ran out
+    # after 4). The response of a leg already replaced by a newer one is not that newer leg's end either.
+    t = Translator(CFG, id_prefix="n1")
+    (leg,) = t.actions_for(OriginateAgentLeg("ag1"))
+    uid = str(leg.fields["ChannelId"])
+    t.on_event({"Event": "Newchannel", "Uniqueid": uid, "Channel": "Local/ag1@sim-agent-1;1"})
+    assert t.on_event({"Event": "Hangup", "Uniqueid": uid, "Cause": "17"})[0] == [AgentDisconnected("ag1")]
+    failed = [{"Response": "Failure"}, {"Event": "OriginateResponse", "Response": "Failure", "Reason": "5"}]
+    assert t.originate_result(leg, failed) == []
+    # No channel ever (the dial refused at once): the response alone tells it, once.
+    (leg2,) = t.actions_for(OriginateAgentLeg("ag1"))
+    (leg3,) = t.actions_for(OriginateAgentLeg("ag1"))  # a newer leg before leg2's answer came
+    assert t.originate_result(leg2, failed) == []
+    assert t.originate_result(leg3, failed) == [AgentDisconnected("ag1")]
+    assert t.originate_result(leg3, failed) == []
