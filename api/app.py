@@ -86,6 +86,8 @@ from pacing.snapshot import PacingCaps
 log = logging.getLogger("marcador.api")
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# An agent id is the extension of the agent contexts (marcador-agent-login, -room), which declare these two.
+_DIALPLAN_RESERVED = frozenset({"h", "i"})
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # a line with its end, or a last one without
@@ -1004,6 +1006,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     def _agent_id(agent_id: str) -> str:
         if not _ID.match(agent_id):
             raise HTTPException(422, "agent_id: letters, digits, - and _ only")
+        if agent_id in _DIALPLAN_RESERVED:
+            raise HTTPException(422, f"agent_id: {agent_id!r} is an extension Asterisk reserves (h: hang-up, "
+                                     "i: invalid) in the agent contexts; its phone would never reach its room")
         return agent_id
 
     def _agent_view(a: Any) -> dict[str, Any]:

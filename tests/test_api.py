@@ -378,6 +378,16 @@ async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped()
         assert seen and seen[0]["code"] == "CALLBACK" and seen[0]["callback_at"] is None
 
 
+async def test_agent_ids_asterisk_reserves_are_refused_at_login() -> None:
+    """An agent id is the extension of the agent contexts, which declare `h` and `i`: an agent `h` logged in and
+    its phone never reached its room (the exact match beats the pattern), nor did its customers."""
+    async with api_env() as env:
+        for bad in ("h", "i"):
+            r = await env.api.post(f"/api/v1/agents/{bad}/login", json={})
+            assert r.status_code == 422 and "agent_id" in r.text and "reserves" in r.text
+        assert (await env.api.post("/api/v1/agents/hi/login", json={})).status_code == 202
+
+
 async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
     async with api_env() as env:
         await make_campaign(env.api)
