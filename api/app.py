@@ -502,7 +502,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         if await runtime.store.get_campaign(body.campaign_id) is not None:
             raise HTTPException(409, f"campaign {body.campaign_id!r} already exists")
         _check_with_core(body.settings())
-        await runtime.create_campaign(body.settings())
+        if not await runtime.create_campaign(body.settings()):  # another create of the id won meanwhile
+            raise HTTPException(409, f"campaign {body.campaign_id!r} already exists")
         return _campaign_out(body.settings())
 
     @v1.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])

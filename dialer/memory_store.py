@@ -55,6 +55,12 @@ class InMemoryStore:
         self._campaigns[settings.campaign_id] = replace(settings)
         self._leads.setdefault(settings.campaign_id, _CampaignLeads())
 
+    async def create_campaign(self, settings: CampaignSettings) -> bool:
+        if settings.campaign_id in self._campaigns:  # no await between the check and the write: atomic here
+            return False
+        await self.save_campaign(settings)
+        return True
+
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
         found = self._campaigns.get(campaign_id)
         return replace(found) if found else None

@@ -252,6 +252,16 @@ class RedisStore:
         pipe.zadd(self._g("campaigns"), {cid: order}, nx=True)
         await pipe.execute()
 
+    async def create_campaign(self, settings: CampaignSettings) -> bool:
+        """SET NX of the definition: of two creates of one id (any nodes), exactly one wins."""
+        await self._ensure()
+        cid = settings.campaign_id
+        if not await self._r.set(self._k(cid, "def"), json.dumps(dataclasses.asdict(settings)), nx=True):
+            return False
+        order = await self._r.incr(self._g("campaign_seq"))
+        await self._r.zadd(self._g("campaigns"), {cid: order}, nx=True)
+        return True
+
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
         await self._ensure()
         raw = await self._r.get(self._k(campaign_id, "def"))

@@ -214,9 +214,12 @@ class Runtime:
         if isinstance(event, AgentLogin):
             self._logins_queued[event.agent_id] += 1
 
-    async def create_campaign(self, settings: CampaignSettings) -> None:
-        await self.store.save_campaign(settings)
+    async def create_campaign(self, settings: CampaignSettings) -> bool:
+        """Create a campaign: False, and nothing changed, if its id is taken (another create may have just won)."""
+        if not await self.store.create_campaign(settings):
+            return False
         self.core.add_campaign(settings)
+        return True
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         added = await self.store.add_leads(campaign_id, leads)

@@ -167,9 +167,9 @@ async def join_campaign(runtime: Runtime, campaign: CampaignSettings, agent_ids:
     """Create the campaign if no node has yet (the first node creates, the others join), add leads (ids already
     present are left alone, so several nodes may load the same list), log this node's agents in, start."""
     stored = await runtime.store.get_campaign(campaign.campaign_id)
-    if stored is None:
-        await runtime.create_campaign(campaign)
-    elif campaign.campaign_id not in runtime.core.campaigns:
+    if stored is None and not await runtime.create_campaign(campaign):
+        stored = await runtime.store.get_campaign(campaign.campaign_id)  # another node created it meanwhile
+    if stored is not None and campaign.campaign_id not in runtime.core.campaigns:
         runtime.core.add_campaign(stored)  # created by another node after this one started
     if leads:
         await runtime.add_leads(campaign.campaign_id, leads)

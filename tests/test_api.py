@@ -388,6 +388,34 @@ async def test_agent_ids_asterisk_reserves_are_refused_at_login() -> None:
         assert (await env.api.post("/api/v1/agents/hi/login", json={})).status_code == 202
 
 
+async def _two_creates_at_once(api: httpx.AsyncClient, other: httpx.AsyncClient) -> None:
+    r1, r2 = await asyncio.gather(api.post("/api/v1/campaigns", json={"campaign_id": "c1", "name": "one"}),
+                                  other.post("/api/v1/campaigns", json={"campaign_id": "c1", "name": "two"}))
+    assert sorted((r1.status_code, r2.status_code)) == [201, 409]
+    winner = (r1 if r1.status_code == 201 else r2).json()["name"]
+    assert (await api.get("/api/v1/campaigns/c1")).json()["name"] == winner
+
+
+async def test_two_creates_of_one_campaign_at_once_are_a_201_and_a_409() -> None:
+    async with api_env() as env:
+        await _two_creates_at_once(env.api, env.api)
+
+
+async def test_two_nodes_creating_one_campaign_at_once_give_a_201_and_a_409(redis_server: RedisServer) -> None:
+    """Through two nodes' APIs both creates passed the existence check before either was saved: both answered
+    201 and the second's settings overwrote the first's (the store's create is now one SET NX)."""
+    async with redis_api_env(redis_server) as env:
+        runtime2 = Runtime(DialerCore(CoreConfig(id_prefix="u")), env.peer, ScriptedPbx(),
+                           RuntimeConfig(tick_interval_s=0.02))
+        await runtime2.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime2)),
+                                         base_url="http://test") as other:
+                await _two_creates_at_once(env.api, other)
+        finally:
+            await runtime2.stop()
+
+
 async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
     async with api_env() as env:
         await make_campaign(env.api)

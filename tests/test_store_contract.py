@@ -493,3 +493,15 @@ async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(store
     atts = [Attempt(f"k{i}", "c1", f"L{i}", "+15550000001", "1000", T0 + i) for i in range(1000)]
     await asyncio.gather(*(s.record_attempt(a) for a in atts))
     assert len(await s.attempts("c1")) == 1000
+
+
+async def test_of_two_creates_of_one_campaign_exactly_one_wins(store: Store, peer: Store) -> None:
+    """Two creates of one id at once (two API requests, two nodes): both used to be saved, the second overwriting
+    the first's settings while both clients were told 201."""
+    first, second = CampaignSettings(campaign_id="c9", name="first"), CampaignSettings(campaign_id="c9", name="second")
+    won = await asyncio.gather(store.create_campaign(first), peer.create_campaign(second))
+    assert sorted(won) == [False, True]
+    kept = await store.get_campaign("c9")
+    assert kept is not None and kept.name == ("first" if won[0] else "second")
+    assert [c.campaign_id for c in await peer.list_campaigns()].count("c9") == 1
+    assert not await store.create_campaign(first)
