@@ -190,8 +190,7 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _until_cancelled(task)
         await self.telephony.close()
         closer = getattr(self.store, "aclose", None)
         if callable(closer):
@@ -608,3 +607,15 @@ def _news(history: DebtorHistory, lead_id: str, kinds: dict[str, tuple[float, ..
         if not set(counted) <= set(held):
             return True
     return False
+
+
+async def _until_cancelled(task: asyncio.Task[Any]) -> None:
+    """Wait for a cancelled task to end, cancelling it again while it runs on. A runtime stopped just after its
+    start, its first store maintenance under way on Redis, saw its maintenance task take the cancellation and
+    go on to sleep, and stop() waited for ever (where the cancellation is lost, in redis-py or asyncio, is not
+    pinned down; one more cancel ends it)."""
+    while not task.done():
+        await asyncio.wait([task], timeout=0.1)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

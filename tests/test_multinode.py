@@ -387,3 +387,23 @@ async def test_dnc_lists_reach_every_node_and_survive_a_restart(tmp_path: Path) 
         await other.aclose()
     finally:
         server.stop()
+
+
+async def test_a_runtime_stopped_during_its_first_store_maintenance_stops(tmp_path: Path) -> None:
+    """stop() cancels the runtime's tasks; the cancellation of one inside a Redis call came out as an ordinary
+    error, which the maintenance loop logged and slept past, and stop() waited for that task for ever."""
+    from dialer.core import DialerCore
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        for pause in (0.0, 0.0005, 0.001, 0.002, 0.004, 0.008):  # stop lands at different points of that call
+            rt = Runtime(DialerCore(), open_store(server.url, node_id="n1"), _Pbx(), RuntimeConfig())
+            await rt.start()
+            await asyncio.sleep(pause)
+            stopping = asyncio.ensure_future(rt.stop())
+            done, _ = await asyncio.wait([stopping], timeout=10.0)
+            assert done, "stop() hung"
+            await stopping
+    finally:
+        server.stop()
