@@ -24,6 +24,7 @@ from typing import Any
 from ami_bridge.config import AmiConfig
 from dialer.commands import ConnectToAgent, Hangup, HangupAgentLeg, Originate, OriginateAgentLeg, PlayAbandonMessage
 from dialer.events import (
+    AMD_HANGUP,
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
@@ -50,7 +51,6 @@ _REASON_OUTCOME = {
     "8": Outcome.CONGESTION,
 }
 ROOM_PREFIX = "agent-"
-AMD_HANGUP = "HANGUP"  # AMD()'s own word for a callee who hung up while it listened
 
 
 @dataclass(slots=True)
@@ -119,7 +119,7 @@ class Translator:
                     # "logging out" for good. Sent as soon as the channel is announced, as for calls.
                     leg.hangup_requested = True
                     return []
-                return [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"})]
+                return [_hang_up_leg(leg, leg.channel)]
         return []
 
     def _originate(self, cmd: Originate) -> AmiAction:
@@ -280,7 +280,7 @@ class Translator:
             leg = self.legs[agent_id]
             leg.channel = str(msg.get("Channel", "")) or None
             if leg.hangup_requested and leg.channel:
-                return [], [AmiAction({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"}, agent_id=agent_id)]
+                return [], [_hang_up_leg(leg, leg.channel)]
         return [], []
 
     def _new_state(self, msg: Message) -> list[Event]:
@@ -403,3 +403,7 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _hang_up_leg(leg: LegTrack, channel: str) -> AmiAction:
+    return AmiAction({"Action": "Hangup", "Channel": channel, "Cause": "16"}, agent_id=leg.agent_id)

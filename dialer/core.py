@@ -36,6 +36,7 @@ from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleS
 from dialer.compliance.dnc import lookup_key
 from dialer.dispositions import DispositionSet
 from dialer.events import (
+    AMD_HANGUP,
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
@@ -90,8 +91,6 @@ def hold_limit_s(abandon_threshold_s: float) -> int:
 
 # AMD results that mean "a machine answered"; anything else is treated as a person (the safe side for abandons).
 MACHINE_AMD = frozenset({"MACHINE"})
-# The callee hung up while AMD listened: a live answer, but no line left to hand an agent (its end follows).
-GONE_AMD = "HANGUP"
 
 
 class CoreError(ValueError):
@@ -508,7 +507,7 @@ class DialerCore:
         camp.live_answers += 1
         # A line already gone is never handed to an agent: it waits like any unserved answer, and the CallEnded
         # that follows makes it abandoned (no message to play).
-        gone = event.amd.upper() == GONE_AMD
+        gone = event.amd.upper() == AMD_HANGUP
         if call.reserved_agent is not None and not gone:
             reserved = self.agents.get(call.reserved_agent)
             if reserved is not None and reserved.status is AgentStatus.PREVIEW:
@@ -693,8 +692,8 @@ class DialerCore:
                         out.append(PersistDnc(done.number, cid))
                     info = camp.hopper.info(done.lead_id)
                     before = info.state if info is not None else None
-                    scheduled = event.callback_at if before not in (None, "done", "removed") else None
                     if before not in (None, "done", "removed"):
+                        scheduled = event.callback_at
                         after = camp.hopper.dispose(done.lead_id, done.number, code, now,
                                                     callback_at=event.callback_at,
                                                     callback_agent=agent.agent_id if event.own_callback else None)
@@ -967,20 +966,20 @@ class DialerCore:
     def leave(self) -> list[Command]:
         """The node is going away (its runtime stops): every lead still held goes back to the store, the one kept
         for a wrap-up's disposition too (no disposition can reach this node any more; left, it would stay leased
-        until its lease ran out, or for good with a store that has no leases)."""
+        until its lease ran out)."""
         out: list[Command] = []
-        for cid, camp in self.campaigns.items():
-            for lead_id in camp.hopper.drain():
-                out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False))
+        for camp in self.campaigns.values():
+            self._hand_back(camp, out, keep_wrapping=False)
         return out
 
-    def _hand_back(self, camp: CampaignState, out: list[Command]) -> None:
+    def _hand_back(self, camp: CampaignState, out: list[Command], *, keep_wrapping: bool = True) -> None:
         """A stopped campaign's waiting leads go back to the store untouched (not attempted, not final), except
         the lead of a call an agent is still wrapping up: its disposition (PAID, a callback...) must reach it
         first, or the store would hand out a debtor who just paid. It goes when the wrap-up ends."""
         cid = camp.settings.campaign_id
-        wrapping = {a.last_attempt.lead_id for a in self.agents.all()
-                    if a.status is AgentStatus.WRAPUP and a.last_campaign_id == cid and a.last_attempt is not None}
+        wrapping = frozenset(a.last_attempt.lead_id for a in self.agents.all()
+                             if keep_wrapping and a.status is AgentStatus.WRAPUP and a.last_campaign_id == cid
+                             and a.last_attempt is not None)
         for lead_id in camp.hopper.drain(keep=wrapping):
             out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False))
 

@@ -14,10 +14,14 @@ class CallProgress:
     state: Literal["ringing", "progress"]
 
 
+# AMD()'s own word for a callee who hung up while it listened: a live answer with no line left to hand an agent.
+AMD_HANGUP = "HANGUP"
+
+
 @dataclass(frozen=True, slots=True)
 class CallAnswered:
     call_id: str
-    amd: str = "HUMAN"  # HUMAN | MACHINE | NOTSURE | ... as AMD() reports; HUMAN when AMD is off
+    amd: str = "HUMAN"  # HUMAN | MACHINE | NOTSURE | HANGUP ... as AMD() reports; HUMAN when AMD is off
 
 
 @dataclass(frozen=True, slots=True)

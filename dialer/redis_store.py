@@ -244,19 +244,18 @@ class RedisStore:
             return False
 
     async def save_campaign(self, settings: CampaignSettings) -> None:
-        await self._ensure()
-        cid = settings.campaign_id
-        order = await self._r.incr(self._g("campaign_seq"))
-        pipe = self._r.pipeline(transaction=False)
-        pipe.set(self._k(cid, "def"), json.dumps(dataclasses.asdict(settings)))
-        pipe.zadd(self._g("campaigns"), {cid: order}, nx=True)
-        await pipe.execute()
+        await self._write_campaign(settings, only_new=False)
 
     async def create_campaign(self, settings: CampaignSettings) -> bool:
         """SET NX of the definition: of two creates of one id (any nodes), exactly one wins."""
+        return await self._write_campaign(settings, only_new=True)
+
+    async def _write_campaign(self, settings: CampaignSettings, *, only_new: bool) -> bool:
+        """The definition, then the campaign's place in the list (first save's order); False if `only_new` and
+        the id is taken."""
         await self._ensure()
         cid = settings.campaign_id
-        if not await self._r.set(self._k(cid, "def"), json.dumps(dataclasses.asdict(settings)), nx=True):
+        if not await self._r.set(self._k(cid, "def"), json.dumps(dataclasses.asdict(settings)), nx=only_new):
             return False
         order = await self._r.incr(self._g("campaign_seq"))
         await self._r.zadd(self._g("campaigns"), {cid: order}, nx=True)
