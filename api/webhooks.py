@@ -2,8 +2,11 @@
 
 Body: `{"type", "data", "id", "ts"}`. Headers: `X-Marcador-Signature: sha256=<hex HMAC-SHA256 of the raw body
 with the webhook's secret>`, `X-Marcador-Event: <type>`, `X-Marcador-Delivery: <id>` (the same on every retry,
-so a receiver can drop a repeat). One sender per endpoint delivers in order; an event that keeps failing holds
-the ones behind it until it succeeds or is given up after `max_attempts`. Each sender's queue is bounded: past
+so a receiver can drop a repeat). One sender per endpoint delivers in order; an event that keeps failing (5xx,
+408, 425, 429, a timeout, a connection error) holds the ones behind it until it succeeds or is given up after
+`max_attempts`; a 429's Retry-After is waited, within `backoff_max_s`. Any other 4xx is the endpoint refusing
+that event, which a retry will not change: it is given up at once, and the next event goes out. Given-up events
+are counted (`failed`) and logged, never kept. Each sender's queue is bounded: past
 `queue_size` the oldest event is dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is
 left then is counted as dropped and logged. Secrets and payloads are never logged; URLs are logged
 as their origin alone (scheme, host, port): a path or a query string may carry a credential.
@@ -13,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -52,6 +58,27 @@ def backoff_delays(base_s: float, max_s: float, attempts: int) -> list[float]:
     return [min(max_s, base_s * 2**i) for i in range(max(0, attempts - 1))]
 
 
+# 4xx answers a retry may cure: the request timed out, came too early, or came too fast. Any other 4xx refuses the
+# event itself (a bad signature, a payload the receiver rejects, a path gone) and every retry would be refused too.
+RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header in seconds from now (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 def _safe_url(url: str) -> str:
     """The endpoint's origin, for logs and the metrics label: the path is left out with the query and userinfo,
     as many receivers take their credential there (Slack, Discord, catch-hook services) and /metrics is open."""
@@ -63,7 +90,7 @@ def _safe_url(url: str) -> str:
 @dataclass(slots=True)
 class WebhookCounters:
     sent: int = 0  # events delivered (2xx)
-    failed: int = 0  # events given up after max_attempts
+    failed: int = 0  # events given up: after max_attempts, or at once when the endpoint refused them (a 4xx)
     retried: int = 0  # delivery attempts after a first failure
     dropped: int = 0  # events lost to a full queue, or left undelivered at shutdown
 
@@ -135,17 +162,28 @@ class WebhookSender:
             DELIVERY_HEADER: f"{self._instance}-{ev.seq}",
         }
         delays = backoff_delays(s.backoff_base_s, s.backoff_max_s, s.max_attempts)
+        asked = 0.0  # the wait a 429's Retry-After asked for
         for attempt in range(1, s.max_attempts + 1):
             if attempt > 1:
                 self.counters.retried += 1
-                await self._sleep(delays[attempt - 2])
+                await self._sleep(min(s.backoff_max_s, max(delays[attempt - 2], asked)))
             why: str
+            asked = 0.0
             try:
                 r = await self._client.post(self.url, content=body, headers=headers, timeout=s.timeout_s)
                 if 200 <= r.status_code < 300:
                     self.counters.sent += 1
                     return True
                 why = f"HTTP {r.status_code}"
+                if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
+                    # Refused: a retry would be refused too and hold every event behind it. The answer's body is
+                    # not logged (it may echo the payload, phone numbers and all).
+                    self.counters.failed += 1
+                    log.warning("webhook event rejected by the endpoint, not retried", extra={"fields": {
+                        "url": self.label, "kind": ev.kind, "status": r.status_code, "attempt": attempt}})
+                    return False
+                if r.status_code == 429:
+                    asked = retry_after_s(r.headers.get("retry-after")) or 0.0
             except httpx.HTTPError as exc:
                 why = type(exc).__name__
             log.info("webhook attempt failed", extra={"fields": {"url": self.label, "kind": ev.kind,

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from api.app import create_app
 from api.events import OutEvent
+from api.metrics import render_metrics
 from api.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhooks, backoff_delays, sign, verify
 from config.settings import ApiSettings, WebhookSettings
 from dialer.logs import setup_logging
@@ -255,3 +256,101 @@ async def test_a_token_in_the_webhook_path_reaches_neither_metrics_nor_logs(capl
         logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
         assert "webhook event given up" in logged and token not in logged
         await app.state.webhooks.aclose()
+
+
+@dataclass
+class Scripted:
+    """Answers each request with the next (status, headers) of `script`, then 200; keeps (event id, status)."""
+
+    script: list[tuple[int, dict[str, str]]]
+    got: list[tuple[str, int]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            doc = json.loads(await request.body())
+            status, headers = self.script.pop(0) if self.script else (200, {})
+            self.got.append((doc["id"].rsplit("-", 1)[1], status))
+            return Response(status_code=status, headers=headers, content=b'{"error":"rejected +573001200012"}')
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 413, 422])
+async def test_an_event_the_endpoint_rejects_with_a_4xx_is_not_retried_and_the_next_goes_at_once(
+        status: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A 4xx was retried like a 5xx: an endpoint that will never take an event (a bad signature, a payload it
+    refuses, a path gone) held every event behind it through the whole back-off, about 2 minutes with the
+    defaults. A 4xx other than 408, 425 and 429 is now a permanent failure for that event: counted as failed,
+    logged once (the endpoint's origin, never its path or the answer's body), and the next event goes out."""
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    rx = Scripted([(status, {})])
+    token = "tok-path-s3cret"
+    async with http_server(rx.app()) as base, api_env() as env:
+        hooks = Webhooks([WebhookSettings(url=f"{base}/hook?k={token}", secret=SECRET,  # type: ignore[arg-type]
+                                          max_attempts=8)], sleep=sleep)
+        sender = hooks.senders[0]
+        with caplog.at_level(logging.INFO, logger="marcador.api.webhooks"):
+            hooks(OutEvent(1, "call.ended", {"number": "+573001200012"}, 0.0))
+            hooks(OutEvent(2, "call.ended", {"number": "+573001200013"}, 0.0))
+            await asyncio.sleep(0)
+            await sender.drain(5)
+        assert rx.got == [("1", status), ("2", 200)]  # tried once, and the next event right after
+        assert waits == []
+        assert (sender.counters.sent, sender.counters.failed, sender.counters.retried) == (1, 1, 0)
+        text = render_metrics(env.runtime, webhooks=hooks)[0].decode()
+        assert f'marcador_webhook_events_total{{result="failed",url="{base}"}} 1.0' in text
+        records = [r for r in caplog.records if r.name == "marcador.api.webhooks"]
+        assert len(records) == 1 and records[0].levelno == logging.WARNING
+        logged = f"{records[0].getMessage()} {getattr(records[0], 'fields', '')}"
+        assert str(status) in logged and "rejected" in logged
+        assert token not in logged and "3001200012" not in logged and SECRET not in logged
+        await hooks.aclose()
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
+async def test_timeouts_too_many_requests_and_5xx_are_still_retried(status: int) -> None:
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    rx = Scripted([(status, {}), (status, {})])
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([WebhookSettings(url=f"{base}/hook", secret=SECRET, max_attempts=5,  # type: ignore[arg-type]
+                                          backoff_base_s=1.0, backoff_max_s=30.0)], sleep=sleep)
+        sender = hooks.senders[0]
+        hooks(OutEvent(1, "call.ended", {}, 0.0))
+        await asyncio.sleep(0)
+        await sender.drain(5)
+        await hooks.aclose()
+    assert rx.got == [("1", status), ("1", status), ("1", 200)]
+    assert waits == [1.0, 2.0]
+    assert (sender.counters.sent, sender.counters.failed, sender.counters.retried) == (1, 0, 2)
+
+
+@pytest.mark.parametrize(("retry_after", "wait"), [("7", 7.0), ("0", 1.0), ("86400", 30.0), ("soon", 1.0),
+                                                   ("-5", 1.0), ("Wed, 21 Oct 2099 07:28:00 GMT", 30.0),
+                                                   ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0)])
+async def test_a_429_retry_after_is_honoured_within_the_back_off_cap(retry_after: str, wait: float) -> None:
+    """A 429's Retry-After (seconds or an HTTP date) is waited, never less than the back-off's own delay and never
+    past backoff_max_s (an endpoint cannot park the queue for a day); one that cannot be read, or already past,
+    leaves the back-off as it is."""
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    rx = Scripted([(429, {"Retry-After": retry_after})])
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([WebhookSettings(url=f"{base}/hook", secret=SECRET, max_attempts=5,  # type: ignore[arg-type]
+                                          backoff_base_s=1.0, backoff_max_s=30.0)], sleep=sleep)
+        hooks(OutEvent(1, "call.ended", {}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.senders[0].drain(5)
+        await hooks.aclose()
+    assert rx.got == [("1", 429), ("1", 200)]
+    assert waits == [wait]
