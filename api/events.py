@@ -80,14 +80,16 @@ class Client:
 
 
 class EventHub:
-    """Numbers every event (the SSE `id`), keeps the last `replay` for `Last-Event-ID` resumes."""
+    """Numbers every event (the SSE `id`), keeps the last `replay` (0: none) for `Last-Event-ID` resumes."""
 
     def __init__(self, clock: Callable[[], float], *, replay: int = 2000, client_queue: int = 1000,
                  heartbeat_s: float = 15.0, first_id: int = 0) -> None:
         self.clock = clock
         self.first_id = first_id  # ids of this run are above it; an id at or below it is from an earlier run
         self.seq = first_id
-        self.recent: deque[OutEvent] = deque(maxlen=max(1, replay))
+        if replay < 0:
+            raise ValueError(f"replay: {replay} events is negative; 0 keeps none for a resume")
+        self.recent: deque[OutEvent] = deque(maxlen=replay)  # 0: none kept, a resume is told the gap
         self.client_queue = client_queue
         self.heartbeat_s = heartbeat_s
         self.clients: set[Client] = set()

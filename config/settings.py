@@ -103,7 +103,8 @@ class ApiSettings(BaseModel):
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="how long an Idempotency-Key answer is replayed")
     idempotency_max_keys: int = Field(10_000, ge=1, description="Idempotency-Keys remembered (oldest forgotten)")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest lead upload body")
-    events_replay: int = Field(2_000, ge=0, description="recent events an SSE client can resume with Last-Event-ID")
+    events_replay: int = Field(2_000, ge=0, description="recent events an SSE client can resume with Last-Event-ID; "
+                                                         "0 keeps none")
     events_client_queue: int = Field(1_000, ge=1, description="events held for a slow SSE client; oldest dropped")
     events_heartbeat_s: float = Field(15.0, gt=0, le=300, description="SSE keep-alive comment interval")
     allow_open: bool = Field(False, description="serve with no tokens on an address beyond loopback (auth off)")

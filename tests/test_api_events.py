@@ -12,8 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from api.app import create_app
 from api.events import EventHub, parse_types
@@ -200,3 +202,39 @@ async def test_a_resume_after_a_restart_is_told_even_when_the_new_run_has_passed
                 frames = (await SseReader(resp).frames(7))[1:]  # after ": connected"
     assert frames[0]["event"] == "stream.gap" and json.loads(frames[0]["data"])["reason"] == "unknown_id"
     assert [json.loads(f["data"]) for f in frames[1:]] == [{"run": 2, "i": i} for i in range(5)]
+
+
+@pytest.mark.parametrize("replay", [0, 1, 2, 5])
+def test_events_replay_keeps_exactly_that_many_events_for_a_resume(replay: int) -> None:
+    """`events_replay: 0` still replayed one event (the buffer was at least 1 long): a resume got the last event
+    before it connected, which a setting of 0 says it must not."""
+    hub = EventHub(lambda: 0.0, replay=replay)
+    for i in range(3):
+        hub(Emit("call.ended", {"i": i}))  # ids 1..3
+    client = hub.connect((), last_id=0)
+    assert [e.seq for e in client.queue] == [1, 2, 3][3 - min(replay, 3):]
+    told = client.take_notices()
+    assert told == ([] if replay >= 3 else [{"reason": "replay_exceeded", "from_id": 1, "to_id": 3 - replay}])
+
+
+async def test_with_events_replay_0_a_resume_over_sse_gets_the_gap_and_no_past_event() -> None:
+    async with api_env() as env:
+        app = create_app(env.runtime, ApiSettings(events_replay=0, events_heartbeat_s=0.3))
+        hub = app.state.hub
+        for i in range(3):
+            hub(Emit("call.ended", {"i": i}))
+        async with http_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with http.stream("GET", "/api/v1/events", headers={"Last-Event-ID": str(hub.seq - 2)}) as resp:
+                frames = (await SseReader(resp).frames(3))[1:]  # after ": connected"
+    assert frames[0]["event"] == "stream.gap"
+    assert json.loads(frames[0]["data"]) == {"reason": "replay_exceeded", "from_id": hub.seq - 1, "to_id": hub.seq}
+    assert frames[1] == {"comment": "keep-alive"}  # and no event: none was kept
+
+
+def test_a_negative_events_replay_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as err:
+        ApiSettings(events_replay=-1)
+    (problem,) = err.value.errors()
+    assert problem["loc"] == ("events_replay",)
+    with pytest.raises(ValueError, match="replay"):
+        EventHub(lambda: 0.0, replay=-1)
