@@ -79,6 +79,7 @@ from dialer.leads import (
 )
 from dialer.leads import normalise_phone as lead_phone
 from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
+from dialer.ports import CampaignBusy
 from dialer.runtime import Runtime
 from pacing.registry import STRATEGIES
 from pacing.snapshot import PacingCaps
@@ -514,8 +515,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     async def read_campaign(campaign_id: str, _: Reader) -> CampaignOut:
         return _campaign_out(await _settings(campaign_id))
 
-    # One PATCH of a campaign at a time (on this node): each reads the settings, awaits, and writes them whole, so
-    # two at once lost the first one's fields. A lock lives while a request holds or waits for it.
+    # One PATCH of a campaign at a time on this node (the core takes the settings in the store's order); across
+    # nodes the store's update_campaign is atomic: an edit made from a definition another node changed meanwhile
+    # is made again on the newer one. A lock lives while a request holds or waits for it.
     patching: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @v1.patch("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
@@ -526,8 +528,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         async with lock:
             return await _update_campaign(campaign_id, patch)
 
-    async def _update_campaign(campaign_id: str, patch: CampaignPatch) -> CampaignOut:
-        current = await _settings(campaign_id)
+    def _patched(current: CampaignSettings, patch: CampaignPatch) -> CampaignSettings:
+        """The stored settings with the PATCH's fields, checked as a create's (HTTPException if refused)."""
         merged = {k: getattr(current, k) for k in CampaignIn.model_fields} | patch.model_dump(exclude_unset=True)
         try:
             new = CampaignIn.model_validate(merged)
@@ -538,9 +540,18 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             raise HTTPException(409, "a campaign cannot switch to or from preview mode; create another campaign")
         settings = new.settings()
         _check_with_core(settings)
-        await runtime.store.save_campaign(settings)
+        return settings
+
+    async def _update_campaign(campaign_id: str, patch: CampaignPatch) -> CampaignOut:
+        try:
+            done = await runtime.store.update_campaign(campaign_id, lambda current: _patched(current, patch))
+        except CampaignBusy as exc:
+            raise HTTPException(409, f"{exc}: try the PATCH again") from None
+        if done is None:
+            raise HTTPException(404, f"campaign {campaign_id!r} not found")
+        current, settings = done
         runtime.core.add_campaign(settings)  # an existing campaign takes the new settings
-        if new.strategy != PREVIEW and any(getattr(current, f) != getattr(settings, f) for f in _PACING_FIELDS):
+        if settings.strategy != PREVIEW and any(getattr(current, f) != getattr(settings, f) for f in _PACING_FIELDS):
             caps = PacingCaps(max_lines=settings.max_lines, max_lines_per_agent=settings.max_lines_per_agent,
                               max_calls_per_s=settings.max_calls_per_s, abandon_target=settings.abandon_target)
             runtime.core.set_strategy(campaign_id, runtime.core.config.strategy_factory(settings.strategy, caps))

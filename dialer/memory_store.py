@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.ports import CampaignChange
 
 # A waiting lead packed in one tuple: (id, phone or phones, custom field pairs or None, country, zone, amount,
 # days past due, segment). A million leads fit in about 40 % less memory than as Lead objects with their dicts.
@@ -64,6 +65,16 @@ class InMemoryStore:
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
         found = self._campaigns.get(campaign_id)
         return replace(found) if found else None
+
+    async def update_campaign(self, campaign_id: str,
+                              change: CampaignChange) -> tuple[CampaignSettings, CampaignSettings] | None:
+        found = self._campaigns.get(campaign_id)  # no await between this read and the write: atomic here
+        if found is None:
+            return None
+        before = replace(found)
+        after = change(replace(found))
+        self._campaigns[campaign_id] = replace(after)
+        return before, replace(after)
 
     async def list_campaigns(self) -> list[CampaignSettings]:
         return [replace(c) for c in self._campaigns.values()]

@@ -24,6 +24,13 @@ TELEPHONY_COMMANDS = (Originate, ConnectToAgent, PlayAbandonMessage, Hangup, Ori
 
 EventSink = Callable[[Event], None]
 
+# A campaign edit: the stored settings in, the settings to store out (it may raise to refuse the edit).
+CampaignChange = Callable[[CampaignSettings], CampaignSettings]
+
+
+class CampaignBusy(Exception):
+    """A campaign edit found the stored definition changed by other writers at every try: nothing written."""
+
 
 class Telephony(Protocol):
     """A PBX seen through the core's words. Implemented by `ami_bridge` (real Asterisk or simulated PBX)."""
@@ -57,6 +64,14 @@ class Store(Protocol):
         ...
 
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None: ...
+
+    async def update_campaign(self, campaign_id: str,
+                              change: CampaignChange) -> tuple[CampaignSettings, CampaignSettings] | None:
+        """Read, change and write one campaign atomically, across nodes: `change(stored)` is written only if the
+        definition is still the one it was given (else it is called again on the newer one). Returns (before,
+        after), None (nothing written) if there is no such campaign; an exception `change` raises goes to the
+        caller, nothing written. `CampaignBusy` if other writers changed it at every try."""
+        ...
 
     async def list_campaigns(self) -> list[CampaignSettings]: ...
 

@@ -293,3 +293,15 @@ h[ARGV[2]] = kept
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
 return #kept
 """
+
+# A campaign edit's compare-and-set: the new definition is written only over the very text the edit was made from,
+# so of two edits at once (any nodes) neither undoes the other; the one that finds the text changed tries again.
+# KEYS: def ; ARGV: the definition read, the new definition
+# Returns 1 (written), false (no such campaign) or the definition stored now (changed meanwhile; nothing written).
+CAMPAIGN_CAS = """
+local current = redis.call('GET', KEYS[1])
+if not current then return false end
+if current ~= ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""

@@ -40,7 +40,7 @@ Key layout (prefix `marcador:` by default; `{c:<campaign>}` is the hash tag that
 keys in one Cluster slot, so the scripts can touch them together):
 
     <p>campaigns                 zset  campaign id -> order of first save (<p>campaign_seq counts saves)
-    <p>{c:<id>}:def              string  CampaignSettings as JSON
+    <p>{c:<id>}:def              string  CampaignSettings as JSON (an edit: compare-and-set on its text, CAMPAIGN_CAS)
     <p>{c:<id>}:leads            hash  lead id -> lead JSON (kept after the lead is done: its id stays taken)
     <p>{c:<id>}:hopper           zset  lead id -> -priority·2^40 + arrival
     <p>{c:<id>}:sched            zset  lead id -> next eligible time ; :sched_score hash lead id -> hopper score
@@ -69,8 +69,10 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import socket
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +82,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from dialer import redis_scripts as lua
 from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.ports import CampaignBusy, CampaignChange
 
 log = logging.getLogger("marcador.store.redis")
 
@@ -96,6 +99,7 @@ _DAY_TTL_S = 35 * 86400
 _DID_HOUR_TTL_S = 2 * 3600
 _DID_DAY_TTL_S = 2 * 86400
 _LIVE_KEEP_MINUTES = 31 * 24 * 60  # the 30-day abandon window, plus a day
+_UPDATE_TRIES = 50  # compare-and-set rounds of one campaign edit before it gives up (CampaignBusy)
 
 
 @dataclass(slots=True, frozen=True)
@@ -189,6 +193,8 @@ class RedisStore:
         self._attempt_campaigns: set[str] = set()
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
+        # One edit of a campaign at a time through this store (update_campaign); a lock lives while it is used.
+        self._editing: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._s_add = client.register_script(lua.ADD_LEADS)
         self._s_lease = client.register_script(lua.LEASE)
         self._s_release = client.register_script(lua.RELEASE)
@@ -200,6 +206,7 @@ class RedisStore:
         self._s_live = client.register_script(lua.RECORD_LIVE)
         self._s_did = client.register_script(lua.DID_TAKE)
         self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
+        self._s_campaign_cas = client.register_script(lua.CAMPAIGN_CAS)
 
     @property
     def client(self) -> RedisClient:
@@ -265,6 +272,35 @@ class RedisStore:
         await self._ensure()
         raw = await self._r.get(self._k(campaign_id, "def"))
         return _campaign_from(str(raw)) if raw is not None else None
+
+    async def update_campaign(self, campaign_id: str,
+                              change: CampaignChange) -> tuple[CampaignSettings, CampaignSettings] | None:
+        """Optimistic: read the definition, change it here, and write it with a compare-and-set on the text read
+        (`CAMPAIGN_CAS`). A definition another writer (any node) changed meanwhile is not overwritten: its reply
+        is the newer text, and the change is made again on that, after a short random pause. The edits of one
+        campaign through this store take turns (a lock per campaign), so only other nodes' edits contend; each
+        failed round is another writer's success, and only a campaign edited without pause by several nodes at
+        once can exhaust the tries (`CampaignBusy`)."""
+        await self._ensure()
+        lock = self._editing.get(campaign_id)
+        if lock is None:
+            lock = self._editing[campaign_id] = asyncio.Lock()
+        key = self._k(campaign_id, "def")
+        async with lock:
+            raw = await self._r.get(key)
+            for attempt in range(_UPDATE_TRIES):
+                if raw is None:
+                    return None
+                if attempt:
+                    await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 4)))
+                before = _campaign_from(str(raw))
+                after = change(_campaign_from(str(raw)))
+                reply = await self._s_campaign_cas(keys=[key], args=[raw, json.dumps(dataclasses.asdict(after))])
+                if reply == 1:
+                    return before, after
+                raw = reply  # the definition stored now (None: the campaign is gone)
+        raise CampaignBusy(f"campaign {campaign_id!r}: changed by other writers during each of {_UPDATE_TRIES} "
+                           "tries of this edit; nothing written")
 
     async def campaign_ids(self) -> list[str]:
         await self._ensure()

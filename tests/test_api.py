@@ -22,6 +22,7 @@ from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, CampaignSettings, Outcome
+from dialer.ports import CampaignBusy, CampaignChange
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
@@ -39,12 +40,22 @@ class DownStore(InMemoryStore):
         super().__init__()
         self.mode = "up"
         self.slow_reads = False
+        self.busy = False  # update_campaign gives up (as a Redis store whose campaign other nodes keep editing)
 
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
         found = await super().get_campaign(campaign_id)
         if self.slow_reads:
             await asyncio.sleep(0.01)  # the reply on its way
         return found
+
+    async def update_campaign(self, campaign_id: str,
+                              change: CampaignChange) -> tuple[CampaignSettings, CampaignSettings] | None:
+        if self.busy:
+            raise CampaignBusy(f"campaign {campaign_id!r}: changed by other writers during each of 50 tries")
+        done = await super().update_campaign(campaign_id, change)
+        if self.slow_reads:
+            await asyncio.sleep(0.01)  # the reply on its way: the core must still take edits in the store's order
+        return done
 
     async def ping(self) -> bool:
         if self.mode == "error":
@@ -966,3 +977,40 @@ async def test_attempt_pages_come_from_the_store_page_by_page() -> None:
 async def test_attempt_pages_come_from_the_store_page_by_page_on_redis(redis_server: RedisServer) -> None:
     async with redis_api_env(redis_server) as env:
         await _attempt_pages_match_a_full_scan(env.api, env.store)
+
+
+@pytest.mark.redis
+async def test_concurrent_patches_through_two_nodes_lose_no_change(redis_server: RedisServer) -> None:
+    """Two nodes' APIs on one Redis, PATCHing different fields of one campaign at once. The per-node lock did not
+    reach the other node: each read the old definition and the later write undid the other's fields."""
+    async with redis_api_env(redis_server) as env:
+        runtime2 = Runtime(DialerCore(CoreConfig(id_prefix="u")), env.peer, ScriptedPbx(),
+                           RuntimeConfig(tick_interval_s=0.02))
+        await runtime2.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime2)),
+                                         base_url="http://test") as other:
+                await make_campaign(env.api)
+                for i in range(20):
+                    want = {"name": f"Q{i}", "max_lines": 20 + i, "skill": f"s{i}", "weight": 1.0 + i,
+                            "ring_timeout_s": 20.0 + i, "caller_id": f"Q{i} <{1000 + i}>"}
+                    replies = await asyncio.gather(*(
+                        (env.api if n % 2 else other).patch("/api/v1/campaigns/c1", json={field: value})
+                        for n, (field, value) in enumerate(want.items())))
+                    assert [r.status_code for r in replies] == [200] * len(want), [r.text for r in replies]
+                    for api in (env.api, other):
+                        got = (await api.get("/api/v1/campaigns/c1")).json()
+                        assert {f: got[f] for f in want} == want, f"round {i}"
+        finally:
+            await runtime2.stop()
+
+
+async def test_a_patch_outrun_by_other_nodes_at_every_try_is_a_409_naming_why() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api, name="Q")
+        env.store.busy = True
+        r = await env.api.patch("/api/v1/campaigns/c1", json={"name": "R"})
+        assert r.status_code == 409 and "changed by other writers" in r.json()["detail"] and "again" in r.text
+        assert (await env.api.get("/api/v1/campaigns/c1")).json()["name"] == "Q"
+        env.store.busy = False
+        assert (await env.api.patch("/api/v1/campaigns/c1", json={"name": "R"})).json()["name"] == "R"

@@ -505,3 +505,62 @@ async def test_of_two_creates_of_one_campaign_exactly_one_wins(store: Store, pee
     assert kept is not None and kept.name == ("first" if won[0] else "second")
     assert [c.campaign_id for c in await peer.list_campaigns()].count("c9") == 1
     assert not await store.create_campaign(first)
+
+
+async def test_campaign_updates_through_two_nodes_at_once_all_land(store: Store, peer: Store) -> None:
+    """Each edit reads the definition, changes it and writes it; 100 edits at once through two nodes (each adds
+    one line) must all count: a write over a definition changed since its read would lose the other's edit."""
+    await store.save_campaign(CampaignSettings(campaign_id="c1", name="C1", max_lines=0))
+
+    def one_more(s: CampaignSettings) -> CampaignSettings:
+        return replace(s, max_lines=s.max_lines + 1)
+
+    done = await asyncio.gather(*((store if i % 2 else peer).update_campaign("c1", one_more) for i in range(100)))
+    assert sorted(after.max_lines for _, after in (d for d in done if d is not None)) == list(range(1, 101))
+    assert all(d is not None and d[1].max_lines == d[0].max_lines + 1 for d in done)
+    kept = await peer.get_campaign("c1")
+    assert kept is not None and (kept.max_lines, kept.name) == (100, "C1")
+
+
+async def test_a_campaign_update_refused_or_of_no_campaign_writes_nothing(store: Store) -> None:
+    assert await store.update_campaign("nope", lambda s: s) is None
+    assert await store.get_campaign("nope") is None
+    await store.save_campaign(CampaignSettings(campaign_id="c1", name="C1"))
+
+    def refuse(s: CampaignSettings) -> CampaignSettings:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        await store.update_campaign("c1", refuse)
+    kept = await store.get_campaign("c1")
+    assert kept is not None and kept.name == "C1"
+
+
+async def test_a_campaign_update_outrun_at_every_try_is_busy_and_writes_nothing(store: Store,
+                                                                                redis_server: RedisServer) -> None:
+    """Another writer changes the definition between each read and its compare-and-set: the edit gives up
+    (CampaignBusy, for a 409) rather than overwrite it or retry for ever."""
+    import redis
+
+    from dialer.ports import CampaignBusy
+
+    s = redis_only(store, "compare-and-set")
+    await s.save_campaign(CampaignSettings(campaign_id="c1", name="C1"))
+    key = s._k("c1", "def")
+    meddler = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    calls = 0
+
+    def outrun(c: CampaignSettings) -> CampaignSettings:
+        nonlocal calls
+        calls += 1
+        meddler.set(key, json.dumps(json.loads(meddler.get(key) or "{}") | {"name": f"other{calls}"}))
+        return replace(c, max_lines=7)
+
+    try:
+        with pytest.raises(CampaignBusy, match="c1"):
+            await s.update_campaign("c1", outrun)
+    finally:
+        meddler.close()
+    kept = await s.get_campaign("c1")
+    assert kept is not None and (kept.name, kept.max_lines) == (f"other{calls}", CampaignSettings("c1").max_lines)
+    assert calls > 1
