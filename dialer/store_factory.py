@@ -26,7 +26,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 
 from dialer.memory_store import InMemoryStore
@@ -214,8 +214,14 @@ def _client_kwargs(spec: StoreUrl) -> dict[str, Any]:
 
 # redis-py's default pool raises "Too many connections" past 100 commands in flight: a burst of API requests
 # on top of the engine's own traffic then failed a store write, and a failed write pauses dialing. A blocking
-# pool makes such a burst wait its turn (up to the socket timeout) instead.
+# pool makes such a burst wait its turn (up to the socket timeout) instead: a plain Redis's and Sentinel's.
 POOL_SIZE = 100
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (master discovery, reconnect to a new master) with the blocking pool's waiting
+    get_connection/release. redis-py (8.1) has no blocking Sentinel pool; `Sentinel.master_for` takes the pool
+    class (`connection_pool_class`) and passes max_connections/timeout through to BlockingConnectionPool."""
 
 
 def build_client(spec: StoreUrl) -> Redis | RedisCluster:
@@ -238,7 +244,8 @@ def build_client(spec: StoreUrl) -> Redis | RedisCluster:
         if spec.tls:
             sentinel_kw["ssl"] = True
         sentinel = Sentinel(spec.hosts, sentinel_kwargs=sentinel_kw, **kw)
-        return sentinel.master_for(spec.service_name, db=spec.db)
+        return sentinel.master_for(spec.service_name, connection_pool_class=BlockingSentinelConnectionPool,
+                                   db=spec.db, max_connections=POOL_SIZE, timeout=kw["socket_timeout"])
     raise ValueError(f"store kind {spec.kind!r} has no Redis client")
 
 

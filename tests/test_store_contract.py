@@ -20,7 +20,7 @@ from dialer.model import Attempt, CampaignSettings, Lead, Outcome
 from dialer.ports import Store
 from dialer.redis_store import RedisStore
 from dialer.store_factory import open_store, parse_store_url, redact_url
-from tests.harness.redis import RedisServer
+from tests.harness.redis import RedisSentinel, RedisServer
 
 T0 = 1_700_000_000.0
 BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
@@ -564,3 +564,35 @@ async def test_a_campaign_update_outrun_at_every_try_is_busy_and_writes_nothing(
     kept = await s.get_campaign("c1")
     assert kept is not None and (kept.name, kept.max_lines) == (f"other{calls}", CampaignSettings("c1").max_lines)
     assert calls > 1
+
+
+@pytest.mark.redis
+async def test_a_burst_through_sentinel_waits_for_a_connection_instead_of_failing(
+        redis_sentinel: RedisSentinel) -> None:
+    """The Sentinel-managed pool was redis-py's plain one: past 100 commands in flight it raised "Too many
+    connections" (a failed store write pauses dialing), as the plain client's pool did before it blocked."""
+    s = open_store(f"{redis_sentinel.url}?prefix=t{uuid.uuid4().hex[:10]}:", node_id="node-a")
+    assert isinstance(s, RedisStore)
+    try:
+        await s.save_campaign(CampaignSettings(campaign_id="c1"))
+        atts = [Attempt(f"k{i}", "c1", f"L{i}", "+15550000001", "1000", T0 + i) for i in range(1000)]
+        await asyncio.gather(*(s.record_attempt(a) for a in atts))
+        assert len(await s.attempts("c1")) == 1000
+    finally:
+        await s.aclose()
+
+
+def test_every_redis_client_has_a_blocking_pool_of_a_hundred() -> None:
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    from dialer.store_factory import build_client
+
+    for url in ("redis://h:6379/0", "rediss://h:6379/0", "redis+sentinel://s1,s2/mymaster/2",
+                "rediss+sentinel://s1/mymaster"):
+        pool = build_client(parse_store_url(url)).connection_pool  # type: ignore[union-attr]
+        assert isinstance(pool, BlockingConnectionPool), url
+        assert (pool.max_connections, pool.timeout) == (100, 5.0), url
+        if "sentinel" in url:
+            assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "mymaster", url
+            assert pool.connection_kwargs["db"] == (2 if url.endswith("/2") else 0), url

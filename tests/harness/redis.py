@@ -131,3 +131,72 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+class RedisSentinel:
+    """A Sentinel (`redis-server --sentinel`, no separate binary needed) of our own on 127.0.0.1, monitoring one
+    `RedisServer` as master `service`. Its URL is the store URL through it (`redis+sentinel://`)."""
+
+    def __init__(self, binary: str, port: int, directory: Path, master: RedisServer, service: str = "mymaster"):
+        self.binary = binary
+        self.port = port
+        self.dir = directory
+        self.master = master
+        self.service = service
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own config file: one of its own, writable
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+                        f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n")
+        self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server --sentinel exited with {self.proc.returncode}")
+            if self._knows_master():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server --sentinel did not name its master within {timeout} s")
+
+    def _knows_master(self) -> bool:
+        query = f"SENTINEL get-master-addr-by-name {self.service}\r\n".encode()
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(query)
+                return str(self.master.port).encode() in s.recv(256)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A Sentinel in front of the session's redis-server."""
+    sentinel = RedisSentinel(redis_server.binary, free_port(), tmp_path_factory.mktemp("sentinel"), redis_server)
+    try:
+        sentinel.start()
+    except (OSError, RuntimeError) as exc:
+        unavailable(str(exc), "redis-server --sentinel")
+        raise  # unreachable: unavailable() fails or skips
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop()
