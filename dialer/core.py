@@ -543,7 +543,8 @@ class DialerCore:
         out.append(Emit("call.connected", {"call_id": att.call_id, "agent_id": agent.agent_id,
                                            "campaign_id": att.campaign_id}))
 
-    def _abandon(self, call: Call, now: float, out: list[Command], *, play_message: bool = True) -> None:
+    def _abandon(self, call: Call, now: float, out: list[Command], *, play_message: bool = True,
+                 retracts: float | None = None) -> None:
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
         camp.waiting.pop(att.call_id, None)
@@ -551,7 +552,7 @@ class DialerCore:
         call.abandon_at = None
         att.outcome = Outcome.ABANDONED
         camp.abandoned += 1
-        camp.strategy.observe(LiveResult(now, connected=False))
+        camp.strategy.observe(LiveResult(now, connected=False, retracts=retracts))
         if play_message:
             out.append(PlayAbandonMessage(att.call_id))
         out.append(Emit("call.abandoned", {"call_id": att.call_id, "campaign_id": att.campaign_id}))
@@ -566,6 +567,7 @@ class DialerCore:
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
         camp.connected -= 1
+        connected_at = att.connected_at
         att.agent_id = att.connected_at = None  # as any abandoned attempt: no agent, never connected
         agent = self.agents.get(event.agent_id)
         if agent is not None:
@@ -579,9 +581,9 @@ class DialerCore:
                 out.append(HangupAgentLeg(agent.agent_id))
                 out.append(self._agent_emit(agent))
             # else the core already saw the leg drop: the agent is rejoining or logged out, as that left it.
-        # The pacer heard "connected" at the connect and cannot take it back: it now hears the abandon too (one
-        # live answer counted twice by it, but the abandon not missed; the campaign's own counts are exact).
-        self._abandon(call, now, out, play_message=False)  # the dialplan plays the message already
+        # The pacer heard "connected" at the connect: the abandon retracts it (LiveResult.retracts), so the pacer
+        # counts this live answer once, as abandoned, as the campaign's own counts do.
+        self._abandon(call, now, out, play_message=False, retracts=connected_at)  # the dialplan plays the message
 
     def _on_failed(self, event: CallFailed, now: float, out: list[Command]) -> None:
         call = self.calls.get(event.call_id)

@@ -65,6 +65,16 @@ class Vicidial:
 
     def observe(self, obs: Observation) -> None:
         if isinstance(obs, LiveResult):
+            if obs.retracts is not None and not obs.connected and self._today_live > self._today_drops:
+                # An abandon taking back a connect heard before: the same answer, now dropped.
+                self._today_drops += 1
+                for i in range(len(self._live_times) - 1, -1, -1):
+                    if self._live_times[i] == (obs.retracts, True):
+                        self._live_times[i] = (obs.retracts, False)
+                        break
+                else:  # the connect has left the last minute already: the drop counts there now
+                    self._live_times.append((obs.t, False))
+                return
             self._live_times.append((obs.t, obs.connected))
             self._today_live += 1
             self._today_drops += 0 if obs.connected else 1
@@ -144,6 +154,9 @@ class OmniDialer:
                 self.answered += 1
                 self._ring_sum += obs.ring_s
         elif isinstance(obs, LiveResult):
+            if obs.retracts is not None and not obs.connected and self.live > self.dropped:
+                self.dropped += 1  # an abandon taking back a connect heard before: the same answer, now dropped
+                return
             self.live += 1
             self.dropped += 0 if obs.connected else 1
         else:

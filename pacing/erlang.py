@@ -142,13 +142,29 @@ class AbandonController:
         self._shared = (live, abandoned)
         self._since = [0, 0]
 
-    def observe(self, connected: bool) -> None:
+    def observe(self, connected: bool, *, retraction: bool = False) -> None:
+        """One live answer, connected or abandoned. `retraction`: an abandon that takes back a connect observed
+        before (LiveResult.retracts): the answer is not counted again, and that connect's nudge of α is undone and
+        replaced by an abandon's, both at the counts and gain of now (the connect's own are not kept)."""
+        if retraction and not connected and self.live > self.abandoned:  # else no connect heard: a plain abandon
+            g = self.gain * min(1.0, self.live / 50.0 + 0.2)  # the live count is unchanged: so is the gain
+            undo = g * self._aim()  # the connect's nudge, y = 0, with the answer still counted connected
+            self.abandoned += 1
+            self._since[1] += 1
+            redo = g * (self._aim() - 1.0)  # the abandon's, y = 1
+            self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(redo - undo)))
+            return
         self.live += 1
         self.abandoned += 0 if connected else 1
         self._since[0] += 1
         self._since[1] += 0 if connected else 1
         y = 0.0 if connected else 1.0
         g = self.gain * min(1.0, self.live / 50.0 + 0.2)
+        aim = self._aim()
+        self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (aim - y))))
+
+    def _aim(self) -> float:
+        """What the next answers aim at, from the counts so far (the setpoint is updated on the way)."""
         # The setpoint for the campaign-to-date rate sits below the target by that rate's own uncertainty
         # (1.5 standard errors), so a small floor with few answers aims lower than a big one: the rate ends
         # under the target.
@@ -163,8 +179,7 @@ class AbandonController:
         # unlucky abandons (on small floors a few would otherwise keep it above for hours), higher after
         # lucky ones, never above the margin under the target.
         marginal = self._bounded(t - 0.5 * self.se_k * se)
-        aim = min(self.margin * t, max(0.2 * self.setpoint, marginal + self.setpoint - abandoned / live))
-        self.alpha = min(self.hi, max(self.lo, self.alpha * math.exp(g * (aim - y))))
+        return min(self.margin * t, max(0.2 * self.setpoint, marginal + self.setpoint - abandoned / live))
 
     def _bounded(self, rate: float) -> float:
         """A setpoint within [0.3, margin] × the target."""
@@ -238,7 +253,7 @@ class ErlangPacer:
             else:
                 self.unanswered.add(obs.ring_s)
         elif isinstance(obs, LiveResult):
-            self.controller.observe(obs.connected)
+            self.controller.observe(obs.connected, retraction=obs.retracts is not None)
         elif isinstance(obs, HandleResult):
             self.wrap.add(obs.wrap_s)
             self.talk.add(obs.talk_s, self._talking)

@@ -42,10 +42,16 @@ class DialResult:
 
 @dataclass(frozen=True, slots=True)
 class LiveResult:
-    """A live answer was connected to an agent or abandoned (for the abandon-rate controller)."""
+    """A live answer was connected to an agent or abandoned (for the abandon-rate controller).
+
+    `retracts` is set on an abandon that takes back a connect heard before (the agent's room turned out empty):
+    the time of that connect's `LiveResult`. A strategy counts the answer once: live answers unchanged, abandoned
+    one more, and whatever the connect taught it replaced by what an abandon teaches.
+    """
 
     t: float
     connected: bool
+    retracts: float | None = None  # only with connected=False
 
 
 @dataclass(frozen=True, slots=True)

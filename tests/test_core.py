@@ -754,3 +754,18 @@ def test_no_agent_in_the_room_after_the_core_saw_the_leg_drop_leaves_the_agent_a
     core.handle(AgentMissing(o2.call_id, "a2"), 6.3)
     assert core.agents.get("a2").status is AgentStatus.LOGGED_OUT
     assert core.stats("c1", 6.3)["abandoned"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["erlang", "vicidial", "omnidialer"])
+def test_an_agent_missing_abandon_retracts_the_connect_the_pacer_heard(strategy):
+    # The pacer heard "connected" at the connect; the room was empty and the call is abandoned. It must hear the
+    # abandon as a retraction of that connect: one live answer (not two), one abandoned.
+    core = make(agents=("a1",), strategy=strategy)
+    (o1,) = of(core.tick(1.0), Originate)
+    assert of(core.handle(CallAnswered(o1.call_id), 2.0), ConnectToAgent) == [ConnectToAgent(o1.call_id, "a1")]
+    core.handle(AgentMissing(o1.call_id, "a1"), 2.1)
+    pacer = core.campaigns["c1"].strategy
+    counts = {"erlang": lambda p: p.controller.counts,
+              "vicidial": lambda p: (p._today_live, p._today_drops),
+              "omnidialer": lambda p: (p.live, p.dropped)}[strategy](pacer)
+    assert counts == (1, 1)

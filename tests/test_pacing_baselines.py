@@ -75,3 +75,14 @@ def test_vicidial_tapered_cut_does_not_depend_on_where_the_clock_starts() -> Non
         return levels
 
     assert run(0.0) == run(1_767_000_000.0)
+
+
+def test_baselines_count_a_retracted_connect_once_as_a_drop() -> None:
+    v, o = Vicidial(PacingCaps()), OmniDialer(PacingCaps())
+    for s in (v, o):
+        s.observe(LiveResult(10.0, connected=True))
+        s.observe(LiveResult(11.0, connected=True))
+        s.observe(LiveResult(10.5, connected=False, retracts=10.0))
+    assert (v._today_live, v._today_drops) == (2, 1)
+    assert list(v._live_times) == [(10.0, False), (11.0, True)]  # the last minute's answer, now dropped
+    assert (o.live, o.dropped) == (2, 1)

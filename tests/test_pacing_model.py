@@ -379,3 +379,24 @@ def test_random_scenarios_are_valid_and_judged_by_the_issue_checks() -> None:
     bad = [run("erlang", 0.85, 0.031, 0.07), run("oracle", 0.95, 0.0), run("progressive", 0.86, 0.0)]
     verdict = judge(data, bad)
     assert len(verdict["failures"]) == 3 and verdict["yaml"] is not None
+
+
+def test_a_retracted_connect_counts_once_as_abandoned_and_its_nudge_is_replaced() -> None:
+    # The core connected a call, then found the agent's room empty: the abandon retracts the connect.
+    told, plain = AbandonController(0.03), AbandonController(0.03)
+    told.observe(connected=True)
+    told.observe(connected=False, retraction=True)
+    plain.observe(connected=False)
+    assert told.counts == plain.counts == (1, 1)
+    assert told.alpha == pytest.approx(plain.alpha) and told.setpoint == pytest.approx(plain.setpoint)
+    # later in a shift: the α step of the retraction is the abandon's nudge less the connect's
+    pacer = ErlangPacer()
+    for i in range(200):
+        pacer.observe(LiveResult(float(i), connected=True))
+    before = pacer.controller.alpha
+    pacer.observe(LiveResult(200.0, connected=False, retracts=199.0))
+    assert pacer.controller.counts == (200, 1) and pacer.controller.alpha < before
+    # a retraction of a connect this controller never heard is a plain abandon
+    fresh = AbandonController(0.03)
+    fresh.observe(connected=False, retraction=True)
+    assert fresh.counts == (1, 1)
