@@ -27,14 +27,22 @@ class Outcome(StrEnum):
 
 FAILURE_OUTCOMES = frozenset({Outcome.BUSY, Outcome.NO_ANSWER, Outcome.CONGESTION, Outcome.FAILED})
 
+CONGESTION_CAUSES = frozenset({21, 27, 34, 38, 41, 42})  # Q.850 causes Asterisk reports as congestion
+
 
 def outcome_for_cause(cause: int) -> Outcome:
-    """Q.850 hangup cause of a call that never answered → its outcome."""
+    """Q.850 hangup cause of a call that never answered → its outcome.
+
+    Congestion as Asterisk reports it (chan_dahdi/sig_pri queue a congestion for these, DIALSTATUS CONGESTION):
+    call rejected (21, a SIP 403), destination out of order (27), circuit congestion (34), network out of order
+    (38), temporary failure (41) and switch congestion (42). Each is worth a retry soon; "failed" is for a number
+    that cannot be reached as dialed (unallocated 1, no route 3, invalid format 28...).
+    """
     if cause == 17:
         return Outcome.BUSY
     if cause in (18, 19):
         return Outcome.NO_ANSWER
-    if cause in (34, 38, 42):
+    if cause in CONGESTION_CAUSES:
         return Outcome.CONGESTION
     return Outcome.FAILED
 

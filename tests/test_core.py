@@ -43,7 +43,7 @@ from dialer.events import (
     SharedAbandon,
     StoreLink,
 )
-from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
+from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome, outcome_for_cause
 
 
 def of(cmds, kind):
@@ -769,3 +769,17 @@ def test_an_agent_missing_abandon_retracts_the_connect_the_pacer_heard(strategy)
               "vicidial": lambda p: (p._today_live, p._today_drops),
               "omnidialer": lambda p: (p.live, p.dropped)}[strategy](pacer)
     assert counts == (1, 1)
+
+
+@pytest.mark.parametrize("cause", [21, 27, 41])
+def test_rejected_and_temporary_failure_causes_are_congestion_and_retried_soon(cause):
+    # Asterisk reports Q.850 21 (call rejected), 27 (destination out of order) and 41 (temporary failure) as
+    # CONGESTION (sig_pri queues the congestion control; DIALSTATUS CONGESTION): the lead takes congestion's
+    # recycling (5 min), not a final failure's (1 h, and its phone ranked last).
+    assert outcome_for_cause(cause) is Outcome.CONGESTION
+    core = make(agents=("a1",))
+    (o,) = of(core.tick(1.0), Originate)
+    (rec,) = of(core.handle(CallEnded(o.call_id, cause), 5.0), RecordAttempt)
+    assert rec.attempt.outcome is Outcome.CONGESTION and rec.attempt.hangup_cause == cause
+    assert core.campaigns["c1"].hopper.info(o.lead_id).next_at == 5.0 + 300
+    assert core.stats("c1", 5.0)["outcomes"] == {"congestion": 1}
