@@ -368,9 +368,12 @@ class DialerCore:
         attempts = sorted(set(h.attempts(lead_id)) | set(event.attempts))
         contacts = sorted(set(h.contacts(lead_id)) | set(event.contacts))
         abandons = sorted(set(h.abandons(lead_id)) | set(event.abandons))
+        wrong = sorted(set(h.wrong_parties(lead_id)) | set(event.wrong_parties))
         h.forget(lead_id)
         for t in attempts:
             h.note_attempt(lead_id, "", t)
+        for t in wrong:  # first: a contact known (here or in the store) to be a wrong party is not noted
+            h.note_wrong_party(lead_id, t)
         for t in contacts:
             h.note_contact(lead_id, t)
         for t in abandons:
@@ -692,6 +695,10 @@ class DialerCore:
                         # Until a snapshot of the shared store shows it, no snapshot may take it off again.
                         self._dnc_unstored.add((cid, lookup_key(done.number)))
                         out.append(PersistDnc(done.number, cid))
+                    if code.wrong_party and done.outcome is Outcome.CONNECTED and done.connected_at is not None:
+                        # Not a conversation with the debtor: no Reg F 7-day block, no contact cap; still a call
+                        # toward the attempt caps. The store hears it from this disposition's RecordAttempt.
+                        camp.gate.history.note_wrong_party(done.lead_id, done.connected_at)
                     info = camp.hopper.info(done.lead_id)
                     before = info.state if info is not None else None
                     if before not in (None, "done", "removed"):

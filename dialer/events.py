@@ -213,6 +213,7 @@ class DebtorHistorySeed:
     attempts: tuple[float, ...] = ()
     contacts: tuple[float, ...] = ()
     abandons: tuple[float, ...] = ()
+    wrong_parties: tuple[float, ...] = ()  # conversations found to be with a wrong party: not contacts
 
 
 Event = (

@@ -262,8 +262,9 @@ return {1, h, d}
 
 
 # KEYS: the debtor history hash, shared by every campaign (lead id -> {"a": [...], "c": [...], "x": [...],
-#       "k": seconds kept, "n": entries kept per kind})
-# ARGV: lead id, kind (a attempt, c contact, x abandon), time, seconds kept, entries kept per kind
+#       "w": [...], "k": seconds kept, "n": entries kept per kind})
+# ARGV: lead id, kind (a attempt, c contact, x abandon, w a contact found to be a wrong party), time, seconds kept,
+#       entries kept per kind
 # Per-debtor instants the compliance caps look at, so a lead on another node (its node died or stopped, or the
 # debtor is in another node's campaign) is judged on its whole history there. The script's read-modify-write
 # is atomic, so nodes noting one debtor at once lose nothing. Each debtor keeps the longest horizon and depth

@@ -643,11 +643,12 @@ class RedisStore:
 
     async def debtor_note(self, campaign_id: str, lead_id: str, kind: str, at: float, keep_s: float,
                           max_n: int) -> None:
-        """One instant of a debtor's history (`a` attempt, `c` conversation, `x` abandoned), kept at least `keep_s`
-        and `max_n` deep. Every campaign notes into one history, so a node's gates count a debtor's calls of any
-        campaign on any node; `campaign_id` names the noting campaign (kept for the store's interface)."""
-        if kind not in ("a", "c", "x"):
-            raise ValueError(f"kind: expected a, c or x, got {kind!r}")
+        """One instant of a debtor's history (`a` attempt, `c` conversation, `x` abandoned, `w` a conversation found
+        to be with a wrong party, read back without its `c`), kept at least `keep_s` and `max_n` deep. Every campaign
+        notes into one history, so a node's gates count a debtor's calls of any campaign on any node; `campaign_id`
+        names the noting campaign (kept for the store's interface)."""
+        if kind not in ("a", "c", "x", "w"):
+            raise ValueError(f"kind: expected a, c, x or w, got {kind!r}")
         await self._ensure()
         await self._s_debtor(keys=[self._g("debtors:hist")],
                              args=[lead_id, kind, repr(float(at)), repr(float(keep_s)), int(max_n)])
@@ -669,8 +670,12 @@ class RedisStore:
             for raw in raws:
                 for k, v in (json.loads(raw) if raw else {}).items():
                     # Lua's cjson writes an empty list as {}: anything not a list is empty.
-                    if k in ("a", "c", "x") and isinstance(v, list):
+                    if k in ("a", "c", "x", "w") and isinstance(v, list):
                         kinds.setdefault(k, set()).update(float(x) for x in v)
+            if "w" in kinds and "c" in kinds:  # a wrong party's conversation is no contact with the debtor
+                kinds["c"] -= kinds["w"]
+                if not kinds["c"]:
+                    del kinds["c"]
             if kinds:
                 out[lead_id] = {k: tuple(sorted(v)) for k, v in kinds.items()}
         return out

@@ -356,7 +356,8 @@ class Runtime:
                 self._store_ops.put_nowait(ReleaseLead(campaign_id, lead.lead_id, Outcome.LOST, final=False))
             return []
         for lead_id, h in histories.items():
-            self.submit(DebtorHistorySeed(campaign_id, lead_id, h.get("a", ()), h.get("c", ()), h.get("x", ())))
+            self.submit(DebtorHistorySeed(campaign_id, lead_id, h.get("a", ()), h.get("c", ()), h.get("x", ()),
+                                          h.get("w", ())))
         return leads
 
     async def _note_debtor(self, att: Attempt, dialed: bool) -> None:
@@ -370,7 +371,10 @@ class Runtime:
         if dialed:
             await note(att.campaign_id, att.lead_id, "a", att.dialed_at, keep, max_n)
         elif att.outcome is not None and att.outcome.value == "connected" and att.connected_at is not None:
-            await note(att.campaign_id, att.lead_id, "c", att.connected_at, keep, max_n)
+            code = camp.dispositions.get(att.disposition) if att.disposition else None
+            # A wrong party's disposition: that conversation was not with the debtor (`w` takes it off the `c`s).
+            kind = "w" if code is not None and code.wrong_party else "c"
+            await note(att.campaign_id, att.lead_id, kind, att.connected_at, keep, max_n)
         elif att.outcome is not None and att.outcome.value == "abandoned":
             await note(att.campaign_id, att.lead_id, "x", att.answered_at or att.ended_at or att.dialed_at,
                        keep, max_n)
@@ -560,7 +564,7 @@ class Runtime:
                 for lead_id, kinds in (await read(cid, held[start:start + 1000])).items():
                     if _news(history, lead_id, kinds, now):
                         self.submit(DebtorHistorySeed(cid, lead_id, kinds.get("a", ()), kinds.get("c", ()),
-                                                      kinds.get("x", ())))
+                                                      kinds.get("x", ()), kinds.get("w", ())))
 
     async def _abandon_sync(self) -> None:
         while True:
@@ -602,7 +606,7 @@ def _news(history: DebtorHistory, lead_id: str, kinds: dict[str, tuple[float, ..
     their horizon or depth is not news: seeding it again every pass would change nothing)."""
     cutoff = now - history.horizon_s
     for kind, held in (("a", history.attempts(lead_id)), ("c", history.contacts(lead_id)),
-                       ("x", history.abandons(lead_id))):
+                       ("x", history.abandons(lead_id)), ("w", history.wrong_parties(lead_id))):
         counted = [t for t in kinds.get(kind, ()) if t >= cutoff][-history.max_per_lead:]
         if not set(counted) <= set(held):
             return True

@@ -732,3 +732,28 @@ def test_caps_count_a_debtors_calls_from_every_campaign() -> None:
     assert late.check(lead("America/New_York", "US", "L2"), NUMBER, first + 6 * DAY + HOUR) is None
     # the history keeps what the strictest rule set needs, whichever campaign came first
     assert core.history.horizon_s >= 7 * DAY and core.history.max_per_lead >= 7
+
+
+def test_a_wrong_party_conversation_is_no_contact_but_stays_an_attempt() -> None:
+    hist = DebtorHistory()
+    g, ny = gate("us-tsr-regf", history=hist), lead("America/New_York", "US")
+    talk = utc(2026, 4, 6, 15)
+    hist.note_attempt("L1", NUMBER, talk)
+    hist.note_contact("L1", talk + 60)
+    hist.note_wrong_party("L1", talk + 60)
+    assert hist.contacts("L1") == () and hist.wrong_parties("L1") == (talk + 60,)
+    assert g.check(ny, NUMBER, talk + HOUR) is None  # no 7-day block after it
+    hist.note_contact("L1", talk + 60)  # noted again (a merge, a late report): still not a contact
+    assert hist.contacts("L1") == ()
+    for day in range(1, 7):
+        hist.note_attempt("L1", NUMBER, talk + day * DAY)
+    assert reason(g.check(ny, NUMBER, talk + 6 * DAY + HOUR)) is Reason.ATTEMPT_CAP  # 7 calls, the wrong party's too
+    # nor toward a contacts-per-day cap (Colombia: one a day)
+    co_hist = DebtorHistory()
+    co, bog = gate("co-ley2300", history=co_hist), lead("America/Bogota", "CO")
+    morning = local("America/Bogota", 2026, 4, 7, 9)  # a Tuesday
+    co_hist.note_attempt("L1", NUMBER, morning)
+    co_hist.note_contact("L1", morning + 60)
+    assert reason(co.check(bog, NUMBER, morning + HOUR)) is Reason.DAILY_CONTACT_CAP
+    co_hist.note_wrong_party("L1", morning + 60)
+    assert co.check(bog, NUMBER, morning + HOUR) is None

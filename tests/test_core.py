@@ -19,6 +19,7 @@ from dialer.commands import (
     RecordAttempt,
     ReleaseLead,
 )
+from dialer.compliance import Reason
 from dialer.core import CoreConfig, CoreError, DialerCore
 from dialer.events import (
     AgentConnected,
@@ -31,6 +32,7 @@ from dialer.events import (
     CallEnded,
     CallFailed,
     CampaignControl,
+    DebtorHistorySeed,
     Disposition,
     DncAdd,
     DncSnapshot,
@@ -783,3 +785,32 @@ def test_rejected_and_temporary_failure_causes_are_congestion_and_retried_soon(c
     assert rec.attempt.outcome is Outcome.CONGESTION and rec.attempt.hangup_cause == cause
     assert core.campaigns["c1"].hopper.info(o.lead_id).next_at == 5.0 + 300
     assert core.stats("c1", 5.0)["outcomes"] == {"congestion": 1}
+
+
+def test_a_wrong_party_conversation_does_not_block_the_debtor_but_counts_as_a_call():
+    # Reg F: no call within 7 days after a telephone conversation *with the debtor*; a wrong party is not one.
+    # The call still counts toward the debtor's 7 calls in 7 days.
+    t0 = 1_775_487_600.0  # 2026-04-06 15:00 UTC, 11:00 in New York
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1", rule_set="us-tsr-regf", wrapup_s=None))
+    core.handle(AgentLogin("a1"), t0)
+    core.handle(AgentConnected("a1"), t0)
+    core.handle(CampaignControl("c1", "start"), t0)
+    debtor = Lead("L1", "c1", ("+12125550101", "+12125550102"), timezone="America/New_York", country="US")
+    core.handle(LeadsAvailable("c1", (debtor,)), t0)
+    (o,) = of(core.tick(t0 + 1), Originate)
+    core.handle(CallAnswered(o.call_id), t0 + 10)
+    core.handle(CallEnded(o.call_id, 16), t0 + 70)
+    gate = core.campaigns["c1"].gate
+    blocked = gate.check(debtor, "+12125550102", t0 + 3600)
+    assert blocked is not None and blocked.reason is Reason.CONTACT_COOLDOWN  # a conversation, so far
+    core.handle(Disposition(o.call_id, "WRONG_PARTY"), t0 + 80)
+    assert core.history.contacts("L1") == () and core.history.attempts("L1") == (t0 + 1,)
+    assert gate.check(debtor, "+12125550102", t0 + 3600) is None
+    for day in range(1, 7):  # six more calls: with the wrong party's, seven in seven days
+        core.history.note_attempt("L1", "+12125550102", t0 + day * 86_400.0)
+    capped = gate.check(debtor, "+12125550102", t0 + 6 * 86_400.0 + 3600)
+    assert capped is not None and capped.reason is Reason.ATTEMPT_CAP
+    # the store's history, seeded back (this node's or another's), does not bring the conversation back
+    core.handle(DebtorHistorySeed("c1", "L1", (t0 + 1,), (t0 + 10,), ()), t0 + 90)
+    assert core.history.contacts("L1") == ()

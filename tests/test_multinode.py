@@ -8,6 +8,7 @@ Under CI=true this runs (a missing redis-server fails it), never skips.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -405,5 +406,54 @@ async def test_a_runtime_stopped_during_its_first_store_maintenance_stops(tmp_pa
             done, _ = await asyncio.wait([stopping], timeout=10.0)
             assert done, "stop() hung"
             await stopping
+    finally:
+        server.stop()
+
+
+async def test_a_wrong_party_conversation_leaves_the_shared_history_of_contacts(tmp_path: Path) -> None:
+    """A conversation the agent disposed as a wrong party is no conversation with the debtor (no Reg F 7-day block):
+    the disposition's record notes it `w` in the shared history, which reads back without that contact; a node
+    that had seeded the contact drops it at its next seed. The call stays an attempt."""
+    from dialer.commands import Originate, RecordAttempt
+    from dialer.core import DialerCore
+    from dialer.events import DebtorHistorySeed
+    from dialer.model import CampaignSettings
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        t0 = 1_700_000_000.0
+        store = open_store(server.url, node_id="n1")
+        assert isinstance(store, RedisStore)
+        core = DialerCore()
+        core.add_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"))
+        rt = Runtime(core, store, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0)
+        await rt.start()
+        done = Attempt("k1", "c", "l1", "+12125550123", "1000", t0, answered_at=t0 + 5, connected_at=t0 + 6,
+                       ended_at=t0 + 90, outcome=Outcome.CONNECTED, agent_id="a")
+        rt._dispatch([RecordAttempt(Attempt("k1", "c", "l1", "+12125550123", "1000", t0)),
+                      Originate("k1", "c", "l1", "+12125550123", "1000", 25.0), RecordAttempt(done)])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if "c" in (await store.debtor_histories("c", ["l1"])).get("l1", {}):
+                break
+        seen = await store.debtor_histories("c", ["l1"])
+        assert seen == {"l1": {"a": (t0,), "c": (t0 + 6,)}}
+        other = DialerCore()  # another node holding the debtor, told of the conversation
+        other.add_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"))
+        other.handle(DebtorHistorySeed("c", "l1", seen["l1"]["a"], seen["l1"]["c"]), t0 + 100)
+        assert other.history.contacts("l1") == (t0 + 6,)
+
+        rt._dispatch([RecordAttempt(dataclasses.replace(done, disposition="WRONG_PARTY"))])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if "w" in (await store.debtor_histories("c", ["l1"])).get("l1", {}):
+                break
+        await rt.stop()
+        h = (await store.debtor_histories("c", ["l1"]))["l1"]
+        assert h == {"a": (t0,), "w": (t0 + 6,)}
+        other.handle(DebtorHistorySeed("c", "l1", h["a"], h.get("c", ()), h.get("x", ()), h["w"]), t0 + 200)
+        assert other.history.contacts("l1") == () and other.history.attempts("l1") == (t0,)
+        await store.aclose()
     finally:
         server.stop()

@@ -52,11 +52,15 @@ class Refusal:
 class DebtorHistory:
     """Per-debtor attempt, contact (connected conversation) and abandon instants, pruned past `horizon_s`.
 
+    A conversation an agent found to be with a wrong party is not a conversation with the debtor: its instant
+    leaves the contacts (no cool-down, no contact cap) and is remembered, so that no merge brings it back; the call
+    stays an attempt.
+
     Pure and in memory: one bounded deque per lead and kind. `max_per_lead` bounds each deque; it must be at least
     the largest attempt cap (only the most recent N attempts matter to an N-attempt cap).
     """
 
-    __slots__ = ("_abandons", "_attempts", "_contacts", "horizon_s", "max_per_lead")
+    __slots__ = ("_abandons", "_attempts", "_contacts", "_wrong", "horizon_s", "max_per_lead")
 
     def __init__(self, horizon_s: float = 30 * DAY, max_per_lead: int = 64) -> None:
         self.horizon_s = horizon_s
@@ -64,6 +68,7 @@ class DebtorHistory:
         self._attempts: dict[str, deque[float]] = {}
         self._contacts: dict[str, deque[float]] = {}
         self._abandons: dict[str, deque[float]] = {}
+        self._wrong: dict[str, deque[float]] = {}  # conversations with a wrong party (not contacts)
 
     @classmethod
     def for_rule_set(cls, rule_set: RuleSet) -> DebtorHistory:
@@ -77,7 +82,7 @@ class DebtorHistory:
         self.horizon_s = max(self.horizon_s, need.horizon_s)
         if need.max_per_lead > self.max_per_lead:
             self.max_per_lead = need.max_per_lead
-            for table in (self._attempts, self._contacts, self._abandons):
+            for table in (self._attempts, self._contacts, self._abandons, self._wrong):
                 for lead_id, q in table.items():
                     table[lead_id] = deque(q, maxlen=self.max_per_lead)
 
@@ -101,8 +106,19 @@ class DebtorHistory:
         self._note(self._attempts, lead_id, now)
 
     def note_contact(self, lead_id: str, now: float) -> None:
-        """A conversation: a live call connected to an agent."""
+        """A conversation: a live call connected to an agent (unless already known to be with a wrong party)."""
+        if now in self._wrong.get(lead_id, ()):
+            return
         self._note(self._contacts, lead_id, now)
+
+    def note_wrong_party(self, lead_id: str, at: float) -> None:
+        """The conversation connected at `at` was with a wrong party: not a contact with the debtor."""
+        self._note(self._wrong, lead_id, at)
+        q = self._contacts.get(lead_id)
+        if q is not None and at in q:
+            q.remove(at)
+            if not q:
+                del self._contacts[lead_id]
 
     def note_abandon(self, lead_id: str, now: float) -> None:
         self._note(self._abandons, lead_id, now)
@@ -116,15 +132,18 @@ class DebtorHistory:
     def abandons(self, lead_id: str) -> tuple[float, ...]:
         return tuple(self._abandons.get(lead_id, ()))
 
+    def wrong_parties(self, lead_id: str) -> tuple[float, ...]:
+        return tuple(self._wrong.get(lead_id, ()))
+
     def forget(self, lead_id: str) -> None:
-        for table in (self._attempts, self._contacts, self._abandons):
+        for table in (self._attempts, self._contacts, self._abandons, self._wrong):
             table.pop(lead_id, None)
 
     def prune(self, now: float) -> int:
         """Drop entries older than the horizon and leads left with none; returns how many leads were dropped."""
         cutoff = now - self.horizon_s
         dropped = 0
-        for table in (self._attempts, self._contacts, self._abandons):
+        for table in (self._attempts, self._contacts, self._abandons, self._wrong):
             for lead_id in list(table):
                 q = table[lead_id]
                 while q and q[0] < cutoff:
@@ -135,7 +154,7 @@ class DebtorHistory:
         return dropped
 
     def __len__(self) -> int:
-        return len(self._attempts.keys() | self._contacts.keys() | self._abandons.keys())
+        return len(self._attempts.keys() | self._contacts.keys() | self._abandons.keys() | self._wrong.keys())
 
 
 def _hours(seconds: float) -> str:
