@@ -34,6 +34,7 @@ class Agent:
     connects: int = 0
     rejoins: int = 0  # consecutive unexpected leg drops (reset when the leg is back)
     rejoin_gen: int = 0  # the live rejoin request; older rejoin timers are void
+    leg_gen: int = 0  # the live wait for word of the agent's leg (originated or hung up); older leg timers are void
     time_in: dict[AgentStatus, float] = field(default_factory=dict)
 
     def serves(self, campaign_id: str, skill: str | None = None) -> bool:

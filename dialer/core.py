@@ -106,6 +106,10 @@ class CoreConfig:
     agent_rejoin_delay_s: float = 2.0  # after an unexpected leg drop, call the agent's phone again (doubling)
     agent_rejoin_max_delay_s: float = 30.0
     agent_rejoin_attempts: int = 8  # consecutive failed rejoins before the agent is logged out (about 2.5 min)
+    # An agent whose leg was originated or hung up and of which the PBX says nothing for this long (the action
+    # failed without an event) is logged out, reason "leg timeout", rather than left connecting for ever. Above
+    # the agent leg's own ring timeout (30 s).
+    agent_leg_timeout_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -281,6 +285,7 @@ class DialerCore:
             case AgentLogin():
                 agent = self.agents.login(event.agent_id, event.campaigns, now, dict(event.skills))
                 out.append(OriginateAgentLeg(agent.agent_id))
+                self._await_leg(agent, now)
                 out.append(self._agent_emit(agent))
             case AgentLogout():
                 leaving = self.agents.get(event.agent_id)
@@ -292,6 +297,7 @@ class DialerCore:
                         # Out of the ready pool at once: no call may be routed to an agent who is leaving.
                         self.agents.set_status(leaving, AgentStatus.PAUSED, now, reason="logging out")
                         out.append(HangupAgentLeg(leaving.agent_id))
+                        self._await_leg(leaving, now)
                         out.append(self._agent_emit(leaving))
                     # on a call or in wrap-up: the leg is hung up when the wrap-up ends
             case AgentConnected():
@@ -465,6 +471,9 @@ class DialerCore:
             if agent.status is AgentStatus.CONNECTING and not agent.logout_requested:
                 agent.rejoin_gen += 1
                 out.append(OriginateAgentLeg(agent.agent_id))
+                self._await_leg(agent, now)
+            elif self._waits_on_leg(agent):  # a hangup sent before the outage: its word is timed from now
+                self._await_leg(agent, now)
 
     def tick(self, now: float) -> list[Command]:
         out: list[Command] = []
@@ -582,6 +591,7 @@ class DialerCore:
                 agent.call_id = None
                 self.agents.set_status(agent, AgentStatus.CONNECTING, now, reason="rejoining")
                 out.append(HangupAgentLeg(agent.agent_id))
+                self._await_leg(agent, now)
                 out.append(self._agent_emit(agent))
             # else the core already saw the leg drop: the agent is rejoining or logged out, as that left it.
         # The pacer heard "connected" at the connect: the abandon retracts it (LiveResult.retracts), so the pacer
@@ -729,6 +739,7 @@ class DialerCore:
         if agent.logout_requested:
             out.append(HangupAgentLeg(agent.agent_id))
             self.agents.set_status(agent, AgentStatus.PAUSED, now, reason="logging out")
+            self._await_leg(agent, now)
         elif agent.pause_requested:
             self.agents.set_status(agent, AgentStatus.PAUSED, now, reason=agent.pause_requested)
             agent.pause_requested = None
@@ -745,6 +756,7 @@ class DialerCore:
         if gone is None or gone.status is AgentStatus.LOGGED_OUT:
             return
         gone.call_id = None  # the call, if any, ends on its own events; the agent no longer holds it
+        gone.leg_gen += 1  # word of the leg: no timeout (a rejoin's origination is timed when it is sent)
         self._drop_preview(gone, now)
         if gone.logout_requested or gone.rejoins >= self.config.agent_rejoin_attempts:
             reason = "" if gone.logout_requested else "phone unreachable"
@@ -762,6 +774,31 @@ class DialerCore:
                             self.config.agent_rejoin_delay_s * 2 ** (gone.rejoins - 1))
                 self._add_timer(now + delay, "rejoin", f"{gone.agent_id}\x00{gone.rejoin_gen}")
         out.append(self._agent_emit(gone))
+
+    @staticmethod
+    def _waits_on_leg(agent: Agent) -> bool:
+        """The agent's leg was originated or hung up, and the agent waits for the PBX's word of it: connecting, or
+        out of the ready pool for a logout (a logout waiting for its wrap-up to end has sent nothing yet)."""
+        return agent.status is AgentStatus.CONNECTING or \
+            (agent.logout_requested and agent.status is AgentStatus.PAUSED)
+
+    def _await_leg(self, agent: Agent, now: float) -> None:
+        """The PBX was asked to originate or hang up the agent's leg: if no word of it comes back within
+        `agent_leg_timeout_s` (the action failed without an event), `_leg_timed_out` logs the agent out."""
+        agent.leg_gen += 1
+        self._add_timer(now + self.config.agent_leg_timeout_s, "leg", f"{agent.agent_id}\x00{agent.leg_gen}")
+
+    def _leg_timed_out(self, agent: Agent, now: float, out: list[Command]) -> None:
+        """No word of the agent's leg in time: logged out as a logout ends (its preview lead, if any, goes back; its
+        own callbacks fall due to the campaign), reason "leg timeout", and whatever is left of the leg is hung up
+        (a leg that still comes up later is hung up as soon as the PBX announces it)."""
+        self._drop_preview(agent, now)
+        out.append(HangupAgentLeg(agent.agent_id))
+        self.agents.set_status(agent, AgentStatus.LOGGED_OUT, now, reason="leg timeout")
+        agent.logout_requested = False
+        agent.rejoins = 0
+        agent.leg_gen += 1
+        out.append(self._agent_emit(agent))
 
     def _serve_waiting(self, agent: Agent, now: float, out: list[Command]) -> None:
         """A newly free agent takes the longest-waiting answered call it may serve."""
@@ -1040,6 +1077,11 @@ class DialerCore:
             rejoining = self.agents.get(agent_id)
             return (rejoining is not None and rejoining.status is AgentStatus.CONNECTING and self.pbx_up
                     and str(rejoining.rejoin_gen) == gen)
+        if kind == "leg":
+            agent_id, _, gen = key.partition("\x00")
+            waiting = self.agents.get(agent_id)
+            # The link down stops the clock: when it is back, the legs are called again and timed from then.
+            return waiting is not None and str(waiting.leg_gen) == gen and self.pbx_up and self._waits_on_leg(waiting)
         agent_id, _, call_id = key.partition("\x00")
         agent = self.agents.get(agent_id)
         return agent is not None and agent.status is AgentStatus.WRAPUP and agent.last_call_id == call_id
@@ -1053,7 +1095,14 @@ class DialerCore:
             if kind == "abandon":
                 self._abandon(self.calls[key], now, out)
             elif kind == "rejoin":
-                out.append(OriginateAgentLeg(key.partition("\x00")[0]))
+                rejoining = self.agents.get(key.partition("\x00")[0])
+                if rejoining is not None:
+                    out.append(OriginateAgentLeg(rejoining.agent_id))
+                    self._await_leg(rejoining, now)
+            elif kind == "leg":
+                waiting = self.agents.get(key.partition("\x00")[0])
+                if waiting is not None:
+                    self._leg_timed_out(waiting, now, out)
             else:
                 agent = self.agents.get(key.partition("\x00")[0])
                 if agent is not None:

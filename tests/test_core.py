@@ -814,3 +814,65 @@ def test_a_wrong_party_conversation_does_not_block_the_debtor_but_counts_as_a_ca
     # the store's history, seeded back (this node's or another's), does not bring the conversation back
     core.handle(DebtorHistorySeed("c1", "L1", (t0 + 1,), (t0 + 10,), ()), t0 + 90)
     assert core.history.contacts("L1") == ()
+
+
+def _agent_states(cmds):
+    return [(c.data["agent_id"], c.data["state"], c.data["reason"]) for c in cmds
+            if isinstance(c, Emit) and c.kind == "agent.state"]
+
+
+def _agent(core, agent_id):
+    agent = core.agents.get(agent_id)
+    assert agent is not None
+    return agent
+
+
+def test_an_agent_whose_leg_hangup_never_comes_back_is_logged_out_after_the_leg_timeout():
+    # The room was empty (AgentMissing): the core hangs the leg up and waits for its drop to call the phone back.
+    # The hangup failed and no event came: the agent used to stay "connecting" for ever.
+    core = make(agents=("a1",), wrapup_s=5.0)
+    (o1,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    assert of(core.handle(AgentMissing(o1.call_id, "a1"), 2.1), HangupAgentLeg) == [HangupAgentLeg("a1")]
+    a1 = core.agents.get("a1")
+    assert a1.status is AgentStatus.CONNECTING
+    core.tick(62.0)
+    assert a1.status is AgentStatus.CONNECTING  # not yet: 60 s by default
+    assert core.next_deadline() == 62.1
+    cmds = core.tick(62.1)
+    assert a1.status is AgentStatus.LOGGED_OUT and a1.reason == "leg timeout"
+    assert _agent_states(cmds) == [("a1", "logged_out", "leg timeout")]
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a1")]  # whatever is left of the leg, once more
+    assert not of(core.tick(70.0), Originate)  # nobody to dial for
+    # a late word of the leg changes nothing more
+    core.handle(AgentDisconnected("a1"), 80.0)
+    assert a1.status is AgentStatus.LOGGED_OUT and core.next_deadline() is None
+
+
+def test_agent_leg_timeouts_follow_the_legs():
+    core = DialerCore(CoreConfig(id_prefix="t", agent_leg_timeout_s=30.0))
+    core.add_campaign(CampaignSettings(campaign_id="c1"))
+    # a login whose origination never answers or fails
+    core.handle(AgentLogin("a1"), 0.0)
+    cmds = core.tick(30.0)
+    assert _agent_states(cmds) == [("a1", "logged_out", "leg timeout")]
+    # a leg that comes up in time: no timeout
+    core.handle(AgentLogin("a2"), 100.0)
+    core.handle(AgentConnected("a2"), 110.0)
+    assert core.next_deadline() is None and _agent(core, "a2").status is AgentStatus.READY
+    # a logout whose hangup never reports back: logged out all the same, with the reason
+    cmds = core.handle(AgentLogout("a2"), 200.0)
+    assert of(cmds, HangupAgentLeg) == [HangupAgentLeg("a2")]
+    assert core.tick(229.0) == [] and _agent(core, "a2").reason == "logging out"
+    assert _agent_states(core.tick(230.0)) == [("a2", "logged_out", "leg timeout")]
+    # a rejoin's origination: timed from the rejoin, not from the drop; the PBX link down stops the clock
+    core.handle(AgentLogin("a3"), 300.0)
+    core.handle(AgentConnected("a3"), 301.0)
+    core.handle(AgentDisconnected("a3"), 302.0)
+    assert of(core.tick(304.0), OriginateAgentLeg) == [OriginateAgentLeg("a3")]
+    core.handle(PbxLink(False), 310.0)
+    assert core.tick(334.0) == [] and _agent(core, "a3").status is AgentStatus.CONNECTING
+    assert of(core.handle(PbxLink(True), 400.0), OriginateAgentLeg) == [OriginateAgentLeg("a3")]
+    assert _agent(core, "a3").status is AgentStatus.CONNECTING and core.next_deadline() == 430.0
+    core.handle(AgentConnected("a3"), 405.0)
+    assert core.next_deadline() is None and _agent(core, "a3").status is AgentStatus.READY
