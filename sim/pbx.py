@@ -4,9 +4,9 @@ It plays the part of Asterisk with Marcador's dialplan (asterisk-docker/config/e
 Originate (async, with our ChannelId) → ringing → answer (UserEvent DialerAnswered, OriginateResponse) or
 a failure OriginateResponse with Asterisk's Reason codes; Redirect into an agent's ConfBridge room (its agent leg
 not in it: UserEvent DialerNoAgent and the abandon message instead) or to the abandon message; Hangup; agent legs
-joining their rooms; CoreShowChannels and ConfbridgeList for resync; Ping; plain and MD5 login. The fate of each
-call comes from a call model: by default the number's last six digits `O NN TTT` as in the `sim-customer` context
-(outcome, ring seconds, talk seconds).
+joining their rooms, and the customer in a room hung up when its agent leg leaves (end_marked); CoreShowChannels
+and ConfbridgeList for resync; Ping; plain and MD5 login. The fate of each call comes from a call model: by default
+the number's last six digits `O NN TTT` as in the `sim-customer` context (outcome, ring seconds, talk seconds).
 
 Faults on demand: `drop_connections()`, `stall(seconds)`, `restart()`.
 """
@@ -513,14 +513,24 @@ class SimulatedPbx:
 
     def _leave_room(self, ch: Channel) -> None:
         if ch.room is not None:
+            room, ch.room = ch.room, None
+            self.broadcast("ConfbridgeLeave", Conference=room, Channel=ch.name, Uniqueid=ch.uid)
             if ch.kind == "agent":
-                left = self._agents_in.pop(ch.room, 0) - 1
+                left = self._agents_in.pop(room, 0) - 1
                 if left > 0:
-                    self._agents_in[ch.room] = left
-            self.broadcast("ConfbridgeLeave", Conference=ch.room, Channel=ch.name, Uniqueid=ch.uid)
-            ch.room = None
+                    self._agents_in[room] = left
+                else:
+                    self._end_marked(room)
 
-    def _gone(self, ch: Channel, cause: int, respond: bool = True) -> None:
+    def _end_marked(self, room: str) -> None:
+        """The room's last agent leg (marked user) left: as confbridge.conf's end_marked, every customer in it is
+        put out of the ConfBridge and marcador-agent-room hangs it up (`Hangup(16)`). Asterisk then sends the two
+        halves' Hangups in either order; here the dialplan half's first."""
+        for ch in [c for c in self.channels.values() if c.room == room and c.kind == "call"]:
+            self._leave_room(ch)
+            self._after(ch, 0, self._gone, ch, 16, True, True)
+
+    def _gone(self, ch: Channel, cause: int, respond: bool = True, dialplan_first: bool = False) -> None:
         if self.channels.pop(ch.uid, None) is None:
             return
         self._answered_at.pop(ch.uid, None)
@@ -530,7 +540,9 @@ class SimulatedPbx:
         ch.cancel_timers()
         self._leave_room(ch)
         ch.state = "gone"
-        for uid, name in ((f"{ch.uid};2", ch.name[:-2] + ";2"), (ch.uid, ch.name)):
+        # The far end hangs up first (the ;2 half, in sim-customer), unless our dialplan half ended the call.
+        halves = [(f"{ch.uid};2", ch.name[:-2] + ";2"), (ch.uid, ch.name)]
+        for uid, name in reversed(halves) if dialplan_first else halves:
             self.broadcast("Hangup", Channel=name, Uniqueid=uid, Linkedid=ch.uid, Cause=str(cause))
 
     def _originate_response(self, ch: Channel, response: str, reason: str) -> None:

@@ -19,7 +19,9 @@ from dialer.model import AgentStatus
 from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.campaign import (
     TRUNK_CAUSES,
+    agent_leg_drops_mid_call,
     answer_for_a_vanished_agent,
+    check_agent_drop_run,
     check_forced_run,
     check_vanished_agent_run,
     run_campaign,
@@ -100,3 +102,9 @@ async def test_an_agent_logged_out_right_after_logging_in_leaves_its_room(asteri
         await rt.stop()
     assert status is AgentStatus.LOGGED_OUT
     assert "agent-quick" not in rooms, rooms
+
+
+async def test_the_debtor_is_hung_up_when_the_agent_leg_leaves_the_room(asterisk: Any) -> None:
+    # The debtor joins the agent's room with end_marked (confbridge.conf): when the agent's phone hangs up mid-call,
+    # Asterisk ends the debtor's call too. The simulated PBX must do the same (tests/test_simpbx_engine.py).
+    check_agent_drop_run(await agent_leg_drops_mid_call(asterisk.telephony()))

@@ -23,9 +23,11 @@ from dialer.model import CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from sim.pbx import SimulatedPbx
 from tests.harness.campaign import (
+    agent_leg_drops_mid_call,
     answer_for_a_vanished_agent,
     answered_call_left_alone,
     burst_config,
+    check_agent_drop_run,
     check_forced_run,
     check_vanished_agent_run,
     forced_leads,
@@ -293,3 +295,12 @@ async def test_a_debtor_redirected_into_a_room_without_its_agent_hears_the_messa
     async with SimulatedPbx(secret="s3cret-pbx", abandon_message_s=1.0) as pbx:
         run = await answer_for_a_vanished_agent(AmiTelephony(_config(pbx)))
     check_vanished_agent_run(run)
+
+
+async def test_the_debtor_is_hung_up_when_the_agent_leg_leaves_the_room() -> None:
+    # As on Asterisk (tests/test_asterisk_callflow.py), where the debtor joins with end_marked: the agent's phone
+    # hangs up mid-call and the debtor's call ends with it. The simulated PBX used to keep the debtor in the room,
+    # alone, for the rest of its talk time.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        drop = await agent_leg_drops_mid_call(AmiTelephony(_config(pbx)))
+    check_agent_drop_run(drop)

@@ -264,3 +264,61 @@ def check_vanished_agent_run(run: CampaignRun) -> None:
     assert attempt["ended_at"] - attempt["answered_at"] < 8.0, attempt  # not the 30 s of silence in the room
     assert run.joined == set() and run.events["call.abandoned"] == 1
     assert run.stats["connected"] == 0 and run.stats["abandon_rate"] == 1.0
+
+
+@dataclass
+class AgentDropRun:
+    run: CampaignRun
+    after_leg_left: list[tuple[str, str, str]]  # (event, whose: leg|call|call;2, Conference/Cause) after the leg left
+
+
+async def agent_leg_drops_mid_call(tel: Any, talk_s: int = 60, timeout_s: float = 45.0) -> AgentDropRun:
+    """One debtor who answers after 2 s and would talk `talk_s`; once it is in the agent's room, the agent's phone
+    hangs up (its leg leaves the ConfBridge). With `end_marked` (confbridge.conf) Asterisk ends the debtor's call
+    at once. `tel` is an AmiTelephony: the AMI events about the leg and the call are recorded as they arrive."""
+    agent = "dropping"
+    seen: list[tuple[str, str, str]] = []
+    inner = tel.client._on_event
+
+    def record(msg: Any) -> None:
+        inner(msg)
+        uid = str(msg.get("Uniqueid", ""))
+        if uid.startswith(f"{tel.translator.id_prefix}-agent-{agent}-"):
+            whose = "leg"
+        elif uid.startswith("t-") and "-agent-" not in uid:
+            whose = "call;2" if uid.endswith(";2") else "call"
+        else:
+            return
+        name = str(msg.get("Event", ""))
+        if name in ("ConfbridgeJoin", "ConfbridgeLeave", "Hangup"):
+            seen.append((name, whose, str(msg.get("Conference") or msg.get("Cause") or "")))
+
+    tel.client._on_event = record
+
+    async def drop_leg(runtime: Runtime) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while ("ConfbridgeJoin", "call", f"agent-{agent}") not in seen:
+            assert loop.time() < end, f"the call never reached the agent's room: {seen}"
+            await asyncio.sleep(0.05)
+        tel.execute(HangupAgentLeg(agent))  # the agent's phone hangs up, behind the core's back
+
+    run = await run_campaign(tel, [{"lead_id": "D1", "phone": f"+155500011020{talk_s:02d}"}], (agent,),
+                             {"campaign_id": "ad", "ring_timeout_s": 15, "wrapup_s": 1}, timeout_s=timeout_s,
+                             chaos=drop_leg)
+    left = seen.index(("ConfbridgeLeave", "leg", f"agent-{agent}"))
+    return AgentDropRun(run, seen[left:])
+
+
+def check_agent_drop_run(drop: AgentDropRun, talk_s: float = 60.0) -> None:
+    """The debtor's call ends as soon as the agent's leg has left the room: the debtor leaves the ConfBridge, then
+    both halves of its Local channel hang up with cause 16 (normal clearing: `Hangup(16)` after `ConfBridge()` in
+    marcador-agent-room), as Asterisk 22 does with end_marked.
+    It used to stay in the room, alone and in silence, until the debtor hung up."""
+    check_forced_run(drop.run, {"D1": {"connected"}})
+    (attempt,) = drop.run.attempts
+    assert attempt["ended_at"] - attempt["connected_at"] < 10.0 < talk_s, attempt
+    call_events = [e for e in drop.after_leg_left if e[1] != "leg"]
+    assert call_events[0] == ("ConfbridgeLeave", "call", "agent-dropping"), drop.after_leg_left
+    # Asterisk 22 sends the two halves' Hangups in either order (seen both ways).
+    assert sorted(call_events[1:]) == [("Hangup", "call", "16"), ("Hangup", "call;2", "16")], drop.after_leg_left
