@@ -3,6 +3,13 @@
 Commands are fired without awaiting one another: many Originates are in flight at once, each result
 handled by a callback. Events are translated on the reader's callback and handed to the core's sink,
 which never blocks.
+
+Agent legs left behind: a stopped engine leaves its agents' legs in their ConfBridge rooms, and the dialplan's
+room check (CONFBRIDGE_INFO marked) would count such a leg as the agent. Each time the PBX is ready (start and
+every reconnect) the bridge lists the channels and hangs up the agent legs of its own node (`MARCADOR_NODE`) that
+this run did not originate, before any call is dialed. Legs of this run are never touched (a link flap keeps the
+agents in their rooms), nor are other nodes' legs on a shared Asterisk. A stale leg in a conversation (a customer
+in its room, left talking by the old run's stop) is hung up when the room's customer leaves, not cut mid-call.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any
 
 from ami_bridge.client import AmiClient, LinkLost
 from ami_bridge.config import AmiConfig
-from ami_bridge.translate import AmiAction, Translator
+from ami_bridge.translate import NODE_VARIABLE, AmiAction, StaleLeg, Translator
 from dialer.commands import Originate
 from dialer.events import CallFailed, Event, PbxLink
 from dialer.model import Outcome
@@ -25,9 +32,11 @@ log = logging.getLogger("marcador.ami")
 
 
 class AmiTelephony:
-    def __init__(self, config: AmiConfig, id_prefix: str = "m") -> None:
+    def __init__(self, config: AmiConfig, id_prefix: str = "m", node_id: str | None = None) -> None:
+        """`id_prefix` starts every call and leg id of this run; `node_id` (the engine's `node_id`) tags agent legs
+        so that a later run of the same node hangs up those left behind (None: no tag, no sweep)."""
         self.config = config
-        self.translator = Translator(config, id_prefix=id_prefix)
+        self.translator = Translator(config, id_prefix=id_prefix, node_id=node_id)
         self.client = AmiClient(config, self._on_message, on_login=self._on_login, on_link_down=self._on_link_down)
         self._sink: EventSink | None = None
         self._logins = 0
@@ -37,6 +46,8 @@ class AmiTelephony:
         self.actions_out = 0
         self.originates_failed_to_send = 0
         self.resyncs = 0
+        self.stale_legs_hung_up = 0
+        self._stale_in_call: dict[str, StaleLeg] = {}  # room → a stale leg hung up once its customer leaves
 
     @property
     def ready(self) -> bool:
@@ -103,6 +114,10 @@ class AmiTelephony:
 
     def _on_message(self, message: Any) -> None:
         self.events_in += 1
+        if self._stale_in_call and message.get("Event") == "ConfbridgeLeave":
+            waiting = self._stale_in_call.pop(str(message.get("Conference", "")), None)
+            if waiting is not None:
+                self._spawn(self._end_stale_leg(waiting))
         events, actions = self.translator.on_event(message)
         self._deliver(events)
         for action in actions:
@@ -140,12 +155,57 @@ class AmiTelephony:
             await asyncio.sleep(0.5)
         if resync:
             await self._resync()
+        await self._sweep_stale_legs()
         self._pbx_ready = True
         self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
 
     def _spawn_resync(self) -> None:
-        task = asyncio.ensure_future(self._resync())
+        self._spawn(self._resync())
+
+    @staticmethod
+    def _spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _sweep_stale_legs(self) -> None:
+        """Hang up this node's agent legs that this run did not originate (see the module docstring)."""
+        if self.translator.node_id is None:
+            return
+        try:
+            listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
+            found = self.translator.stale_leg_candidates([m for m in listing if m.get("Event") == "CoreShowChannel"])
+            tags = await asyncio.gather(*(self.client.request(
+                {"Action": "Getvar", "Channel": leg.channel, "Variable": NODE_VARIABLE}) for leg in found))
+        except (LinkLost, TimeoutError) as exc:
+            log.warning("stale agent leg sweep failed", extra={"fields": {"error": str(exc)}})
+            return  # the link is down again: the next login sweeps
+        ours = [leg for leg, tag in zip(found, tags, strict=True)
+                if str(tag[0].get("Response", "")).lower() == "success"  # else: gone meanwhile
+                and self.translator.owned_by_us(leg, str(tag[0].get("Value") or ""))]
+        await asyncio.gather(*(self._end_stale_leg(leg) for leg in ours))
+
+    async def _end_stale_leg(self, leg: StaleLeg) -> None:
+        try:
+            if leg.room is not None:
+                listing = await self.client.request({"Action": "ConfbridgeList", "Conference": leg.room})
+                members = [m for m in listing if m.get("Event") == "ConfbridgeList"]
+                if all(str(m.get("Channel", "")) != leg.channel for m in members):
+                    return  # it left meanwhile
+                if any(str(m.get("MarkedUser", "")).lower() != "yes" for m in members):
+                    # A customer talking to the agent on that phone since the old run: not cut mid-call. With
+                    # end_marked the customer's end would not end the leg; its leaving the room does.
+                    self._stale_in_call[leg.room] = leg
+                    log.info("stale agent leg in a call: hung up when the call ends",
+                             extra={"fields": {"room": leg.room, "uniqueid": leg.uniqueid}})
+                    return
+            reply = await self.client.request({"Action": "Hangup", "Channel": leg.channel, "Cause": "16"})
+        except (LinkLost, TimeoutError) as exc:
+            log.warning("stale agent leg not hung up", extra={"fields": {"uniqueid": leg.uniqueid,
+                                                                          "error": str(exc)}})
+            return
+        if str(reply[0].get("Response", "")).lower() == "success":
+            self.stale_legs_hung_up += 1
+            log.info("stale agent leg hung up", extra={"fields": {"room": leg.room, "uniqueid": leg.uniqueid}})
 
     async def _resync(self) -> None:
         try:

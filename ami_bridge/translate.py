@@ -10,13 +10,16 @@ Conventions (asterisk-docker/config/extensions.conf):
 - a customer redirected into an agent's room whose agent leg is not in it raises `UserEvent DialerNoAgent`
   and hears the abandon message instead of joining;
 - an agent's leg is originated with `ChannelId = <prefix>-agent-<agent_id>-<n>` into the login context and
-  joins the ConfBridge `agent-<agent_id>`; a customer is redirected into the same bridge to be connected.
+  joins the ConfBridge `agent-<agent_id>`; a customer is redirected into the same bridge to be connected. With a
+  node id, the leg carries the channel variable `MARCADOR_NODE=<node id>`: a later run of the same node finds the
+  legs an earlier run left behind (`stale_leg_candidates`) and hangs them up.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +54,8 @@ _REASON_OUTCOME = {
     "8": Outcome.CONGESTION,
 }
 ROOM_PREFIX = "agent-"
+LEG_MARK = "-agent-"  # in every agent leg's ChannelId, between the run's prefix and the agent id
+NODE_VARIABLE = "MARCADOR_NODE"  # the node that originated an agent leg
 
 
 @dataclass(slots=True)
@@ -87,13 +92,24 @@ class LegTrack:
     hangup_requested: bool = False  # asked before its channel was announced: sent when it is
 
 
+@dataclass(frozen=True, slots=True)
+class StaleLeg:
+    """A channel that looks like an agent leg this run did not originate (whose it is: `MARCADOR_NODE`)."""
+
+    uniqueid: str
+    channel: str
+    room: str | None  # the ConfBridge it is in, None while its phone still rings
+
+
 @dataclass(slots=True)
 class Translator:
     config: AmiConfig
     id_prefix: str = "m"
+    node_id: str | None = None  # tags agent legs (MARCADOR_NODE); None: untagged, no stale-leg sweep
     calls: dict[str, CallTrack] = field(default_factory=dict)
     legs: dict[str, LegTrack] = field(default_factory=dict)  # by agent id
     _leg_uids: dict[str, str] = field(default_factory=dict)  # uniqueid → agent id
+    own_legs: set[str] = field(default_factory=set)  # every leg uniqueid this run originated (never swept)
     _leg_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # ------------------------------------------------------------------ commands → actions
@@ -150,20 +166,21 @@ class Translator:
             self._leg_uids.pop(old.uniqueid, None)
         self.legs[agent_id] = LegTrack(agent_id, uid)
         self._leg_uids[uid] = agent_id
-        return AmiAction(
-            {
-                "Action": "Originate",
-                "ActionID": f"leg-{uid}",
-                "Channel": self.config.agent_channel.format(agent_id=agent_id),
-                "Context": self.config.login_context,
-                "Exten": agent_id,
-                "Priority": "1",
-                "Timeout": "30000",
-                "ChannelId": uid,
-                "Async": "true",
-            },
-            agent_id=agent_id,
-        )
+        self.own_legs.add(uid)
+        fields: dict[str, str | list[str]] = {
+            "Action": "Originate",
+            "ActionID": f"leg-{uid}",
+            "Channel": self.config.agent_channel.format(agent_id=agent_id),
+            "Context": self.config.login_context,
+            "Exten": agent_id,
+            "Priority": "1",
+            "Timeout": "30000",
+            "ChannelId": uid,
+            "Async": "true",
+        }
+        if self.node_id is not None:
+            fields["Variable"] = [f"{NODE_VARIABLE}={self.node_id}"]
+        return AmiAction(fields, agent_id=agent_id)
 
     def _redirect(self, call_id: str, context: str, exten: str) -> list[AmiAction]:
         track = self.calls.get(call_id)
@@ -376,6 +393,29 @@ class Translator:
                 self._leg_uids.pop(leg.uniqueid, None)
                 out.append(AgentDisconnected(agent_id))
         return out
+
+    def stale_leg_candidates(self, channels: Sequence[Message]) -> list[StaleLeg]:
+        """Agent legs in Asterisk's channel list (`CoreShowChannel` events) that this run did not originate: an
+        earlier run's, or another node's on a shared Asterisk. Whose they are is told by `owned_by_us`."""
+        out: list[StaleLeg] = []
+        for c in channels:
+            uid, name = str(c.get("Uniqueid", "")), str(c.get("Channel", ""))
+            if LEG_MARK not in uid or uid.endswith(";2") or uid in self.own_legs or not name:
+                continue  # ;2: the far half of a Local leg, hung up with its first half
+            room = None
+            if str(c.get("Application", "")) == "ConfBridge":
+                room = str(c.get("ApplicationData", "")).partition(",")[0] or None
+            out.append(StaleLeg(uid, name, room))
+        return out
+
+    def owned_by_us(self, leg: StaleLeg, node_variable: str) -> bool:
+        """Whether a stale leg is this node's: its MARCADOR_NODE says so. A leg without it (originated by an
+        engine older than the variable) is ours when its ChannelId is `<node id>-<boot, hex>-agent-...`."""
+        if self.node_id is None:
+            return False
+        if node_variable:
+            return node_variable == self.node_id
+        return re.match(rf"{re.escape(self.node_id)}-[0-9a-f]+{LEG_MARK}", leg.uniqueid) is not None
 
     def reconcile_room(self, agent_id: str, members: Sequence[Message]) -> tuple[list[Event], list[AmiAction]]:
         """One agent room as `ConfbridgeList` shows it after a reconnect. A customer we track found in the room

@@ -112,7 +112,8 @@ async def _serve(settings: MarcadorSettings, sock: socket.socket) -> None:
     boot = format(int(time.time()), "x")
     core = DialerCore(CoreConfig(id_prefix=f"{settings.node_id}-{boot}"))
     async with pbx_link(settings) as ami:
-        runtime = Runtime(core, store, AmiTelephony(ami, id_prefix=f"{settings.node_id}-{boot}"))
+        runtime = Runtime(core, store, AmiTelephony(ami, id_prefix=f"{settings.node_id}-{boot}",
+                                                      node_id=settings.node_id))
         try:
             await runtime.start()
         except AmiAuthError as exc:
@@ -193,8 +194,8 @@ async def run_node(opts: NodeOptions, stop: asyncio.Event | None = None) -> None
                             call_log_path=opts.call_log) as pbx:
         ami = AmiConfig(host="127.0.0.1", port=pbx.port, username=pbx.username, secret=secret, auth="md5",
                         call_channel="Local/{number}@sim-customer", agent_channel="Local/{agent_id}@sim-agent")
-        runtime = Runtime(DialerCore(CoreConfig(id_prefix=prefix)), store, AmiTelephony(ami, id_prefix=prefix),
-                          RuntimeConfig())
+        runtime = Runtime(DialerCore(CoreConfig(id_prefix=prefix)), store,
+                          AmiTelephony(ami, id_prefix=prefix, node_id=opts.node_id), RuntimeConfig())
         await runtime.start()
         try:
             agents = [f"{opts.node_id}-a{i + 1:03d}" for i in range(opts.agents)]

@@ -4,9 +4,10 @@ It plays the part of Asterisk with Marcador's dialplan (asterisk-docker/config/e
 Originate (async, with our ChannelId) → ringing → answer (UserEvent DialerAnswered, OriginateResponse) or
 a failure OriginateResponse with Asterisk's Reason codes; Redirect into an agent's ConfBridge room (its agent leg
 not in it: UserEvent DialerNoAgent and the abandon message instead) or to the abandon message; Hangup; agent legs
-joining their rooms, and the customer in a room hung up when its agent leg leaves (end_marked); CoreShowChannels
-and ConfbridgeList for resync; Ping; plain and MD5 login. The fate of each call comes from a call model: by default
-the number's last six digits `O NN TTT` as in the `sim-customer` context (outcome, ring seconds, talk seconds).
+joining their rooms, and the customer in a room hung up when its agent leg leaves (end_marked); CoreShowChannels,
+ConfbridgeList and Getvar for resync and the stale-leg sweep; Ping; plain and MD5 login. The fate of each call
+comes from a call model: by default the number's last six digits `O NN TTT` as in the `sim-customer` context
+(outcome, ring seconds, talk seconds).
 
 Faults on demand: `drop_connections()`, `stall(seconds)`, `restart()`.
 """
@@ -272,6 +273,8 @@ class SimulatedPbx:
             self._redirect(s, a, aid)
         elif name == "hangup":
             self._hangup_action(s, a, aid)
+        elif name == "getvar":
+            self._getvar(s, a, aid)
         elif name == "coreshowchannels":
             self._core_show_channels(s, aid)
         elif name == "confbridgelist":
@@ -313,7 +316,7 @@ class SimulatedPbx:
         s.reply(aid, "Success", Message="Originate successfully queued")
         if ctx.startswith("sim-agent") or str(a.get("context", "")).endswith("agent-login"):
             ch = Channel(uid, f"Local/{dest}@{ctx}-{seq:08x};1", "agent", str(aid or ""), s, agent_id=str(
-                a.get("exten", dest)))
+                a.get("exten", dest)), variables=variables)
             self._add(ch)
             self._emit_new(ch)
             ch.state = "up"
@@ -387,6 +390,14 @@ class SimulatedPbx:
         else:
             self._gone(ch, cause)
 
+    def _getvar(self, s: Session, a: dict[str, Any], aid: Any) -> None:
+        ch = self._by_name.get(str(a.get("channel", "")))
+        if ch is None:
+            s.reply(aid, "Error", Message="No such channel")
+            return
+        variable = str(a.get("variable", ""))
+        s.reply(aid, "Success", Variable=variable, Value=ch.variables.get(variable, ""))
+
     def _core_show_channels(self, s: Session, aid: Any) -> None:
         s.reply(aid, "Success", EventList="start", Message="Channels will follow")
         listed = 0
@@ -395,7 +406,7 @@ class SimulatedPbx:
                 listed += 1
                 s.event("CoreShowChannel", ActionID=aid, Channel=name, Uniqueid=uid, Linkedid=ch.uid,
                         ChannelStateDesc="Up" if ch.state == "up" else "Ringing", Context=_context(ch),
-                        Application="ConfBridge" if ch.room else "Wait")
+                        Application="ConfBridge" if ch.room else "Wait", ApplicationData=_app_data(ch))
         s.event("CoreShowChannelsComplete", ActionID=aid, EventList="Complete", ListItems=listed)
 
     def _confbridge_list(self, s: Session, a: dict[str, Any], aid: Any) -> None:
@@ -617,6 +628,12 @@ def _context(ch: Channel) -> str:
     if ch.room is not None:
         return "marcador-agent-login" if ch.kind == "agent" else "marcador-agent-room"
     return "marcador-answered" if ch.kind == "call" else "marcador-agent-login"
+
+
+def _app_data(ch: Channel) -> str:
+    if ch.room is None:
+        return ""
+    return f"{ch.room},marcador_bridge,{'marcador_agent' if ch.kind == 'agent' else 'marcador_customer'}"
 
 
 def _parse(block: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ami_bridge.client import _Protocol
 from ami_bridge.config import AmiConfig
-from ami_bridge.translate import Translator
+from ami_bridge.translate import StaleLeg, Translator
 from dialer.commands import ConnectToAgent, Hangup, HangupAgentLeg, Originate, OriginateAgentLeg, PlayAbandonMessage
 from dialer.events import (
     AgentConnected,
@@ -270,3 +270,27 @@ def test_a_failed_agent_call_back_is_one_disconnect_not_two() -> None:
     assert t.originate_result(leg2, failed) == []
     assert t.originate_result(leg3, failed) == [AgentDisconnected("ag1")]
     assert t.originate_result(leg3, failed) == []
+
+
+def test_agent_legs_carry_their_node_and_a_later_run_tells_its_own_stale_legs_from_others() -> None:
+    t = Translator(CFG, id_prefix="dc-1-65f0a1b2", node_id="dc-1")
+    (leg,) = t.actions_for(OriginateAgentLeg("a1"))
+    assert leg.fields["Variable"] == ["MARCADOR_NODE=dc-1"]
+    assert "Variable" not in Translator(CFG).actions_for(OriginateAgentLeg("a1"))[0].fields  # no node: untagged
+    mine = str(leg.fields["ChannelId"])
+    channels = [
+        {"Uniqueid": mine, "Channel": "PJSIP/a1-1"},  # this run's own: never a candidate
+        {"Uniqueid": "dc-1-65f00000-agent-a2-1", "Channel": "PJSIP/a2-1", "Application": "ConfBridge",
+         "ApplicationData": "agent-a2,marcador_bridge,marcador_agent"},
+        {"Uniqueid": "dc-1-65f00000-agent-a2-1;2", "Channel": "Local/a2@x-1;2"},  # a Local leg's far half
+        {"Uniqueid": "dc-1-65f00000-agent-a3-1", "Channel": "PJSIP/a3-1", "Application": "Dial"},  # ringing
+        {"Uniqueid": "dc-1-65f00000-7", "Channel": "PJSIP/trunk-7"},  # a customer call
+    ]
+    found = t.stale_leg_candidates(channels)
+    assert found == [StaleLeg("dc-1-65f00000-agent-a2-1", "PJSIP/a2-1", "agent-a2"),
+                     StaleLeg("dc-1-65f00000-agent-a3-1", "PJSIP/a3-1", None)]
+    assert t.owned_by_us(found[0], "dc-1") and not t.owned_by_us(found[0], "dc-10")
+    # Untagged (an engine older than MARCADOR_NODE): by its ChannelId, <node>-<boot, hex>-agent-.
+    assert t.owned_by_us(found[0], "")
+    assert not t.owned_by_us(StaleLeg("dc-1-b-65f00000-agent-a2-1", "PJSIP/x", None), "")  # node "dc-1-b"
+    assert not Translator(CFG, id_prefix="m").owned_by_us(found[0], "dc-1")  # no node id: never sweeps

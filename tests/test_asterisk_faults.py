@@ -1,4 +1,5 @@
-"""Real Asterisk 22: the abandon path, an Asterisk restart and a TCP link cut mid-campaign.
+"""Real Asterisk 22: the abandon path, an Asterisk restart and a TCP link cut mid-campaign, agent legs left by a
+stopped engine.
 
 After each fault: every Originate was sent once per attempt record, every attempt has a final outcome,
 and dialing resumed (the campaign finished its leads).
@@ -7,13 +8,19 @@ and dialing resumed (the campaign finished its leads).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from dialer.runtime import Runtime
+from ami_bridge.telephony import AmiTelephony
+from dialer.core import CoreConfig, DialerCore
+from dialer.events import AgentLogin
+from dialer.memory_store import InMemoryStore
+from dialer.model import AgentStatus
+from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.campaign import (
     CountingTelephony,
     answered_call_left_alone,
@@ -95,3 +102,76 @@ async def test_tcp_link_cut_mid_campaign(asterisk: Any) -> None:
 
     tel = await _run_with_fault(asterisk, "tc", 5, cut)
     assert tel.inner.client.reconnects >= 1 and tel.inner.resyncs >= 1
+
+
+async def _engine(asterisk: Any, prefix: str, node_id: str) -> tuple[Runtime, AmiTelephony]:
+    tel = asterisk.telephony(id_prefix=prefix, node_id=node_id, reconnect_delay_s=1.0)
+    rt = Runtime(DialerCore(CoreConfig(id_prefix=prefix)), InMemoryStore(), tel, RuntimeConfig(tick_interval_s=0.05))
+    await rt.start()
+    return rt, tel
+
+
+async def _until(ok: Callable[[], Any], why: str, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not ok():
+        assert loop.time() < end, why
+        await asyncio.sleep(0.05)
+
+
+def _ready(rt: Runtime, agent_id: str) -> bool:
+    agent = rt.core.agents.get(agent_id)
+    return agent is not None and agent.status is AgentStatus.READY
+
+
+async def _rooms(asterisk: Any) -> str:
+    return str(await asyncio.to_thread(asterisk.cli, "confbridge list"))  # the engines' loop keeps running
+
+
+async def test_agent_legs_left_by_a_stopped_engine_are_hung_up_by_the_next_run_of_its_node_only(
+        asterisk: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # A stopped engine leaves its agents' legs in their rooms. The next run's customers were checked into a room
+    # by CONFBRIDGE_INFO(marked), which counted such a leg as the agent: a debtor could be put into a room whose
+    # agent the engine did not have. The next run of the same node hangs those legs up as its link comes up; another
+    # node's legs on the same Asterisk, and its own legs after a link flap, stay.
+    caplog.set_level(logging.INFO, logger="marcador.ami")
+    other, _ = await _engine(asterisk, "sl-o", "sl-other")
+    try:
+        old, _ = await _engine(asterisk, "sl-1", "sl-node")
+        try:
+            other.submit(AgentLogin("sl-theirs"))
+            old.submit(AgentLogin("sl-stale"))
+            await _until(lambda: _ready(other, "sl-theirs") and _ready(old, "sl-stale"), "agents never in rooms")
+        finally:
+            await old.stop()  # no logout: its leg stays in its room
+        assert "agent-sl-stale" in await _rooms(asterisk)
+
+        new, tel = await _engine(asterisk, "sl-2", "sl-node")  # the same node, started again
+        try:
+            rooms = ""
+            for _ in range(20):
+                rooms = await _rooms(asterisk)
+                if "agent-sl-stale" not in rooms:
+                    break
+            assert "agent-sl-stale" not in rooms and "agent-sl-theirs" in rooms, rooms
+            assert tel.stale_legs_hung_up == 1  # by start(), before the link was ready: before any dial
+            # found in its room (a leg with a debtor in the room would wait for the debtor to leave)
+            assert [getattr(r, "fields", {}).get("room") for r in caplog.records
+                    if r.getMessage() == "stale agent leg hung up"] == ["agent-sl-stale"]
+
+            new.submit(AgentLogin("sl-live"))
+            await _until(lambda: _ready(new, "sl-live"), "the new run's agent never reached its room")
+            leg = tel.translator.legs["sl-live"].uniqueid
+            assert tel.client._manager is not None
+            tel.client._manager.protocol.transport.abort()  # a link flap: Asterisk and the legs live on
+            await _until(lambda: not tel.ready, "the link never went down")
+            await _until(lambda: tel.ready and tel.client.reconnects >= 1, "the link never came back")
+            await asyncio.sleep(1.0)  # time for a wrong hang-up to show
+            assert _ready(new, "sl-live") and tel.translator.legs["sl-live"].uniqueid == leg
+            assert tel.stale_legs_hung_up == 1
+            rooms = await _rooms(asterisk)
+            assert "agent-sl-live" in rooms and "agent-sl-theirs" in rooms, rooms
+        finally:
+            await new.stop()
+    finally:
+        await other.stop()

@@ -15,7 +15,7 @@ import pytest
 from ami_bridge.client import AmiAuthError
 from ami_bridge.config import AmiConfig
 from ami_bridge.telephony import AmiTelephony
-from dialer.commands import Originate
+from dialer.commands import Originate, OriginateAgentLeg
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CallFailed, CampaignControl, Event, PbxLink
 from dialer.memory_store import InMemoryStore
@@ -304,3 +304,47 @@ async def test_the_debtor_is_hung_up_when_the_agent_leg_leaves_the_room() -> Non
     async with SimulatedPbx(secret="s3cret-pbx") as pbx:
         drop = await agent_leg_drops_mid_call(AmiTelephony(_config(pbx)))
     check_agent_drop_run(drop)
+
+
+async def test_a_stale_agent_leg_in_a_conversation_is_hung_up_when_the_conversation_ends() -> None:
+    # A stopped engine leaves its conversations going (its stop drains only calls no agent has). The next run of
+    # the node hangs up the agent legs left behind, but not one still talking to a debtor: that one goes when the
+    # debtor leaves the room. A leg of another node stays.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        old = Runtime(DialerCore(CoreConfig(id_prefix="n-1")), InMemoryStore(),
+                      AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
+        other = AmiTelephony(_config(pbx), id_prefix="o-1", node_id="o")
+        seen: list[Event] = []
+        await other.start(seen.append)
+        other.execute(OriginateAgentLeg("theirs"))
+        await old.start()
+        await old.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
+        await old.add_leads("s", [Lead("T1", "s", ("+15550001100003",))])  # answers at once, talks 3 s
+        old.submit(AgentLogin("talking"))
+        old.submit(AgentLogin("idle"))
+        old.submit(CampaignControl("s", "start"))
+        for _ in range(100):
+            if any(c.state == "connected" for c in old.core.calls.values()):
+                break
+            await asyncio.sleep(0.05)
+        await old.stop()  # no logout: both legs stay, one of them with the debtor
+        legs = {ch.agent_id: ch.uid for ch in pbx.channels.values() if ch.kind == "agent"}
+        assert set(legs) == {"talking", "idle", "theirs"}
+
+        tel = AmiTelephony(_config(pbx), id_prefix="n-2", node_id="n")
+        await tel.start(seen.append)
+        try:
+            await asyncio.sleep(0.2)
+            assert tel.ready and tel.stale_legs_hung_up == 1
+            left = {ch.agent_id for ch in pbx.channels.values() if ch.kind == "agent"}
+            assert left == {"talking", "theirs"}  # the idle one went at once; the talking one is still on its call
+            for _ in range(100):  # the debtor hangs up after its 3 s of talk
+                if not any(ch.kind == "call" for ch in pbx.channels.values()):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            assert {ch.agent_id for ch in pbx.channels.values() if ch.kind == "agent"} == {"theirs"}
+            assert tel.stale_legs_hung_up == 2
+        finally:
+            await tel.close()
+            await other.close()

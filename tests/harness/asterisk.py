@@ -34,14 +34,16 @@ class AsteriskInstance:
     secret: str
     rundir: Path
 
-    def telephony(self, **over: Any) -> AmiTelephony:
-        """Our AMI bridge on this Asterisk, dialing the test contexts (sim-customer, sim-agent)."""
+    def telephony(self, id_prefix: str = "m", node_id: str | None = None, **over: Any) -> AmiTelephony:
+        """Our AMI bridge on this Asterisk, dialing the test contexts (sim-customer, sim-agent). Without `node_id`
+        it sweeps no stale agent legs: the engines of other tests leave theirs in their rooms."""
         from ami_bridge.config import AmiConfig
         from ami_bridge.telephony import AmiTelephony
 
         return AmiTelephony(AmiConfig(host=self.host, port=self.port, username=self.username, secret=self.secret,
                                       auth="md5", call_channel="Local/{number}@sim-customer",
-                                      agent_channel="Local/{agent_id}@sim-agent", **over))
+                                      agent_channel="Local/{agent_id}@sim-agent", **over),
+                            id_prefix=id_prefix, node_id=node_id)
 
     def _run(self, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(["bash", str(PROVISION), *args, "--port", str(self.port)],
