@@ -110,6 +110,9 @@ class CoreConfig:
     # failed without an event) is logged out, reason "leg timeout", rather than left connecting for ever. Above
     # the agent leg's own ring timeout (30 s).
     agent_leg_timeout_s: float = 60.0
+    # A customer still up this long after its agent's leg left is hung up: Asterisk ends it at once (end_marked),
+    # but one that joined the room just after the leg left (past the dialplan's room check) would wait in silence.
+    orphan_hangup_s: float = 3.0
 
 
 @dataclass(slots=True)
@@ -755,7 +758,10 @@ class DialerCore:
         gone = self.agents.get(event.agent_id)
         if gone is None or gone.status is AgentStatus.LOGGED_OUT:
             return
-        gone.call_id = None  # the call, if any, ends on its own events; the agent no longer holds it
+        if gone.call_id is not None and gone.status is AgentStatus.ON_CALL:
+            # The call normally ends on its own events (end_marked); if it has not after a grace, it is hung up.
+            self._add_timer(now + self.config.orphan_hangup_s, "orphan", f"{gone.agent_id}\x00{gone.call_id}")
+        gone.call_id = None  # the agent no longer holds the call
         gone.leg_gen += 1  # word of the leg: no timeout (a rejoin's origination is timed when it is sent)
         self._drop_preview(gone, now)
         if gone.logout_requested or gone.rejoins >= self.config.agent_rejoin_attempts:
@@ -1083,6 +1089,10 @@ class DialerCore:
             # The link down stops the clock: when it is back, the legs are called again and timed from then.
             return waiting is not None and str(waiting.leg_gen) == gen and self.pbx_up and self._waits_on_leg(waiting)
         agent_id, _, call_id = key.partition("\x00")
+        if kind == "orphan":
+            call = self.calls.get(call_id)
+            return (call is not None and not call.ended and call.state == "connected"
+                    and call.attempt.agent_id == agent_id)
         agent = self.agents.get(agent_id)
         return agent is not None and agent.status is AgentStatus.WRAPUP and agent.last_call_id == call_id
 
@@ -1103,6 +1113,8 @@ class DialerCore:
                 waiting = self.agents.get(key.partition("\x00")[0])
                 if waiting is not None:
                     self._leg_timed_out(waiting, now, out)
+            elif kind == "orphan":
+                out.append(Hangup(key.partition("\x00")[2]))
             else:
                 agent = self.agents.get(key.partition("\x00")[0])
                 if agent is not None:

@@ -876,3 +876,31 @@ def test_agent_leg_timeouts_follow_the_legs():
     assert _agent(core, "a3").status is AgentStatus.CONNECTING and core.next_deadline() == 430.0
     core.handle(AgentConnected("a3"), 405.0)
     assert core.next_deadline() is None and _agent(core, "a3").status is AgentStatus.READY
+
+
+def test_a_customer_left_alone_when_the_agent_leg_drops_is_hung_up_after_a_grace():
+    # Asterisk ends the customer (end_marked) when the agent's leg leaves; a customer who joined the room just
+    # after the leg left (past the dialplan's room check) would wait there in silence: the core hangs it up.
+    core = make(agents=("a1", "a2"))
+    o1, o2 = of(core.tick(1.0), Originate)
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 1.5)
+    assert of(core.handle(CallAnswered(o1.call_id), 2.0), ConnectToAgent) == [ConnectToAgent(o1.call_id, "a1")]
+    assert not of(core.handle(AgentDisconnected("a1"), 30.0), Hangup)  # PBX's own end comes first, normally
+    grace = core.config.orphan_hangup_s
+    assert not of(core.tick(30.0 + grace - 0.1), Hangup)
+    assert of(core.tick(30.0 + grace), Hangup) == [Hangup(o1.call_id)]
+    assert not of(core.tick(40.0), Hangup)  # once
+    (rec,) = of(core.handle(CallEnded(o1.call_id, 16), 40.5), RecordAttempt)
+    assert rec.attempt.outcome is Outcome.CONNECTED and rec.attempt.agent_id == "a1"
+    # The PBX ended the customer itself: nothing to hang up. The room found empty: the message plays on.
+    core.handle(AgentState("a2", AgentStatus.READY), 41.0)
+    assert of(core.handle(CallAnswered(o2.call_id), 41.5), ConnectToAgent) == [ConnectToAgent(o2.call_id, "a2")]
+    core.handle(AgentDisconnected("a2"), 60.0)
+    core.handle(CallEnded(o2.call_id, 16), 60.01)
+    assert not of(core.tick(70.0), Hangup)
+    core.handle(AgentConnected("a1"), 71.0)
+    (o3, *_) = of(core.tick(72.0), Originate)
+    assert of(core.handle(CallAnswered(o3.call_id), 73.0), ConnectToAgent) == [ConnectToAgent(o3.call_id, "a1")]
+    core.handle(AgentDisconnected("a1"), 73.05)
+    core.handle(AgentMissing(o3.call_id, "a1"), 73.1)
+    assert Hangup(o3.call_id) not in core.tick(90.0)
