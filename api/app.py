@@ -57,7 +57,6 @@ from dialer.events import (
     AgentLogin,
     AgentLogout,
     AgentState,
-    CampaignControl,
     Disposition,
     DncAdd,
     LeadRemoved,
@@ -78,11 +77,10 @@ from dialer.leads import (
     parse_csv_block,
 )
 from dialer.leads import normalise_phone as lead_phone
-from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome
+from dialer.model import AgentStatus, Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignBusy
 from dialer.runtime import Runtime
 from pacing.registry import STRATEGIES
-from pacing.snapshot import PacingCaps
 
 log = logging.getLogger("marcador.api")
 
@@ -92,7 +90,6 @@ _DIALPLAN_RESERVED = frozenset({"h", "i"})
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # a line with its end, or a last one without
-_PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
 LEAD_BATCH = 5000
 # Uploads of at least this many bytes are parsed in worker processes, in blocks of this many records.
 POOL_MIN_BYTES = 64 * 1024
@@ -477,11 +474,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     app.state.idempotency = idem
     v1 = APIRouter(prefix="/api/v1")
 
-    def _campaign_out(settings: CampaignSettings) -> CampaignOut:
-        camp = runtime.core.campaigns.get(settings.campaign_id)
-        status = camp.status.value if camp else "created"
+    def _campaign_out(settings: CampaignSettings, status: CampaignStatus | None) -> CampaignOut:
         data = {k: getattr(settings, k) for k in CampaignIn.model_fields}
-        return CampaignOut(**data, status=status)
+        return CampaignOut(**data, status=(status or CampaignStatus.CREATED).value)
 
     def _check_with_core(settings: CampaignSettings) -> None:
         """The core's own checks (rule set, dispositions, hopper rules), on a scratch core: nothing half-saved."""
@@ -505,15 +500,18 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         _check_with_core(body.settings())
         if not await runtime.create_campaign(body.settings()):  # another create of the id won meanwhile
             raise HTTPException(409, f"campaign {body.campaign_id!r} already exists")
-        return _campaign_out(body.settings())
+        return _campaign_out(body.settings(), CampaignStatus.CREATED)
 
     @v1.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
     async def list_campaigns(_: Reader) -> list[CampaignOut]:
-        return [_campaign_out(s) for s in await runtime.store.list_campaigns()]
+        stored = await runtime.store.list_campaigns()
+        statuses = await runtime.campaign_statuses()
+        return [_campaign_out(s, statuses.get(s.campaign_id)) for s in stored]
 
     @v1.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
     async def read_campaign(campaign_id: str, _: Reader) -> CampaignOut:
-        return _campaign_out(await _settings(campaign_id))
+        settings = await _settings(campaign_id)
+        return _campaign_out(settings, await runtime.campaign_status(campaign_id))
 
     # One PATCH of a campaign at a time on this node (the core takes the settings in the store's order); across
     # nodes the store's update_campaign is atomic: an edit made from a definition another node changed meanwhile
@@ -543,30 +541,30 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         return settings
 
     async def _update_campaign(campaign_id: str, patch: CampaignPatch) -> CampaignOut:
+        # Written with a compare-and-set and the campaign version moved (the other nodes reload it within about a
+        # second), then applied to this node's core at once.
         try:
-            done = await runtime.store.update_campaign(campaign_id, lambda current: _patched(current, patch))
+            done = await runtime.update_campaign(campaign_id, lambda current: _patched(current, patch))
         except CampaignBusy as exc:
             raise HTTPException(409, f"{exc}: try the PATCH again") from None
         if done is None:
             raise HTTPException(404, f"campaign {campaign_id!r} not found")
-        current, settings = done
-        runtime.core.add_campaign(settings)  # an existing campaign takes the new settings
-        if settings.strategy != PREVIEW and any(getattr(current, f) != getattr(settings, f) for f in _PACING_FIELDS):
-            caps = PacingCaps(max_lines=settings.max_lines, max_lines_per_agent=settings.max_lines_per_agent,
-                              max_calls_per_s=settings.max_calls_per_s, abandon_target=settings.abandon_target)
-            runtime.core.set_strategy(campaign_id, runtime.core.config.strategy_factory(settings.strategy, caps))
-        return _campaign_out(settings)
+        return _campaign_out(done[1], await runtime.campaign_status(campaign_id))
 
     def _control(action: Literal["start", "pause", "stop"]) -> Any:
         async def control(campaign_id: str, _: Controller) -> dict[str, str]:
-            await _settings(campaign_id)
-            camp = runtime.core.campaigns.get(campaign_id)
-            status = camp.status.value if camp is not None else "created"
+            before = await runtime.campaign_status(campaign_id)
+            if before is None:
+                raise HTTPException(404, f"campaign {campaign_id!r} not found")
+            status = before.value
             if action == "pause" and status in ("created", "stopped"):
                 # It answered 200 "requested" and nothing happened: the integrator believed it paused.
                 raise HTTPException(409, f"campaign {campaign_id} is {status}: only a running campaign can be "
                                          "paused (stop it to end it, start it to dial)")
-            runtime.submit(CampaignControl(campaign_id, action))
+            # The status is kept in the store for every node (each takes it within about a second), then this
+            # node's core takes it at once.
+            if not await runtime.control_campaign(campaign_id, action):
+                raise HTTPException(404, f"campaign {campaign_id!r} not found")
             return {"campaign_id": campaign_id, "requested": action, "status_before": status}
 
         control.__name__ = f"{action}_campaign"

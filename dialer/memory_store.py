@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignChange
 
 # A waiting lead packed in one tuple: (id, phone or phones, custom field pairs or None, country, zone, amount,
@@ -42,6 +42,8 @@ class _CampaignLeads:
 class InMemoryStore:
     def __init__(self) -> None:
         self._campaigns: dict[str, CampaignSettings] = {}
+        self._status: dict[str, CampaignStatus] = {}  # campaign id -> status asked (absent: CREATED)
+        self._campaign_version = 0
         self._leads: dict[str, _CampaignLeads] = {}
         self._attempts: dict[str, Attempt] = {}
         # (dialed_at, call_id) of every attempt, sorted, and of each campaign's: a page is two bisects and a slice.
@@ -55,6 +57,7 @@ class InMemoryStore:
     async def save_campaign(self, settings: CampaignSettings) -> None:
         self._campaigns[settings.campaign_id] = replace(settings)
         self._leads.setdefault(settings.campaign_id, _CampaignLeads())
+        self._campaign_version += 1
 
     async def create_campaign(self, settings: CampaignSettings) -> bool:
         if settings.campaign_id in self._campaigns:  # no await between the check and the write: atomic here
@@ -74,10 +77,30 @@ class InMemoryStore:
         before = replace(found)
         after = change(replace(found))
         self._campaigns[campaign_id] = replace(after)
+        self._campaign_version += 1
         return before, replace(after)
 
     async def list_campaigns(self) -> list[CampaignSettings]:
         return [replace(c) for c in self._campaigns.values()]
+
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+        if campaign_id not in self._campaigns:
+            return None
+        before = self._status.get(campaign_id, CampaignStatus.CREATED)
+        self._status[campaign_id] = CampaignStatus(status)
+        self._campaign_version += 1
+        return before
+
+    async def campaign_status(self, campaign_id: str) -> CampaignStatus | None:
+        if campaign_id not in self._campaigns:
+            return None
+        return self._status.get(campaign_id, CampaignStatus.CREATED)
+
+    async def campaign_statuses(self) -> dict[str, CampaignStatus]:
+        return {cid: self._status.get(cid, CampaignStatus.CREATED) for cid in self._campaigns}
+
+    async def campaign_version(self) -> int:
+        return self._campaign_version
 
     def _bucket(self, campaign_id: str) -> _CampaignLeads:
         try:

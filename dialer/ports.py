@@ -17,7 +17,7 @@ from dialer.commands import (
     PlayAbandonMessage,
 )
 from dialer.events import Event
-from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 
 TelephonyCommand = Originate | ConnectToAgent | PlayAbandonMessage | Hangup | OriginateAgentLeg | HangupAgentLeg
 TELEPHONY_COMMANDS = (Originate, ConnectToAgent, PlayAbandonMessage, Hangup, OriginateAgentLeg, HangupAgentLeg)
@@ -74,6 +74,25 @@ class Store(Protocol):
         ...
 
     async def list_campaigns(self) -> list[CampaignSettings]: ...
+
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+        """Keep the status asked of the campaign (start, pause, stop through any node's API): every node's runtime
+        brings its own core to it. Returns the status kept before (CREATED if none was), None (nothing written)
+        if there is no such campaign. Moves `campaign_version` once written."""
+        ...
+
+    async def campaign_status(self, campaign_id: str) -> CampaignStatus | None:
+        """The status kept for the campaign (CREATED if none was ever asked), None if there is no such campaign."""
+        ...
+
+    async def campaign_statuses(self) -> dict[str, CampaignStatus]:
+        """Every campaign's kept status (CREATED if none was ever asked)."""
+        ...
+
+    async def campaign_version(self) -> int:
+        """A counter moved after every campaign create, edit (update_campaign) and status change has been written:
+        a node that reads a new version, then the campaigns, reads that change."""
+        ...
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         """Add leads; a lead id already present in the campaign is left as it is. Returns how many were new."""

@@ -306,3 +306,13 @@ if current ~= ARGV[1] then return current end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
+
+# The status asked of a campaign (start/pause/stop through any node), kept beside its definition.
+# KEYS: def, status ; ARGV: the status
+# Returns the status kept before ('created' if none was), or false (no such campaign; nothing written).
+CAMPAIGN_STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local before = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[1])
+return before or 'created'
+"""

@@ -41,6 +41,8 @@ keys in one Cluster slot, so the scripts can touch them together):
 
     <p>campaigns                 zset  campaign id -> order of first save (<p>campaign_seq counts saves)
     <p>{c:<id>}:def              string  CampaignSettings as JSON (an edit: compare-and-set on its text, CAMPAIGN_CAS)
+    <p>{c:<id>}:status           string  the status asked (running, paused, stopped; absent: created)
+    <p>campaigns:ver             counter moved after every campaign create, edit and status change (nodes poll it)
     <p>{c:<id>}:leads            hash  lead id -> lead JSON (kept after the lead is done: its id stays taken)
     <p>{c:<id>}:hopper           zset  lead id -> -priority·2^40 + arrival
     <p>{c:<id>}:sched            zset  lead id -> next eligible time ; :sched_score hash lead id -> hopper score
@@ -81,7 +83,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from dialer import redis_scripts as lua
-from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignBusy, CampaignChange
 
 log = logging.getLogger("marcador.store.redis")
@@ -160,6 +162,16 @@ def _campaign_from(raw: str) -> CampaignSettings:
     return CampaignSettings(**{k: v for k, v in json.loads(raw).items() if k in _CAMPAIGN_FIELDS})
 
 
+def _status_from(raw: Any) -> CampaignStatus:
+    """A kept status; none kept, or one this release does not know (a newer node's), is CREATED: no dialing."""
+    if raw is None:
+        return CampaignStatus.CREATED
+    try:
+        return CampaignStatus(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return CampaignStatus.CREATED
+
+
 class RedisStore:
     """The store port on Redis. One instance per node; `node_id` names the lease owner."""
 
@@ -207,6 +219,7 @@ class RedisStore:
         self._s_did = client.register_script(lua.DID_TAKE)
         self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
         self._s_campaign_cas = client.register_script(lua.CAMPAIGN_CAS)
+        self._s_campaign_status = client.register_script(lua.CAMPAIGN_STATUS)
 
     @property
     def client(self) -> RedisClient:
@@ -266,7 +279,13 @@ class RedisStore:
             return False
         order = await self._r.incr(self._g("campaign_seq"))
         await self._r.zadd(self._g("campaigns"), {cid: order}, nx=True)
+        await self._bump_campaigns()
         return True
+
+    async def _bump_campaigns(self) -> None:
+        """After a campaign write: the version other nodes poll moves only once the change is in (the version is
+        global and the campaign's keys are in its own Cluster slot, so it cannot be moved in the same script)."""
+        await self._r.incr(self._g("campaigns:ver"))
 
     async def get_campaign(self, campaign_id: str) -> CampaignSettings | None:
         await self._ensure()
@@ -297,6 +316,7 @@ class RedisStore:
                 after = change(_campaign_from(str(raw)))
                 reply = await self._s_campaign_cas(keys=[key], args=[raw, json.dumps(dataclasses.asdict(after))])
                 if reply == 1:
+                    await self._bump_campaigns()
                     return before, after
                 raw = reply  # the definition stored now (None: the campaign is gone)
         raise CampaignBusy(f"campaign {campaign_id!r}: changed by other writers during each of {_UPDATE_TRIES} "
@@ -314,6 +334,36 @@ class RedisStore:
         for cid in ids:
             pipe.get(self._k(cid, "def"))
         return [_campaign_from(raw) for raw in await pipe.execute() if raw is not None]
+
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+        await self._ensure()
+        keys = [self._k(campaign_id, "def"), self._k(campaign_id, "status")]
+        before = await self._s_campaign_status(keys=keys, args=[CampaignStatus(status).value])
+        if before is None:
+            return None
+        await self._bump_campaigns()
+        return _status_from(before)
+
+    async def campaign_status(self, campaign_id: str) -> CampaignStatus | None:
+        await self._ensure()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.exists(self._k(campaign_id, "def"))
+        pipe.get(self._k(campaign_id, "status"))
+        exists, raw = await pipe.execute()
+        return _status_from(raw) if exists else None
+
+    async def campaign_statuses(self) -> dict[str, CampaignStatus]:
+        ids = await self.campaign_ids()
+        if not ids:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.get(self._k(cid, "status"))
+        return {cid: _status_from(raw) for cid, raw in zip(ids, await pipe.execute(), strict=True)}
+
+    async def campaign_version(self) -> int:
+        await self._ensure()
+        return int(await self._r.get(self._g("campaigns:ver")) or 0)
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         return await self.add_leads_at(campaign_id, leads)

@@ -12,6 +12,10 @@ record has landed, so every call a PBX sees has its record, even if this node is
 a dial whose record cannot land promptly is not made (the call ends `lost`, the lead goes back).
 Every `shared_abandon_interval_s`, and after a reconnect, the campaign-wide abandon counts go to the core
 (`SharedAbandon`) so each node's pacer aims against the whole campaign.
+
+Campaigns are campaign-wide: their definitions and the status asked of them (start, pause, stop, through any
+node's API) live in the store, and every `campaign_sync_interval_s` each node reads the store's campaign version
+and, when it moved, brings its core to the stored campaigns (`apply_campaign`, `CampaignControl`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
 from dialer.compliance import DebtorHistory
-from dialer.core import DialerCore
+from dialer.core import PREVIEW, DialerCore
 from dialer.events import (
     AgentLogin,
     CallFailed,
@@ -40,8 +44,9 @@ from dialer.events import (
     StoreLink,
 )
 from dialer.logs import mask_number
-from dialer.model import Attempt, CampaignSettings, Lead, Outcome
-from dialer.ports import TELEPHONY_COMMANDS, Store, Telephony
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.ports import TELEPHONY_COMMANDS, CampaignChange, Store, Telephony
+from pacing.snapshot import PacingCaps
 
 log = logging.getLogger("marcador.runtime")
 
@@ -49,6 +54,10 @@ Subscriber = Callable[[Emit], None]
 _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
 _UNSERVED = ("dialing", "ringing", "waiting")  # call states with no agent on the line (dialer.core.Call)
 HANGUP_WAIT_S = 3.0
+# Settings a campaign's pacer is built from: a change of one of them gives the campaign a new strategy.
+PACING_FIELDS = ("strategy", "abandon_target", "max_lines", "max_lines_per_agent", "max_calls_per_s")
+_CONTROL: dict[str, CampaignStatus] = {"start": CampaignStatus.RUNNING, "pause": CampaignStatus.PAUSED,
+                                       "stop": CampaignStatus.STOPPED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,12 @@ class RuntimeConfig:
     # shared stores: how often the debtors a node holds have their histories read again (another node's call to
     # one of them, in another campaign, counts against the caps here within this)
     history_sync_interval_s: float = 5.0
+    # how often the store's campaign version is read (the campaigns reloaded if it moved): an edit or a start,
+    # pause or stop made through another node reaches this one within this
+    campaign_sync_interval_s: float = 1.0
+    # the campaigns are reloaded this often even if the version did not move (a node that died between a write
+    # and its version bump left the change unannounced)
+    campaign_full_sync_s: float = 30.0
     abandon_window_s: float | None = 30 * 86400.0  # the window those counts cover (None: campaign to date)
     # A dial whose record has not landed this long after the decision is not made (keep it well under the lease
     # TTL: a lease that lapsed meanwhile may have gone to another node).
@@ -111,12 +126,22 @@ class Runtime:
         self._dnc_version: int | None = None  # the shared DNC lists' version last loaded into the core
         self._dnc_campaigns: frozenset[str] = frozenset()  # the campaigns whose lists that load read
         self._logins_queued: Counter[str] = Counter()  # agent id → AgentLogin events submitted, not yet handled
+        # The stored campaigns as this node's core last took them: a reload applies only what differs. The lock
+        # keeps this node's store write and core update of a campaign (API) and a reload from interleaving, so
+        # an older definition read by a reload never lands after a newer one written here.
+        self._campaign_lock = asyncio.Lock()
+        self._campaign_version: int | None = None
+        self._campaign_synced_at = float("-inf")  # time.monotonic() of the last full reload
+        self._settings_applied: dict[str, CampaignSettings] = {}
+        self._status_applied: dict[str, CampaignStatus] = {}
+        self._halted = False  # draining or stopping: stored statuses no longer restart what was stopped here
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        for settings in await self.store.list_campaigns():
-            self.core.add_campaign(settings)
+        # Each stored campaign with its stored status: a node joining (or restarting into) a running campaign
+        # dials it for its agents; a paused or stopped one stays so.
+        await self._sync_campaigns(force=True)
         self._running = True
         self._tasks = [
             asyncio.create_task(self._loop(), name="marcador-core"),
@@ -132,10 +157,13 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._dnc_sync(), name="marcador-dnc-sync"))
         if callable(getattr(self.store, "debtor_histories", None)):
             self._tasks.append(asyncio.create_task(self._history_sync(), name="marcador-history-sync"))
+        self._tasks.append(asyncio.create_task(self._campaign_sync(), name="marcador-campaign-sync"))
         await self.telephony.start(self.submit)
 
     def _halt_dialing(self) -> None:
-        """Running campaigns stop: buffered leads go back to the store untouched, calls up go on to their end."""
+        """Running campaigns stop: buffered leads go back to the store untouched, calls up go on to their end.
+        On this node only: the campaign's stored status is left as it is, for the other nodes."""
+        self._halted = True
         for cid, camp in list(self.core.campaigns.items()):
             if camp.status.value == "running":
                 try:
@@ -215,10 +243,69 @@ class Runtime:
 
     async def create_campaign(self, settings: CampaignSettings) -> bool:
         """Create a campaign: False, and nothing changed, if its id is taken (another create may have just won)."""
-        if not await self.store.create_campaign(settings):
+        async with self._campaign_lock:
+            if not await self.store.create_campaign(settings):
+                return False
+            self.apply_campaign(settings)
+            return True
+
+    def apply_campaign(self, settings: CampaignSettings) -> bool:
+        """Stored settings → this node's core: a campaign new here is added; a known one takes the new settings,
+        and a new pacing strategy if a pacing field changed. The one way settings reach the core (a PATCH through
+        this node, a reload of what other nodes wrote, the node's start). False if there was nothing to change.
+        A ValueError (the core refuses the settings) leaves the campaign as it was."""
+        cid = settings.campaign_id
+        known = self.core.campaigns.get(cid)
+        previous = self._settings_applied.get(cid)
+        if known is not None and previous == settings:
             return False
-        self.core.add_campaign(settings)
+        if previous is None and known is not None:
+            previous = known.settings  # added to the core by other means (the core's own copy, rule-set bound)
+        self.core.add_campaign(settings)  # an existing campaign takes the new settings
+        self._settings_applied[cid] = settings
+        if known is not None and previous is not None and settings.strategy != PREVIEW and \
+                any(getattr(previous, f) != getattr(settings, f) for f in PACING_FIELDS):
+            caps = PacingCaps(max_lines=settings.max_lines, max_lines_per_agent=settings.max_lines_per_agent,
+                              max_calls_per_s=settings.max_calls_per_s, abandon_target=settings.abandon_target)
+            self.core.set_strategy(cid, self.core.config.strategy_factory(settings.strategy, caps))
         return True
+
+    async def update_campaign(self, campaign_id: str,
+                              change: CampaignChange) -> tuple[CampaignSettings, CampaignSettings] | None:
+        """Edit a stored campaign atomically across nodes (`Store.update_campaign`, which also moves the campaign
+        version), then apply it here at once; the other nodes take it at their next reload."""
+        async with self._campaign_lock:
+            done = await self.store.update_campaign(campaign_id, change)
+            if done is not None:
+                self.apply_campaign(done[1])
+            return done
+
+    async def campaign_status(self, campaign_id: str) -> CampaignStatus | None:
+        """The campaign's status: the one asked of it campaign-wide (kept in the store), or this node's own if none
+        was kept yet (a campaign started here by other means than `control_campaign`). None: no such campaign."""
+        stored = await self.store.campaign_status(campaign_id)
+        return None if stored is None else self._status_seen(campaign_id, stored)
+
+    async def campaign_statuses(self) -> dict[str, CampaignStatus]:
+        return {cid: self._status_seen(cid, st) for cid, st in (await self.store.campaign_statuses()).items()}
+
+    def _status_seen(self, campaign_id: str, stored: CampaignStatus) -> CampaignStatus:
+        camp = self.core.campaigns.get(campaign_id)
+        if stored is CampaignStatus.CREATED and camp is not None:
+            return camp.status
+        return stored
+
+    async def control_campaign(self, campaign_id: str, action: str) -> bool:
+        """Start, pause or stop a campaign on every node: the status is written to the store (and the campaign
+        version moved), then this node's core takes it at once; the others at their next reload. False if there
+        is no such campaign (nothing done)."""
+        status = _CONTROL[action]
+        async with self._campaign_lock:
+            if await self.store.set_campaign_status(campaign_id, status) is None:
+                return False
+            self._status_applied[campaign_id] = status
+            self.submit(CampaignControl(campaign_id, action))  # type: ignore[arg-type]
+            return True
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         added = await self.store.add_leads(campaign_id, leads)
@@ -540,6 +627,64 @@ class Runtime:
         for cid, numbers in lists.items():
             self.submit(DncSnapshot(cid, frozenset(numbers), taken_at))
         self._dnc_version, self._dnc_campaigns = version, campaigns
+
+    async def _campaign_sync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.campaign_sync_interval_s)
+            if not self.store_up:
+                self._campaign_version = None  # after an outage: reload whatever the version says
+                continue
+            try:
+                full = time.monotonic() - self._campaign_synced_at >= self.config.campaign_full_sync_s
+                await self._sync_campaigns(force=full)
+            except Exception as exc:
+                # Dialing goes on with the campaigns as they are here; the store's own failure handling decides.
+                log.warning("campaigns unreadable", extra={"fields": {"error": type(exc).__name__}})
+                self._campaign_version = None
+                await self._store_failed()
+
+    async def _sync_campaigns(self, *, force: bool = False) -> None:
+        """The stored campaigns → this node's core, when the store's campaign version moved (or `force`): a
+        campaign new here is added, changed settings are applied (`apply_campaign`), and a stored status this
+        node has not acted on yet is submitted as `CampaignControl` where it changes what the core does."""
+        async with self._campaign_lock:
+            version = await self.store.campaign_version()  # before the reads: a change behind it is read below
+            if version == self._campaign_version and not force:
+                return
+            stored = await self.store.list_campaigns()
+            statuses = await self.store.campaign_statuses()
+            for settings in stored:
+                cid = settings.campaign_id
+                try:
+                    self.apply_campaign(settings)
+                except ValueError as exc:  # a definition this node's core refuses (e.g. an older release)
+                    log.error("stored campaign refused by the core", extra={"fields": {"campaign_id": cid,
+                                                                                       "error": str(exc)[:200]}})
+                    continue
+                self._apply_status(cid, statuses.get(cid, CampaignStatus.CREATED))
+            self._campaign_version = version
+            if force:
+                self._campaign_synced_at = time.monotonic()
+
+    def _apply_status(self, campaign_id: str, status: CampaignStatus) -> None:
+        """A stored status this node has not acted on → its core, when it would change what the core does. A
+        paused campaign this node never ran stays as it is (not dialing); while the node drains or stops, its
+        halt stands."""
+        if self._halted or self._status_applied.get(campaign_id, CampaignStatus.CREATED) is status:
+            return
+        self._status_applied[campaign_id] = status
+        local = self.core.campaigns[campaign_id].status
+        action: str | None = None
+        if status is CampaignStatus.RUNNING and local is not CampaignStatus.RUNNING:
+            action = "start"
+        elif status is CampaignStatus.PAUSED and local is CampaignStatus.RUNNING:
+            action = "pause"
+        elif status is CampaignStatus.STOPPED and local is not CampaignStatus.STOPPED:
+            action = "stop"
+        if action is not None:
+            log.info("campaign status from the store", extra={"fields": {"campaign_id": campaign_id,
+                                                                         "status": status.value}})
+            self.submit(CampaignControl(campaign_id, action))  # type: ignore[arg-type]
 
     async def _history_sync(self) -> None:
         while True:

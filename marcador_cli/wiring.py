@@ -21,7 +21,7 @@ from ami_bridge.telephony import AmiTelephony
 from api.app import create_app
 from config.settings import MarcadorSettings
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import AgentLogin, CampaignControl
+from dialer.events import AgentLogin
 from dialer.memory_store import InMemoryStore
 from dialer.model import CampaignSettings, Lead
 from dialer.ports import Store
@@ -78,7 +78,7 @@ async def start_demo(runtime: Runtime, settings: MarcadorSettings) -> None:
     prefix = "" if isinstance(runtime.store, InMemoryStore) else f"{settings.node_id}-"
     for i in range(demo.agents):
         runtime.submit(AgentLogin(f"{prefix}demo{i + 1:02d}"))
-    runtime.submit(CampaignControl(DEMO_CAMPAIGN, "start"))
+    await runtime.control_campaign(DEMO_CAMPAIGN, "start")  # on every node sharing the store
 
 
 async def open_checked_store(url: str, node_id: str) -> Store:
@@ -171,12 +171,12 @@ async def join_campaign(runtime: Runtime, campaign: CampaignSettings, agent_ids:
     if stored is None and not await runtime.create_campaign(campaign):
         stored = await runtime.store.get_campaign(campaign.campaign_id)  # another node created it meanwhile
     if stored is not None and campaign.campaign_id not in runtime.core.campaigns:
-        runtime.core.add_campaign(stored)  # created by another node after this one started
+        runtime.apply_campaign(stored)  # created by another node after this one started
     if leads:
         await runtime.add_leads(campaign.campaign_id, leads)
     for agent_id in agent_ids:
         runtime.submit(AgentLogin(agent_id, frozenset({campaign.campaign_id})))
-    runtime.submit(CampaignControl(campaign.campaign_id, "start"))
+    await runtime.control_campaign(campaign.campaign_id, "start")  # kept in the store: running on every node
 
 
 async def run_node(opts: NodeOptions, stop: asyncio.Event | None = None) -> None:

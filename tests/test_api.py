@@ -21,7 +21,7 @@ from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
-from dialer.model import Attempt, CampaignSettings, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Outcome
 from dialer.ports import CampaignBusy, CampaignChange
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
@@ -1014,3 +1014,174 @@ async def test_a_patch_outrun_by_other_nodes_at_every_try_is_a_409_naming_why() 
         assert (await env.api.get("/api/v1/campaigns/c1")).json()["name"] == "Q"
         env.store.busy = False
         assert (await env.api.patch("/api/v1/campaigns/c1", json={"name": "R"})).json()["name"] == "R"
+
+
+# ------------------------------------------------------------------ campaign settings and status on every node
+
+
+@dataclass
+class Node:
+    runtime: Runtime
+    pbx: ScriptedPbx
+    api: httpx.AsyncClient
+
+
+@asynccontextmanager
+async def two_nodes(server: RedisServer, *, start_b: bool = True) -> AsyncIterator[tuple[Node, Any]]:
+    """Nodes n1 and n2 on one Redis (a fresh key prefix), each with its own PBX stand-in and API. Yields n1 and a
+    coroutine function giving n2 (started at once unless `start_b` is False: then when the test calls it)."""
+    prefix = f"t{os.urandom(5).hex()}:"
+    nodes: list[Node] = []
+    stack: list[Any] = []
+
+    async def node(name: str) -> Node:
+        store = open_store(f"{server.url}?prefix={prefix}&lease_ttl=30", node_id=name)
+        pbx = ScriptedPbx()
+        runtime = Runtime(DialerCore(CoreConfig(id_prefix=name)), store, pbx, RuntimeConfig(tick_interval_s=0.02))
+        await runtime.start()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://test")
+        stack.append(client)
+        nodes.append(Node(runtime, pbx, client))
+        return nodes[-1]
+
+    try:
+        first = await node("n1")
+        second = await node("n2") if start_b else None
+
+        async def get_b() -> Node:
+            return second if second is not None else await node("n2")
+
+        yield first, get_b
+    finally:
+        for client in stack:
+            await client.aclose()
+        for n in nodes:
+            await n.runtime.stop()
+
+
+def busy_rows(n: int) -> list[dict[str, Any]]:
+    """Leads whose numbers the stand-in PBX answers busy: a ready agent keeps its node dialing, call after call."""
+    return [co_row(i, last=2) for i in range(n)]
+
+
+async def until(check: Any, timeout_s: float = 4.0) -> float:
+    """Wait until `check()` holds; the seconds it took (fails after `timeout_s`)."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout_s, "not within the time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.mark.redis
+async def test_a_pause_through_one_node_stops_the_other_nodes_dialing(redis_server: RedisServer) -> None:
+    """start/pause reached only the core of the node whose API took them: a campaign paused through one node (a
+    complaint, a compliance stop) went on being dialed by every other node."""
+    async with two_nodes(redis_server, start_b=False) as (a, get_b):
+        await make_campaign(a.api)
+        assert (await a.api.post("/api/v1/campaigns/c1/leads", json=busy_rows(3000))).json()["new"] == 3000
+        b = await get_b()  # started after the create: it knows the campaign from the store
+        assert (await b.api.post("/api/v1/agents/b1/login", json={})).status_code == 202  # b's agent only
+        assert (await b.api.post("/api/v1/campaigns/c1/start")).status_code == 200  # through b's own API
+        await until(lambda: len(b.pbx.originated) >= 5)
+
+        r = await a.api.post("/api/v1/campaigns/c1/pause")
+        assert r.status_code == 200 and r.json()["status_before"] == "running"
+        assert await until(lambda: b.runtime.core.campaigns["c1"].status.value == "paused") < 3.0
+        await asyncio.sleep(0.3)  # what was dialed before the pause ends
+        dialed = len(b.pbx.originated)
+        await asyncio.sleep(1.5)
+        assert len(b.pbx.originated) == dialed  # nothing new dialed on b since it took the pause
+        for api in (a.api, b.api):
+            assert (await api.get("/api/v1/campaigns/c1")).json()["status"] == "paused"
+
+        assert (await b.api.post("/api/v1/campaigns/c1/stop")).status_code == 200  # through b: a takes it too
+        assert await until(lambda: a.runtime.core.campaigns["c1"].status.value == "stopped") < 3.0
+        r = await a.api.post("/api/v1/campaigns/c1/pause")
+        assert r.status_code == 409 and "is stopped" in r.json()["detail"]
+
+
+@pytest.mark.redis
+async def test_a_start_through_one_node_starts_the_other_nodes_dialing(redis_server: RedisServer) -> None:
+    async with two_nodes(redis_server) as (a, get_b):
+        b = await get_b()
+        await make_campaign(a.api)
+        assert (await a.api.post("/api/v1/campaigns/c1/leads", json=busy_rows(3000))).json()["new"] == 3000
+        assert (await b.api.post("/api/v1/agents/b1/login", json={})).status_code == 202  # b's agent only
+        r = await a.api.post("/api/v1/campaigns/c1/start")
+        assert r.status_code == 200 and r.json()["status_before"] == "created"
+        assert await until(lambda: len(b.pbx.originated) >= 5) < 3.0  # within b's campaign sync
+        assert (await b.api.get("/api/v1/campaigns/c1")).json()["status"] == "running"
+        assert (await a.api.post("/api/v1/campaigns/c1/pause")).status_code == 200
+        await until(lambda: b.runtime.core.campaigns["c1"].status.value == "paused")
+        dialed = len(b.pbx.originated)
+        assert (await a.api.post("/api/v1/campaigns/c1/start")).json()["status_before"] == "paused"
+        assert await until(lambda: len(b.pbx.originated) > dialed + 5) < 3.0
+
+
+@pytest.mark.redis
+async def test_a_patch_through_one_node_reaches_the_other_nodes_core(redis_server: RedisServer) -> None:
+    """A PATCH was applied to its own node's core only: the others kept the old calling window, abandon target,
+    DID pool or pacing until they restarted. A campaign created through one node reaches the other too."""
+    async with two_nodes(redis_server) as (a, get_b):
+        b = await get_b()
+        await make_campaign(a.api, strategy="erlang")
+        assert await until(lambda: "c1" in b.runtime.core.campaigns) < 3.0  # created elsewhere: known here
+        strategy_before = b.runtime.core.campaigns["c1"].strategy
+        patch = {"abandon_target": 0.012, "max_lines": 7, "did_pool": ["+573001110000"],
+                 "rule_overrides": {"window_start": "10:00"}}
+        r = await a.api.patch("/api/v1/campaigns/c1", json=patch)
+        assert r.status_code == 200, r.text
+        settings = a.runtime.core.campaigns["c1"].settings
+        assert (settings.abandon_target, settings.max_lines) == (0.012, 7)
+
+        def taken() -> bool:
+            s = b.runtime.core.campaigns["c1"].settings
+            return (s.abandon_target, s.max_lines, s.did_pool) == (0.012, 7, ["+573001110000"])
+
+        assert await until(taken) < 3.0
+        camp = b.runtime.core.campaigns["c1"]
+        assert camp.strategy is not strategy_before  # a pacing field changed: a new pacer, as on the PATCH's node
+        assert camp.pool is not None and camp.settings.rule_overrides == {"window_start": "10:00"}
+        assert camp.rule_set == a.runtime.core.campaigns["c1"].rule_set
+        # An edit made through b comes back to a the same way.
+        assert (await b.api.patch("/api/v1/campaigns/c1", json={"max_lines": 9})).status_code == 200
+        assert await until(lambda: a.runtime.core.campaigns["c1"].settings.max_lines == 9) < 3.0
+
+
+@pytest.mark.redis
+async def test_a_node_started_after_a_pause_keeps_the_campaign_paused(redis_server: RedisServer) -> None:
+    """The status was not stored: a node started (or restarted) into a paused campaign showed it created, and one
+    started into a running campaign never dialed it until a start went through its own API."""
+    async with two_nodes(redis_server, start_b=False) as (a, get_b):
+        await make_campaign(a.api)
+        await make_campaign(a.api, "c2")
+        for cid in ("c1", "c2"):
+            assert (await a.api.post(f"/api/v1/campaigns/{cid}/leads", json=busy_rows(500))).status_code == 200
+            assert (await a.api.post(f"/api/v1/campaigns/{cid}/start")).status_code == 200
+        assert (await a.api.post("/api/v1/campaigns/c1/pause")).status_code == 200
+        b = await get_b()
+        assert (await b.api.get("/api/v1/campaigns/c1")).json()["status"] == "paused"
+        assert (await b.api.get("/api/v1/campaigns/c2")).json()["status"] == "running"
+        assert (await b.api.post("/api/v1/agents/b1/login", json={"campaigns": ["c1"]})).status_code == 202
+        assert (await b.api.post("/api/v1/agents/b2/login", json={"campaigns": ["c2"]})).status_code == 202
+        await until(lambda: any(call.startswith("n2") for call in b.pbx.originated))  # c2 is dialed here
+        await asyncio.sleep(1.5)
+        dialed = await b.runtime.attempts("c1")
+        assert [x for x in dialed if x.call_id.startswith("n2")] == []  # c1 is not
+        assert b.runtime.core.campaigns["c1"].status.value != "running"
+        assert (await a.api.post("/api/v1/campaigns/c1/start")).status_code == 200
+        await until(lambda: b.runtime.core.campaigns["c1"].status.value == "running", 3.0)
+
+
+async def test_one_node_in_memory_keeps_the_status_it_was_asked() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        assert (await env.api.get("/api/v1/campaigns/c1")).json()["status"] == "created"
+        assert (await env.api.post("/api/v1/campaigns/c1/start")).status_code == 200
+        assert await env.store.campaign_status("c1") is CampaignStatus.RUNNING
+        assert (await env.api.get("/api/v1/campaigns")).json()[0]["status"] == "running"
+        assert (await env.api.post("/api/v1/campaigns/c1/pause")).status_code == 200
+        await until(lambda: env.runtime.core.campaigns["c1"].status.value == "paused", 1.0)
+        assert (await env.api.get("/api/v1/campaigns/c1")).json()["status"] == "paused"
+        assert (await env.api.post("/api/v1/campaigns/nope/start")).status_code == 404

@@ -4,6 +4,7 @@ dispatch and store ordering; the real PBX paths are proven in the simulated-PBX 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import pytest
@@ -69,3 +70,45 @@ async def test_stop_ends_even_when_an_event_lands_as_the_loop_is_cancelled() -> 
     done, _ = await asyncio.wait([stopping], timeout=10.0)
     assert done, "stop() hung"
     await stopping
+
+
+class _CampaignsUnreadable(InMemoryStore):
+    """Its campaign version cannot be read (a network store failing on that one key); every other call works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    async def campaign_version(self) -> int:
+        if self.failing:
+            raise ConnectionError("campaigns unreadable")
+        return await super().campaign_version()
+
+
+async def test_a_campaign_sync_failure_leaves_dialing_to_the_store_down_handling(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The campaign sync cannot read the store: it logs (no settings, no numbers), and the store-down handling
+    decides; the store still answering its ping, dialing goes on as it was and the sync resumes after."""
+    store = _CampaignsUnreadable()
+    pbx = ScriptedPbx()
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, pbx,
+                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=0.05))
+    await rt.start()
+    await rt.create_campaign(CampaignSettings(campaign_id="c1", wrapup_s=0.01, caller_id="Sales <5550100>"))
+    await rt.add_leads("c1", [Lead(f"L{i}", "c1", (f"+1555000{i:04d}0",)) for i in range(2000)])
+    rt.submit(AgentLogin("a1"))
+    assert await rt.control_campaign("c1", "start")
+    store.failing = True
+    await asyncio.sleep(0.3)
+    dialed = len(pbx.originated)
+    await asyncio.sleep(0.3)
+    assert len(pbx.originated) > dialed > 0 and rt.store_up  # still dialing: the store answers its ping
+    assert "campaigns unreadable" in caplog.text and "5550100" not in caplog.text
+    await store.update_campaign("c1", lambda c: dataclasses.replace(c, max_lines=3))
+    store.failing = False
+    for _ in range(100):
+        if rt.core.campaigns["c1"].settings.max_lines == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert rt.core.campaigns["c1"].settings.max_lines == 3  # taken once the store reads again
+    await rt.stop()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from dialer.memory_store import InMemoryStore
-from dialer.model import Attempt, CampaignSettings, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import Store
 from dialer.redis_store import RedisStore
 from dialer.store_factory import open_store, parse_store_url, redact_url
@@ -564,6 +564,34 @@ async def test_a_campaign_update_outrun_at_every_try_is_busy_and_writes_nothing(
     kept = await s.get_campaign("c1")
     assert kept is not None and (kept.name, kept.max_lines) == (f"other{calls}", CampaignSettings("c1").max_lines)
     assert calls > 1
+
+
+async def test_a_campaigns_status_is_kept_and_every_change_moves_the_version(store: Store, peer: Store) -> None:
+    """The status asked of a campaign (start/pause/stop through any node) is kept with it, and the campaign version
+    nodes poll moves after every create, edit and status change, each seen by the other node once it moved."""
+    v0 = await peer.campaign_version()
+    assert await store.set_campaign_status("c1", CampaignStatus.RUNNING) is None  # no campaign: nothing written
+    assert await store.campaign_status("c1") is None and await peer.campaign_version() == v0
+    assert await store.create_campaign(CampaignSettings(campaign_id="c1", name="C1"))
+    v1 = await peer.campaign_version()
+    assert v1 > v0 and await peer.campaign_status("c1") is CampaignStatus.CREATED
+    assert await peer.campaign_statuses() == {"c1": CampaignStatus.CREATED}
+    assert await store.set_campaign_status("c1", CampaignStatus.RUNNING) is CampaignStatus.CREATED
+    v2 = await peer.campaign_version()
+    assert v2 > v1 and await peer.campaign_status("c1") is CampaignStatus.RUNNING
+    assert await peer.set_campaign_status("c1", CampaignStatus.PAUSED) is CampaignStatus.RUNNING
+    v3 = await store.campaign_version()
+    assert v3 > v2 and await store.campaign_statuses() == {"c1": CampaignStatus.PAUSED}
+    done = await peer.update_campaign("c1", lambda c: replace(c, abandon_target=0.01))
+    assert done is not None and await store.campaign_version() > v3
+    kept = await store.get_campaign("c1")
+    assert kept is not None and kept.abandon_target == 0.01
+    assert await store.campaign_status("c1") is CampaignStatus.PAUSED  # an edit leaves the status as it was
+    v4 = await store.campaign_version()
+    assert await store.update_campaign("nope", lambda c: c) is None and await store.campaign_version() == v4
+    await store.save_campaign(CampaignSettings(campaign_id="c2"))
+    assert await peer.campaign_version() > v4
+    assert await peer.campaign_statuses() == {"c1": CampaignStatus.PAUSED, "c2": CampaignStatus.CREATED}
 
 
 @pytest.mark.redis
