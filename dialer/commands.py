@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +63,17 @@ class FetchLeads:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseLead:
-    """The lead's lease ends: `final` leads are done, others may be recycled by the store's rules."""
+    """The lead's lease ends: `final` leads are done, others may be recycled by the store's rules. A lead handed
+    back not final carries the hopper's `state` of it (`Hopper.handoff_state`): the store keeps it for the node
+    that leases the lead next and does not hand the lead out before `eligible_at` (None: at once). Both are the
+    lead's payload, not the decision: equality ignores them."""
 
     campaign_id: str
     lead_id: str
     outcome: Outcome
     final: bool
+    state: Mapping[str, Any] | None = field(default=None, compare=False)
+    eligible_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

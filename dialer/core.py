@@ -323,7 +323,7 @@ class DialerCore:
                 camp = self._campaign(event.campaign_id)
                 camp.fetch_pending = False
                 camp.exhausted = not event.leads
-                camp.hopper.add(event.leads, now)
+                camp.hopper.add(event.leads, now, event.states)
                 if camp.later_callbacks:  # callbacks asked for before these leads were loaded here
                     for lead in event.leads:
                         asked = camp.later_callbacks.pop(lead.lead_id, None)
@@ -1033,7 +1033,10 @@ class DialerCore:
                              if keep_wrapping and a.status is AgentStatus.WRAPUP and a.last_campaign_id == cid
                              and a.last_attempt is not None)
         for lead_id in camp.hopper.drain(keep=wrapping):
-            out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False))
+            # With what the hopper knew of it, so that whichever node leases it next goes on from there.
+            handoff = camp.hopper.handoff_state(lead_id)
+            state, eligible_at = handoff if handoff is not None else (None, None)
+            out.append(ReleaseLead(cid, lead_id, Outcome.LOST, final=False, state=state, eligible_at=eligible_at))
 
     def _dial(self, camp: CampaignState, pick: Pick, now: float, out: list[Command]) -> str | None:
         s = camp.settings

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from dialer.model import AgentStatus, Lead, Outcome
 
@@ -134,10 +135,12 @@ class LeadRemoved:
 
 @dataclass(frozen=True, slots=True)
 class LeadsAvailable:
-    """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now)."""
+    """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now), with the
+    hopper state the store kept of those handed back by a node (lead id -> `Hopper.handoff_state`'s mapping)."""
 
     campaign_id: str
     leads: tuple[Lead, ...]
+    states: Mapping[str, Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

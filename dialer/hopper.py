@@ -304,6 +304,9 @@ class _Bucket:
         self.priority, self.segment, self.tz = priority, segment, tz
 
 
+_NO_BUCKET = _Bucket(0, "", None)  # an entry's bucket until it is restored (`Hopper.add` picks the real one)
+
+
 class _Entry:
     __slots__ = ("attempts", "bucket", "cb_agent", "cb_at", "dropped", "gone", "later_cb", "lead", "neg_amount",
                  "next_at", "out_at", "out_cb", "out_number", "out_source", "state", "stats", "ticket", "waits")
@@ -327,6 +330,43 @@ class _Entry:
         self.later_cb: tuple[float, str | None] | None = None  # asked for while out: applied when it returns
         self.gone = False  # removed while out: never comes back
         self.waits: dict[str, tuple[float, str]] | None = None  # phone -> (closed until, reason): calendar refusals
+
+
+STATE_VERSION = 1  # of `Hopper.handoff_state`'s mapping; a state of another version is ignored (a fresh start)
+
+
+def _finite(t: float) -> float | None:
+    return t if math.isfinite(t) else None
+
+
+def _entry_from_state(lead: Lead, doc: Mapping[str, Any]) -> _Entry | None:
+    """An entry as a drained one is kept (`Hopper.drain`), from `Hopper.handoff_state`'s mapping: `Hopper.add`
+    restores it as it restores a drained lead. None if the mapping is of another version or malformed."""
+    if not isinstance(doc, Mapping) or doc.get("v") != STATE_VERSION:
+        return None
+    phones = lead.phones
+    try:
+        e = _Entry(lead, _NO_BUCKET)
+        e.attempts = int(doc.get("n", 0))
+        for i, attempts, live, failed, last_live, last_failed in doc.get("p", ()):
+            if 0 <= i < len(phones):
+                st = _PhoneStat()
+                st.attempts, st.live, st.failed = int(attempts), int(live), int(failed)
+                st.last_live = -math.inf if last_live is None else float(last_live)
+                st.last_failed = -math.inf if last_failed is None else float(last_failed)
+                if e.stats is None:
+                    e.stats = {}
+                e.stats[phones[i]] = st
+        dropped = {phones[i] for i in doc.get("d", ()) if 0 <= i < len(phones)}
+        e.dropped = dropped or None
+        waits = {phones[i]: (float(until), str(why)) for i, until, why in doc.get("w", ()) if 0 <= i < len(phones)}
+        e.waits = waits or None
+        e.next_at = None if doc.get("t") is None else float(doc["t"])
+        e.cb_at = None if doc.get("cb") is None else float(doc["cb"])
+        e.cb_agent = None if e.cb_at is None or doc.get("ag") is None else str(doc["ag"])
+    except (TypeError, ValueError):
+        return None
+    return e
 
 
 # ---------------------------------------------------------------------------------------------------- hopper
@@ -428,9 +468,12 @@ class Hopper:
             b = self._buckets[key] = _Bucket(prio, lead.segment, lead.timezone)
         return b
 
-    def add(self, leads: Iterable[Lead], now: float) -> int:
+    def add(self, leads: Iterable[Lead], now: float,
+            states: Mapping[str, Mapping[str, Any]] | None = None) -> int:
         """Add leads, eligible at once; ids already known (even removed or done) are left untouched. Returns how
-        many were new. A lead of another campaign is an error (nothing is added)."""
+        many were new. A lead of another campaign is an error (nothing is added). A lead this hopper drained, or
+        one with a state in `states` (`handoff_state`, kept by the store when another node handed it back), takes
+        its attempts, phones, recycle time and callback back rather than start afresh."""
         batch = list(leads)
         for lead in batch:
             if lead.campaign_id != self.campaign_id:
@@ -447,12 +490,18 @@ class Hopper:
         for lead in batch:
             if lead.lead_id in entries:
                 continue
-            if dormant and lead.lead_id in dormant:
-                e = entries[lead.lead_id] = dormant.pop(lead.lead_id)
-                e.lead, e.neg_amount = lead, -float(lead.amount_due)
-                back.append(e)
-                added += 1
-                continue
+            if (dormant and lead.lead_id in dormant) or (states and lead.lead_id in states):
+                e_back = dormant.pop(lead.lead_id, None)
+                # The store's state is the latest: another node may have dialed the lead since it left here.
+                held = states.get(lead.lead_id) if states else None
+                if held is not None:
+                    e_back = _entry_from_state(lead, held) or e_back
+                if e_back is not None:
+                    e_back.lead, e_back.neg_amount = lead, -float(lead.amount_due)
+                    entries[lead.lead_id] = e_back
+                    back.append(e_back)
+                    added += 1
+                    continue
             dpd = lead.days_past_due
             key = (lead.segment, 0 if dpd < lo else 1 if dpd < hi else 2, lead.timezone)
             b = by_key.get(key)
@@ -838,6 +887,33 @@ class Hopper:
             e.ticket = e.state = -1  # stale in every heap: lazily dropped
             self._dormant[lead_id] = e
         return gone
+
+    def handoff_state(self, lead_id: str) -> tuple[dict[str, Any], float | None] | None:
+        """What the hopper knows of a lead it drained (`drain`), for the store to keep with the lead so that the
+        node leasing it next (`add(..., states=)`) goes on from there: a small versioned JSON-able mapping, and the
+        time before which it must not be dialed (its callback, else its recycle or retry time; None: at once).
+        Phones are named by their place in the lead's list, never by number. None if the lead was not drained."""
+        e = self._dormant.get(lead_id)
+        if e is None:
+            return None
+        phones = e.lead.phones
+        doc: dict[str, Any] = {"v": STATE_VERSION}
+        if e.attempts:
+            doc["n"] = e.attempts
+        if e.stats:
+            doc["p"] = [[phones.index(p), st.attempts, st.live, st.failed, _finite(st.last_live),
+                         _finite(st.last_failed)] for p, st in e.stats.items() if p in phones]
+        if e.dropped:
+            doc["d"] = sorted(phones.index(p) for p in e.dropped if p in phones)
+        if e.waits:
+            doc["w"] = [[phones.index(p), until, why] for p, (until, why) in e.waits.items() if p in phones]
+        if e.next_at is not None:
+            doc["t"] = e.next_at
+        if e.cb_at is not None:
+            doc["cb"] = e.cb_at
+            if e.cb_agent is not None:
+                doc["ag"] = e.cb_agent
+        return doc, e.cb_at if e.cb_at is not None else e.next_at
 
     # -------------------------------------------------------------- reading
 

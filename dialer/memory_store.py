@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
+import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +39,11 @@ class _CampaignLeads:
     order: deque[str] = field(default_factory=deque)  # dial order; ids no longer pending are skipped
     leased: dict[str, _Packed] = field(default_factory=dict)
     done: dict[str, str] = field(default_factory=dict)  # lead id → last outcome or 'removed'
+    # Handed back with a hopper state (`hand_back_lead`): lead id → that state (JSON, as Redis keeps it); those not
+    # dialable yet wait in `sched` (heap of (eligible at, lead id)), pending but not in `order`, until `not_before`.
+    states: dict[str, str] = field(default_factory=dict)
+    sched: list[tuple[float, str]] = field(default_factory=list)
+    not_before: dict[str, float] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -123,6 +130,8 @@ class InMemoryStore:
     async def lease_leads(self, campaign_id: str, count: int, now: float) -> list[Lead]:
         async with self._lock:
             bucket = self._bucket(campaign_id)
+            if bucket.sched:
+                _promote(bucket, now)
             out: list[Lead] = []
             while bucket.order and len(out) < count:
                 lid = bucket.order.popleft()
@@ -141,9 +150,30 @@ class InMemoryStore:
         if final or outcome is not Outcome.LOST:
             # The core's hopper recycles a lead it keeps; what it hands back with an outcome is done.
             bucket.done[lead_id] = outcome.value
+            bucket.states.pop(lead_id, None)
         else:
             bucket.pending[lead_id] = packed
             bucket.order.appendleft(lead_id)  # it was next in line: keep it first
+
+    async def hand_back_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any],
+                             eligible_at: float | None, now: float) -> None:
+        bucket = self._bucket(campaign_id)
+        packed = bucket.leased.pop(lead_id, None)
+        if packed is None:
+            return
+        bucket.states[lead_id] = json.dumps(state, separators=(",", ":"))
+        bucket.pending[lead_id] = packed
+        if eligible_at is None or eligible_at <= now:
+            bucket.order.appendleft(lead_id)  # it was next in line: keep it first
+        else:
+            bucket.not_before[lead_id] = eligible_at
+            heapq.heappush(bucket.sched, (eligible_at, lead_id))
+
+    async def lease_leads_with_states(self, campaign_id: str, count: int,
+                                      now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        leads = await self.lease_leads(campaign_id, count, now)
+        kept = self._bucket(campaign_id).states
+        return leads, {lead.lead_id: json.loads(kept[lead.lead_id]) for lead in leads if lead.lead_id in kept}
 
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (waiting, leased or done)."""
@@ -154,6 +184,8 @@ class InMemoryStore:
         bucket = self._bucket(campaign_id)
         if bucket.pending.pop(lead_id, None) is not None:
             bucket.done[lead_id] = "removed"
+            bucket.states.pop(lead_id, None)
+            bucket.not_before.pop(lead_id, None)
             return True
         return False
 
@@ -184,3 +216,15 @@ class InMemoryStore:
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         bucket = self._bucket(campaign_id)
         return {"pending": len(bucket.pending), "leased": len(bucket.leased), "done": len(bucket.done)}
+
+
+def _promote(bucket: _CampaignLeads, now: float) -> None:
+    """Leads handed back with a later eligible time that are due by `now` join the front of the line, the earliest
+    first (Redis puts them back at their old place: ahead of every lead loaded after them)."""
+    due: list[str] = []
+    while bucket.sched and bucket.sched[0][0] <= now:
+        at, lead_id = heapq.heappop(bucket.sched)
+        if bucket.not_before.get(lead_id) == at:  # else removed, or handed back again since
+            del bucket.not_before[lead_id]
+            due.append(lead_id)
+    bucket.order.extendleft(reversed(due))

@@ -5,8 +5,8 @@ The runtime never imports `ami_bridge`, `sim` or `api`; the CLI wires concrete p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from dialer.commands import (
     ConnectToAgent,
@@ -102,7 +102,22 @@ class Store(Protocol):
         """Take up to `count` dialable leads; a leased lead is given to nobody else until released."""
         ...
 
-    async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None: ...
+    async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
+        """End the lease: a final lead (or one with an outcome) is done, and what was kept of it goes; a lead lost
+        track of goes back in line at once (with whatever hopper state the store kept of it)."""
+        ...
+
+    async def hand_back_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any],
+                             eligible_at: float | None, now: float) -> None:
+        """End the lease of a lead a node hands back not final (campaign stopped, node leaving), keeping its hopper
+        state (`Hopper.handoff_state`) for whichever node leases it next; no node gets it before `eligible_at`
+        (None or past: at once, back at its place in line)."""
+        ...
+
+    async def lease_leads_with_states(self, campaign_id: str, count: int,
+                                      now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        """`lease_leads`, and the hopper state kept of each leased lead that has one (lead id -> state)."""
+        ...
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool: ...
 

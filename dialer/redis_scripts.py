@@ -35,9 +35,10 @@ if added > 0 then redis.call('SET', KEYS[4], string.format('%.17g', seq)) end
 return added
 """
 
-# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads
+# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads, states
 # ARGV: count, now, lease expires at, node id, how many due scheduled leads to promote at most
-# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, id, json, ...}.
+# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, state, id, json, state, ...} (state:
+# the hopper state a node handed the lead back with, '' if none; it stays until the lead is done or handed back).
 LEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
@@ -67,17 +68,21 @@ redis.call('ZADD', KEYS[5], unpack(expiry))
 redis.call('HSET', KEYS[6], unpack(owner))
 redis.call('SADD', KEYS[7], unpack(ids))
 local data = redis.call('HMGET', KEYS[9], unpack(ids))
+local states = redis.call('HMGET', KEYS[10], unpack(ids))
 local out = {token}
 for i, lid in ipairs(ids) do
   out[#out + 1] = lid
   out[#out + 1] = data[i] or ''
+  out[#out + 1] = states[i] or ''
 end
 return out
 """
 
-# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score
-# ARGV: lead id, token, node id, mode ('done' | 'back' | 'at'), outcome, eligible_at
+# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score, states
+# ARGV: lead id, token, node id, mode ('done' | 'back' | 'at'), outcome, eligible_at, hopper state ('' = keep
+# what is kept)
 # Returns false (unknown campaign), 0 (not leased), -1 (leased under another token: stale holder), 1 (released).
+# A lead done loses its kept hopper state; one handed back with a state keeps it for the next leaser.
 RELEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local lid = ARGV[1]
@@ -90,7 +95,11 @@ redis.call('ZREM', KEYS[2], lid)
 redis.call('SREM', KEYS[4], lid)
 if ARGV[4] == 'done' then
   redis.call('HSET', KEYS[6], lid, ARGV[5])
-elseif ARGV[4] == 'back' then
+  redis.call('HDEL', KEYS[9], lid)
+  return 1
+end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[9], lid, ARGV[7]) end
+if ARGV[4] == 'back' then
   redis.call('ZADD', KEYS[5], score, lid)
 else
   redis.call('ZADD', KEYS[7], ARGV[6], lid)
@@ -99,13 +108,14 @@ end
 return 1
 """
 
-# KEYS: def, hopper, sched, sched_score, done
+# KEYS: def, hopper, sched, sched_score, done, states
 # ARGV: lead id.  Only a pending lead (in the hopper or waiting for its time) can be removed.
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local n = redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[3], ARGV[1])
 if n == 0 then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], 'removed')
 return 1
 """

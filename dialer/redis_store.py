@@ -49,6 +49,8 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:leases           zset  lead id -> lease expiry ; :owner hash lead id -> "token score node"
     <p>{c:<id>}:held:<node>      set   lead ids a node holds (for renewal) ; :fence counter of tokens
     <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
+    <p>{c:<id>}:states           hash  lead id -> hopper state (JSON, `Hopper.handoff_state`) of a lead a node handed
+                                       back not final, given to the next leaser; gone when the lead is done or removed
     <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
     <p>{c:<id>}:attempt_dial     zset  call id -> dialed at (pages) ; :attempt_dial_upto the attempt_order score
                                        through which it is complete (older nodes write no index: filled on read)
@@ -75,7 +77,7 @@ import random
 import socket
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,11 +371,16 @@ class RedisStore:
         return await self.add_leads_at(campaign_id, leads)
 
     async def lease_leads(self, campaign_id: str, count: int, now: float) -> list[Lead]:
+        return (await self.lease_leads_with_states(campaign_id, count, now))[0]
+
+    async def lease_leads_with_states(self, campaign_id: str, count: int,
+                                      now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
         await self._ensure()
         out: list[Lead] = []
+        states: dict[str, dict[str, Any]] = {}
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id), self._k(campaign_id, "fence"),
-                 self._k(campaign_id, "leads")]
+                 self._k(campaign_id, "leads"), self._k(campaign_id, "states")]
         expires = _num(now + self.lease_ttl_s)
         while True:
             want = min(count - len(out), _LEASE_CHUNK)
@@ -382,15 +389,17 @@ class RedisStore:
             if reply is None:
                 raise self._unknown(campaign_id)
             if not reply:
-                return out
+                return out, states
             token = int(reply[0])
             held = self._held.setdefault(campaign_id, {})
-            for i in range(1, len(reply), 2):
+            for i in range(1, len(reply), 3):
                 lid = str(reply[i])
                 held[lid] = token
                 out.append(_lead_from(lid, campaign_id, str(reply[i + 1])))
-            if len(reply) // 2 < want or len(out) >= count:
-                return out
+                if reply[i + 2]:
+                    states[lid] = json.loads(reply[i + 2])
+            if len(reply) // 3 < want or len(out) >= count:
+                return out, states
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
         if final or outcome is not Outcome.LOST:
@@ -399,6 +408,16 @@ class RedisStore:
         else:
             await self._release(campaign_id, lead_id, "back", outcome.value, "")
 
+    async def hand_back_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any],
+                             eligible_at: float | None, now: float) -> None:
+        """Back not final with its hopper state (kept in `states` for the next leaser); in the schedule until
+        `eligible_at` when that is later than `now`, so no node dials it before its recycle or callback time."""
+        doc = json.dumps(state, separators=(",", ":"))
+        if eligible_at is None or eligible_at <= now:
+            await self._release(campaign_id, lead_id, "back", Outcome.LOST.value, "", doc)
+        else:
+            await self._release(campaign_id, lead_id, "at", Outcome.LOST.value, _num(eligible_at), doc)
+
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (its id stays taken once done)."""
         await self._ensure()
@@ -406,7 +425,7 @@ class RedisStore:
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         await self._ensure()
-        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done")]
+        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done", "states")]
         reply = await self._s_remove(keys=keys, args=[lead_id])
         if reply is None:
             raise self._unknown(campaign_id)
@@ -565,15 +584,16 @@ class RedisStore:
         The hook for recycling rules (retry a busy number in 30 min). True if the lease was ours."""
         return await self._release(campaign_id, lead_id, "at", "", _num(eligible_at)) == 1
 
-    async def _release(self, campaign_id: str, lead_id: str, mode: str, outcome: str, eligible_at: str) -> int:
+    async def _release(self, campaign_id: str, lead_id: str, mode: str, outcome: str, eligible_at: str,
+                       state: str = "") -> int:
         await self._ensure()
         held = self._held.get(campaign_id, {})
         token = held.get(lead_id)
         keys = [self._k(campaign_id, n) for n in ("def", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id)]
-        keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score")]
+        keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score", "states")]
         reply = await self._s_release(keys=keys, args=[lead_id, "" if token is None else str(token), self.node_id,
-                                                       mode, outcome, eligible_at])
+                                                       mode, outcome, eligible_at, state])
         if reply is None:
             raise self._unknown(campaign_id)
         held.pop(lead_id, None)

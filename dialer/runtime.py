@@ -418,15 +418,17 @@ class Runtime:
             self._store_ops.put_nowait(held)
 
     async def _fetch(self, cmd: FetchLeads) -> None:
+        states: dict[str, dict[str, Any]] = {}
         try:
-            leads = await self.store.lease_leads(cmd.campaign_id, cmd.count, self.clock())
+            # With the hopper state a node handed each lead back with: its attempts, recycle time and callback.
+            leads, states = await self.store.lease_leads_with_states(cmd.campaign_id, cmd.count, self.clock())
         except Exception:
             # A lease the store granted but whose reply was lost is never renewed: it returns after the TTL.
             log.warning("lease failed", extra={"fields": {"campaign_id": cmd.campaign_id}}, exc_info=True)
             await self._store_failed()
             leads = []
         leads = await self._seed_histories(cmd.campaign_id, leads)
-        self.submit(LeadsAvailable(cmd.campaign_id, tuple(leads)))
+        self.submit(LeadsAvailable(cmd.campaign_id, tuple(leads), states or None))
 
     async def _seed_histories(self, campaign_id: str, leads: list[Lead]) -> list[Lead]:
         """Before leased leads reach the core, what every node recorded of those debtors: a lead that comes from
@@ -541,7 +543,7 @@ class Runtime:
                         counted_live = True
                 elif isinstance(op, ReleaseLead):
                     # Repeating a release that landed is harmless: the lead is no longer leased, it is ignored.
-                    await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
+                    await self._release(op)
                 elif isinstance(op, PersistDnc):
                     add = getattr(self.store, "dnc_add", None)  # a shared store; in memory the core is the list
                     if add is not None:
@@ -553,6 +555,14 @@ class Runtime:
                     log.warning("store write failed; kept and retried", exc_info=True)
                 await self._store_failed()
                 await asyncio.sleep(self.config.store_retry_s)
+
+    async def _release(self, op: ReleaseLead) -> None:
+        """A lead handed back not final with its hopper state: the store keeps the state for the next node and
+        holds the lead until its eligible time; any other release as it is."""
+        if op.state is not None and not op.final and op.outcome is Outcome.LOST:
+            await self.store.hand_back_lead(op.campaign_id, op.lead_id, op.state, op.eligible_at, self.clock())
+        else:
+            await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
 
     async def _store_failed(self) -> None:
         """A store call failed. If the store does not answer a ping either, it is down: dialing pauses

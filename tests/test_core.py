@@ -333,6 +333,23 @@ def test_stop_then_start_keeps_a_leads_recycle_delay_attempts_and_callback():
     assert [o.lead_id for o in of(core.tick(5000.0), Originate)] == ["L0"]
 
 
+def test_a_lead_handed_back_carries_its_hopper_state_to_the_next_nodes_core():
+    # Another node's core leasing the lead used to start afresh: the no-answer redialed at once, the callback lost.
+    core = make(n_leads=1, agents=("a1",))
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0)
+    core.handle(ScheduleCallback("c1", "L0", at=5000.0, agent_id="a1"), 21.0)
+    (back,) = of(core.handle(CampaignControl("c1", "stop"), 30.0), ReleaseLead)
+    assert (back.final, back.eligible_at) == (False, 5000.0) and back.state is not None
+    other = make(n_leads=0, agents=("b1",))
+    other.handle(LeadsAvailable("c1", (Lead("L0", "c1", ("+15550100000",)),), {"L0": back.state}), 41.0)
+    assert not of(other.tick(42.0), Originate)
+    info = other.campaigns["c1"].hopper.info("L0")
+    assert (info.attempts, info.callback_at, info.callback_agent) == (1, 5000.0, "a1")
+    # a1 is not on this node: the campaign takes the callback when due, as for an owner logged out
+    assert [o.lead_id for o in of(other.tick(5000.0), Originate)] == ["L0"]
+
+
 def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():
     core = make(agents=("a1", "a2"))
     core.handle(PbxLink(False), 1.0)

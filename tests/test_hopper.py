@@ -3,8 +3,10 @@ removal, the DST helper, and state-machine properties."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -764,3 +766,50 @@ def test_lowered_phone_cap_drops_the_phones_at_it_and_ends_leads_left_with_none(
     assert hop.info("L0").state == "scheduled"  # type: ignore[union-attr]
     assert hop.set_rules(HopperRules(max_attempts_phone=1)) == ["L0"]
     assert hop.info("L0").state == "done" and hop.select(5, 1e6) == []  # type: ignore[union-attr]
+
+
+def test_a_lead_handed_to_another_hopper_with_its_state_keeps_attempts_phones_delays_and_callback() -> None:
+    """Another node's hopper leasing a drained lead used to start afresh: dialed at once despite a recycle delay,
+    its attempts (and cap), dropped phones, calendar waits and callback forgotten. With `handoff_state` (what the
+    store keeps, as JSON) it goes on exactly as the same hopper would."""
+    rules = HopperRules(max_attempts_lead=3, max_attempts_phone=1)
+    a, b = Hopper("c", rules), Hopper("c", rules)
+    leads = [Lead(f"L{i}", "c", (f"+1212555{i:04d}", f"+1646555{i:04d}")) for i in range(4)]
+    a.add(leads, 0.0)
+    p0, p1, p2, p3 = a.select(4, 0.0)
+    a.outcome("L0", p0.number, Outcome.NO_ANSWER, 10.0)  # back at 7210, its first phone at its cap (dropped)
+    a.outcome("L1", p1.number, Outcome.BUSY, 10.0)
+    a.schedule_callback("L1", 5000.0, "ana")
+    a.outcome("L2", p2.number, Outcome.BUSY, 10.0)
+    a.schedule_callback("L2", 4000.0)
+    a.outcome("L3", p3.number, Outcome.BUSY, 10.0)  # due at 610
+    drained = a.drain()
+    assert sorted(drained) == ["L0", "L1", "L2", "L3"]
+    handed = {lid: h for lid in drained if (h := a.handoff_state(lid)) is not None}
+    assert a.handoff_state("nope") is None
+    for lid, (state, _) in handed.items():  # phones by their place in the lead's list, never by number
+        assert "+1" not in json.dumps(state), lid
+    assert {lid: at for lid, (_, at) in handed.items()} == {"L0": 7210.0, "L1": 5000.0, "L2": 4000.0, "L3": 610.0}
+    states = {lid: json.loads(json.dumps(state)) for lid, (state, _) in handed.items()}  # as the store keeps them
+    assert b.add(leads, 30.0, states) == 4
+    assert b.select(5, 609.0) == []
+    assert ids(b.select(5, 610.0)) == ["L3"]
+    assert ids(b.select(5, 4000.0)) == ["L2"]  # the campaign-wide callback at its time
+    assert b.info("L1").callback_at == 5000.0 and b.info("L1").callback_agent == "ana"  # type: ignore[union-attr]
+    assert b.due_agent_callbacks("ana", 5000.0)[0].lead.lead_id == "L1"
+    info = b.info("L0")
+    assert info is not None and (info.attempts, info.next_at, info.phones) == (1, 7210.0, ("+16465550000",))
+    assert info.phone_attempts == {"+12125550000": 1}
+    (p,) = b.select(5, 7210.0)
+    assert p.number == "+16465550000"  # its dropped phone stays dropped
+    assert b.outcome("L0", p.number, Outcome.NO_ANSWER, 7220.0) == "done"  # no phone left within its cap
+
+
+def test_a_hopper_state_of_another_version_or_malformed_starts_afresh() -> None:
+    hop = Hopper("c")
+    leads = [Lead(f"L{i}", "c", (f"+1212555{i:04d}",)) for i in range(3)]
+    states: dict[str, dict[str, Any]] = {"L0": {"v": 99, "n": 5, "t": 1e9}, "L1": {"v": 1, "n": "x"},
+              "L2": {"v": 1, "p": [[7, 1, 0, 0, None, None]]}}
+    assert hop.add(leads, 0.0, states) == 3
+    assert ids(hop.select(5, 0.0)) == ["L0", "L1", "L2"]
+    assert hop.info("L2").phone_attempts == {}  # type: ignore[union-attr]  # no such phone: ignored

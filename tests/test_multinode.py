@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -455,5 +456,118 @@ async def test_a_wrong_party_conversation_leaves_the_shared_history_of_contacts(
         other.handle(DebtorHistorySeed("c", "l1", h["a"], h.get("c", ()), h.get("x", ()), h["w"]), t0 + 200)
         assert other.history.contacts("l1") == () and other.history.attempts("l1") == (t0,)
         await store.aclose()
+    finally:
+        server.stop()
+
+
+class _NoAnswerPbx(_Pbx):
+    """Every call rings out unanswered (cause 19), reported back as a PBX would."""
+
+    async def start(self, sink: object) -> None:
+        self.sink = sink
+
+    def execute(self, cmd: object) -> None:
+        from dialer.commands import Originate
+        from dialer.events import CallFailed
+
+        super().execute(cmd)
+        if isinstance(cmd, Originate):
+            fail = CallFailed(cmd.call_id, Outcome.NO_ANSWER, 19)
+            asyncio.get_running_loop().call_soon(self.sink, fail)  # type: ignore[arg-type]
+
+
+class _Clock:
+    """Epoch seconds from a time that a test sets, moving on in real time from there (the runtime ticks by it)."""
+
+    def __init__(self, t: float) -> None:
+        self.set(t)
+
+    def set(self, t: float) -> None:
+        self.base, self.since = t, time.monotonic()
+
+    def __call__(self) -> float:
+        return self.base + time.monotonic() - self.since
+
+
+async def test_a_leads_recycle_time_callback_and_attempts_follow_it_to_another_node(tmp_path: Path) -> None:
+    """Node n1 dials three leads, all unanswered (recycled after 2 h, one attempt of their cap of 2), and one gets
+    a callback in 30 min owned by n1's agent; n1 stops. Node n2 leases them: it dials the callback at its time (its
+    owner is not on n2: the campaign takes it when due), the others not before their 2 h, and once each (the cap
+    holds). n2 used to start afresh: all three dialed at once as new leads, each allowed two more dials, and the
+    callback forgotten."""
+    from dialer.core import CoreConfig, DialerCore
+    from dialer.events import AgentConnected, AgentLogin, CampaignControl, ScheduleCallback
+    from dialer.model import CampaignSettings, Lead
+    from dialer.runtime import Runtime, RuntimeConfig
+
+    server = _server(tmp_path)
+    try:
+        t0 = 1_700_000_000.0
+        settings = CampaignSettings(campaign_id="c", hopper={"max_attempts_lead": 2,
+                                                               "recycle_delays": {"no_answer": 7200}})
+        leads = [Lead(f"l{i}", "c", (f"+1212555010{i}",)) for i in range(3)]
+        s1 = open_store(f"{server.url}?lease_ttl=30", node_id="n1")
+        assert isinstance(s1, RedisStore)
+        await s1.save_campaign(settings)
+        await s1.add_leads("c", leads)
+        probe = open_store(server.url, node_id="probe")
+        assert isinstance(probe, RedisStore)
+
+        async def until(check: Callable[[], bool], what: str) -> None:
+            for _ in range(200):
+                if check():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        def node(name: str, store: object, clock: _Clock) -> tuple[Runtime, DialerCore, _NoAnswerPbx]:
+            core = DialerCore(CoreConfig(id_prefix=name))
+            pbx = _NoAnswerPbx()
+            rt = Runtime(core, store, pbx, RuntimeConfig(shared_abandon_interval_s=3600),  # type: ignore[arg-type]
+                         clock=clock)
+            return rt, core, pbx
+
+        rt1, core1, pbx1 = node("n1", s1, _Clock(t0))
+        await rt1.start()
+        for event in (AgentLogin("ana"), AgentConnected("ana"), CampaignControl("c", "start")):
+            rt1.submit(event)
+        await until(lambda: len(pbx1.originated) == 3 and not core1.calls, "n1's three dials")
+        hop1 = core1.campaigns["c"].hopper
+        rt1.submit(ScheduleCallback("c", "l1", t0 + 1800, agent_id="ana"))
+        await until(lambda: hop1.info("l1").callback_at == t0 + 1800, "the callback")  # type: ignore[union-attr]
+        infos = [hop1.info(f"l{i}") for i in range(3)]
+        assert [i.attempts for i in infos] == [1, 1, 1]  # type: ignore[union-attr]
+        recycled_at = max(float(i.next_at or 0) for i in (infos[0], infos[2]))  # type: ignore[union-attr]
+        assert t0 + 7200 <= recycled_at < t0 + 7210
+        await rt1.stop()  # the campaign stops, the leads go back to the store
+        assert await probe.lead_counts("c") == {"pending": 3, "leased": 0, "done": 0}
+
+        clock2 = _Clock(t0 + 60)
+        rt2, core2, _ = node("n2", open_store(f"{server.url}?lease_ttl=30", node_id="n2"), clock2)
+        await rt2.start()
+        for event in (AgentLogin("bob"), AgentConnected("bob"), CampaignControl("c", "start")):
+            rt2.submit(event)
+
+        async def at(t: float) -> list[tuple[str, float]]:
+            """n2's clock moves to t; a few ticks (and a lease: the store is asked every 5 s) pass. n2's dials so
+            far: (lead, dialed at)."""
+            clock2.set(t)
+            await asyncio.sleep(1.0)
+            await until(lambda: not core2.calls and not rt2.pending_writes, "n2's calls to end")
+            return sorted((a.lead_id, a.dialed_at) for a in await probe.attempts("c") if a.call_id.startswith("n2"))
+
+        assert await at(t0 + 60) == []  # nothing due: the two no-answers wait 2 h, the callback 30 min
+        assert await at(t0 + 1795) == []
+        ((lead, dialed),) = await at(t0 + 1800)
+        assert lead == "l1" and t0 + 1800 <= dialed < t0 + 1802  # the callback, at its time
+        assert len(await at(recycled_at - 5)) == 1
+        dials = await at(recycled_at)
+        assert [lead for lead, _ in dials] == ["l0", "l1", "l2"]  # the other two, at their recycle time
+        assert all(recycled_at <= t < recycled_at + 2 for lead, t in dials if lead != "l1")
+        assert len(await at(recycled_at + 3 * 7200)) == 3  # each had one dial of its cap of 2 left: all done
+        assert await probe.lead_counts("c") == {"pending": 0, "leased": 0, "done": 3}
+        assert core2.campaigns["c"].hopper.counts()["done"] == 3
+        await rt2.stop()
+        await probe.aclose()
     finally:
         server.stop()

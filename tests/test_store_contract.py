@@ -176,6 +176,47 @@ async def test_release_final_vs_recycled(store: Store) -> None:
     assert ids(await store.lease_leads("c1", 1, T0)) == [l2]  # it was next in line: still first
 
 
+async def test_a_lead_handed_back_keeps_its_hopper_state_for_the_next_leaser(store: Store, peer: Store) -> None:
+    """A node hands leads back not final with their hopper state: the store gives each state to whichever node
+    leases the lead next, and none before its eligible time. The store used to keep no state: the next node
+    started afresh and dialed a no-answer of a minute ago at once."""
+    await campaign(store, n=4)
+    l0, l1, l2, l3 = ids(await store.lease_leads("c1", 4, T0))
+    no_answer = {"v": 1, "n": 3, "p": [[0, 3, 0, 0, None, None]], "d": [1], "t": T0 + 7200}
+    callback = {"v": 1, "n": 1, "cb": T0 + 3600, "ag": "ana"}
+    now_ok = {"v": 1, "n": 2}
+    await store.hand_back_lead("c1", l0, no_answer, T0 + 7200, T0 + 10)
+    await store.hand_back_lead("c1", l1, callback, T0 + 3600, T0 + 10)
+    await store.hand_back_lead("c1", l2, now_ok, None, T0 + 10)
+    await store.release_lead("c1", l3, Outcome.LOST, False, T0 + 10)  # back, no state: as before
+    assert await store.lead_counts("c1") == {"pending": 4, "leased": 0, "done": 0}
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 20)
+    assert sorted(ids(leads)) == [l2, l3] and states == {l2: now_ok}
+    assert await peer.lease_leads_with_states("c1", 10, T0 + 3599) == ([], {})  # the callback: not before its time
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 3600)
+    assert ids(leads) == [l1] and states == {l1: callback}
+    assert await peer.lease_leads_with_states("c1", 10, T0 + 7199) == ([], {})
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 7200)
+    assert ids(leads) == [l0] and states == {l0: no_answer}
+    # Lost track of again (no state given: e.g. its histories could not be read): the state kept still holds.
+    await peer.release_lead("c1", l0, Outcome.LOST, False, T0 + 7201)
+    assert (await store.lease_leads_with_states("c1", 10, T0 + 7202))[1] == {l0: no_answer}
+    # Handed back again with a newer state: that one is given next.
+    newer = {**no_answer, "n": 4, "t": T0 + 9000}
+    await store.hand_back_lead("c1", l0, newer, T0 + 9000, T0 + 7300)
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 9000)
+    assert ids(leads) == [l0] and states == {l0: newer}
+    # Done: the state goes with it. A lead removed while waiting for its time is removed, state and all.
+    await peer.release_lead("c1", l0, Outcome.CONNECTED, True, T0 + 9100)
+    await peer.hand_back_lead("c1", l1, callback, T0 + 20000, T0 + 9100)
+    assert await store.remove_lead("c1", l1)
+    assert await store.lease_leads_with_states("c1", 10, T0 + 30000) == ([], {})
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 2, "done": 2}
+    # A hand-back of a lead not leased (any more) by this node changes nothing.
+    await store.hand_back_lead("c1", l0, now_ok, None, T0 + 30000)
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 2, "done": 2}
+
+
 async def test_remove_pending_lead_only(store: Store) -> None:
     await campaign(store, n=3)
     (leased,) = ids(await store.lease_leads("c1", 1, T0))
