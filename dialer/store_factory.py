@@ -17,17 +17,23 @@ Passwords never appear in those messages (nor anywhere this module logs).
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 
 from dialer.memory_store import InMemoryStore
 from dialer.ports import Store
@@ -214,7 +220,8 @@ def _client_kwargs(spec: StoreUrl) -> dict[str, Any]:
 
 # redis-py's default pool raises "Too many connections" past 100 commands in flight: a burst of API requests
 # on top of the engine's own traffic then failed a store write, and a failed write pauses dialing. A blocking
-# pool makes such a burst wait its turn (up to the socket timeout) instead: a plain Redis's and Sentinel's.
+# pool makes such a burst wait its turn (up to the socket timeout) instead: a plain Redis's and Sentinel's; a
+# Cluster client lets 100 commands or pipelines run at once and the rest wait (WaitingRedisCluster).
 POOL_SIZE = 100
 
 
@@ -222,6 +229,65 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     """Sentinel's pool (master discovery, reconnect to a new master) with the blocking pool's waiting
     get_connection/release. redis-py (8.1) has no blocking Sentinel pool; `Sentinel.master_for` takes the pool
     class (`connection_pool_class`) and passes max_connections/timeout through to BlockingConnectionPool."""
+
+
+# Set while a task (and the tasks it starts) runs a command or pipeline of a WaitingRedisCluster: a command
+# redis-py issues from inside one (a pipeline re-sending a redirected command) takes no second turn.
+_IN_TURN: ContextVar[bool] = ContextVar("marcador_cluster_turn", default=False)
+
+
+class WaitingRedisCluster(RedisCluster):
+    """redis-py's async Cluster client, but a burst waits instead of failing. redis-py (8.1) gives each Cluster node
+    a list of connections that raises MaxConnectionsError when a command finds all `max_connections` busy, with
+    no way to wait (ClusterNode.acquire_connection is synchronous, and the client builds its nodes itself). Here
+    at most `max_in_flight` commands and pipelines run at once, each using at most one connection per node; the
+    next waits its turn, up to `wait_s`, then fails as the blocking pool does ("No connection available.", a
+    ConnectionError). The nodes may open a few connections more than `max_in_flight`: after a node error redis-py
+    closes used connections in the background, and one still closing must not count against a waiting command."""
+
+    def __init__(self, *args: Any, max_in_flight: int = POOL_SIZE, wait_s: float = 5.0, **kwargs: Any) -> None:
+        kwargs["max_connections"] = max_in_flight + max(max_in_flight // 10, 1)
+        super().__init__(*args, **kwargs)
+        self.max_in_flight = max_in_flight
+        self.wait_s = wait_s
+        self._turns = asyncio.Semaphore(max_in_flight)
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one of the `max_in_flight` turns (at once if this task holds one already)."""
+        if _IN_TURN.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        token = _IN_TURN.set(True)
+        try:
+            yield
+        finally:
+            _IN_TURN.reset(token)
+            self._turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return WaitingClusterPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's own
+
+
+class WaitingClusterPipeline(ClusterPipeline):
+    """A Cluster pipeline that runs in a turn of its WaitingRedisCluster (one connection per node it reaches)."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, WaitingRedisCluster)
+        async with client.turn():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def build_client(spec: StoreUrl) -> Redis | RedisCluster:
@@ -234,7 +300,8 @@ def build_client(spec: StoreUrl) -> Redis | RedisCluster:
                                       timeout=kw["socket_timeout"], **kw)
         return Redis(connection_pool=pool)
     if spec.kind == "cluster":
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts], **kw)
+        return WaitingRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.hosts],
+                                   max_in_flight=POOL_SIZE, wait_s=kw["socket_timeout"], **kw)
     if spec.kind == "sentinel":
         assert spec.service_name is not None
         sentinel_kw: dict[str, Any] = {"socket_timeout": kw["socket_timeout"],

@@ -19,11 +19,11 @@ from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import Store
 from dialer.redis_store import RedisStore
-from dialer.store_factory import open_store, parse_store_url, redact_url
-from tests.harness.redis import RedisSentinel, RedisServer
+from dialer.store_factory import WaitingRedisCluster, open_store, parse_store_url, redact_url
+from tests.harness.redis import RedisClusterServers, RedisSentinel, RedisServer
 
 T0 = 1_700_000_000.0
-BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Backend:
     name: str
     make: Callable[[str], Store]
     made: list[Store] = field(default_factory=list)
+    url: str = ""  # the Redis store's URL without options (redis:// or redis+cluster://)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -41,7 +42,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         shared = InMemoryStore()
         yield Backend("memory", lambda node: shared)
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer | RedisClusterServers = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster")
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     made: list[Store] = []
 
@@ -50,7 +52,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         made.append(s)
         return s
 
-    yield Backend("redis", make, made)
+    yield Backend(request.param, make, made, server.url)
     for s in made:
         if isinstance(s, RedisStore):
             await s.aclose()
@@ -578,7 +580,7 @@ async def test_a_campaign_update_refused_or_of_no_campaign_writes_nothing(store:
 
 
 async def test_a_campaign_update_outrun_at_every_try_is_busy_and_writes_nothing(store: Store,
-                                                                                redis_server: RedisServer) -> None:
+                                                                                backend: Backend) -> None:
     """Another writer changes the definition between each read and its compare-and-set: the edit gives up
     (CampaignBusy, for a 409) rather than overwrite it or retry for ever."""
     import redis
@@ -588,7 +590,12 @@ async def test_a_campaign_update_outrun_at_every_try_is_busy_and_writes_nothing(
     s = redis_only(store, "compare-and-set")
     await s.save_campaign(CampaignSettings(campaign_id="c1", name="C1"))
     key = s._k("c1", "def")
-    meddler = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    meddler: redis.Redis | redis.RedisCluster
+    if backend.name == "cluster":  # any one node: the client finds the key's own
+        meddler = redis.RedisCluster.from_url(backend.url.replace("redis+cluster://", "redis://").split(",")[0],
+                                              decode_responses=True)
+    else:
+        meddler = redis.Redis.from_url(backend.url, decode_responses=True)
     calls = 0
 
     def outrun(c: CampaignSettings) -> CampaignSettings:
@@ -665,3 +672,51 @@ def test_every_redis_client_has_a_blocking_pool_of_a_hundred() -> None:
         if "sentinel" in url:
             assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "mymaster", url
             assert pool.connection_kwargs["db"] == (2 if url.endswith("/2") else 0), url
+    for url in ("redis+cluster://n1:7000,n2:7001", "rediss://n1:7000/?cluster=1"):
+        cluster = build_client(parse_store_url(url))
+        assert isinstance(cluster, WaitingRedisCluster), url
+        assert (cluster.max_in_flight, cluster.wait_s) == (100, 5.0), url
+
+
+@pytest.mark.redis
+async def test_a_cluster_client_waits_its_turn_up_to_its_timeout(redis_cluster: RedisClusterServers) -> None:
+    """Commands and pipelines beyond the turns wait for one (a pipeline's own retries take no second turn); one
+    that waits longer than the socket timeout fails as the blocking pool does, a ConnectionError."""
+    import redis
+    from redis.asyncio.cluster import ClusterNode
+
+    client = WaitingRedisCluster(startup_nodes=[ClusterNode("127.0.0.1", redis_cluster.ports[0])], max_in_flight=2,
+                                 wait_s=0.3, decode_responses=True)
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+
+    async def piped(i: int) -> list[object]:
+        pipe = client.pipeline()
+        pipe.incr(f"{prefix}{{k{i % 7}}}")
+        pipe.incr(f"{prefix}{{j{i % 5}}}")  # another slot, most often on another node
+        return await pipe.execute()
+
+    try:
+        await asyncio.gather(*(piped(i) for i in range(60)), *(client.incr(f"{prefix}n{i}") for i in range(60)))
+        assert sum([int(await client.get(f"{prefix}{{k{i}}}") or 0) for i in range(7)]) == 60
+        async with client.turn(), client.turn():  # nested (redis-py re-sending from a pipeline): no second turn
+            assert await client.incr(f"{prefix}nested") == 1
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with client.turn():
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            await client.incr(f"{prefix}late")
+        async def late() -> object:
+            return await client.incr(f"{prefix}late")
+
+        waiting = asyncio.create_task(late())
+        await asyncio.sleep(0.1)
+        release.set()
+        assert await waiting == 1
+        await asyncio.gather(*holders)
+    finally:
+        await client.aclose()

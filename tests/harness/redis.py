@@ -200,3 +200,111 @@ def redis_sentinel(redis_server: RedisServer, tmp_path_factory: pytest.TempPathF
         yield sentinel
     finally:
         sentinel.stop()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of our own: `masters` redis-server processes (`--cluster-enabled yes`, no replicas) on
+    127.0.0.1, joined by `redis-cli --cluster create`, each with its own port, bus port (`cluster-port`, so an
+    ephemeral port never needs port + 10000) and directory. Its URL is the store URL (`redis+cluster://`)."""
+
+    def __init__(self, binary: str, cli: str, directory: Path, masters: int = 3) -> None:
+        self.binary = binary
+        self.cli = cli
+        self.dir = directory
+        self.masters = masters
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def _log_tail(self) -> str:
+        tails = []
+        for port in self.ports:
+            with contextlib.suppress(OSError):
+                tails.append(f"{port}: " + (self.dir / str(port) / "redis.log").read_text(errors="replace")[-600:])
+        return "\n".join(tails)
+
+    def start(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        ports: list[int] = []
+        while len(ports) < 2 * self.masters:  # client and bus ports, all distinct
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.ports, bus_ports = ports[:self.masters], ports[self.masters:]
+        for port, bus_port in zip(self.ports, bus_ports, strict=True):
+            node_dir = self.dir / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+                    "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                    "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(node_dir),
+                    "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
+                    "--maxmemory-policy", "noeviction"]
+            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+        try:
+            for port, proc in zip(self.ports, self.procs, strict=True):
+                while not _answers(port, b"PING\r\n", b"+PONG"):
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"redis-server exited with {proc.returncode}: {self._log_tail()}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not answer within {timeout} s: {self._log_tail()}")
+                    time.sleep(0.02)
+            create = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                     "--cluster-replicas", "0", "--cluster-yes"], stdin=subprocess.DEVNULL,
+                                    capture_output=True, timeout=max(deadline - time.monotonic(), 1.0))
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout.decode(errors='replace')}"
+                                   f"{create.stderr.decode(errors='replace')}")
+            # Every node must say ok (each learns the others' slots through the bus, not at once).
+            while not all(_answers(p, b"CLUSTER INFO\r\n", b"cluster_state:ok") for p in self.ports):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster was not ok within {timeout} s: {self._log_tail()}")
+                time.sleep(0.05)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired):
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _answers(port: int, query: bytes, expect: bytes) -> bool:
+    """True if the server on `port` answers `query` with a reply holding `expect`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(query)
+            return expect in s.recv(4096)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster for the session (a few seconds to start: `redis-cli --cluster create` waits ~1 s
+    for the nodes to join)."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        unavailable("redis-server or redis-cli is not installed", "Redis Cluster")
+        raise AssertionError  # unreachable: unavailable() fails or skips
+    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        unavailable(str(exc), "Redis Cluster")
+        raise  # unreachable: unavailable() fails or skips
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
