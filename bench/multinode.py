@@ -16,6 +16,7 @@ from the nodes' counters:
   recovery_s: Redis shutdown → the first PBX Originate after it was back.
 
     python bench/multinode.py [--nodes 4] [--agents 100] [--leads 40000] [--speed 10] [--duration 90] [--json]
+    python bench/multinode.py --store-url 'redis+cluster://h:7000,h:7001?prefix=mn1:' ...   (a Cluster; no restart)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench._report import parser, report  # noqa: E402
 from dialer.model import Attempt, CampaignSettings, Lead, Outcome  # noqa: E402
 from dialer.redis_store import RedisStore  # noqa: E402
-from dialer.store_factory import open_store  # noqa: E402
+from dialer.store_factory import open_store, redact_url  # noqa: E402
 from tests.harness.redis import RedisServer, start_server  # noqa: E402
 
 CAMPAIGN = "shared"
@@ -144,10 +145,12 @@ def wait_until(t: float) -> None:
 
 
 def run_cluster(workdir: Path, nodes: int, agents: int, leads: list[Lead], speed: float, duration: float,
-                kill_at: float, restart_at: float, redis_down: float, lease_ttl: float,
-                strategy: str) -> tuple[RedisServer, str, list[Node], Timeline]:
-    server = start_server(workdir / "redis")
-    url = f"{server.url}?lease_ttl={lease_ttl:g}"
+                kill_at: float, restart_at: float | None, redis_down: float, lease_ttl: float, strategy: str,
+                store_url: str | None = None) -> tuple[RedisServer | None, str, list[Node], Timeline]:
+    """With `store_url` (a Redis of the caller's, e.g. a Cluster) no redis-server is started, and none restarted."""
+    server = start_server(workdir / "redis") if store_url is None else None
+    base = server.url if server is not None else str(store_url)
+    url = f"{base}{'&' if '?' in base else '?'}lease_ttl={lease_ttl:g}"
     asyncio.run(load(url, leads, strategy))
     tl = Timeline()
     cluster = [Node(f"n{i + 1}", workdir / f"calls-n{i + 1}.jsonl", workdir / f"n{i + 1}.out") for i in range(nodes)]
@@ -165,12 +168,13 @@ def run_cluster(workdir: Path, nodes: int, agents: int, leads: list[Lead], speed
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
     tl.killed = time.time()
-    wait_until(tl.started + restart_at)
-    tl.redis_down = time.time()
-    server.stop()  # SHUTDOWN: the AOF is fsynced; then start again on the same port and AOF
-    time.sleep(redis_down)
-    server.start()
-    tl.redis_up = time.time()
+    if server is not None and restart_at is not None:
+        wait_until(tl.started + restart_at)
+        tl.redis_down = time.time()
+        server.stop()  # SHUTDOWN: the AOF is fsynced; then start again on the same port and AOF
+        time.sleep(redis_down)
+        server.start()
+        tl.redis_up = time.time()
     wait_until(tl.started + duration)
     tl.stopping = time.time()
     for node in cluster[:-1]:
@@ -252,8 +256,8 @@ def audit(records: list[Attempt], accounted: set[str], lead_ids: list[str], rows
         "attempts_without_outcome": outcomes["none"],
         "dialed_outside_lease": outside,
         "abandon_rate": round(outcomes["abandoned"] / live, 4) if live else 0.0,
-        "recovery_s": round(first_after - tl.redis_down, 3),
-        "redis_down_s": round(tl.redis_up - tl.redis_down, 3),
+        "recovery_s": round(first_after - tl.redis_down, 3) if tl.redis_up else None,  # None: not restarted
+        "redis_down_s": round(tl.redis_up - tl.redis_down, 3) if tl.redis_up else None,
         "lost_attempts": outcomes["lost"],
         "live_answers": live,
         "outcomes": dict(sorted(outcomes.items())),
@@ -261,21 +265,26 @@ def audit(records: list[Attempt], accounted: set[str], lead_ids: list[str], rows
     }
 
 
-def run(nodes: int, agents: int, leads: int, speed: float, duration: float, kill_at: float, restart_at: float,
-        redis_down: float, lease_ttl: float, strategy: str, workdir: Path) -> dict[str, Any]:
+def run(nodes: int, agents: int, leads: int, speed: float, duration: float, kill_at: float, restart_at: float | None,
+        redis_down: float, lease_ttl: float, strategy: str, workdir: Path,
+        store_url: str | None = None) -> dict[str, Any]:
+    """The run; with `store_url` on that Redis (plain or Cluster, give it a fresh prefix), not restarted."""
     data = make_leads(leads)
     wall = time.time()
     server, url, cluster, tl = run_cluster(workdir, nodes, agents, data, speed, duration, kill_at, restart_at,
-                                           redis_down, lease_ttl, strategy)
+                                           redis_down, lease_ttl, strategy, store_url)
     try:
         records, accounted, counts = asyncio.run(redis_state(url))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     result = audit(records, accounted, [lead.lead_id for lead in data], read_call_logs(cluster), speed, tl)
     result.update({
         "nodes": nodes, "agents_per_node": agents, "leads": leads, "speed": speed, "strategy": strategy,
         "lease_ttl_s": lease_ttl, "run_s": round(tl.stopping - tl.started, 1), "kill_at_s": kill_at,
-        "redis_restart_at_s": restart_at, "stop_s": round(tl.ended - tl.stopping, 1),
+        "redis_restart_at_s": restart_at if store_url is None else None,
+        "store": "redis-server of its own" if store_url is None else redact_url(store_url),
+        "stop_s": round(tl.ended - tl.stopping, 1),
         "lead_counts": counts, "wall_s": round(time.time() - wall, 1), "notes": tl.notes,
     })
     return result
@@ -287,8 +296,10 @@ KEYS = ("attempts", "double_dials", "lost_leads", "attempts_without_outcome", "d
 
 def table(r: dict[str, Any]) -> str:
     head = (f"{r['nodes']} nodes x {r['agents_per_node']} agents, {r['leads']} leads, speed {r['speed']:g}x, "
-            f"{r['strategy']}, run {r['run_s']} s (node killed at {r['kill_at_s']:g} s, Redis restarted at "
-            f"{r['redis_restart_at_s']:g} s, down {r['redis_down_s']} s), wall {r['wall_s']} s")
+            f"{r['strategy']}, run {r['run_s']} s (node killed at {r['kill_at_s']:g} s, "
+            + (f"Redis restarted at {r['redis_restart_at_s']:g} s, down {r['redis_down_s']} s"
+               if r["redis_down_s"] is not None else f"store {r['store']}, not restarted")
+            + f"), wall {r['wall_s']} s")
     lines = [head] + [f"  {k:<26} {r[k]}" for k in KEYS]
     lines += [f"  {'pbx_calls':<26} {r['pbx_calls']}  ({r['dials_per_s']}/s)",
               f"  {'lost_attempts':<26} {r['lost_attempts']}", f"  {'outcomes':<26} {r['outcomes']}",
@@ -313,10 +324,12 @@ def main() -> None:
     ap.add_argument("--lease-ttl", type=float, default=9.0)
     ap.add_argument("--strategy", default="erlang")
     ap.add_argument("--keep", help="keep logs in this directory")
+    ap.add_argument("--store-url", help="run on this Redis (e.g. redis+cluster://h:p,h:p?prefix=mn1:; no restart) "
+                                        "instead of a redis-server of its own")
     a = ap.parse_args()
     def go(workdir: Path) -> dict[str, Any]:
         return run(a.nodes, a.agents, a.leads, a.speed, a.duration, a.kill_at, a.restart_at, a.redis_down,
-                   a.lease_ttl, a.strategy, workdir)
+                   a.lease_ttl, a.strategy, workdir, a.store_url)
 
     if a.keep:
         Path(a.keep).mkdir(parents=True, exist_ok=True)
