@@ -563,8 +563,12 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                                          "paused (stop it to end it, start it to dial)")
             # The status is kept in the store for every node (each takes it within about a second), then this
             # node's core takes it at once.
-            if not await runtime.control_campaign(campaign_id, action):
+            kept = await runtime.control_campaign(campaign_id, action)
+            if kept is None:
                 raise HTTPException(404, f"campaign {campaign_id!r} not found")
+            if action == "pause" and kept is CampaignStatus.STOPPED:  # stopped through another node meanwhile
+                raise HTTPException(409, f"campaign {campaign_id} is stopped: only a running campaign can be "
+                                         "paused (start it to dial)")
             return {"campaign_id": campaign_id, "requested": action, "status_before": status}
 
         control.__name__ = f"{action}_campaign"

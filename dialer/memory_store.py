@@ -90,10 +90,13 @@ class InMemoryStore:
     async def list_campaigns(self) -> list[CampaignSettings]:
         return [replace(c) for c in self._campaigns.values()]
 
-    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus, *,
+                                  unless: CampaignStatus | None = None) -> CampaignStatus | None:
         if campaign_id not in self._campaigns:
             return None
         before = self._status.get(campaign_id, CampaignStatus.CREATED)
+        if before is unless:
+            return before
         self._status[campaign_id] = CampaignStatus(status)
         self._campaign_version += 1
         return before

@@ -75,10 +75,13 @@ class Store(Protocol):
 
     async def list_campaigns(self) -> list[CampaignSettings]: ...
 
-    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus, *,
+                                  unless: CampaignStatus | None = None) -> CampaignStatus | None:
         """Keep the status asked of the campaign (start, pause, stop through any node's API): every node's runtime
         brings its own core to it. Returns the status kept before (CREATED if none was), None (nothing written)
-        if there is no such campaign. Moves `campaign_version` once written."""
+        if there is no such campaign. Nothing is written either if the status kept is `unless` (checked and
+        written in one step: a pause never lands over a stop made at the same moment through another node).
+        Moves `campaign_version` once written."""
         ...
 
     async def campaign_status(self, campaign_id: str) -> CampaignStatus | None:

@@ -322,7 +322,8 @@ return 1
 # Returns the status kept before ('created' if none was), or false (no such campaign; nothing written).
 CAMPAIGN_STATUS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local before = redis.call('GET', KEYS[2])
+local before = redis.call('GET', KEYS[2]) or 'created'
+if before == ARGV[2] then return '-' .. before end
 redis.call('SET', KEYS[2], ARGV[1])
-return before or 'created'
+return before
 """

@@ -337,12 +337,17 @@ class RedisStore:
             pipe.get(self._k(cid, "def"))
         return [_campaign_from(raw) for raw in await pipe.execute() if raw is not None]
 
-    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus) -> CampaignStatus | None:
+    async def set_campaign_status(self, campaign_id: str, status: CampaignStatus, *,
+                                  unless: CampaignStatus | None = None) -> CampaignStatus | None:
         await self._ensure()
         keys = [self._k(campaign_id, "def"), self._k(campaign_id, "status")]
-        before = await self._s_campaign_status(keys=keys, args=[CampaignStatus(status).value])
+        before = await self._s_campaign_status(keys=keys, args=[CampaignStatus(status).value,
+                                                                "" if unless is None else unless.value])
         if before is None:
             return None
+        before = before.decode() if isinstance(before, bytes) else str(before)
+        if before.startswith("-"):  # the status kept is `unless`: nothing written
+            return _status_from(before[1:])
         await self._bump_campaigns()
         return _status_from(before)
 

@@ -295,17 +295,20 @@ class Runtime:
             return camp.status
         return stored
 
-    async def control_campaign(self, campaign_id: str, action: str) -> bool:
+    async def control_campaign(self, campaign_id: str, action: str) -> CampaignStatus | None:
         """Start, pause or stop a campaign on every node: the status is written to the store (and the campaign
-        version moved), then this node's core takes it at once; the others at their next reload. False if there
-        is no such campaign (nothing done)."""
+        version moved), then this node's core takes it at once; the others at their next reload. Returns the
+        campaign-wide status before; None if there is no such campaign. A pause of a stopped campaign does
+        nothing (checked in the store as it writes: a stop through another node a moment before wins)."""
         status = _CONTROL[action]
+        unless = CampaignStatus.STOPPED if status is CampaignStatus.PAUSED else None
         async with self._campaign_lock:
-            if await self.store.set_campaign_status(campaign_id, status) is None:
-                return False
+            before = await self.store.set_campaign_status(campaign_id, status, unless=unless)
+            if before is None or before is unless:
+                return before
             self._status_applied[campaign_id] = status
             self.submit(CampaignControl(campaign_id, action))  # type: ignore[arg-type]
-            return True
+            return before
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         added = await self.store.add_leads(campaign_id, leads)

@@ -13,7 +13,7 @@ from dialer.commands import Emit
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
-from dialer.model import CampaignSettings, Lead, Outcome
+from dialer.model import CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.scripted_pbx import ScriptedPbx
 
@@ -112,3 +112,27 @@ async def test_a_campaign_sync_failure_leaves_dialing_to_the_store_down_handling
         await asyncio.sleep(0.02)
     assert rt.core.campaigns["c1"].settings.max_lines == 3  # taken once the store reads again
     await rt.stop()
+
+
+async def test_a_pause_after_a_stop_through_another_node_does_nothing() -> None:
+    """The API read "running" and then asked for a pause, while another node's stop landed in the store: the pause
+    neither overwrites the stop nor pauses this node (it stops at its next reload)."""
+    store = InMemoryStore()
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx(),
+                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=3600))
+    await rt.start()
+    try:
+        await rt.create_campaign(CampaignSettings(campaign_id="c1"))
+        assert await rt.control_campaign("c1", "start") is CampaignStatus.CREATED
+        for _ in range(100):
+            if rt.core.campaigns["c1"].status is CampaignStatus.RUNNING:
+                break
+            await asyncio.sleep(0.01)
+        await store.set_campaign_status("c1", CampaignStatus.STOPPED)  # another node's stop
+        assert await rt.control_campaign("c1", "pause") is CampaignStatus.STOPPED
+        await asyncio.sleep(0.05)
+        assert await store.campaign_status("c1") is CampaignStatus.STOPPED
+        assert rt.core.campaigns["c1"].status is CampaignStatus.RUNNING  # not paused: the reload stops it
+        assert await rt.control_campaign("nope", "pause") is None
+    finally:
+        await rt.stop()

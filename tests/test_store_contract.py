@@ -642,6 +642,25 @@ async def test_a_campaigns_status_is_kept_and_every_change_moves_the_version(sto
     assert await peer.campaign_statuses() == {"c1": CampaignStatus.PAUSED, "c2": CampaignStatus.CREATED}
 
 
+
+async def test_a_pause_never_lands_over_a_stop(store: Store, peer: Store) -> None:
+    """A pause and a stop at the same moment through two nodes: the pause read "running", the stop landed, and the
+    pause was written over it. Checked and written in one step, the pause finds the stop and writes nothing."""
+    assert await store.create_campaign(CampaignSettings(campaign_id="c1"))
+    assert await store.set_campaign_status("c1", CampaignStatus.RUNNING) is CampaignStatus.CREATED
+    assert await peer.set_campaign_status("c1", CampaignStatus.STOPPED) is CampaignStatus.RUNNING
+    v = await peer.campaign_version()
+    kept = await store.set_campaign_status("c1", CampaignStatus.PAUSED, unless=CampaignStatus.STOPPED)
+    assert kept is CampaignStatus.STOPPED  # nothing written, nothing announced
+    assert await peer.campaign_status("c1") is CampaignStatus.STOPPED and await peer.campaign_version() == v
+    assert await store.set_campaign_status("c1", CampaignStatus.RUNNING, unless=CampaignStatus.STOPPED) is \
+        CampaignStatus.STOPPED
+    assert await store.set_campaign_status("c1", CampaignStatus.RUNNING) is CampaignStatus.STOPPED  # a start does
+    assert await peer.set_campaign_status("c1", CampaignStatus.PAUSED, unless=CampaignStatus.STOPPED) is \
+        CampaignStatus.RUNNING
+    assert await store.campaign_status("c1") is CampaignStatus.PAUSED and await store.campaign_version() > v
+
+
 @pytest.mark.redis
 async def test_a_burst_through_sentinel_waits_for_a_connection_instead_of_failing(
         redis_sentinel: RedisSentinel) -> None:
