@@ -42,10 +42,27 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record comes, not the stream it was when logging was set up: a
+    stream replaced since (a CLI run inside a test runner, a redirect) would have left a closed one behind, and
+    every later record from any library would fail with a "Logging error" on the new stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     fmt = JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler.setFormatter(fmt)
     root = logging.getLogger()

@@ -5,6 +5,9 @@ against the simulated PBX over AMI."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 import os
 import signal
 import socket
@@ -13,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
+from dialer.logs import setup_logging
 from marcador_cli.main import app
 from sim.pbx import SimulatedPbx
 from tests.harness.services import free_port
@@ -135,3 +140,23 @@ async def test_the_api_socket_gets_no_nagle_delay_on_its_connections() -> None:
             await asyncio.sleep(0.01)
         w.close()
     assert nodelay and nodelay[0] != 0
+
+
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `marcador run` inside a test runner set logging up on a stderr the runner later closed: every later record,
+    # from any library (matplotlib building its font cache under `marcador sim --plot`), failed with a "Logging
+    # error" written into the next command's output.
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        first = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging("INFO", json_lines=True)
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("elsewhere").info("font cache built")
+        assert json.loads(second.getvalue().strip().splitlines()[-1])["msg"] == "font cache built"
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
