@@ -415,16 +415,22 @@ async def test_two_creates_of_one_campaign_at_once_are_a_201_and_a_409() -> None
 async def test_two_nodes_creating_one_campaign_at_once_give_a_201_and_a_409(redis_server: RedisServer) -> None:
     """Through two nodes' APIs both creates passed the existence check before either was saved: both answered
     201 and the second's settings overwrote the first's (the store's create is now one SET NX)."""
-    async with redis_api_env(redis_server) as env:
-        runtime2 = Runtime(DialerCore(CoreConfig(id_prefix="u")), env.peer, ScriptedPbx(),
-                           RuntimeConfig(tick_interval_s=0.02))
-        await runtime2.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime2)),
-                                         base_url="http://test") as other:
-                await _two_creates_at_once(env.api, other)
-        finally:
-            await runtime2.stop()
+    async with redis_api_env(redis_server) as env, peer_api(env) as other:
+        await _two_creates_at_once(env.api, other)
+
+
+@asynccontextmanager
+async def peer_api(env: RedisEnv) -> AsyncIterator[httpx.AsyncClient]:
+    """A second node's API on the environment's Redis (its peer store, its own runtime and PBX stand-in)."""
+    runtime2 = Runtime(DialerCore(CoreConfig(id_prefix="u")), env.peer, ScriptedPbx(),
+                       RuntimeConfig(tick_interval_s=0.02))
+    await runtime2.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime2)),
+                                     base_url="http://test") as other:
+            yield other
+    finally:
+        await runtime2.stop()
 
 
 async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
@@ -983,26 +989,18 @@ async def test_attempt_pages_come_from_the_store_page_by_page_on_redis(redis_ser
 async def test_concurrent_patches_through_two_nodes_lose_no_change(redis_server: RedisServer) -> None:
     """Two nodes' APIs on one Redis, PATCHing different fields of one campaign at once. The per-node lock did not
     reach the other node: each read the old definition and the later write undid the other's fields."""
-    async with redis_api_env(redis_server) as env:
-        runtime2 = Runtime(DialerCore(CoreConfig(id_prefix="u")), env.peer, ScriptedPbx(),
-                           RuntimeConfig(tick_interval_s=0.02))
-        await runtime2.start()
-        try:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime2)),
-                                         base_url="http://test") as other:
-                await make_campaign(env.api)
-                for i in range(20):
-                    want = {"name": f"Q{i}", "max_lines": 20 + i, "skill": f"s{i}", "weight": 1.0 + i,
-                            "ring_timeout_s": 20.0 + i, "caller_id": f"Q{i} <{1000 + i}>"}
-                    replies = await asyncio.gather(*(
-                        (env.api if n % 2 else other).patch("/api/v1/campaigns/c1", json={field: value})
-                        for n, (field, value) in enumerate(want.items())))
-                    assert [r.status_code for r in replies] == [200] * len(want), [r.text for r in replies]
-                    for api in (env.api, other):
-                        got = (await api.get("/api/v1/campaigns/c1")).json()
-                        assert {f: got[f] for f in want} == want, f"round {i}"
-        finally:
-            await runtime2.stop()
+    async with redis_api_env(redis_server) as env, peer_api(env) as other:
+        await make_campaign(env.api)
+        for i in range(20):
+            want = {"name": f"Q{i}", "max_lines": 20 + i, "skill": f"s{i}", "weight": 1.0 + i,
+                    "ring_timeout_s": 20.0 + i, "caller_id": f"Q{i} <{1000 + i}>"}
+            replies = await asyncio.gather(*(
+                (env.api if n % 2 else other).patch("/api/v1/campaigns/c1", json={field: value})
+                for n, (field, value) in enumerate(want.items())))
+            assert [r.status_code for r in replies] == [200] * len(want), [r.text for r in replies]
+            for api in (env.api, other):
+                got = (await api.get("/api/v1/campaigns/c1")).json()
+                assert {f: got[f] for f in want} == want, f"round {i}"
 
 
 async def test_a_patch_outrun_by_other_nodes_at_every_try_is_a_409_naming_why() -> None:
