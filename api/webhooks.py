@@ -5,7 +5,8 @@ with the webhook's secret>`, `X-Marcador-Event: <type>`, `X-Marcador-Delivery: <
 so a receiver can drop a repeat). One sender per endpoint delivers in order; an event that keeps failing (5xx,
 408, 425, 429, a timeout, a connection error) holds the ones behind it until it succeeds or is given up after
 `max_attempts`; a 429's Retry-After is waited, within `backoff_max_s`. Any other 4xx is the endpoint refusing
-that event, which a retry will not change: it is given up at once, and the next event goes out. Given-up events
+that event, and a 3xx sends it elsewhere (redirects are not followed), which a retry will not change: it is given
+up at once, and the next event goes out. Given-up events
 are counted (`failed`) and logged, never kept. Each sender's queue is bounded: past
 `queue_size` the oldest event is dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is
 left then is counted as dropped and logged. Secrets and payloads are never logged; URLs are logged
@@ -175,11 +176,16 @@ class WebhookSender:
                     self.counters.sent += 1
                     return True
                 why = f"HTTP {r.status_code}"
-                if 400 <= r.status_code < 500 and r.status_code not in RETRYABLE_4XX:
-                    # Refused: a retry would be refused too and hold every event behind it. The answer's body is
-                    # not logged (it may echo the payload, phone numbers and all).
+                if 300 <= r.status_code < 400 or (400 <= r.status_code < 500
+                                                  and r.status_code not in RETRYABLE_4XX):
+                    # Refused, or sent elsewhere (a redirect is not followed: the event would go where nobody
+                    # configured it): a retry would fare the same and hold every event behind it. Neither the
+                    # answer's body nor its Location is logged (they may echo the payload or carry a credential).
                     self.counters.failed += 1
-                    log.warning("webhook event rejected by the endpoint, not retried", extra={"fields": {
+                    msg = ("webhook endpoint answered a redirect (not followed; set the webhook URL to its target), "
+                           "event not retried" if r.status_code < 400 else
+                           "webhook event rejected by the endpoint, not retried")
+                    log.warning(msg, extra={"fields": {
                         "url": self.label, "kind": ev.kind, "status": r.status_code, "attempt": attempt}})
                     return False
                 if r.status_code == 429:
