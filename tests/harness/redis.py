@@ -8,12 +8,13 @@ locally; with CI=true they fail instead, never skip. `RedisServer` also runs out
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,15 +51,12 @@ class RedisServer:
                 "--daemonize", "no", "--logfile", str(self.log_path), "--maxmemory-policy", "noeviction"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self._log_tail()}")
-            if self.ping():
-                return
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer within {timeout} s: {self._log_tail()}")
+        try:
+            _await(self.proc, self.ping, time.monotonic() + timeout, "redis-server", "answer", self._log_tail)
+        except RuntimeError:
+            if self.proc.poll() is None:
+                self.kill()
+            raise
 
     def ping(self) -> bool:
         """True once the server answers PING (and has loaded its AOF: a loading server answers -LOADING)."""
@@ -156,15 +154,13 @@ class RedisSentinel:
                         f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n")
         self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server --sentinel exited with {self.proc.returncode}")
-            if self._knows_master():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server --sentinel did not name its master within {timeout} s")
+        try:
+            _await(self.proc, self._knows_master, time.monotonic() + timeout, "redis-server --sentinel",
+                   "name its master", lambda: "")
+        except RuntimeError:
+            if self.proc.poll() is None:
+                self.stop()
+            raise
 
     def _knows_master(self) -> bool:
         query = f"SENTINEL get-master-addr-by-name {self.service}\r\n".encode()
@@ -246,12 +242,8 @@ class RedisClusterServers:
                                                stderr=subprocess.DEVNULL))
         try:
             for port, proc in zip(self.ports, self.procs, strict=True):
-                while not _answers(port, b"PING\r\n", b"+PONG"):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"redis-server exited with {proc.returncode}: {self._log_tail()}")
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not answer within {timeout} s: {self._log_tail()}")
-                    time.sleep(0.02)
+                _await(proc, functools.partial(_answers, port, b"PING\r\n", b"+PONG"), deadline, "redis-server",
+                       "answer", self._log_tail)
             create = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                                      "--cluster-replicas", "0", "--cluster-yes"], stdin=subprocess.DEVNULL,
                                     capture_output=True, timeout=max(deadline - time.monotonic(), 1.0))
@@ -278,6 +270,17 @@ class RedisClusterServers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def _await(proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadline: float, what: str, doing: str,
+           log_tail: Callable[[], str]) -> None:
+    """Wait until `ready()`; a RuntimeError naming `what` if its process exits first or `deadline` passes."""
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not {doing} in time: {log_tail()}")
+        time.sleep(0.02)
 
 
 def _answers(port: int, query: bytes, expect: bytes) -> bool:
