@@ -835,7 +835,9 @@ class DialerCore:
             camp.status = CampaignStatus.RUNNING
             self._maybe_fetch(camp, now, out)
         elif event.action == "pause":
-            if camp.status is CampaignStatus.RUNNING:
+            # A campaign this node never ran takes the pause too: it dials nothing either way, and its figures
+            # must say paused (as every node's API does), not created.
+            if camp.status in (CampaignStatus.RUNNING, CampaignStatus.CREATED):
                 camp.status = CampaignStatus.PAUSED
         elif event.action == "stop":
             camp.status = CampaignStatus.STOPPED

@@ -681,8 +681,8 @@ class Runtime:
 
     def _apply_status(self, campaign_id: str, status: CampaignStatus) -> None:
         """A stored status this node has not acted on → its core, when it would change what the core does. A
-        paused campaign this node never ran stays as it is (not dialing); while the node drains or stops, its
-        halt stands."""
+        paused campaign this node never ran is paused here too (it dials nothing either way; its stats say
+        paused, not created); while the node drains or stops, its halt stands."""
         if self._halted or self._status_applied.get(campaign_id, CampaignStatus.CREATED) is status:
             return
         self._status_applied[campaign_id] = status
@@ -690,7 +690,7 @@ class Runtime:
         action: str | None = None
         if status is CampaignStatus.RUNNING and local is not CampaignStatus.RUNNING:
             action = "start"
-        elif status is CampaignStatus.PAUSED and local is CampaignStatus.RUNNING:
+        elif status is CampaignStatus.PAUSED and local in (CampaignStatus.RUNNING, CampaignStatus.CREATED):
             action = "pause"
         elif status is CampaignStatus.STOPPED and local is not CampaignStatus.STOPPED:
             action = "stop"

@@ -225,6 +225,18 @@ def test_pause_and_stop_campaign():
     assert len(released) == 9 and not any(r.final for r in released)
 
 
+def test_a_campaign_never_run_here_takes_a_pause_and_dials_nothing():
+    # A node started into a campaign paused through another node: its core said created in its figures.
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1"))
+    core.handle(AgentLogin("a1"), 0.0)
+    core.handle(AgentConnected("a1"), 0.0)
+    cmds = core.handle(CampaignControl("c1", "pause"), 0.5)
+    assert not of(cmds, FetchLeads) and core.stats("c1", 0.5)["status"] == "paused"
+    assert not of(core.tick(1.0), Originate)
+    assert of(core.handle(CampaignControl("c1", "start"), 1.5), FetchLeads)
+
+
 def test_a_lead_back_from_its_call_after_the_stop_goes_back_to_the_store():
     core = make(agents=("a1",))
     (o,) = of(core.tick(1.0), Originate)
