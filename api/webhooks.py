@@ -163,7 +163,7 @@ class WebhookSender:
             DELIVERY_HEADER: f"{self._instance}-{ev.seq}",
         }
         delays = backoff_delays(s.backoff_base_s, s.backoff_max_s, s.max_attempts)
-        asked = 0.0  # the wait a 429's Retry-After asked for
+        asked = 0.0  # the wait a 429's or 503's Retry-After asked for
         for attempt in range(1, s.max_attempts + 1):
             if attempt > 1:
                 self.counters.retried += 1
@@ -188,7 +188,7 @@ class WebhookSender:
                     log.warning(msg, extra={"fields": {
                         "url": self.label, "kind": ev.kind, "status": r.status_code, "attempt": attempt}})
                     return False
-                if r.status_code == 429:
+                if r.status_code in (429, 503):  # the two answers HTTP gives a Retry-After (RFC 9110 10.2.3)
                     asked = retry_after_s(r.headers.get("retry-after")) or 0.0
             except httpx.HTTPError as exc:
                 why = type(exc).__name__

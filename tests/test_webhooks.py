@@ -333,19 +333,20 @@ async def test_timeouts_too_many_requests_and_5xx_are_still_retried(status: int)
     assert (sender.counters.sent, sender.counters.failed, sender.counters.retried) == (1, 0, 2)
 
 
+@pytest.mark.parametrize("status", [429, 503])
 @pytest.mark.parametrize(("retry_after", "wait"), [("7", 7.0), ("0", 1.0), ("86400", 30.0), ("soon", 1.0),
                                                    ("-5", 1.0), ("Wed, 21 Oct 2099 07:28:00 GMT", 30.0),
                                                    ("Wed, 21 Oct 2015 07:28:00 GMT", 1.0)])
-async def test_a_429_retry_after_is_honoured_within_the_back_off_cap(retry_after: str, wait: float) -> None:
-    """A 429's Retry-After (seconds or an HTTP date) is waited, never less than the back-off's own delay and never
-    past backoff_max_s (an endpoint cannot park the queue for a day); one that cannot be read, or already past,
-    leaves the back-off as it is."""
+async def test_a_retry_after_is_honoured_within_the_back_off_cap(status: int, retry_after: str, wait: float) -> None:
+    """A 429's or 503's Retry-After (seconds or an HTTP date) is waited, never less than the back-off's own delay and
+    never past backoff_max_s (an endpoint cannot park the queue for a day); one that cannot be read, or already
+    past, leaves the back-off as it is. (A 503 in maintenance asking for 7 s was retried after 1 s.)"""
     waits: list[float] = []
 
     async def sleep(s: float) -> None:
         waits.append(s)
 
-    rx = Scripted([(429, {"Retry-After": retry_after})])
+    rx = Scripted([(status, {"Retry-After": retry_after})])
     async with http_server(rx.app()) as base:
         hooks = Webhooks([WebhookSettings(url=f"{base}/hook", secret=SECRET, max_attempts=5,  # type: ignore[arg-type]
                                           backoff_base_s=1.0, backoff_max_s=30.0)], sleep=sleep)
@@ -353,5 +354,5 @@ async def test_a_429_retry_after_is_honoured_within_the_back_off_cap(retry_after
         await asyncio.sleep(0)
         await hooks.senders[0].drain(5)
         await hooks.aclose()
-    assert rx.got == [("1", 429), ("1", 200)]
+    assert rx.got == [("1", status), ("1", 200)]
     assert waits == [wait]
