@@ -153,9 +153,9 @@ class AmiTelephony:
                                                             "context": self.config.answered_context}})
                 deadline = loop.time() + self.config.boot_wait_s  # keep probing, say it again later
             await asyncio.sleep(0.5)
-        if resync:
-            await self._resync()
-        await self._sweep_stale_legs()
+        # One channel listing serves both: on a busy PBX it is thousands of events, and no dial goes out between.
+        listing = await self._resync() if resync else None
+        await self._sweep_stale_legs(listing)
         self._pbx_ready = True
         self._deliver([PbxLink(True)])  # after the reconcile: the core acts on a settled picture
 
@@ -167,13 +167,15 @@ class AmiTelephony:
         task = asyncio.ensure_future(coro)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _sweep_stale_legs(self) -> None:
-        """Hang up this node's agent legs that this run did not originate (see the module docstring)."""
+    async def _sweep_stale_legs(self, channels: list[Mapping[str, Any]] | None = None) -> None:
+        """Hang up this node's agent legs that this run did not originate (see the module docstring). `channels`:
+        a CoreShowChannel listing just taken (the resync's), else one is asked for."""
         if self.translator.node_id is None:
             return
         try:
-            listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
-            found = self.translator.stale_leg_candidates([m for m in listing if m.get("Event") == "CoreShowChannel"])
+            if channels is None:
+                channels = _channels(await self.client.request({"Action": "CoreShowChannels"}, timeout=15))
+            found = self.translator.stale_leg_candidates(channels)
             tags = await asyncio.gather(*(self.client.request(
                 {"Action": "Getvar", "Channel": leg.channel, "Variable": NODE_VARIABLE}) for leg in found))
         except (LinkLost, TimeoutError) as exc:
@@ -207,15 +209,17 @@ class AmiTelephony:
             self.stale_legs_hung_up += 1
             log.info("stale agent leg hung up", extra={"fields": {"room": leg.room, "uniqueid": leg.uniqueid}})
 
-    async def _resync(self) -> None:
+    async def _resync(self) -> list[Mapping[str, Any]] | None:
+        """Reconcile calls and rooms with what Asterisk has; the channel listing it read (None: the link fell)."""
         try:
-            listing = await self.client.request({"Action": "CoreShowChannels"}, timeout=15)
+            channels = _channels(await self.client.request({"Action": "CoreShowChannels"}, timeout=15))
         except (LinkLost, TimeoutError) as exc:
             log.warning("resync failed", extra={"fields": {"error": str(exc)}})
-            return  # the link is down again: the next login resyncs
+            return None  # the link is down again: the next login resyncs
         self.resyncs += 1
-        self._deliver(self.translator.reconcile([m for m in listing if m.get("Event") == "CoreShowChannel"]))
+        self._deliver(self.translator.reconcile(channels))
         await asyncio.gather(*(self._resync_room(agent_id) for agent_id in list(self.translator.legs)))
+        return channels
 
     async def _resync_room(self, agent_id: str) -> None:
         try:
@@ -233,6 +237,10 @@ class AmiTelephony:
             return
         for event in events:
             self._sink(event)
+
+
+def _channels(listing: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [m for m in listing if m.get("Event") == "CoreShowChannel"]
 
 
 def not_ready_reason(dialplan: Mapping[str, Any], rooms: Mapping[str, Any], context: str) -> str | None:

@@ -23,7 +23,7 @@ import math
 import random
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -143,6 +143,7 @@ class SimulatedPbx:
         self._server: asyncio.AbstractServer | None = None
         self.stalled_until = 0.0
         self.originates = 0
+        self.actions: Counter[str] = Counter()  # AMI actions received, by lower-cased name (tests count listings)
         self._rng = random.Random(seed)
         # answered-event written → Redirect into a room received, per call (bench/answer_latency.py)
         self._answered_at: dict[str, float] = {}
@@ -255,6 +256,7 @@ class SimulatedPbx:
     def _action(self, s: Session, a: dict[str, Any]) -> None:
         name = str(a.get("action", "")).lower()
         aid = a.get("actionid")
+        self.actions[name] += 1
         if name == "login":
             self._login(s, a, aid)
         elif name == "challenge":

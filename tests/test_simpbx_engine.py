@@ -348,3 +348,22 @@ async def test_a_stale_agent_leg_in_a_conversation_is_hung_up_when_the_conversat
         finally:
             await tel.close()
             await other.close()
+
+
+async def test_a_reconnect_lists_the_channels_once() -> None:
+    # The resync and the stale-leg sweep each asked for CoreShowChannels at every link start: on a busy PBX that
+    # is thousands of events twice over, before dialing may resume. The sweep now reuses the resync's listing.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        tel = AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n")
+        await tel.start(lambda ev: None)
+        try:
+            assert tel.ready and pbx.actions["coreshowchannels"] == 1  # the first login: the sweep only
+            pbx.drop_connections()
+            for _ in range(100):
+                if tel.client.reconnects >= 1 and tel.ready and tel.resyncs >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert tel.ready and tel.resyncs == 1
+            assert pbx.actions["coreshowchannels"] == 2  # one more for the reconnect, not two
+        finally:
+            await tel.close()
