@@ -9,7 +9,8 @@ room check (CONFBRIDGE_INFO marked) would count such a leg as the agent. Each ti
 every reconnect) the bridge lists the channels and hangs up the agent legs of its own node (`MARCADOR_NODE`) that
 this run did not originate, before any call is dialed. Legs of this run are never touched (a link flap keeps the
 agents in their rooms), nor are other nodes' legs on a shared Asterisk. A stale leg in a conversation (a customer
-in its room, left talking by the old run's stop) is hung up when the room's customer leaves, not cut mid-call.
+in its room, left talking by the old run's stop) is hung up when the room's customer leaves, not cut mid-call;
+that agent's new leg is held until then (`AgentLegHeld`), so no debtor is put into that conversation.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 
 from ami_bridge.client import AmiClient, LinkLost
 from ami_bridge.config import AmiConfig
-from ami_bridge.translate import NODE_VARIABLE, AmiAction, StaleLeg, Translator
-from dialer.commands import Originate
-from dialer.events import CallFailed, Event, PbxLink
+from ami_bridge.translate import NODE_VARIABLE, ROOM_PREFIX, AmiAction, StaleLeg, Translator
+from dialer.commands import HangupAgentLeg, Originate, OriginateAgentLeg
+from dialer.events import AgentDisconnected, AgentLegHeld, CallFailed, Event, PbxLink
 from dialer.model import Outcome
 from dialer.ports import EventSink, TelephonyCommand
 
 log = logging.getLogger("marcador.ami")
+
+HELD_REASON = "on a call from before the restart"
 
 
 class AmiTelephony:
@@ -48,6 +51,9 @@ class AmiTelephony:
         self.resyncs = 0
         self.stale_legs_hung_up = 0
         self._stale_in_call: dict[str, StaleLeg] = {}  # room → a stale leg hung up once its customer leaves
+        # agent id → its leg, not called while a stale leg of it talks to a debtor in its room: a leg joining
+        # that room would make the agent ready there, and the next debtor would be put into that conversation.
+        self._held_legs: dict[str, OriginateAgentLeg] = {}
 
     @property
     def ready(self) -> bool:
@@ -67,6 +73,15 @@ class AmiTelephony:
     # ------------------------------------------------------------------ commands
 
     def execute(self, cmd: TelephonyCommand) -> None:
+        if isinstance(cmd, OriginateAgentLeg) and ROOM_PREFIX + cmd.agent_id in self._stale_in_call:
+            self._held_legs[cmd.agent_id] = cmd
+            log.info("agent leg held: its phone is still on a call from before the restart",
+                     extra={"fields": {"agent_id": cmd.agent_id}})
+            self._deliver([AgentLegHeld(cmd.agent_id, HELD_REASON)])
+            return
+        if isinstance(cmd, HangupAgentLeg) and self._held_legs.pop(cmd.agent_id, None) is not None:
+            self._deliver([AgentDisconnected(cmd.agent_id)])  # never called: the logout is done
+            return
         for action in self.translator.actions_for(cmd):
             if isinstance(cmd, Originate) and not self.client.logged_in:
                 # Never sent (the link dropped after the core decided), so nothing is dialing. `lost`, not
@@ -117,7 +132,7 @@ class AmiTelephony:
         if self._stale_in_call and message.get("Event") == "ConfbridgeLeave":
             waiting = self._stale_in_call.pop(str(message.get("Conference", "")), None)
             if waiting is not None:
-                self._spawn(self._end_stale_leg(waiting))
+                self._spawn(self._end_stale_leg(waiting, release=True))
         events, actions = self.translator.on_event(message)
         self._deliver(events)
         for action in actions:
@@ -125,6 +140,7 @@ class AmiTelephony:
 
     def _on_link_down(self) -> None:
         self._pbx_ready = False
+        self._held_legs.clear()  # the core calls its connecting agents again when the link is back
         self._deliver([PbxLink(False)])
 
     def _on_login(self) -> None:
@@ -186,7 +202,20 @@ class AmiTelephony:
                 and self.translator.owned_by_us(leg, str(tag[0].get("Value") or ""))]
         await asyncio.gather(*(self._end_stale_leg(leg) for leg in ours))
 
-    async def _end_stale_leg(self, leg: StaleLeg) -> None:
+    async def _end_stale_leg(self, leg: StaleLeg, release: bool = False) -> None:
+        await self._try_end_stale_leg(leg)
+        if release and leg.room not in self._stale_in_call:
+            self._release_held_leg(leg)
+
+    def _release_held_leg(self, leg: StaleLeg) -> None:
+        """The stale conversation in the agent's room is over: the leg held for it is called now."""
+        for agent_id, cmd in list(self._held_legs.items()):
+            if ROOM_PREFIX + agent_id == leg.room:
+                del self._held_legs[agent_id]
+                log.info("held agent leg called", extra={"fields": {"agent_id": agent_id}})
+                self.execute(cmd)
+
+    async def _try_end_stale_leg(self, leg: StaleLeg) -> None:
         try:
             if leg.room is not None:
                 listing = await self.client.request({"Action": "ConfbridgeList", "Conference": leg.room})

@@ -40,6 +40,7 @@ from dialer.events import (
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
+    AgentLegHeld,
     AgentLogin,
     AgentLogout,
     AgentMissing,
@@ -309,6 +310,14 @@ class DialerCore:
                 self._serve_waiting(agent, now, out)
             case AgentDisconnected():
                 self._on_agent_disconnected(event, now, out)
+            case AgentLegHeld():
+                held = self.agents.get(event.agent_id)
+                if held is not None and held.status is AgentStatus.CONNECTING:
+                    # Its phone is on a call the PBX side will see end: not a leg lost without word, so no leg
+                    # timeout (the agent stays connecting, not routed calls, until its leg joins its room).
+                    held.leg_gen += 1
+                    self.agents.set_status(held, AgentStatus.CONNECTING, now, reason=event.reason)
+                    out.append(self._agent_emit(held))
             case AgentJoinedCall():
                 call = self.calls.get(event.call_id)
                 if call is not None and call.attempt.agent_id == event.agent_id:

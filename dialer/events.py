@@ -69,6 +69,15 @@ class AgentDisconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentLegHeld:
+    """The agent's leg is not called yet: its phone is still in a conversation from before a restart (a stale leg
+    with a debtor in the agent's room). The PBX side calls it once that conversation ends; no timeout meanwhile."""
+
+    agent_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgentJoinedCall:
     """The customer leg of `call_id` joined `agent_id`'s room."""
 
@@ -228,6 +237,7 @@ Event = (
     | AgentLogout
     | AgentConnected
     | AgentDisconnected
+    | AgentLegHeld
     | AgentJoinedCall
     | AgentMissing
     | AgentState

@@ -17,9 +17,9 @@ import pytest
 
 from ami_bridge.telephony import AmiTelephony
 from dialer.core import CoreConfig, DialerCore
-from dialer.events import AgentLogin
+from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
-from dialer.model import AgentStatus
+from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.campaign import (
     CountingTelephony,
@@ -175,3 +175,39 @@ async def test_agent_legs_left_by_a_stopped_engine_are_hung_up_by_the_next_run_o
             await new.stop()
     finally:
         await other.stop()
+
+
+async def test_an_agent_back_while_its_phone_is_on_a_call_from_before_the_restart_gets_no_debtor_into_that_call(
+        asterisk: Any) -> None:
+    # A deploy mid-shift: the old run stops with the agent talking to a debtor (its leg and the debtor stay in the
+    # room) and the agent logs in to the new run at once. Its new leg was called into that room and the agent was
+    # ready there: the next debtor answered joined the conversation. The new leg now waits for that call to end.
+    old, _ = await _engine(asterisk, "hl-1", "hl-node")
+    try:
+        await old.create_campaign(CampaignSettings(campaign_id="h", strategy="progressive", wrapup_s=1))
+        await old.add_leads("h", [Lead("H1", "h", ("+15550001100006",))])  # answers at once, talks 6 s
+        old.submit(AgentLogin("hl-agent"))
+        old.submit(CampaignControl("h", "start"))
+        await _until(lambda: any(c.state == "connected" for c in old.core.calls.values()), "the call never connected")
+    finally:
+        await old.stop()  # no logout: the agent's leg stays in its conversation
+    new, tel = await _engine(asterisk, "hl-2", "hl-node")
+    try:
+        await new.create_campaign(CampaignSettings(campaign_id="h", strategy="progressive", wrapup_s=1))
+        await new.add_leads("h", [Lead("H2", "h", ("+15550001100002",))])
+        new.submit(AgentLogin("hl-agent"))
+        new.submit(CampaignControl("h", "start"))
+        await _until(lambda: (a := new.core.agents.get("hl-agent")) is not None
+                     and a.reason == "on a call from before the restart", "the leg was not held")
+        assert not new.core.calls  # nothing dialed for an agent whose phone is busy
+        await _until(lambda: _ready(new, "hl-agent") or bool(new.core.calls), "the held leg was never called")
+        assert tel.stale_legs_hung_up == 1  # the old leg, once its debtor left
+        done: list[Any] = []
+        for _ in range(400):
+            done = [a for a in await new.attempts("h") if a.outcome is not None]
+            if done:
+                break
+            await asyncio.sleep(0.05)
+        assert [(a.outcome, a.agent_id) for a in done] == [(Outcome.CONNECTED, "hl-agent")]
+    finally:
+        await new.stop()

@@ -24,6 +24,7 @@ from dialer.core import CoreConfig, CoreError, DialerCore
 from dialer.events import (
     AgentConnected,
     AgentDisconnected,
+    AgentLegHeld,
     AgentLogin,
     AgentLogout,
     AgentMissing,
@@ -905,6 +906,28 @@ def test_agent_leg_timeouts_follow_the_legs():
     assert _agent(core, "a3").status is AgentStatus.CONNECTING and core.next_deadline() == 430.0
     core.handle(AgentConnected("a3"), 405.0)
     assert core.next_deadline() is None and _agent(core, "a3").status is AgentStatus.READY
+
+
+def test_a_held_agent_leg_is_not_timed_out_and_a_logout_still_ends_it():
+    # The PBX side holds the leg while the agent's phone is on a call from before a restart (AgentLegHeld): that
+    # call may last minutes, and the 60 s leg timeout would log the agent out mid-call.
+    core = DialerCore(CoreConfig(id_prefix="t"))
+    core.add_campaign(CampaignSettings(campaign_id="c1"))
+    core.handle(AgentLogin("a1"), 0.0)
+    cmds = core.handle(AgentLegHeld("a1", "on a call from before the restart"), 0.1)
+    assert _agent_states(cmds) == [("a1", "connecting", "on a call from before the restart")]
+    assert core.tick(600.0) == [] and _agent(core, "a1").status is AgentStatus.CONNECTING
+    core.handle(AgentConnected("a1"), 601.0)
+    assert _agent(core, "a1").status is AgentStatus.READY
+    # a logout while held: the hang-up goes to the PBX side, which answers with the leg's end
+    core.handle(AgentLogin("a2"), 700.0)
+    core.handle(AgentLegHeld("a2", "on a call from before the restart"), 700.1)
+    assert of(core.handle(AgentLogout("a2"), 710.0), HangupAgentLeg) == [HangupAgentLeg("a2")]
+    core.handle(AgentDisconnected("a2"), 710.0)
+    assert _agent(core, "a2").status is AgentStatus.LOGGED_OUT
+    # a word that comes for an agent not waiting on its leg changes nothing
+    assert core.handle(AgentLegHeld("a1", "on a call from before the restart"), 720.0) == []
+    assert _agent(core, "a1").status is AgentStatus.READY
 
 
 def test_a_customer_left_alone_when_the_agent_leg_drops_is_hung_up_after_a_grace():

@@ -367,3 +367,47 @@ async def test_a_reconnect_lists_the_channels_once() -> None:
             assert pbx.actions["coreshowchannels"] == 2  # one more for the reconnect, not two
         finally:
             await tel.close()
+
+
+async def test_an_agent_logging_in_while_its_phone_is_on_a_call_from_before_the_restart_waits_for_that_call() -> None:
+    # A deploy during the shift: the old run stops with an agent talking to a debtor; the agent logs in to the new
+    # run at once. Its new leg joined the room where that conversation went on, the agent was ready, and the next
+    # debtor answered was put into the same conversation. The leg is now held until that call ends.
+    async with SimulatedPbx(secret="s3cret-pbx") as pbx:
+        old = Runtime(DialerCore(CoreConfig(id_prefix="n-1")), InMemoryStore(),
+                      AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
+        await old.start()
+        await old.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
+        await old.add_leads("s", [Lead("T1", "s", ("+15550001100003",))])  # answers at once, talks 3 s
+        old.submit(AgentLogin("talking"))
+        old.submit(CampaignControl("s", "start"))
+        for _ in range(100):
+            if any(c.state == "connected" for c in old.core.calls.values()):
+                break
+            await asyncio.sleep(0.05)
+        await old.stop()  # no logout: the agent's leg stays in its conversation
+
+        new = Runtime(DialerCore(CoreConfig(id_prefix="n-2")), InMemoryStore(),
+                      AmiTelephony(_config(pbx), id_prefix="n-2", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
+        await new.start()
+        try:
+            await new.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
+            await new.add_leads("s", [Lead("T2", "s", ("+15550001100002",))])
+            new.submit(AgentLogin("talking"))
+            new.submit(CampaignControl("s", "start"))
+            await asyncio.sleep(0.5)
+            agent = new.core.agents.get("talking")
+            assert agent is not None and agent.status.value == "connecting"
+            assert agent.reason == "on a call from before the restart"
+            assert [ch.agent_id for ch in pbx.channels.values() if ch.kind == "agent"] == ["talking"]  # the old one
+            rooms: list[int] = []
+            for _ in range(200):  # the old debtor hangs up after its 3 s; then the held leg is called
+                rooms.append(sum(1 for ch in pbx.channels.values() if ch.kind == "call" and ch.room == "agent-talking"))
+                if any(a.call_id.startswith("n-2") and a.outcome is not None for a in await new.attempts("s")):
+                    break
+                await asyncio.sleep(0.05)
+            assert max(rooms) == 1  # never two debtors in one room
+            (att,) = [a for a in await new.attempts("s") if a.call_id.startswith("n-2")]
+            assert att.outcome is Outcome.CONNECTED and att.agent_id == "talking"
+        finally:
+            await new.stop()
