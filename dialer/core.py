@@ -34,7 +34,7 @@ from dialer.commands import (
 )
 from dialer.compliance import DebtorHistory, DncList, Gatekeeper, Refusal, RuleSet, load_rule_set
 from dialer.compliance.dnc import lookup_key
-from dialer.dispositions import DispositionSet
+from dialer.dispositions import DispositionCode, DispositionSet
 from dialer.events import (
     AMD_HANGUP,
     AgentConnected,
@@ -114,6 +114,11 @@ class CoreConfig:
     # A customer still up this long after its agent's leg left is hung up: Asterisk ends it at once (end_marked),
     # but one that joined the room just after the leg left (past the dialplan's room check) would wait in silence.
     orphan_hangup_s: float = 3.0
+    # A disposition may come after its wrap-up ended (the wrap-up timer, the agent's own ready, its leg dropped) and
+    # is then taken once, late, without touching the agent: the calls each agent handled are kept for it, the last
+    # `late_disposition_calls` of them (at least 1), each for `late_disposition_s` after it ended.
+    late_disposition_s: float = 3600.0
+    late_disposition_calls: int = 10
 
 
 @dataclass(slots=True)
@@ -123,6 +128,26 @@ class Call:
     abandon_at: float | None = None
     ended: bool = False
     reserved_agent: str | None = None  # preview: the agent who dialed it takes it, nobody else
+
+
+@dataclass(slots=True)
+class HandledCall:
+    """A connected call an agent handled, kept after it ended for its disposition (on time or late)."""
+
+    agent_id: str
+    attempt: Attempt  # final; its `disposition` is set once one was taken
+
+
+@dataclass(frozen=True, slots=True)
+class _LateDisposition:
+    """A disposition taken while its lead was out on another call (or on a preview screen): it steers the lead
+    when the lead is back."""
+
+    number: str
+    code: DispositionCode
+    outcome: Outcome  # the disposed call's outcome, for the store if the code ends the lead
+    callback_at: float | None
+    callback_agent: str | None
 
 
 @dataclass(slots=True)
@@ -151,6 +176,8 @@ class CampaignState:
     refused: dict[str, int] = field(default_factory=dict)  # gate refusals by reason
     later_callbacks: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # for leads not loaded yet
     ended_by_rules: list[str] = field(default_factory=list)  # leads a hopper-rule edit ended, for the store
+    # Lead id → dispositions taken while the lead was out (`_LateDisposition`), applied in order when it is back.
+    dispositions_held: dict[str, list[_LateDisposition]] = field(default_factory=dict)
 
 
 class DialerCore:
@@ -175,6 +202,10 @@ class DialerCore:
         self.history = DebtorHistory(horizon_s=86_400.0, max_per_lead=1)
         self._dnc_unstored: set[tuple[str | None, str]] = set()  # DNC entries of ours the store may not hold yet
         self._pruned_at = float("-inf")
+        # Connected calls whose agent may still post (or has posted) their disposition: call id → call, in the order
+        # they ended; and each agent's, oldest first (`CoreConfig.late_disposition_calls`, `late_disposition_s`).
+        self._handled: dict[str, HandledCall] = {}
+        self._handled_by_agent: dict[str, deque[str]] = {}
 
     # ------------------------------------------------------------------ campaigns
 
@@ -406,6 +437,8 @@ class DialerCore:
                 not agent.serves(event.campaign_id, camp.settings.skill):
             raise CoreError(f"agent_id: {event.agent_id!r} is not a ready agent of campaign {event.campaign_id!r}")
         picks: list[Pick] = []
+        if camp.dispositions_held:  # a lead back since the last tick takes its late code before it is offered
+            self._settle_held(camp, now, out)
         if camp.status is CampaignStatus.RUNNING:
             # Own callbacks first; compliance holds for previews too (the agent reserved is the one dialing).
             gate = self._gate(camp, out, agent_reserved=True)
@@ -499,7 +532,10 @@ class DialerCore:
         if prune:
             self._pruned_at = now
             self.history.prune(now)
+        self._prune_handled(now)
         for camp in self.campaigns.values():
+            if camp.dispositions_held:
+                self._settle_held(camp, now, out)
             if camp.status is CampaignStatus.RUNNING:
                 self._pace(camp, now, out)
         return out
@@ -643,6 +679,7 @@ class DialerCore:
             # The person hung up while waiting for an agent: abandoned (DESIGN.md, Words and figures).
             self._abandon(call, now, out, play_message=False)  # no message to play: the line is gone
         elif call.state == "connected" and att.agent_id is not None:
+            self._note_handled(att.agent_id, att)
             agent = self.agents.get(att.agent_id)
             if agent is not None and agent.call_id == att.call_id:
                 self.agents.start_wrapup(agent, now)
@@ -701,46 +738,119 @@ class DialerCore:
         out.append(self._agent_emit(agent))
 
     def _on_disposition(self, event: Disposition, now: float, out: list[Command]) -> None:
-        # The attempt is already final; the disposition completes the agent's wrap-up and steers the lead.
+        # The attempt is already final; the disposition steers the lead and, on time, completes the agent's wrap-up.
         for agent in self.agents.all():
             if agent.last_call_id == event.call_id and agent.status is AgentStatus.WRAPUP:
                 done = agent.last_attempt
                 camp = self.campaigns.get(agent.last_campaign_id or "")
-                scheduled: float | None = None
-                if camp is not None and done is not None and done.call_id == event.call_id:
-                    code = camp.dispositions.validate(
-                        event.code, event.callback_at, event.ptp_amount,
-                        date.fromisoformat(event.ptp_date) if event.ptp_date else None, now=now)
-                    if code.dnc:
-                        cid = camp.settings.campaign_id
-                        self.dnc.add(done.number, cid, now)
-                        # Until a snapshot of the shared store shows it, no snapshot may take it off again.
-                        self._dnc_unstored.add((cid, lookup_key(done.number)))
-                        out.append(PersistDnc(done.number, cid))
-                    if code.wrong_party and done.outcome is Outcome.CONNECTED and done.connected_at is not None:
-                        # Not a conversation with the debtor: no Reg F 7-day block, no contact cap; still a call
-                        # toward the attempt caps. The store hears it from this disposition's RecordAttempt.
-                        camp.gate.history.note_wrong_party(done.lead_id, done.connected_at)
-                    info = camp.hopper.info(done.lead_id)
-                    before = info.state if info is not None else None
-                    if before not in (None, "done", "removed"):
-                        scheduled = event.callback_at
-                        after = camp.hopper.dispose(done.lead_id, done.number, code, now,
-                                                    callback_at=event.callback_at,
-                                                    callback_agent=agent.agent_id if event.own_callback else None)
-                        if after in ("done", "removed"):
-                            out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
-                                                   or Outcome.CONNECTED, final=True))
-                    done.disposition = event.code
-                    out.append(RecordAttempt(done.copy()))
-                # callback_at: the callback scheduled (None where the lead is no longer dialed: nothing was).
-                out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code,
-                                                     "agent_id": agent.agent_id,
-                                                     "callback_at": scheduled,
-                                                     "ptp_amount": event.ptp_amount, "ptp_date": event.ptp_date}))
+                self._dispose(event, agent.agent_id, done if done is not None and done.call_id == event.call_id
+                              else None, camp, now, out, late=False)
                 self._end_wrapup_or_pause(agent, now, out)
                 return
-        raise CoreError(f"call_id: {event.call_id!r} is not a call an agent is wrapping up")
+        # Late: the wrap-up is over (its timer, the agent's ready, its leg dropped) and the agent may be on another
+        # call. The call is steered as on time; the agent is left as it is.
+        handled = self._handled.get(event.call_id)
+        if handled is None:
+            raise CoreError(f"call_id: {event.call_id!r} is not a call an agent handled (unknown, not over, or "
+                            f"older than {self.config.late_disposition_s:g} s or the agent's last "
+                            f"{self.config.late_disposition_calls} calls)")
+        done = handled.attempt
+        if done.disposition is not None:
+            raise CoreError(f"call_id: {event.call_id!r} already has its disposition ({done.disposition}): "
+                            "one per call")
+        self._dispose(event, handled.agent_id, done, self.campaigns.get(done.campaign_id), now, out, late=True)
+
+    def _dispose(self, event: Disposition, agent_id: str, done: Attempt | None, camp: CampaignState | None,
+                 now: float, out: list[Command], *, late: bool) -> None:
+        """What a disposition does to its call's lead, on time or late: DNC, wrong party, the lead ended, called
+        back or its phone dropped; the attempt recorded again with it; call.disposition emitted."""
+        scheduled: float | None = None
+        held = False
+        if camp is not None and done is not None:
+            code = camp.dispositions.validate(
+                event.code, event.callback_at, event.ptp_amount,
+                date.fromisoformat(event.ptp_date) if event.ptp_date else None, now=now)
+            if code.dnc:
+                cid = camp.settings.campaign_id
+                self.dnc.add(done.number, cid, now)  # before the next dial, whatever the lead's state
+                # Until a snapshot of the shared store shows it, no snapshot may take it off again.
+                self._dnc_unstored.add((cid, lookup_key(done.number)))
+                out.append(PersistDnc(done.number, cid))
+            if code.wrong_party and done.outcome is Outcome.CONNECTED and done.connected_at is not None:
+                # Not a conversation with the debtor: no Reg F 7-day block, no contact cap; still a call
+                # toward the attempt caps. The store hears it from this disposition's RecordAttempt.
+                camp.gate.history.note_wrong_party(done.lead_id, done.connected_at)
+            info = camp.hopper.info(done.lead_id)
+            before = info.state if info is not None else None
+            callback_agent = agent_id if event.own_callback else None
+            if before == "out":
+                # Out again (a short recycle delay, a callback, a preview screen): the hopper takes it when it is back.
+                held = True
+                scheduled = event.callback_at
+                camp.dispositions_held.setdefault(done.lead_id, []).append(_LateDisposition(
+                    done.number, code, done.outcome or Outcome.CONNECTED, event.callback_at, callback_agent))
+            elif before not in (None, "done", "removed"):
+                scheduled = event.callback_at
+                after = camp.hopper.dispose(done.lead_id, done.number, code, now,
+                                            callback_at=event.callback_at, callback_agent=callback_agent)
+                if after in ("done", "removed"):
+                    out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
+                                           or Outcome.CONNECTED, final=True))
+            done.disposition = event.code
+            out.append(RecordAttempt(done.copy()))
+        # callback_at: the callback scheduled (None where the lead is no longer dialed: nothing was); `held`: the
+        # lead was out on another call, and takes the code (and its callback) when that call is over.
+        out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code, "agent_id": agent_id,
+                                             "callback_at": scheduled,
+                                             "ptp_amount": event.ptp_amount, "ptp_date": event.ptp_date,
+                                             "late": late, "held": held}))
+
+    def _apply_held(self, camp: CampaignState, lead_id: str, now: float) -> Outcome | None:
+        """The dispositions held for a lead now back in the hopper (not out): applied in order. The outcome to
+        tell the store if they ended the lead, else None."""
+        for late in camp.dispositions_held.pop(lead_id, ()):
+            state = camp.hopper.dispose(lead_id, late.number, late.code, now, callback_at=late.callback_at,
+                                        callback_agent=late.callback_agent)
+            if state in ("done", "removed"):
+                return late.outcome
+        return None
+
+    def _settle_held(self, camp: CampaignState, now: float, out: list[Command]) -> None:
+        """Held dispositions of leads that came back without an outcome (a preview skipped, a dial not made)."""
+        for lead_id in list(camp.dispositions_held):
+            info = camp.hopper.info(lead_id)
+            if info is None or info.state in ("done", "removed"):
+                del camp.dispositions_held[lead_id]  # ended meanwhile, or no longer here: nothing left to steer
+            elif info.state != "out":
+                ended = self._apply_held(camp, lead_id, now)
+                if ended is not None:
+                    out.append(ReleaseLead(camp.settings.campaign_id, lead_id, ended, final=True))
+
+    def handled_call(self, call_id: str) -> HandledCall | None:
+        """The connected call `call_id` an agent handled, while it is kept for a disposition (see `CoreConfig`)."""
+        return self._handled.get(call_id)
+
+    def _note_handled(self, agent_id: str, attempt: Attempt) -> None:
+        self._handled[attempt.call_id] = HandledCall(agent_id, attempt)
+        recent = self._handled_by_agent.setdefault(agent_id, deque())
+        recent.append(attempt.call_id)
+        while len(recent) > max(1, self.config.late_disposition_calls):
+            self._handled.pop(recent.popleft(), None)
+
+    def _prune_handled(self, now: float) -> None:
+        """Calls that ended more than `late_disposition_s` ago take no disposition any more (oldest first)."""
+        limit = now - self.config.late_disposition_s
+        while self._handled:
+            call_id, oldest = next(iter(self._handled.items()))
+            if oldest.attempt.ended_at is not None and oldest.attempt.ended_at >= limit:
+                return
+            del self._handled[call_id]
+            recent = self._handled_by_agent.get(oldest.agent_id)
+            if recent is not None:
+                if recent and recent[0] == call_id:
+                    recent.popleft()
+                if not recent:
+                    del self._handled_by_agent[oldest.agent_id]
 
     def _end_wrapup_or_pause(self, agent: Agent, now: float, out: list[Command]) -> None:
         if agent.status is AgentStatus.WRAPUP and agent.wrap_started_at is not None and agent.connected_at is not None:
@@ -1021,6 +1131,10 @@ class DialerCore:
         except ValueError:  # not out from this hopper (e.g. dialed before a restart): the store decides
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=outcome.live))
             return
+        if lead_id in camp.dispositions_held and state not in ("done", "removed"):
+            ended = self._apply_held(camp, lead_id, now)  # a late disposition taken while it was on this call
+            if ended is not None:
+                state, outcome = "done", ended
         if state in ("done", "removed"):
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=True))
         elif camp.status is CampaignStatus.STOPPED:

@@ -956,3 +956,170 @@ def test_a_customer_left_alone_when_the_agent_leg_drops_is_hung_up_after_a_grace
     core.handle(AgentDisconnected("a1"), 73.05)
     core.handle(AgentMissing(o3.call_id, "a1"), 73.1)
     assert Hangup(o3.call_id) not in core.tick(90.0)
+
+
+# ---------------------------------------------------------------------------------------------- late dispositions
+
+
+def _talk_then_wrapup_timer(core, o, at):
+    """The call `o` dialed at `at` is answered and ended by the debtor; the wrap-up timer then ends the wrap-up
+    (the agent is ready). The dials of that tick (the agent's next call)."""
+    core.handle(CallAnswered(o.call_id), at + 1)
+    core.handle(CallEnded(o.call_id, 16), at + 9)
+    return of(core.tick(at + 9 + core.campaigns["c1"].settings.wrapup_s), Originate)
+
+
+def _first_call_wrapped_up(core):
+    (o,) = of(core.tick(1.0), Originate)
+    return o, _talk_then_wrapup_timer(core, o, 1.0)
+
+
+def _disposition_event(cmds):
+    (emit,) = [c for c in of(cmds, Emit) if c.kind == "call.disposition"]
+    return emit.data
+
+
+def test_a_dnc_posted_after_the_wrapup_timer_still_blocks_the_number():
+    # It used to be refused (not in wrap-up): the debtor who asked not to be called stayed dialable.
+    core = make(n_leads=1, wrapup_s=5.0, hopper={"recycle_delays": {"connected": 30}})
+    o, redial = _first_call_wrapped_up(core)
+    assert not redial and core.agents.get("a1").status is AgentStatus.READY
+    cmds = core.handle(Disposition(o.call_id, "DNC"), 16.0)
+    assert core.dnc.contains(o.number, "c1", 16.0)
+    assert of(cmds, PersistDnc) == [PersistDnc(o.number, "c1")]
+    (rec,) = of(cmds, RecordAttempt)
+    assert rec.attempt.call_id == o.call_id and rec.attempt.disposition == "DNC"
+    assert rec.attempt.outcome is Outcome.CONNECTED
+    # its only phone dropped: the lead is done, and the store hears it
+    assert of(cmds, ReleaseLead) == [ReleaseLead("c1", o.lead_id, Outcome.CONNECTED, final=True)]
+    data = _disposition_event(cmds)
+    assert data["late"] is True and data["agent_id"] == "a1" and data["code"] == "DNC"
+    assert not _agent_states(cmds) and core.agents.get("a1").status is AgentStatus.READY
+    assert not of(core.tick(100.0), Originate)  # past the 30 s recycle delay: never dialed again
+
+
+def test_a_late_callback_is_scheduled_and_a_late_promise_to_pay_is_recorded():
+    core = make(n_leads=2, wrapup_s=5.0)
+    o1, (o2,) = _first_call_wrapped_up(core)
+    cmds = core.handle(Disposition(o1.call_id, "CALLBACK", callback_at=500.0, own_callback=True), 20.0)
+    info = core.campaigns["c1"].hopper.info(o1.lead_id)
+    assert (info.callback_at, info.callback_agent) == (500.0, "a1")
+    assert _disposition_event(cmds)["callback_at"] == 500.0
+    assert of(cmds, RecordAttempt)[0].attempt.disposition == "CALLBACK"
+    _talk_then_wrapup_timer(core, o2, 21.0)
+    with pytest.raises(ValueError, match="ptp_amount"):  # validated as on time
+        core.handle(Disposition(o2.call_id, "PTP"), 40.0)
+    cmds = core.handle(Disposition(o2.call_id, "PTP", ptp_amount=120.0, ptp_date="2026-12-15"), 41.0)
+    (rec,) = of(cmds, RecordAttempt)
+    assert rec.attempt.call_id == o2.call_id and rec.attempt.disposition == "PTP"
+    assert of(cmds, ReleaseLead) == [ReleaseLead("c1", o2.lead_id, Outcome.CONNECTED, final=True)]  # PTP is final
+    data = _disposition_event(cmds)
+    assert (data["ptp_amount"], data["ptp_date"], data["late"]) == (120.0, "2026-12-15", True)
+
+
+def test_a_late_disposition_leaves_an_agent_on_its_next_call_as_it_is():
+    core = make(n_leads=2, wrapup_s=5.0)
+    o1, (o2,) = _first_call_wrapped_up(core)
+    core.handle(CallAnswered(o2.call_id), 17.0)
+    a1 = core.agents.get("a1")
+    assert a1.status is AgentStatus.ON_CALL and a1.call_id == o2.call_id
+    cmds = core.handle(Disposition(o1.call_id, "WRONG_PARTY"), 18.0)
+    assert not _agent_states(cmds) and not of(cmds, HangupAgentLeg)
+    assert a1.status is AgentStatus.ON_CALL and a1.call_id == o2.call_id and a1.last_call_id == o2.call_id
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).phones == ()  # the wrong party's phone is dropped
+    # the call in hand goes on as usual: its own wrap-up and disposition
+    core.handle(CallEnded(o2.call_id, 16), 30.0)
+    assert a1.status is AgentStatus.WRAPUP
+    cmds = core.handle(Disposition(o2.call_id, "PAID"), 31.0)
+    assert _disposition_event(cmds)["late"] is False and a1.status is AgentStatus.READY
+
+
+def test_a_second_disposition_of_a_call_is_refused_naming_it():
+    core = make(n_leads=2, wrapup_s=5.0)
+    o1, (o2,) = _first_call_wrapped_up(core)
+    core.handle(Disposition(o1.call_id, "REFUSED"), 20.0)  # late
+    with pytest.raises(CoreError, match=f"call_id: '{o1.call_id}' already has its disposition \\(REFUSED\\)"):
+        core.handle(Disposition(o1.call_id, "DNC"), 21.0)
+    assert not core.dnc.contains(o1.number, "c1", 21.0)
+    core.handle(CallAnswered(o2.call_id), 23.0)
+    core.handle(CallEnded(o2.call_id, 16), 24.0)
+    core.handle(Disposition(o2.call_id, "PAID"), 25.0)  # on time
+    with pytest.raises(CoreError, match="already has its disposition"):
+        core.handle(Disposition(o2.call_id, "PAID"), 26.0)
+    with pytest.raises(CoreError, match="call_id: 'nope'"):
+        core.handle(Disposition("nope", "PAID"), 27.0)
+
+
+def test_a_late_disposition_of_a_lead_out_again_steers_it_when_it_is_back():
+    # The lead was recycled and dialed again before the late code came: it is held and applied when that call ends.
+    core = make(n_leads=1, wrapup_s=5.0, hopper={"recycle_delays": {"connected": 1}})
+    o1, (o2,) = _first_call_wrapped_up(core)  # the lead is due again from 11, the wrap-up ends at 15
+    assert o2.lead_id == o1.lead_id
+    cmds = core.handle(Disposition(o1.call_id, "PAID"), 17.0)
+    assert _disposition_event(cmds)["held"] is True and not of(cmds, ReleaseLead)
+    assert of(cmds, RecordAttempt)[0].attempt.disposition == "PAID"
+    cmds = core.handle(CallFailed(o2.call_id, Outcome.BUSY, 17), 18.0)
+    assert of(cmds, ReleaseLead) == [ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)]
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).state == "done"
+    assert not of(core.tick(10_000.0), Originate)
+
+
+def test_a_late_dnc_of_a_lead_on_a_preview_screen_holds_when_it_is_skipped():
+    core = make(n_leads=1, agents=("a1", "a2"), wrapup_s=5.0, hopper={"recycle_delays": {"connected": 1}})
+    core.handle(AgentState("a2", AgentStatus.PAUSED), 0.5)
+    (o1,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    core.handle(CallEnded(o1.call_id, 16), 10.0)
+    core.handle(AgentState("a1", AgentStatus.PAUSED), 11.0)  # taken when the wrap-up ends
+    assert not of(core.tick(15.0), Originate)
+    core.handle(AgentState("a2", AgentStatus.READY), 15.5)
+    core.handle(PreviewRequest("a2", "c1"), 16.0)
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).state == "out"  # on a2's screen
+    cmds = core.handle(Disposition(o1.call_id, "DNC"), 17.0)
+    assert _disposition_event(cmds)["held"] is True and core.dnc.contains(o1.number, "c1", 17.0)
+    core.handle(PreviewSkip("a2"), 18.0)
+    assert of(core.tick(19.0), ReleaseLead) == [ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)]
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).state == "done"
+
+
+def test_late_dispositions_are_taken_for_an_agents_last_calls_within_the_age_limit():
+    core = DialerCore(CoreConfig(id_prefix="t", late_disposition_s=600.0, late_disposition_calls=2))
+    core.add_campaign(CampaignSettings(campaign_id="c1", wrapup_s=5.0))
+    core.handle(AgentLogin("a1"), 0.0)
+    core.handle(AgentConnected("a1"), 0.0)
+    core.handle(CampaignControl("c1", "start"), 0.0)
+    core.handle(LeadsAvailable("c1", tuple(Lead(f"L{i}", "c1", (f"+1555010{i:04d}",)) for i in range(5))), 0.0)
+    (o,) = of(core.tick(1.0), Originate)
+    calls = [o]
+    for at in (1.0, 15.0, 29.0):  # each next call is dialed as the wrap-up before it ends
+        (o,) = _talk_then_wrapup_timer(core, calls[-1], at)
+        calls.append(o)
+    # ended at 10, 24 and 38: the agent's last two are kept, the one before is forgotten
+    with pytest.raises(CoreError, match=f"call_id: '{calls[0].call_id}' is not a call an agent handled"):
+        core.handle(Disposition(calls[0].call_id, "PAID"), 50.0)
+    core.handle(Disposition(calls[1].call_id, "PAID"), 50.0)
+    core.tick(38.0 + 600.0)  # kept 600 s after it ended
+    core.handle(Disposition(calls[2].call_id, "REFUSED"), 638.0)
+    core.tick(24.0 + 600.0 + 0.1)
+    with pytest.raises(CoreError, match="already has its disposition"):  # disposed calls are kept alike
+        core.handle(Disposition(calls[2].call_id, "PAID"), 639.0)
+    core.handle(CallAnswered(calls[3].call_id), 640.0)
+    core.handle(CallEnded(calls[3].call_id, 16), 641.0)
+    core.tick(646.0)
+    core.tick(641.0 + 600.1)
+    with pytest.raises(CoreError, match="not a call an agent handled"):
+        core.handle(Disposition(calls[3].call_id, "PAID"), 1242.0)
+    assert not core._handled_by_agent.get("a1")  # nothing left behind once all aged out
+
+
+def test_a_call_whose_agent_leg_dropped_takes_its_disposition_late():
+    # No wrap-up was started (the leg was gone when the call ended): the agent still talked to the debtor.
+    core = make(n_leads=1, wrapup_s=5.0)
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o.call_id), 2.0)
+    core.handle(AgentDisconnected("a1"), 5.0)
+    core.handle(CallEnded(o.call_id, 16), 5.5)
+    assert core.agents.get("a1").status is AgentStatus.CONNECTING
+    cmds = core.handle(Disposition(o.call_id, "DNC"), 10.0)
+    assert core.dnc.contains(o.number, "c1", 10.0) and _disposition_event(cmds)["late"] is True
+    assert core.agents.get("a1").status is AgentStatus.CONNECTING
