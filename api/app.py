@@ -1143,15 +1143,34 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         return {"agent_id": agent_id, "requested": "skip"}
 
     @v1.post("/calls/{call_id}/disposition", status_code=202, tags=["agents"])
-    async def post_disposition(call_id: str, body: DispositionIn, principal: AgentActor) -> dict[str, str]:
-        """The agent's disposition of the call it is wrapping up; it ends the wrap-up."""
-        owner = next((a for a in runtime.core.agents.all() if call_id in (a.call_id, a.last_call_id)), None)
-        if owner is None:
-            raise HTTPException(404, f"no agent holds call {call_id!r}")
-        check_agent(principal, owner.agent_id)
-        if owner.status is not AgentStatus.WRAPUP or owner.last_call_id != call_id:
-            raise HTTPException(409, f"call {call_id!r} is not in wrap-up (agent is {owner.status.value})")
-        camp = runtime.core.campaigns.get(owner.last_campaign_id or "")
+    async def post_disposition(call_id: str, body: DispositionIn, principal: AgentActor) -> dict[str, Any]:
+        """The agent's disposition of a call it handled: in wrap-up it ends the wrap-up; after (the wrap-up timer
+        ended it, the agent is on its next call) it is taken late (`late`: true) and the agent is left as it is.
+        One per call."""
+        core = runtime.core
+        owner = next((a for a in core.agents.all()
+                      if a.status is AgentStatus.WRAPUP and a.last_call_id == call_id), None)
+        handled = core.handled_call(call_id)
+        if owner is not None:
+            agent_id, done, late = owner.agent_id, owner.last_attempt, False
+            campaign_id = owner.last_campaign_id or ""
+        elif handled is not None:
+            agent_id, done, late = handled.agent_id, handled.attempt, True
+            campaign_id = handled.attempt.campaign_id
+        else:
+            talking = next((a for a in core.agents.all() if a.call_id == call_id), None)
+            if talking is not None:
+                check_agent(principal, talking.agent_id)
+                raise HTTPException(409, f"call_id: call {call_id!r} is not over (agent is {talking.status.value})")
+            cfg = core.config
+            raise HTTPException(404, f"call_id: no agent handled call {call_id!r} (unknown, or it ended more than "
+                                     f"{cfg.late_disposition_s:g} s or the agent's last {cfg.late_disposition_calls} "
+                                     "calls ago)")
+        check_agent(principal, agent_id)
+        if late and done is not None and done.disposition is not None:
+            raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({done.disposition}); "
+                                     "one per call")
+        camp = core.campaigns.get(campaign_id)
         if camp is not None:  # the core checks again; here the caller learns what is wrong
             try:
                 code = camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
@@ -1160,14 +1179,13 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 raise HTTPException(422, str(exc)) from None
             # A lead ended by its call (its attempt cap reached, no phone left) or removed meanwhile is never dialed
             # again: a callback would be dropped while the agent believes the debtor will be called.
-            done = owner.last_attempt
             info = camp.hopper.info(done.lead_id) if code.callback and done is not None else None
             if done is not None and info is not None and info.state in ("done", "removed"):
                 raise HTTPException(409, f"callback_at: lead {done.lead_id!r} is {info.state} (attempt cap reached, "
                                          "no phone left, or removed): no callback can be scheduled; post another code")
         runtime.submit(Disposition(call_id, body.code, body.callback_at, body.own_callback, body.ptp_amount,
                                    body.ptp_date.isoformat() if body.ptp_date else None))
-        return {"call_id": call_id, "agent_id": owner.agent_id, "requested": "disposition"}
+        return {"call_id": call_id, "agent_id": agent_id, "requested": "disposition", "late": late}
 
     # ------------------------------------------------------------------ events
 

@@ -362,6 +362,41 @@ async def test_a_disposition_ends_the_agents_wrap_up() -> None:
         assert (await env.api.post("/api/v1/calls/nope/disposition", json={"code": "x"})).status_code == 404
 
 
+async def test_a_disposition_after_the_wrap_up_timer_is_taken_late_and_only_once() -> None:
+    """The wrap-up timer ended the wrap-up (the agent is ready) before the agent's DNC arrived: it was a 409 and the
+    debtor who asked not to be called stayed dialable."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api, wrapup_s=0.05)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
+        seen: list[Any] = []
+        env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
+        await env.api.post("/api/v1/agents/a1/login", json={})
+        await env.api.post("/api/v1/campaigns/c1/start")
+        agent: dict[str, Any] = {}
+        for _ in range(300):
+            agent = (await env.api.get("/api/v1/agents/a1")).json()
+            if agent["state"] == "ready" and agent["last_call_id"]:
+                break
+            await asyncio.sleep(0.01)
+        assert agent["state"] == "ready" and agent["last_call_id"]  # the wrap-up timer ended the wrap-up
+        call_id = agent["last_call_id"]
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "NOPE"})
+        assert r.status_code == 422  # validated as on time
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "DNC"})
+        assert r.status_code == 202 and r.json()["late"] is True
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen and seen[0]["late"] is True and seen[0]["code"] == "DNC"
+        assert env.runtime.core.dnc.contains("+573001200011", "c1", env.runtime.clock())
+        assert (await env.api.get("/api/v1/agents/a1")).json()["state"] == "ready"  # left as it was
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PAID"})
+        assert r.status_code == 409 and call_id in r.text and "already has its disposition (DNC)" in r.text
+        r = await env.api.post("/api/v1/calls/nope/disposition", json={"code": "PAID"})
+        assert r.status_code == 404 and "'nope'" in r.text
+
+
 async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped() -> None:
     """The call that ends a lead at its attempt cap is answered and the debtor asks to be called back: the lead
     is already done, so no callback can be scheduled. The disposition was taken (202) and the callback silently
