@@ -1123,3 +1123,20 @@ def test_a_call_whose_agent_leg_dropped_takes_its_disposition_late():
     cmds = core.handle(Disposition(o.call_id, "DNC"), 10.0)
     assert core.dnc.contains(o.number, "c1", 10.0) and _disposition_event(cmds)["late"] is True
     assert core.agents.get("a1").status is AgentStatus.CONNECTING
+
+
+def test_an_on_time_disposition_of_a_lead_redialed_during_the_wrap_up_is_held_for_it():
+    # A recycle delay shorter than the wrap-up let another agent's dial take the lead out again: the hopper refused
+    # the disposition ("out on a call"), the event failed and the agent stayed in wrap-up with the code lost.
+    core = make(n_leads=1, agents=("a1", "a2"), wrapup_s=60.0, hopper={"recycle_delays": {"connected": 0}})
+    (o1,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o1.call_id), 2.0)
+    core.handle(CallEnded(o1.call_id, 16), 10.0)
+    (o2,) = of(core.tick(11.0), Originate)  # for a2
+    assert o2.lead_id == o1.lead_id
+    cmds = core.handle(Disposition(o1.call_id, "PAID"), 12.0)
+    data = _disposition_event(cmds)
+    assert (data["late"], data["held"]) == (False, True)
+    assert core.agents.get("a1").status is AgentStatus.READY
+    (rel,) = of(core.handle(CallFailed(o2.call_id, Outcome.NO_ANSWER, 19), 40.0), ReleaseLead)
+    assert rel == ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)
