@@ -217,6 +217,8 @@ class LeadsResult(BaseModel):
     duplicates: int = Field(description="accepted leads whose lead_id the campaign already had (left as they were)")
     rejected: list[RejectedRow] = Field(description="every row refused, with the field and the reason")
     held: list[RejectedRow] = Field(description="rows stored but held back from dialing, with the reason")
+    warnings: list[RejectedRow] = Field(description="phones dropped from accepted rows (the row's other phones are "
+                                                    "good), with the field and the reason")
 
 
 class Health(BaseModel):
@@ -341,6 +343,7 @@ def _result(report: ParseReport, new: int) -> dict[str, Any]:
         "duplicates": max(0, report.accepted - new),
         "rejected": [_issue(i) for i in report.rejected],
         "held": [_issue(i) for i in report.held],
+        "warnings": [_issue(i) for i in report.warnings],
     }
 
 
@@ -620,12 +623,13 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             good, rejected, count = await pending.popleft()
             batch: list[Lead] = []
             k = 0  # rejected rows and good rows merged back into file order, as the one-thread path reports
-            for rel, lead, held in good:
+            for rel, lead, held, warnings in good:
                 while k < len(rejected) and rejected[k].row < rel:
                     report.rejected.append(RowIssue(rejected[k].row + offset, rejected[k].field, rejected[k].reason))
                     k += 1
                 held_at = RowIssue(held.row + offset, held.field, held.reason) if held is not None else None
-                if accept(lead, held_at, rel + offset, report, seen):
+                warned = [RowIssue(w.row + offset, w.field, w.reason) for w in warnings] if warnings else ()
+                if accept(lead, held_at, rel + offset, report, seen, warned):
                     batch.append(lead)
             for issue in rejected[k:]:
                 report.rejected.append(RowIssue(issue.row + offset, issue.field, issue.reason))
@@ -800,6 +804,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             report.accepted += 1
             if held is not None:
                 report.held.append(held)
+            report.warnings.extend(issues)  # phones dropped from the lead
             batch.append(lead)
             if len(batch) >= LEAD_BATCH:
                 new += await runtime.add_leads(campaign_id, batch)
@@ -855,7 +860,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             if key is not None:
                 idem.finish(key, fingerprint, 200, result)
         log.info("leads uploaded", extra={"fields": {"campaign_id": campaign_id, "accepted": result["accepted"],
-                                                     "new": result["new"], "rejected": len(result["rejected"])}})
+                                                     "new": result["new"], "rejected": len(result["rejected"]),
+                                                     "warnings": len(result["warnings"])}})
         return result
 
     @v1.delete("/campaigns/{campaign_id}/leads/{lead_id}", status_code=204, tags=["leads"])

@@ -65,6 +65,7 @@ class ParseReport:
     accepted: int = 0
     rejected: list[RowIssue] = field(default_factory=list)
     held: list[RowIssue] = field(default_factory=list)  # accepted, but not dialable in a window until fixed
+    warnings: list[RowIssue] = field(default_factory=list)  # accepted; a bad phone of the row dropped
 
 
 # --- phone numbers -------------------------------------------------------------------------------------------
@@ -364,10 +365,13 @@ def _days(value: Any) -> int | str:
 
 def lead_from_row(row: Mapping[str, Any], campaign_id: str,
                   row_no: int) -> tuple[Lead | None, list[RowIssue], RowIssue | None]:
-    """One CSV row or JSON object → (lead or None, rejection issues, held issue).
+    """One CSV row or JSON object → (lead or None, issues, held issue).
 
-    Values may be str, int or float (JSON). Every problem in the row is reported, not just the first.
-    Columns other than the known ones become custom fields, as strings."""
+    Values may be str, int or float (JSON). Every problem in the row is reported, not just the first. Without a
+    lead, the issues are why the row is rejected; with one, they are warnings: phones of the row that were not
+    numbers, dropped while another phone is good (a stale extra column must not cost the debtor its good number).
+    A row with no good phone is rejected naming each bad one. Columns other than the known ones become custom
+    fields, as strings."""
     issues: list[RowIssue] = []
 
     def bad(name: str, reason: str) -> None:
@@ -388,7 +392,8 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         country = None
 
     phones: list[str] = []
-    first: tuple[str, int, bool] | None = None
+    first: tuple[str, int, bool] | None = None  # the first good phone: the zone is read from it
+    bad_phones: list[RowIssue] = []  # warnings if another phone is good and the row otherwise is; else issues
     for name in PHONE_COLUMNS:
         raw = _text(row.get(name))
         if not raw:
@@ -397,11 +402,12 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
             continue
         got = _parse_raw(raw, country)
         if isinstance(got, str):
-            bad(name, got)
+            bad_phones.append(RowIssue(row_no, name, got))
         elif got[0] not in phones:  # the same number twice in one lead: keep the first
             phones.append(got[0])
-            if first is None and name == "phone":
+            if first is None:
                 first = got
+    phones_at = len(issues)  # where the bad phones go in a rejection: in column order, as they always did
 
     zone_raw = _text(row.get("timezone"))
     zone: str | None = None
@@ -431,6 +437,7 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         bad("days_past_due", days)
 
     named = {issue.field for issue in issues}
+    named.update(issue.field for issue in bad_phones)
     for key, value in row.items():
         if not isinstance(value, str) or key in named:
             continue  # a field already refused is named once
@@ -440,7 +447,8 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         elif key not in KNOWN_COLUMNS and len(value) > MAX_CUSTOM_CHARS:
             bad(str(key), f"longer than {MAX_CUSTOM_CHARS:,} characters")
 
-    if issues:
+    if issues or not phones:
+        issues[phones_at:phones_at] = bad_phones
         return None, issues, None
     assert isinstance(amount, float) and isinstance(days, int) and first is not None
 
@@ -459,7 +467,7 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
     # (about 150 bytes a lead).
     lead = Lead(lead_id, campaign_id, tuple(phones), custom, _intern(country), _intern(zone),
                 amount, days, _intern(_text(row.get("segment"))) or "")
-    return lead, issues, held
+    return lead, bad_phones, held
 
 
 def _intern(value: str | None) -> str | None:
@@ -499,12 +507,14 @@ def iter_csv_leads(lines: Iterable[str], campaign_id: str, report: ParseReport, 
     seen = set() if seen is None else seen
     for row_no, cells in enumerate(reader, start_row):
         got = _csv_row(header, cells, campaign_id, row_no, report.rejected)
-        if got is not None and accept(got[0], got[1], row_no, report, seen):
+        if got is not None and accept(got[0], got[1], row_no, report, seen, got[2]):
             yield got[0]
 
 
-def accept(lead: Lead, held: RowIssue | None, row_no: int, report: ParseReport, seen: set[str]) -> bool:
-    """The upload-wide part of a good row: a lead id taken once per upload; counts and held rows reported."""
+def accept(lead: Lead, held: RowIssue | None, row_no: int, report: ParseReport, seen: set[str],
+           warnings: Iterable[RowIssue] = ()) -> bool:
+    """The upload-wide part of a good row: a lead id taken once per upload; counts, held rows and the row's
+    warnings reported (a row refused here has its warnings dropped with it)."""
     if lead.lead_id in seen:
         report.rejected.append(RowIssue(row_no, "lead_id", "duplicate in this upload"))
         return False
@@ -512,23 +522,28 @@ def accept(lead: Lead, held: RowIssue | None, row_no: int, report: ParseReport, 
     report.accepted += 1
     if held is not None:
         report.held.append(held)
+    report.warnings.extend(warnings)
     return True
 
 
-def parse_csv_block(text: str, campaign_id: str) -> tuple[list[tuple[int, Lead, RowIssue | None]], list[RowIssue], int]:
+# A good row of a block: (row number in the block, lead, held issue, warnings), all numbered from 0 in the block.
+GoodRow = tuple[int, Lead, RowIssue | None, tuple[RowIssue, ...]]
+
+
+def parse_csv_block(text: str, campaign_id: str) -> tuple[list[GoodRow], list[RowIssue], int]:
     """A header line plus whole records, parsed on its own (for a process pool: big uploads use every core).
     Rows are numbered from 0 within the block; returns (good rows, rejected rows, records read). The caller
     offsets the numbers and applies `accept` in file order."""
     reader = csv.reader(io.StringIO(text))
     header = _first_header(reader)
-    good: list[tuple[int, Lead, RowIssue | None]] = []
+    good: list[GoodRow] = []
     rejected: list[RowIssue] = []
     count = 0
     for row_no, cells in enumerate(reader):
         count += 1
         got = _csv_row(header, cells, campaign_id, row_no, rejected)
         if got is not None:
-            good.append((row_no, got[0], got[1]))
+            good.append((row_no, *got))
     return good, rejected, count
 
 
@@ -540,7 +555,7 @@ def _first_header(reader: Iterator[list[str]]) -> list[str]:
 
 
 def _csv_row(header: list[str], cells: list[str], campaign_id: str, row_no: int,
-             rejected: list[RowIssue]) -> tuple[Lead, RowIssue | None] | None:
+             rejected: list[RowIssue]) -> tuple[Lead, RowIssue | None, tuple[RowIssue, ...]] | None:
     if not cells or (len(cells) == 1 and not cells[0].strip()):
         return None  # blank line: counted, skipped
     if len(cells) != len(header):
@@ -550,7 +565,7 @@ def _csv_row(header: list[str], cells: list[str], campaign_id: str, row_no: int,
     if lead is None:
         rejected.extend(issues)
         return None
-    return lead, held
+    return lead, held, tuple(issues)  # () when no phone was dropped: one shared object, cheap to pickle
 
 
 def iter_csv_batches(lines: Iterable[str], campaign_id: str, report: ParseReport,

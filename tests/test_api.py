@@ -154,7 +154,7 @@ async def test_json_upload_uses_the_same_rules_and_counts_duplicates() -> None:
         assert {(x["row"], x["field"]) for x in got["rejected"]} == {(2, "days_past_due"), (3, "-"), (4, "lead_id")}
         r = await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1), co_row(9)])
         assert r.json() | {"rejected": None} == {"accepted": 2, "new": 1, "duplicates": 1, "rejected": None,
-                                                 "held": []}
+                                                 "held": [], "warnings": []}
 
 
 async def test_idempotency_key_replays_the_answer_and_refuses_another_body() -> None:

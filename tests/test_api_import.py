@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import time
 from pathlib import Path
 
 from api.app import create_app
@@ -49,3 +51,45 @@ async def test_the_same_file_can_be_imported_into_two_campaigns(tmp_path: Path) 
             assert (await env.store.lead_counts(cid))["pending"] == 5
         again = await asyncio.to_thread(run_import, path, "c1", base, None, tmp_path / "again.rejects.csv", 2)
         assert again.accepted == 5 and (await env.store.lead_counts("c1"))["pending"] == 5  # a rerun replays
+
+
+PHONES = "lead_id,phone,phone2,phone3,country,timezone,amount_due,days_past_due,segment"
+
+
+def _phones_csv(rows: int, stale: set[int]) -> bytes:
+    """Colombian leads with a good phone and phone2; the rows in `stale` (1-based) carry a phone3 that is no number."""
+    lines = [PHONES] + [f"L{i},+5730012{i:05d},+5731012{i:05d},{'300 12' if i in stale else ''},CO,,10,1,x"
+                        for i in range(1, rows + 1)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def test_an_upload_keeps_a_lead_whose_extra_phone_is_bad_and_names_it_in_warnings() -> None:
+    """A stale phone3 cost the whole row: the debtor's good numbers were never stored. Now the lead is accepted
+    with its good phones and the dropped phone is in `warnings`: the one-thread CSV path, the process-pool path
+    (64 KB and more) and JSON answer alike."""
+    small, big = _phones_csv(4, {3}), _phones_csv(3000, {3, 2999})
+    assert len(small) < 64 * 1024 <= len(big)
+    why = "not a valid number for CO"
+    async with api_env() as env:
+        for cid, body, ctype, want in [
+            ("thread", small, "text/csv", [(3, "phone3", why)]),
+            ("pooled", big, "text/csv", [(3, "phone3", why), (2999, "phone3", why)]),
+            ("json", json.dumps([dict(zip(PHONES.split(","), line.split(","), strict=True))
+                                 for line in small.decode().splitlines()[1:]]).encode(), "application/json",
+             [(3, "phone3", why)]),
+        ]:
+            await make_campaign(env.api, cid)
+            r = await env.api.post(f"/api/v1/campaigns/{cid}/leads?first_row=1", content=body,
+                                   headers={"Content-Type": ctype})
+            assert r.status_code == 200, r.text
+            got = r.json()
+            rows = body.count(b"\n") - 1 if ctype == "text/csv" else 4
+            assert (got["accepted"], got["new"], got["rejected"]) == (rows, rows, []), cid
+            assert [(w["row"], w["field"], w["reason"]) for w in got["warnings"]] == want, cid
+            leads = {lead.lead_id: lead for lead in await env.store.lease_leads(cid, 10_000, time.time())}
+            assert leads["L3"].phones == ("+573001200003", "+573101200003"), cid
+        r = await env.api.post("/api/v1/campaigns/thread/leads", content=f"{PHONES}\nL9,12,x,300 12,CO,,1,1,x\n",
+                               headers={"Content-Type": "text/csv"})
+        got = r.json()  # no good phone at all: rejected as before, every phone named
+        assert got["accepted"] == 0 and got["warnings"] == []
+        assert [(x["row"], x["field"]) for x in got["rejected"]] == [(1, "phone"), (1, "phone2"), (1, "phone3")]

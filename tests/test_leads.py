@@ -33,6 +33,7 @@ from dialer.leads import (
     iter_csv_leads,
     lead_from_row,
     normalise_phone,
+    parse_csv_block,
     same_clock_zone,
     zone_for_e164,
     zone_for_number,
@@ -213,11 +214,12 @@ def test_same_clock_zones() -> None:
 
 def test_sample_file_accepts_holds_and_rejects_by_row_and_field() -> None:
     leads, report = sample()
-    assert set(leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "es-2"}
-    assert report.accepted == 7
-    assert [(i.row, i.field) for i in report.rejected] == [
-        (7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
-    assert report.rejected[3].reason == "duplicate in this upload"
+    assert set(leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "bad-phone3", "es-2"}
+    assert report.accepted == 8
+    assert [(i.row, i.field) for i in report.rejected] == [(7, "phone"), (8, "timezone"), (10, "lead_id")]
+    assert report.rejected[2].reason == "duplicate in this upload"
+    assert report.warnings == [RowIssue(9, "phone3", "not a valid number for ES")]
+    assert leads["bad-phone3"].phones == ("+34912345678", "+34612345678")  # its good phone and phone2
     assert leads["us-1"].phones == ("+12125550100", "+14155550100")  # the first us-1 wins
     assert report.held == [RowIssue(6, "timezone", "ambiguous time zone: 2 candidates (America/Denver, "
                                     "America/North_Dakota/Center); dialed only while the window is open in all; "
@@ -227,7 +229,7 @@ def test_sample_file_accepts_holds_and_rejects_by_row_and_field() -> None:
 
 def test_sample_file_normalises_every_country_and_keeps_custom_fields() -> None:
     leads, _ = sample()
-    assert {k: (v.phone, v.country, v.timezone) for k, v in leads.items() if k != "us-2"} == {
+    assert {k: (v.phone, v.country, v.timezone) for k, v in leads.items() if k not in ("us-2", "bad-phone3")} == {
         "us-1": ("+12125550100", "US", "America/New_York"),
         "gb-1": ("+442079460018", "GB", "Europe/London"),
         "co-1": ("+576012345678", "CO", "America/Bogota"),
@@ -250,6 +252,57 @@ def test_every_problem_in_a_row_is_named() -> None:
     assert {i.field for i in report.rejected} == {"lead_id", "phone", "country", "timezone", "amount_due",
                                                   "days_past_due"}
     assert all(i.row == 1 for i in report.rejected)
+
+
+PHONES = "lead_id,phone,phone2,phone3,country,timezone,amount_due,days_past_due,segment"
+
+
+@pytest.mark.parametrize("bad", ["garbage", "300 12", "123", "+57 1 2", "9" * 21, "+999 300 123 4567"])
+def test_a_bad_extra_phone_is_dropped_with_a_warning_and_the_lead_kept(bad: str) -> None:
+    """Collections exports carry stale extra columns: the whole row was rejected for a bad phone3, so a debtor
+    with a good number was never called. The good numbers are kept in column order and the bad one named."""
+    leads, report = parse(f"{PHONES}\nL1,300 123 4567,+573101234567,{bad},CO,,10,1,x\n")
+    why = _why_not(bad, "CO")
+    assert report.rejected == [] and report.accepted == 1
+    assert [(lead.lead_id, lead.phones, lead.timezone) for lead in leads] == [
+        ("L1", ("+573001234567", "+573101234567"), "America/Bogota")]
+    assert report.warnings == [RowIssue(1, "phone3", why)]  # the words a rejection of that field used
+
+
+def _why_not(raw: str, country: str) -> str:
+    with pytest.raises(ValueError) as err:
+        normalise_phone(raw, country)
+    return str(err.value)
+
+
+def test_a_row_with_no_good_phone_is_rejected_naming_each_phone_field() -> None:
+    leads, report = parse(f"{PHONES}\nL1,12345,garbage,,US,,10,1,x\nL2,,+12125550100,,US,,10,1,x\n")
+    assert leads == [] and report.warnings == []
+    assert [(i.row, i.field, i.reason) for i in report.rejected] == [
+        (1, "phone", "not a valid number for US"), (1, "phone2", "cannot be parsed (not a phone number)"),
+        (2, "phone", "required")]  # an empty `phone` is still missing, whatever phone2 holds
+
+
+def test_a_bad_first_phone_beside_a_good_one_is_a_warning_and_the_zone_comes_from_the_good_one() -> None:
+    leads, report = parse(f"{PHONES}\nL1,12345,,+12125550100,US,,10,1,x\n")
+    assert [(lead.phones, lead.timezone) for lead in leads] == [(("+12125550100",), "America/New_York")]
+    assert report.warnings == [RowIssue(1, "phone", "not a valid number for US")] and report.rejected == []
+
+
+def test_a_bad_extra_phone_in_a_row_rejected_for_another_field_is_named_with_it() -> None:
+    leads, report = parse(f"{PHONES}\nL1,+12125550100,,999,US,,ten,1,x\nL1,+12125550100,,+12125550100,US,,1,1,x\n"
+                          f"L1,+12125550101,,999,US,,1,1,x\n")
+    assert [(lead.lead_id, lead.phones) for lead in leads] == [("L1", ("+12125550100",))]  # a repeat: kept once
+    assert [(i.row, i.field) for i in report.rejected] == [(1, "phone3"), (1, "amount_due"), (3, "lead_id")]
+    assert report.warnings == []  # row 3's phone3 is not reported: the row was refused (a repeated lead id)
+
+
+def test_block_parsing_carries_each_rows_warnings() -> None:
+    good, rejected, count = parse_csv_block(f"{PHONES}\nL1,+12125550100,,999,US,,1,1,x\n"
+                                            f"L2,+12125550101,,,US,,1,1,x\n", "camp")
+    assert (rejected, count) == ([], 2)
+    assert [(row, lead.lead_id, held, warnings) for row, lead, held, warnings in good] == [
+        (0, "L1", None, (RowIssue(0, "phone3", "not a valid number for US"),)), (1, "L2", None, ())]
 
 
 @pytest.mark.parametrize(("cell", "field", "ok"), [
@@ -500,7 +553,7 @@ def _rejects(path: Path) -> list[tuple[int, str]]:
 def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, leads_file: Path) -> None:
     r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--batch", "3"], MARCADOR_TOKEN="s3cret")
     assert r.exit_code == 0, r.output
-    assert "accepted 7, rejected 4, held 1" in r.output
+    assert "accepted 8, rejected 3, held 1" in r.output
     reqs = fake_api.requests
     assert sorted(q["first_row"] for q in reqs) == [1, 4, 7, 10]  # several in flight: any arrival order
     assert {q["path"] for q in reqs} == {"/api/v1/campaigns/c-1/leads"}
@@ -513,9 +566,8 @@ def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, 
     assert len({k.rsplit("-", 1)[0] for k in keys}) == 1 and len(keys[0].split("-")[0]) == 64
     # The record with a quoted line break travelled whole, in the last chunk.
     assert fake_api.leads["es-2"].fields["account"] == "ACC-12\nsecond line"
-    assert set(fake_api.leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "es-2"}
-    assert _rejects(leads_file.with_name("debtors.rejects.csv")) == [(7, "phone"), (8, "timezone"), (9, "phone3"),
-                                                                     (10, "lead_id")]
+    assert set(fake_api.leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "bad-phone3", "es-2"}
+    assert _rejects(leads_file.with_name("debtors.rejects.csv")) == [(7, "phone"), (8, "timezone"), (10, "lead_id")]
     assert "s3cret" not in r.output
 
 
@@ -541,8 +593,8 @@ def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: Fake
     assert r.exit_code == 0, r.output
     assert [q["first_row"] for q in fake_api.requests] == [1, 5, 5, 9]
     assert fake_api.requests[2]["headers"]["Idempotency-Key"] == first_keys[1]  # same chunk, same key
-    assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (9, "phone3"), (10, "lead_id")]
-    assert len(fake_api.leads) == 7
+    assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (10, "lead_id")]
+    assert len(fake_api.leads) == 8
     r = _cli([*args, "--resume-from", "6"])
     assert r.exit_code == 2 and "chunk's first row" in r.output
 
@@ -560,9 +612,9 @@ def test_cli_with_chunks_in_flight_stops_at_the_first_failed_one_and_resumes(
     got = _rejects(rejects)
     # Chunks in flight land in any order, so which copy of the repeated id counts as the duplicate depends on
     # arrival (the fake server, like a store, keeps the first it sees); the other rejects are fixed.
-    assert [x for x in got if x[1] != "lead_id"] == [(7, "phone"), (8, "timezone"), (9, "phone3")]
+    assert [x for x in got if x[1] != "lead_id"] == [(7, "phone"), (8, "timezone")]
     assert len([x for x in got if x[1] == "lead_id"]) == 1
-    assert len(fake_api.leads) == 7
+    assert len(fake_api.leads) == 8
 
 
 def test_cli_retries_a_dropped_connection_with_the_same_key(fake_api: FakeLeadsApi, leads_file: Path) -> None:
@@ -572,7 +624,7 @@ def test_cli_retries_a_dropped_connection_with_the_same_key(fake_api: FakeLeadsA
     assert sorted(q["first_row"] for q in fake_api.requests) == [1, 7, 7]  # in flight together: any order
     again = [q["headers"]["Idempotency-Key"] for q in fake_api.requests if q["first_row"] == 7]
     assert again[0] == again[1]
-    assert "accepted 7, rejected 4, held 1" in r.output
+    assert "accepted 8, rejected 3, held 1" in r.output
 
 
 def test_network_failure_gives_up_after_the_retries(leads_file: Path, tmp_path: Path) -> None:
