@@ -1,7 +1,9 @@
-"""`marcador import-leads`: send a lead CSV to a running Marcador in chunks, write the rejected rows to a file.
+"""`marcador import-leads`: send a lead CSV to a running Marcador in chunks, write the rejected rows to a file
+and the phones dropped from accepted rows (warnings) to another.
 
     marcador import-leads FILE.csv --campaign ID [--api http://127.0.0.1:8080] [--token T | env MARCADOR_TOKEN]
-                          [--rejects FILE.rejects.csv] [--batch 5000] [--resume-from ROW]
+                          [--rejects FILE.rejects.csv] [--warnings FILE.warnings.csv] [--batch 5000]
+                          [--resume-from ROW]
 
 Each chunk is the header plus up to --batch data rows, POSTed as text/csv to /api/v1/campaigns/{ID}/leads with
 `first_row` (so the server numbers rows as in the file) and an Idempotency-Key made from the file's path, size
@@ -50,6 +52,7 @@ class ImportSummary:
     accepted: int = 0
     rejected: list[tuple[int, str, str]] = field(default_factory=list)
     held: list[tuple[int, str, str]] = field(default_factory=list)
+    warnings: list[tuple[int, str, str]] = field(default_factory=list)  # phones dropped from accepted rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +182,8 @@ def send_chunk(client: httpx.Client, url: str, chunk: Chunk, key: str, *, retrie
         data = resp.json()
         if not isinstance(data, dict) or not isinstance(data.get("accepted"), int):
             raise ValueError("no integer `accepted`")
-        data["rejected"], data["held"] = _issues(data.get("rejected", []), "rejected"), _issues(data.get("held", []),
-                                                                                              "held")
+        for what in ("rejected", "held", "warnings"):  # an engine older than `warnings` does not send it
+            data[what] = _issues(data.get(what, []), what)
     except (ValueError, KeyError, TypeError) as exc:
         raise ImportFailed(f"unexpected answer from the server ({exc}): {resp.text[:300]}", chunk.first_row) from None
     return data
@@ -188,9 +191,11 @@ def send_chunk(client: httpx.Client, url: str, chunk: Chunk, key: str, *, retrie
 
 def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_path: Path, batch: int,
                resume_from: int = 1, *, console: Console | None = None, backoff_s: float = BACKOFF_S,
-               client: httpx.Client | None = None, parallel: int = 2) -> ImportSummary:
-    """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` as they come back
-    (appended when resuming). Raises ImportFailed (with the row to resume from) or LeadFileError."""
+               client: httpx.Client | None = None, parallel: int = 2,
+               warnings_path: Path | None = None) -> ImportSummary:
+    """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` and warnings to `warnings_path`
+    (default FILE.warnings.csv beside the file) as they come back (both appended when resuming). Raises
+    ImportFailed (with the row to resume from) or LeadFileError."""
     console = console or Console(stderr=True)
     # The campaign too: the same file may go to two campaigns, and the engine keeps a key with its campaign.
     key = hashlib.sha256(f"{file_key(path)}\0{campaign}".encode()).hexdigest()
@@ -199,13 +204,17 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
     own = client is None
     http = client or httpx.Client(base_url=api.rstrip("/"), headers=headers, timeout=httpx.Timeout(120, connect=10))
     summary = ImportSummary()
+    warnings_path = warnings_path or path.with_name(f"{path.stem}.warnings.csv")
+    mode = "a" if resume_from > 1 else "w"
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
     try:
-        with path.open("rb") as f, rejects_path.open("a" if resume_from > 1 else "w", newline="") as rf, progress:
-            out = csv.writer(rf)
+        with (path.open("rb") as f, rejects_path.open(mode, newline="") as rf,
+              warnings_path.open(mode, newline="") as wf, progress):
+            out, warned = csv.writer(rf), csv.writer(wf)
             if resume_from == 1:
                 out.writerow(["row", "field", "reason"])
+                warned.writerow(["row", "field", "reason"])
             task = progress.add_task(path.name, total=path.stat().st_size)
 
             def take(chunk: Any, fut: Future[dict[str, Any]]) -> None:
@@ -215,8 +224,11 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
                 summary.accepted += data["accepted"]
                 summary.rejected += data["rejected"]
                 summary.held += data["held"]
+                summary.warnings += data["warnings"]
                 out.writerows(data["rejected"])
+                warned.writerows(data["warnings"])
                 rf.flush()  # what came back is on disk even if a later chunk fails
+                wf.flush()
                 progress.update(task, completed=chunk.read_to)
 
             # The next chunk travels while the server parses this one (the engine parses on every core);
@@ -247,6 +259,8 @@ def import_leads(
                                               help="API bearer token (or env MARCADOR_TOKEN)")] = None,
     rejects: Annotated[Path | None, typer.Option("--rejects", help="where rejected rows go",
                                                  show_default="FILE.rejects.csv")] = None,
+    warnings: Annotated[Path | None, typer.Option("--warnings", help="where the phones dropped from accepted rows "
+                                                  "go", show_default="FILE.warnings.csv")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="data rows per request")] = 5000,
     resume_from: Annotated[int, typer.Option("--resume-from", min=1, help="first data row to send (after a "
                                              "stopped import; same --batch)")] = 1,
@@ -255,9 +269,10 @@ def import_leads(
     """Import leads from a CSV file into a campaign of a running Marcador, in chunks."""
     console = Console(stderr=True, soft_wrap=True)  # messages unwrapped: they get grepped out of logs
     rejects_path = rejects or file.with_name(f"{file.stem}.rejects.csv")
+    warnings_path = warnings or file.with_name(f"{file.stem}.warnings.csv")
     try:
         s = run_import(file, campaign, api, token, rejects_path, batch, resume_from, console=console,
-                       parallel=parallel)
+                       parallel=parallel, warnings_path=warnings_path)
     except LeadFileError as exc:
         console.print(f"import-leads: {file}: {exc}", style="red", markup=False)
         raise typer.Exit(1) from None
@@ -269,10 +284,14 @@ def import_leads(
                       f"{rejects_path}). Resume with: --resume-from {exc.next_row} --batch {batch}", markup=False)
         raise typer.Exit(1) from None
     rejected_rows = len({r for r, _, _ in s.rejected})
-    print(f"accepted {s.accepted}, rejected {rejected_rows}, held {len(s.held)} "
+    print(f"accepted {s.accepted}, rejected {rejected_rows}, held {len(s.held)}, warnings {len(s.warnings)} "
           f"({s.rows} rows in {s.chunks} chunk{'s' if s.chunks != 1 else ''})")
     if s.rejected:
         print(f"rejected rows: {rejects_path}")
+    if s.warnings:
+        first = "; ".join(f"row {r} {f}: {why}" for r, f, why in s.warnings[:3]) + ("; ..." if len(s.warnings) > 3
+                                                                                   else "")
+        print(f"warnings (phones dropped, the leads accepted with their other phones): {warnings_path}: {first}")
     if s.held:
         rows = ", ".join(str(r) for r, _, _ in s.held[:10]) + (", ..." if len(s.held) > 10 else "")
         print(f"held (accepted, not dialed until they get a `timezone`): rows {rows}")

@@ -8,8 +8,11 @@ import json
 import time
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from api.app import create_app
 from marcador_cli.import_cmd import _lines, run_import
+from marcador_cli.main import app as cli_app
 from tests.test_api import HEADER, api_env, make_campaign
 from tests.test_api_events import http_server
 
@@ -93,3 +96,26 @@ async def test_an_upload_keeps_a_lead_whose_extra_phone_is_bad_and_names_it_in_w
         got = r.json()  # no good phone at all: rejected as before, every phone named
         assert got["accepted"] == 0 and got["warnings"] == []
         assert [(x["row"], x["field"]) for x in got["rejected"]] == [(1, "phone"), (1, "phone2"), (1, "phone3")]
+
+
+async def test_import_leads_counts_the_lead_accepted_and_reports_its_dropped_phone(tmp_path: Path) -> None:
+    """`marcador import-leads` against the engine: the row with a bad phone3 is accepted (it was rejected, and
+    written to the rejects file), its warning is in the summary, in the output and in FILE.warnings.csv."""
+    path = tmp_path / "debtors.csv"
+    path.write_bytes(_phones_csv(7, {5}))
+    async with api_env() as env, http_server(create_app(env.runtime)) as base:
+        await make_campaign(env.api)
+        summary = await asyncio.to_thread(run_import, path, "c1", base, None, tmp_path / "rejects.csv", 3)
+        assert (summary.accepted, summary.rejected) == (7, [])
+        assert summary.warnings == [(5, "phone3", "not a valid number for CO")]
+        await make_campaign(env.api, "c2")
+        r = await asyncio.to_thread(CliRunner().invoke, cli_app, ["import-leads", str(path), "--campaign", "c2",
+                                                                  "--api", base, "--batch", "3"])
+        assert r.exit_code == 0, r.output
+        assert "accepted 7, rejected 0, held 0, warnings 1 (7 rows in 3 chunks)" in r.output
+        assert "debtors.warnings.csv: row 5 phone3: not a valid number for CO" in r.output
+        assert "300 12" not in r.output  # the reason, never the number
+        assert (tmp_path / "debtors.warnings.csv").read_text().splitlines() == [
+            "row,field,reason", "5,phone3,not a valid number for CO"]
+        assert (tmp_path / "debtors.rejects.csv").read_text().splitlines() == ["row,field,reason"]
+        assert (await env.store.lead_counts("c2"))["pending"] == 7

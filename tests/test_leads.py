@@ -507,7 +507,8 @@ class FakeLeadsApi:
                     api.replies[key] = json.dumps({
                         "accepted": report.accepted,
                         "rejected": [dataclasses.asdict(i) for i in report.rejected],
-                        "held": [dataclasses.asdict(i) for i in report.held]}).encode()
+                        "held": [dataclasses.asdict(i) for i in report.held],
+                        "warnings": [dataclasses.asdict(i) for i in report.warnings]}).encode()
                 self._answer(200, api.replies[key])
 
             def _answer(self, status: int, body: bytes) -> None:
@@ -553,7 +554,8 @@ def _rejects(path: Path) -> list[tuple[int, str]]:
 def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, leads_file: Path) -> None:
     r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--batch", "3"], MARCADOR_TOKEN="s3cret")
     assert r.exit_code == 0, r.output
-    assert "accepted 8, rejected 3, held 1" in r.output
+    assert "accepted 8, rejected 3, held 1, warnings 1" in r.output
+    assert "debtors.warnings.csv: row 9 phone3: not a valid number for ES" in r.output
     reqs = fake_api.requests
     assert sorted(q["first_row"] for q in reqs) == [1, 4, 7, 10]  # several in flight: any arrival order
     assert {q["path"] for q in reqs} == {"/api/v1/campaigns/c-1/leads"}
@@ -568,6 +570,7 @@ def test_cli_imports_in_chunks_with_keys_rows_and_token(fake_api: FakeLeadsApi, 
     assert fake_api.leads["es-2"].fields["account"] == "ACC-12\nsecond line"
     assert set(fake_api.leads) == {"us-1", "gb-1", "co-1", "mx-1", "es-1", "us-2", "bad-phone3", "es-2"}
     assert _rejects(leads_file.with_name("debtors.rejects.csv")) == [(7, "phone"), (8, "timezone"), (10, "lead_id")]
+    assert _rejects(leads_file.with_name("debtors.warnings.csv")) == [(9, "phone3")]
     assert "s3cret" not in r.output
 
 
@@ -594,6 +597,7 @@ def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: Fake
     assert [q["first_row"] for q in fake_api.requests] == [1, 5, 5, 9]
     assert fake_api.requests[2]["headers"]["Idempotency-Key"] == first_keys[1]  # same chunk, same key
     assert _rejects(rejects) == [(7, "phone"), (8, "timezone"), (10, "lead_id")]
+    assert _rejects(leads_file.with_name("debtors.warnings.csv")) == [(9, "phone3")]  # appended on the resume
     assert len(fake_api.leads) == 8
     r = _cli([*args, "--resume-from", "6"])
     assert r.exit_code == 2 and "chunk's first row" in r.output
