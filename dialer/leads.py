@@ -70,10 +70,12 @@ class ParseReport:
 
 # --- phone numbers -------------------------------------------------------------------------------------------
 
+PREMIUM_RATE = "a premium-rate number (the caller pays for each call): not a debtor's phone"
+
 
 @lru_cache(maxsize=_CACHE)
-def _parse(raw: str, region: str | None) -> tuple[str, int, bool] | str:
-    """(E.164, country code, geographic?) or an error message. Cached: the same number often comes twice
+def _parse(raw: str, region: str | None) -> tuple[str, int, int] | str:
+    """(E.164, country code, PhoneNumberType) or an error message. Cached: the same number often comes twice
     (phone and phone2, family members, re-uploads)."""
     if not raw.startswith("+") and region is None:
         return "needs a country to read a number without +"
@@ -89,7 +91,7 @@ def _parse(raw: str, region: str | None) -> tuple[str, int, bool] | str:
         return f"not a valid number{where}"
     e164 = phonenumbers.format_number(num, PhoneNumberFormat.E164)
     cc = num.country_code or 0  # always set after a successful parse
-    return e164, cc, phonenumbers.is_number_type_geographical(ntype, cc)
+    return e164, cc, ntype
 
 
 _PARSE_ERRORS = {
@@ -110,7 +112,7 @@ _PLAIN = re.compile(r"\+?\d{1,20}")
 _MX_OLD = re.compile(r"\+521(\d{10})|(?:044|045|01)(\d{10})")
 
 
-def _parse_raw(raw: str, region: str | None) -> tuple[str, int, bool] | str:
+def _parse_raw(raw: str, region: str | None) -> tuple[str, int, int] | str:
     # Spreadsheet punctuation off first when what is left is plain digits: phonenumbers ignores it anyway, its
     # per-character normalising is a good part of its cost, and "(212) 555-0100" then shares a cache entry with
     # "212-555-0100". Anything else (letters, "ext") goes to phonenumbers as written.
@@ -146,9 +148,9 @@ def _zones(e164_prefix: str, country_code: int, geographic: bool) -> tuple[str, 
     return tuple(z for z in zones or () if z != _UNKNOWN_ZONE)
 
 
-def _zone_of(parsed: tuple[str, int, bool], country: str | None = None) -> tuple[str | None, list[str]]:
-    e164, cc, geographic = parsed
-    cands = _zones(e164[:1 + TIMEZONE_LONGEST_PREFIX], cc, geographic)
+def _zone_of(parsed: tuple[str, int, int], country: str | None = None) -> tuple[str | None, list[str]]:
+    e164, cc, ntype = parsed
+    cands = _zones(e164[:1 + TIMEZONE_LONGEST_PREFIX], cc, phonenumbers.is_number_type_geographical(ntype, cc))
     if len(cands) == 1:
         return cands[0], list(cands)
     return (same_clock_zone(cands, country) if cands else None), list(cands)
@@ -168,7 +170,7 @@ def zone_for_number(e164: str, country: str | None = None) -> tuple[str | None, 
 _REGIONS_OF_CODE = phonenumbers.COUNTRY_CODE_TO_REGION_CODE
 
 
-def _read_e164(e164: str) -> tuple[str, int, bool] | str:
+def _read_e164(e164: str) -> tuple[str, int, int] | str:
     """`_parse` for a number in E.164 as phonenumbers writes it (every number intake accepts), built without
     parsing it again: the same verdict at a tenth of the cost, for the gates that look up every dialed number.
     Other spellings are parsed; a hand-made "+digits" string phonenumbers would rewrite may read as invalid."""
@@ -193,7 +195,7 @@ def _read_e164(e164: str) -> tuple[str, int, bool] | str:
     ntype = phonenumbers.number_type(num)
     if ntype == PhoneNumberType.UNKNOWN:
         return "not a valid number"
-    return e164, cc, phonenumbers.is_number_type_geographical(ntype, cc)
+    return e164, cc, ntype
 
 
 def zone_for_e164(e164: str, country: str | None = None) -> tuple[str | None, list[str]]:
@@ -392,7 +394,7 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         country = None
 
     phones: list[str] = []
-    first: tuple[str, int, bool] | None = None  # the first good phone: the zone is read from it
+    first: tuple[str, int, int] | None = None  # the first good phone: the zone is read from it
     bad_phones: list[RowIssue] = []  # warnings if another phone is good and the row otherwise is; else issues
     for name in PHONE_COLUMNS:
         raw = _text(row.get(name))
@@ -403,6 +405,10 @@ def lead_from_row(row: Mapping[str, Any], campaign_id: str,
         got = _parse_raw(raw, country)
         if isinstance(got, str):
             bad_phones.append(RowIssue(row_no, name, got))
+        elif got[2] == PhoneNumberType.PREMIUM_RATE:
+            # 900 in the US, 0906 in the UK, 803 in Spain: each dial billed to us by the minute, to a recorded
+            # service. Refused as a debtor's phone only (a DNC list or a number's zone still read it).
+            bad_phones.append(RowIssue(row_no, name, PREMIUM_RATE))
         elif got[0] not in phones:  # the same number twice in one lead: keep the first
             phones.append(got[0])
             if first is None:

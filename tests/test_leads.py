@@ -283,6 +283,18 @@ def test_a_row_with_no_good_phone_is_rejected_naming_each_phone_field() -> None:
         (2, "phone", "required")]  # an empty `phone` is still missing, whatever phone2 holds
 
 
+def test_a_premium_rate_phone_is_not_dialed() -> None:
+    # A 900 number (0906 in the UK, 803 in Spain) was taken as a debtor's phone: each dial is billed to the caller,
+    # by the minute, while it rings out to a recorded service. Dropped as a bad phone, naming why.
+    leads, report = parse(f"{PHONES}\nL1,+12125550100,+19002530000,,US,,10,1,x\n"
+                          f"L2,+449061234567,,,GB,,10,1,x\nL3,+18005551234,,,US,,10,1,x\n")
+    why = "a premium-rate number (the caller pays for each call): not a debtor's phone"
+    assert [(lead.lead_id, lead.phones) for lead in leads] == [("L1", ("+12125550100",)), ("L3", ("+18005551234",))]
+    assert report.warnings == [RowIssue(1, "phone2", why)]
+    assert [(i.row, i.field, i.reason) for i in report.rejected] == [(2, "phone", why)]  # its only phone
+    assert normalise_phone("+1 900 253 0000", None) == "+19002530000"  # a DNC entry or a zone lookup still reads it
+
+
 def test_a_bad_first_phone_beside_a_good_one_is_a_warning_and_the_zone_comes_from_the_good_one() -> None:
     leads, report = parse(f"{PHONES}\nL1,12345,,+12125550100,US,,10,1,x\n")
     assert [(lead.phones, lead.timezone) for lead in leads] == [(("+12125550100",), "America/New_York")]
