@@ -335,6 +335,19 @@ class _Entry:
 STATE_VERSION = 1  # of `Hopper.handoff_state`'s mapping; a state of another version is ignored (a fresh start)
 
 
+def state_with_callback(state: Mapping[str, Any] | None, at: float, agent_id: str | None) -> dict[str, Any]:
+    """A lead's hand-off state (`Hopper.handoff_state`'s mapping) with a callback asked through the store merged in:
+    the asked one wins over any the state held. A state of another version starts afresh with the callback."""
+    doc: dict[str, Any] = dict(state) if isinstance(state, Mapping) and state.get("v") == STATE_VERSION \
+        else {"v": STATE_VERSION}
+    doc["cb"] = at
+    if agent_id:
+        doc["ag"] = agent_id
+    else:
+        doc.pop("ag", None)
+    return doc
+
+
 def _finite(t: float) -> float | None:
     return t if math.isfinite(t) else None
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dialer.hopper import state_with_callback
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignChange
 
@@ -44,6 +45,9 @@ class _CampaignLeads:
     states: dict[str, str] = field(default_factory=dict)
     sched: list[tuple[float, str]] = field(default_factory=list)
     not_before: dict[str, float] = field(default_factory=dict)
+    # Callbacks asked through the store (`ask_callback`): lead id -> (at, agent id). A pending one keeps its lead in
+    # `sched` until `at` and goes with its lease; a leased one waits for the holder (`held_callbacks`).
+    asked: dict[str, tuple[float, str | None]] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -131,19 +135,48 @@ class InMemoryStore:
         return added
 
     async def lease_leads(self, campaign_id: str, count: int, now: float) -> list[Lead]:
+        return (await self.lease_leads_with_states(campaign_id, count, now))[0]
+
+    def _lease(self, campaign_id: str, bucket: _CampaignLeads,
+               lead_ids: Sequence[str]) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        """Lease these pending leads, with their kept states and any asked callback merged in (and forgotten)."""
+        out: list[Lead] = []
+        states: dict[str, dict[str, Any]] = {}
+        for lid in lead_ids:
+            packed = bucket.pending.pop(lid)
+            bucket.not_before.pop(lid, None)
+            bucket.leased[lid] = packed
+            out.append(_unpack(campaign_id, packed))
+            kept = bucket.states.get(lid)
+            state = json.loads(kept) if kept is not None else None
+            asked = bucket.asked.pop(lid, None)
+            if asked is not None:
+                state = state_with_callback(state, *asked)
+            if state is not None:
+                states[lid] = state
+        return out, states
+
+    async def lease_leads_with_states(self, campaign_id: str, count: int,
+                                      now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
         async with self._lock:
             bucket = self._bucket(campaign_id)
             if bucket.sched:
                 _promote(bucket, now)
-            out: list[Lead] = []
-            while bucket.order and len(out) < count:
+            picked: list[str] = []
+            while bucket.order and len(picked) < count:
                 lid = bucket.order.popleft()
-                packed = bucket.pending.pop(lid, None)
-                if packed is None:
-                    continue  # removed (or leased already from a returned copy of its id)
-                bucket.leased[lid] = packed
-                out.append(_unpack(campaign_id, packed))
-            return out
+                if lid not in bucket.pending or lid in bucket.not_before:
+                    continue  # removed, leased already from a returned copy of its id, or waiting for its time
+                picked.append(lid)
+            return self._lease(campaign_id, bucket, picked)
+
+    async def lease_due_callbacks(self, campaign_id: str, count: int,
+                                  now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        async with self._lock:
+            bucket = self._bucket(campaign_id)
+            due = sorted((at, lid) for lid, (at, _) in bucket.asked.items()
+                         if lid in bucket.pending and at <= now and bucket.not_before.get(lid, at) <= now)
+            return self._lease(campaign_id, bucket, [lid for _, lid in due[:max(count, 0)]])
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
         bucket = self._bucket(campaign_id)
@@ -154,9 +187,10 @@ class InMemoryStore:
             # The core's hopper recycles a lead it keeps; what it hands back with an outcome is done.
             bucket.done[lead_id] = outcome.value
             bucket.states.pop(lead_id, None)
+            bucket.asked.pop(lead_id, None)
         else:
             bucket.pending[lead_id] = packed
-            bucket.order.appendleft(lead_id)  # it was next in line: keep it first
+            _back(bucket, lead_id, None, now)
 
     async def hand_back_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any],
                              eligible_at: float | None, now: float) -> None:
@@ -166,17 +200,9 @@ class InMemoryStore:
             return
         bucket.states[lead_id] = json.dumps(state, separators=(",", ":"))
         bucket.pending[lead_id] = packed
-        if eligible_at is None or eligible_at <= now:
-            bucket.order.appendleft(lead_id)  # it was next in line: keep it first
-        else:
-            bucket.not_before[lead_id] = eligible_at
-            heapq.heappush(bucket.sched, (eligible_at, lead_id))
-
-    async def lease_leads_with_states(self, campaign_id: str, count: int,
-                                      now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
-        leads = await self.lease_leads(campaign_id, count, now)
-        kept = self._bucket(campaign_id).states
-        return leads, {lead.lead_id: json.loads(kept[lead.lead_id]) for lead in leads if lead.lead_id in kept}
+        if lead_id not in bucket.asked and state.get("cb") is not None:  # kept as asked: listed, fetched when due
+            bucket.asked[lead_id] = (float(state["cb"]), state.get("ag"))
+        _back(bucket, lead_id, eligible_at, now)
 
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (waiting, leased or done)."""
@@ -189,8 +215,47 @@ class InMemoryStore:
             bucket.done[lead_id] = "removed"
             bucket.states.pop(lead_id, None)
             bucket.not_before.pop(lead_id, None)
+            bucket.asked.pop(lead_id, None)
             return True
         return False
+
+    async def ask_callback(self, campaign_id: str, lead_id: str, at: float, agent_id: str | None) -> str:
+        bucket = self._bucket(campaign_id)
+        if lead_id in bucket.done:
+            return "removed" if bucket.done[lead_id] == "removed" else "done"
+        if lead_id in bucket.leased:
+            bucket.asked[lead_id] = (at, agent_id)
+            return "leased"
+        if lead_id not in bucket.pending:
+            return "unknown"
+        bucket.asked[lead_id] = (at, agent_id)
+        bucket.not_before[lead_id] = at  # out of every lease until then (its `order` entry is skipped)
+        heapq.heappush(bucket.sched, (at, lead_id))
+        return "pending"
+
+    async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
+        bucket = self._bucket(campaign_id)
+        return {lid: asked for lid, asked in bucket.asked.items() if lid in bucket.leased}
+
+    async def clear_callbacks(self, campaign_id: str, applied: Mapping[str, tuple[float, str | None]]) -> int:
+        bucket = self._bucket(campaign_id)
+        gone = [lid for lid, asked in applied.items() if bucket.asked.get(lid) == tuple(asked)]
+        for lid in gone:
+            del bucket.asked[lid]
+        return len(gone)
+
+    async def next_callback_at(self, campaign_id: str) -> float | None:
+        bucket = self._bucket(campaign_id)
+        return min((max(at, bucket.not_before.get(lid, at)) for lid, (at, _) in bucket.asked.items()
+                    if lid in bucket.pending), default=None)
+
+    async def publish_callbacks(self, campaign_id: str, rows: Sequence[tuple[str, float, str | None]],
+                                now: float) -> None:
+        """One node in memory: its own hopper is every callback it holds; nothing to publish."""
+
+    async def callbacks(self, campaign_id: str, now: float) -> list[tuple[str, float, str | None]]:
+        bucket = self._bucket(campaign_id)
+        return sorted(((lid, at, agent) for lid, (at, agent) in bucket.asked.items()), key=lambda r: (r[1], r[0]))
 
     async def record_attempt(self, attempt: Attempt) -> None:
         old = self._attempts.get(attempt.call_id)
@@ -219,6 +284,18 @@ class InMemoryStore:
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         bucket = self._bucket(campaign_id)
         return {"pending": len(bucket.pending), "leased": len(bucket.leased), "done": len(bucket.done)}
+
+
+def _back(bucket: _CampaignLeads, lead_id: str, eligible_at: float | None, now: float) -> None:
+    """A lead back to pending: out of reach until its asked callback if it has one, else until `eligible_at`."""
+    asked = bucket.asked.get(lead_id)
+    if asked is not None:
+        eligible_at = asked[0]
+    if eligible_at is None or eligible_at <= now:
+        bucket.order.appendleft(lead_id)  # it was next in line: keep it first
+    else:
+        bucket.not_before[lead_id] = eligible_at
+        heapq.heappush(bucket.sched, (eligible_at, lead_id))
 
 
 def _promote(bucket: _CampaignLeads, now: float) -> None:

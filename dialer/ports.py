@@ -119,10 +119,51 @@ class Store(Protocol):
 
     async def lease_leads_with_states(self, campaign_id: str, count: int,
                                       now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
-        """`lease_leads`, and the hopper state kept of each leased lead that has one (lead id -> state)."""
+        """`lease_leads`, and the hopper state kept of each leased lead that has one (lead id -> state); a callback
+        asked for the lead while it waited in the store (`ask_callback`) is merged into its state, and forgotten."""
         ...
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool: ...
+
+    # Callbacks asked through the API for a lead no hopper of this node holds: kept in the store, so every node
+    # sees them, a restart loses none, and no node dials the lead before its time.
+
+    async def ask_callback(self, campaign_id: str, lead_id: str, at: float, agent_id: str | None) -> str:
+        """Keep a callback asked for a lead: "pending" (the lead waits in the store, out of every lease, until `at`;
+        whichever node leases it then takes the callback in its state), "leased" (a node holds it: kept until that
+        node picks it up, `held_callbacks`); or, nothing written, "done", "removed" or "unknown" (no such lead).
+        A callback asked again replaces the one kept. KeyError for an unknown campaign."""
+        ...
+
+    async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
+        """Callbacks asked for leads this node holds (lead id -> (at, agent id or None)), for its core to apply;
+        then `clear_callbacks`."""
+        ...
+
+    async def clear_callbacks(self, campaign_id: str, applied: Mapping[str, tuple[float, str | None]]) -> int:
+        """Forget asked callbacks a holder applied, each only if it is still the one given (one asked again
+        meanwhile stays). Returns how many were forgotten."""
+        ...
+
+    async def next_callback_at(self, campaign_id: str) -> float | None:
+        """The earliest time of a callback kept for a lead waiting in the store (None: none)."""
+        ...
+
+    async def lease_due_callbacks(self, campaign_id: str, count: int,
+                                  now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        """Lease up to `count` leads waiting in the store whose callback is due by `now` (whatever their place in
+        line), with their states, the callback merged in (as `lease_leads_with_states`)."""
+        ...
+
+    async def publish_callbacks(self, campaign_id: str, rows: Sequence[tuple[str, float, str | None]],
+                                now: float) -> None:
+        """The callbacks this node's hopper holds (lead id, at, agent id), for the other nodes' listings."""
+        ...
+
+    async def callbacks(self, campaign_id: str, now: float) -> list[tuple[str, float, str | None]]:
+        """The callbacks the store knows of (asked and not yet applied, and those other live nodes published),
+        earliest first; one lead once."""
+        ...
 
     async def record_attempt(self, attempt: Attempt) -> None:
         """Upsert by call id."""

@@ -35,10 +35,12 @@ if added > 0 then redis.call('SET', KEYS[4], string.format('%.17g', seq)) end
 return added
 """
 
-# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads, states
-# ARGV: count, now, lease expires at, node id, how many due scheduled leads to promote at most
-# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, state, id, json, state, ...} (state:
-# the hopper state a node handed the lead back with, '' if none; it stays until the lead is done or handed back).
+# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads, states, cbs, cbs_at
+# ARGV: count, now, lease expires at, node id, how many due scheduled leads to promote at most, mode ('' = the
+# next leads in line; 'due' = leads waiting with an asked callback due by now, whatever their place in line)
+# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, state, callback, ...} (state: the
+# hopper state a node handed the lead back with, '' if none; it stays until the lead is done or handed back;
+# callback: '<at> <agent id>' asked while it waited (`CB_ASK`), '' if none: given to this leaser and forgotten).
 LEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
@@ -52,7 +54,32 @@ if #due > 0 then
 end
 local count = tonumber(ARGV[1])
 if count <= 0 then return {} end
-local popped = redis.call('ZPOPMIN', KEYS[2], count)
+local popped
+if ARGV[6] == 'due' then
+  popped = {}
+  local asked = redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', ARGV[2], 'LIMIT', 0, count)
+  for _, lid in ipairs(asked) do
+    local score = redis.call('ZSCORE', KEYS[2], lid)
+    if score then
+      redis.call('ZREM', KEYS[2], lid)
+    else
+      local at = redis.call('ZSCORE', KEYS[3], lid)
+      if at and tonumber(at) <= tonumber(ARGV[2]) then  -- due, beyond the promotion limit above
+        score = redis.call('HGET', KEYS[4], lid) or '0'
+        redis.call('ZREM', KEYS[3], lid)
+        redis.call('HDEL', KEYS[4], lid)
+      elseif not at then
+        redis.call('ZREM', KEYS[12], lid)  -- neither in line nor waiting (any more): nothing to lease
+      end
+    end
+    if score then
+      popped[#popped + 1] = lid
+      popped[#popped + 1] = score
+    end
+  end
+else
+  popped = redis.call('ZPOPMIN', KEYS[2], count)
+end
 if #popped == 0 then return {} end
 local token = redis.call('INCR', KEYS[8])
 local ids, expiry, owner = {}, {}, {}
@@ -69,20 +96,25 @@ redis.call('HSET', KEYS[6], unpack(owner))
 redis.call('SADD', KEYS[7], unpack(ids))
 local data = redis.call('HMGET', KEYS[9], unpack(ids))
 local states = redis.call('HMGET', KEYS[10], unpack(ids))
+local cbs = redis.call('HMGET', KEYS[11], unpack(ids))
+redis.call('HDEL', KEYS[11], unpack(ids))
+redis.call('ZREM', KEYS[12], unpack(ids))
 local out = {token}
 for i, lid in ipairs(ids) do
   out[#out + 1] = lid
   out[#out + 1] = data[i] or ''
   out[#out + 1] = states[i] or ''
+  out[#out + 1] = cbs[i] or ''
 end
 return out
 """
 
-# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score, states
+# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score, states, cbs, cbs_at
 # ARGV: lead id, token, node id, mode ('done' | 'back' | 'at'), outcome, eligible_at, hopper state ('' = keep
-# what is kept)
+# what is kept), the state's callback ('<at> <agent id>', '' = none)
 # Returns false (unknown campaign), 0 (not leased), -1 (leased under another token: stale holder), 1 (released).
-# A lead done loses its kept hopper state; one handed back with a state keeps it for the next leaser.
+# A lead done loses its kept hopper state and any callback asked for it. One back in line with a callback (asked
+# and not yet picked up by the holder, else the one its state carries) waits in the schedule until its time.
 RELEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local lid = ARGV[1]
@@ -96,19 +128,31 @@ redis.call('SREM', KEYS[4], lid)
 if ARGV[4] == 'done' then
   redis.call('HSET', KEYS[6], lid, ARGV[5])
   redis.call('HDEL', KEYS[9], lid)
+  redis.call('HDEL', KEYS[10], lid)
+  redis.call('ZREM', KEYS[11], lid)
   return 1
 end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[9], lid, ARGV[7]) end
-if ARGV[4] == 'back' then
+local mode, at = ARGV[4], ARGV[6]
+local cb = redis.call('HGET', KEYS[10], lid)
+if not cb and ARGV[8] ~= '' then
+  cb = ARGV[8]
+  redis.call('HSET', KEYS[10], lid, cb)
+end
+if cb then
+  mode, at = 'at', string.match(cb, '^(%S+)')
+  redis.call('ZADD', KEYS[11], at, lid)
+end
+if mode == 'back' then
   redis.call('ZADD', KEYS[5], score, lid)
 else
-  redis.call('ZADD', KEYS[7], ARGV[6], lid)
+  redis.call('ZADD', KEYS[7], at, lid)
   redis.call('HSET', KEYS[8], lid, score)
 end
 return 1
 """
 
-# KEYS: def, hopper, sched, sched_score, done, states
+# KEYS: def, hopper, sched, sched_score, done, states, cbs, cbs_at
 # ARGV: lead id.  Only a pending lead (in the hopper or waiting for its time) can be removed.
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
@@ -116,6 +160,8 @@ local n = redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[3], ARG
 if n == 0 then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('HSET', KEYS[5], ARGV[1], 'removed')
 return 1
 """
@@ -127,12 +173,13 @@ return {redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]), redis.call(
         redis.call('HLEN', KEYS[5])}
 """
 
-# KEYS: leases, owner, hopper, inflight, sched, sched_score, lost
+# KEYS: leases, owner, hopper, inflight, sched, sched_score, lost, cbs, cbs_at
 # ARGV: now, limit, hold until.  Leases due by `now` (their node stopped renewing: it died, or lost Redis
 # for longer than the TTL) go back at their old place in line, attempts untouched. A lead with a call still
 # in flight (an attempt without outcome) may be live on the dead node's PBX, which nobody else can consult:
 # it waits in the schedule until `hold until` and its call id is listed in `lost` (with `now`) for the
-# caller to write the `lost` outcome. Returns {lead id, node id, call id or '', ...}.
+# caller to write the `lost` outcome. A lead with a callback asked (not picked up by the dead node) waits in the
+# schedule until its time (and the hold). Returns {lead id, node id, call id or '', ...}.
 EXPIRE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due == 0 then return {} end
@@ -145,14 +192,25 @@ for _, lid in ipairs(due) do
     score, node = s, n
   end
   local call = redis.call('HGET', KEYS[4], lid)
+  local wait = nil
   if call then
-    redis.call('ZADD', KEYS[5], ARGV[3], lid)
-    redis.call('HSET', KEYS[6], lid, score)
+    wait = ARGV[3]
     redis.call('HSET', KEYS[7], call, ARGV[1])
     redis.call('HDEL', KEYS[4], lid)
   else
-    redis.call('ZADD', KEYS[3], score, lid)
     call = ''
+  end
+  local cb = redis.call('HGET', KEYS[8], lid)
+  if cb then
+    local at = string.match(cb, '^(%S+)')
+    if not wait or tonumber(at) > tonumber(wait) then wait = at end
+    redis.call('ZADD', KEYS[9], wait, lid)
+  end
+  if wait then
+    redis.call('ZADD', KEYS[5], wait, lid)
+    redis.call('HSET', KEYS[6], lid, score)
+  else
+    redis.call('ZADD', KEYS[3], score, lid)
   end
   redis.call('HDEL', KEYS[2], lid)
   out[#out + 1] = lid
@@ -326,4 +384,51 @@ local before = redis.call('GET', KEYS[2]) or 'created'
 if before == ARGV[2] then return '-' .. before end
 redis.call('SET', KEYS[2], ARGV[1])
 return before
+"""
+
+
+# A callback asked for a lead (API, any node). KEYS: def, leads, hopper, sched, sched_score, owner, done, cbs, cbs_at
+# ARGV: lead id, at, agent id ('' = anyone)
+# A pending lead (in line or waiting for its time) waits in the schedule until `at` (a callback outranks a recycle
+# time, as in the hopper), its callback kept in `cbs` for its next leaser and in `cbs_at` for the nodes that lease
+# due callbacks; a leased lead's callback waits in `cbs` for its holder. Returns 'pending', 'leased', or (nothing
+# written) 'done', 'removed', 'unknown'; false if there is no such campaign.
+CB_ASK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local lid = ARGV[1]
+if redis.call('HEXISTS', KEYS[2], lid) == 0 then return 'unknown' end
+local done = redis.call('HGET', KEYS[7], lid)
+if done then
+  if done == 'removed' then return 'removed' end
+  return 'done'
+end
+local cb = ARGV[2] .. ' ' .. ARGV[3]
+if redis.call('HEXISTS', KEYS[6], lid) == 1 then
+  redis.call('HSET', KEYS[8], lid, cb)
+  return 'leased'
+end
+local score = redis.call('ZSCORE', KEYS[3], lid)
+if score then
+  redis.call('ZREM', KEYS[3], lid)
+  redis.call('HSET', KEYS[5], lid, score)
+elseif not redis.call('ZSCORE', KEYS[4], lid) then
+  return 'unknown'
+end
+redis.call('ZADD', KEYS[4], ARGV[2], lid)
+redis.call('HSET', KEYS[8], lid, cb)
+redis.call('ZADD', KEYS[9], ARGV[2], lid)
+return 'pending'
+"""
+
+# Asked callbacks a holder applied are forgotten, each only if it is still the one it applied.
+# KEYS: cbs ; ARGV: lead id, callback, lead id, callback, ...  Returns how many were forgotten.
+CB_CLEAR = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """

@@ -51,6 +51,10 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
     <p>{c:<id>}:states           hash  lead id -> hopper state (JSON, `Hopper.handoff_state`) of a lead a node handed
                                        back not final, given to the next leaser; gone when the lead is done or removed
+    <p>{c:<id>}:cbs              hash  lead id -> "<at> <agent id>": a callback asked (API, any node), not applied: for
+                                       the lead's next leaser, or its holder (`held_callbacks`, then `clear_callbacks`)
+    <p>{c:<id>}:cbs_at           zset  lead id -> at, of those leads waiting in the store (a due one is leased at once)
+    <p>{c:<id>}:cbs_node         hash  node id -> JSON [[lead id, at, agent id], ...]: the callbacks its hopper holds
     <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
     <p>{c:<id>}:attempt_dial     zset  call id -> dialed at (pages) ; :attempt_dial_upto the attempt_order score
                                        through which it is complete (older nodes write no index: filled on read)
@@ -85,6 +89,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from dialer import redis_scripts as lua
+from dialer.hopper import state_with_callback
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignBusy, CampaignChange
 
@@ -164,6 +169,16 @@ def _campaign_from(raw: str) -> CampaignSettings:
     return CampaignSettings(**{k: v for k, v in json.loads(raw).items() if k in _CAMPAIGN_FIELDS})
 
 
+def _callback_text(at: float, agent_id: str | None) -> str:
+    """A callback as the scripts keep it: '<at> <agent id>' (the agent empty for anyone)."""
+    return f"{_num(at)} {agent_id or ''}"
+
+
+def _callback_from(raw: Any) -> tuple[float, str | None]:
+    at, _, agent = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(" ")
+    return float(at), agent or None
+
+
 def _status_from(raw: Any) -> CampaignStatus:
     """A kept status; none kept, or one this release does not know (a newer node's), is CREATED: no dialing."""
     if raw is None:
@@ -222,6 +237,8 @@ class RedisStore:
         self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
         self._s_campaign_cas = client.register_script(lua.CAMPAIGN_CAS)
         self._s_campaign_status = client.register_script(lua.CAMPAIGN_STATUS)
+        self._s_cb_ask = client.register_script(lua.CB_ASK)
+        self._s_cb_clear = client.register_script(lua.CB_CLEAR)
 
     @property
     def client(self) -> RedisClient:
@@ -380,30 +397,43 @@ class RedisStore:
 
     async def lease_leads_with_states(self, campaign_id: str, count: int,
                                       now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        return await self._lease(campaign_id, count, now, "")
+
+    async def lease_due_callbacks(self, campaign_id: str, count: int,
+                                  now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        return await self._lease(campaign_id, count, now, "due")
+
+    async def _lease(self, campaign_id: str, count: int, now: float,
+                     mode: str) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
+        """The LEASE script in chunks: the next leads in line (mode ''), or those with a due callback ('due')."""
         await self._ensure()
         out: list[Lead] = []
         states: dict[str, dict[str, Any]] = {}
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id), self._k(campaign_id, "fence"),
-                 self._k(campaign_id, "leads"), self._k(campaign_id, "states")]
+                 self._k(campaign_id, "leads"), self._k(campaign_id, "states"), self._k(campaign_id, "cbs"),
+                 self._k(campaign_id, "cbs_at")]
         expires = _num(now + self.lease_ttl_s)
         while True:
             want = min(count - len(out), _LEASE_CHUNK)
             reply = await self._s_lease(keys=keys, args=[max(want, 0), _num(now), expires, self.node_id,
-                                                         _PROMOTE_LIMIT])
+                                                         _PROMOTE_LIMIT, mode])
             if reply is None:
                 raise self._unknown(campaign_id)
             if not reply:
                 return out, states
             token = int(reply[0])
             held = self._held.setdefault(campaign_id, {})
-            for i in range(1, len(reply), 3):
+            for i in range(1, len(reply), 4):
                 lid = str(reply[i])
                 held[lid] = token
                 out.append(_lead_from(lid, campaign_id, str(reply[i + 1])))
-                if reply[i + 2]:
-                    states[lid] = json.loads(reply[i + 2])
-            if len(reply) // 3 < want or len(out) >= count:
+                state = json.loads(reply[i + 2]) if reply[i + 2] else None
+                if reply[i + 3]:  # a callback asked while it waited: given to this leaser in its state
+                    state = state_with_callback(state, *_callback_from(reply[i + 3]))
+                if state is not None:
+                    states[lid] = state
+            if len(reply) // 4 < want or len(out) >= count:
                 return out, states
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
@@ -418,10 +448,13 @@ class RedisStore:
         """Back not final with its hopper state (kept in `states` for the next leaser); in the schedule until
         `eligible_at` when that is later than `now`, so no node dials it before its recycle or callback time."""
         doc = json.dumps(state, separators=(",", ":"))
+        # Its callback is kept as asked too (unless one asked since it was leased, which wins): listed on every
+        # node, and leased at its time by the first node to see it due.
+        cb = _callback_text(float(state["cb"]), state.get("ag")) if state.get("cb") is not None else ""
         if eligible_at is None or eligible_at <= now:
-            await self._release(campaign_id, lead_id, "back", Outcome.LOST.value, "", doc)
+            await self._release(campaign_id, lead_id, "back", Outcome.LOST.value, "", doc, cb)
         else:
-            await self._release(campaign_id, lead_id, "at", Outcome.LOST.value, _num(eligible_at), doc)
+            await self._release(campaign_id, lead_id, "at", Outcome.LOST.value, _num(eligible_at), doc, cb)
 
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (its id stays taken once done)."""
@@ -430,7 +463,8 @@ class RedisStore:
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         await self._ensure()
-        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done", "states")]
+        keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done", "states", "cbs",
+                                                  "cbs_at")]
         reply = await self._s_remove(keys=keys, args=[lead_id])
         if reply is None:
             raise self._unknown(campaign_id)
@@ -561,6 +595,83 @@ class RedisStore:
         pending, leased, done = (int(x) for x in reply)
         return {"pending": pending, "leased": leased, "done": done}
 
+    # ------------------------------------------------------------------ callbacks asked through the store
+
+    async def ask_callback(self, campaign_id: str, lead_id: str, at: float, agent_id: str | None) -> str:
+        """One script (`CB_ASK`): the lead's place is read and the callback kept in the same step, so a lease taken
+        by another node at that moment either has the callback in its state or finds it kept for its holder."""
+        await self._ensure()
+        keys = [self._k(campaign_id, n) for n in ("def", "leads", "hopper", "sched", "sched_score", "owner", "done",
+                                                  "cbs", "cbs_at")]
+        reply = await self._s_cb_ask(keys=keys, args=[lead_id, _num(at), agent_id or ""])
+        if reply is None:
+            raise self._unknown(campaign_id)
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
+        """Asked callbacks of leads leased by this process (the owner record names this node and a token this
+        process was given: a lease lost to another node meanwhile is not ours to apply)."""
+        await self._ensure()
+        mine = self._held.get(campaign_id)
+        if not mine:
+            return {}
+        asked = {str(k): str(v) for k, v in (await self._r.hgetall(self._k(campaign_id, "cbs"))).items()}
+        lids = [lid for lid in asked if lid in mine]
+        if not lids:
+            return {}
+        owners = await self._r.hmget(self._k(campaign_id, "owner"), lids)
+        out: dict[str, tuple[float, str | None]] = {}
+        for lid, rec in zip(lids, owners, strict=True):
+            if rec is None:
+                continue
+            token, _, rest = str(rec).partition(" ")
+            if rest.partition(" ")[2] == self.node_id and token == str(mine[lid]):
+                out[lid] = _callback_from(asked[lid])
+        return out
+
+    async def clear_callbacks(self, campaign_id: str, applied: Mapping[str, tuple[float, str | None]]) -> int:
+        if not applied:
+            return 0
+        await self._ensure()
+        args: list[str] = []
+        for lid, (at, agent) in applied.items():
+            args += (lid, _callback_text(at, agent))
+        return int(await self._s_cb_clear(keys=[self._k(campaign_id, "cbs")], args=args))
+
+    async def next_callback_at(self, campaign_id: str) -> float | None:
+        await self._ensure()
+        first = await self._r.zrange(self._k(campaign_id, "cbs_at"), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    async def publish_callbacks(self, campaign_id: str, rows: Sequence[tuple[str, float, str | None]],
+                                now: float) -> None:
+        await self._ensure()
+        key = self._k(campaign_id, "cbs_node")
+        if rows:
+            await self._r.hset(key, self.node_id, json.dumps([list(r) for r in rows], separators=(",", ":")))
+        else:
+            await self._r.hdel(key, self.node_id)
+
+    async def callbacks(self, campaign_id: str, now: float) -> list[tuple[str, float, str | None]]:
+        """Asked ones (waiting in the store, or for their holder), and those the other nodes' hoppers hold: a node
+        not seen within the lease TTL (dead: its leads are returned without what its hopper knew) is left out."""
+        await self._ensure()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self._k(campaign_id, "cbs"))
+        pipe.hgetall(self._k(campaign_id, "cbs_node"))
+        asked, published = await pipe.execute()
+        rows: dict[str, tuple[str, float, str | None]] = {}
+        others = [str(n) for n in published if str(n) != self.node_id]
+        if others:
+            seen = await self._r.zmscore(self._g("nodes_seen"), others)
+            for node, at in zip(others, seen, strict=True):
+                if at is not None and now - float(at) <= self.lease_ttl_s:
+                    for lid, cb_at, agent in json.loads(published[node]):
+                        rows[str(lid)] = (str(lid), float(cb_at), agent or None)
+        for lid, raw in asked.items():  # not applied yet: newer than what a holder published
+            rows[str(lid)] = (str(lid), *_callback_from(raw))
+        return sorted(rows.values(), key=lambda r: (r[1], r[0]))
+
     # ------------------------------------------------------------------ hopper beyond the protocol
 
     async def add_leads_at(self, campaign_id: str, leads: Sequence[Lead], *, priority: int = 0,
@@ -590,15 +701,16 @@ class RedisStore:
         return await self._release(campaign_id, lead_id, "at", "", _num(eligible_at)) == 1
 
     async def _release(self, campaign_id: str, lead_id: str, mode: str, outcome: str, eligible_at: str,
-                       state: str = "") -> int:
+                       state: str = "", callback: str = "") -> int:
         await self._ensure()
         held = self._held.get(campaign_id, {})
         token = held.get(lead_id)
         keys = [self._k(campaign_id, n) for n in ("def", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id)]
-        keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score", "states")]
+        keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score", "states", "cbs",
+                                                   "cbs_at")]
         reply = await self._s_release(keys=keys, args=[lead_id, "" if token is None else str(token), self.node_id,
-                                                       mode, outcome, eligible_at, state])
+                                                       mode, outcome, eligible_at, state, callback])
         if reply is None:
             raise self._unknown(campaign_id)
         held.pop(lead_id, None)
@@ -638,7 +750,8 @@ class RedisStore:
         returned: list[tuple[str, str]] = []
         hold_until = _num(now + self.lost_hold_s)
         for cid in await self.campaign_ids():
-            keys = [self._k(cid, n) for n in ("leases", "owner", "hopper", "inflight", "sched", "sched_score", "lost")]
+            keys = [self._k(cid, n) for n in ("leases", "owner", "hopper", "inflight", "sched", "sched_score", "lost",
+                                              "cbs", "cbs_at")]
             while True:
                 reply = await self._s_expire(keys=keys, args=[_num(now), _LEASE_CHUNK, hold_until])
                 by_node: dict[str, list[str]] = {}

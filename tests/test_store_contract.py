@@ -219,6 +219,112 @@ async def test_a_lead_handed_back_keeps_its_hopper_state_for_the_next_leaser(sto
     assert await store.lead_counts("c1") == {"pending": 0, "leased": 2, "done": 2}
 
 
+async def test_a_callback_asked_for_a_waiting_lead_keeps_it_out_of_leases_until_its_time(store: Store,
+                                                                                       peer: Store) -> None:
+    """A callback asked for a lead waiting in the store (no node holds it) is kept there: no node leases the lead
+    before its time, whatever its place in line or its recycle time, and the node that leases it then takes the
+    callback in its state. A due one is leased at once with `lease_due_callbacks`, ahead of the line. The store
+    kept no callbacks: the API node held it in its memory, and any node leased and dialed the lead at once."""
+    await campaign(store, n=5)
+    l0, l1 = ids(await store.lease_leads("c1", 2, T0))
+    await store.hand_back_lead("c1", l1, {"v": 1, "n": 2, "t": T0 + 7200}, T0 + 7200, T0 + 1)  # recycled: 2 h
+    assert await store.ask_callback("c1", "l2", T0 + 600, "ana") == "pending"
+    assert await peer.ask_callback("c1", l1, T0 + 900, None) == "pending"  # a callback outranks its recycle time
+    assert await peer.next_callback_at("c1") == T0 + 600
+    assert await store.lead_counts("c1") == {"pending": 4, "leased": 1, "done": 0}
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 2)
+    assert ids(leads) == ["l3", "l4"] and states == {}
+    assert await peer.lease_leads_with_states("c1", 10, T0 + 599) == ([], {})
+    assert await peer.lease_due_callbacks("c1", 10, T0 + 599) == ([], {})
+    leads, states = await peer.lease_due_callbacks("c1", 10, T0 + 600)
+    assert ids(leads) == ["l2"] and states == {"l2": {"v": 1, "cb": T0 + 600, "ag": "ana"}}
+    assert await peer.next_callback_at("c1") == T0 + 900
+    # Leased the ordinary way once due: merged into the state it was handed back with, then forgotten.
+    leads, states = await store.lease_leads_with_states("c1", 10, T0 + 900)
+    assert ids(leads) == [l1] and states == {l1: {"v": 1, "n": 2, "t": T0 + 7200, "cb": T0 + 900}}
+    assert await store.next_callback_at("c1") is None and await store.callbacks("c1", T0 + 900) == []
+    # Nothing kept for a lead that is done, removed or unknown.
+    await store.release_lead("c1", l0, Outcome.CONNECTED, True, T0 + 901)
+    await store.add_leads("c1", make_leads(1, start=9))
+    assert await store.remove_lead("c1", "l9")
+    assert [await peer.ask_callback("c1", lid, T0 + 2000, None) for lid in (l0, "l9", "nobody")] == \
+        ["done", "removed", "unknown"]
+    assert await peer.callbacks("c1", T0 + 901) == [] and await peer.next_callback_at("c1") is None
+    with pytest.raises(KeyError):
+        await store.ask_callback("nope", l0, T0 + 2000, None)
+    # A waiting lead removed: its callback goes with it.
+    await store.add_leads("c1", make_leads(1, start=7))
+    assert await store.ask_callback("c1", "l7", T0 + 3000, None) == "pending"
+    assert await store.remove_lead("c1", "l7")
+    assert await store.callbacks("c1", T0 + 901) == [] and await store.next_callback_at("c1") is None
+
+
+async def test_a_callback_asked_for_a_leased_lead_waits_for_its_holder(store: Store, peer: Store) -> None:
+    """A callback asked for a lead a node holds is kept for that node: it fetches it (`held_callbacks`), applies it
+    and clears it, only as fetched (one asked again meanwhile stays). Every node lists it until then. Handed back
+    before it was picked up, the lead waits in the store for it."""
+    await campaign(store, n=3)
+    l0, l1 = ids(await store.lease_leads("c1", 2, T0))
+    assert await peer.ask_callback("c1", l0, T0 + 600, None) == "leased"
+    assert await store.held_callbacks("c1") == {l0: (T0 + 600, None)}
+    if isinstance(peer, RedisStore):
+        assert await peer.held_callbacks("c1") == {}  # not its lead
+    assert await peer.callbacks("c1", T0) == [(l0, T0 + 600, None)]
+    assert await peer.next_callback_at("c1") is None  # nothing waiting in the store
+    assert await peer.ask_callback("c1", l0, T0 + 700, "bob") == "leased"  # asked again: replaces it
+    assert await store.clear_callbacks("c1", {l0: (T0 + 600, None)}) == 0  # cleared only as fetched
+    assert await store.held_callbacks("c1") == {l0: (T0 + 700, "bob")}
+    assert await store.clear_callbacks("c1", {l0: (T0 + 700, "bob")}) == 1
+    assert await store.held_callbacks("c1") == {} and await peer.callbacks("c1", T0) == []
+    # Asked, then the holder hands the lead back (stopping) before it picked the callback up: the lead waits for it.
+    assert await peer.ask_callback("c1", l1, T0 + 800, "ana") == "leased"
+    await store.hand_back_lead("c1", l1, {"v": 1, "n": 1}, None, T0 + 10)
+    assert ids(await peer.lease_leads("c1", 10, T0 + 11)) == ["l2"]
+    assert await peer.next_callback_at("c1") == T0 + 800
+    leads, states = await peer.lease_due_callbacks("c1", 10, T0 + 800)
+    assert ids(leads) == [l1] and states == {l1: {"v": 1, "n": 1, "cb": T0 + 800, "ag": "ana"}}
+    # A lead done by its holder: the callback asked for it goes (a done lead is called back by nobody).
+    assert await store.ask_callback("c1", l1, T0 + 900, None) == "leased"
+    await peer.release_lead("c1", l1, Outcome.CONNECTED, True, T0 + 801)
+    assert await store.callbacks("c1", T0 + 801) == []
+
+
+async def test_a_handed_back_callback_is_listed_and_leased_when_due(store: Store, peer: Store) -> None:
+    """A lead handed back with a callback in its state is listed on every node, and leased at its time ahead of the
+    line (the hopper's low-water mark fetched it only when a hopper ran low)."""
+    await campaign(store, n=3)
+    l0, _ = ids(await store.lease_leads("c1", 2, T0))
+    await store.hand_back_lead("c1", l0, {"v": 1, "n": 1, "cb": T0 + 300}, T0 + 300, T0 + 1)
+    assert await peer.callbacks("c1", T0 + 1) == [(l0, T0 + 300, None)]
+    assert await peer.lease_due_callbacks("c1", 10, T0 + 299) == ([], {})
+    leads, states = await peer.lease_due_callbacks("c1", 10, T0 + 301)
+    assert ids(leads) == [l0] and states == {l0: {"v": 1, "n": 1, "cb": T0 + 300}}
+    assert await peer.callbacks("c1", T0 + 301) == []
+
+
+async def test_callbacks_a_node_holds_are_listed_by_the_others_while_it_lives(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "published callbacks"), redis_only(peer, "published callbacks")
+    await campaign(a, n=1)
+    await a.heartbeat(now=T0)
+    await a.publish_callbacks("c1", [("l0", T0 + 600, "ana")], T0)
+    assert await b.callbacks("c1", T0 + 1) == [("l0", T0 + 600, "ana")]
+    assert await a.callbacks("c1", T0 + 1) == []  # its own: the node reads its hopper
+    assert await b.callbacks("c1", T0 + 31) == []  # not seen within the lease TTL: dead, its list is not told
+    await a.publish_callbacks("c1", [], T0 + 2)
+    assert await b.callbacks("c1", T0 + 3) == []
+
+
+async def test_a_dead_holders_lead_waits_for_the_callback_asked_for_it(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "lease expiry"), redis_only(peer, "lease expiry")
+    await campaign(a, n=2)
+    (l0,) = ids(await a.lease_leads("c1", 1, T0))
+    assert await b.ask_callback("c1", l0, T0 + 600, None) == "leased"
+    assert await b.expire_leases(T0 + 40) == [("c1", l0)]  # a died before picking it up
+    assert ids(await b.lease_leads("c1", 10, T0 + 41)) == ["l1"]
+    leads, states = await b.lease_due_callbacks("c1", 10, T0 + 600)
+    assert ids(leads) == [l0] and states == {l0: {"v": 1, "cb": T0 + 600}}
+
+
 async def test_remove_pending_lead_only(store: Store) -> None:
     await campaign(store, n=3)
     (leased,) = ids(await store.lease_leads("c1", 1, T0))
