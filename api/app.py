@@ -910,18 +910,28 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             at = local_time_to_epoch(body.local.date(), body.local.strftime("%H:%M"), lead.timezone)
         if at <= runtime.clock():
             raise HTTPException(422, "at: must be in the future")
-        runtime.submit(ScheduleCallback(campaign_id, lead_id, at, body.agent_id))
+        if info is not None:  # held here: this node's core takes it at once
+            runtime.submit(ScheduleCallback(campaign_id, lead_id, at, body.agent_id))
+        else:
+            # Not held here: kept in the store, where the lead waits until then (or its holder, another node, picks
+            # it up within a second). It used to wait in this node's memory, for a lease that might never come here.
+            kept = await runtime.ask_callback(campaign_id, lead_id, at, body.agent_id)
+            if kept == "removed":
+                raise HTTPException(404, f"lead {lead_id!r} was removed from campaign {campaign_id!r}: it is not "
+                                         "called")
+            if kept == "done":
+                raise HTTPException(409, f"lead {lead_id!r} has a final outcome in {campaign_id!r}: no callback")
+            if kept == "unknown":
+                raise HTTPException(404, f"lead {lead_id!r} is not in campaign {campaign_id!r}")
         return {"campaign_id": campaign_id, "lead_id": lead_id, "at": at, "agent_id": body.agent_id}
 
     @v1.get("/campaigns/{campaign_id}/callbacks", tags=["callbacks"])
     async def list_callbacks(campaign_id: str, _: Reader) -> list[dict[str, Any]]:
-        """Scheduled callbacks, earliest first (with those asked for leads not loaded on this node yet)."""
+        """Scheduled callbacks, earliest first, campaign-wide: this node's, those kept in the store for leads
+        waiting there, and those other live nodes hold."""
         await _settings(campaign_id)
-        camp = runtime.core.campaigns.get(campaign_id)
-        if camp is None:
-            return []
-        rows = camp.hopper.callbacks() + [(lid, at, agent) for lid, (at, agent) in camp.later_callbacks.items()]
-        return [{"lead_id": lid, "at": at, "agent_id": agent} for lid, at, agent in sorted(rows, key=lambda r: r[1])]
+        rows = await runtime.callbacks(campaign_id)
+        return [{"lead_id": lid, "at": at, "agent_id": agent} for lid, at, agent in rows]
 
     async def _lead_exists(campaign_id: str, lead_id: str) -> bool:
         known = getattr(runtime.store, "has_lead", None)

@@ -174,7 +174,8 @@ class CampaignState:
     connected: int = 0
     abandoned: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # gate refusals by reason
-    later_callbacks: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # for leads not loaded yet
+    # Callbacks for leads not in the hopper yet (leased, their LeadsAvailable still queued): applied when they come.
+    later_callbacks: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     ended_by_rules: list[str] = field(default_factory=list)  # leads a hopper-rule edit ended, for the store
     # Lead id → dispositions taken while the lead was out (`_LateDisposition`), applied in order when it is back.
     dispositions_held: dict[str, list[_LateDisposition]] = field(default_factory=dict)
@@ -361,8 +362,9 @@ class DialerCore:
                 self._on_disposition(event, now, out)
             case LeadsAvailable():
                 camp = self._campaign(event.campaign_id)
-                camp.fetch_pending = False
-                camp.exhausted = not event.leads
+                if event.fetched:
+                    camp.fetch_pending = False
+                    camp.exhausted = not event.leads
                 camp.hopper.add(event.leads, now, event.states)
                 if camp.later_callbacks:  # callbacks asked for before these leads were loaded here
                     for lead in event.leads:

@@ -126,7 +126,8 @@ class DncAdd:
 @dataclass(frozen=True, slots=True)
 class ScheduleCallback:
     """Call the lead back at `at` (epoch seconds), by `agent_id` only when given. A lead not loaded on this node
-    yet gets it when it arrives."""
+    yet gets it when it arrives here (the runtime keeps a callback for a lead its hopper does not hold in the
+    store: see `Store.ask_callback`)."""
 
     campaign_id: str
     lead_id: str
@@ -145,11 +146,14 @@ class LeadRemoved:
 @dataclass(frozen=True, slots=True)
 class LeadsAvailable:
     """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now), with the
-    hopper state the store kept of those handed back by a node (lead id -> `Hopper.handoff_state`'s mapping)."""
+    hopper state the store kept of those handed back by a node (lead id -> `Hopper.handoff_state`'s mapping).
+    `fetched`: the answer to the core's `FetchLeads`; False for leads the runtime leased on its own (callbacks due
+    in the store), which leave the core's fetch bookkeeping alone."""
 
     campaign_id: str
     leads: tuple[Lead, ...]
     states: Mapping[str, Mapping[str, Any]] | None = None
+    fetched: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ Every `shared_abandon_interval_s`, and after a reconnect, the campaign-wide aban
 Campaigns are campaign-wide: their definitions and the status asked of them (start, pause, stop, through any
 node's API) live in the store, and every `campaign_sync_interval_s` each node reads the store's campaign version
 and, when it moved, brings its core to the stored campaigns (`apply_campaign`, `CampaignControl`).
+
+Callbacks asked for a lead this node's hopper does not hold are kept in the store (`ask_callback`): on the same
+tick each node applies those asked for leads it holds, publishes the callbacks its hopper holds (for every node's
+listing) and, once a callback kept for a lead waiting in the store falls due, leases that lead at once, whatever
+the hopper's low-water mark.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
 from dialer.compliance import DebtorHistory
-from dialer.core import PREVIEW, DialerCore
+from dialer.core import PREVIEW, CoreError, DialerCore
 from dialer.events import (
     AgentLogin,
     CallFailed,
@@ -40,11 +45,12 @@ from dialer.events import (
     DncSnapshot,
     Event,
     LeadsAvailable,
+    ScheduleCallback,
     SharedAbandon,
     StoreLink,
 )
 from dialer.logs import mask_number
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.model import AgentStatus, Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import TELEPHONY_COMMANDS, CampaignChange, Store, Telephony
 from pacing.snapshot import PacingCaps
 
@@ -135,6 +141,10 @@ class Runtime:
         self._settings_applied: dict[str, CampaignSettings] = {}
         self._status_applied: dict[str, CampaignStatus] = {}
         self._halted = False  # draining or stopping: stored statuses no longer restart what was stopped here
+        # Callbacks asked through the store for leads held here: applied to the core, not yet cleared in the store
+        # ((campaign, lead) -> (at, agent)); and each campaign's callbacks as last published for the other nodes.
+        self._callbacks_applied: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self._callbacks_published: dict[str, list[tuple[str, float, str | None]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,6 +230,7 @@ class Runtime:
         for task in self._tasks:
             await _until_cancelled(task)
         await self.telephony.close()
+        await self._unpublish_callbacks()
         closer = getattr(self.store, "aclose", None)
         if callable(closer):
             await closer()
@@ -309,6 +320,25 @@ class Runtime:
             self._status_applied[campaign_id] = status
             self.submit(CampaignControl(campaign_id, action))  # type: ignore[arg-type]
             return before
+
+    async def ask_callback(self, campaign_id: str, lead_id: str, at: float, agent_id: str | None) -> str:
+        """A callback for a lead this node's hopper does not hold: kept in the store (`Store.ask_callback`), for
+        whichever node holds or leases the lead. Returns the store's answer ("pending", "leased", or nothing kept:
+        "done", "removed", "unknown")."""
+        return await self.store.ask_callback(campaign_id, lead_id, at, agent_id)
+
+    async def callbacks(self, campaign_id: str) -> list[tuple[str, float, str | None]]:
+        """Every callback of the campaign known here, earliest first: this node's hopper's (and those waiting for a
+        lead on its way here), the store's asked ones and those other nodes' hoppers hold. One lead once: this
+        node's own view wins."""
+        rows = {lid: (lid, at, agent) for lid, at, agent in await self.store.callbacks(campaign_id, self.clock())}
+        camp = self.core.campaigns.get(campaign_id)
+        if camp is not None:
+            for lid, at, agent in camp.hopper.callbacks():
+                rows[lid] = (lid, at, agent)
+            for lid, (at, agent) in camp.later_callbacks.items():
+                rows[lid] = (lid, at, agent)
+        return sorted(rows.values(), key=lambda r: (r[1], r[0]))
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
         added = await self.store.add_leads(campaign_id, leads)
@@ -430,10 +460,11 @@ class Runtime:
             log.warning("lease failed", extra={"fields": {"campaign_id": cmd.campaign_id}}, exc_info=True)
             await self._store_failed()
             leads = []
-        leads = await self._seed_histories(cmd.campaign_id, leads)
+        leads = await self._seed_histories(cmd.campaign_id, leads, states)
         self.submit(LeadsAvailable(cmd.campaign_id, tuple(leads), states or None))
 
-    async def _seed_histories(self, campaign_id: str, leads: list[Lead]) -> list[Lead]:
+    async def _seed_histories(self, campaign_id: str, leads: list[Lead],
+                              states: dict[str, dict[str, Any]] | None = None) -> list[Lead]:
         """Before leased leads reach the core, what every node recorded of those debtors: a lead that comes from
         a dead or stopped node keeps its attempt caps and cool-downs here."""
         read = getattr(self.store, "debtor_histories", None)
@@ -442,10 +473,14 @@ class Runtime:
         try:
             histories = await read(campaign_id, [lead.lead_id for lead in leads])
         except Exception:
-            # Without the history the gates could let a capped debtor through: keep the leads out this time.
+            # Without the history the gates could let a capped debtor through: keep the leads out this time. Each
+            # with the state it was leased with: a callback merged in at the lease is kept, and its time.
             log.warning("debtor histories unreadable: leads handed back", exc_info=True)
             for lead in leads:
-                self._store_ops.put_nowait(ReleaseLead(campaign_id, lead.lead_id, Outcome.LOST, final=False))
+                state = (states or {}).get(lead.lead_id)
+                wait = None if state is None else state.get("cb", state.get("t"))
+                self._store_ops.put_nowait(ReleaseLead(campaign_id, lead.lead_id, Outcome.LOST, final=False,
+                                                       state=state, eligible_at=wait))
             return []
         for lead_id, h in histories.items():
             self.submit(DebtorHistorySeed(campaign_id, lead_id, h.get("a", ()), h.get("c", ()), h.get("x", ()),
@@ -655,6 +690,60 @@ class Runtime:
                 log.warning("campaigns unreadable", extra={"fields": {"error": type(exc).__name__}})
                 self._campaign_version = None
                 await self._store_failed()
+                continue
+            try:
+                await self._sync_callbacks()
+            except Exception as exc:
+                log.warning("callbacks unreadable", extra={"fields": {"error": type(exc).__name__}})
+                await self._store_failed()
+
+    async def _sync_callbacks(self) -> None:
+        """Callbacks kept in the store ↔ this node, each campaign: those asked for leads held here go to the core
+        (then are cleared in the store), the hopper's callbacks are published when they changed, and leads waiting
+        in the store whose callback is due are leased now (the hopper's low-water mark would fetch them only when
+        it ran low: a minute or more late)."""
+        for cid, camp in list(self.core.campaigns.items()):
+            now = self.clock()
+            held = await self.store.held_callbacks(cid)
+            for lead_id, (at, agent_id) in held.items():
+                if self._callbacks_applied.get((cid, lead_id)) == (at, agent_id):
+                    continue  # applied at an earlier pass whose clear did not land
+                self._callbacks_applied[(cid, lead_id)] = (at, agent_id)
+                try:
+                    # Straight to the core, no await between this and the clear's reply being acted on: a
+                    # callback is cleared in the store only once the core holds it.
+                    self._dispatch(self.core.handle(ScheduleCallback(cid, lead_id, at, agent_id), now))
+                except CoreError as exc:  # the lead ended here meanwhile (done, removed): no callback for it
+                    log.warning("asked callback dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
+                                                                            "error": str(exc)[:200]}})
+            rows = camp.hopper.callbacks() + [(lid, at, agent) for lid, (at, agent) in camp.later_callbacks.items()]
+            if rows != self._callbacks_published.get(cid, []):
+                await self.store.publish_callbacks(cid, rows, now)
+                self._callbacks_published[cid] = rows
+            if held:
+                await self.store.clear_callbacks(cid, held)
+                for lead_id in held:
+                    self._callbacks_applied.pop((cid, lead_id), None)
+            if camp.status is not CampaignStatus.RUNNING or self._halted or not self.store_up or \
+                    not any(a.status is not AgentStatus.LOGGED_OUT and a.serves(cid, camp.settings.skill)
+                            for a in self.core.agents.all()):
+                continue  # a node with nobody to take the call leaves a due callback to the others
+            due = await self.store.next_callback_at(cid)
+            if due is None or due > now:
+                continue
+            leads, states = await self.store.lease_due_callbacks(cid, self.core.config.hopper_batch, now)
+            leads = await self._seed_histories(cid, leads, states)
+            if leads:
+                log.info("due callbacks leased", extra={"fields": {"campaign_id": cid, "leads": len(leads)}})
+                self.submit(LeadsAvailable(cid, tuple(leads), states or None, fetched=False))
+
+    async def _unpublish_callbacks(self) -> None:
+        """A stopping node's published callbacks go (its leads went back with them in their states): best effort,
+        a node that cannot say so drops out of the listings once it stops being seen."""
+        for cid, rows in self._callbacks_published.items():
+            if rows:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.store.publish_callbacks(cid, [], self.clock()), 1.0)
 
     async def _sync_campaigns(self, *, force: bool = False) -> None:
         """The stored campaigns → this node's core, when the store's campaign version moved (or `force`): a

@@ -9,7 +9,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,7 @@ from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
 from dialer.memory_store import InMemoryStore
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignBusy, CampaignChange
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
@@ -74,10 +74,12 @@ class Env:
 
 
 @asynccontextmanager
-async def api_env(settings: ApiSettings | None = None, talk_s: float = 0.05) -> AsyncIterator[Env]:
+async def api_env(settings: ApiSettings | None = None, talk_s: float = 0.05, *, answer_s: float = 0.01,
+                  clock: Callable[[], float] = time.time) -> AsyncIterator[Env]:
     store = DownStore()
-    pbx = ScriptedPbx(talk_s)
-    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, pbx, RuntimeConfig(tick_interval_s=0.02))
+    pbx = ScriptedPbx(talk_s, answer_s)
+    runtime = Runtime(DialerCore(CoreConfig(id_prefix="t")), store, pbx, RuntimeConfig(tick_interval_s=0.02),
+                      clock=clock)
     await runtime.start()
     app = create_app(runtime, settings)
     try:
@@ -574,6 +576,76 @@ async def test_callbacks_at_an_instant_or_on_the_debtors_wall_clock() -> None:
         assert bad.status_code == 422
         past = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": "2020-01-01T00:00:00Z"})
         assert past.status_code == 422
+
+
+class SetClock:
+    """Epoch seconds from a time a test sets, moving on in real time from there (the runtime ticks by it)."""
+
+    def __init__(self, t: float) -> None:
+        self.set(t)
+
+    def set(self, t: float) -> None:
+        self.base, self.since = t, time.monotonic()
+
+    def __call__(self) -> float:
+        return self.base + time.monotonic() - self.since
+
+
+async def test_a_callback_due_in_the_store_is_dialed_at_its_time_while_the_hopper_is_full() -> None:
+    """One agent dials 300 busy leads (about three a second; the hopper holds 100 and fetches more only under 20).
+    Two callbacks wait in the store, for leads no hopper holds: one asked through the API (last in line), one a
+    stopped node handed back with its state. Each is dialed within seconds of its time, never before, though the
+    hopper is well above its low-water mark. The store was asked for them only when the hopper ran low (the asked
+    one was kept in this node's memory until then): minutes late, or, with the hopper refilled by recycled leads,
+    not at all."""
+    t0 = 1_700_000_000.0
+    clock = SetClock(t0)
+    async with api_env(answer_s=0.3, clock=clock) as env:
+        await make_campaign(env.api, strategy="progressive")
+        await env.store.add_leads("c1", [Lead("Z", "c1", ("+573001239992",), country="CO",
+                                              timezone="America/Bogota")])
+        (z,) = await env.store.lease_leads("c1", 1, t0)  # another node's, handed back as it stopped
+        at_y, at_z = t0 + 3600, t0 + 3660
+        await env.store.hand_back_lead("c1", z.lead_id, {"v": 1, "n": 1, "cb": at_z}, at_z, t0)
+        rows = [co_row(i, last=2) for i in range(300)]
+        assert (await env.api.post("/api/v1/campaigns/c1/leads", json=rows)).json()["new"] == 300
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_y))
+        r = await env.api.post("/api/v1/campaigns/c1/leads/L299/callback", json={"at": iso})
+        assert r.status_code == 202, r.text
+        assert (await env.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await env.api.post("/api/v1/campaigns/c1/start")).status_code == 200
+        listed = (await env.api.get("/api/v1/campaigns/c1/callbacks")).json()
+        assert [(c["lead_id"], c["at"]) for c in listed] == [("L299", at_y), ("Z", at_z)]
+
+        async def dials(lead: str | None = None) -> list[Attempt]:
+            return [a for a in await env.store.attempts("c1") if lead in (None, a.lead_id)]
+
+        async def until(check: Callable[[], Any], what: str) -> None:
+            for _ in range(100):
+                if await check():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out waiting for {what}")
+
+        async def some_dialed() -> bool:
+            return len(await dials()) >= 3
+
+        await until(some_dialed, "the first dials")
+        hopper = env.runtime.core.campaigns["c1"].hopper
+        clock.set(at_y - 30)  # the busy leads' recycle is over: they are redialed
+        await asyncio.sleep(1.5)
+        assert len({a.lead_id for a in await dials() if a.dialed_at >= at_y - 30}) >= 3
+        assert await dials("L299") == [] and await dials("Z") == []  # not before their time
+        for lead, at in (("L299", at_y), ("Z", at_z)):
+            clock.set(at)
+            assert hopper.pending > 20  # above low water: no fetch would bring it
+
+            async def dialed(lead: str = lead) -> bool:
+                return bool(await dials(lead))
+
+            await until(dialed, f"{lead}'s callback")
+            (att,) = await dials(lead)
+            assert at <= att.dialed_at < at + 3
 
 
 async def test_a_caller_id_with_a_line_break_is_refused_it_would_split_the_ami_originate() -> None:

@@ -12,17 +12,22 @@ import dataclasses
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
+from api.app import create_app
 from bench import multinode
+from dialer.core import CoreConfig, DialerCore
 from dialer.events import StoreLink
 from dialer.model import Attempt, Outcome
 from dialer.redis_store import RedisStore
+from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
 from tests.harness.redis import RedisClusterServers, RedisServer, start_server
+from tests.harness.scripted_pbx import ScriptedPbx
 from tests.harness.services import unavailable
 
 pytestmark = pytest.mark.redis
@@ -590,3 +595,121 @@ async def test_a_leads_recycle_time_callback_and_attempts_follow_it_to_another_n
         await probe.aclose()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- callbacks across nodes
+
+
+@dataclasses.dataclass
+class _Node:
+    runtime: Runtime
+    core: DialerCore
+    api: httpx.AsyncClient
+
+    async def close(self) -> None:
+        await self.api.aclose()
+        await self.runtime.stop()
+
+
+async def _api_node(url: str, name: str, clock: _Clock) -> _Node:
+    """A node with its API on the test Redis: its own store, core and PBX stand-in (every number busy after 0.3 s,
+    so its one agent stays free and the node dials about three leads a second; 20 leads leased at a time), all on
+    the shared clock."""
+    core = DialerCore(CoreConfig(id_prefix=name, hopper_batch=20, hopper_low_water=5))
+    rt = Runtime(core, open_store(f"{url}&lease_ttl=30", node_id=name), ScriptedPbx(answer_s=0.3),
+                 RuntimeConfig(tick_interval_s=0.05, shared_abandon_interval_s=3600), clock=clock)
+    await rt.start()
+    return _Node(rt, core, httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)),
+                                             base_url="http://test"))
+
+
+async def _poll(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_its_restart(
+        redis_server: RedisServer) -> None:
+    """Two nodes, one agent each, one campaign of 150 busy leads. Through n1: a callback for a lead n2 holds (x) and
+    one for a lead waiting in Redis (y); then n1 restarts. Both are listed on either node; neither is dialed before
+    its time though the leads around them are redialed; both are dialed at their time (x by its holder n2, y by
+    whichever node takes it when due). On the old code n1 kept both in its memory: n2 never heard of x (nor listed
+    it) and redialed it with the rest, and the restart lost y."""
+    t0 = 1_700_000_000.0
+    url = f"{redis_server.url}?prefix=cb{uuid.uuid4().hex[:8]}:"
+    clock = _Clock(t0)
+    probe = open_store(url, node_id="probe")
+    assert isinstance(probe, RedisStore)
+    nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
+    try:
+        n1, n2 = nodes
+        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
+                                                         "wrapup_s": None})
+        assert r.status_code == 201, r.text
+        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
+                  "timezone": "America/Bogota"} for i in range(150)]
+        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 150
+        for i, node in enumerate(nodes):
+            assert (await node.api.post(f"/api/v1/agents/a{i}/login", json={})).status_code == 202
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+
+        async def dials(lead: str | None = None) -> list[Attempt]:
+            return [a for a in await probe.attempts("c") if lead in (None, a.lead_id)]
+
+        async def n2_dialed() -> bool:
+            return len([a for a in await dials() if a.call_id.startswith("n2")]) >= 3
+
+        await _poll(n2_dialed, "n2 to dial")  # n2 took the start through the store
+        hop2 = n2.core.campaigns["c"].hopper
+        x = next(lid for lid in hop2.waiting() if hop2.info(lid).attempts >= 1)  # type: ignore[union-attr]
+        y = "l149"  # last in line: waiting in Redis
+        at_x, at_y = t0 + 3600, t0 + 3660
+        for lead, at in ((x, at_x), (y, at_y)):
+            r = await n1.api.post(f"/api/v1/campaigns/c/leads/{lead}/callback", json={"at": _iso(at)})
+            assert r.status_code == 202, r.text
+        await n1.close()  # n1 restarts: a new runtime, core and store
+        nodes[0] = n1 = await _api_node(url, "n1", clock)
+        assert (await n1.api.post("/api/v1/agents/a9/login", json={})).status_code == 202
+
+        async def n2_has_x() -> bool:
+            return (x, at_x, None) in hop2.callbacks()
+
+        await _poll(n2_has_x, "n2 to take x's callback")
+        for node in nodes:
+            listed = (await node.api.get("/api/v1/campaigns/c/callbacks")).json()
+            assert [(c["lead_id"], c["at"]) for c in listed] == [(x, at_x), (y, at_y)], listed
+
+        x_before = await dials(x)
+        assert x_before and await dials(y) == []
+        clock.set(at_x - 30)  # every busy lead's 10 min recycle is over: the hoppers redial them
+        await asyncio.sleep(2.0)
+        assert len({a.lead_id for a in await dials() if a.dialed_at >= at_x - 30}) >= 4
+        assert await dials(x) == x_before and await dials(y) == []  # not before their time
+        clock.set(at_x)
+
+        async def x_dialed() -> bool:
+            return len(await dials(x)) > len(x_before)
+
+        await _poll(x_dialed, "x's callback")
+        last = (await dials(x))[-1]
+        assert last.call_id.startswith("n2") and at_x <= last.dialed_at < at_x + 3  # by its holder, at its time
+        assert await dials(y) == []
+        clock.set(at_y)
+
+        async def y_dialed() -> bool:
+            return bool(await dials(y))
+
+        await _poll(y_dialed, "y's callback")
+        (only,) = await dials(y)
+        assert at_y <= only.dialed_at < at_y + 3  # by whichever node took it when due
+    finally:
+        for node in nodes:
+            await node.close()
+        await probe.aclose()
