@@ -769,9 +769,8 @@ class DialerCore:
         scheduled: float | None = None
         held = False
         if camp is not None and done is not None:
-            code = camp.dispositions.validate(
-                event.code, event.callback_at, event.ptp_amount,
-                date.fromisoformat(event.ptp_date) if event.ptp_date else None, now=now)
+            ptp_date = date.fromisoformat(event.ptp_date) if event.ptp_date else None
+            code = camp.dispositions.validate(event.code, event.callback_at, event.ptp_amount, ptp_date, now=now)
             if code.dnc:
                 cid = camp.settings.campaign_id
                 self.dnc.add(done.number, cid, now)  # before the next dial, whatever the lead's state
@@ -798,7 +797,11 @@ class DialerCore:
                 if after in ("done", "removed"):
                     out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
                                            or Outcome.CONNECTED, final=True))
+            # The attempt keeps what the code carried (GET /attempts, the stored history), not only the event.
             done.disposition = event.code
+            done.ptp_amount = event.ptp_amount
+            done.ptp_date = ptp_date.isoformat() if ptp_date is not None else None
+            done.callback_at = scheduled
             out.append(RecordAttempt(done.copy()))
         # callback_at: the callback scheduled (None where the lead is no longer dialed: nothing was); `held`: the
         # lead was out on another call, and takes the code (and its callback) when that call is over.

@@ -103,12 +103,17 @@ class Attempt:
     disposition: str | None = None
     caller_id_reason: str | None = None  # sticky | local | pool | campaign (the campaign's fixed caller ID)
     phone_reason: str | None = None  # why the hopper chose this phone of the lead
+    # From the disposition: the promise to pay (amount as validated, ISO date) and the callback scheduled (epoch s).
+    ptp_amount: float | None = None
+    ptp_date: str | None = None
+    callback_at: float | None = None
 
     def copy(self) -> Attempt:
         # Field by field: dataclasses.replace is several times slower, and every call is copied several times.
         return Attempt(self.call_id, self.campaign_id, self.lead_id, self.number, self.caller_id, self.dialed_at,
                        self.answered_at, self.connected_at, self.ended_at, self.outcome, self.agent_id, self.amd,
-                       self.hangup_cause, self.disposition, self.caller_id_reason, self.phone_reason)
+                       self.hangup_cause, self.disposition, self.caller_id_reason, self.phone_reason,
+                       self.ptp_amount, self.ptp_date, self.callback_at)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +133,9 @@ class Attempt:
             "disposition": self.disposition,
             "caller_id_reason": self.caller_id_reason,
             "phone_reason": self.phone_reason,
+            "ptp_amount": self.ptp_amount,
+            "ptp_date": self.ptp_date,
+            "callback_at": self.callback_at,
         }
 
 

@@ -364,6 +364,51 @@ async def test_a_disposition_ends_the_agents_wrap_up() -> None:
         assert (await env.api.post("/api/v1/calls/nope/disposition", json={"code": "x"})).status_code == 404
 
 
+async def _attempt_disposed(api: httpx.AsyncClient, path: str, call_id: str) -> dict[str, Any]:
+    """The attempt `call_id` from a listing, once its disposition is stored (or after 2 s)."""
+    found: dict[str, Any] = {}
+    for _ in range(200):
+        body = (await api.get(path, params={"campaign_id": "c1"} if path.endswith("/v1/attempts") else None)).json()
+        items = body["items"] if isinstance(body, dict) else body
+        found = next((a for a in items if a["call_id"] == call_id), {})
+        if found.get("disposition"):
+            break
+        await asyncio.sleep(0.01)
+    return found
+
+
+async def test_the_attempts_keep_the_promise_to_pay_and_the_callback_agreed() -> None:
+    """A PTP's amount and date, and the callback a disposition scheduled, were only in the call.disposition event
+    (which webhooks may give up): GET /attempts showed the code alone and the promise was lost."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1), co_row(2)])
+        await env.api.post("/api/v1/agents/a1/login", json={})
+        await env.api.post("/api/v1/campaigns/c1/start")
+        first = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
+        r = await env.api.post(f"/api/v1/calls/{first}/disposition",
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": "2026-12-01"})
+        assert r.status_code == 202
+        agent: dict[str, Any] = {}
+        for _ in range(300):
+            agent = (await env.api.get("/api/v1/agents/a1")).json()
+            if agent["state"] == "wrapup" and agent["last_call_id"] != first:
+                break
+            await asyncio.sleep(0.01)
+        second = agent["last_call_id"]
+        assert agent["state"] == "wrapup" and second != first
+        at = round(env.runtime.clock()) + 3600.0
+        r = await env.api.post(f"/api/v1/calls/{second}/disposition", json={"code": "CALLBACK", "callback_at": at})
+        assert r.status_code == 202
+        for path in ("/api/v1/attempts", "/api/v1/campaigns/c1/attempts"):
+            ptp = await _attempt_disposed(env.api, path, first)
+            assert (ptp["disposition"], ptp["ptp_amount"], ptp["ptp_date"], ptp["callback_at"]) == \
+                ("PTP", 120.5, "2026-12-01", None)
+            cb = await _attempt_disposed(env.api, path, second)
+            assert (cb["disposition"], cb["callback_at"], cb["ptp_amount"], cb["ptp_date"]) == \
+                ("CALLBACK", at, None, None)
+
+
 async def test_a_disposition_after_the_wrap_up_timer_is_taken_late_and_only_once() -> None:
     """The wrap-up timer ended the wrap-up (the agent is ready) before the agent's DNC arrived: it was a 409 and the
     debtor who asked not to be called stayed dialable."""
@@ -424,6 +469,8 @@ async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped()
                 break
             await asyncio.sleep(0.01)
         assert seen and seen[0]["code"] == "CALLBACK" and seen[0]["callback_at"] is None
+        stored = await _attempt_disposed(env.api, "/api/v1/attempts", call_id)
+        assert stored["disposition"] == "CALLBACK" and stored["callback_at"] is None  # as the event: none scheduled
 
 
 async def test_agent_ids_asterisk_reserves_are_refused_at_login() -> None:

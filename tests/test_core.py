@@ -121,7 +121,20 @@ def test_disposition_ends_wrapup_early():
     assert core.agents.get("a1").status is AgentStatus.READY
     (rel,) = of(cmds, ReleaseLead)  # a final code ends the lead: the store hears it is done
     assert rel.final and rel.lead_id == orig.lead_id
-    assert of(cmds, RecordAttempt)[0].attempt.disposition == "PTP"
+    (rec,) = of(cmds, RecordAttempt)
+    # The promise is kept on the attempt (it was only in the call.disposition event).
+    assert (rec.attempt.disposition, rec.attempt.ptp_amount, rec.attempt.ptp_date) == ("PTP", 120.0, "2026-12-15")
+    assert rec.attempt.callback_at is None
+
+
+def test_the_promise_date_is_recorded_on_the_attempt_as_an_iso_date():
+    core = make(wrapup_s=60.0)
+    (orig,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(orig.call_id), 2.0)
+    core.handle(CallEnded(orig.call_id), 10.0)
+    cmds = core.handle(Disposition(orig.call_id, "PTP", ptp_amount=80.25, ptp_date="20261215"), 11.0)
+    (rec,) = of(cmds, RecordAttempt)
+    assert (rec.attempt.ptp_amount, rec.attempt.ptp_date) == (80.25, "2026-12-15")
 
 
 def test_dnc_disposition_and_callbacks_steer_the_lead():
@@ -129,8 +142,10 @@ def test_dnc_disposition_and_callbacks_steer_the_lead():
     (o1,) = of(core.tick(1.0), Originate)
     core.handle(CallAnswered(o1.call_id), 2.0)
     core.handle(CallEnded(o1.call_id), 10.0)
-    core.handle(Disposition(o1.call_id, "CALLBACK", callback_at=500.0, own_callback=True), 11.0)
+    cmds = core.handle(Disposition(o1.call_id, "CALLBACK", callback_at=500.0, own_callback=True), 11.0)
     assert core.campaigns["c1"].hopper.info(o1.lead_id).callback_agent == "a1"
+    (rec,) = of(cmds, RecordAttempt)  # the callback agreed is kept on the attempt
+    assert (rec.attempt.callback_at, rec.attempt.ptp_amount, rec.attempt.ptp_date) == (500.0, None, None)
     (o2,) = of(core.tick(12.0), Originate)
     assert o2.lead_id != o1.lead_id
     core.handle(CallAnswered(o2.call_id), 13.0)
@@ -1005,13 +1020,15 @@ def test_a_late_callback_is_scheduled_and_a_late_promise_to_pay_is_recorded():
     info = core.campaigns["c1"].hopper.info(o1.lead_id)
     assert (info.callback_at, info.callback_agent) == (500.0, "a1")
     assert _disposition_event(cmds)["callback_at"] == 500.0
-    assert of(cmds, RecordAttempt)[0].attempt.disposition == "CALLBACK"
+    (rec,) = of(cmds, RecordAttempt)
+    assert (rec.attempt.disposition, rec.attempt.callback_at) == ("CALLBACK", 500.0)
     _talk_then_wrapup_timer(core, o2, 21.0)
     with pytest.raises(ValueError, match="ptp_amount"):  # validated as on time
         core.handle(Disposition(o2.call_id, "PTP"), 40.0)
     cmds = core.handle(Disposition(o2.call_id, "PTP", ptp_amount=120.0, ptp_date="2026-12-15"), 41.0)
     (rec,) = of(cmds, RecordAttempt)
     assert rec.attempt.call_id == o2.call_id and rec.attempt.disposition == "PTP"
+    assert (rec.attempt.ptp_amount, rec.attempt.ptp_date) == (120.0, "2026-12-15")
     assert of(cmds, ReleaseLead) == [ReleaseLead("c1", o2.lead_id, Outcome.CONNECTED, final=True)]  # PTP is final
     data = _disposition_event(cmds)
     assert (data["ptp_amount"], data["ptp_date"], data["late"]) == (120.0, "2026-12-15", True)
@@ -1062,6 +1079,17 @@ def test_a_late_disposition_of_a_lead_out_again_steers_it_when_it_is_back():
     assert of(cmds, ReleaseLead) == [ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)]
     assert core.campaigns["c1"].hopper.info(o1.lead_id).state == "done"
     assert not of(core.tick(10_000.0), Originate)
+
+
+def test_a_held_callback_is_recorded_on_the_attempt_as_scheduled():
+    core = make(n_leads=1, wrapup_s=5.0, hopper={"recycle_delays": {"connected": 1}})
+    o1, (o2,) = _first_call_wrapped_up(core)  # the lead is out again on o2
+    cmds = core.handle(Disposition(o1.call_id, "CALLBACK", callback_at=900.0), 17.0)
+    assert _disposition_event(cmds)["held"] is True and _disposition_event(cmds)["callback_at"] == 900.0
+    (rec,) = of(cmds, RecordAttempt)
+    assert (rec.attempt.call_id, rec.attempt.callback_at) == (o1.call_id, 900.0)
+    core.handle(CallFailed(o2.call_id, Outcome.BUSY, 17), 18.0)
+    assert core.campaigns["c1"].hopper.info(o1.lead_id).callback_at == 900.0
 
 
 def test_a_late_dnc_of_a_lead_on_a_preview_screen_holds_when_it_is_skipped():
