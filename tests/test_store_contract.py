@@ -360,6 +360,40 @@ async def test_attempts_upsert_by_call_id(store: Store) -> None:
     assert await store.attempts("none") == []
 
 
+async def test_an_attempt_keeps_the_promise_to_pay_and_the_callback_of_its_disposition(store: Store) -> None:
+    # They were only in the call.disposition event: the stored history lost the promise and the callback agreed.
+    ptp = Attempt("call-1", "c1", "l0", "+15550000000", "1000", T0)
+    cb = Attempt("call-2", "c1", "l1", "+15550000001", "1000", T0 + 1)
+    for a in (ptp, cb):
+        await store.record_attempt(a)
+    ptp = replace(ptp, connected_at=T0 + 5, ended_at=T0 + 60, outcome=Outcome.CONNECTED, agent_id="ag1",
+                  disposition="PTP", ptp_amount=120.5, ptp_date="2026-12-15")
+    cb = replace(cb, connected_at=T0 + 6, ended_at=T0 + 61, outcome=Outcome.CONNECTED, agent_id="ag1",
+                 disposition="CALLBACK", callback_at=T0 + 86400.25)
+    for a in (ptp, cb):
+        await store.record_attempt(a)
+    assert await store.attempts("c1") == [ptp, cb]
+    assert await store.attempts_page("c1") == [ptp, cb]
+    got, got_cb = await store.attempts("c1")
+    assert (got.ptp_amount, got.ptp_date, got.callback_at) == (120.5, "2026-12-15", None)
+    assert (got_cb.ptp_amount, got_cb.ptp_date, got_cb.callback_at) == (None, None, T0 + 86400.25)
+
+
+async def test_an_attempt_stored_before_the_promise_fields_reads_back_without_them(store: Store) -> None:
+    """A record written by a node of an earlier version (or before the upgrade) has no ptp_amount, ptp_date or
+    callback_at: it reads back with None, through the whole history and a page."""
+    s = redis_only(store, "older records")
+    a = Attempt("call-1", "c1", "l0", "+15550000000", "1000", T0, T0 + 5, T0 + 5.5, T0 + 60, Outcome.CONNECTED,
+                "ag1", disposition="PTP")
+    await s.record_attempt(a)
+    old = {k: v for k, v in a.as_dict().items() if k not in ("ptp_amount", "ptp_date", "callback_at")}
+    assert "disposition" in old and "phone_reason" in old  # the form before this change
+    await s.client.hset(s._k("c1", "attempts"), "call-1", json.dumps(old, separators=(",", ":")))
+    for got in (await s.attempts("c1"), await s.attempts_page("c1")):
+        assert got == [a]
+        assert (got[0].ptp_amount, got[0].ptp_date, got[0].callback_at) == (None, None, None)
+
+
 async def test_attempts_page_in_dial_order_after_a_cursor(store: Store) -> None:
     # Recorded out of dial order, two campaigns, ties in dial time broken by call id.
     for call_id, cid, t in [("k5", "c1", T0 + 3), ("k1", "c1", T0 + 1), ("k3", "c2", T0 + 1), ("k2", "c1", T0 + 1),
