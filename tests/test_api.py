@@ -26,6 +26,7 @@ from dialer.ports import CampaignBusy, CampaignChange
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
+from tests.harness.clock import SetClock
 from tests.harness.redis import RedisServer
 from tests.harness.scripted_pbx import ScriptedPbx
 
@@ -623,19 +624,6 @@ async def test_callbacks_at_an_instant_or_on_the_debtors_wall_clock() -> None:
         assert bad.status_code == 422
         past = await env.api.post("/api/v1/campaigns/c1/leads/L1/callback", json={"at": "2020-01-01T00:00:00Z"})
         assert past.status_code == 422
-
-
-class SetClock:
-    """Epoch seconds from a time a test sets, moving on in real time from there (the runtime ticks by it)."""
-
-    def __init__(self, t: float) -> None:
-        self.set(t)
-
-    def set(self, t: float) -> None:
-        self.base, self.since = t, time.monotonic()
-
-    def __call__(self) -> float:
-        return self.base + time.monotonic() - self.since
 
 
 async def test_a_callback_due_in_the_store_is_dialed_at_its_time_while_the_hopper_is_full() -> None:

@@ -26,6 +26,7 @@ from dialer.model import Attempt, Outcome
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
+from tests.harness.clock import SetClock
 from tests.harness.redis import RedisClusterServers, RedisServer, start_server
 from tests.harness.scripted_pbx import ScriptedPbx
 from tests.harness.services import unavailable
@@ -500,19 +501,6 @@ class _NoAnswerPbx(_Pbx):
             asyncio.get_running_loop().call_soon(self.sink, fail)  # type: ignore[arg-type]
 
 
-class _Clock:
-    """Epoch seconds from a time that a test sets, moving on in real time from there (the runtime ticks by it)."""
-
-    def __init__(self, t: float) -> None:
-        self.set(t)
-
-    def set(self, t: float) -> None:
-        self.base, self.since = t, time.monotonic()
-
-    def __call__(self) -> float:
-        return self.base + time.monotonic() - self.since
-
-
 async def test_a_leads_recycle_time_callback_and_attempts_follow_it_to_another_node(tmp_path: Path) -> None:
     """Node n1 dials three leads, all unanswered (recycled after 2 h, one attempt of their cap of 2), and one gets
     a callback in 30 min owned by n1's agent; n1 stops. Node n2 leases them: it dials the callback at its time (its
@@ -544,14 +532,14 @@ async def test_a_leads_recycle_time_callback_and_attempts_follow_it_to_another_n
                 await asyncio.sleep(0.05)
             raise AssertionError(f"timed out waiting for {what}")
 
-        def node(name: str, store: object, clock: _Clock) -> tuple[Runtime, DialerCore, _NoAnswerPbx]:
+        def node(name: str, store: object, clock: SetClock) -> tuple[Runtime, DialerCore, _NoAnswerPbx]:
             core = DialerCore(CoreConfig(id_prefix=name))
             pbx = _NoAnswerPbx()
             rt = Runtime(core, store, pbx, RuntimeConfig(shared_abandon_interval_s=3600),  # type: ignore[arg-type]
                          clock=clock)
             return rt, core, pbx
 
-        rt1, core1, pbx1 = node("n1", s1, _Clock(t0))
+        rt1, core1, pbx1 = node("n1", s1, SetClock(t0))
         await rt1.start()
         for event in (AgentLogin("ana"), AgentConnected("ana"), CampaignControl("c", "start")):
             rt1.submit(event)
@@ -566,7 +554,7 @@ async def test_a_leads_recycle_time_callback_and_attempts_follow_it_to_another_n
         await rt1.stop()  # the campaign stops, the leads go back to the store
         assert await probe.lead_counts("c") == {"pending": 3, "leased": 0, "done": 0}
 
-        clock2 = _Clock(t0 + 60)
+        clock2 = SetClock(t0 + 60)
         rt2, core2, _ = node("n2", open_store(f"{server.url}?lease_ttl=30", node_id="n2"), clock2)
         await rt2.start()
         for event in (AgentLogin("bob"), AgentConnected("bob"), CampaignControl("c", "start")):
@@ -611,7 +599,7 @@ class _Node:
         await self.runtime.stop()
 
 
-async def _api_node(url: str, name: str, clock: _Clock) -> _Node:
+async def _api_node(url: str, name: str, clock: SetClock) -> _Node:
     """A node with its API on the test Redis: its own store, core and PBX stand-in (every number busy after 0.3 s,
     so its one agent stays free and the node dials about three leads a second; 20 leads leased at a time), all on
     the shared clock."""
@@ -644,7 +632,7 @@ async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_it
     it) and redialed it with the rest, and the restart lost y."""
     t0 = 1_700_000_000.0
     url = f"{redis_server.url}?prefix=cb{uuid.uuid4().hex[:8]}:"
-    clock = _Clock(t0)
+    clock = SetClock(t0)
     probe = open_store(url, node_id="probe")
     assert isinstance(probe, RedisStore)
     nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
