@@ -306,28 +306,34 @@ async def test_the_debtor_is_hung_up_when_the_agent_leg_leaves_the_room() -> Non
     check_agent_drop_run(drop)
 
 
+async def _old_run_stops_mid_call(pbx: SimulatedPbx, talking: str, *idle: str) -> None:
+    """Node "n"'s run n-1: agent `talking` takes a debtor who talks 3 s, the `idle` agents wait; the run stops
+    mid-call with no logout, leaving every leg (and the conversation) on the PBX, as a deploy does."""
+    old = Runtime(DialerCore(CoreConfig(id_prefix="n-1")), InMemoryStore(),
+                  AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
+    await old.start()
+    await old.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
+    await old.add_leads("s", [Lead("T1", "s", ("+15550001100003",))])  # answers at once, talks 3 s
+    for agent_id in (talking, *idle):
+        old.submit(AgentLogin(agent_id))
+    old.submit(CampaignControl("s", "start"))
+    for _ in range(100):
+        if any(c.state == "connected" for c in old.core.calls.values()):
+            break
+        await asyncio.sleep(0.05)
+    await old.stop()
+
+
 async def test_a_stale_agent_leg_in_a_conversation_is_hung_up_when_the_conversation_ends() -> None:
     # A stopped engine leaves its conversations going (its stop drains only calls no agent has). The next run of
     # the node hangs up the agent legs left behind, but not one still talking to a debtor: that one goes when the
     # debtor leaves the room. A leg of another node stays.
     async with SimulatedPbx(secret="s3cret-pbx") as pbx:
-        old = Runtime(DialerCore(CoreConfig(id_prefix="n-1")), InMemoryStore(),
-                      AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
         other = AmiTelephony(_config(pbx), id_prefix="o-1", node_id="o")
         seen: list[Event] = []
         await other.start(seen.append)
         other.execute(OriginateAgentLeg("theirs"))
-        await old.start()
-        await old.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
-        await old.add_leads("s", [Lead("T1", "s", ("+15550001100003",))])  # answers at once, talks 3 s
-        old.submit(AgentLogin("talking"))
-        old.submit(AgentLogin("idle"))
-        old.submit(CampaignControl("s", "start"))
-        for _ in range(100):
-            if any(c.state == "connected" for c in old.core.calls.values()):
-                break
-            await asyncio.sleep(0.05)
-        await old.stop()  # no logout: both legs stay, one of them with the debtor
+        await _old_run_stops_mid_call(pbx, "talking", "idle")  # both legs stay, one of them with the debtor
         legs = {ch.agent_id: ch.uid for ch in pbx.channels.values() if ch.kind == "agent"}
         assert set(legs) == {"talking", "idle", "theirs"}
 
@@ -374,18 +380,7 @@ async def test_an_agent_logging_in_while_its_phone_is_on_a_call_from_before_the_
     # run at once. Its new leg joined the room where that conversation went on, the agent was ready, and the next
     # debtor answered was put into the same conversation. The leg is now held until that call ends.
     async with SimulatedPbx(secret="s3cret-pbx") as pbx:
-        old = Runtime(DialerCore(CoreConfig(id_prefix="n-1")), InMemoryStore(),
-                      AmiTelephony(_config(pbx), id_prefix="n-1", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
-        await old.start()
-        await old.create_campaign(CampaignSettings(campaign_id="s", strategy="progressive", wrapup_s=1))
-        await old.add_leads("s", [Lead("T1", "s", ("+15550001100003",))])  # answers at once, talks 3 s
-        old.submit(AgentLogin("talking"))
-        old.submit(CampaignControl("s", "start"))
-        for _ in range(100):
-            if any(c.state == "connected" for c in old.core.calls.values()):
-                break
-            await asyncio.sleep(0.05)
-        await old.stop()  # no logout: the agent's leg stays in its conversation
+        await _old_run_stops_mid_call(pbx, "talking")  # the agent's leg stays in its conversation
 
         new = Runtime(DialerCore(CoreConfig(id_prefix="n-2")), InMemoryStore(),
                       AmiTelephony(_config(pbx), id_prefix="n-2", node_id="n"), RuntimeConfig(tick_interval_s=0.05))
