@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special, stats
 
-from pacing.erlang import AbandonController, ErlangPacer, behind_chance, poisson_binomial, poisson_binomial_rows
+from pacing.erlang import (
+    AbandonController,
+    ErlangPacer,
+    HourlyGuard,
+    behind_chance,
+    poisson_binomial,
+    poisson_binomial_rows,
+)
 from pacing.estimators import AnswerRate, AnswerTime, HandleTime, UnansweredRing, WrapTime
 from pacing.registry import STRATEGIES, make_strategy
 from pacing.snapshot import DialResult, HandleResult, LiveResult, PacingCaps, PacingSnapshot, PacingStrategy
@@ -276,6 +283,59 @@ def test_setpoint_follows_the_campaign_wide_answers_when_nodes_share_them() -> N
     assert shared.counts == (20_010, 500) and shared.rate == pytest.approx(500 / 20_010)
     assert shared.setpoint == pytest.approx(0.03 - 1.5 * math.sqrt(0.03 * 0.97 / 20_010))
     assert alone.setpoint == pytest.approx(0.3 * 0.03)  # 10 answers: the floor of the setpoint
+
+
+def _hour_of_answers(guard: HourlyGuard | ErlangPacer, start: float, answers: int, abandoned_at: set[int],
+                     spacing: float = 36.0) -> float:
+    """`answers` live answers `spacing` seconds apart from `start`, those at the indices given abandoned; the
+    time of the last."""
+    t = start
+    for i in range(answers):
+        t = start + i * spacing
+        if isinstance(guard, HourlyGuard):
+            guard.observe(t, connected=i not in abandoned_at)
+        else:
+            guard.observe(LiveResult(t, connected=i not in abandoned_at))
+    return t
+
+
+def test_the_hourly_guard_cuts_alpha_while_the_hours_abandons_near_its_budget_and_a_new_hour_releases_it() -> None:
+    # 100 answers an hour at a 3 % target: the hour's budget is 6 abandons. Half an hour in, with 50 answers,
+    # 2 abandons leave room (2 + 1.5 expected + 1.2 < 6), 4 do not (4 + 1.5 + 1.2 ≥ 6).
+    calm, busy = HourlyGuard(0.03), HourlyGuard(0.03)
+    for guard, abandons in ((calm, {10, 30}), (busy, {10, 20, 30, 40})):
+        _hour_of_answers(guard, 3600.0, 100, set())  # the hour before: 100 answers, none abandoned
+        _hour_of_answers(guard, 7200.0, 50, abandons)
+    assert calm.scale(7200.0 + 1800.0) == 1.0 and not calm.active
+    assert busy.scale(7200.0 + 1800.0) == pytest.approx(0.2) and busy.active
+    # Answers connected since dilute the abandons: later in the hour the same 4 are within its budget.
+    _hour_of_answers(busy, 7200.0 + 1836.0, 40, set())
+    assert busy.scale(7200.0 + 3300.0) == 1.0
+    # Abandons late in the hour leave little to dilute them: 5 of 84 answers with 16 to come is at risk, and
+    # stays so with no answer until the hour ends; the next hour starts from zero.
+    late = HourlyGuard(0.03)
+    _hour_of_answers(late, 3600.0, 100, set())
+    _hour_of_answers(late, 7200.0, 84, {70, 75, 79, 81, 83})
+    assert late.scale(7200.0 + 3000.0) == pytest.approx(0.2)
+    assert late.scale(7200.0 + 3500.0) == pytest.approx(0.2)
+    assert late.scale(10800.0) == 1.0 and (late.live, late.abandoned) == (0, 0)
+    # The first answers of a shift: one early abandon is not a burst.
+    first = HourlyGuard(0.03)
+    _hour_of_answers(first, 0.0, 5, {2}, spacing=20.0)
+    assert first.scale(100.0) == 1.0
+
+
+def test_the_pacer_dials_less_while_the_hourly_guard_holds_and_as_before_once_the_hour_ends() -> None:
+    pacer = _warm()
+    _hour_of_answers(pacer, 3600.0, 100, set())
+    _hour_of_answers(pacer, 7200.0, 50, {10, 20, 30, 40})
+    snap = PacingSnapshot(now=7200.0 + 1800.0, agents_logged_in=20, agents_ready=6,
+                          talking_elapsed=tuple(float(x) for x in range(10, 150, 10)),
+                          ringing_elapsed=(1.0, 3.0, 5.0))
+    guarded = pacer.decide(snap)
+    assert pacer.hourly.active
+    released = pacer.decide(dataclasses.replace(snap, now=10800.0))  # the next hour: the same floor, same α
+    assert not pacer.hourly.active and guarded < released
 
 
 def test_observations_reach_the_controller() -> None:
