@@ -132,7 +132,7 @@ class AmiTelephony:
         if self._stale_in_call and message.get("Event") == "ConfbridgeLeave":
             waiting = self._stale_in_call.pop(str(message.get("Conference", "")), None)
             if waiting is not None:
-                self._spawn(self._end_stale_leg(waiting, release=True))
+                self._spawn(self._end_stale_leg(waiting))
         events, actions = self.translator.on_event(message)
         self._deliver(events)
         for action in actions:
@@ -202,20 +202,16 @@ class AmiTelephony:
                 and self.translator.owned_by_us(leg, str(tag[0].get("Value") or ""))]
         await asyncio.gather(*(self._end_stale_leg(leg) for leg in ours))
 
-    async def _end_stale_leg(self, leg: StaleLeg, release: bool = False) -> None:
-        await self._try_end_stale_leg(leg)
-        if release and leg.room not in self._stale_in_call:
-            self._release_held_leg(leg)
+    async def _end_stale_leg(self, leg: StaleLeg) -> None:
+        await self._hang_up_stale_leg(leg)
+        if leg.room is not None and leg.room not in self._stale_in_call:
+            # Its conversation is over: the agent's leg held for it (`execute`) is called now.
+            held = self._held_legs.pop(leg.room.removeprefix(ROOM_PREFIX), None)
+            if held is not None:
+                log.info("held agent leg called", extra={"fields": {"agent_id": held.agent_id}})
+                self.execute(held)
 
-    def _release_held_leg(self, leg: StaleLeg) -> None:
-        """The stale conversation in the agent's room is over: the leg held for it is called now."""
-        for agent_id, cmd in list(self._held_legs.items()):
-            if ROOM_PREFIX + agent_id == leg.room:
-                del self._held_legs[agent_id]
-                log.info("held agent leg called", extra={"fields": {"agent_id": agent_id}})
-                self.execute(cmd)
-
-    async def _try_end_stale_leg(self, leg: StaleLeg) -> None:
+    async def _hang_up_stale_leg(self, leg: StaleLeg) -> None:
         try:
             if leg.room is not None:
                 listing = await self.client.request({"Action": "ConfbridgeList", "Conference": leg.room})

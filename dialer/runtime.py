@@ -36,7 +36,7 @@ from typing import Any
 
 from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
 from dialer.compliance import DebtorHistory
-from dialer.core import PREVIEW, CoreError, DialerCore
+from dialer.core import PREVIEW, CampaignState, CoreError, DialerCore
 from dialer.events import (
     AgentLogin,
     CallFailed,
@@ -334,10 +334,7 @@ class Runtime:
         rows = {lid: (lid, at, agent) for lid, at, agent in await self.store.callbacks(campaign_id, self.clock())}
         camp = self.core.campaigns.get(campaign_id)
         if camp is not None:
-            for lid, at, agent in camp.hopper.callbacks():
-                rows[lid] = (lid, at, agent)
-            for lid, (at, agent) in camp.later_callbacks.items():
-                rows[lid] = (lid, at, agent)
+            rows.update((row[0], row) for row in _hopper_callbacks(camp))
         return sorted(rows.values(), key=lambda r: (r[1], r[0]))
 
     async def add_leads(self, campaign_id: str, leads: Sequence[Lead]) -> int:
@@ -716,7 +713,7 @@ class Runtime:
                 except CoreError as exc:  # the lead ended here meanwhile (done, removed): no callback for it
                     log.warning("asked callback dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
                                                                             "error": str(exc)[:200]}})
-            rows = camp.hopper.callbacks() + [(lid, at, agent) for lid, (at, agent) in camp.later_callbacks.items()]
+            rows = _hopper_callbacks(camp)
             if rows != self._callbacks_published.get(cid, []):
                 await self.store.publish_callbacks(cid, rows, now)
                 self._callbacks_published[cid] = rows
@@ -846,6 +843,11 @@ class Runtime:
                 fn(cmd)
             except Exception:
                 log.exception("event subscriber failed")
+
+
+def _hopper_callbacks(camp: CampaignState) -> list[tuple[str, float, str | None]]:
+    """The callbacks this node holds for a campaign: its hopper's, and those waiting for a lead on its way here."""
+    return camp.hopper.callbacks() + [(lid, at, agent) for lid, (at, agent) in camp.later_callbacks.items()]
 
 
 def _news(history: DebtorHistory, lead_id: str, kinds: dict[str, tuple[float, ...]], now: float) -> bool:
