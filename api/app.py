@@ -1183,6 +1183,10 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                                      f"{cfg.late_disposition_s:g} s or the agent's last {cfg.late_disposition_calls} "
                                      "calls ago)")
         check_agent(principal, agent_id)
+        queued = runtime.dispositions_queued.get(call_id)
+        if queued is not None:  # posted twice within the core's turn: the first is on its way
+            raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({queued}); "
+                                     "one per call")
         if late and done is not None and done.disposition is not None:
             raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({done.disposition}); "
                                      "one per call")

@@ -42,6 +42,7 @@ from dialer.events import (
     CallFailed,
     CampaignControl,
     DebtorHistorySeed,
+    Disposition,
     DncSnapshot,
     Event,
     LeadsAvailable,
@@ -132,6 +133,9 @@ class Runtime:
         self._dnc_version: int | None = None  # the shared DNC lists' version last loaded into the core
         self._dnc_campaigns: frozenset[str] = frozenset()  # the campaigns whose lists that load read
         self._logins_queued: Counter[str] = Counter()  # agent id → AgentLogin events submitted, not yet handled
+        # Call id → code of a disposition submitted, not yet handled: a second one posted meanwhile is refused at
+        # the API (the core's own check sees only what it has handled).
+        self.dispositions_queued: dict[str, str] = {}
         # The stored campaigns as this node's core last took them: a reload applies only what differs. The lock
         # keeps this node's store write and core update of a campaign (API) and a reload from interleaving, so
         # an older definition read by a reload never lands after a newer one written here.
@@ -251,6 +255,8 @@ class Runtime:
             return
         if isinstance(event, AgentLogin):
             self._logins_queued[event.agent_id] += 1
+        elif isinstance(event, Disposition):
+            self.dispositions_queued[event.call_id] = event.code
 
     async def create_campaign(self, settings: CampaignSettings) -> bool:
         """Create a campaign: False, and nothing changed, if its id is taken (another create may have just won)."""
@@ -415,6 +421,9 @@ class Runtime:
         except Exception:  # a bad event must not stop the engine
             log.exception("core rejected event", extra={"fields": {"event": type(event).__name__}})
             return
+        finally:
+            if isinstance(event, Disposition):  # handled: the core's state now answers for this call
+                self.dispositions_queued.pop(event.call_id, None)
         self._dispatch(cmds)
 
     def _note_decision(self, seconds: float) -> None:

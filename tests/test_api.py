@@ -20,6 +20,7 @@ import pytest
 from api.app import IdempotencyCache, _Lines, create_app
 from config.settings import ApiSettings
 from dialer.core import CoreConfig, DialerCore
+from dialer.events import Disposition
 from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.ports import CampaignBusy, CampaignChange
@@ -443,6 +444,47 @@ async def test_a_disposition_after_the_wrap_up_timer_is_taken_late_and_only_once
         assert r.status_code == 409 and call_id in r.text and "already has its disposition (DNC)" in r.text
         r = await env.api.post("/api/v1/calls/nope/disposition", json={"code": "PAID"})
         assert r.status_code == 404 and "'nope'" in r.text
+
+
+async def test_two_dispositions_posted_together_take_one_and_refuse_the_other() -> None:
+    """An agent's UI posting twice (a double click) within the core's turn: both passed the API's checks, both
+    were 202, and the core then refused the second in a log line only: the agent believed PAID was recorded."""
+    async with api_env(talk_s=0.05) as env:
+        await make_campaign(env.api, wrapup_s=None)
+        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
+        seen: list[Any] = []
+        env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
+        await env.api.post("/api/v1/agents/a1/login", json={})
+        await env.api.post("/api/v1/campaigns/c1/start")
+        call_id = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
+        # The core's loop is behind (a long tick, a burst of PBX events): dispositions wait in its queue.
+        handle = env.runtime._handle
+        behind: list[tuple[float, Any]] = []
+
+        def busy_core(queued_at: float, event: Any) -> None:
+            if isinstance(event, Disposition) and len(behind) < 2:
+                behind.append((queued_at, event))
+            else:
+                handle(queued_at, event)
+
+        env.runtime._handle = busy_core  # type: ignore[method-assign]
+        first = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
+                                   json={"code": "PTP", "ptp_amount": 50, "ptp_date": "2026-12-15"})
+        second = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PAID"})
+        assert first.status_code == 202 and len(behind) == 1
+        assert second.status_code == 409 and "already has its disposition (PTP)" in second.text
+        env.runtime._handle = handle  # type: ignore[method-assign]
+        for item in behind:
+            handle(*item)
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert [d["code"] for d in seen] == ["PTP"]
+        assert not env.runtime.dispositions_queued  # handled: nothing left waiting
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PAID"})
+        assert r.status_code == 409 and "already has its disposition (PTP)" in r.text
 
 
 async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped() -> None:
