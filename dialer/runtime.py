@@ -57,6 +57,12 @@ from pacing.snapshot import PacingCaps
 
 log = logging.getLogger("marcador.runtime")
 
+# Agent states that can take a due callback soon: free, or busy and free again within a call.
+_TAKES_CALLBACKS = frozenset({AgentStatus.READY, AgentStatus.PREVIEW, AgentStatus.CONNECTING, AgentStatus.ON_CALL,
+                              AgentStatus.WRAPUP})
+# How long a node whose agents are all busy leaves a due callback waiting in the store for a node with one free.
+CALLBACK_BUSY_GRACE_S = 3.0
+
 Subscriber = Callable[[Emit], None]
 _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
 _UNSERVED = ("dialing", "ringing", "waiting")  # call states with no agent on the line (dialer.core.Call)
@@ -730,12 +736,16 @@ class Runtime:
                 await self.store.clear_callbacks(cid, held)
                 for lead_id in held:
                     self._callbacks_applied.pop((cid, lead_id), None)
-            if camp.status is not CampaignStatus.RUNNING or self._halted or not self.store_up or \
-                    not any(a.status is not AgentStatus.LOGGED_OUT and a.serves(cid, camp.settings.skill)
-                            for a in self.core.agents.all()):
-                continue  # a node with nobody to take the call leaves a due callback to the others
+            if camp.status is not CampaignStatus.RUNNING or self._halted or not self.store_up:
+                continue
+            staffed = {a.status for a in self.core.agents.all() if a.serves(cid, camp.settings.skill)}
+            if not staffed & _TAKES_CALLBACKS:
+                continue  # nobody here to take the call (none logged in, or all paused): left to the others
             due = await self.store.next_callback_at(cid)
-            if due is None or due > now:
+            # A node with an agent free takes it when due; one whose agents are all busy waits a little for
+            # such a node, then takes it (its agents free up soon).
+            wait = 0.0 if staffed & {AgentStatus.READY, AgentStatus.PREVIEW} else CALLBACK_BUSY_GRACE_S
+            if due is None or due + wait > now:
                 continue
             leads, states = await self.store.lease_due_callbacks(cid, self.core.config.hopper_batch, now)
             leads = await self._seed_histories(cid, leads, states)

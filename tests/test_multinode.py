@@ -22,7 +22,7 @@ from api.app import create_app
 from bench import multinode
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import StoreLink
-from dialer.model import Attempt, Outcome
+from dialer.model import AgentStatus, Attempt, Outcome
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
@@ -697,6 +697,57 @@ async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_it
         await _poll(y_dialed, "y's callback")
         (only,) = await dials(y)
         assert at_y <= only.dialed_at < at_y + 3  # by whichever node took it when due
+    finally:
+        for node in nodes:
+            await node.close()
+        await probe.aclose()
+
+
+async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_server: RedisServer) -> None:
+    """A callback falls due for a lead waiting in Redis while n1's only agent is paused (at lunch) and n2 has none
+    yet. On the old code n1 leased it (an agent logged in) and held it in its hopper: when n2's agent logged in,
+    ready, the debtor who asked to be called at that time was not called. Now a node whose agents are all paused
+    leaves it in the store, and the node with an agent free dials it within seconds."""
+    t0 = 1_700_000_000.0
+    url = f"{redis_server.url}?prefix=cbw{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(t0)
+    probe = open_store(url, node_id="probe")
+    assert isinstance(probe, RedisStore)
+    nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
+    try:
+        n1, n2 = nodes
+        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
+                                                         "wrapup_s": None})
+        assert r.status_code == 201, r.text
+        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
+                  "timezone": "America/Bogota"} for i in range(100)]
+        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 100
+        assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+        y = "l099"  # last in line: waiting in Redis
+        at_y = t0 + 3600
+        r = await n1.api.post(f"/api/v1/campaigns/c/leads/{y}/callback", json={"at": _iso(at_y)})
+        assert r.status_code == 202, r.text
+
+        async def paused() -> bool:
+            return n1.core.agents.get("a1").status is AgentStatus.PAUSED  # type: ignore[union-attr]
+
+        await _poll(paused, "a1 to be paused")
+        clock.set(at_y)
+        await asyncio.sleep(2.5)  # two callback syncs on each node: nobody here to take it, it stays in Redis
+        assert all(y not in node.core.campaigns["c"].hopper.waiting() for node in nodes)
+        assert (await n2.api.post("/api/v1/agents/a2/login", json={})).status_code == 202
+
+        async def y_dialed() -> list[Attempt]:
+            return [a for a in await probe.attempts("c") if a.lead_id == y]
+
+        async def dialed() -> bool:
+            return bool(await y_dialed())
+
+        await _poll(dialed, "y's callback")
+        (only,) = await y_dialed()
+        assert only.call_id.startswith("n2") and only.dialed_at < at_y + 6
     finally:
         for node in nodes:
             await node.close()
