@@ -1167,21 +1167,37 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         owner = next((a for a in core.agents.all()
                       if a.status is AgentStatus.WRAPUP and a.last_call_id == call_id), None)
         handled = core.handled_call(call_id)
-        if owner is not None:
-            agent_id, done, late = owner.agent_id, owner.last_attempt, False
-            campaign_id = owner.last_campaign_id or ""
-        elif handled is not None:
-            agent_id, done, late = handled.agent_id, handled.attempt, True
-            campaign_id = handled.attempt.campaign_id
-        else:
+        if owner is None and handled is None:
             talking = next((a for a in core.agents.all() if a.call_id == call_id), None)
             if talking is not None:
                 check_agent(principal, talking.agent_id)
                 raise HTTPException(409, f"call_id: call {call_id!r} is not over (agent is {talking.status.value})")
-            cfg = core.config
-            raise HTTPException(404, f"call_id: no agent handled call {call_id!r} (unknown, or it ended more than "
-                                     f"{cfg.late_disposition_s:g} s or the agent's last {cfg.late_disposition_calls} "
-                                     "calls ago)")
+            # Not this run's: a call of a run gone (a restart mid-conversation, a node down) is taken here, late.
+            try:
+                why = await runtime.adopt_call(call_id)
+            except Exception:
+                log.warning("attempt unreadable for a disposition", exc_info=True)
+                raise HTTPException(503, f"call_id: call {call_id!r} is not one of this run's, and the store (which "
+                                         "keeps the calls of other runs) does not answer; retry") from None
+            handled = core.handled_call(call_id)
+            if why is not None and why.startswith("node "):
+                raise HTTPException(409, f"call_id: call {call_id!r} was handled on node {why[5:]}, which is up: "
+                                         "send its disposition to that node")
+            if why is not None and why.startswith("disposed "):
+                raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({why[9:]}); "
+                                         "one per call")
+            if handled is None:
+                cfg = core.config
+                raise HTTPException(404, f"call_id: no agent handled call {call_id!r} (unknown, or it ended more "
+                                         f"than {cfg.late_disposition_s:g} s or the agent's last "
+                                         f"{cfg.late_disposition_calls} calls ago)")
+        if owner is not None:
+            agent_id, done, late = owner.agent_id, owner.last_attempt, False
+            campaign_id = owner.last_campaign_id or ""
+        else:
+            assert handled is not None
+            agent_id, done, late = handled.agent_id, handled.attempt, True
+            campaign_id = handled.attempt.campaign_id
         check_agent(principal, agent_id)
         queued = runtime.dispositions_queued.get(call_id)
         if queued is not None:  # posted twice within the core's turn: the first is on its way

@@ -37,6 +37,7 @@ from dialer.compliance.dnc import lookup_key
 from dialer.dispositions import DispositionCode, DispositionSet
 from dialer.events import (
     AMD_HANGUP,
+    AdoptCall,
     AgentConnected,
     AgentDisconnected,
     AgentJoinedCall,
@@ -136,6 +137,7 @@ class HandledCall:
 
     agent_id: str
     attempt: Attempt  # final; its `disposition` is set once one was taken
+    kept_from: float | None = None  # kept `late_disposition_s` from this (default: the attempt's end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +362,11 @@ class DialerCore:
                 self._on_agent_state(event, now, out)
             case Disposition():
                 self._on_disposition(event, now, out)
+            case AdoptCall():
+                att = event.attempt
+                if att.call_id not in self._handled and att.agent_id is not None:
+                    # Kept from now: the other run may have left before the call ended (no `ended_at`).
+                    self._note_handled(att.agent_id, att.copy(), kept_from=max(att.ended_at or now, now))
             case LeadsAvailable():
                 camp = self._campaign(event.campaign_id)
                 if event.fetched:
@@ -835,8 +842,8 @@ class DialerCore:
         """The connected call `call_id` an agent handled, while it is kept for a disposition (see `CoreConfig`)."""
         return self._handled.get(call_id)
 
-    def _note_handled(self, agent_id: str, attempt: Attempt) -> None:
-        self._handled[attempt.call_id] = HandledCall(agent_id, attempt)
+    def _note_handled(self, agent_id: str, attempt: Attempt, kept_from: float | None = None) -> None:
+        self._handled[attempt.call_id] = HandledCall(agent_id, attempt, kept_from)
         recent = self._handled_by_agent.setdefault(agent_id, deque())
         recent.append(attempt.call_id)
         while len(recent) > max(1, self.config.late_disposition_calls):
@@ -847,7 +854,8 @@ class DialerCore:
         limit = now - self.config.late_disposition_s
         while self._handled:
             call_id, oldest = next(iter(self._handled.items()))
-            if oldest.attempt.ended_at is not None and oldest.attempt.ended_at >= limit:
+            since = oldest.attempt.ended_at if oldest.kept_from is None else oldest.kept_from
+            if since is not None and since >= limit:
                 return
             del self._handled[call_id]
             recent = self._handled_by_agent.get(oldest.agent_id)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dialer.model import AgentStatus, Lead, Outcome
+from dialer.model import AgentStatus, Attempt, Lead, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +111,14 @@ class Disposition:
     own_callback: bool = False  # the callback goes to the agent who posted it
     ptp_amount: float | None = None
     ptp_date: str | None = None  # ISO date of the promise to pay
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptCall:
+    """A connected call another run of the engine handled (this node before a restart, or a node gone), its attempt
+    as the store has it: kept here for its disposition, as a call an agent handled here is."""
+
+    attempt: Attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +254,7 @@ Event = (
     | AgentMissing
     | AgentState
     | Disposition
+    | AdoptCall
     | DncAdd
     | LeadRemoved
     | ScheduleCallback

@@ -268,6 +268,10 @@ class InMemoryStore:
             bisect.insort(self._dialed_in.setdefault(attempt.campaign_id, []), key)
         self._attempts[attempt.call_id] = replace(attempt)
 
+    async def attempt(self, call_id: str) -> Attempt | None:
+        found = self._attempts.get(call_id)
+        return None if found is None else found.copy()
+
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
         return [replace(a) for a in self._attempts.values() if campaign_id in (None, a.campaign_id)]
 

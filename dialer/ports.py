@@ -171,6 +171,10 @@ class Store(Protocol):
 
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]: ...
 
+    async def attempt(self, call_id: str) -> Attempt | None:
+        """The attempt of `call_id`, in whichever campaign; None if none was recorded."""
+        ...
+
     async def attempts_page(self, campaign_id: str | None = None, *, after: tuple[float, str] | None = None,
                             since: float | None = None, until: float | None = None,
                             limit: int = 100) -> list[Attempt]:

@@ -487,6 +487,20 @@ class RedisStore:
             await self._r.sadd(self._g("attempt_campaigns"), cid)
             self._attempt_campaigns.add(cid)
 
+    async def attempt(self, call_id: str) -> Attempt | None:
+        """One HGET per campaign that has attempts (a handful): a call id does not name its campaign."""
+        await self._ensure()
+        cids = sorted(str(c) for c in await self._r.smembers(self._g("attempt_campaigns")))
+        if not cids:
+            return None
+        pipe = self._r.pipeline(transaction=False)
+        for cid in cids:
+            pipe.hget(self._k(cid, "attempts"), call_id)
+        for raw in await pipe.execute():
+            if raw is not None:
+                return _attempt_from(raw)
+        return None
+
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]:
         await self._ensure()
         if campaign_id is not None:

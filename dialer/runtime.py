@@ -38,6 +38,7 @@ from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, Persis
 from dialer.compliance import DebtorHistory
 from dialer.core import PREVIEW, CampaignState, CoreError, DialerCore
 from dialer.events import (
+    AdoptCall,
     AgentLogin,
     CallFailed,
     CampaignControl,
@@ -60,6 +61,9 @@ log = logging.getLogger("marcador.runtime")
 # Agent states that can take a due callback soon: free, or busy and free again within a call.
 _TAKES_CALLBACKS = frozenset({AgentStatus.READY, AgentStatus.PREVIEW, AgentStatus.CONNECTING, AgentStatus.ON_CALL,
                               AgentStatus.WRAPUP})
+# A call another run handled and left before it ended takes a late disposition until this long after it connected
+# plus `late_disposition_s` (an end nobody recorded: the longest conversation we allow for).
+ADOPT_TALK_MAX_S = 4 * 3600.0
 # How long a node whose agents are all busy leaves a due callback waiting in the store for a node with one free.
 CALLBACK_BUSY_GRACE_S = 3.0
 
@@ -338,6 +342,33 @@ class Runtime:
         whichever node holds or leases the lead. Returns the store's answer ("pending", "leased", or nothing kept:
         "done", "removed", "unknown")."""
         return await self.store.ask_callback(campaign_id, lead_id, at, agent_id)
+
+    async def adopt_call(self, call_id: str) -> str | None:
+        """A connected call this run's core does not keep for a disposition, handled by another run of the engine:
+        this node before a restart (a deploy during a conversation) or a node gone. Read from the store, it is
+        handed to the core (`AdoptCall`) so its disposition goes through here, late. None when adopted; else
+        why not: 'unknown' (no such connected call), 'node <id>' (a live node's run handled it: send the
+        disposition there), 'forgotten' (this run's own, past its late window), 'disposed <code>'."""
+        att = await self.store.attempt(call_id)
+        if att is None or att.outcome is not Outcome.CONNECTED or att.agent_id is None:
+            return "unknown"
+        if att.disposition is not None:
+            return f"disposed {att.disposition}"
+        prefix = self.core.config.id_prefix
+        if call_id.startswith(prefix + "-"):
+            return "forgotten"
+        nodes = getattr(self.store, "nodes", None)
+        if callable(nodes):
+            for node in await nodes(now=self.clock()):
+                theirs = node.info.get("call_prefix") if isinstance(node.info, dict) else None
+                if node.alive and isinstance(theirs, str) and theirs != prefix and call_id.startswith(theirs + "-"):
+                    return f"node {node.node_id}"
+        # The other run may have left before the call ended: a conversation counts for up to ADOPT_TALK_MAX_S.
+        since = att.ended_at if att.ended_at is not None else (att.connected_at or att.dialed_at) + ADOPT_TALK_MAX_S
+        if since < self.clock() - self.core.config.late_disposition_s:
+            return "forgotten"
+        self._dispatch(self.core.handle(AdoptCall(att), self.clock()))
+        return None
 
     async def callbacks(self, campaign_id: str) -> list[tuple[str, float, str | None]]:
         """Every callback of the campaign known here, earliest first: this node's hopper's (and those waiting for a
@@ -654,7 +685,9 @@ class Runtime:
         while True:
             agents = [a.agent_id for a in self.core.agents.all() if a.status.value != "logged_out"]
             try:
-                returned = await maintain(now=self.clock(), agents=agents)
+                # The prefix of this run's call ids: a late disposition for a call of a run gone is taken anywhere.
+                returned = await maintain(now=self.clock(), agents=agents,
+                                          info={"call_prefix": self.core.config.id_prefix})
                 if returned:
                     log.info("leases of dead nodes returned", extra={"fields": {"leads": len(returned)}})
             except Exception:

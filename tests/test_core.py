@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -22,6 +23,7 @@ from dialer.commands import (
 from dialer.compliance import Reason
 from dialer.core import CoreConfig, CoreError, DialerCore
 from dialer.events import (
+    AdoptCall,
     AgentConnected,
     AgentDisconnected,
     AgentLegHeld,
@@ -46,7 +48,7 @@ from dialer.events import (
     SharedAbandon,
     StoreLink,
 )
-from dialer.model import AgentStatus, CampaignSettings, Lead, Outcome, outcome_for_cause
+from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome, outcome_for_cause
 
 
 def of(cmds, kind):
@@ -1108,6 +1110,25 @@ def test_a_late_dnc_of_a_lead_on_a_preview_screen_holds_when_it_is_skipped():
     core.handle(PreviewSkip("a2"), 18.0)
     assert of(core.tick(19.0), ReleaseLead) == [ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)]
     assert core.campaigns["c1"].hopper.info(o1.lead_id).state == "done"
+
+
+def test_a_call_another_run_handled_is_kept_for_its_disposition_from_its_adoption():
+    """A call from the run before a restart, as the store has it (the old run left before it ended: no end): kept
+    `late_disposition_s` from when this run took it, then forgotten; its code steers its lead as a late one."""
+    core = make(n_leads=2, agents=(), wrapup_s=5.0)  # nobody here to dial the lead meanwhile
+    old = Attempt("n-1-4", "c1", "L0", "+15550100000", "1000", 100.0, 108.0, 108.5, None, Outcome.CONNECTED, "a9")
+    core.handle(AdoptCall(old), 200.0)
+    assert core.handled_call("n-1-4").attempt == old
+    core.tick(200.0 + 3600.0)  # kept an hour from its adoption (no end to count from)
+    cmds = core.handle(Disposition("n-1-4", "WRONG_PARTY"), 3800.0)
+    assert _disposition_event(cmds)["late"] is True and _disposition_event(cmds)["agent_id"] == "a9"
+    assert core.campaigns["c1"].hopper.info("L0").phones == ()  # the wrong party's phone is dropped
+    (recorded,) = of(cmds, RecordAttempt)
+    assert recorded.attempt.disposition == "WRONG_PARTY" and recorded.attempt.ended_at is None
+    core.handle(AdoptCall(replace(old, call_id="n-1-5", ended_at=150.0)), 3800.0)
+    core.tick(3800.0 + 3600.1)
+    with pytest.raises(CoreError, match="not a call an agent handled"):
+        core.handle(Disposition("n-1-5", "PAID"), 7401.0)
 
 
 def test_late_dispositions_are_taken_for_an_agents_last_calls_within_the_age_limit():

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -751,4 +752,86 @@ async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_se
     finally:
         for node in nodes:
             await node.close()
+        await probe.aclose()
+
+
+# ---------------------------------------------------------------------------------------------- calls of a run gone
+
+
+async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_taken(redis_server: RedisServer) -> None:
+    """A deploy during the shift: node n's run n-1 stops while its agent is in wrap-up, before the agent posted its
+    code. The agent posts it to the new run n-2: it was a 404 (the new run never heard of the call) and the code
+    was lost: a debtor who paid stayed dialable, a DNC was never recorded. The new run now reads the call from the
+    store and takes the code, late. A call a live node's run handled is a 409 naming that node."""
+    t0 = 1_700_000_000.0
+    url = f"{redis_server.url}?prefix=run{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(t0)
+    probe = open_store(url, node_id="probe")
+    assert isinstance(probe, RedisStore)
+
+    def run(prefix: str, node_id: str) -> Runtime:
+        return Runtime(DialerCore(CoreConfig(id_prefix=prefix)), open_store(f"{url}&lease_ttl=30", node_id=node_id),
+                       ScriptedPbx(talk_s=0.1), RuntimeConfig(tick_interval_s=0.05, shared_abandon_interval_s=3600),
+                       clock=clock)
+
+    old = run("n-1", "n")
+    await old.start()
+    new = other = None
+    try:
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(old)), base_url="http://test")
+        r = await api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
+                                                      "wrapup_s": None})
+        assert r.status_code == 201, r.text
+        leads = [{"lead_id": "d1", "phone": "+573001200011", "country": "CO", "timezone": "America/Bogota"}]
+        assert (await api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 1
+        assert (await api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await api.post("/api/v1/campaigns/c/start")).status_code == 200
+
+        async def in_wrapup() -> bool:
+            agent = old.core.agents.get("a1")
+            return agent is not None and agent.status is AgentStatus.WRAPUP
+
+        await _poll(in_wrapup, "a1's call to end")
+        call_id = old.core.agents.get("a1").last_call_id  # type: ignore[union-attr]
+        assert call_id is not None and call_id.startswith("n-1-")
+        await api.aclose()
+        await old.stop()  # the deploy: no disposition posted yet
+
+        new = run("n-2", "n")
+        await new.start()
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(new)), base_url="http://test")
+        seen: list[Any] = []
+        new.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
+        r = await api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PAID"})
+        assert r.status_code == 202, r.text
+        assert r.json() == {"call_id": call_id, "agent_id": "a1", "requested": "disposition", "late": True}
+
+        async def recorded() -> bool:
+            stored = await probe.attempt(call_id)
+            return stored is not None and stored.disposition == "PAID"
+
+        await _poll(recorded, "the code on the stored attempt")
+        assert [(d["call_id"], d["code"], d["late"]) for d in seen] == [(call_id, "PAID", True)]
+        r = await api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "DNC"})
+        assert r.status_code == 409 and "already has its disposition (PAID)" in r.text
+
+        # A call of a live node's run: that node keeps it; this one sends the agent there.
+        other = run("m-1", "m")
+        await other.start()
+        await probe.record_attempt(Attempt("m-1-7", "c", "d1", "+573001200011", "1000", t0, t0 + 1, t0 + 1.5,
+                                           t0 + 30, Outcome.CONNECTED, "a7"))
+
+        async def m_seen() -> bool:
+            return any(n.node_id == "m" and n.alive for n in await probe.nodes(now=clock()))
+
+        await _poll(m_seen, "node m's heartbeat")
+        r = await api.post("/api/v1/calls/m-1-7/disposition", json={"code": "PAID"})
+        assert r.status_code == 409 and "node m" in r.text, r.text
+        r = await api.post("/api/v1/calls/x-1-1/disposition", json={"code": "PAID"})
+        assert r.status_code == 404
+        await api.aclose()
+    finally:
+        for rt in (new, other):
+            if rt is not None:
+                await rt.stop()
         await probe.aclose()

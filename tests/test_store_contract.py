@@ -358,6 +358,8 @@ async def test_attempts_upsert_by_call_id(store: Store) -> None:
     assert await store.attempts("c2") == [a2]
     assert await store.attempts() == [done, a2, a3]
     assert await store.attempts("none") == []
+    assert (await store.attempt("call-1"), await store.attempt("call-2")) == (done, a2)  # by call id alone
+    assert await store.attempt("call-9") is None
 
 
 async def test_an_attempt_keeps_the_promise_to_pay_and_the_callback_of_its_disposition(store: Store) -> None:
