@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import heapq
 import json
 from collections import deque
@@ -14,7 +15,7 @@ from typing import Any
 
 from dialer.hopper import state_with_callback
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
-from dialer.ports import CampaignChange
+from dialer.ports import CampaignChange, FailedWebhook, kind_matches
 
 # A waiting lead packed in one tuple: (id, phone or phones, custom field pairs or None, country, zone, amount,
 # days past due, segment). A million leads fit in about 40 % less memory than as Lead objects with their dicts.
@@ -288,6 +289,69 @@ class InMemoryStore:
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         bucket = self._bucket(campaign_id)
         return {"pending": len(bucket.pending), "leased": len(bucket.leased), "done": len(bucket.done)}
+
+    # ------------------------------------------------------------------ webhook events kept (given up or dropped)
+
+    @functools.cached_property
+    def _kept_hooks(self) -> _KeptWebhooks:
+        return _KeptWebhooks()
+
+    async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
+                                  cap: int) -> tuple[int, int]:
+        kept = self._kept_hooks
+        known = kept.by_delivery.get((hook, delivery))
+        old = kept.rows.get(known) if known is not None else None
+        if old is not None:  # kept again (a redelivery given up again): the same entry, one more try
+            kept.rows[old.id] = replace(old, event=event, reason=reason, at=at, tries=old.tries + 1)
+            return old.id, 0
+        kept.seq += 1
+        kept.rows[kept.seq] = FailedWebhook(kept.seq, hook, kind, delivery, event, reason, at, 1)
+        kept.by_delivery[(hook, delivery)] = kept.seq
+        dropped = 0
+        while len(kept.rows) > max(cap, 1):  # ids rise with insertion: the dict's first is the oldest
+            gone = kept.rows.pop(next(iter(kept.rows)))
+            del kept.by_delivery[(gone.hook, gone.delivery)]
+            dropped += 1
+        return kept.seq, dropped
+
+    async def failed_webhooks(self, after: int = 0, limit: int = 100, *, hook: str | None = None,
+                              kinds: Sequence[str] = ()) -> list[FailedWebhook]:
+        out: list[FailedWebhook] = []
+        for row in self._kept_hooks.rows.values():
+            if len(out) >= limit:
+                break
+            if row.id > after and hook in (None, row.hook) and kind_matches(row.kind, kinds):
+                out.append(row)
+        return out
+
+    async def get_failed_webhooks(self, ids: Sequence[int]) -> list[FailedWebhook]:
+        rows = self._kept_hooks.rows
+        return [rows[i] for i in sorted(set(ids)) if i in rows]
+
+    async def drop_failed_webhooks(self, ids: Sequence[int]) -> int:
+        kept = self._kept_hooks
+        dropped = 0
+        for i in set(ids):
+            gone = kept.rows.pop(i, None)
+            if gone is not None:
+                del kept.by_delivery[(gone.hook, gone.delivery)]
+                dropped += 1
+        return dropped
+
+    async def failed_webhook_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self._kept_hooks.rows.values():
+            counts[row.hook] = counts.get(row.hook, 0) + 1
+        return counts
+
+
+@dataclass(slots=True)
+class _KeptWebhooks:
+    """Webhook events kept, by id (insertion order is id order); (hook, delivery id) -> id, so one is kept once."""
+
+    seq: int = 0
+    rows: dict[int, FailedWebhook] = field(default_factory=dict)
+    by_delivery: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _back(bucket: _CampaignLeads, lead_id: str, eligible_at: float | None, now: float) -> None:

@@ -6,6 +6,7 @@ The runtime never imports `ami_bridge`, `sim` or `api`; the CLI wires concrete p
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dialer.commands import (
@@ -185,3 +186,52 @@ class Store(Protocol):
     async def lead_counts(self, campaign_id: str) -> dict[str, int]:
         """Leads by state: pending, leased, done."""
         ...
+
+    # Webhook events kept: those a sender gave up (tries used up, or refused by the endpoint) and those left
+    # undelivered at shutdown, kept in the store so every node lists and redelivers them and a restart loses none.
+    # Bounded: past `cap` the oldest go first. (Self-contained block: FailedWebhook is defined below.)
+
+    async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
+                                  cap: int) -> tuple[int, int]:
+        """Keep one event a webhook gave up: `hook` its sender's label, `delivery` its delivery id, `event` the body
+        sent (JSON text). The same (hook, delivery) kept again (a redelivery given up again) updates that entry
+        (reason, at, tries + 1) and keeps its id: never twice. Then the oldest go until `cap` are kept. Returns
+        (its id, how many were dropped for the bound). Ids rise."""
+        ...
+
+    async def failed_webhooks(self, after: int = 0, limit: int = 100, *, hook: str | None = None,
+                              kinds: Sequence[str] = ()) -> list[FailedWebhook]:
+        """Up to `limit` kept events with an id above `after`, oldest first; of one hook and of kinds starting with
+        one of `kinds` (all when empty). The next page starts after the last one's id."""
+        ...
+
+    async def get_failed_webhooks(self, ids: Sequence[int]) -> list[FailedWebhook]:
+        """The kept events of these ids (those still kept), oldest first."""
+        ...
+
+    async def drop_failed_webhooks(self, ids: Sequence[int]) -> int:
+        """Forget kept events (delivered at last, or deleted); returns how many were kept."""
+        ...
+
+    async def failed_webhook_counts(self) -> dict[str, int]:
+        """Kept events by hook label."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWebhook:
+    """A webhook event kept after its sender gave it up (`Store.keep_failed_webhook`)."""
+
+    id: int
+    hook: str  # the sender's label: the endpoint's origin (`#2`... for a second hook on one origin)
+    kind: str
+    delivery: str  # the X-Marcador-Delivery id, the same on a redelivery
+    event: str  # the body sent, JSON text: it holds debtors' numbers and never reaches a log
+    reason: str
+    at: float  # when it was last given up
+    tries: int  # times given up: 1, and one more for each redelivery given up again
+
+
+def kind_matches(kind: str, kinds: Sequence[str]) -> bool:
+    """The kept events' kind filter: `call.` matches every call event, `call.ended` that one; empty matches all."""
+    return not kinds or any(kind.startswith(k) for k in kinds)

@@ -432,3 +432,62 @@ for i = 1, #ARGV, 2 do
 end
 return n
 """
+
+# ------------------------------------------------------------------ webhook events kept (given up or dropped)
+# Keys (one hash tag, `{wh}`, so they share a Cluster slot): docs hash id -> doc JSON {h, k, d, e, r, t}; ids zset
+# id -> id; by hash "<hook>\n<delivery>" -> id; seq counter; counts hash hook -> kept; tries hash id -> times given up.
+
+# KEYS: docs, ids, by, seq, counts, tries ; ARGV: "<hook>\n<delivery>", hook, doc, cap
+# The same hook and delivery kept again updates its entry (one more try, same id); a new one takes the next id,
+# then the oldest go until `cap` are kept. Returns {id, dropped}.
+WEBHOOK_KEEP = """
+local function forget(id)
+  local doc = redis.call('HGET', KEYS[1], id)
+  if not doc then return 0 end
+  local d = cjson.decode(doc)
+  redis.call('HDEL', KEYS[3], d['h'] .. '\\n' .. d['d'])
+  if redis.call('HINCRBY', KEYS[5], d['h'], -1) <= 0 then redis.call('HDEL', KEYS[5], d['h']) end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('HDEL', KEYS[6], id)
+  redis.call('ZREM', KEYS[2], id)
+  return 1
+end
+local known = redis.call('HGET', KEYS[3], ARGV[1])
+if known and redis.call('HEXISTS', KEYS[1], known) == 1 then
+  redis.call('HSET', KEYS[1], known, ARGV[3])
+  redis.call('HINCRBY', KEYS[6], known, 1)
+  return {tonumber(known), 0}
+end
+local id = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1], id, ARGV[3])
+redis.call('ZADD', KEYS[2], id, id)
+redis.call('HSET', KEYS[3], ARGV[1], id)
+redis.call('HSET', KEYS[6], id, 1)
+redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
+local dropped = 0
+local over = redis.call('ZCARD', KEYS[2]) - math.max(tonumber(ARGV[4]), 1)
+if over > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+    dropped = dropped + forget(old)
+  end
+end
+return {id, dropped}
+"""
+
+# KEYS: docs, ids, by, seq, counts, tries ; ARGV: ids.  Returns how many were kept.
+WEBHOOK_DROP = """
+local n = 0
+for _, id in ipairs(ARGV) do
+  local doc = redis.call('HGET', KEYS[1], id)
+  if doc then
+    local d = cjson.decode(doc)
+    redis.call('HDEL', KEYS[3], d['h'] .. '\\n' .. d['d'])
+    if redis.call('HINCRBY', KEYS[5], d['h'], -1) <= 0 then redis.call('HDEL', KEYS[5], d['h']) end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[6], id)
+    redis.call('ZREM', KEYS[2], id)
+    n = n + 1
+  end
+end
+return n
+"""

@@ -68,12 +68,15 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:live, :live_cum  abandon window totals and per-minute snapshots
     <p>did:{<did>}:h:<hour>|:d:<day>   DID use counters
     <p>nodes, <p>nodes_seen      node registry (hash of JSON, zset of last heartbeat)
+    <p>{wh}:failed, :failed_ids, :failed_by, :failed_seq, :failed_counts, :failed_tries
+                                 webhook events kept after their sender gave them up (redis_scripts.WEBHOOK_KEEP)
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -91,7 +94,7 @@ from redis.asyncio.cluster import RedisCluster
 from dialer import redis_scripts as lua
 from dialer.hopper import state_with_callback
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
-from dialer.ports import CampaignBusy, CampaignChange
+from dialer.ports import CampaignBusy, CampaignChange, FailedWebhook, kind_matches
 
 log = logging.getLogger("marcador.store.redis")
 
@@ -1032,3 +1035,77 @@ class RedisStore:
         pipe.hdel(self._g("nodes"), node_id)
         pipe.zrem(self._g("nodes_seen"), node_id)
         await pipe.execute()
+
+    # ------------------------------------------------------------------ webhook events kept (given up or dropped)
+
+    _WEBHOOK_SCAN = 500  # kept events read per round while a filter thins a page
+
+    @functools.cached_property
+    def _s_webhook_keep(self) -> Any:
+        return self._r.register_script(lua.WEBHOOK_KEEP)
+
+    @functools.cached_property
+    def _s_webhook_drop(self) -> Any:
+        return self._r.register_script(lua.WEBHOOK_DROP)
+
+    def _webhook_keys(self) -> list[str]:
+        return [self._g(f"{{wh}}:{n}") for n in ("failed", "failed_ids", "failed_by", "failed_seq",
+                                                   "failed_counts", "failed_tries")]
+
+    async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
+                                  cap: int) -> tuple[int, int]:
+        await self._ensure()
+        doc = json.dumps({"h": hook, "k": kind, "d": delivery, "e": event, "r": reason, "t": at},
+                         separators=(",", ":"))
+        kept_id, dropped = await self._s_webhook_keep(keys=self._webhook_keys(),
+                                                      args=[f"{hook}\n{delivery}", hook, doc, int(cap)])
+        return int(kept_id), int(dropped)
+
+    async def _webhook_rows(self, ids: Sequence[Any]) -> list[FailedWebhook]:
+        if not ids:
+            return []
+        keys = self._webhook_keys()
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hmget(keys[0], list(ids))
+        pipe.hmget(keys[5], list(ids))
+        docs, tries = await pipe.execute()
+        out = []
+        for raw_id, raw, n in zip(ids, docs, tries, strict=True):
+            if raw is None:  # dropped between the two reads
+                continue
+            d = json.loads(raw)
+            out.append(FailedWebhook(int(raw_id), d["h"], d["k"], d["d"], d["e"], d["r"], float(d["t"]),
+                                     int(n or 1)))
+        return out
+
+    async def failed_webhooks(self, after: int = 0, limit: int = 100, *, hook: str | None = None,
+                              kinds: Sequence[str] = ()) -> list[FailedWebhook]:
+        await self._ensure()
+        out: list[FailedWebhook] = []
+        fetch = limit if hook is None and not kinds else max(limit, self._WEBHOOK_SCAN)
+        while len(out) < limit:
+            ids = await self._r.zrangebyscore(self._webhook_keys()[1], f"({int(after)}", "+inf", start=0, num=fetch)
+            if not ids:
+                break
+            for row in await self._webhook_rows(ids):
+                if len(out) < limit and hook in (None, row.hook) and kind_matches(row.kind, kinds):
+                    out.append(row)
+            if len(ids) < fetch:
+                break
+            after = int(str(ids[-1]))
+        return out
+
+    async def get_failed_webhooks(self, ids: Sequence[int]) -> list[FailedWebhook]:
+        await self._ensure()
+        return await self._webhook_rows(sorted({int(i) for i in ids}))
+
+    async def drop_failed_webhooks(self, ids: Sequence[int]) -> int:
+        await self._ensure()
+        if not ids:
+            return 0
+        return int(await self._s_webhook_drop(keys=self._webhook_keys(), args=sorted({int(i) for i in ids})))
+
+    async def failed_webhook_counts(self) -> dict[str, int]:
+        await self._ensure()
+        raw = await self._r.hgetall(self._webhook_keys()[4])
+        return {str(k): int(v) for k, v in raw.items() if int(v) > 0}

@@ -881,3 +881,96 @@ async def test_a_cluster_client_waits_its_turn_up_to_its_timeout(redis_cluster: 
         await asyncio.gather(*holders)
     finally:
         await client.aclose()
+
+
+# ---------------------------------------------------------------------------------------------- webhook events kept
+
+
+def _event(n: int, kind: str = "call.ended") -> str:
+    return json.dumps({"type": kind, "data": {"number": f"+57300{n:07d}"}, "id": f"i-{n}", "ts": T0 + n})
+
+
+async def test_webhook_events_given_up_are_kept_listed_in_pages_and_dropped(store: Store, peer: Store) -> None:
+    assert await store.failed_webhooks() == [] and await store.failed_webhook_counts() == {}
+    kinds = ["call.ended", "call.disposition", "agent.state", "call.ended", "call.disposition"]
+    hooks = ["https://a.example", "https://a.example", "https://b.example", "https://b.example", "https://a.example"]
+    kept = [await store.keep_failed_webhook(h, k, f"i-{n}", _event(n, k), "HTTP 503", T0 + n, 100)
+            for n, (h, k) in enumerate(zip(hooks, kinds, strict=True))]
+    assert [d for _, d in kept] == [0] * 5
+    assert [i for i, _ in kept] == sorted(i for i, _ in kept) and len({i for i, _ in kept}) == 5  # ids rise
+    rows = await peer.failed_webhooks()  # another node sees them
+    assert [(r.hook, r.kind, r.delivery, r.reason, r.at, r.tries) for r in rows] == [
+        (h, k, f"i-{n}", "HTTP 503", T0 + n, 1) for n, (h, k) in enumerate(zip(hooks, kinds, strict=True))]
+    assert json.loads(rows[0].event)["data"]["number"] == "+573000000000"
+    first, second = await store.failed_webhooks(limit=2), await store.failed_webhooks(after=rows[1].id, limit=2)
+    assert [r.id for r in first + second] == [r.id for r in rows[:4]]
+    assert [r.delivery for r in await store.failed_webhooks(hook="https://a.example")] == ["i-0", "i-1", "i-4"]
+    assert [r.delivery for r in await store.failed_webhooks(kinds=["call.disposition"])] == ["i-1", "i-4"]
+    assert [r.delivery for r in await store.failed_webhooks(hook="https://b.example", kinds=["call."])] == ["i-3"]
+    assert [r.delivery for r in await store.failed_webhooks(limit=1, kinds=["agent."])] == ["i-2"]
+    assert await peer.failed_webhook_counts() == {"https://a.example": 3, "https://b.example": 2}
+    assert [r.delivery for r in await store.get_failed_webhooks([rows[4].id, rows[0].id, 999_999])] == ["i-0", "i-4"]
+
+    assert await peer.drop_failed_webhooks([rows[0].id, rows[2].id, 999_999]) == 2
+    assert await store.drop_failed_webhooks([rows[0].id]) == 0 and await store.drop_failed_webhooks([]) == 0
+    assert [r.delivery for r in await store.failed_webhooks()] == ["i-1", "i-3", "i-4"]
+    assert await store.failed_webhook_counts() == {"https://a.example": 2, "https://b.example": 1}
+
+
+async def test_a_webhook_event_given_up_again_is_kept_once(store: Store, peer: Store) -> None:
+    """A redelivery given up again updates its entry (reason, time, one more try), keeping its id: never twice."""
+    first, _ = await store.keep_failed_webhook("https://a.example", "call.ended", "i-1", _event(1), "HTTP 404",
+                                               T0, 10)
+    other, _ = await store.keep_failed_webhook("https://b.example", "call.ended", "i-1", _event(1), "HTTP 500",
+                                               T0, 10)  # the same event given up by another hook: its own entry
+    again, dropped = await peer.keep_failed_webhook("https://a.example", "call.ended", "i-1", _event(1),
+                                                    "ConnectError", T0 + 60, 10)
+    assert (again, dropped) == (first, 0) and other != first
+    (row,) = await store.failed_webhooks(hook="https://a.example")
+    assert (row.id, row.reason, row.at, row.tries) == (first, "ConnectError", T0 + 60, 2)
+    assert await store.failed_webhook_counts() == {"https://a.example": 1, "https://b.example": 1}
+    # Dropped (delivered at last), then given up once more: kept anew.
+    assert await store.drop_failed_webhooks([first]) == 1
+    anew, _ = await store.keep_failed_webhook("https://a.example", "call.ended", "i-1", _event(1), "HTTP 500",
+                                              T0 + 120, 10)
+    assert anew > other
+    assert [(r.id, r.tries) for r in await store.failed_webhooks(hook="https://a.example")] == [(anew, 1)]
+
+
+async def test_kept_webhook_events_are_bounded_the_oldest_dropped_first(store: Store) -> None:
+    dropped = [(await store.keep_failed_webhook("https://a.example", "call.ended", f"i-{n}", _event(n), "HTTP 500",
+                                                T0 + n, 3))[1] for n in range(5)]
+    assert dropped == [0, 0, 0, 1, 1]
+    assert [r.delivery for r in await store.failed_webhooks()] == ["i-2", "i-3", "i-4"]
+    assert await store.failed_webhook_counts() == {"https://a.example": 3}
+    # A lower bound (settings changed) drops all that are over it at the next keep.
+    _, over = await store.keep_failed_webhook("https://b.example", "call.ended", "i-9", _event(9), "shutdown", T0, 2)
+    assert over == 2
+    assert [(r.hook, r.delivery) for r in await store.failed_webhooks()] == [("https://a.example", "i-4"),
+                                                                           ("https://b.example", "i-9")]
+    assert await store.failed_webhook_counts() == {"https://a.example": 1, "https://b.example": 1}
+    # Kept again from the same bound: the one already there is updated, nothing else goes.
+    assert (await store.keep_failed_webhook("https://a.example", "call.ended", "i-4", _event(4), "HTTP 500",
+                                            T0 + 9, 2))[1] == 0
+    assert len(await store.failed_webhooks()) == 2
+
+
+@pytest.mark.redis
+async def test_kept_webhook_events_survive_a_redis_restart_and_a_new_node(redis_server: RedisServer) -> None:
+    prefix = f"w{uuid.uuid4().hex[:10]}:"
+    store = open_store(f"{redis_server.url}?prefix={prefix}", node_id="node-w")
+    try:
+        kept, _ = await store.keep_failed_webhook("https://a.example", "call.disposition", "i-7",
+                                                  _event(7, "call.disposition"), "shutdown", T0, 10)
+    finally:
+        assert isinstance(store, RedisStore)
+        await store.aclose()
+    redis_server.restart()  # a clean stop: the AOF is flushed
+    later = open_store(f"{redis_server.url}?prefix={prefix}", node_id="node-x")
+    try:
+        (row,) = await later.failed_webhooks()
+        assert (row.id, row.kind, row.reason, json.loads(row.event)["type"]) == (kept, "call.disposition",
+                                                                                 "shutdown", "call.disposition")
+    finally:
+        assert isinstance(later, RedisStore)
+        await later.aclose()
