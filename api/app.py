@@ -46,7 +46,7 @@ from pydantic import (
 )
 from starlette.requests import ClientDisconnect
 
-from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, check_agent
+from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, WebhookAdmin, check_agent
 from api.dashboard import dashboard_router
 from api.events import EventHub, parse_last_id, parse_types
 from api.metrics import abandon_windows, render_metrics
@@ -78,7 +78,7 @@ from dialer.leads import (
 )
 from dialer.leads import normalise_phone as lead_phone
 from dialer.model import AgentStatus, Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
-from dialer.ports import CampaignBusy
+from dialer.ports import CampaignBusy, FailedWebhook
 from dialer.runtime import Runtime
 from pacing.registry import STRATEGIES
 
@@ -274,6 +274,48 @@ class AttemptsPage(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
 
 
+class FailedWebhookOut(BaseModel):
+    id: int = Field(description="the kept event's id (rising)")
+    hook: str = Field(description="the webhook's label: its URL's origin, as in /metrics (`#2` for a second hook)")
+    kind: str = Field(description="the event's type")
+    delivery_id: str = Field(description="its X-Marcador-Delivery id, the same when redelivered")
+    reason: str = Field(description="why it was last given up: `HTTP 404`, `ConnectError after 8 tries`, "
+                                    "`queue full`, `shutdown`...")
+    failed_at: float = Field(description="when it was last given up (epoch seconds)")
+    tries: int = Field(description="times it was given up: 1, plus one per redelivery given up again")
+    event: dict[str, Any] = Field(description="the body sent: {type, data, id, ts}")
+
+
+class FailedWebhooksPage(BaseModel):
+    items: list[FailedWebhookOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+class RedeliverIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] | None = Field(None, max_length=10_000, description="these kept events; or `all`")
+    all: bool = Field(False, description="every kept event (of `hook` and `kind` when given)")
+    hook: str | None = Field(None, description="with `all`: only this webhook's (its label)")
+    kind: str | None = Field(None, description="with `all`: comma list of type prefixes, e.g. `call.`")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> RedeliverIn:
+        if (self.ids is None) == (not self.all):
+            raise ValueError("give either ids or all: true")
+        if self.ids is not None and (self.hook is not None or self.kind is not None):
+            raise ValueError("hook and kind filter `all`; with ids, give the ids alone")
+        return self
+
+
+class RedeliverOut(BaseModel):
+    queued: int = Field(description="queued again on their webhook's sender")
+    already_queued: int = Field(description="on their way already (an earlier redelivery)")
+    queue_full: int = Field(description="left kept: the sender's queue is full; send again later")
+    no_webhook: int = Field(description="left kept: no webhook of that label on this node")
+    not_found: list[int] = Field(description="ids not kept (delivered, deleted, or dropped for the bound)")
+
+
 # ---------------------------------------------------------------------------------------------- idempotency
 
 
@@ -453,7 +495,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     # had been sent). Still below 2**53: exact as a JavaScript number.
     hub = EventHub(runtime.clock, replay=cfg.events_replay, client_queue=cfg.events_client_queue,
                    heartbeat_s=cfg.events_heartbeat_s, first_id=time.time_ns() // 1000)
-    webhooks = Webhooks(cfg.webhooks)
+    webhooks = Webhooks(cfg.webhooks, store=runtime.store, kept_max=cfg.webhooks_kept_max)
     if webhooks.senders:
         hub.sinks.append(webhooks)
     unsubscribe = runtime.subscribe(hub)
@@ -1239,6 +1281,93 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         return StreamingResponse(hub.stream(client, request.is_disconnected), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # ------------------------------------------------------------------ webhook events kept
+
+    def _failed_out(row: FailedWebhook) -> FailedWebhookOut:
+        try:
+            event = json.loads(row.event)
+        except ValueError:
+            event = {"unreadable": True}
+        return FailedWebhookOut(id=row.id, hook=row.hook, kind=row.kind, delivery_id=row.delivery, reason=row.reason,
+                                failed_at=row.at, tries=row.tries, event=event if isinstance(event, dict) else {})
+
+    def _after(cursor: str | None) -> int:
+        if cursor is None:
+            return 0
+        if not cursor.isdigit():
+            raise HTTPException(422, "cursor: not a cursor this API gave")
+        return int(cursor)
+
+    async def _every_failed(hook: str | None, kind: str | None) -> AsyncIterator[list[FailedWebhook]]:
+        after = 0
+        while True:
+            page = await webhooks.store.failed_webhooks(after, 1000, hook=hook, kinds=parse_types(kind))
+            if not page:
+                return
+            yield page
+            after = page[-1].id
+
+    @v1.get("/webhooks/failed", response_model=FailedWebhooksPage, tags=["webhooks"])
+    async def list_failed_webhooks(
+        _: WebhookAdmin,
+        hook: Annotated[str | None, Query(description="one webhook's label (its URL's origin, as in /metrics)")]
+        = None,
+        kind: Annotated[str | None, Query(description="comma list of type prefixes, e.g. `call.`")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> FailedWebhooksPage:
+        """Webhook events given up (tries used up, refused by the endpoint, pushed out of a full queue, or left at
+        shutdown), kept in the store for every node, oldest first, a page at a time."""
+        rows = await webhooks.store.failed_webhooks(_after(cursor), limit + 1, hook=hook, kinds=parse_types(kind))
+        page = rows[:limit]
+        return FailedWebhooksPage(items=[_failed_out(r) for r in page],
+                                  next_cursor=str(page[-1].id) if len(rows) > limit else None)
+
+    @v1.post("/webhooks/failed/redeliver", response_model=RedeliverOut, tags=["webhooks"])
+    async def redeliver_failed_webhooks(body: RedeliverIn, _: WebhookAdmin) -> RedeliverOut:
+        """Queue kept events again on their webhook's sender (after the events waiting), with their body and
+        delivery id: delivered, one leaves the kept list; given up again, it stays kept (its `tries` + 1), never
+        twice."""
+        counts = {"queued": 0, "already_queued": 0, "queue_full": 0, "no_webhook": 0}
+        not_found: list[int] = []
+        if body.ids is not None:
+            rows = await webhooks.store.get_failed_webhooks(body.ids)
+            found = {r.id for r in rows}
+            not_found = sorted({i for i in body.ids if i not in found})
+            for k, n in webhooks.redeliver(rows).items():
+                counts[k] += n
+        else:
+            async for rows in _every_failed(body.hook, body.kind):
+                for k, n in webhooks.redeliver(rows).items():
+                    counts[k] += n
+        log.info("webhook events redelivered", extra={"fields": {**counts, "not_found": len(not_found)}})
+        return RedeliverOut(**counts, not_found=not_found)
+
+    @v1.delete("/webhooks/failed", tags=["webhooks"])
+    async def delete_failed_webhooks(
+        _: WebhookAdmin,
+        ids: Annotated[str | None, Query(description="comma list of kept event ids; or `all`")] = None,
+        every: Annotated[bool, Query(alias="all", description="every kept event (of `hook` and `kind` when given)")]
+        = False,
+        hook: str | None = None,
+        kind: str | None = None,
+    ) -> dict[str, int]:
+        """Forget kept events for good (reconciled some other way)."""
+        if (ids is None) == (not every):
+            raise HTTPException(422, "give either ids or all=true")
+        if ids is not None:
+            if hook is not None or kind is not None:
+                raise HTTPException(422, "hook and kind filter all=true; with ids, give the ids alone")
+            try:
+                wanted = [int(i) for i in ids.split(",") if i.strip()]
+            except ValueError:
+                raise HTTPException(422, "ids: a comma list of integers") from None
+            return {"deleted": await webhooks.store.drop_failed_webhooks(wanted)}
+        deleted = 0
+        async for rows in _every_failed(hook, kind):
+            deleted += await webhooks.store.drop_failed_webhooks([r.id for r in rows])
+        return {"deleted": deleted}
+
     app.include_router(v1)
     app.include_router(dashboard_router(runtime))  # /dashboard, / → it, /api/v1/campaigns/{id}/dids
 
@@ -1263,6 +1392,10 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)  # Prometheus text format
     async def metrics() -> Response:
+        try:  # the kept webhook events, as the store counts them (every node's); the last count if it is slow
+            await asyncio.wait_for(webhooks.keeper.refresh_counts(), timeout=_READY_TIMEOUT_S)
+        except Exception:
+            log.debug("kept webhook events not counted", exc_info=True)
         body, content_type = render_metrics(runtime, hub=hub, webhooks=webhooks)
         return Response(content=body, media_type=content_type)
 

@@ -29,6 +29,7 @@ READ: tuple[Role, ...] = ("admin", "integrator", "supervisor", "viewer")
 MANAGE: tuple[Role, ...] = ("admin", "integrator")  # campaigns, leads, DNC
 CONTROL: tuple[Role, ...] = ("admin", "integrator", "supervisor")  # start / pause / stop campaigns
 AGENT_STATE: tuple[Role, ...] = ("admin", "supervisor", "agent")  # agent login/ready/pause/logout, dispositions
+WEBHOOKS: tuple[Role, ...] = ("admin", "supervisor")  # webhook events kept: list, redeliver, delete
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +122,4 @@ Manager = Annotated[Principal, Depends(require(*MANAGE))]
 Controller = Annotated[Principal, Depends(require(*CONTROL))]
 AgentActor = Annotated[Principal, Depends(require(*AGENT_STATE))]
 AgentReader = Annotated[Principal, Depends(require(*READ, "agent"))]
+WebhookAdmin = Annotated[Principal, Depends(require(*WEBHOOKS))]

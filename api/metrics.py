@@ -367,6 +367,20 @@ class EventsCollector(Collector):
             yield events
             yield retried
             yield backlog
+            keeper = self.webhooks.keeper
+            kept = GaugeMetricFamily("marcador_webhook_kept", "Webhook events given up and kept in the store to "
+                                     "redeliver (every node's, as the store last counted them)", labels=["url"])
+            for label, n in sorted(({s.label: 0 for s in self.webhooks.senders} | keeper.counts).items()):
+                kept.add_metric([label], n)
+            yield kept
+            evicted = CounterMetricFamily("marcador_webhook_kept_evicted", "Kept webhook events dropped, the oldest "
+                                          "first, to stay within api.webhooks_kept_max (by this node)")
+            evicted.add_metric([], keeper.evicted)
+            yield evicted
+            lost = CounterMetricFamily("marcador_webhook_keep_lost", "Webhook events given up that could not be "
+                                       "kept (the store unreachable through shutdown)")
+            lost.add_metric([], keeper.lost)
+            yield lost
 
 
 def render_metrics(

@@ -6,11 +6,18 @@ so a receiver can drop a repeat). One sender per endpoint delivers in order; an 
 408, 425, 429, a timeout, a connection error) holds the ones behind it until it succeeds or is given up after
 `max_attempts`; a 429's Retry-After is waited, within `backoff_max_s`. Any other 4xx is the endpoint refusing
 that event, and a 3xx sends it elsewhere (redirects are not followed), which a retry will not change: it is given
-up at once, and the next event goes out. Given-up events
-are counted (`failed`) and logged, never kept. Each sender's queue is bounded: past
-`queue_size` the oldest event is dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is
-left then is counted as dropped and logged. Secrets and payloads are never logged; URLs are logged
-as their origin alone (scheme, host, port): a path or a query string may carry a credential.
+up at once, and the next event goes out. Each sender's queue is bounded: past `queue_size` the oldest event is
+dropped (counted). At shutdown queued events get `DRAIN_S` to go out; what is left then is counted as dropped.
+
+Nothing is lost: an event given up (`failed`), pushed out of a full queue or left at shutdown (`dropped`) is kept
+in the store (`Store.keep_failed_webhook`: every node sees it, a restart loses none), up to `api.webhooks_kept_max`
+(the oldest go first, counted), listed and redelivered through the API. A redelivered event goes back on its
+sender's queue with its body and delivery id unchanged (signed again with the current secret): delivered, it
+leaves the store; given up again, its entry is kept (one more try), never a second one. The store is written by
+one keeper task, in order, retried while the store is down, never on the runtime's loop turn.
+
+Secrets and payloads are never logged; URLs are logged as their origin alone (scheme, host, port): a path or a
+query string may carry a credential.
 """
 
 from __future__ import annotations
@@ -28,12 +35,15 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
 
 from api.events import OutEvent, matches, parse_types
 from config.settings import WebhookSettings
+from dialer.memory_store import InMemoryStore
+from dialer.ports import FailedWebhook, Store
 
 log = logging.getLogger("marcador.api.webhooks")
 
@@ -43,6 +53,9 @@ DELIVERY_HEADER = "X-Marcador-Delivery"
 # At shutdown queued events get this long to go out: the last calls' outcomes are sent, yet a dead endpoint
 # cannot hold a stopping node (it fits docker's 45 s grace after the engine's 30 s drain).
 DRAIN_S = 5.0
+# Then what was given up or left gets this long to be written to the store (a store down at shutdown: counted lost).
+KEEP_S = 5.0
+KEPT_MAX = 10_000  # api.webhooks_kept_max's default
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -88,6 +101,19 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}"
 
 
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """A kept event queued again on its sender: the body and delivery id it was first sent with."""
+
+    kept_id: int
+    kind: str
+    delivery: str
+    body: bytes
+
+
+Item = OutEvent | Redelivery
+
+
 @dataclass(slots=True)
 class WebhookCounters:
     sent: int = 0  # events delivered (2xx)
@@ -98,7 +124,8 @@ class WebhookCounters:
 
 class WebhookSender:
     def __init__(self, settings: WebhookSettings, client: httpx.AsyncClient, instance: str,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 keeper: Keeper | None = None) -> None:
         self.settings = settings
         self.url = settings.url
         self.label = _safe_url(settings.url)
@@ -107,11 +134,14 @@ class WebhookSender:
         self._client = client
         self._instance = instance
         self._sleep = sleep
-        self._queue: deque[OutEvent] = deque()
+        self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = False
+        self._current: Item | None = None
         self._closed = False
+        self._keeper = keeper
+        self._redelivering: set[int] = set()  # kept ids queued or in flight here: a second redelivery skips them
         self.counters = WebhookCounters()
 
     @property
@@ -124,43 +154,91 @@ class WebhookSender:
             return
         if self._closed:
             self.counters.dropped += 1
+            self._give_up(ev, "shutdown")
             return
         if len(self._queue) >= self.settings.queue_size:
-            self._queue.popleft()
+            self._give_up(self._queue.popleft(), "queue full")
             self.counters.dropped += 1
-        self._queue.append(ev)
+        self._push(ev)
+
+    def _push(self, item: Item) -> None:
+        self._queue.append(item)
         if self._task is None:  # started lazily: the app may be built before the loop runs
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"webhook {self.label}")
         self._wake.set()
 
+    def redeliver(self, row: FailedWebhook) -> Literal["queued", "already_queued", "queue_full", "closed"]:
+        """Queue a kept event again (after the events waiting). A full queue takes none: it stays kept."""
+        if self._closed:
+            return "closed"
+        if row.id in self._redelivering:
+            return "already_queued"
+        if len(self._queue) >= self.settings.queue_size:
+            return "queue_full"
+        self._redelivering.add(row.id)
+        self._push(Redelivery(row.id, row.kind, row.delivery, row.event.encode()))
+        return "queued"
+
     def body(self, ev: OutEvent) -> bytes:
-        doc = {"type": ev.kind, "data": ev.data, "id": f"{self._instance}-{ev.seq}", "ts": ev.ts}
+        doc = {"type": ev.kind, "data": ev.data, "id": self._delivery(ev), "ts": ev.ts}
         return json.dumps(doc, separators=(",", ":"), default=str).encode()
+
+    def _delivery(self, ev: OutEvent) -> str:
+        return f"{self._instance}-{ev.seq}"
+
+    def _parts(self, item: Item) -> tuple[str, str, bytes]:
+        """(kind, delivery id, body) of a queued item."""
+        if isinstance(item, Redelivery):
+            return item.kind, item.delivery, item.body
+        return item.kind, self._delivery(item), self.body(item)
+
+    def _give_up(self, item: Item, reason: str) -> None:
+        """Hand an event not delivered to the keeper (the store), with why. Never blocks."""
+        if isinstance(item, Redelivery):
+            self._redelivering.discard(item.kept_id)
+        if self._keeper is None:
+            return
+        kind, delivery, body = self._parts(item)
+        self._keeper.keep(self.label, kind, delivery, body, reason)
+
+    def _settled(self, item: Item, reason: str | None) -> None:
+        """An item's delivery is over: delivered (None), or given up for `reason`."""
+        if reason is not None:
+            self._give_up(item, reason)
+        elif isinstance(item, Redelivery):
+            self._redelivering.discard(item.kept_id)
+            if self._keeper is not None:
+                self._keeper.drop(item.kept_id)
 
     async def _run(self) -> None:
         while True:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            ev = self._queue.popleft()
+            item = self._queue.popleft()
             self._in_flight = True
+            self._current = item
+            reason: str | None = "crashed"
             try:
-                await self._deliver(ev)
+                reason = await self._deliver(item)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one event kill the sender
-                log.exception("webhook delivery crashed", extra={"fields": {"url": self.label, "kind": ev.kind}})
+                log.exception("webhook delivery crashed", extra={"fields": {"url": self.label, "kind": item.kind}})
             finally:
                 self._in_flight = False
+            self._current = None
+            self._settled(item, reason)
 
-    async def _deliver(self, ev: OutEvent) -> bool:
+    async def _deliver(self, item: Item) -> str | None:
+        """Deliver one event, with retries: None once delivered, else why it was given up."""
         s = self.settings
-        body = self.body(ev)
+        kind, delivery, body = self._parts(item)
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secret, body),
-            EVENT_HEADER: ev.kind,
-            DELIVERY_HEADER: f"{self._instance}-{ev.seq}",
+            EVENT_HEADER: kind,
+            DELIVERY_HEADER: delivery,
         }
         delays = backoff_delays(s.backoff_base_s, s.backoff_max_s, s.max_attempts)
         asked = 0.0  # the wait a 429's or 503's Retry-After asked for
@@ -174,7 +252,7 @@ class WebhookSender:
                 r = await self._client.post(self.url, content=body, headers=headers, timeout=s.timeout_s)
                 if 200 <= r.status_code < 300:
                     self.counters.sent += 1
-                    return True
+                    return None
                 why = f"HTTP {r.status_code}"
                 if 300 <= r.status_code < 400 or (400 <= r.status_code < 500
                                                   and r.status_code not in RETRYABLE_4XX):
@@ -185,19 +263,19 @@ class WebhookSender:
                     msg = ("webhook endpoint answered a redirect (not followed; set the webhook URL to its target), "
                            "event not retried" if r.status_code < 400 else
                            "webhook event rejected by the endpoint, not retried")
-                    log.warning(msg, extra={"fields": {
-                        "url": self.label, "kind": ev.kind, "status": r.status_code, "attempt": attempt}})
-                    return False
+                    log.warning(msg + "; kept for redelivery", extra={"fields": {
+                        "url": self.label, "kind": kind, "status": r.status_code, "attempt": attempt}})
+                    return f"HTTP {r.status_code}"
                 if r.status_code in (429, 503):  # the two answers HTTP gives a Retry-After (RFC 9110 10.2.3)
                     asked = retry_after_s(r.headers.get("retry-after")) or 0.0
             except httpx.HTTPError as exc:
                 why = type(exc).__name__
-            log.info("webhook attempt failed", extra={"fields": {"url": self.label, "kind": ev.kind,
+            log.info("webhook attempt failed", extra={"fields": {"url": self.label, "kind": kind,
                                                                  "attempt": attempt, "why": why}})
         self.counters.failed += 1
-        log.warning("webhook event given up", extra={"fields": {"url": self.label, "kind": ev.kind,
-                                                                "attempts": s.max_attempts}})
-        return False
+        log.warning("webhook event given up, kept for redelivery", extra={"fields": {
+            "url": self.label, "kind": kind, "attempts": s.max_attempts, "why": why}})
+        return f"{why} after {s.max_attempts} tries"
 
     async def drain(self, timeout_s: float) -> None:
         """Wait until the queue is empty (tests, shutdown)."""
@@ -209,28 +287,154 @@ class WebhookSender:
     async def aclose(self, drain_s: float = DRAIN_S) -> None:
         await self.drain(drain_s)
         self._closed = True  # a late offer must not start a sender no one stops
-        lost = len(self._queue) + self._in_flight  # the one in flight is cut: its receiver may not have it
+        # The one in flight is cut: its receiver may not have it. Kept with the rest (a redelivered one is kept
+        # already: it stays as it is).
+        left = ([self._current] if self._in_flight and self._current is not None else []) + list(self._queue)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if lost:
-            self.counters.dropped += lost
-            self._queue.clear()
-            log.warning("webhook events undelivered at shutdown", extra={"fields": {"url": self.label,
-                                                                                    "events": lost}})
+        self._queue.clear()
+        self._current = None
+        if left:
+            self.counters.dropped += len(left)
+            for item in left:
+                if not isinstance(item, Redelivery):
+                    self._give_up(item, "shutdown")
+            self._redelivering.clear()
+            log.warning("webhook events undelivered at shutdown, kept for redelivery",
+                        extra={"fields": {"url": self.label, "events": len(left)}})
+
+
+@dataclass(frozen=True, slots=True)
+class _Keep:
+    hook: str
+    kind: str
+    delivery: str
+    event: str
+    reason: str
+    at: float
+
+
+class Keeper:
+    """Writes what the senders give up to the store, and forgets what a redelivery delivered: one task, in order
+    (a redelivery given up again, then delivered, ends forgotten), retried while the store does not answer. Its own
+    backlog is bounded by the cap too: past it the oldest is lost (counted, logged), the one way an event can be."""
+
+    def __init__(self, store: Store, cap: int, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.cap = cap
+        self._clock = clock
+        self._ops: deque[_Keep | int] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._closed = False
+        self.kept = 0  # events written to the store
+        self.evicted = 0  # kept events dropped from the store for the bound (the oldest), by this node
+        self.lost = 0  # events that could not be kept (the store unreachable until shutdown, or this backlog full)
+        self.counts: dict[str, int] = {}  # kept events by hook, as the store last said (for /metrics)
+
+    def keep(self, hook: str, kind: str, delivery: str, body: bytes, reason: str) -> None:
+        self._add(_Keep(hook, kind, delivery, body.decode(), reason, self._clock()))
+
+    def drop(self, kept_id: int) -> None:
+        self._add(kept_id)
+
+    def _add(self, op: _Keep | int) -> None:
+        if self._closed:  # after shutdown: nothing writes any more
+            if isinstance(op, _Keep):
+                self.lost += 1
+                log.error("webhook event lost: offered after shutdown", extra={"fields": {"url": op.hook,
+                                                                                        "kind": op.kind}})
+            return
+        if len(self._ops) >= max(self.cap, 1):
+            gone = self._ops.popleft()
+            if isinstance(gone, _Keep):
+                self.lost += 1
+                log.error("webhook event lost: the store has not answered and the events to keep are over the cap",
+                          extra={"fields": {"url": gone.hook, "kind": gone.kind}})
+        self._ops.append(op)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook keeper")
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._ops) + self._busy
+
+    async def _run(self) -> None:
+        pause = 0.1
+        while True:
+            while not self._ops:
+                self._wake.clear()
+                await self._wake.wait()
+            op = self._ops[0]
+            self._busy = True
+            try:
+                if isinstance(op, _Keep):
+                    _, dropped = await self.store.keep_failed_webhook(op.hook, op.kind, op.delivery, op.event,
+                                                                      op.reason, op.at, self.cap)
+                    self.kept += 1
+                    if dropped:
+                        self.evicted += dropped
+                        log.warning("kept webhook events over the cap: the oldest dropped",
+                                    extra={"fields": {"dropped": dropped, "cap": self.cap}})
+                else:
+                    await self.store.drop_failed_webhooks([op])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is down: wait and try the same write again
+                log.warning("webhook events cannot be kept now (store error), retrying",
+                            extra={"fields": {"why": type(exc).__name__, "waiting": len(self._ops)}})
+                self._busy = False
+                await asyncio.sleep(pause)
+                pause = min(5.0, pause * 2)
+                continue
+            finally:
+                self._busy = False
+            pause = 0.1
+            if self._ops and self._ops[0] is op:
+                self._ops.popleft()
+
+    async def drain(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while self.backlog and loop.time() < end:
+            await asyncio.sleep(0.01)
+
+    async def refresh_counts(self) -> dict[str, int]:
+        self.counts = await self.store.failed_webhook_counts()
+        return self.counts
+
+    async def aclose(self, timeout_s: float = KEEP_S) -> None:
+        await self.drain(timeout_s)
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        unkept = sum(isinstance(op, _Keep) for op in self._ops)
+        self._ops.clear()
+        if unkept:
+            self.lost += unkept
+            log.error("webhook events lost at shutdown: the store did not answer", extra={"fields": {
+                "events": unkept}})
 
 
 class Webhooks:
-    """Every configured endpoint's sender, fed by the event hub."""
+    """Every configured endpoint's sender, fed by the event hub; what they give up goes to the store."""
 
     def __init__(self, settings: Sequence[WebhookSettings], client: httpx.AsyncClient | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, *, store: Store | None = None,
+                 kept_max: int = KEPT_MAX, clock: Callable[[], float] = time.time) -> None:
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         instance = uuid.uuid4().hex[:12]  # delivery ids stay unique across restarts of this node
-        self.senders = [WebhookSender(w, self._client, instance, sleep) for w in settings]
+        self.keeper = Keeper(store if store is not None else InMemoryStore(), kept_max, clock)
+        self.senders = [WebhookSender(w, self._client, instance, sleep, self.keeper) for w in settings]
         # Hooks told apart only by what the label leaves out (a query string) would share one metrics series and
         # one name in the logs: the 2nd, 3rd... are suffixed with their rank (a label never has a fragment).
         seen: dict[str, int] = {}
@@ -239,12 +443,38 @@ class Webhooks:
             if rank > 1:
                 sender.label += f"#{rank}"
 
+    @property
+    def store(self) -> Store:
+        return self.keeper.store
+
     def __call__(self, ev: OutEvent) -> None:
         for sender in self.senders:
             sender.offer(ev)
 
-    async def aclose(self, drain_s: float = DRAIN_S) -> None:
-        """Deliver what is queued (all endpoints at once, up to `drain_s`), then stop the senders."""
+    def redeliver(self, rows: Sequence[FailedWebhook]) -> dict[str, int]:
+        """Queue kept events again on their senders (by hook label). Counts by result: queued, already_queued
+        (on its way from an earlier redelivery), queue_full (left kept: try again later), no_webhook (no sender of
+        that label here: its hook was removed or renamed)."""
+        by_label = {s.label: s for s in self.senders}
+        out = {"queued": 0, "already_queued": 0, "queue_full": 0, "no_webhook": 0}
+        for row in rows:
+            sender = by_label.get(row.hook)
+            result = "no_webhook" if sender is None else sender.redeliver(row)
+            out["no_webhook" if result == "closed" else result] += 1
+        return out
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until every queue is delivered (or given up) and the store written (tests)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        for sender in self.senders:
+            await sender.drain(max(0.0, end - loop.time()))
+        await self.keeper.drain(max(0.0, end - loop.time()))
+
+    async def aclose(self, drain_s: float = DRAIN_S, keep_s: float = KEEP_S) -> None:
+        """Deliver what is queued (all endpoints at once, up to `drain_s`), then stop the senders, then keep what
+        was left in the store (up to `keep_s`)."""
         await asyncio.gather(*(sender.aclose(drain_s) for sender in self.senders))
+        await self.keeper.aclose(keep_s)
         if self._own_client:
             await self._client.aclose()

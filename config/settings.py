@@ -100,6 +100,8 @@ class ApiSettings(BaseModel):
         [], description="bearer tokens with roles; when empty, auth is OFF (the local demo) and a warning is logged"
     )
     webhooks: list[WebhookSettings] = Field([], description="endpoints receiving call/agent/campaign events")
+    webhooks_kept_max: int = Field(10_000, ge=1, description="webhook events given up (or left at shutdown) kept in "
+                                                             "the store to list and redeliver; past it the oldest go")
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="how long an Idempotency-Key answer is replayed")
     idempotency_max_keys: int = Field(10_000, ge=1, description="Idempotency-Keys remembered (oldest forgotten)")
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest lead upload body")

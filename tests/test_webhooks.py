@@ -8,12 +8,14 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,8 +25,12 @@ from api.app import create_app
 from api.events import OutEvent
 from api.metrics import render_metrics
 from api.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Webhooks, backoff_delays, sign, verify
-from config.settings import ApiSettings, WebhookSettings
+from config.settings import ApiSettings, ApiToken, WebhookSettings
 from dialer.logs import setup_logging
+from dialer.memory_store import InMemoryStore
+from dialer.ports import Store
+from dialer.redis_store import RedisStore
+from dialer.store_factory import open_store
 from tests.test_api import api_env, co_row, make_campaign
 from tests.test_api_events import http_server
 
@@ -230,7 +236,8 @@ async def test_two_webhooks_to_one_endpoint_are_two_series_in_metrics() -> None:
         app = create_app(env.runtime, ApiSettings(webhooks=hooks))
         series = [line.rsplit(" ", 1)[0] for line in (await _metrics(app)).splitlines()
                   if line.startswith("marcador_webhook_")]
-        assert len(series) == 2 * 5 and len(set(series)) == len(series), series
+        # five series per hook (sent, failed, dropped, retries, backlog), its kept gauge, and two node-wide counters
+        assert len(series) == 2 * 6 + 2 and len(set(series)) == len(series), series
         assert {s.split("url=")[1] for s in series if s.startswith("marcador_webhook_backlog")} == \
             {'"https://hooks.example.com"}', '"https://hooks.example.com#2"}'}
         await app.state.webhooks.aclose()
@@ -356,3 +363,246 @@ async def test_a_retry_after_is_honoured_within_the_back_off_cap(status: int, re
         await hooks.aclose()
     assert rx.got == [("1", status), ("1", 200)]
     assert waits == [wait]
+
+
+# ---------------------------------------------------------------------------------------------- events kept
+
+
+@dataclass
+class Switch:
+    """An endpoint that is down (answers `status`, 503 at first) until a test brings it back (`status = 200`);
+    keeps every request's raw body, headers and the status it got."""
+
+    status: int = 503
+    got: list[tuple[bytes, dict[str, str], int]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            self.got.append((await request.body(), dict(request.headers), self.status))
+            return Response(status_code=self.status)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+    def delivered(self) -> list[tuple[bytes, dict[str, str]]]:
+        return [(b, h) for b, h, s in self.got if s == 200]
+
+
+def _hook(base: str, **over: Any) -> WebhookSettings:
+    settings: dict[str, Any] = {"url": f"{base}/hook", "secret": SECRET, "max_attempts": 2, "backoff_base_s": 0.01,
+                                "backoff_max_s": 0.02, **over}
+    return WebhookSettings(**settings)
+
+
+async def _kept(api: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    r = await api.get("/api/v1/webhooks/failed", params=params)
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+async def test_events_given_up_are_kept_listed_redelivered_and_then_delivered_exactly_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's case: the integrator's endpoint is down long enough for every try to fail. The events were given
+    up, counted and logged, and lost for good (a promise to pay among them). They are now kept in the store, listed,
+    and once the endpoint is back redelivered: the same body and delivery id, signed, each delivered once, and they
+    leave the list."""
+    rx = Switch()
+    async with http_server(rx.app()) as base, api_env() as env:
+        app = create_app(env.runtime, ApiSettings(webhooks=[_hook(base, events=["call."])]))
+        hooks: Webhooks = app.state.webhooks
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+            with caplog.at_level(logging.INFO):
+                hooks(OutEvent(1, "call.ended", {"number": "+573001200012", "outcome": "no_answer"}, 10.0))
+                hooks(OutEvent(2, "call.disposition", {"number": "+573001200013", "code": "PTP",
+                                                       "ptp_amount": 120.5}, 11.0))
+                hooks(OutEvent(3, "call.ended", {"number": "+573001200014", "outcome": "busy"}, 12.0))
+                await asyncio.sleep(0)
+                await hooks.drain(10)
+                assert len(rx.got) == 6 and not rx.delivered()  # 3 events x 2 tries, all refused by the outage
+                first = {json.loads(b)["id"]: b for b, _, _ in rx.got}
+
+                kept = await _kept(api)
+                assert [k["kind"] for k in kept] == ["call.ended", "call.disposition", "call.ended"]
+                assert {k["hook"] for k in kept} == {base} and {k["tries"] for k in kept} == {1}
+                assert {k["reason"] for k in kept} == {"HTTP 503 after 2 tries"}
+                assert kept[1]["event"]["data"]["ptp_amount"] == 120.5
+                assert [k["delivery_id"] for k in kept] == [k["event"]["id"] for k in kept] == list(first)
+                assert [k["id"] for k in await _kept(api, kind="call.disposition")] == [kept[1]["id"]]
+                page = (await api.get("/api/v1/webhooks/failed", params={"limit": 2})).json()
+                assert [k["id"] for k in page["items"]] == [kept[0]["id"], kept[1]["id"]]
+                rest = await _kept(api, limit=2, cursor=page["next_cursor"])
+                assert [k["id"] for k in rest] == [kept[2]["id"]]
+                assert f'marcador_webhook_kept{{url="{base}"}} 3.0' in await _metrics(app)
+
+                rx.status = 200  # the endpoint is back
+                r = await api.post("/api/v1/webhooks/failed/redeliver", json={"ids": [kept[1]["id"], 999_999]})
+                assert r.status_code == 200, r.text
+                assert r.json() == {"queued": 1, "already_queued": 0, "queue_full": 0, "no_webhook": 0,
+                                    "not_found": [999_999]}
+                await hooks.drain(10)
+                assert [k["id"] for k in await _kept(api)] == [kept[0]["id"], kept[2]["id"]]
+                r = await api.post("/api/v1/webhooks/failed/redeliver", json={"all": True})
+                assert r.json()["queued"] == 2
+                await hooks.drain(10)
+                assert await _kept(api) == []
+                assert (await api.post("/api/v1/webhooks/failed/redeliver",
+                                       json={"ids": [kept[0]["id"]]})).json()["not_found"] == [kept[0]["id"]]
+                await asyncio.sleep(0.2)  # a duplicate delivery would land here
+            delivered = rx.delivered()
+            ids = [h[DELIVERY_HEADER.lower()] for _, h in delivered]
+            assert sorted(ids) == sorted(first) and len(set(ids)) == 3  # each once
+            for body, headers in delivered:
+                assert body == first[headers[DELIVERY_HEADER.lower()]]  # the very body first sent
+                assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER.lower()])
+            assert f'marcador_webhook_kept{{url="{base}"}} 0.0' in await _metrics(app)
+            logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+            assert "kept for redelivery" in logged
+            assert "30012000" not in logged and "120.5" not in logged and SECRET not in logged
+        await hooks.aclose()
+
+
+async def test_a_redelivery_given_up_again_stays_kept_once_and_a_second_request_does_not_send_it_twice() -> None:
+    rx = Switch(status=410)  # refused: given up at once
+    async with http_server(rx.app()) as base, api_env() as env:
+        app = create_app(env.runtime, ApiSettings(webhooks=[_hook(base)]))
+        hooks: Webhooks = app.state.webhooks
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+            hooks(OutEvent(1, "call.ended", {}, 0.0))
+            await asyncio.sleep(0)
+            await hooks.drain(10)
+            (kept,) = await _kept(api)
+            assert (kept["reason"], kept["tries"]) == ("HTTP 410", 1)
+            rx.status = 503  # still down when redelivered
+            r = await api.post("/api/v1/webhooks/failed/redeliver", json={"ids": [kept["id"]]})
+            assert r.json()["queued"] == 1
+            await hooks.drain(10)
+            (again,) = await _kept(api)
+            assert (again["id"], again["tries"], again["reason"]) == (kept["id"], 2, "HTTP 503 after 2 tries")
+            assert again["delivery_id"] == kept["delivery_id"]
+            # Two redeliveries asked while the first is on its way: sent once.
+            rx.status = 200
+            hooks.senders[0]._queue.append(OutEvent(50, "call.ended", {}, 0.0))  # hold the sender a moment
+            r1 = await api.post("/api/v1/webhooks/failed/redeliver", json={"all": True})
+            r2 = await api.post("/api/v1/webhooks/failed/redeliver", json={"ids": [kept["id"]]})
+            assert (r1.json()["queued"], r2.json()["queued"], r2.json()["already_queued"]) == (1, 0, 1)
+            await hooks.drain(10)
+            assert await _kept(api) == []
+            sent = [h[DELIVERY_HEADER.lower()] for _, h in rx.delivered()]
+            assert sent.count(kept["delivery_id"]) == 1
+        await hooks.aclose()
+
+
+STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_events_left_at_shutdown_are_kept_and_a_new_node_redelivers_them(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    """At shutdown a dead endpoint's queue was counted as dropped and lost. Now the one in flight and those waiting
+    are kept in the store: after a restart (another Webhooks on the same store) they are listed and redelivered."""
+    if kind == "memory":
+        store: Store = InMemoryStore()
+        reopen: Callable[[], Store] = lambda: store  # noqa: E731
+    else:
+        server = request.getfixturevalue("redis_server")
+        url = f"{server.url}?prefix=wh{uuid.uuid4().hex[:8]}:"
+        store = open_store(url, node_id="n1")
+        reopen = lambda: open_store(url, node_id="n2")  # noqa: E731
+    hooks = Webhooks([WebhookSettings(url="http://127.0.0.1:9/hook", secret=SECRET,  # type: ignore[arg-type]
+                                      backoff_base_s=30)], store=store)
+    for seq in (1, 2, 3):
+        hooks(OutEvent(seq, "call.disposition", {"seq": seq}, 0.0))
+    await asyncio.sleep(0)
+    await hooks.aclose(drain_s=0.3)
+    assert hooks.senders[0].counters.dropped == 3 and hooks.keeper.kept == 3 and hooks.keeper.lost == 0
+    if isinstance(store, RedisStore):
+        await store.aclose()
+
+    later = reopen()
+    rows = await later.failed_webhooks()
+    assert [json.loads(r.event)["data"]["seq"] for r in rows] == [1, 2, 3]
+    assert {r.reason for r in rows} == {"shutdown"} and {r.hook for r in rows} == {"http://127.0.0.1:9"}
+    rx = Switch(status=200)
+    async with http_server(rx.app()) as base:
+        # The same hook after the restart (its origin is its label: the receiver took over port 9's name here)
+        again = Webhooks([_hook(base)], store=later)
+        again.senders[0].label = "http://127.0.0.1:9"
+        assert again.redeliver(rows) == {"queued": 3, "already_queued": 0, "queue_full": 0, "no_webhook": 0}
+        await again.drain(10)
+        await again.aclose()
+    assert [json.loads(b)["data"]["seq"] for b, _ in rx.delivered()] == [1, 2, 3]
+    assert await later.failed_webhooks() == []
+    if isinstance(later, RedisStore):
+        await later.aclose()
+
+
+async def test_kept_events_are_bounded_the_oldest_dropped_first_and_counted() -> None:
+    rx = Switch(status=400)
+    async with http_server(rx.app()) as base, api_env() as env:
+        app = create_app(env.runtime, ApiSettings(webhooks=[_hook(base)], webhooks_kept_max=3))
+        hooks: Webhooks = app.state.webhooks
+        for seq in range(1, 6):
+            hooks(OutEvent(seq, "call.ended", {"seq": seq}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.drain(10)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+            assert [k["event"]["data"]["seq"] for k in await _kept(api)] == [3, 4, 5]
+        text = await _metrics(app)
+        assert "marcador_webhook_kept_evicted_total 2.0" in text
+        assert f'marcador_webhook_kept{{url="{base}"}} 3.0' in text
+        await hooks.aclose()
+
+
+async def test_events_pushed_out_of_a_full_queue_are_kept() -> None:
+    async def sleep(s: float) -> None:
+        await asyncio.sleep(0.05)
+
+    store = InMemoryStore()
+    hooks = Webhooks([WebhookSettings(url="http://127.0.0.1:9/hook", secret=SECRET, queue_size=2,  # type: ignore[arg-type]
+                                      max_attempts=2, timeout_s=1)], sleep=sleep, store=store)
+    for seq in range(5):
+        hooks(OutEvent(seq, "call.ended", {"seq": seq}, 0.0))
+    await hooks.drain(20)
+    await hooks.aclose()
+    rows = await store.failed_webhooks()
+    assert sorted(json.loads(r.event)["data"]["seq"] for r in rows) == [0, 1, 2, 3, 4]  # none lost
+    # 0, 1 and 2 pushed out before the sender ran; 3 and 4 tried and given up
+    assert sorted(json.loads(r.event)["data"]["seq"] for r in rows if r.reason == "queue full") == [0, 1, 2]
+    assert (hooks.senders[0].counters.dropped, hooks.senders[0].counters.failed) == (3, 2)
+
+
+async def test_kept_events_are_for_supervisors_and_admins_and_can_be_deleted() -> None:
+    tokens = [ApiToken(name=role, token=SecretStr(f"{role}-token-0123456789"), role=role)  # type: ignore[arg-type]
+              for role in ("admin", "supervisor", "integrator", "viewer")]
+    rx = Switch(status=404)
+    async with http_server(rx.app()) as base, api_env() as env:
+        app = create_app(env.runtime, ApiSettings(tokens=tokens, webhooks=[_hook(base)]))
+        hooks: Webhooks = app.state.webhooks
+        for seq in range(1, 5):
+            hooks(OutEvent(seq, "call.ended" if seq < 4 else "agent.state", {}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.drain(10)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api:
+            def auth(role: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {role}-token-0123456789"}
+
+            assert (await api.get("/api/v1/webhooks/failed")).status_code == 401
+            for role in ("integrator", "viewer"):
+                assert (await api.get("/api/v1/webhooks/failed", headers=auth(role))).status_code == 403
+                assert (await api.post("/api/v1/webhooks/failed/redeliver", json={"all": True},
+                                       headers=auth(role))).status_code == 403
+                assert (await api.delete("/api/v1/webhooks/failed", params={"all": "true"},
+                                         headers=auth(role))).status_code == 403
+            items = (await api.get("/api/v1/webhooks/failed", headers=auth("supervisor"))).json()["items"]
+            assert len(items) == 4
+            assert (await api.post("/api/v1/webhooks/failed/redeliver", json={},
+                                   headers=auth("admin"))).status_code == 422
+            assert (await api.delete("/api/v1/webhooks/failed", headers=auth("admin"))).status_code == 422
+            r = await api.delete("/api/v1/webhooks/failed", params={"ids": f"{items[0]['id']},999"},
+                                 headers=auth("supervisor"))
+            assert r.json() == {"deleted": 1}
+            r = await api.delete("/api/v1/webhooks/failed", params={"all": "true", "kind": "agent."},
+                                 headers=auth("admin"))
+            assert r.json() == {"deleted": 1}
+            left = (await api.get("/api/v1/webhooks/failed", headers=auth("admin"))).json()["items"]
+            assert [k["id"] for k in left] == [items[1]["id"], items[2]["id"]]
+        await hooks.aclose()
