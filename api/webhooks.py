@@ -350,7 +350,9 @@ class Keeper:
                                                                                         "kind": op.kind}})
             return
         if len(self._ops) >= max(self.cap, 1):
-            gone = self._ops.popleft()
+            at = 1 if self._busy and len(self._ops) > 1 else 0  # never the one being written
+            gone = self._ops[at]
+            del self._ops[at]
             if isinstance(gone, _Keep):
                 self.lost += 1
                 log.error("webhook event lost: the store has not answered and the events to keep are over the cap",

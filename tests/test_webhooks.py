@@ -606,3 +606,45 @@ async def test_kept_events_are_for_supervisors_and_admins_and_can_be_deleted() -
             left = (await api.get("/api/v1/webhooks/failed", headers=auth("admin"))).json()["items"]
             assert [k["id"] for k in left] == [items[1]["id"], items[2]["id"]]
         await hooks.aclose()
+
+
+class FlakyStore(InMemoryStore):
+    """Refuses to keep webhook events while `down` (as a Redis that went away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.refused = 0
+
+    async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
+                                  cap: int) -> tuple[int, int]:
+        if self.down:
+            self.refused += 1
+            raise ConnectionError("store down")
+        return await super().keep_failed_webhook(hook, kind, delivery, event, reason, at, cap)
+
+
+async def test_an_event_given_up_while_the_store_is_down_is_kept_once_it_answers() -> None:
+    store = FlakyStore()
+    rx = Switch(status=422)
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([_hook(base)], store=store)
+        hooks(OutEvent(1, "call.ended", {"seq": 1}, 0.0))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if store.refused >= 2:
+                break
+        assert store.refused >= 2 and await store.failed_webhooks() == []  # tried, and tried again
+        store.down = False
+        await hooks.drain(10)
+        (row,) = await store.failed_webhooks()
+        assert (row.reason, json.loads(row.event)["data"]) == ("HTTP 422", {"seq": 1})
+        # Down through shutdown: what could not be kept is counted, never silently gone.
+        store.down = True
+        hooks(OutEvent(2, "call.ended", {"seq": 2}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.senders[0].drain(5)
+        await hooks.aclose(keep_s=0.3)
+    assert (hooks.keeper.kept, hooks.keeper.lost) == (1, 1)
+    async with api_env() as env:
+        assert "marcador_webhook_keep_lost_total 1.0" in render_metrics(env.runtime, webhooks=hooks)[0].decode()
