@@ -287,6 +287,7 @@ class FailedWebhookOut(BaseModel):
 
 
 class FailedWebhooksPage(BaseModel):
+    kept: int = Field(description="events kept in all, every hook's (whatever the filter)")
     items: list[FailedWebhookOut]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
 
@@ -1320,7 +1321,8 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         shutdown), kept in the store for every node, oldest first, a page at a time."""
         rows = await webhooks.store.failed_webhooks(_after(cursor), limit + 1, hook=hook, kinds=parse_types(kind))
         page = rows[:limit]
-        return FailedWebhooksPage(items=[_failed_out(r) for r in page],
+        kept = sum((await webhooks.keeper.refresh_counts()).values())
+        return FailedWebhooksPage(kept=kept, items=[_failed_out(r) for r in page],
                                   next_cursor=str(page[-1].id) if len(rows) > limit else None)
 
     @v1.post("/webhooks/failed/redeliver", response_model=RedeliverOut, tags=["webhooks"])

@@ -123,6 +123,14 @@
         ]);
         return { info, stats, dids };
       }));
+      // Webhook events kept after being given up (supervisor and admin may read them; others see nothing here).
+      const kept = await api('GET', 'api/v1/webhooks/failed?limit=1').catch((e) => {
+        if (e instanceof AuthError) throw e;
+        return null;
+      });
+      const keptLine = $('webhooks-kept');
+      keptLine.hidden = !(kept && kept.kept > 0);
+      keptLine.textContent = kept && kept.kept > 0 ? `${kept.kept} webhook events kept to redeliver` : '';
       state.campaigns = new Map(rows.map((r) => [r.info.campaign_id, r]));
       state.agents = new Map(agents.map((a) => [a.agent_id, a]));
       $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
