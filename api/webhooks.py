@@ -206,9 +206,11 @@ class WebhookSender:
         if reason is not None:
             self._give_up(item, reason)
         elif isinstance(item, Redelivery):
-            self._redelivering.discard(item.kept_id)
+            # Still "on its way" until the store has forgotten it: a redelivery asked meanwhile must not send it again.
             if self._keeper is not None:
-                self._keeper.drop(item.kept_id)
+                self._keeper.drop(item.kept_id, lambda: self._redelivering.discard(item.kept_id))
+            else:
+                self._redelivering.discard(item.kept_id)
 
     async def _run(self) -> None:
         while True:
@@ -308,6 +310,12 @@ class WebhookSender:
 
 
 @dataclass(frozen=True, slots=True)
+class _Drop:
+    kept_id: int
+    done: Callable[[], None]  # called once the store has forgotten it
+
+
+@dataclass(frozen=True, slots=True)
 class _Keep:
     hook: str
     kind: str
@@ -326,7 +334,7 @@ class Keeper:
         self.store = store
         self.cap = cap
         self._clock = clock
-        self._ops: deque[_Keep | int] = deque()
+        self._ops: deque[_Keep | _Drop] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._busy = False
@@ -339,10 +347,10 @@ class Keeper:
     def keep(self, hook: str, kind: str, delivery: str, body: bytes, reason: str) -> None:
         self._add(_Keep(hook, kind, delivery, body.decode(), reason, self._clock()))
 
-    def drop(self, kept_id: int) -> None:
-        self._add(kept_id)
+    def drop(self, kept_id: int, done: Callable[[], None] = lambda: None) -> None:
+        self._add(_Drop(kept_id, done))
 
-    def _add(self, op: _Keep | int) -> None:
+    def _add(self, op: _Keep | _Drop) -> None:
         if self._closed:  # after shutdown: nothing writes any more
             if isinstance(op, _Keep):
                 self.lost += 1
@@ -384,7 +392,8 @@ class Keeper:
                         log.warning("kept webhook events over the cap: the oldest dropped",
                                     extra={"fields": {"dropped": dropped, "cap": self.cap}})
                 else:
-                    await self.store.drop_failed_webhooks([op])
+                    await self.store.drop_failed_webhooks([op.kept_id])
+                    op.done()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: wait and try the same write again

@@ -9,7 +9,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -374,11 +374,14 @@ class Switch:
     keeps every request's raw body, headers and the status it got."""
 
     status: int = 503
+    delay_s: float = 0.0  # before each answer
     got: list[tuple[bytes, dict[str, str], int]] = field(default_factory=list)
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
-            self.got.append((await request.body(), dict(request.headers), self.status))
+            body = await request.body()
+            await asyncio.sleep(self.delay_s)
+            self.got.append((body, dict(request.headers), self.status))
             return Response(status_code=self.status)
 
         return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
@@ -480,13 +483,16 @@ async def test_a_redelivery_given_up_again_stays_kept_once_and_a_second_request_
             assert (again["id"], again["tries"], again["reason"]) == (kept["id"], 2, "HTTP 503 after 2 tries")
             assert again["delivery_id"] == kept["delivery_id"]
             # Two redeliveries asked while the first is on its way: sent once.
-            rx.status = 200
-            hooks.senders[0]._queue.append(OutEvent(50, "call.ended", {}, 0.0))  # hold the sender a moment
+            rx.status, rx.delay_s = 200, 0.3
+            hooks(OutEvent(50, "call.ended", {}, 0.0))  # holds the sender a moment
+            await asyncio.sleep(0.05)
             r1 = await api.post("/api/v1/webhooks/failed/redeliver", json={"all": True})
             r2 = await api.post("/api/v1/webhooks/failed/redeliver", json={"ids": [kept["id"]]})
             assert (r1.json()["queued"], r2.json()["queued"], r2.json()["already_queued"]) == (1, 0, 1)
             await hooks.drain(10)
             assert await _kept(api) == []
+            r3 = await api.post("/api/v1/webhooks/failed/redeliver", json={"ids": [kept["id"]]})
+            assert r3.json()["not_found"] == [kept["id"]]  # delivered: gone, never sent again
             sent = [h[DELIVERY_HEADER.lower()] for _, h in rx.delivered()]
             assert sent.count(kept["delivery_id"]) == 1
         await hooks.aclose()
@@ -649,3 +655,34 @@ async def test_an_event_given_up_while_the_store_is_down_is_kept_once_it_answers
     assert (hooks.keeper.kept, hooks.keeper.lost) == (1, 1)
     async with api_env() as env:
         assert "marcador_webhook_keep_lost_total 1.0" in render_metrics(env.runtime, webhooks=hooks)[0].decode()
+
+
+class SlowDropStore(InMemoryStore):
+    """Forgets kept events slowly, as a store across a slow network."""
+
+    async def drop_failed_webhooks(self, ids: Sequence[int]) -> int:
+        await asyncio.sleep(0.3)
+        return await super().drop_failed_webhooks(ids)
+
+
+async def test_a_redelivery_asked_after_delivery_but_before_the_store_forgot_it_is_not_sent_again() -> None:
+    store = SlowDropStore()
+    rx = Switch(status=404)
+    async with http_server(rx.app()) as base:
+        hooks = Webhooks([_hook(base)], store=store)
+        hooks(OutEvent(1, "call.ended", {}, 0.0))
+        await asyncio.sleep(0)
+        await hooks.drain(10)
+        rows = await store.failed_webhooks()
+        rx.status = 200
+        assert hooks.redeliver(rows)["queued"] == 1
+        for _ in range(200):  # until the endpoint has it
+            await asyncio.sleep(0.01)
+            if rx.delivered():
+                break
+        assert await store.failed_webhooks() == rows  # not forgotten yet
+        assert hooks.redeliver(await store.failed_webhooks())["already_queued"] == 1
+        await hooks.drain(10)
+        assert await store.failed_webhooks() == []
+        await hooks.aclose()
+    assert len(rx.delivered()) == 1
