@@ -365,6 +365,8 @@ class Keeper:
                 self.lost += 1
                 log.error("webhook event lost: the store has not answered and the events to keep are over the cap",
                           extra={"fields": {"url": gone.hook, "kind": gone.kind}})
+            else:  # delivered, left in the store: a later redelivery may send it again (same delivery id)
+                gone.done()
         self._ops.append(op)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook keeper")
