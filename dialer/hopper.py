@@ -348,6 +348,16 @@ def state_with_callback(state: Mapping[str, Any] | None, at: float, agent_id: st
     return doc
 
 
+def state_with_dropped(state: Mapping[str, Any] | None, dropped: Iterable[int]) -> dict[str, Any]:
+    """A lead's hand-off state with phones dropped through the store merged in (`Store.ask_disposition`: a wrong
+    party or DNC code taken by a node that no longer held the lead), phones named by their place in the lead's list
+    as in the state. A state of another version starts afresh with them."""
+    doc: dict[str, Any] = dict(state) if isinstance(state, Mapping) and state.get("v") == STATE_VERSION \
+        else {"v": STATE_VERSION}
+    doc["d"] = sorted({int(i) for i in doc.get("d", ())} | {int(i) for i in dropped})
+    return doc
+
+
 def _finite(t: float) -> float | None:
     return t if math.isfinite(t) else None
 

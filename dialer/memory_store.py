@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dialer.hopper import state_with_callback
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.hopper import state_with_callback, state_with_dropped
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 from dialer.ports import CampaignChange, FailedWebhook, kind_matches
 
 # A waiting lead packed in one tuple: (id, phone or phones, custom field pairs or None, country, zone, amount,
@@ -49,6 +49,11 @@ class _CampaignLeads:
     # Callbacks asked through the store (`ask_callback`): lead id -> (at, agent id). A pending one keeps its lead in
     # `sched` until `at` and goes with its lease; a leased one waits for the holder (`held_callbacks`).
     asked: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    # Dispositions taken by a node that no longer held the lead (`ask_disposition`): phones dropped of a waiting lead
+    # (lead id -> their places in its list), merged into its state at lease; codes kept for a leased lead's holder
+    # (`held_dispositions`), applied here if the lead comes back before its holder picked them up.
+    drops: dict[str, set[int]] = field(default_factory=dict)
+    kept: dict[str, list[StoredCode]] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -153,6 +158,9 @@ class InMemoryStore:
             asked = bucket.asked.pop(lid, None)
             if asked is not None:
                 state = state_with_callback(state, *asked)
+            dropped = bucket.drops.pop(lid, None)
+            if dropped:
+                state = state_with_dropped(state, dropped)
             if state is not None:
                 states[lid] = state
         return out, states
@@ -189,9 +197,12 @@ class InMemoryStore:
             bucket.done[lead_id] = outcome.value
             bucket.states.pop(lead_id, None)
             bucket.asked.pop(lead_id, None)
+            bucket.drops.pop(lead_id, None)
+            bucket.kept.pop(lead_id, None)
         else:
             bucket.pending[lead_id] = packed
-            _back(bucket, lead_id, None, now)
+            if not _settle_kept(bucket, lead_id):
+                _back(bucket, lead_id, None, now)
 
     async def hand_back_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any],
                              eligible_at: float | None, now: float) -> None:
@@ -203,7 +214,8 @@ class InMemoryStore:
         bucket.pending[lead_id] = packed
         if lead_id not in bucket.asked and state.get("cb") is not None:  # kept as asked: listed, fetched when due
             bucket.asked[lead_id] = (float(state["cb"]), state.get("ag"))
-        _back(bucket, lead_id, eligible_at, now)
+        if not _settle_kept(bucket, lead_id):
+            _back(bucket, lead_id, eligible_at, now)
 
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (waiting, leased or done)."""
@@ -217,6 +229,7 @@ class InMemoryStore:
             bucket.states.pop(lead_id, None)
             bucket.not_before.pop(lead_id, None)
             bucket.asked.pop(lead_id, None)
+            bucket.drops.pop(lead_id, None)
             return True
         return False
 
@@ -233,6 +246,31 @@ class InMemoryStore:
         bucket.not_before[lead_id] = at  # out of every lease until then (its `order` entry is skipped)
         heapq.heappush(bucket.sched, (at, lead_id))
         return "pending"
+
+    async def ask_disposition(self, campaign_id: str, lead_id: str, code: StoredCode) -> str:
+        bucket = self._bucket(campaign_id)
+        if lead_id in bucket.done:
+            return "removed" if bucket.done[lead_id] == "removed" else "done"
+        if lead_id in bucket.leased:
+            kept = bucket.kept.setdefault(lead_id, [])
+            if code not in kept:  # asked again (a retried write): once
+                kept.append(code)
+            return "leased"
+        if lead_id not in bucket.pending:
+            return "unknown"
+        bucket.kept.setdefault(lead_id, []).append(code)
+        return "ended" if _settle_kept(bucket, lead_id) else "pending"
+
+    async def held_dispositions(self, campaign_id: str) -> dict[str, tuple[StoredCode, ...]]:
+        bucket = self._bucket(campaign_id)
+        return {lid: tuple(codes) for lid, codes in bucket.kept.items() if lid in bucket.leased and codes}
+
+    async def clear_dispositions(self, campaign_id: str, applied: Mapping[str, Sequence[StoredCode]]) -> int:
+        bucket = self._bucket(campaign_id)
+        gone = [lid for lid, codes in applied.items() if lid in bucket.kept and bucket.kept[lid] == list(codes)]
+        for lid in gone:
+            del bucket.kept[lid]
+        return len(gone)
 
     async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
         bucket = self._bucket(campaign_id)
@@ -364,6 +402,35 @@ def _back(bucket: _CampaignLeads, lead_id: str, eligible_at: float | None, now: 
     else:
         bucket.not_before[lead_id] = eligible_at
         heapq.heappush(bucket.sched, (eligible_at, lead_id))
+
+
+def _settle_kept(bucket: _CampaignLeads, lead_id: str) -> bool:
+    """A lead waiting in the store (pending) takes the codes kept for it (`ask_disposition`): a final one ends it,
+    a dropped phone joins its dropped ones, and a lead with no usable phone left ends. True if it ended (done, with
+    the code's outcome; its state, callback and drops forgotten)."""
+    codes = bucket.kept.pop(lead_id, None)
+    if not codes:
+        return False
+    phones = _unpack("", bucket.pending[lead_id]).phones
+    dropped = bucket.drops.setdefault(lead_id, set())
+    ended: StoredCode | None = next((c for c in codes if c.final), None)
+    if ended is None:
+        for c in codes:
+            if c.drop and c.number in phones:
+                dropped.add(phones.index(c.number))
+        kept = bucket.states.get(lead_id)
+        before = json.loads(kept).get("d", ()) if kept is not None else ()
+        if all(i in dropped or i in before for i in range(len(phones))):
+            ended = codes[-1]
+    if ended is None:
+        if not dropped:
+            del bucket.drops[lead_id]
+        return False
+    del bucket.pending[lead_id]
+    bucket.done[lead_id] = ended.outcome.value
+    for kept_of in (bucket.states, bucket.not_before, bucket.asked, bucket.drops):
+        kept_of.pop(lead_id, None)
+    return True
 
 
 def _promote(bucket: _CampaignLeads, now: float) -> None:

@@ -64,6 +64,28 @@ class CampaignStatus(StrEnum):
     STOPPED = "stopped"
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCode:
+    """A disposition's effect on a lead the disposing node's hopper no longer holds, as the store keeps it
+    (`Store.ask_disposition`): `final` ends the lead with `outcome`; `drop` stops using `number` for it (wrong party,
+    DNC); `code` and `call_id` name the disposition (one per call). Callbacks go through `Store.ask_callback`."""
+
+    code: str
+    call_id: str
+    number: str
+    outcome: Outcome
+    final: bool
+    drop: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"c": self.code, "k": self.call_id, "n": self.number, "o": self.outcome.value, "f": self.final,
+                "d": self.drop}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> StoredCode:
+        return cls(str(doc["c"]), str(doc["k"]), str(doc["n"]), Outcome(doc["o"]), bool(doc["f"]), bool(doc["d"]))
+
+
 @dataclass(slots=True)
 class Lead:
     """A debtor account to call. `phones` are dialable numbers, best first."""

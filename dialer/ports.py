@@ -18,7 +18,7 @@ from dialer.commands import (
     PlayAbandonMessage,
 )
 from dialer.events import Event
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 
 TelephonyCommand = Originate | ConnectToAgent | PlayAbandonMessage | Hangup | OriginateAgentLeg | HangupAgentLeg
 TELEPHONY_COMMANDS = (Originate, ConnectToAgent, PlayAbandonMessage, Hangup, OriginateAgentLeg, HangupAgentLeg)
@@ -121,7 +121,8 @@ class Store(Protocol):
     async def lease_leads_with_states(self, campaign_id: str, count: int,
                                       now: float) -> tuple[list[Lead], dict[str, dict[str, Any]]]:
         """`lease_leads`, and the hopper state kept of each leased lead that has one (lead id -> state); a callback
-        asked for the lead while it waited in the store (`ask_callback`) is merged into its state, and forgotten."""
+        asked for the lead while it waited in the store (`ask_callback`), and phones dropped for it
+        (`ask_disposition`), are merged into its state, and forgotten."""
         ...
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool: ...
@@ -144,6 +145,28 @@ class Store(Protocol):
     async def clear_callbacks(self, campaign_id: str, applied: Mapping[str, tuple[float, str | None]]) -> int:
         """Forget asked callbacks a holder applied, each only if it is still the one given (one asked again
         meanwhile stays). Returns how many were forgotten."""
+        ...
+
+    # Dispositions taken by a node whose hopper no longer holds the lead (a late code after the lead was handed back):
+    # kept in the store like asked callbacks, so the code takes effect wherever the lead is.
+
+    async def ask_disposition(self, campaign_id: str, lead_id: str, code: StoredCode) -> str:
+        """Apply a disposition's effect to a lead: one waiting in the store is "ended" at once (a final code, or its
+        last usable phone dropped: done with `code.outcome`, its kept state, callback and drops forgotten, as a final
+        release) or stays "pending" with the phone dropped (merged into its state at its next lease); a leased one
+        keeps the code for its holder, "leased" (`held_dispositions`; applied by the store if the lead comes back
+        first: handed back, lost track of, its lease expired). Nothing written: "done", "removed", "unknown".
+        The same code asked again is kept once. KeyError for an unknown campaign."""
+        ...
+
+    async def held_dispositions(self, campaign_id: str) -> dict[str, tuple[StoredCode, ...]]:
+        """Codes kept for leads this node holds (lead id -> codes, in the order asked), for its core to apply; then
+        `clear_dispositions`."""
+        ...
+
+    async def clear_dispositions(self, campaign_id: str, applied: Mapping[str, Sequence[StoredCode]]) -> int:
+        """Forget kept codes a holder applied, each lead's only if they are still the ones given (a code asked
+        meanwhile stays). Returns how many leads' codes were forgotten."""
         ...
 
     async def next_callback_at(self, campaign_id: str) -> float | None:

@@ -35,12 +35,78 @@ if added > 0 then redis.call('SET', KEYS[4], string.format('%.17g', seq)) end
 return added
 """
 
-# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads, states, cbs, cbs_at
+# Shared by the scripts that put a lead back to wait in the store (DISPO_ASK, RELEASE, EXPIRE): the codes kept for
+# it (`kept`: one JSON entry a line, `StoredCode.as_dict`, from `ask_disposition`) take effect. A final one ends the
+# lead (done with its outcome; its kept state, callback and drops forgotten); a wrong party or DNC code drops its
+# phone (`drops`: the phones' places in the lead's list, comma separated, merged into the state at the next lease);
+# a lead with no usable phone left (those dropped in its kept state counted) ends. K: the keys by name (leads,
+# states, kept, drops, done, cbs, cbs_at). Returns true if the lead ended: the caller keeps it out of line.
+_SETTLE_KEPT = r"""
+local function settle_kept(K, lid)
+  local raw = redis.call('HGET', K.kept, lid)
+  if not raw then return false end
+  redis.call('HDEL', K.kept, lid)
+  local ok, doc = pcall(cjson.decode, redis.call('HGET', K.leads, lid) or '')
+  local phones = (ok and type(doc) == 'table' and type(doc.p) == 'table') and doc.p or {}
+  local gone = {}
+  local state = redis.call('HGET', K.states, lid)
+  if state then
+    local sok, st = pcall(cjson.decode, state)
+    if sok and type(st) == 'table' and st.v == 1 and type(st.d) == 'table' then
+      for _, i in ipairs(st.d) do gone[tonumber(i)] = true end
+    end
+  end
+  local drops = {}
+  local had = redis.call('HGET', K.drops, lid)
+  if had then
+    for i in string.gmatch(had, '%d+') do drops[tonumber(i)] = true end
+  end
+  local outcome, last = nil, nil
+  for line in string.gmatch(raw, '[^\n]+') do
+    local code = cjson.decode(line)
+    last = code.o
+    if code.f then
+      outcome = code.o
+      break
+    end
+    if code.d then
+      for i, phone in ipairs(phones) do
+        if phone == code.n then drops[i - 1] = true end
+      end
+    end
+  end
+  if not outcome then
+    local left = 0
+    for i = 1, #phones do
+      if not drops[i - 1] and not gone[i - 1] then left = left + 1 end
+    end
+    if left == 0 then outcome = last end
+  end
+  if outcome then
+    redis.call('HSET', K.done, lid, outcome)
+    redis.call('HDEL', K.states, lid)
+    redis.call('HDEL', K.cbs, lid)
+    redis.call('ZREM', K.cbs_at, lid)
+    redis.call('HDEL', K.drops, lid)
+    return true
+  end
+  local list = {}
+  for i in pairs(drops) do list[#list + 1] = i end
+  if #list > 0 then
+    table.sort(list)
+    redis.call('HSET', K.drops, lid, table.concat(list, ','))
+  end
+  return false
+end
+"""
+
+# KEYS: def, hopper, sched, sched_score, leases, owner, held(node), fence, leads, states, cbs, cbs_at, drops
 # ARGV: count, now, lease expires at, node id, how many due scheduled leads to promote at most, mode ('' = the
 # next leads in line; 'due' = leads waiting with an asked callback due by now, whatever their place in line)
-# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, state, callback, ...} (state: the
-# hopper state a node handed the lead back with, '' if none; it stays until the lead is done or handed back;
-# callback: '<at> <agent id>' asked while it waited (`CB_ASK`), '' if none: given to this leaser and forgotten).
+# Returns false (unknown campaign), {} (nothing to lease) or {token, id, json, state, callback, drops, ...} (state:
+# the hopper state a node handed the lead back with, '' if none; it stays until the lead is done or handed back;
+# callback: '<at> <agent id>' asked while it waited (`CB_ASK`), '' if none; drops: phones dropped while it waited
+# (`DISPO_ASK`), '' if none: both given to this leaser and forgotten).
 LEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[5]))
@@ -97,25 +163,30 @@ redis.call('SADD', KEYS[7], unpack(ids))
 local data = redis.call('HMGET', KEYS[9], unpack(ids))
 local states = redis.call('HMGET', KEYS[10], unpack(ids))
 local cbs = redis.call('HMGET', KEYS[11], unpack(ids))
+local drops = redis.call('HMGET', KEYS[13], unpack(ids))
 redis.call('HDEL', KEYS[11], unpack(ids))
 redis.call('ZREM', KEYS[12], unpack(ids))
+redis.call('HDEL', KEYS[13], unpack(ids))
 local out = {token}
 for i, lid in ipairs(ids) do
   out[#out + 1] = lid
   out[#out + 1] = data[i] or ''
   out[#out + 1] = states[i] or ''
   out[#out + 1] = cbs[i] or ''
+  out[#out + 1] = drops[i] or ''
 end
 return out
 """
 
-# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score, states, cbs, cbs_at
+# KEYS: def, leases, owner, held(node), hopper, done, sched, sched_score, states, cbs, cbs_at, leads, kept, drops
 # ARGV: lead id, token, node id, mode ('done' | 'back' | 'at'), outcome, eligible_at, hopper state ('' = keep
 # what is kept), the state's callback ('<at> <agent id>', '' = none)
 # Returns false (unknown campaign), 0 (not leased), -1 (leased under another token: stale holder), 1 (released).
-# A lead done loses its kept hopper state and any callback asked for it. One back in line with a callback (asked
-# and not yet picked up by the holder, else the one its state carries) waits in the schedule until its time.
-RELEASE = """
+# A lead done loses its kept hopper state and any callback or code asked for it. One back in line first takes the
+# codes kept for its holder that the holder did not pick up (`settle_kept`: it may end there); then, with a callback
+# (asked and not yet picked up by the holder, else the one its state carries), it waits in the schedule until its
+# time.
+RELEASE = _SETTLE_KEPT + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local lid = ARGV[1]
 local rec = redis.call('HGET', KEYS[3], lid)
@@ -130,9 +201,15 @@ if ARGV[4] == 'done' then
   redis.call('HDEL', KEYS[9], lid)
   redis.call('HDEL', KEYS[10], lid)
   redis.call('ZREM', KEYS[11], lid)
+  redis.call('HDEL', KEYS[13], lid)
+  redis.call('HDEL', KEYS[14], lid)
   return 1
 end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[9], lid, ARGV[7]) end
+if settle_kept({leads = KEYS[12], states = KEYS[9], kept = KEYS[13], drops = KEYS[14], done = KEYS[6],
+                cbs = KEYS[10], cbs_at = KEYS[11]}, lid) then
+  return 1
+end
 local mode, at = ARGV[4], ARGV[6]
 local cb = redis.call('HGET', KEYS[10], lid)
 if not cb and ARGV[8] ~= '' then
@@ -152,12 +229,13 @@ end
 return 1
 """
 
-# KEYS: def, hopper, sched, sched_score, done, states, cbs, cbs_at
+# KEYS: def, hopper, sched, sched_score, done, states, cbs, cbs_at, drops
 # ARGV: lead id.  Only a pending lead (in the hopper or waiting for its time) can be removed.
 REMOVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local n = redis.call('ZREM', KEYS[2], ARGV[1]) + redis.call('ZREM', KEYS[3], ARGV[1])
 if n == 0 then return 0 end
+redis.call('HDEL', KEYS[9], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[7], ARGV[1])
@@ -173,14 +251,17 @@ return {redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]), redis.call(
         redis.call('HLEN', KEYS[5])}
 """
 
-# KEYS: leases, owner, hopper, inflight, sched, sched_score, lost, cbs, cbs_at
+# KEYS: leases, owner, hopper, inflight, sched, sched_score, lost, cbs, cbs_at, leads, states, kept, drops, done
 # ARGV: now, limit, hold until.  Leases due by `now` (their node stopped renewing: it died, or lost Redis
 # for longer than the TTL) go back at their old place in line, attempts untouched. A lead with a call still
 # in flight (an attempt without outcome) may be live on the dead node's PBX, which nobody else can consult:
 # it waits in the schedule until `hold until` and its call id is listed in `lost` (with `now`) for the
 # caller to write the `lost` outcome. A lead with a callback asked (not picked up by the dead node) waits in the
-# schedule until its time (and the hold). Returns {lead id, node id, call id or '', ...}.
-EXPIRE = """
+# schedule until its time (and the hold). Codes kept for the dead holder take effect (`settle_kept`): a lead they
+# end is done, not returned to line. Returns {lead id, node id, call id or '', ...}.
+EXPIRE = _SETTLE_KEPT + """
+local K = {leads = KEYS[10], states = KEYS[11], kept = KEYS[12], drops = KEYS[13], done = KEYS[14], cbs = KEYS[8],
+           cbs_at = KEYS[9]}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due == 0 then return {} end
 local out = {}
@@ -200,17 +281,19 @@ for _, lid in ipairs(due) do
   else
     call = ''
   end
-  local cb = redis.call('HGET', KEYS[8], lid)
-  if cb then
-    local at = string.match(cb, '^(%S+)')
-    if not wait or tonumber(at) > tonumber(wait) then wait = at end
-    redis.call('ZADD', KEYS[9], wait, lid)
-  end
-  if wait then
-    redis.call('ZADD', KEYS[5], wait, lid)
-    redis.call('HSET', KEYS[6], lid, score)
-  else
-    redis.call('ZADD', KEYS[3], score, lid)
+  if not settle_kept(K, lid) then
+    local cb = redis.call('HGET', KEYS[8], lid)
+    if cb then
+      local at = string.match(cb, '^(%S+)')
+      if not wait or tonumber(at) > tonumber(wait) then wait = at end
+      redis.call('ZADD', KEYS[9], wait, lid)
+    end
+    if wait then
+      redis.call('ZADD', KEYS[5], wait, lid)
+      redis.call('HSET', KEYS[6], lid, score)
+    else
+      redis.call('ZADD', KEYS[3], score, lid)
+    end
   end
   redis.call('HDEL', KEYS[2], lid)
   out[#out + 1] = lid
@@ -490,4 +573,41 @@ for _, id in ipairs(ARGV) do
   end
 end
 return n
+"""
+
+# A disposition's effect asked for a lead by a node whose hopper no longer holds it (`ask_disposition`).
+# KEYS: def, leads, hopper, sched, sched_score, owner, done, kept, states, drops, cbs, cbs_at
+# ARGV: lead id, the code (one line of JSON, `StoredCode.as_dict`)
+# A leased lead keeps the code for its holder (once: a retried write adds nothing); a lead waiting in the store (in
+# line or in the schedule) takes it at once (`settle_kept`). Returns 'ended' (it ended the waiting lead), 'pending'
+# (a phone dropped, the lead waits), 'leased', or (nothing written) 'done', 'removed', 'unknown'; false if there is
+# no such campaign.
+DISPO_ASK = _SETTLE_KEPT + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local lid = ARGV[1]
+if redis.call('HEXISTS', KEYS[2], lid) == 0 then return 'unknown' end
+local done = redis.call('HGET', KEYS[7], lid)
+if done then
+  if done == 'removed' then return 'removed' end
+  return 'done'
+end
+if redis.call('HEXISTS', KEYS[6], lid) == 1 then
+  local had = redis.call('HGET', KEYS[8], lid)
+  if not had then
+    redis.call('HSET', KEYS[8], lid, ARGV[2])
+  elseif not string.find('\\n' .. had .. '\\n', '\\n' .. ARGV[2] .. '\\n', 1, true) then
+    redis.call('HSET', KEYS[8], lid, had .. '\\n' .. ARGV[2])
+  end
+  return 'leased'
+end
+if not redis.call('ZSCORE', KEYS[3], lid) and not redis.call('ZSCORE', KEYS[4], lid) then return 'unknown' end
+redis.call('HSET', KEYS[8], lid, ARGV[2])
+if settle_kept({leads = KEYS[2], states = KEYS[9], kept = KEYS[8], drops = KEYS[10], done = KEYS[7], cbs = KEYS[11],
+                cbs_at = KEYS[12]}, lid) then
+  redis.call('ZREM', KEYS[3], lid)
+  redis.call('ZREM', KEYS[4], lid)
+  redis.call('HDEL', KEYS[5], lid)
+  return 'ended'
+end
+return 'pending'
 """

@@ -55,6 +55,11 @@ keys in one Cluster slot, so the scripts can touch them together):
                                        the lead's next leaser, or its holder (`held_callbacks`, then `clear_callbacks`)
     <p>{c:<id>}:cbs_at           zset  lead id -> at, of those leads waiting in the store (a due one is leased at once)
     <p>{c:<id>}:cbs_node         hash  node id -> JSON [[lead id, at, agent id], ...]: the callbacks its hopper holds
+    <p>{c:<id>}:kept             hash  lead id -> dispositions asked for a leased lead by a node that no longer held it
+                                       (one JSON `StoredCode` a line), for its holder (`held_dispositions`); applied by
+                                       the store if the lead comes back to it first
+    <p>{c:<id>}:drops            hash  lead id -> places ("0,2") of phones dropped by such a code while the lead waited
+                                       in the store: merged into its state at its next lease
     <p>{c:<id>}:attempts         hash  call id -> attempt JSON (upsert) ; :attempt_order zset ; :attempt_log stream
     <p>{c:<id>}:attempt_dial     zset  call id -> dialed at (pages) ; :attempt_dial_upto the attempt_order score
                                        through which it is complete (older nodes write no index: filled on read)
@@ -92,8 +97,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from dialer import redis_scripts as lua
-from dialer.hopper import state_with_callback
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.hopper import state_with_callback, state_with_dropped
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 from dialer.ports import CampaignBusy, CampaignChange, FailedWebhook, kind_matches
 
 log = logging.getLogger("marcador.store.redis")
@@ -182,6 +187,21 @@ def _callback_from(raw: Any) -> tuple[float, str | None]:
     return float(at), agent or None
 
 
+def _code_text(code: StoredCode) -> str:
+    """A kept disposition as the scripts keep it: one line of JSON (a lead's codes are kept one a line)."""
+    return json.dumps(code.as_dict(), separators=(",", ":"))
+
+
+def _codes_from(raw: Any) -> tuple[StoredCode, ...]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return tuple(StoredCode.from_dict(json.loads(line)) for line in text.split("\n") if line)
+
+
+def _drops_from(raw: Any) -> list[int]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return [int(i) for i in text.split(",") if i]
+
+
 def _status_from(raw: Any) -> CampaignStatus:
     """A kept status; none kept, or one this release does not know (a newer node's), is CREATED: no dialing."""
     if raw is None:
@@ -242,6 +262,7 @@ class RedisStore:
         self._s_campaign_status = client.register_script(lua.CAMPAIGN_STATUS)
         self._s_cb_ask = client.register_script(lua.CB_ASK)
         self._s_cb_clear = client.register_script(lua.CB_CLEAR)
+        self._s_dispo_ask = client.register_script(lua.DISPO_ASK)
 
     @property
     def client(self) -> RedisClient:
@@ -415,7 +436,7 @@ class RedisStore:
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id), self._k(campaign_id, "fence"),
                  self._k(campaign_id, "leads"), self._k(campaign_id, "states"), self._k(campaign_id, "cbs"),
-                 self._k(campaign_id, "cbs_at")]
+                 self._k(campaign_id, "cbs_at"), self._k(campaign_id, "drops")]
         expires = _num(now + self.lease_ttl_s)
         while True:
             want = min(count - len(out), _LEASE_CHUNK)
@@ -427,16 +448,18 @@ class RedisStore:
                 return out, states
             token = int(reply[0])
             held = self._held.setdefault(campaign_id, {})
-            for i in range(1, len(reply), 4):
+            for i in range(1, len(reply), 5):
                 lid = str(reply[i])
                 held[lid] = token
                 out.append(_lead_from(lid, campaign_id, str(reply[i + 1])))
                 state = json.loads(reply[i + 2]) if reply[i + 2] else None
                 if reply[i + 3]:  # a callback asked while it waited: given to this leaser in its state
                     state = state_with_callback(state, *_callback_from(reply[i + 3]))
+                if reply[i + 4]:  # phones dropped while it waited (a late wrong party or DNC code): likewise
+                    state = state_with_dropped(state, _drops_from(reply[i + 4]))
                 if state is not None:
                     states[lid] = state
-            if len(reply) // 4 < want or len(out) >= count:
+            if len(reply) // 5 < want or len(out) >= count:
                 return out, states
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
@@ -467,7 +490,7 @@ class RedisStore:
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         await self._ensure()
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done", "states", "cbs",
-                                                  "cbs_at")]
+                                                  "cbs_at", "drops")]
         reply = await self._s_remove(keys=keys, args=[lead_id])
         if reply is None:
             raise self._unknown(campaign_id)
@@ -655,6 +678,50 @@ class RedisStore:
             args += (lid, _callback_text(at, agent))
         return int(await self._s_cb_clear(keys=[self._k(campaign_id, "cbs")], args=args))
 
+    # ------------------------------------------------------------------ dispositions asked through the store
+
+    async def ask_disposition(self, campaign_id: str, lead_id: str, code: StoredCode) -> str:
+        """One script (`DISPO_ASK`): the lead's place is read and the code applied or kept in the same step, so a
+        lease taken by another node at that moment either finds the lead ended (or its phone dropped, merged into
+        its state) or finds the code kept for its holder."""
+        await self._ensure()
+        keys = [self._k(campaign_id, n) for n in ("def", "leads", "hopper", "sched", "sched_score", "owner", "done",
+                                                  "kept", "states", "drops", "cbs", "cbs_at")]
+        reply = await self._s_dispo_ask(keys=keys, args=[lead_id, _code_text(code)])
+        if reply is None:
+            raise self._unknown(campaign_id)
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def held_dispositions(self, campaign_id: str) -> dict[str, tuple[StoredCode, ...]]:
+        """Codes kept for leads leased by this process (as `held_callbacks`: the owner record names this node and
+        the token this process was given)."""
+        await self._ensure()
+        mine = self._held.get(campaign_id)
+        if not mine:
+            return {}
+        kept = {str(k): v for k, v in (await self._r.hgetall(self._k(campaign_id, "kept"))).items()}
+        lids = [lid for lid in kept if lid in mine]
+        if not lids:
+            return {}
+        owners = await self._r.hmget(self._k(campaign_id, "owner"), lids)
+        out: dict[str, tuple[StoredCode, ...]] = {}
+        for lid, rec in zip(lids, owners, strict=True):
+            if rec is None:
+                continue
+            token, _, rest = str(rec).partition(" ")
+            if rest.partition(" ")[2] == self.node_id and token == str(mine[lid]):
+                out[lid] = _codes_from(kept[lid])
+        return out
+
+    async def clear_dispositions(self, campaign_id: str, applied: Mapping[str, Sequence[StoredCode]]) -> int:
+        if not applied:
+            return 0
+        await self._ensure()
+        args: list[str] = []
+        for lid, codes in applied.items():
+            args += (lid, "\n".join(_code_text(c) for c in codes))
+        return int(await self._s_cb_clear(keys=[self._k(campaign_id, "kept")], args=args))
+
     async def next_callback_at(self, campaign_id: str) -> float | None:
         await self._ensure()
         first = await self._r.zrange(self._k(campaign_id, "cbs_at"), 0, 0, withscores=True)
@@ -725,7 +792,7 @@ class RedisStore:
         keys = [self._k(campaign_id, n) for n in ("def", "leases", "owner")]
         keys += [self._held_key(campaign_id, self.node_id)]
         keys += [self._k(campaign_id, n) for n in ("hopper", "done", "sched", "sched_score", "states", "cbs",
-                                                   "cbs_at")]
+                                                   "cbs_at", "leads", "kept", "drops")]
         reply = await self._s_release(keys=keys, args=[lead_id, "" if token is None else str(token), self.node_id,
                                                        mode, outcome, eligible_at, state, callback])
         if reply is None:
@@ -768,7 +835,7 @@ class RedisStore:
         hold_until = _num(now + self.lost_hold_s)
         for cid in await self.campaign_ids():
             keys = [self._k(cid, n) for n in ("leases", "owner", "hopper", "inflight", "sched", "sched_score", "lost",
-                                              "cbs", "cbs_at")]
+                                              "cbs", "cbs_at", "leads", "states", "kept", "drops", "done")]
             while True:
                 reply = await self._s_expire(keys=keys, args=[_num(now), _LEASE_CHUNK, hold_until])
                 by_node: dict[str, list[str]] = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from dialer.memory_store import InMemoryStore
-from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 from dialer.ports import Store
 from dialer.redis_store import RedisStore
 from dialer.store_factory import WaitingRedisCluster, open_store, parse_store_url, redact_url
@@ -323,6 +323,96 @@ async def test_a_dead_holders_lead_waits_for_the_callback_asked_for_it(store: St
     assert ids(await b.lease_leads("c1", 10, T0 + 41)) == ["l1"]
     leads, states = await b.lease_due_callbacks("c1", 10, T0 + 600)
     assert ids(leads) == [l0] and states == {l0: {"v": 1, "cb": T0 + 600}}
+
+
+def code(name: str, call_id: str, number: str, *, final: bool = False, drop: bool = False) -> StoredCode:
+    return StoredCode(name, call_id, number, Outcome.CONNECTED, final=final, drop=drop)
+
+
+async def test_a_disposition_asked_for_a_waiting_lead_takes_effect_at_once(store: Store, peer: Store) -> None:
+    """A late code taken by a node that no longer holds the lead (`ask_disposition`), for a lead waiting in the store:
+    a final code ends it at once (done, its kept state and asked callback forgotten), a wrong party drops the phone
+    in what the next leaser gets, and a lead left with no phone ends. The store had no such operation: the lead
+    stayed dialable and the next node called the debtor who had just paid."""
+    await campaign(store, n=5)  # phones +1555000000i and +1666000000i
+    l0, l1, l2 = ids(await store.lease_leads("c1", 3, T0))
+    await store.hand_back_lead("c1", l0, {"v": 1, "n": 1, "t": T0 + 7200}, T0 + 7200, T0 + 1)  # recycled: 2 h
+    await store.hand_back_lead("c1", l1, {"v": 1, "n": 1, "cb": T0 + 600}, T0 + 600, T0 + 1)  # a callback
+    await store.release_lead("c1", l2, Outcome.LOST, False, T0 + 1)  # back in line, no state
+    assert await peer.ask_disposition("c1", l0, code("PAID", "k0", "+15550000000", final=True)) == "ended"
+    assert await peer.ask_disposition("c1", l1, code("DISPUTE", "k1", "+15550000001", final=True)) == "ended"
+    assert await store.callbacks("c1", T0 + 1) == [] and await store.next_callback_at("c1") is None
+    assert await peer.ask_disposition("c1", l2, code("WRONG_PARTY", "k2", "+16660000002", drop=True)) == "pending"
+    assert await peer.ask_disposition("c1", "l3", code("WRONG_PARTY", "k3", "+15550000003", drop=True)) == "pending"
+    assert await store.lead_counts("c1") == {"pending": 3, "leased": 0, "done": 2}
+    # The dropped phones reach the next leaser in the lead's state (by place in its list, as the hopper keeps them).
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 2)
+    assert ids(leads) == [l2, "l3", "l4"] and states == {l2: {"v": 1, "d": [1]}, "l3": {"v": 1, "d": [0]}}
+    assert await peer.lease_leads_with_states("c1", 10, T0 + 8000) == ([], {})  # the ended ones: never again
+    # A wrong party on a lead's last usable phone (the other dropped in its kept state) ends it.
+    await peer.hand_back_lead("c1", "l3", {"v": 1, "n": 1, "d": [0]}, T0 + 900, T0 + 3)
+    assert await store.ask_disposition("c1", "l3", code("WRONG_PARTY", "k4", "+16660000003", drop=True)) == "ended"
+    # A number the lead does not have drops nothing.
+    await peer.hand_back_lead("c1", "l4", {"v": 1, "n": 1}, None, T0 + 3)
+    assert await store.ask_disposition("c1", "l4", code("WRONG_PARTY", "k5", "+19990000000", drop=True)) == "pending"
+    leads, states = await store.lease_leads_with_states("c1", 10, T0 + 4)
+    assert ids(leads) == ["l4"] and states == {"l4": {"v": 1, "n": 1}}
+    assert await store.lead_counts("c1") == {"pending": 0, "leased": 2, "done": 3}
+    # Nothing for a lead that is done, removed or unknown.
+    await store.add_leads("c1", make_leads(1, start=9))
+    assert await store.remove_lead("c1", "l9")
+    paid = code("PAID", "k6", "+15550000000", final=True)
+    assert [await peer.ask_disposition("c1", lid, paid) for lid in (l0, "l9", "nobody")] == \
+        ["done", "removed", "unknown"]
+    with pytest.raises(KeyError):
+        await store.ask_disposition("nope", l0, paid)
+
+
+async def test_a_disposition_asked_for_a_leased_lead_waits_for_its_holder(store: Store, peer: Store) -> None:
+    """A code asked for a lead a node holds is kept for that node: it fetches it (`held_dispositions`), applies it
+    and clears it, only as fetched (a code asked meanwhile stays). A lead that comes back to the store before its
+    holder picked the code up (handed back, lost track of) takes it then."""
+    await campaign(store, n=4)
+    l0, l1, l2 = ids(await store.lease_leads("c1", 3, T0))
+    wrong = code("WRONG_PARTY", "k0", "+15550000000", drop=True)
+    paid = code("PAID", "k1", "+15550000000", final=True)
+    assert await peer.ask_disposition("c1", l0, wrong) == "leased"
+    assert await peer.ask_disposition("c1", l0, wrong) == "leased"  # a retried write: kept once
+    assert await store.held_dispositions("c1") == {l0: (wrong,)}
+    if isinstance(peer, RedisStore):
+        assert await peer.held_dispositions("c1") == {}  # not its lead
+    assert await peer.ask_disposition("c1", l0, paid) == "leased"
+    assert await store.clear_dispositions("c1", {l0: (wrong,)}) == 0  # cleared only as fetched
+    assert await store.held_dispositions("c1") == {l0: (wrong, paid)}
+    assert await store.clear_dispositions("c1", {l0: (wrong, paid)}) == 1
+    assert await store.held_dispositions("c1") == {}
+    # Handed back (the holder stopping) before it picked the code up: a final code ends the lead there.
+    assert await peer.ask_disposition("c1", l1, code("PAID", "k2", "+15550000001", final=True)) == "leased"
+    await store.hand_back_lead("c1", l1, {"v": 1, "n": 1, "cb": T0 + 600}, T0 + 600, T0 + 10)
+    # Lost track of with a wrong party kept: back in line, the phone dropped for the next leaser.
+    assert await peer.ask_disposition("c1", l2, code("WRONG_PARTY", "k3", "+16660000002", drop=True)) == "leased"
+    await store.release_lead("c1", l2, Outcome.LOST, False, T0 + 10)
+    assert await store.lead_counts("c1") == {"pending": 2, "leased": 1, "done": 1}
+    assert await store.callbacks("c1", T0 + 10) == []  # the ended lead's callback went with it
+    leads, states = await peer.lease_leads_with_states("c1", 10, T0 + 11)
+    assert ids(leads) == [l2, "l3"] and states == {l2: {"v": 1, "d": [1]}}
+    assert await peer.lease_due_callbacks("c1", 10, T0 + 600) == ([], {})
+    # A lead its holder ends: the codes kept for it go.
+    assert await store.ask_disposition("c1", l2, wrong) == "leased"
+    await peer.release_lead("c1", l2, Outcome.CONNECTED, True, T0 + 12)
+    assert await peer.held_dispositions("c1") == {} and await store.held_dispositions("c1") == {}
+
+
+async def test_a_dead_holders_lead_takes_the_codes_kept_for_it(store: Store, peer: Store) -> None:
+    a, b = redis_only(store, "lease expiry"), redis_only(peer, "lease expiry")
+    await campaign(a, n=3)
+    l0, l1 = ids(await a.lease_leads("c1", 2, T0))
+    assert await b.ask_disposition("c1", l0, code("PAID", "k0", "+15550000000", final=True)) == "leased"
+    assert await b.ask_disposition("c1", l1, code("WRONG_PARTY", "k1", "+15550000001", drop=True)) == "leased"
+    assert sorted(await b.expire_leases(T0 + 40)) == [("c1", l0), ("c1", l1)]  # a died before picking them up
+    assert await b.lead_counts("c1") == {"pending": 2, "leased": 0, "done": 1}
+    leads, states = await b.lease_leads_with_states("c1", 10, T0 + 41)
+    assert ids(leads) == [l1, "l2"] and states == {l1: {"v": 1, "d": [0]}}
 
 
 async def test_remove_pending_lead_only(store: Store) -> None:
