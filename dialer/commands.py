@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dialer.model import Attempt, Outcome
+from dialer.model import Attempt, Outcome, StoredCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +77,21 @@ class ReleaseLead:
 
 
 @dataclass(frozen=True, slots=True)
+class AskDisposition:
+    """A disposition for a lead this node's hopper no longer holds (handed back to the store, perhaps leased by
+    another node since): the store applies `code` wherever the lead is (`Store.ask_disposition`: a lead waiting in
+    the store is ended or has the phone dropped at once, a leased one keeps it for its holder), and a callback the
+    code asked for (`callback_at`, owned by `callback_agent` when set) through `Store.ask_callback`. `code` is None
+    for a code that only asks a callback."""
+
+    campaign_id: str
+    lead_id: str
+    code: StoredCode | None
+    callback_at: float | None = None
+    callback_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PersistDnc:
     """A number the core put on a DNC list itself (a DNC disposition): the shared store keeps it for every node
     and restart."""
@@ -103,6 +118,7 @@ Command = (
     | RecordAttempt
     | FetchLeads
     | ReleaseLead
+    | AskDisposition
     | PersistDnc
     | Emit
 )

@@ -19,6 +19,7 @@ from typing import Any
 from dialer.agents import SHARED_STATES, Agent, AgentBoard
 from dialer.callerid import CallerIdPool, PoolExhausted
 from dialer.commands import (
+    AskDisposition,
     Command,
     ConnectToAgent,
     Emit,
@@ -64,6 +65,7 @@ from dialer.events import (
     PreviewSkip,
     ScheduleCallback,
     SharedAbandon,
+    StoredDisposition,
     StoreLink,
 )
 from dialer.hopper import Hopper, HopperRules, Pick
@@ -74,6 +76,7 @@ from dialer.model import (
     CampaignStatus,
     Lead,
     Outcome,
+    StoredCode,
     outcome_for_cause,
 )
 from pacing.registry import make_strategy
@@ -393,6 +396,8 @@ class DialerCore:
                     camp.later_callbacks[event.lead_id] = (event.at, event.agent_id)  # not loaded here yet
                 out.append(Emit("callback.scheduled", {"campaign_id": event.campaign_id, "lead_id": event.lead_id,
                                                        "at": event.at, "agent_id": event.agent_id}))
+            case StoredDisposition():
+                self._on_stored_disposition(event, now, out)
             case LeadRemoved():
                 camp = self._campaign(event.campaign_id)
                 info = camp.hopper.info(event.lead_id)
@@ -774,7 +779,7 @@ class DialerCore:
         """What a disposition does to its call's lead, on time or late: DNC, wrong party, the lead ended, called
         back or its phone dropped; the attempt recorded again with it; call.disposition emitted."""
         scheduled: float | None = None
-        held = False
+        held = stored = False
         if camp is not None and done is not None:
             ptp_date = date.fromisoformat(event.ptp_date) if event.ptp_date else None
             code = camp.dispositions.validate(event.code, event.callback_at, event.ptp_amount, ptp_date, now=now)
@@ -804,18 +809,63 @@ class DialerCore:
                 if after in ("done", "removed"):
                     out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
                                            or Outcome.CONNECTED, final=True))
+            elif before is None and (code.final or code.wrong_party or code.dnc or code.callback):
+                # Handed back to the store (campaign stopped, node leaving; another node may hold it now): the store
+                # applies the code wherever the lead is. It used to do nothing: a debtor who paid was called again.
+                stored = True
+                scheduled = event.callback_at
+                out.append(self._ask_store(camp, done, code, event.callback_at, callback_agent))
             # The attempt keeps what the code carried (GET /attempts, the stored history), not only the event.
             done.disposition = event.code
             done.ptp_amount = event.ptp_amount
             done.ptp_date = ptp_date.isoformat() if ptp_date is not None else None
             done.callback_at = scheduled
             out.append(RecordAttempt(done.copy()))
-        # callback_at: the callback scheduled (None where the lead is no longer dialed: nothing was); `held`: the
-        # lead was out on another call, and takes the code (and its callback) when that call is over.
+        # callback_at: the callback scheduled, or asked of the store (None where the lead is no longer dialed: nothing
+        # was); `held`: the lead was out on another call, and takes the code (and its callback) when that call is
+        # over; `stored`: the lead is no longer held here, the store was asked to apply the code wherever the lead
+        # is (its answer follows as `lead.disposition`).
         out.append(Emit("call.disposition", {"call_id": event.call_id, "code": event.code, "agent_id": agent_id,
                                              "callback_at": scheduled,
                                              "ptp_amount": event.ptp_amount, "ptp_date": event.ptp_date,
-                                             "late": late, "held": held}))
+                                             "late": late, "held": held, "stored": stored}))
+
+    @staticmethod
+    def _ask_store(camp: CampaignState, done: Attempt, code: DispositionCode, callback_at: float | None,
+                   callback_agent: str | None) -> AskDisposition:
+        """The store command that applies `code` to the lead of `done` wherever the lead is: what the hopper would
+        do (end the lead, drop the dialed phone) and the callback it asked for."""
+        effect = None
+        if code.final or code.wrong_party or code.dnc:
+            effect = StoredCode(code.code, done.call_id, done.number, done.outcome or Outcome.CONNECTED,
+                                final=code.final, drop=code.wrong_party or code.dnc)
+        return AskDisposition(camp.settings.campaign_id, done.lead_id, effect,
+                              callback_at if code.callback else None, callback_agent if code.callback else None)
+
+    def _on_stored_disposition(self, event: StoredDisposition, now: float, out: list[Command]) -> None:
+        """A code another node took for a lead held here, kept for it in the store: applied as a late disposition
+        (held while the lead is out on a call). A lead that left this hopper meanwhile gets it through the store
+        again."""
+        camp = self._campaign(event.campaign_id)
+        stored, lead_id = event.code, event.lead_id
+        code = DispositionCode(stored.code, stored.code, final=stored.final, wrong_party=stored.drop)
+        info = camp.hopper.info(lead_id)
+        if info is None:
+            out.append(AskDisposition(event.campaign_id, lead_id, stored))
+            result = "stored"
+        elif info.state in ("done", "removed"):
+            result = info.state
+        elif info.state == "out":
+            camp.dispositions_held.setdefault(lead_id, []).append(
+                _LateDisposition(stored.number, code, stored.outcome, None, None))
+            result = "held"
+        elif camp.hopper.dispose(lead_id, stored.number, code, now) in ("done", "removed"):
+            out.append(ReleaseLead(event.campaign_id, lead_id, stored.outcome, final=True))
+            result = "ended"
+        else:
+            result = "applied"
+        out.append(Emit("lead.disposition", {"campaign_id": event.campaign_id, "lead_id": lead_id,
+                                             "call_id": stored.call_id, "code": stored.code, "result": result}))
 
     def _apply_held(self, camp: CampaignState, lead_id: str, now: float) -> Outcome | None:
         """The dispositions held for a lead now back in the hopper (not out): applied in order. The outcome to

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dialer.model import AgentStatus, Attempt, Lead, Outcome
+from dialer.model import AgentStatus, Attempt, Lead, Outcome, StoredCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,16 @@ class ScheduleCallback:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredDisposition:
+    """A disposition another node took for a lead this node holds (kept for it in the store, `AskDisposition`): the
+    hopper applies it as a late one (held until the lead is back if it is out on a call)."""
+
+    campaign_id: str
+    lead_id: str
+    code: StoredCode
+
+
+@dataclass(frozen=True, slots=True)
 class LeadRemoved:
     """A lead leaves its campaign at once (e.g. paid today): never dialed again, its callbacks cancelled."""
 
@@ -258,6 +268,7 @@ Event = (
     | DncAdd
     | LeadRemoved
     | ScheduleCallback
+    | StoredDisposition
     | LeadsAvailable
     | DebtorHistorySeed
     | DncSnapshot

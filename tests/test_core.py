@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from dialer.commands import (
+    AskDisposition,
     ConnectToAgent,
     Emit,
     FetchLeads,
@@ -46,9 +47,10 @@ from dialer.events import (
     PreviewSkip,
     ScheduleCallback,
     SharedAbandon,
+    StoredDisposition,
     StoreLink,
 )
-from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome, outcome_for_cause
+from dialer.model import AgentStatus, Attempt, CampaignSettings, Lead, Outcome, StoredCode, outcome_for_cause
 
 
 def of(cmds, kind):
@@ -1189,3 +1191,76 @@ def test_an_on_time_disposition_of_a_lead_redialed_during_the_wrap_up_is_held_fo
     assert core.agents.get("a1").status is AgentStatus.READY
     (rel,) = of(core.handle(CallFailed(o2.call_id, Outcome.NO_ANSWER, 19), 40.0), ReleaseLead)
     assert rel == ReleaseLead("c1", o1.lead_id, Outcome.CONNECTED, final=True)
+
+
+# ------------------------------------------------------------------------------------- late codes through the store
+
+
+def _handed_back_after_its_wrap_up(n_leads=1):
+    """The campaign stops during the wrap-up of a call; the wrap-up timer ends it and the lead goes back to the store
+    (no longer in this node's hopper). The call."""
+    core = make(n_leads=n_leads, wrapup_s=5.0)
+    (o,) = of(core.tick(1.0), Originate)
+    core.handle(CallAnswered(o.call_id), 2.0)
+    core.handle(CallEnded(o.call_id, 16), 10.0)
+    core.handle(CampaignControl("c1", "stop"), 11.0)
+    back = of(core.tick(15.0), ReleaseLead)
+    assert [(r.lead_id, r.final) for r in back] == [(o.lead_id, False)]
+    assert core.campaigns["c1"].hopper.info(o.lead_id) is None
+    return core, o
+
+
+def test_a_late_final_code_for_a_lead_handed_back_asks_the_store_to_end_it():
+    # It used to do nothing to the lead: the store handed the debtor who just paid to the next node to dial.
+    core, o = _handed_back_after_its_wrap_up()
+    cmds = core.handle(Disposition(o.call_id, "PAID"), 20.0)
+    assert of(cmds, AskDisposition) == [AskDisposition("c1", o.lead_id, StoredCode(
+        "PAID", o.call_id, o.number, Outcome.CONNECTED, final=True, drop=False))]
+    assert not of(cmds, ReleaseLead)  # the lease is gone: the store ends it wherever it is
+    data = _disposition_event(cmds)
+    assert (data["late"], data["held"], data["stored"], data["callback_at"]) == (True, False, True, None)
+    assert of(cmds, RecordAttempt)[0].attempt.disposition == "PAID"
+
+
+def test_a_late_wrong_party_or_callback_for_a_lead_handed_back_goes_to_the_store():
+    core, o = _handed_back_after_its_wrap_up()
+    cmds = core.handle(Disposition(o.call_id, "WRONG_PARTY"), 20.0)
+    assert of(cmds, AskDisposition) == [AskDisposition("c1", o.lead_id, StoredCode(
+        "WRONG_PARTY", o.call_id, o.number, Outcome.CONNECTED, final=False, drop=True))]
+    core, o = _handed_back_after_its_wrap_up()
+    cmds = core.handle(Disposition(o.call_id, "CALLBACK", callback_at=900.0, own_callback=True), 20.0)
+    assert of(cmds, AskDisposition) == [AskDisposition("c1", o.lead_id, None, 900.0, "a1")]
+    data = _disposition_event(cmds)
+    assert (data["stored"], data["callback_at"]) == (True, 900.0)  # it used to say null: no callback was made
+    assert of(cmds, RecordAttempt)[0].attempt.callback_at == 900.0
+    # A code that changes nothing for the lead (a refusal) asks nothing of the store.
+    core, o = _handed_back_after_its_wrap_up()
+    cmds = core.handle(Disposition(o.call_id, "REFUSED"), 20.0)
+    assert not of(cmds, AskDisposition) and _disposition_event(cmds)["stored"] is False
+
+
+def _lead_event(cmds):
+    (emit,) = [c for c in of(cmds, Emit) if c.kind == "lead.disposition"]
+    return emit.data
+
+
+def test_a_code_kept_in_the_store_for_a_lead_held_here_steers_it_as_a_late_disposition():
+    core = make(n_leads=3, wrapup_s=5.0)
+    hop = core.campaigns["c1"].hopper
+    paid = StoredCode("PAID", "n2-7", "+15550100000", Outcome.CONNECTED, final=True, drop=False)
+    cmds = core.handle(StoredDisposition("c1", "L0", paid), 1.0)  # waiting here: ended at once
+    assert of(cmds, ReleaseLead) == [ReleaseLead("c1", "L0", Outcome.CONNECTED, final=True)]
+    assert hop.info("L0").state == "done" and _lead_event(cmds)["result"] == "ended"
+    wrong = StoredCode("WRONG_PARTY", "n2-8", "+15550100001", Outcome.CONNECTED, final=False, drop=True)
+    (o,) = of(core.tick(2.0), Originate)
+    assert o.lead_id == "L1"
+    cmds = core.handle(StoredDisposition("c1", "L1", wrong), 3.0)  # out on a call here: held until it is back
+    assert _lead_event(cmds)["result"] == "held" and not of(cmds, ReleaseLead)
+    cmds = core.handle(CallFailed(o.call_id, Outcome.BUSY, 17), 4.0)
+    assert of(cmds, ReleaseLead) == [ReleaseLead("c1", "L1", Outcome.CONNECTED, final=True)]  # its only phone
+    # Gone from this hopper meanwhile (handed back): the code goes to the store again.
+    core.handle(CampaignControl("c1", "stop"), 5.0)
+    cmds = core.handle(StoredDisposition("c1", "L2", paid), 6.0)
+    assert of(cmds, AskDisposition) == [AskDisposition("c1", "L2", paid)]
+    assert _lead_event(cmds)["result"] == "stored"
+    assert _lead_event(core.handle(StoredDisposition("c1", "L0", paid), 7.0))["result"] == "done"
