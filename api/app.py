@@ -1250,6 +1250,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({done.disposition}); "
                                      "one per call")
         camp = core.campaigns.get(campaign_id)
+        stored = False
         if camp is not None:  # the core checks again; here the caller learns what is wrong
             try:
                 code = camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
@@ -1262,9 +1263,13 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             if done is not None and info is not None and info.state in ("done", "removed"):
                 raise HTTPException(409, f"callback_at: lead {done.lead_id!r} is {info.state} (attempt cap reached, "
                                          "no phone left, or removed): no callback can be scheduled; post another code")
+            # A lead this node's hopper no longer holds (handed back to the store; another node may hold it): the
+            # code goes through the store, which applies it wherever the lead is (event `lead.disposition`).
+            stored = done is not None and camp.hopper.info(done.lead_id) is None and \
+                (code.final or code.wrong_party or code.dnc or code.callback)
         runtime.submit(Disposition(call_id, body.code, body.callback_at, body.own_callback, body.ptp_amount,
                                    body.ptp_date.isoformat() if body.ptp_date else None))
-        return {"call_id": call_id, "agent_id": agent_id, "requested": "disposition", "late": late}
+        return {"call_id": call_id, "agent_id": agent_id, "requested": "disposition", "late": late, "stored": stored}
 
     # ------------------------------------------------------------------ events
 

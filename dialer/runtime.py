@@ -34,7 +34,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dialer.commands import Command, Emit, FetchLeads, Hangup, Originate, PersistDnc, RecordAttempt, ReleaseLead
+from dialer.commands import (
+    AskDisposition,
+    Command,
+    Emit,
+    FetchLeads,
+    Hangup,
+    Originate,
+    PersistDnc,
+    RecordAttempt,
+    ReleaseLead,
+)
 from dialer.compliance import DebtorHistory
 from dialer.core import PREVIEW, CampaignState, CoreError, DialerCore
 from dialer.events import (
@@ -49,10 +59,11 @@ from dialer.events import (
     LeadsAvailable,
     ScheduleCallback,
     SharedAbandon,
+    StoredDisposition,
     StoreLink,
 )
 from dialer.logs import mask_number
-from dialer.model import AgentStatus, Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.model import AgentStatus, Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 from dialer.ports import TELEPHONY_COMMANDS, CampaignChange, Store, Telephony
 from pacing.snapshot import PacingCaps
 
@@ -86,7 +97,7 @@ class _Dial:
     queued_at: float  # time.monotonic()
 
 
-StoreOp = RecordAttempt | ReleaseLead | PersistDnc | _Dial
+StoreOp = RecordAttempt | ReleaseLead | AskDisposition | PersistDnc | _Dial
 
 
 @dataclass(slots=True)
@@ -159,6 +170,8 @@ class Runtime:
         # ((campaign, lead) -> (at, agent)); and each campaign's callbacks as last published for the other nodes.
         self._callbacks_applied: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._callbacks_published: dict[str, list[tuple[str, float, str | None]]] = {}
+        # Likewise the codes other nodes took for leads held here (`Store.held_dispositions`), applied, not yet cleared.
+        self._dispositions_applied: dict[tuple[str, str], tuple[StoredCode, ...]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -482,7 +495,7 @@ class Runtime:
                 held = cmd
             elif isinstance(cmd, TELEPHONY_COMMANDS):
                 self.telephony.execute(cmd)
-            elif isinstance(cmd, RecordAttempt | ReleaseLead | PersistDnc):
+            elif isinstance(cmd, RecordAttempt | ReleaseLead | AskDisposition | PersistDnc):
                 self._store_ops.put_nowait(cmd)
             elif isinstance(cmd, FetchLeads):
                 task = asyncio.create_task(self._fetch(cmd))
@@ -625,6 +638,8 @@ class Runtime:
                 elif isinstance(op, ReleaseLead):
                     # Repeating a release that landed is harmless: the lead is no longer leased, it is ignored.
                     await self._release(op)
+                elif isinstance(op, AskDisposition):
+                    await self._ask_disposition(op)
                 elif isinstance(op, PersistDnc):
                     add = getattr(self.store, "dnc_add", None)  # a shared store; in memory the core is the list
                     if add is not None:
@@ -644,6 +659,23 @@ class Runtime:
             await self.store.hand_back_lead(op.campaign_id, op.lead_id, op.state, op.eligible_at, self.clock())
         else:
             await self.store.release_lead(op.campaign_id, op.lead_id, op.outcome, op.final, self.clock())
+
+    async def _ask_disposition(self, op: AskDisposition) -> None:
+        """A disposition for a lead this node no longer holds: the store applies the code wherever the lead is, and
+        keeps the callback it asked for. In the writes' queue, after the hand-back that took the lead away from here.
+        What the store did goes out as `lead.disposition`. Safe to repeat: a code asked again is kept once."""
+        result = callback = None
+        if op.code is not None:
+            result = await self.store.ask_disposition(op.campaign_id, op.lead_id, op.code)
+        if op.callback_at is not None and result not in ("ended", "done", "removed", "unknown"):
+            callback = await self.store.ask_callback(op.campaign_id, op.lead_id, op.callback_at, op.callback_agent)
+            result = result or callback
+        kept = callback in ("pending", "leased")
+        fields = {"campaign_id": op.campaign_id, "lead_id": op.lead_id, "result": result,
+                  "call_id": op.code.call_id if op.code is not None else None,
+                  "callback_at": op.callback_at if kept else None}
+        log.info("disposition asked of the store", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+        self._emit(Emit("lead.disposition", fields))
 
     async def _store_failed(self) -> None:
         """A store call failed. If the store does not answer a ping either, it is down: dialing pauses
@@ -761,6 +793,7 @@ class Runtime:
                 except CoreError as exc:  # the lead ended here meanwhile (done, removed): no callback for it
                     log.warning("asked callback dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
                                                                             "error": str(exc)[:200]}})
+            await self._sync_dispositions(cid, camp)
             rows = _hopper_callbacks(camp)
             if rows != self._callbacks_published.get(cid, []):
                 await self.store.publish_callbacks(cid, rows, now)
@@ -785,6 +818,30 @@ class Runtime:
             if leads:
                 log.info("due callbacks leased", extra={"fields": {"campaign_id": cid, "leads": len(leads)}})
                 self.submit(LeadsAvailable(cid, tuple(leads), states or None, fetched=False))
+
+    async def _sync_dispositions(self, cid: str, camp: CampaignState) -> None:
+        """Codes another node took for leads held here (`Store.held_dispositions`) → the core, then cleared in the
+        store. A lead not in the hopper yet (its lease's reply still on its way to the core) is left for the next
+        pass: the code stays kept for it."""
+        held = await self.store.held_dispositions(cid)
+        taken = {lid: codes for lid, codes in held.items() if camp.hopper.info(lid) is not None}
+        if not taken:
+            return
+        now = self.clock()
+        for lead_id, codes in taken.items():
+            if self._dispositions_applied.get((cid, lead_id)) == codes:
+                continue  # applied at an earlier pass whose clear did not land
+            self._dispositions_applied[(cid, lead_id)] = codes
+            for code in codes:
+                try:
+                    # Straight to the core, as callbacks: cleared in the store only once the core holds it.
+                    self._dispatch(self.core.handle(StoredDisposition(cid, lead_id, code), now))
+                except (CoreError, ValueError) as exc:
+                    log.warning("kept disposition dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
+                                                                              "error": str(exc)[:200]}})
+        await self.store.clear_dispositions(cid, taken)
+        for lead_id in taken:
+            self._dispositions_applied.pop((cid, lead_id), None)
 
     async def _unpublish_callbacks(self) -> None:
         """A stopping node's published callbacks go (its leads went back with them in their states): best effort,

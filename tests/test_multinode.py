@@ -755,6 +755,122 @@ async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_se
         await probe.aclose()
 
 
+# ---------------------------------------------------------------------------------------------- late codes across nodes
+
+
+async def test_a_late_code_reaches_its_lead_in_the_store_or_on_another_node(redis_server: RedisServer) -> None:
+    """n1's agent talks to three debtors (A, B, C: the only leads), the wrap-up timer ends each wrap-up, then the
+    campaign stops: the leads go back to Redis, recycled for a minute. A late PAID for C through n1 ends it where it
+    waits. The campaign starts again with n1 fetching nothing: n2 (no agent yet) leases A and B; late through n1,
+    PAID for A and a callback in an hour for B reach n2 within its sync. Then n2's agent logs in: A and C are never
+    dialed again, B at its callback's time and not before. On the old code the three codes did nothing to their
+    leads (`call.disposition` said callback_at null): n2 dialed A, B and C as soon as it had an agent."""
+    t0 = 1_700_000_000.0
+    url = f"{redis_server.url}?prefix=lc{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(t0)
+    probe = open_store(url, node_id="probe")
+    assert isinstance(probe, RedisStore)
+    n1 = await _api_node(url, "n1", clock)
+    nodes = [n1]
+    seen: list[dict[str, object]] = []
+    n1.runtime.subscribe(lambda cmd: seen.append({"kind": cmd.kind, **cmd.data})
+                         if cmd.kind in ("call.disposition", "lead.disposition") else None)
+    try:
+        r = await n1.api.post("/api/v1/campaigns", json={
+            "campaign_id": "c", "strategy": "progressive", "wrapup_s": 0.2,
+            "hopper": {"recycle_delays": {"connected": 60}}})
+        assert r.status_code == 201, r.text
+        leads = [{"lead_id": lid, "phone": f"+5730012000{i}1", "country": "CO", "timezone": "America/Bogota"}
+                 for i, lid in enumerate("ABC")]  # numbers ending in 1: answered, connected, 0.05 s of talk
+        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 3
+        assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+
+        async def dials(lead: str | None = None) -> list[Attempt]:
+            return [a for a in await probe.attempts("c") if lead in (None, a.lead_id)]
+
+        async def three_talked() -> bool:
+            done = [a for a in await dials() if a.outcome is Outcome.CONNECTED]
+            return len(done) == 3 and n1.core.agents.get("a1").status.value == "ready"  # type: ignore[union-attr]
+
+        await _poll(three_talked, "n1's three conversations and their wrap-ups")
+        call = {a.lead_id: a.call_id for a in await dials()}
+        assert (await n1.api.post("/api/v1/campaigns/c/stop")).status_code == 200
+
+        async def handed_back() -> bool:
+            return await probe.lead_counts("c") == {"pending": 3, "leased": 0, "done": 0}
+
+        await _poll(handed_back, "the leads back in Redis")
+
+        async def late(lead: str, body: dict[str, object]) -> dict[str, object]:
+            r = await n1.api.post(f"/api/v1/calls/{call[lead]}/disposition", json=body)
+            assert r.status_code == 202, r.text
+            reply = r.json()
+            assert reply["late"] is True and reply["stored"] is True
+            return reply
+
+        async def told(lead: str) -> bool:
+            return any(e["kind"] == "lead.disposition" and e["lead_id"] == lead for e in seen)
+
+        await late("C", {"code": "PAID"})
+        await _poll(lambda: told("C"), "the store's answer for C")
+        assert [e["result"] for e in seen if e["kind"] == "lead.disposition"] == ["ended"]
+        assert await probe.lead_counts("c") == {"pending": 2, "leased": 0, "done": 1}
+
+        n1.core.config.hopper_low_water = 0  # n1 leases nothing more: n2 takes the leads
+        nodes.append(n2 := await _api_node(url, "n2", clock))
+        clock.set(t0 + 70)  # the minute's recycle is over
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+        hop2 = n2.core.campaigns["c"].hopper
+
+        async def n2_holds_a_and_b() -> bool:
+            return hop2.info("A") is not None and hop2.info("B") is not None
+
+        await _poll(n2_holds_a_and_b, "n2 to lease A and B")
+        at_b = round(clock()) + 3600.0
+        await late("A", {"code": "PAID"})
+        await late("B", {"code": "CALLBACK", "callback_at": at_b})
+
+        async def b_disposed() -> bool:
+            return any(e["kind"] == "call.disposition" and e["call_id"] == call["B"] for e in seen)
+
+        await _poll(b_disposed, "B's disposition")
+        (event,) = [e for e in seen if e["kind"] == "call.disposition" and e["call_id"] == call["B"]]
+        assert event["stored"] is True and event["callback_at"] == at_b  # it said null: no callback was made
+
+        async def n2_took_them() -> bool:
+            a, b = hop2.info("A"), hop2.info("B")
+            return a is not None and a.state == "done" and b is not None and b.callback_at == at_b
+
+        await _poll(n2_took_them, "n2 to take A's PAID and B's callback")
+        assert await probe.held_dispositions("c") == {}
+        assert (await n2.api.post("/api/v1/agents/a2/login", json={})).status_code == 202
+
+        async def counts_done() -> bool:
+            return (await probe.lead_counts("c"))["done"] == 2
+
+        await _poll(counts_done, "A done in Redis")
+        for t in (t0 + 200, t0 + 3000, at_b - 30):  # recycles long over: only B's callback could be dialed, later
+            clock.set(t)
+            await asyncio.sleep(1.0)
+            assert len(await dials()) == 3, [(a.lead_id, a.call_id) for a in await dials()]
+        clock.set(at_b)
+
+        async def b_dialed() -> bool:
+            return len(await dials("B")) == 2
+
+        await _poll(b_dialed, "B's callback")
+        last = (await dials("B"))[-1]
+        assert last.call_id.startswith("n2") and at_b <= last.dialed_at < at_b + 3
+        clock.set(at_b + 86_400 * 3)
+        await asyncio.sleep(1.5)
+        assert len(await dials("A")) == 1 and len(await dials("C")) == 1  # the debtors who paid: never again
+    finally:
+        for node in nodes:
+            await node.close()
+        await probe.aclose()
+
+
 # ---------------------------------------------------------------------------------------------- calls of a run gone
 
 
