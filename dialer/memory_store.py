@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dialer.hopper import state_with_callback, state_with_dropped
+from dialer.hopper import STATE_VERSION, state_with_callback, state_with_dropped
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
 from dialer.ports import CampaignChange, FailedWebhook, kind_matches
 
@@ -418,8 +418,8 @@ def _settle_kept(bucket: _CampaignLeads, lead_id: str) -> bool:
         for c in codes:
             if c.drop and c.number in phones:
                 dropped.add(phones.index(c.number))
-        kept = bucket.states.get(lead_id)
-        before = json.loads(kept).get("d", ()) if kept is not None else ()
+        kept = json.loads(bucket.states.get(lead_id) or "null")
+        before = kept.get("d", ()) if isinstance(kept, dict) and kept.get("v") == STATE_VERSION else ()
         if all(i in dropped or i in before for i in range(len(phones))):
             ended = codes[-1]
     if ended is None:
