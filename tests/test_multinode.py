@@ -920,13 +920,19 @@ async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_take
         new.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
         r = await api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "PAID"})
         assert r.status_code == 202, r.text
-        assert r.json() == {"call_id": call_id, "agent_id": "a1", "requested": "disposition", "late": True}
+        assert r.json() == {"call_id": call_id, "agent_id": "a1", "requested": "disposition", "late": True,
+                            "stored": True}  # the old run handed the lead back: the store ends it
 
         async def recorded() -> bool:
             stored = await probe.attempt(call_id)
             return stored is not None and stored.disposition == "PAID"
 
         await _poll(recorded, "the code on the stored attempt")
+
+        async def ended() -> bool:
+            return (await probe.lead_counts("c"))["done"] == 1
+
+        await _poll(ended, "the paid debtor's lead to end")
         assert [(d["call_id"], d["code"], d["late"]) for d in seen] == [(call_id, "PAID", True)]
         r = await api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "DNC"})
         assert r.status_code == 409 and "already has its disposition (PAID)" in r.text
