@@ -29,7 +29,7 @@ READ: tuple[Role, ...] = ("admin", "integrator", "supervisor", "viewer")
 MANAGE: tuple[Role, ...] = ("admin", "integrator")  # campaigns, leads, DNC
 CONTROL: tuple[Role, ...] = ("admin", "integrator", "supervisor")  # start / pause / stop campaigns
 AGENT_STATE: tuple[Role, ...] = ("admin", "supervisor", "agent")  # agent login/ready/pause/logout, dispositions
-WEBHOOKS: tuple[Role, ...] = ("admin", "supervisor")  # webhook events kept: list, redeliver, delete
+WEBHOOKS: tuple[Role, ...] = ("admin", "integrator", "supervisor")  # webhook events kept: list, redeliver, delete
 
 
 @dataclass(frozen=True, slots=True)

@@ -577,7 +577,7 @@ async def test_events_pushed_out_of_a_full_queue_are_kept() -> None:
     assert (hooks.senders[0].counters.dropped, hooks.senders[0].counters.failed) == (3, 2)
 
 
-async def test_kept_events_are_for_supervisors_and_admins_and_can_be_deleted() -> None:
+async def test_kept_events_are_for_integrators_supervisors_and_admins_and_can_be_deleted() -> None:
     tokens = [ApiToken(name=role, token=SecretStr(f"{role}-token-0123456789"), role=role)  # type: ignore[arg-type]
               for role in ("admin", "supervisor", "integrator", "viewer")]
     rx = Switch(status=404)
@@ -593,7 +593,7 @@ async def test_kept_events_are_for_supervisors_and_admins_and_can_be_deleted() -
                 return {"Authorization": f"Bearer {role}-token-0123456789"}
 
             assert (await api.get("/api/v1/webhooks/failed")).status_code == 401
-            for role in ("integrator", "viewer"):
+            for role in ("viewer",):  # the integrator whose endpoint missed them reconciles (below)
                 assert (await api.get("/api/v1/webhooks/failed", headers=auth(role))).status_code == 403
                 assert (await api.post("/api/v1/webhooks/failed/redeliver", json={"all": True},
                                        headers=auth(role))).status_code == 403
@@ -601,6 +601,7 @@ async def test_kept_events_are_for_supervisors_and_admins_and_can_be_deleted() -
                                          headers=auth(role))).status_code == 403
             items = (await api.get("/api/v1/webhooks/failed", headers=auth("supervisor"))).json()["items"]
             assert len(items) == 4
+            assert (await api.get("/api/v1/webhooks/failed", headers=auth("integrator"))).json()["items"] == items
             assert (await api.post("/api/v1/webhooks/failed/redeliver", json={},
                                    headers=auth("admin"))).status_code == 422
             assert (await api.delete("/api/v1/webhooks/failed", headers=auth("admin"))).status_code == 422
