@@ -1,8 +1,10 @@
 """pytest plugin: a real redis-server for `redis`-marked tests.
 
 One instance per session on a free 127.0.0.1 port, with AOF on (`appendfsync everysec`, no RDB) in a
-temporary directory, so tests can restart it and check what survived. Without redis-server the tests skip
-locally; with CI=true they fail instead, never skip. `RedisServer` also runs outside pytest (benchmarks).
+temporary directory, so tests can restart it and check what survived. Also a Sentinel in front of it, a 3-master
+Redis Cluster for the session, and for a failover test a Cluster of its own with a replica per master. Without
+redis-server the tests skip locally; with CI=true they fail instead, never skip. `RedisServer` also runs outside
+pytest (benchmarks).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
 from tests.harness.services import free_port, unavailable
 
@@ -199,16 +203,21 @@ def redis_sentinel(redis_server: RedisServer, tmp_path_factory: pytest.TempPathF
 
 
 class RedisClusterServers:
-    """A Redis Cluster of our own: `masters` redis-server processes (`--cluster-enabled yes`, no replicas) on
-    127.0.0.1, joined by `redis-cli --cluster create`, each with its own port, bus port (`cluster-port`, so an
-    ephemeral port never needs port + 10000) and directory. Its URL is the store URL (`redis+cluster://`)."""
+    """A Redis Cluster of our own: `masters` redis-server processes (`--cluster-enabled yes`), each with `replicas`
+    replicas, on 127.0.0.1, joined by `redis-cli --cluster create`, each with its own port, bus port
+    (`cluster-port`, so an ephemeral port never needs port + 10000) and directory. Its URL is the store URL
+    (`redis+cluster://`). `node_timeout_ms` is `cluster-node-timeout`: how long a silent master goes before the
+    others call it failed and a replica takes over (with replicas, a small one keeps a failover test short)."""
 
-    def __init__(self, binary: str, cli: str, directory: Path, masters: int = 3) -> None:
+    def __init__(self, binary: str, cli: str, directory: Path, masters: int = 3, replicas: int = 0,
+                 node_timeout_ms: int = 5000) -> None:
         self.binary = binary
         self.cli = cli
         self.dir = directory
         self.masters = masters
-        self.ports: list[int] = []
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports: list[int] = []  # every node's client port (masters first, as created)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -225,16 +234,18 @@ class RedisClusterServers:
     def start(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         ports: list[int] = []
-        while len(ports) < 2 * self.masters:  # client and bus ports, all distinct
+        nodes = self.masters * (1 + self.replicas)
+        while len(ports) < 2 * nodes:  # client and bus ports, all distinct
             if (port := free_port()) not in ports:
                 ports.append(port)
-        self.ports, bus_ports = ports[:self.masters], ports[self.masters:]
+        self.ports, bus_ports = ports[:nodes], ports[nodes:]
         for port, bus_port in zip(self.ports, bus_ports, strict=True):
             node_dir = self.dir / str(port)
             node_dir.mkdir(parents=True, exist_ok=True)
             args = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
                     "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
-                    "--cluster-config-file", str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
                     "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(node_dir),
                     "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
                     "--maxmemory-policy", "noeviction"]
@@ -245,8 +256,9 @@ class RedisClusterServers:
                 _await(proc, functools.partial(_answers, port, b"PING\r\n", b"+PONG"), deadline, "redis-server",
                        "answer", self._log_tail)
             create = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                                     "--cluster-replicas", "0", "--cluster-yes"], stdin=subprocess.DEVNULL,
-                                    capture_output=True, timeout=max(deadline - time.monotonic(), 1.0))
+                                     "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                                    stdin=subprocess.DEVNULL, capture_output=True,
+                                    timeout=max(deadline - time.monotonic(), 1.0))
             if create.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout.decode(errors='replace')}"
                                    f"{create.stderr.decode(errors='replace')}")
@@ -255,9 +267,59 @@ class RedisClusterServers:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the cluster was not ok within {timeout} s: {self._log_tail()}")
                 time.sleep(0.05)
+            # A replica can take over only once it has synced with its master.
+            while not all(_answers(p, b"INFO replication\r\n", b"master_link_status:up")
+                          for p in self.ports if self.role(p) == "slave"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replicas did not sync within {timeout} s: {self._log_tail()}")
+                time.sleep(0.05)
         except (RuntimeError, OSError, subprocess.TimeoutExpired):
             self.stop()
             raise
+
+    def _command(self, port: int, *args: str) -> Any:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+    def role(self, port: int) -> str:
+        """`master` or `slave` as the node on `port` says (ROLE)."""
+        return str(self._command(port, "ROLE")[0])
+
+    def live_ports(self) -> list[int]:
+        return [p for p, proc in zip(self.ports, self.procs, strict=True) if proc.poll() is None]
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving `key`'s slot, as a live node's CLUSTER SLOTS says now."""
+        port = self.live_ports()[0]
+        slot = int(self._command(port, "CLUSTER", "KEYSLOT", key))
+        for first, last, master, *_ in self._command(port, "CLUSTER", "SLOTS"):
+            if int(first) <= slot <= int(last):
+                return int(master[1])
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on `port` (a crash: no goodbye to the cluster, its replica must notice)."""
+        proc = self.procs[self.ports.index(port)]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    def await_promotion(self, key: str, dead: int, timeout: float = 20.0) -> int:
+        """Wait until a live node is the master of `key`'s slot (a replica took over from `dead`) and every live
+        node says cluster_state:ok; its port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, redis.RedisError):
+                port = self.master_of(key)
+                if port != dead and self.role(port) == "master" and all(
+                        _answers(p, b"CLUSTER INFO\r\n", b"cluster_state:ok") for p in self.live_ports()):
+                    return port
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {dead} within {timeout} s: {self._log_tail()}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         procs, self.procs = self.procs, []
@@ -306,6 +368,28 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.start()
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         unavailable(str(exc), "Redis Cluster")
+        raise  # unreachable: unavailable() fails or skips
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_with_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 masters, each with one replica, for a test that kills a master (its own: a failover
+    leaves the cluster changed). `cluster-node-timeout` 1000 ms: a dead master is failed over within a few
+    seconds."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        unavailable("redis-server or redis-cli is not installed", "Redis Cluster")
+        raise AssertionError  # unreachable: unavailable() fails or skips
+    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp("cluster-replicas"), replicas=1,
+                                  node_timeout_ms=1000)
+    try:
+        cluster.start()
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        unavailable(str(exc), "Redis Cluster with replicas")
         raise  # unreachable: unavailable() fails or skips
     try:
         yield cluster
