@@ -300,10 +300,18 @@ class RedisStore:
     # ------------------------------------------------------------------ the Store protocol
 
     async def ping(self) -> bool:
+        """True if the store is usable now. A Cluster is usable when every master answers and the Cluster says
+        `cluster_state:ok` (every slot served): redis-py's own `ping()` asks one node only, so while a dead master's
+        slots wait for its replica to take over it still said True."""
         try:
             await self._ensure()
+            if isinstance(self._r, RedisCluster):
+                if not await self._r.ping(target_nodes=RedisCluster.PRIMARIES):
+                    return False
+                info = await self._r.cluster_info()
+                return isinstance(info, dict) and info.get("cluster_state") == "ok"
             return bool(await self._r.ping())
-        except Exception:  # down, timed out, refused, auth: all mean "not usable now"
+        except Exception:  # down, timed out, refused, auth, a slot without a master: all mean "not usable now"
             return False
 
     async def save_campaign(self, settings: CampaignSettings) -> None:
