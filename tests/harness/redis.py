@@ -210,13 +210,16 @@ class RedisClusterServers:
     others call it failed and a replica takes over (with replicas, a small one keeps a failover test short)."""
 
     def __init__(self, binary: str, cli: str, directory: Path, masters: int = 3, replicas: int = 0,
-                 node_timeout_ms: int = 5000) -> None:
+                 node_timeout_ms: int = 5000, aof: bool = True) -> None:
         self.binary = binary
         self.cli = cli
         self.dir = directory
         self.masters = masters
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
+        # AOF off: a replica that has just synced writes its first AOF and meanwhile refuses a SIGTERM ("Writing
+        # initial AOF, can't exit"), so a test that does not need it starts and stops faster without it.
+        self.aof = aof
         self.ports: list[int] = []  # every node's client port (masters first, as created)
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -246,9 +249,11 @@ class RedisClusterServers:
                     "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
                     "--cluster-config-file", str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout", str(self.node_timeout_ms),
-                    "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(node_dir),
-                    "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
-                    "--maxmemory-policy", "noeviction"]
+                    "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec",
+                    "--dir", str(node_dir), "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
+                    # stop() ends masters and replicas at once: a master must not wait 10 s for a replica gone
+                    "--shutdown-timeout", "0", "--maxmemory-policy", "noeviction",
+                    "--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
             self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
         try:
@@ -300,6 +305,16 @@ class RedisClusterServers:
                 return int(master[1])
         raise RuntimeError(f"no node serves slot {slot}")
 
+    def replicas_of(self, key: str) -> list[int]:
+        """The ports of the replicas connected to the master of `key`'s slot (its ROLE: another node's CLUSTER SLOTS
+        may not list a replica yet)."""
+        return [int(r[1]) for r in self._command(self.master_of(key), "ROLE")[2]]
+
+    def freeze(self, port: int, frozen: bool = True) -> None:
+        """SIGSTOP (or, frozen=False, SIGCONT) the node on `port`: a node that stops answering without closing its
+        connections (keep it short of the node timeout, or the cluster fails it)."""
+        self.procs[self.ports.index(port)].send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` (a crash: no goodbye to the cluster, its replica must notice)."""
         proc = self.procs[self.ports.index(port)]
@@ -325,6 +340,7 @@ class RedisClusterServers:
         procs, self.procs = self.procs, []
         for proc in procs:
             if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a frozen node would never see the SIGTERM
                 proc.terminate()
         for proc in procs:
             try:
@@ -379,13 +395,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def redis_cluster_with_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A Redis Cluster of 3 masters, each with one replica, for a test that kills a master (its own: a failover
     leaves the cluster changed). `cluster-node-timeout` 1000 ms: a dead master is failed over within a few
-    seconds."""
+    seconds. No AOF: what a failover keeps is what reached the replica."""
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
         unavailable("redis-server or redis-cli is not installed", "Redis Cluster")
         raise AssertionError  # unreachable: unavailable() fails or skips
     cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp("cluster-replicas"), replicas=1,
-                                  node_timeout_ms=1000)
+                                  node_timeout_ms=1000, aof=False)
     try:
         cluster.start()
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
