@@ -224,6 +224,8 @@ class RedisStore:
         lease_ttl_s: float = 60.0,
         stream_maxlen: int | None = None,
         lost_hold_s: float | None = None,
+        wait_replicas: int = 0,
+        wait_ms: int = 100,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix: must not contain '{' or '}' (they would change the Cluster hash tag)")
@@ -238,6 +240,13 @@ class RedisStore:
         self.lost_hold_s = 2 * lease_ttl_s if lost_hold_s is None else lost_hold_s
         if self.lost_hold_s < 0:
             raise ValueError("lost_hold_s: must be >= 0")
+        if wait_replicas < 0 or wait_ms <= 0:
+            raise ValueError("wait_replicas: must be >= 0, wait_ms > 0")
+        # Leases are acknowledged by this many replicas (WAIT, up to wait_ms) before a node dials them: a failover
+        # (replication is asynchronous) then cannot lose a lease its node has acted on. 0: no WAIT.
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
+        self._lease_unreplicated = False  # the last lease was not acknowledged by enough replicas (logged once)
         self.stream_maxlen = stream_maxlen
         # Leases this process holds: campaign -> lead -> fencing token. Releases carry the token; renewals
         # extend only leases whose token we received.
@@ -448,8 +457,8 @@ class RedisStore:
         expires = _num(now + self.lease_ttl_s)
         while True:
             want = min(count - len(out), _LEASE_CHUNK)
-            reply = await self._s_lease(keys=keys, args=[max(want, 0), _num(now), expires, self.node_id,
-                                                         _PROMOTE_LIMIT, mode])
+            reply = await self._lease_script(keys, [max(want, 0), _num(now), expires, self.node_id, _PROMOTE_LIMIT,
+                                                    mode])
             if reply is None:
                 raise self._unknown(campaign_id)
             if not reply:
@@ -469,6 +478,33 @@ class RedisStore:
                     states[lid] = state
             if len(reply) // 5 < want or len(out) >= count:
                 return out, states
+
+    async def _lease_script(self, keys: list[str], args: list[Any]) -> Any:
+        """The LEASE script; with `wait_replicas`, followed on the same connection by WAIT (a pipeline to the slot's
+        master), so the leases are on that many replicas before the node dials them. Not acknowledged in time (a
+        replica down or behind): the leases stand (as on a Redis without replicas) and a warning says so."""
+        if not self.wait_replicas:
+            return await self._s_lease(keys=keys, args=args)
+        pipe = self._r.pipeline(transaction=False)
+        if isinstance(self._r, RedisCluster):
+            # A Cluster pipeline sends a node's commands on one connection, in order. EVAL (not EVALSHA): a
+            # replica just promoted has an empty script cache.
+            pipe.execute_command("EVAL", lua.LEASE, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms,
+                                 target_nodes=self._r.get_node_from_key(keys[0]))
+        else:
+            await self._s_lease(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
+        reply, acked = await pipe.execute()
+        short = int(acked) < self.wait_replicas
+        if short != self._lease_unreplicated:
+            self._lease_unreplicated = short
+            if short:
+                log.warning("leases not acknowledged by enough replicas: a failover now could lose them",
+                            extra={"fields": {"replicas": int(acked), "wanted": self.wait_replicas}})
+            else:
+                log.info("leases acknowledged by replicas again", extra={"fields": {"replicas": int(acked)}})
+        return reply
 
     async def release_lead(self, campaign_id: str, lead_id: str, outcome: Outcome, final: bool, now: float) -> None:
         if final or outcome is not Outcome.LOST:

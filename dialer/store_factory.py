@@ -7,8 +7,10 @@
     redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
 
 Options (query): prefix (key prefix, default `marcador:`), node_id (lease owner; default host-pid),
-lease_ttl (seconds, default 60), lost_hold (seconds a dead node's lead with a call in flight waits before it
-may be dialed again; default 2 x lease_ttl: set it above ring timeout + the longest talk), socket_timeout,
+lease_ttl (seconds, default 60), wait_replicas (replicas that must acknowledge each lease batch before its leads
+are dialed, WAIT up to 100 ms: a Sentinel/Cluster failover then keeps them; default 0), lost_hold (seconds a dead
+node's lead with a call in flight waits before it may be dialed again; default 2 x lease_ttl: set it above ring
+timeout + the longest talk), socket_timeout,
 socket_connect_timeout (seconds), client_name, ssl_cert_reqs, ssl_ca_certs, and for Sentinel
 sentinel_password. Clients connect lazily: a wrong host
 shows at the first command (or `ping()`), a malformed URL here, as a ValueError that names the problem.
@@ -48,7 +50,7 @@ _SCHEMES = {
     "rediss+sentinel": ("sentinel", True),
 }
 _DEFAULT_PORT = {"plain": 6379, "cluster": 6379, "sentinel": 26379}
-_STORE_OPTIONS = {"prefix", "node_id", "lease_ttl", "lost_hold", "cluster"}
+_STORE_OPTIONS = {"prefix", "node_id", "lease_ttl", "lost_hold", "cluster", "wait_replicas"}
 _CLIENT_OPTIONS = {"socket_timeout", "socket_connect_timeout", "client_name", "ssl_cert_reqs", "ssl_ca_certs"}
 
 
@@ -82,6 +84,7 @@ class StoreUrl:
     node_id: str | None = None
     lease_ttl_s: float = 60.0
     lost_hold_s: float | None = None  # None: 2 x lease_ttl_s
+    wait_replicas: int = 0
     client_options: dict[str, Any] = field(default_factory=dict)
     sentinel_password: str | None = field(default=None, repr=False)
 
@@ -166,6 +169,10 @@ def parse_store_url(url: str) -> StoreUrl:
             out.lease_ttl_s = _float_option(url, name, value)
         elif name == "lost_hold":
             out.lost_hold_s = _float_option(url, name, value)
+        elif name == "wait_replicas":
+            if not value.isdigit():
+                raise _fail(url, f"option wait_replicas={value!r} is not a whole number >= 0")
+            out.wait_replicas = int(value)
         elif name == "cluster":
             if value.lower() in ("1", "true", "yes"):
                 if kind == "sentinel":
@@ -322,4 +329,4 @@ def open_store(url: str, *, node_id: str | None = None) -> Store:
     if spec.kind == "memory":
         return InMemoryStore()
     return RedisStore(build_client(spec), prefix=spec.prefix, node_id=node_id or spec.node_id,
-                      lease_ttl_s=spec.lease_ttl_s, lost_hold_s=spec.lost_hold_s)
+                      lease_ttl_s=spec.lease_ttl_s, lost_hold_s=spec.lost_hold_s, wait_replicas=spec.wait_replicas)

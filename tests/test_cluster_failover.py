@@ -26,7 +26,7 @@ from dialer.ports import EventSink, TelephonyCommand
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
 from dialer.store_factory import open_store
-from tests.harness.redis import RedisClusterServers
+from tests.harness.redis import RedisClusterServers, RedisServer
 from tests.harness.scripted_pbx import ScriptedPbx
 
 pytestmark = pytest.mark.redis
@@ -72,8 +72,10 @@ async def test_the_campaigns_master_dies_its_replica_takes_over_and_dialing_resu
     caplog.set_level(logging.INFO, logger="marcador.runtime")
     cluster = redis_cluster_with_replicas
     prefix = f"fo{uuid.uuid4().hex[:8]}:"
-    store = open_store(f"{cluster.url}?prefix={prefix}&lease_ttl=3&socket_timeout=1&socket_connect_timeout=0.5",
-                       node_id="n1")
+    # wait_replicas=1: each lease batch is on the replica before its leads are dialed (after the failover the new
+    # master has no replica: each batch waits its 100 ms, and the leases stand).
+    store = open_store(f"{cluster.url}?prefix={prefix}&lease_ttl=3&socket_timeout=1&socket_connect_timeout=0.5"
+                       "&wait_replicas=1", node_id="n1")
     assert isinstance(store, RedisStore)
     pbx = _TimedPbx(talk_s=0.3, answer_s=0.05)
     rt = Runtime(DialerCore(CoreConfig(id_prefix="n1")), store, pbx,
@@ -147,3 +149,55 @@ async def test_the_campaigns_master_dies_its_replica_takes_over_and_dialing_resu
         assert (await probe.lead_counts("c"))["leased"] == 0
     finally:
         await probe.aclose()
+
+
+async def test_leases_wait_for_a_replica_and_say_so_when_none_acknowledges(
+        redis_cluster_with_replicas: RedisClusterServers, redis_server: RedisServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With wait_replicas=1 a lease batch returns once the slot's replica has it (WAIT on the connection that ran the
+    lease script); a replica that does not answer holds the batch up to 100 ms, the leases stand, and a warning says
+    a failover could lose them, once, until the replica acknowledges again. A Redis without replicas: the same."""
+    cluster = redis_cluster_with_replicas
+    caplog.set_level(logging.INFO, logger="marcador.store.redis")
+    store = open_store(f"{cluster.url}?prefix=w{uuid.uuid4().hex[:8]}:&wait_replicas=1", node_id="n1")
+    assert isinstance(store, RedisStore)
+    try:
+        await store.save_campaign(CampaignSettings(campaign_id="c"))
+        await store.add_leads("c", [Lead(f"L{i}", "c", (f"+1555000{i:04d}",)) for i in range(30)])
+
+        async def lease() -> tuple[int, float]:
+            t = time.monotonic()
+            got = await store.lease_leads("c", 5, time.time())
+            return len(got), time.monotonic() - t
+
+        assert (await lease())[0] == 5
+        got, took = await lease()
+        assert got == 5 and took < 0.09 and "not acknowledged" not in caplog.text
+        (replica,) = cluster.replicas_of(store._k("c", "leases"))
+        cluster.freeze(replica)
+        try:
+            got, took = await lease()
+            again, _ = await lease()
+        finally:
+            cluster.freeze(replica, frozen=False)
+        assert (got, again) == (5, 5) and took >= 0.09  # a WAIT on another connection would not have waited
+        assert caplog.text.count("leases not acknowledged by enough replicas") == 1
+        for _ in range(50):  # the replica catches up
+            got, took = await lease()
+            if "acknowledged by replicas again" in caplog.text:
+                break
+        assert "acknowledged by replicas again" in caplog.text and got == 5
+        assert (await store.lead_counts("c"))["leased"] == 25
+    finally:
+        await store.aclose()
+
+    plain = open_store(f"{redis_server.url}?prefix=w{uuid.uuid4().hex[:8]}:&wait_replicas=1", node_id="n1")
+    assert isinstance(plain, RedisStore)
+    try:
+        await plain.save_campaign(CampaignSettings(campaign_id="c"))
+        await plain.add_leads("c", [Lead("L1", "c", ("+15550000001",))])
+        t = time.monotonic()
+        assert [x.lead_id for x in await plain.lease_leads("c", 5, time.time())] == ["L1"]
+        assert time.monotonic() - t >= 0.09 and caplog.text.count("leases not acknowledged by enough replicas") == 2
+    finally:
+        await plain.aclose()
