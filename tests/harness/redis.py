@@ -222,6 +222,7 @@ class RedisClusterServers:
         self.aof = aof
         self.ports: list[int] = []  # every node's client port (masters first, as created)
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.frozen: set[int] = set()  # ports of nodes stopped by freeze()
 
     @property
     def url(self) -> str:
@@ -294,7 +295,9 @@ class RedisClusterServers:
         return str(self._command(port, "ROLE")[0])
 
     def live_ports(self) -> list[int]:
-        return [p for p, proc in zip(self.ports, self.procs, strict=True) if proc.poll() is None]
+        """The nodes that answer: neither killed nor frozen."""
+        return [p for p, proc in zip(self.ports, self.procs, strict=True)
+                if proc.poll() is None and p not in self.frozen]
 
     def master_of(self, key: str) -> int:
         """The port of the master serving `key`'s slot, as a live node's CLUSTER SLOTS says now."""
@@ -314,6 +317,10 @@ class RedisClusterServers:
         """SIGSTOP (or, frozen=False, SIGCONT) the node on `port`: a node that stops answering without closing its
         connections (keep it short of the node timeout, or the cluster fails it)."""
         self.procs[self.ports.index(port)].send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+        if frozen:
+            self.frozen.add(port)
+        else:
+            self.frozen.discard(port)
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on `port` (a crash: no goodbye to the cluster, its replica must notice)."""
