@@ -29,7 +29,8 @@ With AOF, Redis writes each change to the kernel before it replies, and fsyncs o
 of the Redis *process* loses nothing it acknowledged; a crash of the *machine* (power, kernel) loses at most
 about 1 s of acknowledged writes (up to 2 s if the disk stalls an fsync). `appendfsync always` closes that
 window at a large cost in throughput. Replication is asynchronous: a Sentinel/Cluster failover can lose
-what the replica had not yet received (`min-replicas-to-write 1` + `min-replicas-max-lag 10` bound it).
+what the replica had not yet received (`min-replicas-to-write 1` + `min-replicas-max-lag 10` bound it;
+`wait_replicas` makes each lease batch wait for replicas, WAIT, before its leads are dialed).
 What a lost second means here: a lease may come back (its lead is dialed again later), an attempt record
 may lose its last update.
 

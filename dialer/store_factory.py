@@ -170,7 +170,7 @@ def parse_store_url(url: str) -> StoreUrl:
         elif name == "lost_hold":
             out.lost_hold_s = _float_option(url, name, value)
         elif name == "wait_replicas":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise _fail(url, f"option wait_replicas={value!r} is not a whole number >= 0")
             out.wait_replicas = int(value)
         elif name == "cluster":

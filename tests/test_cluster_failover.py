@@ -249,7 +249,7 @@ def test_the_wait_replicas_option() -> None:
 
     assert parse_store_url("redis+cluster://n1:7000,n2:7001?wait_replicas=1").wait_replicas == 1
     assert parse_store_url("redis://h:6379/0").wait_replicas == 0
-    for bad in ("x", "-1", "1.5", ""):
+    for bad in ("x", "-1", "1.5", "", "²"):
         with pytest.raises(ValueError, match="wait_replicas"):
             parse_store_url(f"redis+sentinel://s1/mymaster?wait_replicas={bad}")
     store = open_store("redis+cluster://n1:7000?wait_replicas=2")
