@@ -1,10 +1,10 @@
 """A Redis Cluster failover under dialing engines: 3 masters, each with a replica (`cluster-node-timeout` 1 s); two
-nodes dial one campaign, and the master holding its hash slot is SIGKILLed mid-run; its replica takes over. The
-nodes must ride through without a restart: dialing pauses while the slot has no master (/readyz says the store is
-down), resumes within a bounded time of the promotion (redis-py's Cluster client finds the new master), no lead is
-dialed twice at once across them, every call the PBXs saw has its record, and no lease is left behind. The gap
-measured (kill → dialing again) is printed with `pytest -s`; the README's figure comes from it. Leases wait for the
-replica (`wait_replicas`). Under CI=true this runs (a missing redis-server fails it), never skips.
+nodes dial one campaign, and the master holding its hash slot is SIGKILLed (or frozen) mid-run; its replica takes
+over. The nodes must ride through without a restart: dialing pauses while the slot has no master (/readyz says the
+store is down), resumes within a bounded time of the promotion (redis-py's Cluster client finds the new master), no
+lead is dialed twice at once across them, every call the PBXs saw has its record, and no lease is left behind. The
+gap measured (kill → dialing again) is printed with `pytest -s`; the README's figures come from it. Leases wait for
+the replica (`wait_replicas`). Under CI=true this runs (a missing redis-server fails it), never skips.
 """
 
 from __future__ import annotations
