@@ -59,6 +59,7 @@ from dialer.events import (
     Event,
     LeadRemoved,
     LeadsAvailable,
+    LeaseLost,
     PbxLink,
     PreviewDial,
     PreviewRequest,
@@ -153,6 +154,7 @@ class _LateDisposition:
     outcome: Outcome  # the disposed call's outcome, for the store if the code ends the lead
     callback_at: float | None
     callback_agent: str | None
+    call_id: str  # the disposed call
 
 
 @dataclass(slots=True)
@@ -404,6 +406,8 @@ class DialerCore:
                 if camp.hopper.remove(event.lead_id, now) and info is not None and info.state != "out":
                     out.append(ReleaseLead(event.campaign_id, event.lead_id, Outcome.LOST, final=True))
                 # out on a call: the call ends normally and the lead is let go with its outcome
+            case LeaseLost():
+                self._on_lease_lost(event, now, out)
             case CampaignControl():
                 self._on_campaign_control(event, now, out)
             case PbxLink():
@@ -678,6 +682,27 @@ class DialerCore:
         att.hangup_cause = event.hangup_cause
         self._finish(call, now, out)
 
+    def _on_lease_lost(self, event: LeaseLost, now: float, out: list[Command]) -> None:
+        """A dial the store refused for its lease: the call ends as a lost dial, with nothing recorded of it (it
+        never happened) and its lead let go without a word to the store (not ours: the store's state of it, or
+        its new holder's, is the one that counts). Late codes held for the lead go to the store instead."""
+        call = self.calls.get(event.call_id)
+        if call is None or call.ended:
+            return
+        att = call.attempt
+        camp = self.campaigns[att.campaign_id]
+        held = camp.dispositions_held.pop(att.lead_id, [])
+        ended: list[Command] = []
+        self._on_failed(CallFailed(event.call_id, Outcome.LOST), now, ended)
+        out.extend(cmd for cmd in ended
+                   if not (isinstance(cmd, RecordAttempt) and cmd.attempt.call_id == att.call_id)
+                   and not (isinstance(cmd, ReleaseLead) and cmd.lead_id == att.lead_id)
+                   and not (isinstance(cmd, Emit) and cmd.kind == "call.ended"
+                            and cmd.data.get("call_id") == att.call_id))
+        camp.hopper.let_go(att.lead_id)
+        for late in held:
+            out.append(self._ask_store(camp, att.lead_id, late))
+
     def _on_ended(self, event: CallEnded, now: float, out: list[Command]) -> None:
         call = self.calls.get(event.call_id)
         if call is None or call.ended:
@@ -796,12 +821,13 @@ class DialerCore:
             info = camp.hopper.info(done.lead_id)
             before = info.state if info is not None else None
             callback_agent = agent_id if event.own_callback else None
+            late_code = _LateDisposition(done.number, code, done.outcome or Outcome.CONNECTED, event.callback_at,
+                                         callback_agent, done.call_id)
             if before == "out":
                 # Out again (a short recycle delay, a callback, a preview screen): the hopper takes it when it is back.
                 held = True
                 scheduled = event.callback_at
-                camp.dispositions_held.setdefault(done.lead_id, []).append(_LateDisposition(
-                    done.number, code, done.outcome or Outcome.CONNECTED, event.callback_at, callback_agent))
+                camp.dispositions_held.setdefault(done.lead_id, []).append(late_code)
             elif before not in (None, "done", "removed"):
                 scheduled = event.callback_at
                 after = camp.hopper.dispose(done.lead_id, done.number, code, now,
@@ -814,7 +840,7 @@ class DialerCore:
                 # applies the code wherever the lead is. It used to do nothing: a debtor who paid was called again.
                 stored = True
                 scheduled = event.callback_at
-                out.append(self._ask_store(camp, done, code, event.callback_at, callback_agent))
+                out.append(self._ask_store(camp, done.lead_id, late_code))
             # The attempt keeps what the code carried (GET /attempts, the stored history), not only the event.
             done.disposition = event.code
             done.ptp_amount = event.ptp_amount
@@ -831,16 +857,16 @@ class DialerCore:
                                              "late": late, "held": held, "stored": stored}))
 
     @staticmethod
-    def _ask_store(camp: CampaignState, done: Attempt, code: DispositionCode, callback_at: float | None,
-                   callback_agent: str | None) -> AskDisposition:
-        """The store command that applies `code` to the lead of `done` wherever the lead is: what the hopper would
-        do (end the lead, drop the dialed phone) and the callback it asked for."""
-        effect = None
+    def _ask_store(camp: CampaignState, lead_id: str, late: _LateDisposition) -> AskDisposition:
+        """The store command that applies a code to its lead wherever the lead is: what the hopper would do (end
+        the lead, drop the dialed phone) and the callback it asked for."""
+        code, effect = late.code, None
         if code.final or code.wrong_party or code.dnc:
-            effect = StoredCode(code.code, done.call_id, done.number, done.outcome or Outcome.CONNECTED,
-                                final=code.final, drop=code.wrong_party or code.dnc)
-        return AskDisposition(camp.settings.campaign_id, done.lead_id, effect,
-                              callback_at if code.callback else None, callback_agent if code.callback else None)
+            effect = StoredCode(code.code, late.call_id, late.number, late.outcome, final=code.final,
+                                drop=code.wrong_party or code.dnc)
+        return AskDisposition(camp.settings.campaign_id, lead_id, effect,
+                              late.callback_at if code.callback else None,
+                              late.callback_agent if code.callback else None)
 
     def _on_stored_disposition(self, event: StoredDisposition, now: float, out: list[Command]) -> None:
         """A code another node took for a lead held here, kept for it in the store: applied as a late disposition
@@ -857,7 +883,7 @@ class DialerCore:
             result = info.state
         elif info.state == "out":
             camp.dispositions_held.setdefault(lead_id, []).append(
-                _LateDisposition(stored.number, code, stored.outcome, None, None))
+                _LateDisposition(stored.number, code, stored.outcome, None, None, stored.call_id))
             result = "held"
         elif camp.hopper.dispose(lead_id, stored.number, code, now) in ("done", "removed"):
             out.append(ReleaseLead(event.campaign_id, lead_id, stored.outcome, final=True))

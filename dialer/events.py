@@ -162,6 +162,14 @@ class LeadRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """The store refused `call_id`'s dial record: this node no longer holds the lead's lease (it expired unrenewed;
+    another node may hold the lead now). The call was not made."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeadsAvailable:
     """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now), with the
     hopper state the store kept of those handed back by a node (lead id -> `Hopper.handoff_state`'s mapping).
@@ -267,6 +275,7 @@ Event = (
     | AdoptCall
     | DncAdd
     | LeadRemoved
+    | LeaseLost
     | ScheduleCallback
     | StoredDisposition
     | LeadsAvailable

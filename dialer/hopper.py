@@ -911,6 +911,17 @@ class Hopper:
             self._dormant[lead_id] = e
         return gone
 
+    def let_go(self, lead_id: str) -> bool:
+        """Forget a waiting lead that is no longer this node's (its lease lost): nothing kept aside, the store's
+        state of it is the one that counts. False if it is not waiting here (out on a call, ended, unknown)."""
+        e = self._entries.get(lead_id)
+        if e is None or e.state not in (PENDING, SCHEDULED, PARKED):
+            return False
+        del self._entries[lead_id]
+        self._counts[e.state] -= 1
+        e.ticket = e.state = -1  # stale in every heap: lazily dropped
+        return True
+
     def handoff_state(self, lead_id: str) -> tuple[dict[str, Any], float | None] | None:
         """What the hopper knows of a lead it drained (`drain`), for the store to keep with the lead so that the
         node leasing it next (`add(..., states=)`) goes on from there: a small versioned JSON-able mapping, and the

@@ -296,6 +296,10 @@ class InMemoryStore:
         bucket = self._bucket(campaign_id)
         return sorted(((lid, at, agent) for lid, (at, agent) in bucket.asked.items()), key=lambda r: (r[1], r[0]))
 
+    async def record_dial(self, attempt: Attempt) -> bool:
+        await self.record_attempt(attempt)  # one process: its leases never expire under it
+        return True
+
     async def record_attempt(self, attempt: Attempt) -> None:
         old = self._attempts.get(attempt.call_id)
         if old is None or (old.dialed_at, old.campaign_id) != (attempt.dialed_at, attempt.campaign_id):

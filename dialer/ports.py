@@ -193,6 +193,12 @@ class Store(Protocol):
         """Upsert by call id."""
         ...
 
+    async def record_dial(self, attempt: Attempt) -> bool:
+        """A dial's first record (`record_attempt`), written only while this node holds the lead's lease: False, and
+        nothing written, if the lease is gone (it expired while this node could not renew it; another node may hold
+        the lead now). A record already written is written again (a retry)."""
+        ...
+
     async def attempts(self, campaign_id: str | None = None) -> list[Attempt]: ...
 
     async def attempt(self, call_id: str) -> Attempt | None:

@@ -337,9 +337,11 @@ return renewed
 """
 
 # KEYS: attempts, attempt_order, attempt_last, attempt_log, tries, tries_hour, tries_day, inflight, attempt_dial,
-#       attempt_dial_upto
+#       attempt_dial_upto, owner
 # ARGV: call id, attempt json, lead id, stream maxlen ('' = keep all), hour bucket ttl, day bucket ttl,
-#       '1' if the attempt has its outcome else '0', dialed at
+#       '1' if the attempt has its outcome else '0', dialed at, node id ('' = no lease check)
+# With a node id (a dial's record, `record_dial`), a call not recorded yet is written only if that node holds the
+# lead's lease (`owner`): otherwise nothing is written and -1 returned (the call must not be made).
 # The first record of a call id gets its place in the campaign's order and counts one try for the lead;
 # later records (the outcome) only update it. Every record is appended to the stream. `inflight` maps a
 # lead to its call while that call has no outcome (what EXPIRE must not send back to the hopper at once).
@@ -347,6 +349,10 @@ return renewed
 # `attempt_order` through which it is complete: it moves on with this record only if it was complete through the
 # one before (records of nodes of earlier versions, which write no index, are indexed by the reader).
 RECORD_ATTEMPT = """
+if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  local rec = redis.call('HGET', KEYS[11], ARGV[3])
+  if not rec or string.match(rec, '^%S+ %S+ (.*)$') ~= ARGV[9] then return -1 end
+end
 local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[9], ARGV[8], ARGV[1])
 if new == 1 then

@@ -542,21 +542,33 @@ class RedisStore:
         return int(reply) == 1
 
     async def record_attempt(self, attempt: Attempt) -> None:
+        await self._record(attempt, dial=False)
+
+    async def record_dial(self, attempt: Attempt) -> bool:
+        """The lease is read in the same script that writes the record: a lease returned to the line (or taken by
+        another node) a moment before cannot slip between a check and the write."""
+        return await self._record(attempt, dial=True)
+
+    async def _record(self, attempt: Attempt, *, dial: bool) -> bool:
         await self._ensure()
         cid = attempt.campaign_id
         hour, day = int(attempt.dialed_at // 3600), int(attempt.dialed_at // 86400)
         keys = [self._k(cid, n) for n in ("attempts", "attempt_order", "attempt_last", "attempt_log", "tries",
                                           f"tries:h:{hour}", f"tries:d:{day}", "inflight", "attempt_dial",
-                                          "attempt_dial_upto")]
+                                          "attempt_dial_upto", "owner")]
         doc = json.dumps(attempt.as_dict(), separators=(",", ":"))
         maxlen = "" if self.stream_maxlen is None else str(self.stream_maxlen)
         final = "0" if attempt.outcome is None else "1"
-        await self._s_attempt(keys=keys, args=[attempt.call_id, doc, attempt.lead_id, maxlen, _HOUR_TTL_S,
-                                               _DAY_TTL_S, final, _num(attempt.dialed_at)])
+        written = await self._s_attempt(keys=keys, args=[attempt.call_id, doc, attempt.lead_id, maxlen, _HOUR_TTL_S,
+                                                         _DAY_TTL_S, final, _num(attempt.dialed_at),
+                                                         self.node_id if dial else ""])
+        if int(written) < 0:
+            return False
         if cid not in self._attempt_campaigns:
             # Lets attempts(None) find campaigns whose definition was never saved, as the in-memory store does.
             await self._r.sadd(self._g("attempt_campaigns"), cid)
             self._attempt_campaigns.add(cid)
+        return True
 
     async def attempt(self, call_id: str) -> Attempt | None:
         """One HGET per campaign that has attempts (a handful): a call id does not name its campaign."""

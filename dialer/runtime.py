@@ -57,6 +57,7 @@ from dialer.events import (
     DncSnapshot,
     Event,
     LeadsAvailable,
+    LeaseLost,
     ScheduleCallback,
     SharedAbandon,
     StoredDisposition,
@@ -587,8 +588,15 @@ class Runtime:
                              extra={"fields": {"call_id": call_id}})
                     self.submit(CallFailed(call_id, Outcome.LOST))
                     return
-                await self.store.record_attempt(op.record.attempt)
-                await self._note_debtor(op.record.attempt, dialed=True)
+                att = op.record.attempt
+                if not await self.store.record_dial(att):
+                    # Its lease expired while this node could not renew it (a store outage longer than the lease
+                    # TTL, a stall); another node may be dialing it now. Nothing is written for a call not made.
+                    log.warning("lease lost: call not made", extra={"fields": {"call_id": call_id,
+                                                                               "campaign_id": att.campaign_id}})
+                    self.submit(LeaseLost(call_id))
+                    return
+                await self._note_debtor(att, dialed=True)
             except Exception:
                 log.warning("dial record failed: call not made", extra={"fields": {"call_id": call_id}},
                             exc_info=True)

@@ -41,6 +41,7 @@ from dialer.events import (
     DncAdd,
     DncSnapshot,
     LeadsAvailable,
+    LeaseLost,
     PbxLink,
     PreviewDial,
     PreviewRequest,
@@ -1208,6 +1209,27 @@ def _handed_back_after_its_wrap_up(n_leads=1):
     assert [(r.lead_id, r.final) for r in back] == [(o.lead_id, False)]
     assert core.campaigns["c1"].hopper.info(o.lead_id) is None
     return core, o
+
+
+def test_a_dial_refused_for_its_lost_lease_leaves_no_trace_and_lets_the_lead_go():
+    """The store refused the dial record (the lease expired while the node could not renew it): the call was never
+    made. It ends with nothing recorded and no release (the lead is not this node's to release), the lead leaves
+    the hopper, and a late code held for it goes to the store instead of being lost with it."""
+    core = make(n_leads=1, wrapup_s=5.0, hopper={"recycle_delays": {"connected": 10}})
+    o, redial = _first_call_wrapped_up(core)
+    assert not redial
+    (o2,) = of(core.tick(40.0), Originate)  # recycled: out on its next dial
+    assert o2.lead_id == o.lead_id
+    assert _disposition_event(core.handle(Disposition(o.call_id, "PAID"), 40.5))["held"] is True
+    cmds = core.handle(LeaseLost(o2.call_id), 41.0)
+    assert not of(cmds, RecordAttempt) and not of(cmds, ReleaseLead)
+    assert not [c for c in of(cmds, Emit) if c.kind == "call.ended"]
+    assert of(cmds, AskDisposition) == [AskDisposition("c1", o.lead_id, StoredCode(
+        "PAID", o.call_id, o.number, Outcome.CONNECTED, final=True, drop=False))]
+    assert core.campaigns["c1"].hopper.info(o.lead_id) is None and o2.call_id not in core.calls
+    assert core.agents.get("a1").status is AgentStatus.READY
+    assert not of(core.tick(100.0), Originate)  # nothing left here to dial
+    assert core.handle(LeaseLost(o2.call_id), 101.0) == []  # said twice: nothing more
 
 
 def test_a_late_final_code_for_a_lead_handed_back_asks_the_store_to_end_it():

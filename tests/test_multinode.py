@@ -169,7 +169,7 @@ async def test_did_caps_hold_across_nodes(tmp_path: Path) -> None:
     (it ends lost, lead back); a dial with the campaign's fixed caller ID is not counted against any DID."""
     from dialer.commands import Originate, RecordAttempt
     from dialer.core import DialerCore
-    from dialer.model import CampaignSettings
+    from dialer.model import CampaignSettings, Lead
     from dialer.runtime import Runtime, RuntimeConfig
 
     server = _server(tmp_path)
@@ -180,6 +180,8 @@ async def test_did_caps_hold_across_nodes(tmp_path: Path) -> None:
         settings = CampaignSettings(campaign_id="c", did_pool=[did], did_hour_cap=5, did_day_cap=2)
         await store.save_campaign(settings)
         assert await store.did_take(did, t0, 5, 2) and await store.did_take(did, t0, 5, 2)  # node n1's calls
+        await store.add_leads("c", [Lead("l1", "c", ("+13125550123",)), Lead("l2", "c", ("+13125550124",))])
+        assert len(await store.lease_leads("c", 2, t0)) == 2  # this node's to dial
         core = DialerCore()
         core.add_campaign(settings)
         pbx = _Pbx()
@@ -444,7 +446,7 @@ async def test_a_wrong_party_conversation_leaves_the_shared_history_of_contacts(
     from dialer.commands import Originate, RecordAttempt
     from dialer.core import DialerCore
     from dialer.events import DebtorHistorySeed
-    from dialer.model import CampaignSettings
+    from dialer.model import CampaignSettings, Lead
     from dialer.runtime import Runtime, RuntimeConfig
 
     server = _server(tmp_path)
@@ -452,6 +454,9 @@ async def test_a_wrong_party_conversation_leaves_the_shared_history_of_contacts(
         t0 = 1_700_000_000.0
         store = open_store(server.url, node_id="n1")
         assert isinstance(store, RedisStore)
+        await store.save_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"))
+        await store.add_leads("c", [Lead("l1", "c", ("+12125550123",))])
+        assert len(await store.lease_leads("c", 1, t0)) == 1  # this node's to dial
         core = DialerCore()
         core.add_campaign(CampaignSettings(campaign_id="c", rule_set="us-tsr-regf"))
         rt = Runtime(core, store, _Pbx(), RuntimeConfig(shared_abandon_interval_s=3600), clock=lambda: t0)
@@ -956,4 +961,57 @@ async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_take
         for rt in (new, other):
             if rt is not None:
                 await rt.stop()
+        await probe.aclose()
+
+
+# ---------------------------------------------------------------------------------------------- a lease lost unseen
+
+
+async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redis_server: RedisServer) -> None:
+    """n1 holds 20 leads in its hopper while its agent is paused; its leases expire without n1 noticing (a stall or a
+    store outage longer than the TTL) and another node (here the probe) leases those leads. When n1's agent is
+    ready, n1 dialed them from its hopper: each debtor called by two nodes. The dial record is now written only
+    under the lease: n1 dials none of them, lets them go, and goes on with leads of its own."""
+    t0 = 1_700_000_000.0
+    url = f"{redis_server.url}?prefix=ll{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(t0)
+    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
+    assert isinstance(probe, RedisStore)
+    n1 = await _api_node(url, "n1", clock)
+    try:
+        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
+                                                         "wrapup_s": None})
+        assert r.status_code == 201, r.text
+        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
+                  "timezone": "America/Bogota"} for i in range(40)]
+        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 40
+        assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+        hop = n1.core.campaigns["c"].hopper
+
+        async def stocked() -> bool:
+            return len(hop.waiting()) == 20
+
+        await _poll(stocked, "n1 to lease 20 leads")
+        held = set(hop.waiting())
+        # n1's leases run out unseen (no renewal for longer than the TTL: a stall, or an outage of more than 30 s
+        # after which its store came back), and another node leases those leads.
+        assert {lid for _, lid in await probe.expire_leases(clock() + 31)} == held
+        taken = await probe.lease_leads("c", 20, clock())
+        assert {lead.lead_id for lead in taken} == held  # back at their places, ahead of the 20 never leased
+        assert (await n1.api.post("/api/v1/agents/a1/ready", json={})).status_code == 202
+
+        async def dials() -> list[Attempt]:
+            return [a for a in await probe.attempts("c") if a.call_id.startswith("n1")]
+
+        async def dialing_its_own() -> bool:
+            return len(await dials()) >= 3
+
+        await _poll(dialing_its_own, "n1 to dial leads of its own")
+        assert not {a.lead_id for a in await dials()} & held  # none of the leads the other node holds
+        assert not set(hop.waiting()) & held  # let go
+    finally:
+        if n1 is not None:
+            await n1.close()
         await probe.aclose()

@@ -486,6 +486,28 @@ async def test_an_attempt_stored_before_the_promise_fields_reads_back_without_th
         assert (got[0].ptp_amount, got[0].ptp_date, got[0].callback_at) == (None, None, None)
 
 
+async def test_a_dial_is_recorded_only_while_this_node_holds_the_leads_lease(store: Store, peer: Store) -> None:
+    """A node whose lease expired unrenewed (a store outage longer than the TTL) still had the lead in its hopper and
+    wrote its dial record, then dialed: another node that leased the lead meanwhile dialed it too. The dial record is
+    now written only under the lease, in the same step as its check."""
+    await campaign(store, n=1)
+    (mine,) = await store.lease_leads("c1", 1, T0)
+    dial = Attempt("d-1", "c1", mine.lead_id, mine.phones[0], "1000", T0 + 1)
+    assert await store.record_dial(dial) is True
+    assert await store.record_dial(dial) is True  # a retry of a record that landed
+    assert await store.attempt("d-1") == dial
+    if isinstance(store, RedisStore):
+        assert await peer.record_dial(replace(dial, call_id="p-1")) is False  # not node-b's lease
+        assert await store.expire_leases(T0 + 3600) == [("c1", mine.lead_id)]  # node-a stopped renewing
+        assert await store.record_dial(replace(dial, call_id="d-2")) is False  # back in line: nobody's
+        later = T0 + 3600 + store.lost_hold_s  # its call may have been live: held back that long
+        (again,) = await peer.lease_leads("c1", 1, later)
+        assert again.lead_id == mine.lead_id
+        assert await store.record_dial(replace(dial, call_id="d-3")) is False  # node-b's now
+        assert await peer.record_dial(replace(dial, call_id="p-2", dialed_at=later + 1)) is True
+        assert [a.call_id for a in await store.attempts("c1")] == ["d-1", "p-2"]  # nothing of the refused
+
+
 async def test_attempts_page_in_dial_order_after_a_cursor(store: Store) -> None:
     # Recorded out of dial order, two campaigns, ties in dial time broken by call id.
     for call_id, cid, t in [("k5", "c1", T0 + 3), ("k1", "c1", T0 + 1), ("k3", "c2", T0 + 1), ("k2", "c1", T0 + 1),
