@@ -476,13 +476,9 @@ return before
 """
 
 
-# A callback asked for a lead (API, any node). KEYS: def, leads, hopper, sched, sched_score, owner, done, cbs, cbs_at
-# ARGV: lead id, at, agent id ('' = anyone)
-# A pending lead (in line or waiting for its time) waits in the schedule until `at` (a callback outranks a recycle
-# time, as in the hopper), its callback kept in `cbs` for its next leaser and in `cbs_at` for the nodes that lease
-# due callbacks; a leased lead's callback waits in `cbs` for its holder. Returns 'pending', 'leased', or (nothing
-# written) 'done', 'removed', 'unknown'; false if there is no such campaign.
-CB_ASK = """
+# The start of a script asked about one lead (ARGV[1]) of a campaign: false if there is no such campaign (KEYS[1],
+# its def), 'unknown' if the lead is not one of its leads (KEYS[2]), 'done' or 'removed' if it ended (KEYS[7]).
+_LEAD_OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local lid = ARGV[1]
 if redis.call('HEXISTS', KEYS[2], lid) == 0 then return 'unknown' end
@@ -491,6 +487,16 @@ if done then
   if done == 'removed' then return 'removed' end
   return 'done'
 end
+"""
+
+
+# A callback asked for a lead (API, any node). KEYS: def, leads, hopper, sched, sched_score, owner, done, cbs, cbs_at
+# ARGV: lead id, at, agent id ('' = anyone)
+# A pending lead (in line or waiting for its time) waits in the schedule until `at` (a callback outranks a recycle
+# time, as in the hopper), its callback kept in `cbs` for its next leaser and in `cbs_at` for the nodes that lease
+# due callbacks; a leased lead's callback waits in `cbs` for its holder. Returns 'pending', 'leased', or (nothing
+# written) 'done', 'removed', 'unknown'; false if there is no such campaign.
+CB_ASK = _LEAD_OPEN + """
 local cb = ARGV[2] .. ' ' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[6], lid) == 1 then
   redis.call('HSET', KEYS[8], lid, cb)
@@ -588,15 +594,7 @@ return n
 # line or in the schedule) takes it at once (`settle_kept`). Returns 'ended' (it ended the waiting lead), 'pending'
 # (a phone dropped, the lead waits), 'leased', or (nothing written) 'done', 'removed', 'unknown'; false if there is
 # no such campaign.
-DISPO_ASK = _SETTLE_KEPT + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local lid = ARGV[1]
-if redis.call('HEXISTS', KEYS[2], lid) == 0 then return 'unknown' end
-local done = redis.call('HGET', KEYS[7], lid)
-if done then
-  if done == 'removed' then return 'removed' end
-  return 'done'
-end
+DISPO_ASK = _SETTLE_KEPT + _LEAD_OPEN + """
 if redis.call('HEXISTS', KEYS[6], lid) == 1 then
   local had = redis.call('HGET', KEYS[8], lid)
   if not had then

@@ -340,6 +340,18 @@ async def _agent_in_wrapup(api: httpx.AsyncClient, agent_id: str) -> dict[str, A
     return agent
 
 
+async def _one_call_in_wrapup(env: Any, **campaign: Any) -> tuple[str, list[Any]]:
+    """Campaign c1 (with `campaign`'s settings) and one lead, agent a1 on its call until the wrap-up: the call id,
+    and the list the call.disposition events go to."""
+    await make_campaign(env.api, **campaign)
+    await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
+    seen: list[Any] = []
+    env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
+    await env.api.post("/api/v1/agents/a1/login", json={})
+    await env.api.post("/api/v1/campaigns/c1/start")
+    return (await _agent_in_wrapup(env.api, "a1"))["last_call_id"], seen
+
+
 async def test_a_disposition_ends_the_agents_wrap_up() -> None:
     async with api_env(talk_s=0.05) as env:
         await make_campaign(env.api)
@@ -450,13 +462,7 @@ async def test_two_dispositions_posted_together_take_one_and_refuse_the_other() 
     """An agent's UI posting twice (a double click) within the core's turn: both passed the API's checks, both
     were 202, and the core then refused the second in a log line only: the agent believed PAID was recorded."""
     async with api_env(talk_s=0.05) as env:
-        await make_campaign(env.api, wrapup_s=None)
-        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
-        seen: list[Any] = []
-        env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
-        await env.api.post("/api/v1/agents/a1/login", json={})
-        await env.api.post("/api/v1/campaigns/c1/start")
-        call_id = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
+        call_id, seen = await _one_call_in_wrapup(env, wrapup_s=None)
         # The core's loop is behind (a long tick, a burst of PBX events): dispositions wait in its queue.
         handle = env.runtime._handle
         behind: list[tuple[float, Any]] = []
@@ -492,13 +498,7 @@ async def test_a_callback_for_a_lead_at_its_attempt_cap_is_refused_not_dropped()
     is already done, so no callback can be scheduled. The disposition was taken (202) and the callback silently
     dropped, with call.disposition carrying its time as if it stood."""
     async with api_env(talk_s=0.05) as env:
-        await make_campaign(env.api, hopper={"max_attempts_lead": 1})
-        await env.api.post("/api/v1/campaigns/c1/leads", json=[co_row(1)])
-        seen: list[Any] = []
-        env.runtime.subscribe(lambda cmd: seen.append(cmd.data) if cmd.kind == "call.disposition" else None)
-        await env.api.post("/api/v1/agents/a1/login", json={})
-        await env.api.post("/api/v1/campaigns/c1/start")
-        call_id = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
+        call_id, seen = await _one_call_in_wrapup(env, hopper={"max_attempts_lead": 1})
         at = env.runtime.clock() + 3600
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "CALLBACK", "callback_at": at})
         assert r.status_code == 409 and "callback_at" in r.text and "'L1' is done" in r.text

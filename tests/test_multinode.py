@@ -617,6 +617,15 @@ async def _api_node(url: str, name: str, clock: SetClock) -> _Node:
                                              base_url="http://test"))
 
 
+async def _busy_campaign(api: httpx.AsyncClient, n: int) -> None:
+    """Campaign `c` (progressive, no wrap-up timer) with `n` leads l000, l001... whose numbers are all busy."""
+    r = await api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive", "wrapup_s": None})
+    assert r.status_code == 201, r.text
+    leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO", "timezone": "America/Bogota"}
+             for i in range(n)]
+    assert (await api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == n
+
+
 async def _poll(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
     for _ in range(int(seconds / 0.05)):
         if await check():
@@ -644,12 +653,7 @@ async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_it
     nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
     try:
         n1, n2 = nodes
-        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
-                                                         "wrapup_s": None})
-        assert r.status_code == 201, r.text
-        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
-                  "timezone": "America/Bogota"} for i in range(150)]
-        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 150
+        await _busy_campaign(n1.api, 150)
         for i, node in enumerate(nodes):
             assert (await node.api.post(f"/api/v1/agents/a{i}/login", json={})).status_code == 202
         assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
@@ -722,12 +726,7 @@ async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_se
     nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
     try:
         n1, n2 = nodes
-        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
-                                                         "wrapup_s": None})
-        assert r.status_code == 201, r.text
-        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
-                  "timezone": "America/Bogota"} for i in range(100)]
-        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 100
+        await _busy_campaign(n1.api, 100)
         assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
         assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
         assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
@@ -979,12 +978,7 @@ async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redi
     assert isinstance(probe, RedisStore)
     n1 = await _api_node(url, "n1", clock)
     try:
-        r = await n1.api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive",
-                                                         "wrapup_s": None})
-        assert r.status_code == 201, r.text
-        leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO",
-                  "timezone": "America/Bogota"} for i in range(40)]
-        assert (await n1.api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == 40
+        await _busy_campaign(n1.api, 40)
         assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
         assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
         assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200

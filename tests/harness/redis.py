@@ -382,20 +382,7 @@ def _answers(port: int, query: bytes, expect: bytes) -> bool:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A 3-master Redis Cluster for the session (a few seconds to start: `redis-cli --cluster create` waits ~1 s
     for the nodes to join)."""
-    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if binary is None or cli is None:
-        unavailable("redis-server or redis-cli is not installed", "Redis Cluster")
-        raise AssertionError  # unreachable: unavailable() fails or skips
-    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        unavailable(str(exc), "Redis Cluster")
-        raise  # unreachable: unavailable() fails or skips
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _cluster(tmp_path_factory, "cluster", "Redis Cluster")
 
 
 @pytest.fixture
@@ -403,16 +390,22 @@ def redis_cluster_with_replicas(tmp_path_factory: pytest.TempPathFactory) -> Ite
     """A Redis Cluster of 3 masters, each with one replica, for a test that kills a master (its own: a failover
     leaves the cluster changed). `cluster-node-timeout` 1000 ms: a dead master is failed over within a few
     seconds. No AOF: what a failover keeps is what reached the replica."""
+    yield from _cluster(tmp_path_factory, "cluster-replicas", "Redis Cluster with replicas", replicas=1,
+                        node_timeout_ms=1000, aof=False)
+
+
+def _cluster(tmp_path_factory: pytest.TempPathFactory, dirname: str, what: str,
+             **options: Any) -> Iterator[RedisClusterServers]:
+    """A started cluster for a fixture to yield, stopped after (`unavailable` if it cannot start)."""
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
-        unavailable("redis-server or redis-cli is not installed", "Redis Cluster")
+        unavailable("redis-server or redis-cli is not installed", what)
         raise AssertionError  # unreachable: unavailable() fails or skips
-    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp("cluster-replicas"), replicas=1,
-                                  node_timeout_ms=1000, aof=False)
+    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp(dirname), **options)
     try:
         cluster.start()
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        unavailable(str(exc), "Redis Cluster with replicas")
+        unavailable(str(exc), what)
         raise  # unreachable: unavailable() fails or skips
     try:
         yield cluster
