@@ -532,10 +532,8 @@ return n
 # Keys (one hash tag, `{wh}`, so they share a Cluster slot): docs hash id -> doc JSON {h, k, d, e, r, t}; ids zset
 # id -> id; by hash "<hook>\n<delivery>" -> id; seq counter; counts hash hook -> kept; tries hash id -> times given up.
 
-# KEYS: docs, ids, by, seq, counts, tries ; ARGV: "<hook>\n<delivery>", hook, doc, cap
-# The same hook and delivery kept again updates its entry (one more try, same id); a new one takes the next id,
-# then the oldest go until `cap` are kept. Returns {id, dropped}.
-WEBHOOK_KEEP = """
+# forget(id): one kept event gone from every key (KEYS: docs, ids, by, seq, counts, tries); 1 if it was kept.
+_WEBHOOK_FORGET = """
 local function forget(id)
   local doc = redis.call('HGET', KEYS[1], id)
   if not doc then return 0 end
@@ -547,6 +545,12 @@ local function forget(id)
   redis.call('ZREM', KEYS[2], id)
   return 1
 end
+"""
+
+# KEYS: docs, ids, by, seq, counts, tries ; ARGV: "<hook>\n<delivery>", hook, doc, cap
+# The same hook and delivery kept again updates its entry (one more try, same id); a new one takes the next id,
+# then the oldest go until `cap` are kept. Returns {id, dropped}.
+WEBHOOK_KEEP = _WEBHOOK_FORGET + """
 local known = redis.call('HGET', KEYS[3], ARGV[1])
 if known and redis.call('HEXISTS', KEYS[1], known) == 1 then
   redis.call('HSET', KEYS[1], known, ARGV[3])
@@ -570,19 +574,10 @@ return {id, dropped}
 """
 
 # KEYS: docs, ids, by, seq, counts, tries ; ARGV: ids.  Returns how many were kept.
-WEBHOOK_DROP = """
+WEBHOOK_DROP = _WEBHOOK_FORGET + """
 local n = 0
 for _, id in ipairs(ARGV) do
-  local doc = redis.call('HGET', KEYS[1], id)
-  if doc then
-    local d = cjson.decode(doc)
-    redis.call('HDEL', KEYS[3], d['h'] .. '\\n' .. d['d'])
-    if redis.call('HINCRBY', KEYS[5], d['h'], -1) <= 0 then redis.call('HDEL', KEYS[5], d['h']) end
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('ZREM', KEYS[2], id)
-    n = n + 1
-  end
+  n = n + forget(id)
 end
 return n
 """

@@ -8,11 +8,12 @@ Under CI=true this runs (a missing redis-server fails it), never skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -626,6 +627,24 @@ async def _busy_campaign(api: httpx.AsyncClient, n: int) -> None:
     assert (await api.post("/api/v1/campaigns/c/leads", json=leads)).json()["new"] == n
 
 
+@contextlib.asynccontextmanager
+async def _api_nodes(redis_server: RedisServer, tag: str, t0: float,
+                     count: int) -> AsyncIterator[tuple[str, SetClock, RedisStore, list[_Node]]]:
+    """`count` API nodes n1, n2... on a fresh prefix of the test Redis, a shared clock from `t0` and a probe store
+    to read what they wrote: (url, clock, probe, nodes). Every node then in `nodes` is closed at the end."""
+    url = f"{redis_server.url}?prefix={tag}{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(t0)
+    probe = open_store(url, node_id="probe")
+    assert isinstance(probe, RedisStore)
+    nodes = [await _api_node(url, f"n{i + 1}", clock) for i in range(count)]
+    try:
+        yield url, clock, probe, nodes
+    finally:
+        for node in nodes:
+            await node.close()
+        await probe.aclose()
+
+
 async def _poll(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 10.0) -> None:
     for _ in range(int(seconds / 0.05)):
         if await check():
@@ -646,12 +665,7 @@ async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_it
     whichever node takes it when due). On the old code n1 kept both in its memory: n2 never heard of x (nor listed
     it) and redialed it with the rest, and the restart lost y."""
     t0 = 1_700_000_000.0
-    url = f"{redis_server.url}?prefix=cb{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(t0)
-    probe = open_store(url, node_id="probe")
-    assert isinstance(probe, RedisStore)
-    nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
-    try:
+    async with _api_nodes(redis_server, "cb", t0, 2) as (url, clock, probe, nodes):
         n1, n2 = nodes
         await _busy_campaign(n1.api, 150)
         for i, node in enumerate(nodes):
@@ -707,10 +721,6 @@ async def test_a_callback_asked_through_one_node_holds_on_every_node_and_past_it
         await _poll(y_dialed, "y's callback")
         (only,) = await dials(y)
         assert at_y <= only.dialed_at < at_y + 3  # by whichever node took it when due
-    finally:
-        for node in nodes:
-            await node.close()
-        await probe.aclose()
 
 
 async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_server: RedisServer) -> None:
@@ -719,12 +729,7 @@ async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_se
     ready, the debtor who asked to be called at that time was not called. Now a node whose agents are all paused
     leaves it in the store, and the node with an agent free dials it within seconds."""
     t0 = 1_700_000_000.0
-    url = f"{redis_server.url}?prefix=cbw{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(t0)
-    probe = open_store(url, node_id="probe")
-    assert isinstance(probe, RedisStore)
-    nodes = [await _api_node(url, "n1", clock), await _api_node(url, "n2", clock)]
-    try:
+    async with _api_nodes(redis_server, "cbw", t0, 2) as (_, clock, probe, nodes):
         n1, n2 = nodes
         await _busy_campaign(n1.api, 100)
         assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
@@ -753,10 +758,6 @@ async def test_a_due_callback_waits_for_a_node_with_an_agent_to_take_it(redis_se
         await _poll(dialed, "y's callback")
         (only,) = await y_dialed()
         assert only.call_id.startswith("n2") and only.dialed_at < at_y + 6
-    finally:
-        for node in nodes:
-            await node.close()
-        await probe.aclose()
 
 
 # ---------------------------------------------------------------------------------------------- late codes across nodes
@@ -770,16 +771,11 @@ async def test_a_late_code_reaches_its_lead_in_the_store_or_on_another_node(redi
     dialed again, B at its callback's time and not before. On the old code the three codes did nothing to their
     leads (`call.disposition` said callback_at null): n2 dialed A, B and C as soon as it had an agent."""
     t0 = 1_700_000_000.0
-    url = f"{redis_server.url}?prefix=lc{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(t0)
-    probe = open_store(url, node_id="probe")
-    assert isinstance(probe, RedisStore)
-    n1 = await _api_node(url, "n1", clock)
-    nodes = [n1]
-    seen: list[dict[str, object]] = []
-    n1.runtime.subscribe(lambda cmd: seen.append({"kind": cmd.kind, **cmd.data})
-                         if cmd.kind in ("call.disposition", "lead.disposition") else None)
-    try:
+    async with _api_nodes(redis_server, "lc", t0, 1) as (url, clock, probe, nodes):
+        n1 = nodes[0]
+        seen: list[dict[str, object]] = []
+        n1.runtime.subscribe(lambda cmd: seen.append({"kind": cmd.kind, **cmd.data})
+                             if cmd.kind in ("call.disposition", "lead.disposition") else None)
         r = await n1.api.post("/api/v1/campaigns", json={
             "campaign_id": "c", "strategy": "progressive", "wrapup_s": 0.2,
             "hopper": {"recycle_delays": {"connected": 60}}})
@@ -869,10 +865,6 @@ async def test_a_late_code_reaches_its_lead_in_the_store_or_on_another_node(redi
         clock.set(at_b + 86_400 * 3)
         await asyncio.sleep(1.5)
         assert len(await dials("A")) == 1 and len(await dials("C")) == 1  # the debtors who paid: never again
-    finally:
-        for node in nodes:
-            await node.close()
-        await probe.aclose()
 
 
 # ---------------------------------------------------------------------------------------------- calls of a run gone
