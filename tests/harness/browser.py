@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -65,8 +66,9 @@ class Chromium:
                 f"--window-size={self.size[0]},{self.size[1]}", "about:blank"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox (CI containers)
+        # Its own process group: the helpers it forks (crashpad, zygote) are stopped with it.
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+                                     stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
         found: list[str] = []
         ready = threading.Event()
 
@@ -89,15 +91,31 @@ class Chromium:
         self.port = port
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    self.proc.wait(5)
+            # A helper that outlived the browser still wrote to the profile while it was removed: "Directory not
+            # empty" failed a test's teardown once. Stop them all, then remove it (a few tries).
+            self._signal_group(signal.SIGKILL)
         self.proc = None
-        self._profile.cleanup()
+        for attempt in range(5):
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
 
     @contextlib.asynccontextmanager
     async def page(self) -> AsyncIterator[Page]:
