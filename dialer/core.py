@@ -59,6 +59,7 @@ from dialer.events import (
     Event,
     LeadRemoved,
     LeadsAvailable,
+    LeadsTaken,
     LeaseLost,
     PbxLink,
     PreviewDial,
@@ -408,6 +409,11 @@ class DialerCore:
                 # out on a call: the call ends normally and the lead is let go with its outcome
             case LeaseLost():
                 self._on_lease_lost(event, now, out)
+            case LeadsTaken():
+                taken = self.campaigns.get(event.campaign_id)
+                if taken is not None:
+                    for lead_id in event.lead_ids:
+                        taken.hopper.let_go(lead_id)
             case CampaignControl():
                 self._on_campaign_control(event, now, out)
             case PbxLink():

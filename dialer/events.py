@@ -170,6 +170,15 @@ class LeaseLost:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadsTaken:
+    """Leads this node held whose leases a renewal found lost (expired unrenewed; another node may hold them): the
+    hopper lets go of those still waiting, telling the store nothing. One out on a call is left to its call."""
+
+    campaign_id: str
+    lead_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LeadsAvailable:
     """Leads leased from the store for `campaign_id` (possibly none: the campaign is exhausted for now), with the
     hopper state the store kept of those handed back by a node (lead id -> `Hopper.handoff_state`'s mapping).
@@ -276,6 +285,7 @@ Event = (
     | DncAdd
     | LeadRemoved
     | LeaseLost
+    | LeadsTaken
     | ScheduleCallback
     | StoredDisposition
     | LeadsAvailable

@@ -307,12 +307,13 @@ return out
 # KEYS: leases, owner, held(node)
 # ARGV: expires at, node id, then the live tokens ('*' = every token of the node).
 # A token the node never heard back about (its reply was lost) is not renewed, so those leads expire.
+# Returns the lead ids renewed (a lead the node believes it holds and is not among them: its lease is lost).
 RENEW = """
 local members = redis.call('SMEMBERS', KEYS[3])
 local any = ARGV[3] == '*'
 local allow = {}
 for i = 3, #ARGV do allow[ARGV[i]] = true end
-local renewed = 0
+local renewed = {}
 local stale = {}
 for _, lid in ipairs(members) do
   local rec = redis.call('HGET', KEYS[2], lid)
@@ -324,7 +325,7 @@ for _, lid in ipairs(members) do
   if node == ARGV[2] then
     if any or allow[token] then
       redis.call('ZADD', KEYS[1], 'XX', ARGV[1], lid)
-      renewed = renewed + 1
+      renewed[#renewed + 1] = lid
     end
   else
     stale[#stale + 1] = lid

@@ -252,6 +252,7 @@ class RedisStore:
         # Leases this process holds: campaign -> lead -> fencing token. Releases carry the token; renewals
         # extend only leases whose token we received.
         self._held: dict[str, dict[str, int]] = {}
+        self._lost_leases: dict[str, set[str]] = {}  # campaign -> leads whose leases a renewal found lost
         self._attempt_campaigns: set[str] = set()
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
@@ -867,19 +868,39 @@ class RedisStore:
                            now: float | None = None) -> int:
         """Extend the leases of `node_id` (this node by default) to now + ttl. For this node only leases
         whose token this process received are renewed: a batch whose reply was lost, or leases from before
-        a restart, are left to expire. Returns how many were renewed."""
+        a restart, are left to expire. Returns how many were renewed. Leads this process holds that were not renewed
+        (returned to the line by another node's `expire_leases`, or leased by another node) are kept for
+        `take_lost_leases`."""
         await self._ensure()
         node = node_id or self.node_id
         expires = _num((time.time() if now is None else now) + (self.lease_ttl_s if ttl is None else ttl))
+        # With the tokens, the leads held here as of the same instant: those the renewal does not renew are lost.
+        plan: list[tuple[str, list[str], set[str]]]
         if node == self.node_id:
-            plan = [(cid, [str(t) for t in set(held.values())]) for cid, held in self._held.items() if held]
+            plan = [(cid, [str(t) for t in set(held.values())], set(held)) for cid, held in self._held.items() if held]
         else:
-            plan = [(cid, ["*"]) for cid in await self.campaign_ids()]
+            plan = [(cid, ["*"], set()) for cid in await self.campaign_ids()]
         renewed = 0
-        for cid, tokens in plan:
+        for cid, tokens, believed in plan:
             keys = [self._k(cid, "leases"), self._k(cid, "owner"), self._held_key(cid, node)]
-            renewed += int(await self._s_renew(keys=keys, args=[expires, node, *tokens]))
+            reply = await self._s_renew(keys=keys, args=[expires, node, *tokens])
+            renewed += len(reply)
+            if believed:
+                # Held here when the renewal was asked, still held (not released meanwhile), and not renewed: the
+                # lease expired unrenewed (returned to the line by another node) or another node holds the lead.
+                held = self._held.get(cid, {})
+                lost = (believed - {str(lid) for lid in reply}) & set(held)
+                for lid in lost:
+                    held.pop(lid, None)
+                if lost:
+                    self._lost_leases.setdefault(cid, set()).update(lost)
         return renewed
+
+    def take_lost_leases(self) -> dict[str, list[str]]:
+        """Leads whose leases this node lost unseen (found at a renewal: another holder, or nobody, has them now),
+        by campaign, each told once: the caller's hopper must let go of them."""
+        lost, self._lost_leases = self._lost_leases, {}
+        return {cid: sorted(lids) for cid, lids in lost.items()}
 
     async def expire_leases(self, now: float) -> list[tuple[str, str]]:
         """Return every lease due by `now` (its node stopped renewing) to the queue, attempts untouched.
@@ -908,7 +929,8 @@ class RedisStore:
                     await pipe.execute()
                     mine = self._held.get(cid, {})
                     for lid in by_node.get(self.node_id, ()):
-                        mine.pop(lid, None)
+                        if mine.pop(lid, None) is not None:  # its own, overdue: this node must let go of it too
+                            self._lost_leases.setdefault(cid, set()).add(lid)
                 if len(reply) // 3 < _LEASE_CHUNK:
                     break
             await self._write_lost(cid)

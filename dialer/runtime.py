@@ -57,6 +57,7 @@ from dialer.events import (
     DncSnapshot,
     Event,
     LeadsAvailable,
+    LeadsTaken,
     LeaseLost,
     ScheduleCallback,
     SharedAbandon,
@@ -776,11 +777,23 @@ class Runtime:
                 self._campaign_version = None
                 await self._store_failed()
                 continue
+            self._let_go_of_taken_leads()
             try:
                 await self._sync_callbacks()
             except Exception as exc:
                 log.warning("callbacks unreadable", extra={"fields": {"error": type(exc).__name__}})
                 await self._store_failed()
+
+    def _let_go_of_taken_leads(self) -> None:
+        """Leads whose leases the store's last renewal found lost (`take_lost_leases`) leave the hopper now, not
+        one refused dial at a time (`LeaseLost`), each costing the pacer a line."""
+        take = getattr(self.store, "take_lost_leases", None)
+        if not callable(take):
+            return
+        for cid, lead_ids in take().items():
+            log.warning("leases lost unseen: leads let go", extra={"fields": {"campaign_id": cid,
+                                                                              "leads": len(lead_ids)}})
+            self.submit(LeadsTaken(cid, tuple(lead_ids)))
 
     async def _sync_callbacks(self) -> None:
         """Callbacks kept in the store ↔ this node, each campaign: those asked for leads held here go to the core

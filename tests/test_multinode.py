@@ -958,6 +958,55 @@ async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_take
 # ---------------------------------------------------------------------------------------------- a lease lost unseen
 
 
+async def _leases_taken_from_a_paused_node(url: str, clock: SetClock, probe: RedisStore) -> tuple[_Node, set[str]]:
+    """n1 holds 20 of 40 busy leads in its hopper while its agent is paused; its leases then run out unseen (no
+    renewal for longer than the TTL: a stall, or a store outage after which the store came back) and another node
+    (the probe) leases those 20. Returns n1 and the ids of those leads."""
+    n1 = await _api_node(url, "n1", clock)
+    await _busy_campaign(n1.api, 40)
+    assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+    assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
+    assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+    hop = n1.core.campaigns["c"].hopper
+
+    async def stocked() -> bool:
+        return len(hop.waiting()) == 20
+
+    await _poll(stocked, "n1 to lease 20 leads")
+    held = set(hop.waiting())
+    assert {lid for _, lid in await probe.expire_leases(clock() + 31)} == held
+    taken = await probe.lease_leads("c", 20, clock())
+    assert {lead.lead_id for lead in taken} == held  # back at their places, ahead of the 20 never leased
+    return n1, held
+
+
+async def test_a_node_lets_go_of_the_leads_its_renewal_finds_taken(redis_server: RedisServer) -> None:
+    """The node's next renewal finds those leases gone: its hopper lets go of the leads within a second, before
+    any dial (each stale lead used to be found only when dialed, a pacing slot lost each time)."""
+    url = f"{redis_server.url}?prefix=lt{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(1_700_000_000.0)
+    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
+    assert isinstance(probe, RedisStore)
+    n1 = None
+    try:
+        n1, held = await _leases_taken_from_a_paused_node(url, clock, probe)
+        hop = n1.core.campaigns["c"].hopper
+        assert set(hop.waiting()) == held
+        store = n1.runtime.store
+        assert isinstance(store, RedisStore)
+        await store.renew_leases(now=clock())  # as its maintenance does every lease_ttl / 3
+
+        async def let_go() -> bool:
+            return not set(hop.waiting()) & held
+
+        await _poll(let_go, "n1 to let go of the leads taken", seconds=3.0)
+        assert not [a for a in await probe.attempts("c") if a.call_id.startswith("n1")]
+    finally:
+        if n1 is not None:
+            await n1.close()
+        await probe.aclose()
+
+
 async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redis_server: RedisServer) -> None:
     """n1 holds 20 leads in its hopper while its agent is paused; its leases expire without n1 noticing (a stall or a
     store outage longer than the TTL) and another node (here the probe) leases those leads. When n1's agent is
@@ -968,24 +1017,10 @@ async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redi
     clock = SetClock(t0)
     probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
     assert isinstance(probe, RedisStore)
-    n1 = await _api_node(url, "n1", clock)
+    n1 = None
     try:
-        await _busy_campaign(n1.api, 40)
-        assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
-        assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
-        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+        n1, held = await _leases_taken_from_a_paused_node(url, clock, probe)
         hop = n1.core.campaigns["c"].hopper
-
-        async def stocked() -> bool:
-            return len(hop.waiting()) == 20
-
-        await _poll(stocked, "n1 to lease 20 leads")
-        held = set(hop.waiting())
-        # n1's leases run out unseen (no renewal for longer than the TTL: a stall, or an outage of more than 30 s
-        # after which its store came back), and another node leases those leads.
-        assert {lid for _, lid in await probe.expire_leases(clock() + 31)} == held
-        taken = await probe.lease_leads("c", 20, clock())
-        assert {lead.lead_id for lead in taken} == held  # back at their places, ahead of the 20 never leased
         assert (await n1.api.post("/api/v1/agents/a1/ready", json={})).status_code == 202
 
         async def dials() -> list[Attempt]:

@@ -496,9 +496,9 @@ async def test_a_dial_is_recorded_only_while_this_node_holds_the_leads_lease(sto
     assert await store.record_dial(dial) is True
     assert await store.record_dial(dial) is True  # a retry of a record that landed
     assert await store.attempt("d-1") == dial
-    if isinstance(store, RedisStore):
+    if isinstance(store, RedisStore) and isinstance(peer, RedisStore):
         assert await peer.record_dial(replace(dial, call_id="p-1")) is False  # not node-b's lease
-        assert await store.expire_leases(T0 + 3600) == [("c1", mine.lead_id)]  # node-a stopped renewing
+        assert await peer.expire_leases(T0 + 3600) == [("c1", mine.lead_id)]  # node-a stopped renewing
         assert await store.record_dial(replace(dial, call_id="d-2")) is False  # back in line: nobody's
         later = T0 + 3600 + store.lost_hold_s  # its call may have been live: held back that long
         (again,) = await peer.lease_leads("c1", 1, later)
@@ -506,6 +506,20 @@ async def test_a_dial_is_recorded_only_while_this_node_holds_the_leads_lease(sto
         assert await store.record_dial(replace(dial, call_id="d-3")) is False  # node-b's now
         assert await peer.record_dial(replace(dial, call_id="p-2", dialed_at=later + 1)) is True
         assert [a.call_id for a in await store.attempts("c1")] == ["d-1", "p-2"]  # nothing of the refused
+        # node-a's next renewal finds the lease gone and says so, once
+        await store.renew_leases(now=later + 2)
+        assert store.take_lost_leases() == {"c1": [mine.lead_id]}
+        assert store.take_lost_leases() == {}
+        await peer.renew_leases(now=later + 2)
+        assert peer.take_lost_leases() == {}  # node-b holds it
+
+
+async def test_a_node_that_returns_its_own_overdue_leases_lets_go_of_them(store: Store) -> None:
+    s = redis_only(store, "lease expiry")
+    await campaign(s, n=2)
+    leased = await s.lease_leads("c1", 2, T0)
+    assert sorted(lid for _, lid in await s.expire_leases(T0 + 3600)) == sorted(lead.lead_id for lead in leased)
+    assert s.take_lost_leases() == {"c1": sorted(lead.lead_id for lead in leased)}
 
 
 async def test_attempts_page_in_dial_order_after_a_cursor(store: Store) -> None:
