@@ -958,11 +958,26 @@ async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_take
 # ---------------------------------------------------------------------------------------------- a lease lost unseen
 
 
-async def _leases_taken_from_a_paused_node(url: str, clock: SetClock, probe: RedisStore) -> tuple[_Node, set[str]]:
+@contextlib.asynccontextmanager
+async def _leases_taken_from_a_paused_node(redis_server: RedisServer,
+                                           tag: str) -> AsyncIterator[tuple[RedisStore, _Node, set[str]]]:
     """n1 holds 20 of 40 busy leads in its hopper while its agent is paused; its leases then run out unseen (no
     renewal for longer than the TTL: a stall, or a store outage after which the store came back) and another node
-    (the probe) leases those 20. Returns n1 and the ids of those leads."""
+    (the probe) leases those 20. Yields the probe, n1 and the ids of those leads; closes both after."""
+    url = f"{redis_server.url}?prefix={tag}{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(1_700_000_000.0)
+    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
+    assert isinstance(probe, RedisStore)
     n1 = await _api_node(url, "n1", clock)
+    try:
+        yield probe, n1, await _take_leases(n1, clock, probe)
+    finally:
+        await n1.close()
+        await probe.aclose()
+
+
+async def _take_leases(n1: _Node, clock: SetClock, probe: RedisStore) -> set[str]:
+    """The set-up `_leases_taken_from_a_paused_node` describes; the ids of the 20 leads taken."""
     await _busy_campaign(n1.api, 40)
     assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
     assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
@@ -977,34 +992,24 @@ async def _leases_taken_from_a_paused_node(url: str, clock: SetClock, probe: Red
     assert {lid for _, lid in await probe.expire_leases(clock() + 31)} == held
     taken = await probe.lease_leads("c", 20, clock())
     assert {lead.lead_id for lead in taken} == held  # back at their places, ahead of the 20 never leased
-    return n1, held
+    return held
 
 
 async def test_a_node_lets_go_of_the_leads_its_renewal_finds_taken(redis_server: RedisServer) -> None:
     """The node's next renewal finds those leases gone: its hopper lets go of the leads within a second, before
     any dial (each stale lead used to be found only when dialed, a pacing slot lost each time)."""
-    url = f"{redis_server.url}?prefix=lt{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(1_700_000_000.0)
-    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
-    assert isinstance(probe, RedisStore)
-    n1 = None
-    try:
-        n1, held = await _leases_taken_from_a_paused_node(url, clock, probe)
+    async with _leases_taken_from_a_paused_node(redis_server, "lt") as (probe, n1, held):
         hop = n1.core.campaigns["c"].hopper
         assert set(hop.waiting()) == held
         store = n1.runtime.store
         assert isinstance(store, RedisStore)
-        await store.renew_leases(now=clock())  # as its maintenance does every lease_ttl / 3
+        await store.renew_leases(now=n1.runtime.clock())  # as its maintenance does every lease_ttl / 3
 
         async def let_go() -> bool:
             return not set(hop.waiting()) & held
 
         await _poll(let_go, "n1 to let go of the leads taken", seconds=3.0)
         assert not [a for a in await probe.attempts("c") if a.call_id.startswith("n1")]
-    finally:
-        if n1 is not None:
-            await n1.close()
-        await probe.aclose()
 
 
 async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redis_server: RedisServer) -> None:
@@ -1012,14 +1017,7 @@ async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redi
     store outage longer than the TTL) and another node (here the probe) leases those leads. When n1's agent is
     ready, n1 dialed them from its hopper: each debtor called by two nodes. The dial record is now written only
     under the lease: n1 dials none of them, lets them go, and goes on with leads of its own."""
-    t0 = 1_700_000_000.0
-    url = f"{redis_server.url}?prefix=ll{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(t0)
-    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
-    assert isinstance(probe, RedisStore)
-    n1 = None
-    try:
-        n1, held = await _leases_taken_from_a_paused_node(url, clock, probe)
+    async with _leases_taken_from_a_paused_node(redis_server, "ll") as (probe, n1, held):
         hop = n1.core.campaigns["c"].hopper
         assert (await n1.api.post("/api/v1/agents/a1/ready", json={})).status_code == 202
 
@@ -1032,7 +1030,3 @@ async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redi
         await _poll(dialing_its_own, "n1 to dial leads of its own")
         assert not {a.lead_id for a in await dials()} & held  # none of the leads the other node holds
         assert not set(hop.waiting()) & held  # let go
-    finally:
-        if n1 is not None:
-            await n1.close()
-        await probe.aclose()
