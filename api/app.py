@@ -947,9 +947,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         else:
             assert body.local is not None
             lead = camp.hopper.lead(lead_id) if camp is not None else None
+            if lead is None:  # not held here: as loaded, from the store (another node may hold it)
+                lead = await runtime.store.lead(campaign_id, lead_id)
             if lead is None or not lead.timezone:
-                raise HTTPException(409, "local: the debtor's time zone is not known here (lead not loaded or held); "
-                                         "give `at` with an offset")
+                raise HTTPException(409, f"local: lead {lead_id!r} has no time zone (none given or found from its "
+                                         "phone); give `at` with an offset")
             at = local_time_to_epoch(body.local.date(), body.local.strftime("%H:%M"), lead.timezone)
         if at <= runtime.clock():
             raise HTTPException(422, "at: must be in the future")

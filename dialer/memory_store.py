@@ -222,6 +222,11 @@ class InMemoryStore:
         b = self._bucket(campaign_id)
         return lead_id in b.pending or lead_id in b.leased or lead_id in b.done
 
+    async def lead(self, campaign_id: str, lead_id: str) -> Lead | None:
+        b = self._bucket(campaign_id)
+        packed = b.pending.get(lead_id) or b.leased.get(lead_id)
+        return None if packed is None else _unpack(campaign_id, packed)
+
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         bucket = self._bucket(campaign_id)
         if bucket.pending.pop(lead_id, None) is not None:

@@ -127,6 +127,11 @@ class Store(Protocol):
 
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool: ...
 
+    async def lead(self, campaign_id: str, lead_id: str) -> Lead | None:
+        """The lead as it was loaded (its phones, zone, fields), wherever it is now; None if it is not in the
+        campaign (or, in memory, no longer waiting or leased)."""
+        ...
+
     # Callbacks asked through the API for a lead no hopper of this node holds: kept in the store, so every node
     # sees them, a restart loses none, and no node dials the lead before its time.
 

@@ -533,6 +533,11 @@ class RedisStore:
         await self._ensure()
         return bool(await self._r.hexists(self._k(campaign_id, "leads"), lead_id))
 
+    async def lead(self, campaign_id: str, lead_id: str) -> Lead | None:
+        await self._ensure()
+        raw = await self._r.hget(self._k(campaign_id, "leads"), lead_id)
+        return None if raw is None else _lead_from(lead_id, campaign_id, str(raw))
+
     async def remove_lead(self, campaign_id: str, lead_id: str) -> bool:
         await self._ensure()
         keys = [self._k(campaign_id, n) for n in ("def", "hopper", "sched", "sched_score", "done", "states", "cbs",

@@ -427,6 +427,17 @@ async def test_remove_pending_lead_only(store: Store) -> None:
     assert ids(await store.lease_leads("c1", 5, T0)) == ["l2"]
 
 
+async def test_a_lead_reads_back_as_loaded_wherever_it_is(store: Store) -> None:
+    leads = await campaign(store, n=2)
+    zoned = Lead("z1", "c1", ("+573001234567",), {"name": "Z"}, country="CO", timezone="America/Bogota",
+                 amount_due=120.5, days_past_due=40, segment="retail")
+    await store.add_leads("c1", [zoned])
+    assert await store.lead("c1", "z1") == zoned  # waiting
+    (first,) = await store.lease_leads("c1", 1, T0)
+    assert await store.lead("c1", first.lead_id) == first == leads[0]  # leased
+    assert await store.lead("c1", "nobody") is None
+
+
 async def test_lead_counts_of_new_campaign(store: Store) -> None:
     await campaign(store)
     assert await store.lead_counts("c1") == {"pending": 0, "leased": 0, "done": 0}
