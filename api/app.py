@@ -1225,11 +1225,11 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 raise HTTPException(503, f"call_id: call {call_id!r} is not one of this run's, and the store (which "
                                          "keeps the calls of other runs) does not answer; retry") from None
             handled = core.handled_call(call_id)
-            if why is not None and why.startswith("node "):
-                raise HTTPException(409, f"call_id: call {call_id!r} was handled on node {why[5:]}, which is up: "
+            if why is not None and why.reason == "node":
+                raise HTTPException(409, f"call_id: call {call_id!r} was handled on node {why.detail}, which is up: "
                                          "send its disposition to that node")
-            if why is not None and why.startswith("disposed "):
-                raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({why[9:]}); "
+            if why is not None and why.reason == "disposed":
+                raise HTTPException(409, f"call_id: call {call_id!r} already has its disposition ({why.detail}); "
                                          "one per call")
             if handled is None:
                 cfg = core.config
@@ -1267,8 +1267,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                                          "no phone left, or removed): no callback can be scheduled; post another code")
             # A lead this node's hopper no longer holds (handed back to the store; another node may hold it): the
             # code goes through the store, which applies it wherever the lead is (event `lead.disposition`).
-            stored = done is not None and camp.hopper.info(done.lead_id) is None and \
-                (code.final or code.wrong_party or code.dnc or code.callback)
+            stored = done is not None and camp.hopper.info(done.lead_id) is None and code.steers_lead
         runtime.submit(Disposition(call_id, body.code, body.callback_at, body.own_callback, body.ptp_amount,
                                    body.ptp_date.isoformat() if body.ptp_date else None))
         return {"call_id": call_id, "agent_id": agent_id, "requested": "disposition", "late": late, "stored": stored}

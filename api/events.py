@@ -12,11 +12,12 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dialer.commands import Emit
+from dialer.ports import kind_matches
 
 log = logging.getLogger("marcador.api.events")
 
@@ -40,10 +41,6 @@ def parse_types(raw: str | None) -> tuple[str, ...]:
     return () if "*" in parts else tuple(p.rstrip("*") for p in parts)
 
 
-def matches(kind: str, prefixes: Sequence[str]) -> bool:
-    return not prefixes or any(kind.startswith(p) for p in prefixes)
-
-
 GAP = "stream.gap"  # sent whatever the filter, without an id (a resume's Last-Event-ID stays where it was)
 
 
@@ -61,7 +58,7 @@ class Client:
         self.queue = deque()
 
     def offer(self, ev: OutEvent) -> None:
-        if not matches(ev.kind, self.prefixes):
+        if not kind_matches(ev.kind, self.prefixes):
             return
         if len(self.queue) >= self.size:
             lost = self.queue.popleft()  # the client is slow: it loses the oldest, the runtime never waits
@@ -120,7 +117,7 @@ class EventHub:
             elif last_id < oldest - 1:
                 client.notices.append({"reason": "replay_exceeded", "from_id": last_id + 1, "to_id": oldest - 1})
             # The whole replay, past the client's queue bound: it asked for it, and `replay` bounds it already.
-            client.queue.extend(ev for ev in self.recent if ev.seq > last_id and matches(ev.kind, prefixes))
+            client.queue.extend(ev for ev in self.recent if ev.seq > last_id and kind_matches(ev.kind, prefixes))
         self.clients.add(client)
         return client
 

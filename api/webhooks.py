@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from api.events import OutEvent, matches, parse_types
+from api.events import OutEvent, parse_types
 from config.settings import WebhookSettings
 from dialer.memory_store import InMemoryStore
-from dialer.ports import FailedWebhook, Store
+from dialer.ports import FailedWebhook, Store, kind_matches
 
 log = logging.getLogger("marcador.api.webhooks")
 
@@ -150,7 +150,7 @@ class WebhookSender:
 
     def offer(self, ev: OutEvent) -> None:
         """Called on the runtime's loop: never blocks."""
-        if not matches(ev.kind, self.prefixes):
+        if not kind_matches(ev.kind, self.prefixes):
             return
         if self._closed:
             self.counters.dropped += 1

@@ -7,6 +7,7 @@ simulated PBX, and the discrete-event simulator in virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import math
@@ -697,16 +698,9 @@ class DialerCore:
             return
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
-        held = camp.dispositions_held.pop(att.lead_id, [])
-        ended: list[Command] = []
-        self._on_failed(CallFailed(event.call_id, Outcome.LOST), now, ended)
-        out.extend(cmd for cmd in ended
-                   if not (isinstance(cmd, RecordAttempt) and cmd.attempt.call_id == att.call_id)
-                   and not (isinstance(cmd, ReleaseLead) and cmd.lead_id == att.lead_id)
-                   and not (isinstance(cmd, Emit) and cmd.kind == "call.ended"
-                            and cmd.data.get("call_id") == att.call_id))
-        camp.hopper.let_go(att.lead_id)
-        for late in held:
+        att.outcome = Outcome.LOST
+        self._finish(call, now, out, made=False)
+        for late in camp.dispositions_held.pop(att.lead_id, []):
             out.append(self._ask_store(camp, att.lead_id, late))
 
     def _on_ended(self, event: CallEnded, now: float, out: list[Command]) -> None:
@@ -733,7 +727,10 @@ class DialerCore:
                 out.append(self._agent_emit(agent))
         self._finish(call, now, out)
 
-    def _finish(self, call: Call, now: float, out: list[Command]) -> None:
+    def _finish(self, call: Call, now: float, out: list[Command], *, made: bool = True) -> None:
+        """A call is over: its attempt recorded, its lead recycled or let go, `call.ended` emitted. Not `made` (the
+        store refused its dial for the lead's lease): nothing recorded or emitted, and the lead, no longer this
+        node's, leaves the hopper without a word to the store."""
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
         call.ended = True
@@ -750,7 +747,8 @@ class DialerCore:
             if waiting_agent is not None and waiting_agent.status is AgentStatus.PREVIEW:
                 waiting_agent.preview = waiting_agent.preview_campaign = None
                 self._end_wrapup_or_pause(waiting_agent, now, out)  # back to ready (or the pause it asked for)
-        out.append(RecordAttempt(att.copy()))
+        if made:
+            out.append(RecordAttempt(att.copy()))
         if att.outcome is Outcome.CONNECTED:
             camp.gate.history.note_contact(att.lead_id, att.connected_at or now)
         elif att.outcome is Outcome.ABANDONED:
@@ -759,8 +757,13 @@ class DialerCore:
         if camp.pool is not None and att.caller_id_reason not in (None, "campaign") and att.outcome is not Outcome.LOST:
             talk = now - att.connected_at if att.connected_at is not None else None
             camp.pool.record(att.caller_id, now, answered_live=att.outcome.live, talk_s=talk)
-        self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out)
-        out.append(Emit("call.ended", att.as_dict()))
+        if made:
+            self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out)
+            out.append(Emit("call.ended", att.as_dict()))
+        else:
+            with contextlib.suppress(ValueError):  # back from being out, then let go
+                camp.hopper.outcome(att.lead_id, att.number, att.outcome, now)
+            camp.hopper.let_go(att.lead_id)
 
     # ------------------------------------------------------------------ agents
 
@@ -841,7 +844,7 @@ class DialerCore:
                 if after in ("done", "removed"):
                     out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
                                            or Outcome.CONNECTED, final=True))
-            elif before is None and (code.final or code.wrong_party or code.dnc or code.callback):
+            elif before is None and code.steers_lead:
                 # Handed back to the store (campaign stopped, node leaving; another node may hold it now): the store
                 # applies the code wherever the lead is. It used to do nothing: a debtor who paid was called again.
                 stored = True

@@ -37,6 +37,12 @@ class DispositionCode:
             # A callback keeps the lead alive; both at once would leave the hopper guessing.
             raise ValueError(f"callback: a final code cannot ask for a callback (code {self.code!r})")
 
+    @property
+    def steers_lead(self) -> bool:
+        """The code changes what happens to its lead (ends it, drops the phone, calls back): a lead the disposing
+        node no longer holds gets it through the store."""
+        return self.final or self.wrong_party or self.dnc or self.callback
+
 
 _DEFAULTS = (
     # A promise is followed up by the collection system (a broken one comes back as a new load): stop dialing.

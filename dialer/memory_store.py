@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import heapq
 import json
 from collections import deque
@@ -67,6 +66,7 @@ class InMemoryStore:
         self._dialed: list[tuple[float, str]] = []
         self._dialed_in: dict[str, list[tuple[float, str]]] = {}
         self._lock = asyncio.Lock()
+        self._kept_hooks = _KeptWebhooks()  # webhook events kept (`keep_failed_webhook`)
 
     async def ping(self) -> bool:
         return True
@@ -338,10 +338,6 @@ class InMemoryStore:
         return {"pending": len(bucket.pending), "leased": len(bucket.leased), "done": len(bucket.done)}
 
     # ------------------------------------------------------------------ webhook events kept (given up or dropped)
-
-    @functools.cached_property
-    def _kept_hooks(self) -> _KeptWebhooks:
-        return _KeptWebhooks()
 
     async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
                                   cap: int) -> tuple[int, int]:

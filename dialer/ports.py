@@ -223,7 +223,7 @@ class Store(Protocol):
 
     # Webhook events kept: those a sender gave up (tries used up, or refused by the endpoint) and those left
     # undelivered at shutdown, kept in the store so every node lists and redelivers them and a restart loses none.
-    # Bounded: past `cap` the oldest go first. (Self-contained block: FailedWebhook is defined below.)
+    # Bounded: past `cap` the oldest go first.
 
     async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
                                   cap: int) -> tuple[int, int]:
@@ -267,5 +267,6 @@ class FailedWebhook:
 
 
 def kind_matches(kind: str, kinds: Sequence[str]) -> bool:
-    """The kept events' kind filter: `call.` matches every call event, `call.ended` that one; empty matches all."""
+    """The event kind filter (SSE, webhooks, kept webhook events): `call.` matches every call event, `call.ended`
+    that one; empty matches all."""
     return not kinds or any(kind.startswith(k) for k in kinds)

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -274,6 +273,8 @@ class RedisStore:
         self._s_cb_ask = client.register_script(lua.CB_ASK)
         self._s_cb_clear = client.register_script(lua.CB_CLEAR)
         self._s_dispo_ask = client.register_script(lua.DISPO_ASK)
+        self._s_webhook_keep = client.register_script(lua.WEBHOOK_KEEP)
+        self._s_webhook_drop = client.register_script(lua.WEBHOOK_DROP)
 
     @property
     def client(self) -> RedisClient:
@@ -714,22 +715,27 @@ class RedisStore:
     async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
         """Asked callbacks of leads leased by this process (the owner record names this node and a token this
         process was given: a lease lost to another node meanwhile is not ours to apply)."""
+        return {lid: _callback_from(raw) for lid, raw in (await self._for_my_leases(campaign_id, "cbs")).items()}
+
+    async def _for_my_leases(self, campaign_id: str, name: str) -> dict[str, Any]:
+        """The entries of the campaign's hash `name` (lead id -> what is kept for its holder) for leads leased by
+        this process: the owner record names this node and the token this process was given (a lease lost to
+        another node meanwhile is not ours to act on)."""
         await self._ensure()
         mine = self._held.get(campaign_id)
         if not mine:
             return {}
-        asked = {str(k): str(v) for k, v in (await self._r.hgetall(self._k(campaign_id, "cbs"))).items()}
-        lids = [lid for lid in asked if lid in mine]
-        if not lids:
+        kept = {str(k): v for k, v in (await self._r.hgetall(self._k(campaign_id, name))).items() if str(k) in mine}
+        if not kept:
             return {}
-        owners = await self._r.hmget(self._k(campaign_id, "owner"), lids)
-        out: dict[str, tuple[float, str | None]] = {}
-        for lid, rec in zip(lids, owners, strict=True):
+        owners = await self._r.hmget(self._k(campaign_id, "owner"), list(kept))
+        out: dict[str, Any] = {}
+        for (lid, raw), rec in zip(kept.items(), owners, strict=True):
             if rec is None:
                 continue
             token, _, rest = str(rec).partition(" ")
             if rest.partition(" ")[2] == self.node_id and token == str(mine[lid]):
-                out[lid] = _callback_from(asked[lid])
+                out[lid] = raw
         return out
 
     async def clear_callbacks(self, campaign_id: str, applied: Mapping[str, tuple[float, str | None]]) -> int:
@@ -758,23 +764,7 @@ class RedisStore:
     async def held_dispositions(self, campaign_id: str) -> dict[str, tuple[StoredCode, ...]]:
         """Codes kept for leads leased by this process (as `held_callbacks`: the owner record names this node and
         the token this process was given)."""
-        await self._ensure()
-        mine = self._held.get(campaign_id)
-        if not mine:
-            return {}
-        kept = {str(k): v for k, v in (await self._r.hgetall(self._k(campaign_id, "kept"))).items()}
-        lids = [lid for lid in kept if lid in mine]
-        if not lids:
-            return {}
-        owners = await self._r.hmget(self._k(campaign_id, "owner"), lids)
-        out: dict[str, tuple[StoredCode, ...]] = {}
-        for lid, rec in zip(lids, owners, strict=True):
-            if rec is None:
-                continue
-            token, _, rest = str(rec).partition(" ")
-            if rest.partition(" ")[2] == self.node_id and token == str(mine[lid]):
-                out[lid] = _codes_from(kept[lid])
-        return out
+        return {lid: _codes_from(raw) for lid, raw in (await self._for_my_leases(campaign_id, "kept")).items()}
 
     async def clear_dispositions(self, campaign_id: str, applied: Mapping[str, Sequence[StoredCode]]) -> int:
         if not applied:
@@ -1190,14 +1180,6 @@ class RedisStore:
     # ------------------------------------------------------------------ webhook events kept (given up or dropped)
 
     _WEBHOOK_SCAN = 500  # kept events read per round while a filter thins a page
-
-    @functools.cached_property
-    def _s_webhook_keep(self) -> Any:
-        return self._r.register_script(lua.WEBHOOK_KEEP)
-
-    @functools.cached_property
-    def _s_webhook_drop(self) -> Any:
-        return self._r.register_script(lua.WEBHOOK_DROP)
 
     def _webhook_keys(self) -> list[str]:
         return [self._g(f"{{wh}}:{n}") for n in ("failed", "failed_ids", "failed_by", "failed_seq",

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from dialer.commands import (
     AskDisposition,
@@ -81,6 +81,15 @@ ADOPT_TALK_MAX_S = 4 * 3600.0
 CALLBACK_BUSY_GRACE_S = 3.0
 
 Subscriber = Callable[[Emit], None]
+
+
+class NotAdopted(NamedTuple):
+    """Why `Runtime.adopt_call` did not take a call: 'unknown' (no such connected call), 'disposed' (detail: its
+    code), 'node' (detail: the live node whose current run handled it: the disposition goes there), 'forgotten'
+    (this run's own, or another's, past its late window)."""
+
+    reason: Literal["unknown", "disposed", "node", "forgotten"]
+    detail: str = ""
 _CALL_LOG_FIELDS = ("call_id", "campaign_id", "lead_id", "agent_id", "outcome", "code")
 _UNSERVED = ("dialing", "ringing", "waiting")  # call states with no agent on the line (dialer.core.Call)
 HANGUP_WAIT_S = 3.0
@@ -358,30 +367,29 @@ class Runtime:
         "done", "removed", "unknown")."""
         return await self.store.ask_callback(campaign_id, lead_id, at, agent_id)
 
-    async def adopt_call(self, call_id: str) -> str | None:
+    async def adopt_call(self, call_id: str) -> NotAdopted | None:
         """A connected call this run's core does not keep for a disposition, handled by another run of the engine:
         this node before a restart (a deploy during a conversation) or a node gone. Read from the store, it is
-        handed to the core (`AdoptCall`) so its disposition goes through here, late. None when adopted; else
-        why not: 'unknown' (no such connected call), 'node <id>' (a live node's run handled it: send the
-        disposition there), 'forgotten' (this run's own, past its late window), 'disposed <code>'."""
+        handed to the core (`AdoptCall`) so its disposition goes through here, late. None when adopted, else why
+        not (`NotAdopted`)."""
         att = await self.store.attempt(call_id)
         if att is None or att.outcome is not Outcome.CONNECTED or att.agent_id is None:
-            return "unknown"
+            return NotAdopted("unknown")
         if att.disposition is not None:
-            return f"disposed {att.disposition}"
+            return NotAdopted("disposed", att.disposition)
         prefix = self.core.config.id_prefix
         if call_id.startswith(prefix + "-"):
-            return "forgotten"
+            return NotAdopted("forgotten")
         nodes = getattr(self.store, "nodes", None)
         if callable(nodes):
             for node in await nodes(now=self.clock()):
                 theirs = node.info.get("call_prefix") if isinstance(node.info, dict) else None
                 if node.alive and isinstance(theirs, str) and theirs != prefix and call_id.startswith(theirs + "-"):
-                    return f"node {node.node_id}"
+                    return NotAdopted("node", node.node_id)
         # The other run may have left before the call ended: a conversation counts for up to ADOPT_TALK_MAX_S.
         since = att.ended_at if att.ended_at is not None else (att.connected_at or att.dialed_at) + ADOPT_TALK_MAX_S
         if since < self.clock() - self.core.config.late_disposition_s:
-            return "forgotten"
+            return NotAdopted("forgotten")
         self._dispatch(self.core.handle(AdoptCall(att), self.clock()))
         return None
 
