@@ -151,6 +151,7 @@ class Runtime:
         # (monotonic time queued, event): the queue is the bounded path from the PBX reader to the core.
         self._events: asyncio.Queue[tuple[float, Event]] = asyncio.Queue(self.config.event_queue_size)
         self._store_ops: asyncio.Queue[StoreOp | None] = asyncio.Queue()
+        self._writing = 0  # the write the writer holds (taken from the queue, not yet landed)
         self._subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -228,12 +229,12 @@ class Runtime:
         would wait on hold with no one to take it. Calls with an agent go on."""
         self._halt_dialing()
         deadline = time.monotonic() + timeout_s
-        while self.core.calls or self._store_ops.qsize():
+        while self.core.calls or self.pending_writes:
             if time.monotonic() >= deadline:
                 unserved = [cid for cid, call in self.core.calls.items() if call.state in _UNSERVED]
                 log.warning("drain timed out", extra={"fields": {"calls": len(self.core.calls),
                                                                  "hung_up": len(unserved),
-                                                                 "writes": self._store_ops.qsize()}})
+                                                                 "writes": self.pending_writes}})
                 for call_id in unserved:
                     self.telephony.execute(Hangup(call_id))
                 await self._until_ended(unserved, HANGUP_WAIT_S)
@@ -433,8 +434,9 @@ class Runtime:
 
     @property
     def pending_writes(self) -> int:
-        """Store writes not yet acknowledged (they pile up here while the store is down)."""
-        return self._store_ops.qsize()
+        """Store writes not yet acknowledged (they pile up here while the store is down): the queued ones and the
+        one being written or retried, which the queue no longer counts."""
+        return self._store_ops.qsize() + self._writing
 
     # ------------------------------------------------------------------ the loop
 
@@ -577,11 +579,13 @@ class Runtime:
         is the outage buffer: a write that fails is retried, in order, until it lands; nothing is dropped."""
         while True:
             op = await self._store_ops.get()
+            self._writing = 1
             try:
                 if op is None:
                     return
                 await self._write(op)
             finally:
+                self._writing = 0
                 self._store_ops.task_done()
 
     async def _dial(self, op: _Dial) -> None:

@@ -21,7 +21,7 @@ from api.app import create_app
 from dialer.commands import Originate
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CallEnded, CallFailed
-from dialer.model import CampaignSettings, Lead
+from dialer.model import CampaignSettings, CampaignStatus, Lead
 from dialer.ports import EventSink, TelephonyCommand
 from dialer.redis_store import RedisStore
 from dialer.runtime import Runtime, RuntimeConfig
@@ -170,8 +170,10 @@ async def test_the_campaigns_master_dies_its_replica_takes_over_and_dialing_resu
             assert len([t for t, _, _ in floor.sent[name] if t > at]) >= 5, name  # and it goes on dialing
 
         await rt.control_campaign("c", "stop")  # n2 stops it from the store within a second
-        await _until(lambda: all(not n.core.calls and not n.pending_writes for n in nodes.values()),
-                     "the calls to end", 10.0)
+        # Each node has seen the stop (n2 dials on until then: a moment with no call up is not the end) and its
+        # calls and writes are done.
+        await _until(lambda: all(n.core.campaigns["c"].status is CampaignStatus.STOPPED and not n.core.calls
+                                 and not n.pending_writes for n in nodes.values()), "the calls to end", 10.0)
     finally:
         poller.cancel()
         await api.aclose()

@@ -9,11 +9,11 @@ import logging
 
 import pytest
 
-from dialer.commands import Emit
+from dialer.commands import Emit, RecordAttempt
 from dialer.core import CoreConfig, DialerCore
 from dialer.events import AgentLogin, CampaignControl
 from dialer.memory_store import InMemoryStore
-from dialer.model import CampaignSettings, CampaignStatus, Lead, Outcome
+from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome
 from dialer.runtime import Runtime, RuntimeConfig
 from tests.harness.scripted_pbx import ScriptedPbx
 
@@ -134,5 +134,41 @@ async def test_a_pause_after_a_stop_through_another_node_does_nothing() -> None:
         assert await store.campaign_status("c1") is CampaignStatus.STOPPED
         assert rt.core.campaigns["c1"].status is CampaignStatus.RUNNING  # not paused: the reload stops it
         assert await rt.control_campaign("nope", "pause") is None
+    finally:
+        await rt.stop()
+
+
+class _SlowAttempts(InMemoryStore):
+    """Its attempt writes wait until let go (a store answering slowly, or a write being retried)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def record_attempt(self, attempt: Attempt) -> None:
+        await self.go.wait()
+        await super().record_attempt(attempt)
+
+
+async def test_pending_writes_counts_the_write_in_hand() -> None:
+    """The write the writer holds is not in the queue any more; it is pending all the same until it lands (the
+    gauge, drain() and anyone waiting for a node's writes to be done count it: with one write in hand and none
+    queued, they read 0 and moved on while its outcome was still unwritten)."""
+    store = _SlowAttempts()
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx())
+    await rt.start()
+    try:
+        done = Attempt("k1", "c", "l0", "+15550000", "1000", 1_700_000_000.0, ended_at=1_700_000_009.0,
+                       outcome=Outcome.BUSY)
+        rt._dispatch([RecordAttempt(done)])
+        await asyncio.sleep(0.05)
+        assert rt.pending_writes == 1
+        store.go.set()
+        for _ in range(100):
+            if not rt.pending_writes:
+                break
+            await asyncio.sleep(0.01)
+        assert rt.pending_writes == 0
+        assert [a.outcome for a in await store.attempts("c")] == [Outcome.BUSY]
     finally:
         await rt.stop()
