@@ -418,6 +418,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {1, h, d}
 """
 
+# KEYS: hour counter, day counter.  Give back one use taken by DID_TAKE (a call not made), never below zero.
+DID_GIVE_BACK = """
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
+return 1
+"""
+
 
 # KEYS: the debtor history hash, shared by every campaign (lead id -> {"a": [...], "c": [...], "x": [...],
 #       "w": [...], "k": seconds kept, "n": entries kept per kind})

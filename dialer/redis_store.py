@@ -267,6 +267,7 @@ class RedisStore:
         self._s_attempt = client.register_script(lua.RECORD_ATTEMPT)
         self._s_live = client.register_script(lua.RECORD_LIVE)
         self._s_did = client.register_script(lua.DID_TAKE)
+        self._s_did_back = client.register_script(lua.DID_GIVE_BACK)
         self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
         self._s_campaign_cas = client.register_script(lua.CAMPAIGN_CAS)
         self._s_campaign_status = client.register_script(lua.CAMPAIGN_STATUS)
@@ -725,7 +726,15 @@ class RedisStore:
         mine = self._held.get(campaign_id)
         if not mine:
             return {}
-        kept = {str(k): v for k, v in (await self._r.hgetall(self._k(campaign_id, name))).items() if str(k) in mine}
+        key = self._k(campaign_id, name)
+        size = await self._r.hlen(key)
+        if not size:
+            return {}
+        if size <= len(mine):
+            kept = {str(k): v for k, v in (await self._r.hgetall(key)).items() if str(k) in mine}
+        else:  # mostly callbacks of leads waiting in the store (days of them): read only this node's leads
+            ids = list(mine)
+            kept = {lid: v for lid, v in zip(ids, await self._r.hmget(key, ids), strict=True) if v is not None}
         if not kept:
             return {}
         owners = await self._r.hmget(self._k(campaign_id, "owner"), list(kept))
@@ -1104,6 +1113,11 @@ class RedisStore:
         reply = await self._s_did(keys=self._did_keys(did, now), args=[hour_cap, day_cap, _DID_HOUR_TTL_S,
                                                                        _DID_DAY_TTL_S])
         return int(reply[0]) == 1
+
+    async def did_give_back(self, did: str, now: float) -> None:
+        """Undo one `did_take` at the same `now` (its call was not made); a counter never goes below zero."""
+        await self._ensure()
+        await self._s_did_back(keys=self._did_keys(did, now))
 
     async def did_counts(self, did: str, now: float) -> tuple[int, int]:
         await self._ensure()

@@ -596,17 +596,22 @@ class Runtime:
         waited = time.monotonic() - op.queued_at
         if self.store_up and waited <= self.config.dial_write_deadline_s:
             try:
-                if not await self._did_taken(op.record.attempt):
+                att = op.record.attempt
+                now = self.clock()
+                took = await self._did_take(att, now)
+                if took is False:
                     log.info("caller ID at its cap across nodes: call not made",
                              extra={"fields": {"call_id": call_id}})
                     self.submit(CallFailed(call_id, Outcome.LOST))
                     return
-                att = op.record.attempt
                 if not await self.store.record_dial(att):
                     # Its lease expired while this node could not renew it (a store outage longer than the lease
-                    # TTL, a stall); another node may be dialing it now. Nothing is written for a call not made.
+                    # TTL, a stall); another node may be dialing it now. Nothing is written for a call not made,
+                    # and the DID's use goes back: shown to nobody, it must not eat into its caps.
                     log.warning("lease lost: call not made", extra={"fields": {"call_id": call_id,
                                                                                "campaign_id": att.campaign_id}})
+                    if took:
+                        await self.store.did_give_back(att.caller_id, now)  # type: ignore[attr-defined]
                     self.submit(LeaseLost(call_id))
                     return
                 await self._note_debtor(att, dialed=True)
@@ -624,15 +629,16 @@ class Runtime:
                                                                                  "waited_s": round(waited, 3)}})
         self.submit(CallFailed(call_id, Outcome.LOST))
 
-    async def _did_taken(self, att: Attempt) -> bool:
+    async def _did_take(self, att: Attempt, now: float) -> bool | None:
         """A pool DID counts against its caps in the shared store, atomically across nodes (each node's pool
-        only sees its own calls). A store without shared counters (in memory: one node) always agrees."""
+        only sees its own calls): True if one use was taken, False if its caps refuse it. None: nothing to count
+        (a store without shared counters, in memory: one node; or the campaign's own caller ID)."""
         take = getattr(self.store, "did_take", None)
         camp = self.core.campaigns.get(att.campaign_id)
         if take is None or camp is None or att.caller_id_reason not in ("sticky", "local", "pool"):
-            return True
+            return None
         s = camp.settings
-        return bool(await take(att.caller_id, self.clock(), s.did_hour_cap, s.did_day_cap))
+        return bool(await take(att.caller_id, now, s.did_hour_cap, s.did_day_cap))
 
     async def _write(self, op: StoreOp) -> None:
         if isinstance(op, _Dial):

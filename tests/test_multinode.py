@@ -618,9 +618,11 @@ async def _api_node(url: str, name: str, clock: SetClock) -> _Node:
                                              base_url="http://test"))
 
 
-async def _busy_campaign(api: httpx.AsyncClient, n: int) -> None:
-    """Campaign `c` (progressive, no wrap-up timer) with `n` leads l000, l001... whose numbers are all busy."""
-    r = await api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive", "wrapup_s": None})
+async def _busy_campaign(api: httpx.AsyncClient, n: int, **settings: Any) -> None:
+    """Campaign `c` (progressive, no wrap-up timer, and `settings`) with `n` leads l000, l001... whose numbers are
+    all busy."""
+    r = await api.post("/api/v1/campaigns", json={"campaign_id": "c", "strategy": "progressive", "wrapup_s": None,
+                                                  **settings})
     assert r.status_code == 201, r.text
     leads = [{"lead_id": f"l{i:03d}", "phone": f"+5730012{i:04d}2", "country": "CO", "timezone": "America/Bogota"}
              for i in range(n)]
@@ -958,6 +960,9 @@ async def test_a_late_disposition_for_a_call_of_the_run_before_a_restart_is_take
 # ---------------------------------------------------------------------------------------------- a lease lost unseen
 
 
+_POOL = ["+573001110000", "+573001110001"]  # caller IDs counted in the store against their caps
+
+
 @contextlib.asynccontextmanager
 async def _leases_taken_from_a_paused_node(redis_server: RedisServer,
                                            tag: str) -> AsyncIterator[tuple[RedisStore, _Node, set[str]]]:
@@ -978,7 +983,7 @@ async def _leases_taken_from_a_paused_node(redis_server: RedisServer,
 
 async def _take_leases(n1: _Node, clock: SetClock, probe: RedisStore) -> set[str]:
     """The set-up `_leases_taken_from_a_paused_node` describes; the ids of the 20 leads taken."""
-    await _busy_campaign(n1.api, 40)
+    await _busy_campaign(n1.api, 40, did_pool=_POOL)
     assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
     assert (await n1.api.post("/api/v1/agents/a1/pause", json={"reason": "lunch"})).status_code == 202
     assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
@@ -1030,3 +1035,13 @@ async def test_a_node_whose_leases_expired_unseen_dials_none_of_those_leads(redi
         await _poll(dialing_its_own, "n1 to dial leads of its own")
         assert not {a.lead_id for a in await dials()} & held  # none of the leads the other node holds
         assert not set(hop.waiting()) & held  # let go
+        # The DID uses taken for the dials refused went back: the store counts one per call made.
+        assert (await n1.api.post("/api/v1/agents/a1/pause", json={})).status_code == 202
+
+        async def settled() -> bool:
+            return not n1.core.calls and not n1.runtime.pending_writes
+
+        await _poll(settled, "n1's calls to end")
+        made = await dials()
+        assert {a.caller_id for a in made} <= set(_POOL)
+        assert sum([(await probe.did_counts(did, n1.runtime.clock()))[0] for did in _POOL]) == len(made)

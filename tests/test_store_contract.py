@@ -259,6 +259,22 @@ async def test_a_callback_asked_for_a_waiting_lead_keeps_it_out_of_leases_until_
     assert await store.callbacks("c1", T0 + 901) == [] and await store.next_callback_at("c1") is None
 
 
+async def test_a_holder_finds_its_callbacks_among_many_waiting_in_the_store(store: Store, peer: Store) -> None:
+    """Callbacks of leads waiting in the store (days of them in a collections campaign) and one for a lead this
+    node holds: the holder gets its own, whether it holds fewer leads than the store keeps callbacks (read by
+    its leads) or more (read whole)."""
+    await campaign(store, n=30)
+    l0, l1 = ids(await store.lease_leads("c1", 2, T0))
+    for i in range(2, 30):
+        assert await peer.ask_callback("c1", f"l{i}", T0 + 86_400 + i, None) == "pending"
+    assert await peer.ask_callback("c1", l1, T0 + 600, "ana") == "leased"
+    assert await store.held_callbacks("c1") == {l1: (T0 + 600, "ana")}
+    more = ids((await store.lease_due_callbacks("c1", 30, T0 + 90_000))[0])  # now it holds more than are kept
+    assert len(more) == 28 and await store.held_callbacks("c1") == {l1: (T0 + 600, "ana")}
+    assert await store.clear_callbacks("c1", {l1: (T0 + 600, "ana")}) == 1
+    assert await store.held_callbacks("c1") == {} and l0 not in more
+
+
 async def test_a_callback_asked_for_a_leased_lead_waits_for_its_holder(store: Store, peer: Store) -> None:
     """A callback asked for a lead a node holds is kept for that node: it fetches it (`held_callbacks`), applies it
     and clears it, only as fetched (one asked again meanwhile stays). Every node lists it until then. Handed back
@@ -674,6 +690,12 @@ async def test_counters_and_nodes(store: Store, peer: Store) -> None:
     assert await b.did_take("+15550100", T0, hour_cap=2, day_cap=10)
     assert not await a.did_take("+15550100", T0, hour_cap=2, day_cap=10)
     assert await a.did_counts("+15550100", T0 + 3600) == (0, 2)  # a new hour, the same day
+    await b.did_give_back("+15550100", T0)  # a call not made: its use goes back, in its hour and day
+    assert await a.did_counts("+15550100", T0) == (1, 1)
+    for _ in range(2):
+        await a.did_give_back("+15550100", T0)
+    assert await a.did_counts("+15550100", T0) == (0, 0)  # never below zero
+    assert await b.did_take("+15550100", T0, hour_cap=2, day_cap=10)
     await campaign(a)
     for i, t in enumerate([T0 - 3 * 86400, T0 - 7200, T0 - 60]):
         await a.record_attempt(Attempt(f"x{i}", "c1", "l0", "+1555", "1000", t))
