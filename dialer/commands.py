@@ -101,6 +101,18 @@ class PersistDnc:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointLead:
+    """What the hopper knows of a lead it holds and has just changed (a call's outcome recycled it, a code or a
+    callback steered it): the shared store keeps it with the lease, so that if this node dies the lead goes back
+    with it (its recycle or callback time, attempts, dropped phones) rather than afresh. Payload, not decision:
+    equality ignores `state`."""
+
+    campaign_id: str
+    lead_id: str
+    state: Mapping[str, Any] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     """An event for the API's stream, webhooks and logs."""
 
@@ -120,5 +132,6 @@ Command = (
     | ReleaseLead
     | AskDisposition
     | PersistDnc
+    | CheckpointLead
     | Emit
 )

@@ -21,6 +21,7 @@ from dialer.agents import SHARED_STATES, Agent, AgentBoard
 from dialer.callerid import CallerIdPool, PoolExhausted
 from dialer.commands import (
     AskDisposition,
+    CheckpointLead,
     Command,
     ConnectToAgent,
     Emit,
@@ -126,6 +127,10 @@ class CoreConfig:
     # `late_disposition_calls` of them (at least 1), each for `late_disposition_s` after it ended.
     late_disposition_s: float = 3600.0
     late_disposition_calls: int = 10
+    # Each change to a held lead's hopper state (a call's outcome, a code, a callback) goes to the store as a
+    # `CheckpointLead`, so that a node that dies hands its leads on with their recycle and callback times. The
+    # simulator, whose store never outlives the core, turns it off.
+    checkpoint_leads: bool = True
 
 
 @dataclass(slots=True)
@@ -383,8 +388,8 @@ class DialerCore:
                 if camp.later_callbacks:  # callbacks asked for before these leads were loaded here
                     for lead in event.leads:
                         asked = camp.later_callbacks.pop(lead.lead_id, None)
-                        if asked is not None:
-                            camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1])
+                        if asked is not None and camp.hopper.schedule_callback(lead.lead_id, asked[0], asked[1]):
+                            self._checkpoint(camp, lead.lead_id, out)
             case DebtorHistorySeed():
                 self._seed_history(self._campaign(event.campaign_id), event)
             case DncSnapshot():
@@ -398,6 +403,8 @@ class DialerCore:
                     if camp.hopper.info(event.lead_id) is not None:
                         raise CoreError(f"lead_id: {event.lead_id!r} is done or removed: no callback")
                     camp.later_callbacks[event.lead_id] = (event.at, event.agent_id)  # not loaded here yet
+                else:
+                    self._checkpoint(camp, event.lead_id, out)
                 out.append(Emit("callback.scheduled", {"campaign_id": event.campaign_id, "lead_id": event.lead_id,
                                                        "at": event.at, "agent_id": event.agent_id}))
             case StoredDisposition():
@@ -844,6 +851,8 @@ class DialerCore:
                 if after in ("done", "removed"):
                     out.append(ReleaseLead(camp.settings.campaign_id, done.lead_id, done.outcome
                                            or Outcome.CONNECTED, final=True))
+                else:
+                    self._checkpoint(camp, done.lead_id, out)
             elif before is None and code.steers_lead:
                 # Handed back to the store (campaign stopped, node leaving; another node may hold it now): the store
                 # applies the code wherever the lead is. It used to do nothing: a debtor who paid was called again.
@@ -899,6 +908,7 @@ class DialerCore:
             result = "ended"
         else:
             result = "applied"
+            self._checkpoint(camp, lead_id, out)
         out.append(Emit("lead.disposition", {"campaign_id": event.campaign_id, "lead_id": lead_id,
                                              "call_id": stored.call_id, "code": stored.code, "result": result}))
 
@@ -922,6 +932,8 @@ class DialerCore:
                 ended = self._apply_held(camp, lead_id, now)
                 if ended is not None:
                     out.append(ReleaseLead(camp.settings.campaign_id, lead_id, ended, final=True))
+                else:
+                    self._checkpoint(camp, lead_id, out)
 
     def handled_call(self, call_id: str) -> HandledCall | None:
         """The connected call `call_id` an agent handled, while it is kept for a disposition (see `CoreConfig`)."""
@@ -1237,6 +1249,17 @@ class DialerCore:
             out.append(ReleaseLead(camp.settings.campaign_id, lead_id, outcome, final=True))
         elif camp.status is CampaignStatus.STOPPED:
             self._hand_back(camp, out)  # back from its last call after the stop: nothing here will dial it
+        else:
+            self._checkpoint(camp, lead_id, out)
+
+    def _checkpoint(self, camp: CampaignState, lead_id: str, out: list[Command]) -> None:
+        """The hopper's state of a lead held here, changed just now, for the store to keep with its lease (see
+        `CheckpointLead`). Nothing for a lead not waiting here (out on a call: its outcome checkpoints it)."""
+        if not self.config.checkpoint_leads:
+            return
+        handoff = camp.hopper.handoff_state(lead_id)
+        if handoff is not None:
+            out.append(CheckpointLead(camp.settings.campaign_id, lead_id, handoff[0]))
 
     def leave(self) -> list[Command]:
         """The node is going away (its runtime stops): every lead still held goes back to the store, the one kept

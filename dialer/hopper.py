@@ -923,13 +923,16 @@ class Hopper:
         return True
 
     def handoff_state(self, lead_id: str) -> tuple[dict[str, Any], float | None] | None:
-        """What the hopper knows of a lead it drained (`drain`), for the store to keep with the lead so that the
-        node leasing it next (`add(..., states=)`) goes on from there: a small versioned JSON-able mapping, and the
-        time before which it must not be dialed (its callback, else its recycle or retry time; None: at once).
-        Phones are named by their place in the lead's list, never by number. None if the lead was not drained."""
+        """What the hopper knows of a lead it drained (`drain`) or holds waiting, for the store to keep with the
+        lead so that the node leasing it next (`add(..., states=)`) goes on from there: a small versioned JSON-able
+        mapping, and the time before which it must not be dialed (its callback, else its recycle or retry time;
+        None: at once). Phones are named by their place in the lead's list, never by number. None if the lead is
+        neither drained nor waiting here (out on a call, ended, unknown)."""
         e = self._dormant.get(lead_id)
         if e is None:
-            return None
+            e = self._entries.get(lead_id)
+            if e is None or e.state not in (PENDING, SCHEDULED, PARKED):
+                return None
         phones = e.lead.phones
         doc: dict[str, Any] = {"v": STATE_VERSION}
         if e.attempts:

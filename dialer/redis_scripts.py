@@ -256,8 +256,9 @@ return {redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]), redis.call(
 # for longer than the TTL) go back at their old place in line, attempts untouched. A lead with a call still
 # in flight (an attempt without outcome) may be live on the dead node's PBX, which nobody else can consult:
 # it waits in the schedule until `hold until` and its call id is listed in `lost` (with `now`) for the
-# caller to write the `lost` outcome. A lead with a callback asked (not picked up by the dead node) waits in the
-# schedule until its time (and the hold). Codes kept for the dead holder take effect (`settle_kept`): a lead they
+# caller to write the `lost` outcome. A lead with a callback asked (not picked up by the dead node), or one in the
+# state its holder kept, waits in the schedule until its time (and the hold); one whose kept state has a recycle
+# time ahead waits until then. Codes kept for the dead holder take effect (`settle_kept`): a lead they
 # end is done, not returned to line. Returns {lead id, node id, call id or '', ...}.
 EXPIRE = _SETTLE_KEPT + """
 local K = {leads = KEYS[10], states = KEYS[11], kept = KEYS[12], drops = KEYS[13], done = KEYS[14], cbs = KEYS[8],
@@ -283,6 +284,19 @@ for _, lid in ipairs(due) do
   end
   if not settle_kept(K, lid) then
     local cb = redis.call('HGET', KEYS[8], lid)
+    -- The hopper state its holder last kept for it (`CHECKPOINT`, or its last hand-back): a callback it had
+    -- applied is kept as asked; else it waits out its recycle time, as it would have on its holder.
+    local raw = redis.call('HGET', K.states, lid)
+    local ok, st = false, nil
+    if raw then ok, st = pcall(cjson.decode, raw) end
+    if ok and type(st) == 'table' and not cb then
+      if type(st.cb) == 'number' then
+        cb = string.format('%.17g', st.cb) .. ' ' .. (type(st.ag) == 'string' and st.ag or '')
+        redis.call('HSET', KEYS[8], lid, cb)
+      elseif type(st.t) == 'number' and st.t > tonumber(ARGV[1]) and (not wait or st.t > tonumber(wait)) then
+        wait = string.format('%.17g', st.t)
+      end
+    end
     if cb then
       local at = string.match(cb, '^(%S+)')
       if not wait or tonumber(at) > tonumber(wait) then wait = at end
@@ -302,6 +316,19 @@ for _, lid in ipairs(due) do
 end
 redis.call('ZREM', KEYS[1], unpack(due))
 return out
+"""
+
+# KEYS: owner, states
+# ARGV: lead id, token, node id, hopper state (JSON).  The holder's latest state of a lead it holds, kept with the
+# lease for whoever has the lead next if the holder dies (`EXPIRE`). Returns 0, nothing written, if the lease is not
+# this holder's (lost to another node: its state is the one that counts).
+CHECKPOINT = """
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return 0 end
+local token, _s, node = string.match(rec, '^(%S+) (%S+) (.*)$')
+if token ~= ARGV[2] or node ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
 """
 
 # KEYS: leases, owner, held(node)

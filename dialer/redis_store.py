@@ -51,7 +51,8 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>{c:<id>}:held:<node>      set   lead ids a node holds (for renewal) ; :fence counter of tokens
     <p>{c:<id>}:done             hash  lead id -> last outcome or 'removed'
     <p>{c:<id>}:states           hash  lead id -> hopper state (JSON, `Hopper.handoff_state`) of a lead a node handed
-                                       back not final, given to the next leaser; gone when the lead is done or removed
+                                       back not final, or its holder's latest (`checkpoint_lead`), given to the next
+                                       leaser (and read by an expiry); gone when the lead is done or removed
     <p>{c:<id>}:cbs              hash  lead id -> "<at> <agent id>": a callback asked (API, any node), not applied: for
                                        the lead's next leaser, or its holder (`held_callbacks`, then `clear_callbacks`)
     <p>{c:<id>}:cbs_at           zset  lead id -> at, of those leads waiting in the store (a due one is leased at once)
@@ -268,6 +269,7 @@ class RedisStore:
         self._s_live = client.register_script(lua.RECORD_LIVE)
         self._s_did = client.register_script(lua.DID_TAKE)
         self._s_did_back = client.register_script(lua.DID_GIVE_BACK)
+        self._s_checkpoint = client.register_script(lua.CHECKPOINT)
         self._s_debtor = client.register_script(lua.DEBTOR_NOTE)
         self._s_campaign_cas = client.register_script(lua.CAMPAIGN_CAS)
         self._s_campaign_status = client.register_script(lua.CAMPAIGN_STATUS)
@@ -529,6 +531,18 @@ class RedisStore:
             await self._release(campaign_id, lead_id, "back", Outcome.LOST.value, "", doc, cb)
         else:
             await self._release(campaign_id, lead_id, "at", Outcome.LOST.value, _num(eligible_at), doc, cb)
+
+    async def checkpoint_lead(self, campaign_id: str, lead_id: str, state: Mapping[str, Any]) -> bool:
+        """Keep the hopper's latest state of a lead this process holds (`CheckpointLead`) with its lease: if this
+        node dies, the lead expires back with it (`EXPIRE`: its callback or recycle time kept, its attempts and
+        dropped phones given to the next leaser). False, nothing written, for a lease no longer this process's."""
+        token = self._held.get(campaign_id, {}).get(lead_id)
+        if token is None:
+            return False
+        await self._ensure()
+        doc = json.dumps(state, separators=(",", ":"))
+        keys = [self._k(campaign_id, "owner"), self._k(campaign_id, "states")]
+        return int(await self._s_checkpoint(keys=keys, args=[lead_id, str(token), self.node_id, doc])) == 1
 
     async def has_lead(self, campaign_id: str, lead_id: str) -> bool:
         """The lead was loaded into the campaign (its id stays taken once done)."""

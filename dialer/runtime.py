@@ -36,6 +36,7 @@ from typing import Any, Literal, NamedTuple
 
 from dialer.commands import (
     AskDisposition,
+    CheckpointLead,
     Command,
     Emit,
     FetchLeads,
@@ -108,7 +109,7 @@ class _Dial:
     queued_at: float  # time.monotonic()
 
 
-StoreOp = RecordAttempt | ReleaseLead | AskDisposition | PersistDnc | _Dial
+StoreOp = RecordAttempt | ReleaseLead | AskDisposition | PersistDnc | CheckpointLead | _Dial
 
 
 @dataclass(slots=True)
@@ -152,6 +153,7 @@ class Runtime:
         self._events: asyncio.Queue[tuple[float, Event]] = asyncio.Queue(self.config.event_queue_size)
         self._store_ops: asyncio.Queue[StoreOp | None] = asyncio.Queue()
         self._writing = 0  # the write the writer holds (taken from the queue, not yet landed)
+        self._checkpoints = callable(getattr(store, "checkpoint_lead", None))
         self._subscribers: list[Subscriber] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -509,6 +511,9 @@ class Runtime:
                 self.telephony.execute(cmd)
             elif isinstance(cmd, RecordAttempt | ReleaseLead | AskDisposition | PersistDnc):
                 self._store_ops.put_nowait(cmd)
+            elif isinstance(cmd, CheckpointLead):
+                if self._checkpoints:  # a store whose leases outlive this process (in memory, nothing to keep)
+                    self._store_ops.put_nowait(cmd)
             elif isinstance(cmd, FetchLeads):
                 task = asyncio.create_task(self._fetch(cmd))
                 self._background.add(task)
@@ -667,6 +672,9 @@ class Runtime:
                     await self._release(op)
                 elif isinstance(op, AskDisposition):
                     await self._ask_disposition(op)
+                elif isinstance(op, CheckpointLead):
+                    # Refused (False) for a lease this node no longer holds: the holder's state is the one kept.
+                    await self.store.checkpoint_lead(op.campaign_id, op.lead_id, op.state)  # type: ignore[attr-defined]
                 elif isinstance(op, PersistDnc):
                     add = getattr(self.store, "dnc_add", None)  # a shared store; in memory the core is the list
                     if add is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from dialer.commands import (
     AskDisposition,
+    CheckpointLead,
     ConnectToAgent,
     Emit,
     FetchLeads,
@@ -381,6 +382,33 @@ def test_a_lead_handed_back_carries_its_hopper_state_to_the_next_nodes_core():
     assert (info.attempts, info.callback_at, info.callback_agent) == (1, 5000.0, "a1")
     # a1 is not on this node: the campaign takes the callback when due, as for an owner logged out
     assert [o.lead_id for o in of(other.tick(5000.0), Originate)] == ["L0"]
+
+
+def test_each_change_to_a_held_leads_state_is_checkpointed_for_the_store():
+    """A node that dies cannot hand its leads back: each change the hopper makes to a lead it holds goes out as a
+    `CheckpointLead` with the state a hand-back would carry, for the store to keep with the lease."""
+    core = make(n_leads=2, agents=("a1",), wrapup_s=60.0)
+    (o,) = of(core.tick(1.0), Originate)
+    (cp,) = of(core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0), CheckpointLead)
+    recycled = core.campaigns["c1"].hopper.handoff_state(o.lead_id)
+    assert recycled is not None and (cp.campaign_id, cp.lead_id, dict(cp.state)) == ("c1", o.lead_id, recycled[0])
+    assert cp.state["n"] == 1 and cp.state["t"] > 20.0  # its attempt and its recycle time
+    (cp,) = of(core.handle(ScheduleCallback("c1", o.lead_id, at=5000.0, agent_id="a1"), 21.0), CheckpointLead)
+    assert (cp.state["cb"], cp.state["ag"]) == (5000.0, "a1")
+    (o2,) = of(core.tick(22.0), Originate)
+    core.handle(CallAnswered(o2.call_id), 23.0)
+    core.handle(CallEnded(o2.call_id), 30.0)
+    (cp,) = of(core.handle(Disposition(o2.call_id, "CALLBACK", callback_at=900.0), 31.0), CheckpointLead)
+    assert (cp.lead_id, cp.state["cb"]) == (o2.lead_id, 900.0)
+    assert not of(core.handle(ScheduleCallback("c1", "L9", at=600.0), 32.0), CheckpointLead)  # not held here
+    quiet = DialerCore(CoreConfig(id_prefix="q", checkpoint_leads=False))  # the simulator's
+    quiet.add_campaign(CampaignSettings(campaign_id="c1"))
+    quiet.handle(AgentLogin("a1"), 0.0)
+    quiet.handle(AgentConnected("a1"), 0.0)
+    quiet.handle(CampaignControl("c1", "start"), 0.0)
+    quiet.handle(LeadsAvailable("c1", (Lead("L0", "c1", ("+15550100000",)),)), 0.0)
+    (o,) = of(quiet.tick(1.0), Originate)
+    assert not of(quiet.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0), CheckpointLead)
 
 
 def test_link_down_stops_dialing_and_link_back_calls_agents_back_once():

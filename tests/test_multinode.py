@@ -1000,6 +1000,42 @@ async def _take_leases(n1: _Node, clock: SetClock, probe: RedisStore) -> set[str
     return held
 
 
+async def test_a_dead_nodes_recycled_leads_wait_out_their_recycle_time(redis_server: RedisServer) -> None:
+    """n1 dials three busy numbers (each lead recycled for later) and dies without handing its leads back. Once
+    their leases expire they went back in line afresh, and the next node dialed them again at once, their
+    attempts counted from zero. Each change to a held lead is now kept with its lease (`CheckpointLead`): each
+    waits out its recycle time, and the node that leases it then takes its attempts."""
+    url = f"{redis_server.url}?prefix=ck{uuid.uuid4().hex[:8]}:"
+    clock = SetClock(1_700_000_000.0)
+    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
+    assert isinstance(probe, RedisStore)
+    n1 = await _api_node(url, "n1", clock)
+    try:
+        await _busy_campaign(n1.api, 3)
+        assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
+        assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
+        hop = n1.core.campaigns["c"].hopper
+
+        async def recycled() -> bool:
+            infos = [hop.info(f"l{i:03d}") for i in range(3)]
+            return all(i is not None and i.attempts == 1 and i.state != "out" for i in infos) \
+                and not n1.core.calls and not n1.runtime.pending_writes
+
+        await _poll(recycled, "n1 to dial the three leads once")
+        due = {f"l{i:03d}": hop.info(f"l{i:03d}").next_at for i in range(3)}  # type: ignore[union-attr]
+        assert all(at is not None and at > clock() + 60 for at in due.values())
+        # n1 dies here: its leases run out unrenewed and the store returns its leads.
+        assert sorted(lid for _, lid in await probe.expire_leases(clock() + 31)) == sorted(due)
+        assert await probe.lease_leads("c", 10, clock() + 32) == []  # none dialable before its time
+        last = max(due.values())  # type: ignore[type-var]
+        leads, states = await probe.lease_leads_with_states("c", 10, last)  # type: ignore[arg-type]
+        assert sorted(lead.lead_id for lead in leads) == sorted(due)
+        assert all(states[lid]["n"] == 1 and states[lid]["t"] == due[lid] for lid in due)
+    finally:
+        await n1.close()
+        await probe.aclose()
+
+
 async def test_a_node_lets_go_of_the_leads_its_renewal_finds_taken(redis_server: RedisServer) -> None:
     """The node's next renewal finds those leases gone: its hopper lets go of the leads within a second, before
     any dial (each stale lead used to be found only when dialed, a pacing slot lost each time)."""

@@ -341,6 +341,31 @@ async def test_a_dead_holders_lead_waits_for_the_callback_asked_for_it(store: St
     assert ids(leads) == [l0] and states == {l0: {"v": 1, "cb": T0 + 600}}
 
 
+async def test_a_dead_holders_leads_expire_back_with_the_state_it_kept(store: Store, peer: Store) -> None:
+    """The holder kept its latest hopper state of each lead with the lease (`checkpoint_lead`); it died. Each lead
+    goes back with it: a recycled one waits out its recycle time, one with a callback its callback (listed on every
+    node as asked), one without either goes back in line; the next leaser takes the state (attempts, phones). They
+    went back afresh: dialed again at once, the callback lost, the attempts counted from zero."""
+    a, b = redis_only(store, "checkpoints"), redis_only(peer, "checkpoints")
+    await campaign(a, n=4)
+    l0, l1, l2 = ids(await a.lease_leads("c1", 3, T0))
+    assert await a.checkpoint_lead("c1", l0, {"v": 1, "n": 1, "t": T0 + 7200})  # a no-answer, recycled in 2 h
+    assert await a.checkpoint_lead("c1", l1, {"v": 1, "n": 2, "cb": T0 + 600, "ag": "ana"})
+    assert await a.checkpoint_lead("c1", l2, {"v": 1, "n": 1, "t": T0 + 5})  # retry time passed by then
+    assert not await b.checkpoint_lead("c1", l2, {"v": 1, "n": 9})  # not b's lease: nothing kept
+    assert not await a.checkpoint_lead("c1", "l3", {"v": 1, "n": 9})  # not leased at all
+    assert sorted(lid for _, lid in await b.expire_leases(T0 + 40)) == [l0, l1, l2]  # a died
+    leads, states = await b.lease_leads_with_states("c1", 10, T0 + 41)
+    assert ids(leads) == [l2, "l3"] and states == {l2: {"v": 1, "n": 1, "t": T0 + 5}}
+    assert await b.callbacks("c1", T0 + 41) == [(l1, T0 + 600, "ana")]
+    assert await b.lease_due_callbacks("c1", 10, T0 + 599) == ([], {})
+    leads, states = await b.lease_due_callbacks("c1", 10, T0 + 600)
+    assert ids(leads) == [l1] and states[l1]["n"] == 2 and states[l1]["cb"] == T0 + 600
+    assert await b.lease_leads_with_states("c1", 10, T0 + 7199) == ([], {})
+    leads, states = await b.lease_leads_with_states("c1", 10, T0 + 7200)
+    assert ids(leads) == [l0] and states == {l0: {"v": 1, "n": 1, "t": T0 + 7200}}
+
+
 def code(name: str, call_id: str, number: str, *, final: bool = False, drop: bool = False) -> StoredCode:
     return StoredCode(name, call_id, number, Outcome.CONNECTED, final=final, drop=drop)
 

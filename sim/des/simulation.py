@@ -177,7 +177,7 @@ class Simulation:
         caps.extra.update(extra or {})
         self.strategy = self._make_strategy(strategy, caps)
         self.core = DialerCore(CoreConfig(id_prefix="sim", strategy_factory=lambda _n, _c: self.strategy,
-                                          hopper_low_water=64, hopper_batch=256))
+                                          hopper_low_water=64, hopper_batch=256, checkpoint_leads=False))
         # wrapup_s=None: wrap-ups end when the simulated agent says so, never by the core's timer (none is set).
         for i, entry in enumerate(self.entries):
             self.core.add_campaign(CampaignSettings(
