@@ -13,7 +13,9 @@ from the nodes' counters:
   can last); lost_leads: loaded leads neither done nor waiting to be dialed (hopper or schedule);
   attempts_without_outcome; dialed_outside_lease: a PBX call with no attempt record (dials are written
   ahead, so there should be none); abandon_rate: abandoned / live answers over the records;
-  recovery_s: Redis shutdown → the first PBX Originate after it was back.
+  recovery_s: Redis shutdown → the first PBX Originate after it was back; redialed_early: a lead dialed again
+  before the recycle delay of its previous attempt's outcome had passed (the hopper's defaults; a `lost` attempt
+  has none), as when a killed node's recycled leads went back in line afresh.
 
     python bench/multinode.py [--nodes 4] [--agents 100] [--leads 40000] [--speed 10] [--duration 90] [--json]
     python bench/multinode.py --store-url 'redis+cluster://h:7000,h:7001?prefix=mn1:' ...   (a Cluster; no restart)
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._report import parser, report  # noqa: E402
+from dialer.hopper import DEFAULT_RECYCLE_S  # noqa: E402
 from dialer.model import Attempt, CampaignSettings, Lead, Outcome  # noqa: E402
 from dialer.redis_store import RedisStore  # noqa: E402
 from dialer.store_factory import open_store, redact_url  # noqa: E402
@@ -243,6 +246,16 @@ def audit(records: list[Attempt], accounted: set[str], lead_ids: list[str], rows
         for (_, end), (start, _) in itertools.pairwise(calls):
             if start < end:
                 double += 1
+    by_lead: dict[str, list[Attempt]] = defaultdict(list)
+    for a in records:
+        by_lead[a.lead_id].append(a)
+    early = 0
+    for tries in by_lead.values():
+        tries.sort(key=lambda a: a.dialed_at)
+        for prev, nxt in itertools.pairwise(tries):
+            if prev.outcome is not None and prev.outcome is not Outcome.LOST and prev.ended_at is not None and \
+                    nxt.dialed_at < prev.ended_at + DEFAULT_RECYCLE_S[prev.outcome] - 1.0:
+                early += 1
     outcomes = Counter(a.outcome.value if a.outcome else "none" for a in records)
     live = outcomes["connected"] + outcomes["abandoned"]
     after_up = [row["t"] for row in rows if row["t"] >= tl.redis_up]
@@ -262,6 +275,7 @@ def audit(records: list[Attempt], accounted: set[str], lead_ids: list[str], rows
         "live_answers": live,
         "outcomes": dict(sorted(outcomes.items())),
         "dials_per_s": round(len(rows) / run_s, 1) if run_s > 0 else 0.0,
+        "redialed_early": early,
     }
 
 
@@ -291,7 +305,7 @@ def run(nodes: int, agents: int, leads: int, speed: float, duration: float, kill
 
 
 KEYS = ("attempts", "double_dials", "lost_leads", "attempts_without_outcome", "dialed_outside_lease", "abandon_rate",
-        "recovery_s")
+        "recovery_s", "redialed_early")
 
 
 def table(r: dict[str, Any]) -> str:

@@ -754,6 +754,7 @@ class DialerCore:
             if waiting_agent is not None and waiting_agent.status is AgentStatus.PREVIEW:
                 waiting_agent.preview = waiting_agent.preview_campaign = None
                 self._end_wrapup_or_pause(waiting_agent, now, out)  # back to ready (or the pause it asked for)
+        record_at = len(out)
         if made:
             out.append(RecordAttempt(att.copy()))
         if att.outcome is Outcome.CONNECTED:
@@ -765,7 +766,7 @@ class DialerCore:
             talk = now - att.connected_at if att.connected_at is not None else None
             camp.pool.record(att.caller_id, now, answered_live=att.outcome.live, talk_s=talk)
         if made:
-            self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out)
+            self._lead_back(camp, att.lead_id, att.number, att.outcome, now, out, checkpoint_at=record_at)
             out.append(Emit("call.ended", att.as_dict()))
         else:
             with contextlib.suppress(ValueError):  # back from being out, then let go
@@ -1234,8 +1235,11 @@ class DialerCore:
                                          "retry_at": refusal.retry_at}))
 
     def _lead_back(self, camp: CampaignState, lead_id: str, number: str, outcome: Outcome, now: float,
-                   out: list[Command]) -> None:
-        """A dialed lead's call is over: the hopper recycles it or lets it go (then the store hears it is done)."""
+                   out: list[Command], *, checkpoint_at: int | None = None) -> None:
+        """A dialed lead's call is over: the hopper recycles it or lets it go (then the store hears it is done).
+        A recycled lead's checkpoint goes at `checkpoint_at` in `out`: ahead of the call's final record, so that a
+        node killed between the two writes leaves the call in flight (written `lost`, the lead held back) with the
+        lead's new state, never the outcome without the state (the lead back afresh, dialed again at once)."""
         try:
             state = camp.hopper.outcome(lead_id, number, outcome, now)
         except ValueError:  # not out from this hopper (e.g. dialed before a restart): the store decides
@@ -1250,16 +1254,21 @@ class DialerCore:
         elif camp.status is CampaignStatus.STOPPED:
             self._hand_back(camp, out)  # back from its last call after the stop: nothing here will dial it
         else:
-            self._checkpoint(camp, lead_id, out)
+            self._checkpoint(camp, lead_id, out, at=checkpoint_at)
 
-    def _checkpoint(self, camp: CampaignState, lead_id: str, out: list[Command]) -> None:
+    def _checkpoint(self, camp: CampaignState, lead_id: str, out: list[Command], *, at: int | None = None) -> None:
         """The hopper's state of a lead held here, changed just now, for the store to keep with its lease (see
-        `CheckpointLead`). Nothing for a lead not waiting here (out on a call: its outcome checkpoints it)."""
+        `CheckpointLead`), at the end of `out` or at index `at`. Nothing for a lead not waiting here (out on a
+        call: its outcome checkpoints it)."""
         if not self.config.checkpoint_leads:
             return
         handoff = camp.hopper.handoff_state(lead_id)
         if handoff is not None:
-            out.append(CheckpointLead(camp.settings.campaign_id, lead_id, handoff[0]))
+            cmd = CheckpointLead(camp.settings.campaign_id, lead_id, handoff[0])
+            if at is None:
+                out.append(cmd)
+            else:
+                out.insert(at, cmd)
 
     def leave(self) -> list[Command]:
         """The node is going away (its runtime stops): every lead still held goes back to the store, the one kept

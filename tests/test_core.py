@@ -389,7 +389,9 @@ def test_each_change_to_a_held_leads_state_is_checkpointed_for_the_store():
     `CheckpointLead` with the state a hand-back would carry, for the store to keep with the lease."""
     core = make(n_leads=2, agents=("a1",), wrapup_s=60.0)
     (o,) = of(core.tick(1.0), Originate)
-    (cp,) = of(core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0), CheckpointLead)
+    cmds = core.handle(CallFailed(o.call_id, Outcome.NO_ANSWER, 19), 20.0)
+    (cp,), (rec,) = of(cmds, CheckpointLead), of(cmds, RecordAttempt)
+    assert cmds.index(cp) < cmds.index(rec)  # killed between the two: the call in flight, the state kept
     recycled = core.campaigns["c1"].hopper.handoff_state(o.lead_id)
     assert recycled is not None and (cp.campaign_id, cp.lead_id, dict(cp.state)) == ("c1", o.lead_id, recycled[0])
     assert cp.state["n"] == 1 and cp.state["t"] > 20.0  # its attempt and its recycle time

@@ -53,6 +53,7 @@ def test_two_nodes_kill_and_redis_restart_lose_and_double_nothing(tmp_path: Path
     assert r["lost_leads"] == 0
     assert r["attempts_without_outcome"] == 0
     assert r["dialed_outside_lease"] == 0
+    assert r["redialed_early"] == 0  # the killed node's recycled leads waited out their recycle times
     # 20 agents a node over ~20 s is too few answers to hold 3 % (one abandon is 1.5 %): bench/multinode.py
     # measures the target on 4 x 100 agents. Here: a sanity bound only.
     assert r["abandon_rate"] <= 0.10
@@ -78,6 +79,7 @@ def test_two_nodes_through_a_redis_cluster_kill_one_and_double_and_lose_nothing(
     assert r["attempts_without_outcome"] == 0
     assert r["dialed_outside_lease"] == 0
     assert r["lead_counts"]["leased"] == 0  # the killed node's leases too: expired and returned by the survivor
+    assert r["redialed_early"] == 0
     assert r["lost_attempts"] > 0  # its calls in flight were written lost (through the campaign's slot)
 
 
