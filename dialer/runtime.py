@@ -109,7 +109,14 @@ class _Dial:
     queued_at: float  # time.monotonic()
 
 
-StoreOp = RecordAttempt | ReleaseLead | AskDisposition | PersistDnc | CheckpointLead | _Dial
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    """A mark in the writes' queue: `done` is set when the writer reaches it, every write queued before it landed."""
+
+    done: asyncio.Future[None]
+
+
+StoreOp = RecordAttempt | ReleaseLead | AskDisposition | PersistDnc | CheckpointLead | _Dial | _Landed
 
 
 @dataclass(slots=True)
@@ -649,6 +656,10 @@ class Runtime:
         if isinstance(op, _Dial):
             await self._dial(op)
             return
+        if isinstance(op, _Landed):
+            if not op.done.done():
+                op.done.set_result(None)
+            return
         counted_live = False
         counted_debtor = False
         failures = 0
@@ -686,6 +697,18 @@ class Runtime:
                     log.warning("store write failed; kept and retried", exc_info=True)
                 await self._store_failed()
                 await asyncio.sleep(self.config.store_retry_s)
+
+    async def _writes_landed(self, timeout_s: float = 2.0) -> bool:
+        """Every write queued until now has landed (checkpoints included); False if not within `timeout_s`."""
+        if not self._checkpoints:
+            return True  # nothing queued here outlives this process (in memory): nothing to wait for
+        mark = _Landed(asyncio.get_running_loop().create_future())
+        self._store_ops.put_nowait(mark)
+        try:
+            await asyncio.wait_for(asyncio.shield(mark.done), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _release(self, op: ReleaseLead) -> None:
         """A lead handed back not final with its hopper state: the store keeps the state for the next node and
@@ -845,7 +868,9 @@ class Runtime:
             if rows != self._callbacks_published.get(cid, []):
                 await self.store.publish_callbacks(cid, rows, now)
                 self._callbacks_published[cid] = rows
-            if held:
+            # Cleared once the core's checkpoints of those leads are in the store (a node killed between the two would
+            # otherwise lose the callback: cleared here, not yet kept with the lease); else at the next pass.
+            if held and await self._writes_landed():
                 await self.store.clear_callbacks(cid, held)
                 for lead_id in held:
                     self._callbacks_applied.pop((cid, lead_id), None)
@@ -886,6 +911,8 @@ class Runtime:
                 except (CoreError, ValueError) as exc:
                     log.warning("kept disposition dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
                                                                               "error": str(exc)[:200]}})
+        if not await self._writes_landed():  # as callbacks: cleared once the checkpoints are in, else next pass
+            return
         await self.store.clear_dispositions(cid, taken)
         for lead_id in taken:
             self._dispositions_applied.pop((cid, lead_id), None)

@@ -172,3 +172,56 @@ async def test_pending_writes_counts_the_write_in_hand() -> None:
         assert [a.outcome for a in await store.attempts("c")] == [Outcome.BUSY]
     finally:
         await rt.stop()
+
+
+class _SlowCheckpoints(InMemoryStore):
+    """A shared store's callback hand-over, in memory: a callback asked of the store for a lead held here
+    (`held_callbacks`), cleared once applied (`clear_callbacks`), and checkpoints that land only when let go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+        self.asked: dict[str, tuple[float, str | None]] = {}
+        self.cleared: list[str] = []
+        self.kept: dict[str, dict[str, object]] = {}
+
+    async def checkpoint_lead(self, campaign_id: str, lead_id: str, state: dict[str, object]) -> bool:
+        await self.go.wait()
+        self.kept[lead_id] = dict(state)
+        return True
+
+    async def held_callbacks(self, campaign_id: str) -> dict[str, tuple[float, str | None]]:
+        return dict(self.asked)
+
+    async def clear_callbacks(self, campaign_id: str, applied: object) -> int:
+        self.cleared += list(self.asked)
+        self.asked.clear()
+        return len(self.cleared)
+
+
+async def test_a_callback_taken_from_the_store_is_cleared_there_only_once_its_checkpoint_landed() -> None:
+    """Cleared before the lead's new state was kept with its lease, a callback would be lost by a node killed in
+    between: neither asked in the store any more nor in the state its lead expires back with."""
+    store = _SlowCheckpoints()
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx(),
+                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=3600))
+    await rt.start()
+    try:
+        await rt.create_campaign(CampaignSettings(campaign_id="c1"))
+        await rt.add_leads("c1", [Lead("L0", "c1", ("+15550000001",))])
+        assert await rt.control_campaign("c1", "start")  # no agent: leased, never dialed
+        hop = rt.core.campaigns["c1"].hopper
+        for _ in range(200):
+            if hop.info("L0") is not None:
+                break
+            await asyncio.sleep(0.01)
+        at = rt.clock() + 3600
+        store.asked = {"L0": (at, None)}
+        await rt._sync_callbacks()
+        assert hop.info("L0").callback_at == at  # type: ignore[union-attr]  # the core has it
+        assert store.cleared == [] and rt.pending_writes  # its checkpoint not in: kept asked in the store
+        store.go.set()
+        await rt._sync_callbacks()  # applied already: not again; cleared now
+        assert store.cleared == ["L0"] and store.kept["L0"]["cb"] == at
+    finally:
+        await rt.stop()
