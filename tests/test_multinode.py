@@ -971,13 +971,22 @@ async def _leases_taken_from_a_paused_node(redis_server: RedisServer,
     """n1 holds 20 of 40 busy leads in its hopper while its agent is paused; its leases then run out unseen (no
     renewal for longer than the TTL: a stall, or a store outage after which the store came back) and another node
     (the probe) leases those 20. Yields the probe, n1 and the ids of those leads; closes both after."""
+    async with _node_and_probe(redis_server, tag) as (probe, n1, clock):
+        yield probe, n1, await _take_leases(n1, clock, probe)
+
+
+@contextlib.asynccontextmanager
+async def _node_and_probe(redis_server: RedisServer,
+                          tag: str) -> AsyncIterator[tuple[RedisStore, _Node, SetClock]]:
+    """API node n1 on a fresh prefix of the test Redis, on a set clock, and a probe store (leases of an hour) to
+    act as another node and read what n1 wrote: (probe, n1, clock), both closed after."""
     url = f"{redis_server.url}?prefix={tag}{uuid.uuid4().hex[:8]}:"
     clock = SetClock(1_700_000_000.0)
     probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
     assert isinstance(probe, RedisStore)
     n1 = await _api_node(url, "n1", clock)
     try:
-        yield probe, n1, await _take_leases(n1, clock, probe)
+        yield probe, n1, clock
     finally:
         await n1.close()
         await probe.aclose()
@@ -1007,12 +1016,7 @@ async def test_a_dead_nodes_recycled_leads_wait_out_their_recycle_time(redis_ser
     their leases expire they went back in line afresh, and the next node dialed them again at once, their
     attempts counted from zero. Each change to a held lead is now kept with its lease (`CheckpointLead`): each
     waits out its recycle time, and the node that leases it then takes its attempts."""
-    url = f"{redis_server.url}?prefix=ck{uuid.uuid4().hex[:8]}:"
-    clock = SetClock(1_700_000_000.0)
-    probe = open_store(f"{url}&lease_ttl=3600", node_id="probe")
-    assert isinstance(probe, RedisStore)
-    n1 = await _api_node(url, "n1", clock)
-    try:
+    async with _node_and_probe(redis_server, "ck") as (probe, n1, clock):
         await _busy_campaign(n1.api, 3)
         assert (await n1.api.post("/api/v1/agents/a1/login", json={})).status_code == 202
         assert (await n1.api.post("/api/v1/campaigns/c/start")).status_code == 200
@@ -1033,9 +1037,6 @@ async def test_a_dead_nodes_recycled_leads_wait_out_their_recycle_time(redis_ser
         leads, states = await probe.lease_leads_with_states("c", 10, last)  # type: ignore[arg-type]
         assert sorted(lead.lead_id for lead in leads) == sorted(due)
         assert all(states[lid]["n"] == 1 and states[lid]["t"] == due[lid] for lid in due)
-    finally:
-        await n1.close()
-        await probe.aclose()
 
 
 async def test_a_node_lets_go_of_the_leads_its_renewal_finds_taken(redis_server: RedisServer) -> None:

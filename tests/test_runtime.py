@@ -114,13 +114,19 @@ async def test_a_campaign_sync_failure_leaves_dialing_to_the_store_down_handling
     await rt.stop()
 
 
+async def _started_without_sync(store: InMemoryStore) -> Runtime:
+    """A started runtime on `store` whose campaign and callback sync never runs by itself (the test runs it)."""
+    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx(),
+                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=3600))
+    await rt.start()
+    return rt
+
+
 async def test_a_pause_after_a_stop_through_another_node_does_nothing() -> None:
     """The API read "running" and then asked for a pause, while another node's stop landed in the store: the pause
     neither overwrites the stop nor pauses this node (it stops at its next reload)."""
     store = InMemoryStore()
-    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx(),
-                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=3600))
-    await rt.start()
+    rt = await _started_without_sync(store)
     try:
         await rt.create_campaign(CampaignSettings(campaign_id="c1"))
         assert await rt.control_campaign("c1", "start") is CampaignStatus.CREATED
@@ -203,9 +209,7 @@ async def test_a_callback_taken_from_the_store_is_cleared_there_only_once_its_ch
     """Cleared before the lead's new state was kept with its lease, a callback would be lost by a node killed in
     between: neither asked in the store any more nor in the state its lead expires back with."""
     store = _SlowCheckpoints()
-    rt = Runtime(DialerCore(CoreConfig(id_prefix="rt")), store, ScriptedPbx(),
-                 RuntimeConfig(tick_interval_s=0.01, campaign_sync_interval_s=3600))
-    await rt.start()
+    rt = await _started_without_sync(store)
     try:
         await rt.create_campaign(CampaignSettings(campaign_id="c1"))
         await rt.add_leads("c1", [Lead("L0", "c1", ("+15550000001",))])
