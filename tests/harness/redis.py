@@ -16,9 +16,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import redis
@@ -29,10 +29,11 @@ from tests.harness.services import free_port, unavailable
 class RedisServer:
     """A redis-server process of our own, listening on 127.0.0.1 only."""
 
-    def __init__(self, binary: str, port: int, directory: Path) -> None:
+    def __init__(self, binary: str, port: int, directory: Path, options: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = port
         self.dir = directory
+        self.options = tuple(options)  # more redis-server arguments, after ours (a later one wins)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +53,8 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "yes",
                 "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir),
-                "--daemonize", "no", "--logfile", str(self.log_path), "--maxmemory-policy", "noeviction"]
+                "--daemonize", "no", "--logfile", str(self.log_path), "--maxmemory-policy", "noeviction",
+                *self.options]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         try:
@@ -79,16 +81,15 @@ class RedisServer:
         """Crash the process (SIGKILL): what Redis wrote to the kernel survives, as after a real crash."""
         self._signal(signal.SIGKILL, 10.0)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or, frozen=False, SIGCONT) the process: a server that stops answering without closing its
+        connections (a host gone, a partition)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals, timeout: float) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _end(proc, sig, timeout)
 
     def restart(self, hard: bool = False) -> None:
         """Stop (or, with hard=True, kill) and start again on the same port and data directory."""
@@ -139,12 +140,16 @@ class RedisSentinel:
     """A Sentinel (`redis-server --sentinel`, no separate binary needed) of our own on 127.0.0.1, monitoring one
     `RedisServer` as master `service`. Its URL is the store URL through it (`redis+sentinel://`)."""
 
-    def __init__(self, binary: str, port: int, directory: Path, master: RedisServer, service: str = "mymaster"):
+    def __init__(self, binary: str, port: int, directory: Path, master: RedisServer, service: str = "mymaster",
+                 down_after_ms: int | None = None, failover_timeout_ms: int | None = None):
         self.binary = binary
         self.port = port
         self.dir = directory
         self.master = master
         self.service = service
+        # Sentinel's own defaults when None: a master silent 30 s is down; a failover gets 180 s.
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -155,7 +160,11 @@ class RedisSentinel:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own config file: one of its own, writable
         conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
-                        f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n")
+                        f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+                        + (f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                           if self.down_after_ms is not None else "")
+                        + (f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                           if self.failover_timeout_ms is not None else ""))
         self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -167,39 +176,120 @@ class RedisSentinel:
             raise
 
     def _knows_master(self) -> bool:
-        query = f"SENTINEL get-master-addr-by-name {self.service}\r\n".encode()
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(query)
-                return str(self.master.port).encode() in s.recv(256)
-        except OSError:
-            return False
+        return self.master_port() == self.master.port
+
+    def master_port(self) -> int | None:
+        """The port of the master Sentinel names now (None if it does not answer)."""
+        with contextlib.suppress(OSError, redis.RedisError):
+            return int(self.command("SENTINEL", "get-master-addr-by-name", self.service)[1])
+        return None
+
+    def command(self, *args: str) -> Any:
+        return _command(self.port, *args)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _end(proc, signal.SIGTERM, 10.0)
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A Sentinel in front of the session's redis-server."""
-    sentinel = RedisSentinel(redis_server.binary, free_port(), tmp_path_factory.mktemp("sentinel"), redis_server)
-    try:
-        sentinel.start()
-    except (OSError, RuntimeError) as exc:
-        unavailable(str(exc), "redis-server --sentinel")
-        raise  # unreachable: unavailable() fails or skips
-    try:
-        yield sentinel
-    finally:
-        sentinel.stop()
+    yield from _running(RedisSentinel(redis_server.binary, free_port(), tmp_path_factory.mktemp("sentinel"),
+                                      redis_server), "redis-server --sentinel")
+
+
+class RedisSentinelFailover:
+    """A master `RedisServer`, one replica of it (`replicaof`) and one `RedisSentinel` (quorum 1) watching them, on
+    127.0.0.1, each in its own directory under `directory`: a set a test can fail over by killing or freezing the
+    master. `down_after_ms` is Sentinel's `down-after-milliseconds` (a silent master is down after it; Sentinel's
+    default is 30 s), `failover_timeout_ms` its `failover-timeout` (a failed election is retried after twice it).
+    No AOF: what a failover keeps is what reached the replica."""
+
+    def __init__(self, binary: str, directory: Path, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> None:
+        self.binary = binary
+        self.dir = directory
+        # SIGTERM ends a master at once, without waiting for its replica to catch up; a replica syncs at once.
+        options = ("--appendonly", "no", "--shutdown-timeout", "0", "--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(binary, free_port(), directory / "master", options)
+        self.replica = RedisServer(binary, free_port(), directory / "replica",
+                                   (*options, "--replicaof", "127.0.0.1", str(self.master.port)))
+        self.sentinel = RedisSentinel(binary, free_port(), directory / "sentinel", self.master,
+                                      down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
+
+    @property
+    def url(self) -> str:
+        """The store URL through the Sentinel."""
+        return self.sentinel.url
+
+    def _log_tail(self) -> str:
+        tails = []
+        for name in ("master/redis.log", "replica/redis.log", "sentinel/sentinel.log"):
+            with contextlib.suppress(OSError):
+                tails.append(f"{name}: " + (self.dir / name).read_text(errors="replace")[-600:])
+        return "\n".join(tails)
+
+    def start(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            self.master.start()
+            self.replica.start()
+            # The replica can take over only once it has synced, and Sentinel must know it (it learns the replicas
+            # from the master's INFO, which it asks at once when it connects, then every 10 s).
+            while not _answers(self.replica.port, b"INFO replication\r\n", b"master_link_status:up"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica did not sync within {timeout} s: {self._log_tail()}")
+                time.sleep(0.02)
+            self.sentinel.start(max(deadline - time.monotonic(), 1.0))
+            while not self._sentinel_knows_replica():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Sentinel did not list the replica within {timeout} s: {self._log_tail()}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _sentinel_knows_replica(self) -> bool:
+        with contextlib.suppress(OSError, redis.RedisError):
+            for row in self.sentinel.command("SENTINEL", "replicas", self.sentinel.service):
+                if int(row["port"]) == self.replica.port and row["master-link-status"] == "ok" \
+                        and "disconnected" not in row["flags"]:
+                    return True
+        return False
+
+    def master_port(self) -> int | None:
+        """The port of the master Sentinel names now."""
+        return self.sentinel.master_port()
+
+    def await_promotion(self, timeout: float = 20.0) -> int:
+        """Wait until Sentinel names the replica as master and the replica says it is one (ROLE); its port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError, redis.RedisError):
+                if self.master_port() == self.replica.port and _command(self.replica.port, "ROLE")[0] == "master":
+                    return self.replica.port
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Sentinel did not promote the replica within {timeout} s: {self._log_tail()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop every process, frozen ones included."""
+        self.sentinel.stop()
+        self.master.stop()
+        self.replica.stop()
+
+
+@pytest.fixture
+def redis_sentinel_failover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelFailover]:
+    """A master, its replica and a Sentinel (`down-after-milliseconds` 1000) for a test that kills or freezes the
+    master (its own, fresh for each test: a failover leaves the set changed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server is not installed", "Redis Sentinel with a replica")
+        raise AssertionError  # unreachable: unavailable() fails or skips
+    yield from _running(RedisSentinelFailover(binary, tmp_path_factory.mktemp("sentinel-failover")),
+                        "Redis Sentinel with a replica")
 
 
 class RedisClusterServers:
@@ -283,16 +373,9 @@ class RedisClusterServers:
             self.stop()
             raise
 
-    def _command(self, port: int, *args: str) -> Any:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
-        try:
-            return client.execute_command(*args)
-        finally:
-            client.close()
-
     def role(self, port: int) -> str:
         """`master` or `slave` as the node on `port` says (ROLE)."""
-        return str(self._command(port, "ROLE")[0])
+        return str(_command(port, "ROLE")[0])
 
     def live_ports(self) -> list[int]:
         """The nodes that answer: neither killed nor frozen."""
@@ -302,8 +385,8 @@ class RedisClusterServers:
     def master_of(self, key: str) -> int:
         """The port of the master serving `key`'s slot, as a live node's CLUSTER SLOTS says now."""
         port = self.live_ports()[0]
-        slot = int(self._command(port, "CLUSTER", "KEYSLOT", key))
-        for first, last, master, *_ in self._command(port, "CLUSTER", "SLOTS"):
+        slot = int(_command(port, "CLUSTER", "KEYSLOT", key))
+        for first, last, master, *_ in _command(port, "CLUSTER", "SLOTS"):
             if int(first) <= slot <= int(last):
                 return int(master[1])
         raise RuntimeError(f"no node serves slot {slot}")
@@ -311,7 +394,7 @@ class RedisClusterServers:
     def replicas_of(self, key: str) -> list[int]:
         """The ports of the replicas connected to the master of `key`'s slot (its ROLE: another node's CLUSTER SLOTS
         may not list a replica yet)."""
-        return [int(r[1]) for r in self._command(self.master_of(key), "ROLE")[2]]
+        return [int(r[1]) for r in _command(self.master_of(key), "ROLE")[2]]
 
     def freeze(self, port: int, frozen: bool = True) -> None:
         """SIGSTOP (or, frozen=False, SIGCONT) the node on `port`: a node that stops answering without closing its
@@ -357,6 +440,20 @@ class RedisClusterServers:
                 proc.wait(5)
 
 
+def _end(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout: float) -> None:
+    """Send `sig` to a running process and wait for it to exit (SIGKILL after `timeout`). SIGCONT first: a frozen
+    (SIGSTOPped) process would never act on it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _await(proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadline: float, what: str, doing: str,
            log_tail: Callable[[], str]) -> None:
     """Wait until `ready()`; a RuntimeError naming `what` if its process exits first or `deadline` passes."""
@@ -366,6 +463,15 @@ def _await(proc: subprocess.Popen[bytes], ready: Callable[[], bool], deadline: f
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not {doing} in time: {log_tail()}")
         time.sleep(0.02)
+
+
+def _command(port: int, *args: str) -> Any:
+    """The reply of the server on 127.0.0.1:`port` to one command."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0, decode_responses=True)
+    try:
+        return client.execute_command(*args)
+    finally:
+        client.close()
 
 
 def _answers(port: int, query: bytes, expect: bytes) -> bool:
@@ -401,13 +507,26 @@ def _cluster(tmp_path_factory: pytest.TempPathFactory, dirname: str, what: str,
     if binary is None or cli is None:
         unavailable("redis-server or redis-cli is not installed", what)
         raise AssertionError  # unreachable: unavailable() fails or skips
-    cluster = RedisClusterServers(binary, cli, tmp_path_factory.mktemp(dirname), **options)
+    yield from _running(RedisClusterServers(binary, cli, tmp_path_factory.mktemp(dirname), **options), what)
+
+
+class _Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Service)
+
+
+def _running(service: _S, what: str) -> Iterator[_S]:
+    """`service` started for a fixture to yield, stopped after (`unavailable` if it cannot start)."""
     try:
-        cluster.start()
+        service.start()
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         unavailable(str(exc), what)
         raise  # unreachable: unavailable() fails or skips
     try:
-        yield cluster
+        yield service
     finally:
-        cluster.stop()
+        service.stop()
