@@ -64,6 +64,10 @@ class RedisServer:
                 self.kill()
             raise
 
+    def command(self, *args: str) -> Any:
+        """Its reply to one command."""
+        return _command(self.port, *args)
+
     def ping(self) -> bool:
         """True once the server answers PING (and has loaded its AOF: a loading server answers -LOADING)."""
         try:
@@ -179,9 +183,11 @@ class RedisSentinel:
         return self.master_port() == self.master.port
 
     def master_port(self) -> int | None:
-        """The port of the master Sentinel names now (None if it does not answer)."""
-        with contextlib.suppress(OSError, redis.RedisError):
-            return int(self.command("SENTINEL", "get-master-addr-by-name", self.service)[1])
+        """The port of the master Sentinel names now (None if it does not answer): `SENTINEL MASTER`, what clients
+        (redis-py) read. It moves to a promoted replica once the failover is done (`+switch-master`);
+        `get-master-addr-by-name` names the replica a moment earlier, while Sentinel still reconfigures."""
+        with contextlib.suppress(OSError, redis.RedisError, KeyError, TypeError, ValueError):
+            return int(self.command("SENTINEL", "MASTER", self.service)["port"])
         return None
 
     def command(self, *args: str) -> Any:
@@ -267,7 +273,7 @@ class RedisSentinelFailover:
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(OSError, redis.RedisError):
-                if self.master_port() == self.replica.port and _command(self.replica.port, "ROLE")[0] == "master":
+                if self.master_port() == self.replica.port and self.replica.command("ROLE")[0] == "master":
                     return self.replica.port
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Sentinel did not promote the replica within {timeout} s: {self._log_tail()}")
