@@ -20,7 +20,10 @@ Passwords never appear in those messages (nor anywhere this module logs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -32,10 +35,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, RedisError
 
 from dialer.memory_store import InMemoryStore
 from dialer.ports import Store
@@ -232,10 +235,58 @@ def _client_kwargs(spec: StoreUrl) -> dict[str, Any]:
 POOL_SIZE = 100
 
 
+class SentinelMasterConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names, which asks Sentinel again whenever it reconnects. redis-py (8.1)
+    retries a failed command on the same connection, and that reconnect (`send_packed_command`) went to the address
+    the connection had: only a connection handed out by the pool asked Sentinel. So a command caught by a failover
+    spent all its retries on the old master (a hung one: 4 x socket_timeout, then it failed), and on an old master
+    still up (a planned failover) wrote where the write would be lost."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # Sentinel's: the master's address now, then the socket
+        await super().send_packed_command(command, check_health)
+
+
+class SentinelMasterSSLConnection(SentinelMasterConnection, SSLConnection):
+    pass
+
+
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (master discovery, reconnect to a new master) with the blocking pool's waiting
     get_connection/release. redis-py (8.1) has no blocking Sentinel pool; `Sentinel.master_for` takes the pool
-    class (`connection_pool_class`) and passes max_connections/timeout through to BlockingConnectionPool."""
+    class (`connection_pool_class`) and passes max_connections/timeout through to BlockingConnectionPool.
+
+    It also lets go of the old master within about `master_check_s` of Sentinel naming a new one. redis-py's pool
+    asked Sentinel only when it opened a connection, and took back a connection at any address: after a failover
+    whose old master was still up (a planned `SENTINEL FAILOVER`, a partition healed) its pooled connections wrote
+    on to the old master until Sentinel demoted it, 8-10 s later, and those writes were lost with its data (a lease
+    among them: its lead back in line while dialed). Here the pool asks Sentinel at most once a `master_check_s`
+    before handing out a connection (a Sentinel that does not answer within `master_check_timeout_s` is asked again
+    the next time), closes its idle connections when the master moved, and closes a connection given back that is
+    connected elsewhere."""
+
+    master_check_s = 1.0
+    master_check_timeout_s = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._master_checked_at = -math.inf
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._master_checked_at >= self.master_check_s:
+            self._master_checked_at = now  # one check at a time: the commands meanwhile go on
+            with contextlib.suppress(RedisError, TimeoutError):  # no news: none answered, or none names a master
+                async with asyncio.timeout(self.master_check_timeout_s):
+                    await self.get_master_address()  # a new address: the idle connections are closed
+        return await super().get_connection(*args, **kwargs)
+
+    async def release(self, connection: Any) -> None:
+        address = (getattr(connection, "host", None), getattr(connection, "port", None))
+        if self.master_address is not None and address != self.master_address:
+            await connection.disconnect()  # its next command reconnects through Sentinel
+        await super().release(connection)
 
 
 # Set while a task (and the tasks it starts) runs a command or pipeline of a WaitingRedisCluster: a command
@@ -317,9 +368,11 @@ def build_client(spec: StoreUrl) -> Redis | RedisCluster:
             sentinel_kw["password"] = spec.sentinel_password
         if spec.tls:
             sentinel_kw["ssl"] = True
+        connection_class = SentinelMasterSSLConnection if spec.tls else SentinelMasterConnection
         sentinel = Sentinel(spec.hosts, sentinel_kwargs=sentinel_kw, **kw)
         return sentinel.master_for(spec.service_name, connection_pool_class=BlockingSentinelConnectionPool,
-                                   db=spec.db, max_connections=POOL_SIZE, timeout=kw["socket_timeout"])
+                                   connection_class=connection_class, db=spec.db, max_connections=POOL_SIZE,
+                                   timeout=kw["socket_timeout"])
     raise ValueError(f"store kind {spec.kind!r} has no Redis client")
 
 
