@@ -209,11 +209,11 @@ class RedisSentinelFailover:
     """A master `RedisServer`, one replica of it (`replicaof`) and one `RedisSentinel` (quorum 1) watching them, on
     127.0.0.1, each in its own directory under `directory`: a set a test can fail over by killing or freezing the
     master. `down_after_ms` is Sentinel's `down-after-milliseconds` (a silent master is down after it; Sentinel's
-    default is 30 s), `failover_timeout_ms` its `failover-timeout` (a failed election is retried after twice it).
-    No AOF: what a failover keeps is what reached the replica."""
+    default is 30 s), `failover_timeout_ms` its `failover-timeout` (a failed election is retried after twice it);
+    None leaves Sentinel's default. No AOF: what a failover keeps is what reached the replica."""
 
-    def __init__(self, binary: str, directory: Path, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000) -> None:
+    def __init__(self, binary: str, directory: Path, down_after_ms: int | None = 1000,
+                 failover_timeout_ms: int | None = 3000) -> None:
         self.binary = binary
         self.dir = directory
         # SIGTERM ends a master at once, without waiting for its replica to catch up; a replica syncs at once.
