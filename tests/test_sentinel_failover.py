@@ -11,6 +11,8 @@ it), never skips.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 import uuid
 
 import pytest
@@ -69,8 +71,17 @@ async def test_after_a_failover_writes_go_to_the_new_master_not_to_the_old_one_s
     try:
         await asyncio.gather(*(store.save_campaign(CampaignSettings(campaign_id=f"c{i}")) for i in range(5)))
         await _planned_failover(failover)
-        await asyncio.sleep(1.1)
-        for i in range(5):
+        # A write every 0.1 s until one lands on the new master: within about a second (the pool asks Sentinel at
+        # most once a second; a loaded machine may take a little longer), never the 8-10 s until the demotion.
+        promoted = time.monotonic()
+        for n in itertools.count():
+            await store.save_campaign(CampaignSettings(campaign_id=f"moving{n}"))
+            if await new_master.get_campaign(f"moving{n}") is not None:
+                break
+            assert time.monotonic() - promoted < 5.0, "writes still went to the old master 5 s after the failover"
+            await asyncio.sleep(0.1)
+        assert failover.master.command("ROLE")[0] == "master"  # the old one is still up as a master meanwhile
+        for i in range(5):  # and from then on every write lands on the new one
             await store.save_campaign(CampaignSettings(campaign_id=f"after{i}"))
         on_new = [c for c in [f"c{i}" for i in range(5)] + [f"after{i}" for i in range(5)]
                   if await new_master.get_campaign(c) is not None]
