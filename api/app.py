@@ -1400,10 +1400,13 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)  # Prometheus text format
     async def metrics() -> Response:
-        try:  # the kept webhook events, as the store counts them (every node's); the last count if it is slow
-            await asyncio.wait_for(webhooks.keeper.refresh_counts(), timeout=_READY_TIMEOUT_S)
-        except Exception:
-            log.debug("kept webhook events not counted", exc_info=True)
+        # The kept webhook events, as the store counts them (every node's); the last count if it is slow, and at
+        # once while the store is known down (a scrape waited up to 2 s for it on every pass of an outage).
+        if runtime.store_up:
+            try:
+                await asyncio.wait_for(webhooks.keeper.refresh_counts(), timeout=_READY_TIMEOUT_S)
+            except Exception:
+                log.debug("kept webhook events not counted", exc_info=True)
         body, content_type = render_metrics(runtime, hub=hub, webhooks=webhooks)
         return Response(content=body, media_type=content_type)
 

@@ -687,3 +687,27 @@ async def test_a_redelivery_asked_after_delivery_but_before_the_store_forgot_it_
         assert await store.failed_webhooks() == []
         await hooks.aclose()
     assert len(rx.delivered()) == 1
+
+
+async def test_metrics_do_not_ask_a_store_known_down_for_the_kept_count() -> None:
+    """While the runtime knows the store is down, /metrics gives the last count of kept events at once (it waited
+    up to 2 s on the store at every scrape); once the store is back, it asks again."""
+    async with api_env() as env:
+        asked = 0
+        counts = env.store.failed_webhook_counts
+
+        async def counting() -> dict[str, int]:
+            nonlocal asked
+            asked += 1
+            return await counts()
+
+        env.store.failed_webhook_counts = counting  # type: ignore[method-assign]
+        hook = WebhookSettings(url="http://127.0.0.1:9/hook", secret=SECRET)  # type: ignore[arg-type]
+        app = create_app(env.runtime, ApiSettings(webhooks=[hook]))
+        assert "marcador_webhook_kept" in await _metrics(app) and asked == 1
+        env.runtime.store_up = False
+        assert "marcador_webhook_kept" in await _metrics(app) and asked == 1
+        env.runtime.store_up = True
+        await _metrics(app)
+        assert asked == 2
+        await app.state.webhooks.aclose()
