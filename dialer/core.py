@@ -679,8 +679,8 @@ class DialerCore:
         self._abandon(call, now, out, play_message=False, retracts=connected_at)  # the dialplan plays the message
 
     def _on_failed(self, event: CallFailed, now: float, out: list[Command]) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None or call.ended:
+        call = self._live_call(event.call_id)
+        if call is None:
             return
         att = call.attempt
         camp = self.campaigns[att.campaign_id]
@@ -696,23 +696,28 @@ class DialerCore:
         att.hangup_cause = event.hangup_cause
         self._finish(call, now, out)
 
+    def _live_call(self, call_id: str) -> Call | None:
+        """The call `call_id` if it has not ended: an end reported twice (a failure after a hangup, a refused
+        dial's end after the PBX's) is taken once."""
+        call = self.calls.get(call_id)
+        return None if call is None or call.ended else call
+
     def _on_lease_lost(self, event: LeaseLost, now: float, out: list[Command]) -> None:
         """A dial the store refused for its lease: the call ends as a lost dial, with nothing recorded of it (it
         never happened) and its lead let go without a word to the store (not ours: the store's state of it, or
         its new holder's, is the one that counts). Late codes held for the lead go to the store instead."""
-        call = self.calls.get(event.call_id)
-        if call is None or call.ended:
+        call = self._live_call(event.call_id)
+        if call is None:
             return
-        att = call.attempt
-        camp = self.campaigns[att.campaign_id]
-        att.outcome = Outcome.LOST
+        call.attempt.outcome = Outcome.LOST
         self._finish(call, now, out, made=False)
-        for late in camp.dispositions_held.pop(att.lead_id, []):
-            out.append(self._ask_store(camp, att.lead_id, late))
+        camp, lead_id = self.campaigns[call.attempt.campaign_id], call.attempt.lead_id
+        for late in camp.dispositions_held.pop(lead_id, []):
+            out.append(self._ask_store(camp, lead_id, late))
 
     def _on_ended(self, event: CallEnded, now: float, out: list[Command]) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None or call.ended:
+        call = self._live_call(event.call_id)
+        if call is None:
             return
         att = call.attempt
         camp = self.campaigns[att.campaign_id]

@@ -863,17 +863,23 @@ class Runtime:
                 except CoreError as exc:  # the lead ended here meanwhile (done, removed): no callback for it
                     log.warning("asked callback dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
                                                                             "error": str(exc)[:200]}})
-            await self._sync_dispositions(cid, camp)
+            taken = await self._take_dispositions(cid, camp)
             rows = _hopper_callbacks(camp)
             if rows != self._callbacks_published.get(cid, []):
                 await self.store.publish_callbacks(cid, rows, now)
                 self._callbacks_published[cid] = rows
-            # Cleared once the core's checkpoints of those leads are in the store (a node killed between the two would
-            # otherwise lose the callback: cleared here, not yet kept with the lease); else at the next pass.
-            if held and await self._writes_landed():
-                await self.store.clear_callbacks(cid, held)
-                for lead_id in held:
-                    self._callbacks_applied.pop((cid, lead_id), None)
+            # Callbacks and codes are cleared once the core's checkpoints of those leads are in the store (a node
+            # killed between the two would otherwise lose them: cleared here, not yet kept with the lease); else at
+            # the next pass.
+            if (held or taken) and await self._writes_landed():
+                if held:
+                    await self.store.clear_callbacks(cid, held)
+                    for lead_id in held:
+                        self._callbacks_applied.pop((cid, lead_id), None)
+                if taken:
+                    await self.store.clear_dispositions(cid, taken)
+                    for lead_id in taken:
+                        self._dispositions_applied.pop((cid, lead_id), None)
             if camp.status is not CampaignStatus.RUNNING or self._halted or not self.store_up:
                 continue
             staffed = {a.status for a in self.core.agents.all() if a.serves(cid, camp.settings.skill)}
@@ -891,14 +897,14 @@ class Runtime:
                 log.info("due callbacks leased", extra={"fields": {"campaign_id": cid, "leads": len(leads)}})
                 self.submit(LeadsAvailable(cid, tuple(leads), states or None, fetched=False))
 
-    async def _sync_dispositions(self, cid: str, camp: CampaignState) -> None:
-        """Codes another node took for leads held here (`Store.held_dispositions`) → the core, then cleared in the
-        store. A lead not in the hopper yet (its lease's reply still on its way to the core) is left for the next
-        pass: the code stays kept for it."""
+    async def _take_dispositions(self, cid: str, camp: CampaignState) -> dict[str, tuple[StoredCode, ...]]:
+        """Codes another node took for leads held here (`Store.held_dispositions`) → the core; the caller clears
+        what this returns in the store. A lead not in the hopper yet (its lease's reply still on its way to the core)
+        is left for the next pass: the code stays kept for it."""
         held = await self.store.held_dispositions(cid)
         taken = {lid: codes for lid, codes in held.items() if camp.hopper.info(lid) is not None}
         if not taken:
-            return
+            return taken
         now = self.clock()
         for lead_id, codes in taken.items():
             if self._dispositions_applied.get((cid, lead_id)) == codes:
@@ -911,11 +917,7 @@ class Runtime:
                 except (CoreError, ValueError) as exc:
                     log.warning("kept disposition dropped", extra={"fields": {"campaign_id": cid, "lead_id": lead_id,
                                                                               "error": str(exc)[:200]}})
-        if not await self._writes_landed():  # as callbacks: cleared once the checkpoints are in, else next pass
-            return
-        await self.store.clear_dispositions(cid, taken)
-        for lead_id in taken:
-            self._dispositions_applied.pop((cid, lead_id), None)
+        return taken
 
     async def _unpublish_callbacks(self) -> None:
         """A stopping node's published callbacks go (its leads went back with them in their states): best effort,
