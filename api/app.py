@@ -499,6 +499,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
     webhooks = Webhooks(cfg.webhooks, store=runtime.store, kept_max=cfg.webhooks_kept_max)
     if webhooks.senders:
         hub.sinks.append(webhooks)
+        with contextlib.suppress(RuntimeError):  # built outside a loop (tests): started by the first event
+            asyncio.get_running_loop()
+            webhooks.start()  # takes what an earlier run of this node left unsent, watches for gone nodes
     unsubscribe = runtime.subscribe(hub)
     idem = IdempotencyCache(cfg.idempotency_ttl_s, cfg.idempotency_max_keys)
 

@@ -381,6 +381,15 @@ class EventsCollector(Collector):
                                        "kept (the store unreachable through shutdown)")
             lost.add_metric([], keeper.lost)
             yield lost
+            if self.webhooks.outbox is not None:
+                owed = GaugeMetricFamily("marcador_webhook_outbox_backlog", "Webhook outbox writes this node owes "
+                                         "the store (events queued or settled, not yet written)")
+                owed.add_metric([], self.webhooks.outbox.backlog)
+                yield owed
+            taken = CounterMetricFamily("marcador_webhook_taken_over", "Webhook events left unsent by a node gone "
+                                        "(or this node's earlier run) that this node took to redeliver")
+            taken.add_metric([], self.webhooks.taken_over)
+            yield taken
 
 
 def render_metrics(

@@ -14,7 +14,9 @@ in the store (`Store.keep_failed_webhook`: every node sees it, a restart loses n
 (the oldest go first, counted), listed and redelivered through the API. A redelivered event goes back on its
 sender's queue with its body and delivery id unchanged (signed again with the current secret): delivered, it
 leaves the store; given up again, its entry is kept (one more try), never a second one. The store is written by
-one keeper task, in order, retried while the store is down, never on the runtime's loop turn.
+one keeper task, in order, retried while the store is down, never on the runtime's loop turn. Until an event is
+delivered or kept it is in this node's outbox in the store (`api.webhook_outbox`): a node killed outright leaves it
+there, and it is kept and redelivered by the node's next run or another node.
 
 Secrets and payloads are never logged; URLs are logged as their origin alone (scheme, host, port): a path or a
 query string may carry a credential.
@@ -41,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from api.events import OutEvent, parse_types
+from api.webhook_outbox import Outbox
 from config.settings import WebhookSettings
 from dialer.memory_store import InMemoryStore
 from dialer.ports import FailedWebhook, Store, kind_matches
@@ -102,6 +105,15 @@ def _safe_url(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Fresh:
+    """An event queued on its sender, in its outbox until delivered or kept."""
+
+    kind: str
+    delivery: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Redelivery:
     """A kept event queued again on its sender: the body and delivery id it was first sent with."""
 
@@ -111,7 +123,7 @@ class Redelivery:
     body: bytes
 
 
-Item = OutEvent | Redelivery
+Item = Fresh | Redelivery
 
 
 @dataclass(slots=True)
@@ -125,7 +137,7 @@ class WebhookCounters:
 class WebhookSender:
     def __init__(self, settings: WebhookSettings, client: httpx.AsyncClient, instance: str,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 keeper: Keeper | None = None) -> None:
+                 keeper: Keeper | None = None, outbox: Outbox | None = None) -> None:
         self.settings = settings
         self.url = settings.url
         self.label = _safe_url(settings.url)
@@ -141,6 +153,7 @@ class WebhookSender:
         self._current: Item | None = None
         self._closed = False
         self._keeper = keeper
+        self._outbox = outbox
         self._redelivering: set[int] = set()  # kept ids queued or in flight here: a second redelivery skips them
         self.counters = WebhookCounters()
 
@@ -152,14 +165,17 @@ class WebhookSender:
         """Called on the runtime's loop: never blocks."""
         if not kind_matches(ev.kind, self.prefixes):
             return
+        item = Fresh(ev.kind, f"{self._instance}-{ev.seq}", self.body(ev))
         if self._closed:
             self.counters.dropped += 1
-            self._give_up(ev, "shutdown")
+            self._give_up(item, "shutdown")
             return
+        if self._outbox is not None:
+            self._outbox.put(self.label, item.kind, item.delivery, item.body)
         if len(self._queue) >= self.settings.queue_size:
             self._give_up(self._queue.popleft(), "queue full")
             self.counters.dropped += 1
-        self._push(ev)
+        self._push(item)
 
     def _push(self, item: Item) -> None:
         self._queue.append(item)
@@ -180,17 +196,15 @@ class WebhookSender:
         return "queued"
 
     def body(self, ev: OutEvent) -> bytes:
-        doc = {"type": ev.kind, "data": ev.data, "id": self._delivery(ev), "ts": ev.ts}
+        doc = {"type": ev.kind, "data": ev.data, "id": f"{self._instance}-{ev.seq}", "ts": ev.ts}
         return json.dumps(doc, separators=(",", ":"), default=str).encode()
 
-    def _delivery(self, ev: OutEvent) -> str:
-        return f"{self._instance}-{ev.seq}"
-
-    def _parts(self, item: Item) -> tuple[str, str, bytes]:
-        """(kind, delivery id, body) of a queued item."""
-        if isinstance(item, Redelivery):
-            return item.kind, item.delivery, item.body
-        return item.kind, self._delivery(item), self.body(item)
+    def _out_done(self, item: Item) -> Callable[[], None]:
+        """What forgets a fresh event's outbox entry (once it is delivered or kept)."""
+        outbox, label = self._outbox, self.label
+        if outbox is None or isinstance(item, Redelivery):
+            return lambda: None
+        return lambda: outbox.done(label, item.delivery)
 
     def _give_up(self, item: Item, reason: str) -> None:
         """Hand an event not delivered to the keeper (the store), with why. Never blocks."""
@@ -198,14 +212,16 @@ class WebhookSender:
             self._redelivering.discard(item.kept_id)
         if self._keeper is None:
             return
-        kind, delivery, body = self._parts(item)
-        self._keeper.keep(self.label, kind, delivery, body, reason)
+        # Its outbox entry goes once it is kept: a node killed in between leaves it in one or both, never neither.
+        self._keeper.keep(self.label, item.kind, item.delivery, item.body, reason, self._out_done(item))
 
     def _settled(self, item: Item, reason: str | None) -> None:
         """An item's delivery is over: delivered (None), or given up for `reason`."""
         if reason is not None:
             self._give_up(item, reason)
-        elif isinstance(item, Redelivery):
+        elif isinstance(item, Fresh):
+            self._out_done(item)()
+        else:
             # Still "on its way" until the store has forgotten it: a redelivery asked meanwhile must not send it again.
             if self._keeper is not None:
                 self._keeper.drop(item.kept_id, lambda: self._redelivering.discard(item.kept_id))
@@ -235,7 +251,7 @@ class WebhookSender:
     async def _deliver(self, item: Item) -> str | None:
         """Deliver one event, with retries: None once delivered, else why it was given up."""
         s = self.settings
-        kind, delivery, body = self._parts(item)
+        kind, delivery, body = item.kind, item.delivery, item.body
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secret, body),
@@ -323,6 +339,7 @@ class _Keep:
     event: str
     reason: str
     at: float
+    done: Callable[[], None]  # called once it is kept
 
 
 class Keeper:
@@ -344,8 +361,9 @@ class Keeper:
         self.lost = 0  # events that could not be kept (the store unreachable until shutdown, or this backlog full)
         self.counts: dict[str, int] = {}  # kept events by hook, as the store last said (for /metrics)
 
-    def keep(self, hook: str, kind: str, delivery: str, body: bytes, reason: str) -> None:
-        self._add(_Keep(hook, kind, delivery, body.decode(), reason, self._clock()))
+    def keep(self, hook: str, kind: str, delivery: str, body: bytes, reason: str,
+             done: Callable[[], None] = lambda: None) -> None:
+        self._add(_Keep(hook, kind, delivery, body.decode(), reason, self._clock(), done))
 
     def drop(self, kept_id: int, done: Callable[[], None] = lambda: None) -> None:
         self._add(_Drop(kept_id, done))
@@ -389,6 +407,7 @@ class Keeper:
                     _, dropped = await self.store.keep_failed_webhook(op.hook, op.kind, op.delivery, op.event,
                                                                       op.reason, op.at, self.cap)
                     self.kept += 1
+                    op.done()
                     if dropped:
                         self.evicted += dropped
                         log.warning("kept webhook events over the cap: the oldest dropped",
@@ -447,7 +466,12 @@ class Webhooks:
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         instance = uuid.uuid4().hex[:12]  # delivery ids stay unique across restarts of this node
         self.keeper = Keeper(store if store is not None else InMemoryStore(), kept_max, clock)
-        self.senders = [WebhookSender(w, self._client, instance, sleep, self.keeper) for w in settings]
+        self._clock = clock
+        # No hook, no outbox: and a node without hooks leaves a gone node's events to one that can send them.
+        self.outbox = Outbox(self.keeper.store, kept_max, clock, self._taken) if settings else None
+        self.senders = [WebhookSender(w, self._client, instance, sleep, self.keeper, self.outbox) for w in settings]
+        self._claims: asyncio.Task[None] | None = None
+        self.taken_over = 0  # events of gone nodes (or an earlier run of this one) this node took to redeliver
         # Hooks told apart only by what the label leaves out (a query string) would share one metrics series and
         # one name in the logs: the 2nd, 3rd... are suffixed with their rank (a label never has a fragment).
         seen: dict[str, int] = {}
@@ -460,9 +484,53 @@ class Webhooks:
     def store(self) -> Store:
         return self.keeper.store
 
+    def start(self) -> None:
+        """Start the outbox (it first takes what an earlier run of this node left) and the watch for gone nodes'
+        outboxes. Idempotent; also done by the first event."""
+        if self.outbox is None or self._claims is not None:
+            return
+        self.outbox.start()
+        ttl = getattr(self.store, "lease_ttl_s", None)
+        if isinstance(ttl, int | float) and ttl > 0:  # a shared store: other nodes may go
+            self._claims = asyncio.get_running_loop().create_task(self._claim_gone(float(ttl)),
+                                                                  name="webhook outbox claims")
+
     def __call__(self, ev: OutEvent) -> None:
+        if self._claims is None:
+            self.start()
         for sender in self.senders:
             sender.offer(ev)
+
+    def _taken(self, node: str, rows: Sequence[FailedWebhook]) -> None:
+        """Kept events taken from an outbox (`node`, or "" for this node's earlier run): redelivered here."""
+        self.taken_over += len(rows)
+        counts = self.redeliver(rows)
+        log.warning("webhook events left unsent by a node gone: kept and redelivered here", extra={"fields": {
+            "node": node or "this node, before its restart", "events": len(rows), **counts}})
+
+    async def _claim_gone(self, ttl: float) -> None:
+        """Every TTL/3: the outboxes of nodes not seen within the TTL become kept events, redelivered here. Only
+        once the store has answered this node for a whole TTL: after an outage the live nodes' heartbeats are
+        fresh again by then, and a live node's outbox is left alone."""
+        loop = asyncio.get_running_loop()
+        answering_since: float | None = None
+        while True:
+            try:
+                gone = await self.store.outbox_orphans(self._clock())
+                if answering_since is None:
+                    answering_since = loop.time()
+                for node in gone if loop.time() - answering_since >= ttl else ():
+                    rows, dropped = await self.store.outbox_claim(node, "node lost", self._clock(),
+                                                                  self.keeper.cap)
+                    if rows or dropped:
+                        self._taken(node, rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                answering_since = None
+                log.warning("gone nodes' webhook outboxes not checked (store error)",
+                            extra={"fields": {"why": type(exc).__name__}})
+            await asyncio.sleep(min(10.0, ttl / 3))
 
     def redeliver(self, rows: Sequence[FailedWebhook]) -> dict[str, int]:
         """Queue kept events again on their senders (by hook label). Counts by result: queued, already_queued
@@ -483,11 +551,21 @@ class Webhooks:
         for sender in self.senders:
             await sender.drain(max(0.0, end - loop.time()))
         await self.keeper.drain(max(0.0, end - loop.time()))
+        if self.outbox is not None:
+            await self.outbox.drain(max(0.0, end - loop.time()))
 
     async def aclose(self, drain_s: float = DRAIN_S, keep_s: float = KEEP_S) -> None:
         """Deliver what is queued (all endpoints at once, up to `drain_s`), then stop the senders, then keep what
         was left in the store (up to `keep_s`)."""
+        if self._claims is not None:
+            self._claims.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claims
         await asyncio.gather(*(sender.aclose(drain_s) for sender in self.senders))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + keep_s
         await self.keeper.aclose(keep_s)
+        if self.outbox is not None:  # what was delivered or kept leaves it
+            await self.outbox.aclose(max(0.5, end - loop.time()))
         if self._own_client:
             await self._client.aclose()

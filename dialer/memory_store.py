@@ -14,7 +14,7 @@ from typing import Any
 
 from dialer.hopper import STATE_VERSION, state_with_callback, state_with_dropped
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
-from dialer.ports import CampaignChange, FailedWebhook, kind_matches
+from dialer.ports import CampaignChange, FailedWebhook, OutboxEntry, kind_matches
 
 # A waiting lead packed in one tuple: (id, phone or phones, custom field pairs or None, country, zone, amount,
 # days past due, segment). A million leads fit in about 40 % less memory than as Lead objects with their dicts.
@@ -67,6 +67,7 @@ class InMemoryStore:
         self._dialed_in: dict[str, list[tuple[float, str]]] = {}
         self._lock = asyncio.Lock()
         self._kept_hooks = _KeptWebhooks()  # webhook events kept (`keep_failed_webhook`)
+        self._outbox: dict[tuple[str, str], OutboxEntry] = {}  # webhook events queued (`outbox_write`)
 
     async def ping(self) -> bool:
         return True
@@ -341,11 +342,16 @@ class InMemoryStore:
 
     async def keep_failed_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float,
                                   cap: int) -> tuple[int, int]:
+        return self._keep_webhook(hook, kind, delivery, event, reason, at, cap, again=True)
+
+    def _keep_webhook(self, hook: str, kind: str, delivery: str, event: str, reason: str, at: float, cap: int, *,
+                      again: bool) -> tuple[int, int]:
         kept = self._kept_hooks
         known = kept.by_delivery.get((hook, delivery))
         old = kept.rows.get(known) if known is not None else None
         if old is not None:  # kept again (a redelivery given up again): the same entry, one more try
-            kept.rows[old.id] = replace(old, event=event, reason=reason, at=at, tries=old.tries + 1)
+            if again:
+                kept.rows[old.id] = replace(old, event=event, reason=reason, at=at, tries=old.tries + 1)
             return old.id, 0
         kept.seq += 1
         kept.rows[kept.seq] = FailedWebhook(kept.seq, hook, kind, delivery, event, reason, at, 1)
@@ -386,6 +392,30 @@ class InMemoryStore:
         for row in self._kept_hooks.rows.values():
             counts[row.hook] = counts.get(row.hook, 0) + 1
         return counts
+
+    # ------------------------------------------------------------------ webhook outbox (this process's only)
+
+    async def outbox_write(self, puts: Sequence[OutboxEntry], dones: Sequence[tuple[str, str]]) -> None:
+        for e in puts:
+            self._outbox[(e.hook, e.delivery)] = e
+        for key in dones:
+            self._outbox.pop(key, None)
+
+    async def outbox_orphans(self, now: float) -> list[str]:
+        return []  # one process's store: no other node shares it
+
+    async def outbox_claim(self, node_id: str | None, reason: str, at: float,
+                           cap: int) -> tuple[list[FailedWebhook], int]:
+        if node_id is not None:
+            return [], 0
+        entries = sorted(self._outbox.values(), key=lambda e: e.order)
+        self._outbox.clear()
+        ids, dropped = [], 0
+        for e in entries:
+            kept_id, n = self._keep_webhook(e.hook, e.kind, e.delivery, e.event, reason, at, cap, again=False)
+            ids.append(kept_id)
+            dropped += n
+        return await self.get_failed_webhooks(ids), dropped
 
 
 @dataclass(slots=True)

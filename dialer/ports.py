@@ -251,6 +251,25 @@ class Store(Protocol):
         """Kept events by hook label."""
         ...
 
+    # A node's webhook outbox: the events its senders queued, written before they are delivered and forgotten once
+    # delivered or kept, so the events of a node killed outright (or cut off at a restart) are not lost with it.
+
+    async def outbox_write(self, puts: Sequence[OutboxEntry], dones: Sequence[tuple[str, str]]) -> None:
+        """Add events to this node's outbox (`puts`, after those there) and forget others (`dones`: (hook label,
+        delivery id)), in one write."""
+        ...
+
+    async def outbox_orphans(self, now: float) -> list[str]:
+        """Other nodes with an outbox that have not been seen (heartbeat) within the lease TTL: gone."""
+        ...
+
+    async def outbox_claim(self, node_id: str | None, reason: str, at: float,
+                           cap: int) -> tuple[list[FailedWebhook], int]:
+        """Turn a node's outbox (None: this node's, left by an earlier run under its id) into kept events, in the
+        order they were queued, given up for `reason` at `at` (one already kept stays as it is); the outbox is then
+        gone. Returns the kept rows (for redelivery) and how many kept events were dropped for `cap`."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class FailedWebhook:
@@ -264,6 +283,17 @@ class FailedWebhook:
     reason: str
     at: float  # when it was last given up
     tries: int  # times given up: 1, and one more for each redelivery given up again
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event a webhook sender queued (`Store.outbox_write`)."""
+
+    hook: str  # the sender's label
+    kind: str
+    delivery: str  # the X-Marcador-Delivery id
+    event: str  # the body to send, JSON text
+    order: int  # rises with each event the node queues: a claim keeps them in this order
 
 
 def kind_matches(kind: str, kinds: Sequence[str]) -> bool:

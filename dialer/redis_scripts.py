@@ -583,30 +583,65 @@ local function forget(id)
 end
 """
 
-# KEYS: docs, ids, by, seq, counts, tries ; ARGV: "<hook>\n<delivery>", hook, doc, cap
-# The same hook and delivery kept again updates its entry (one more try, same id); a new one takes the next id,
-# then the oldest go until `cap` are kept. Returns {id, dropped}.
-WEBHOOK_KEEP = _WEBHOOK_FORGET + """
-local known = redis.call('HGET', KEYS[3], ARGV[1])
-if known and redis.call('HEXISTS', KEYS[1], known) == 1 then
-  redis.call('HSET', KEYS[1], known, ARGV[3])
-  redis.call('HINCRBY', KEYS[6], known, 1)
-  return {tonumber(known), 0}
-end
-local id = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1], id, ARGV[3])
-redis.call('ZADD', KEYS[2], id, id)
-redis.call('HSET', KEYS[3], ARGV[1], id)
-redis.call('HSET', KEYS[6], id, 1)
-redis.call('HINCRBY', KEYS[5], ARGV[2], 1)
-local dropped = 0
-local over = redis.call('ZCARD', KEYS[2]) - math.max(tonumber(ARGV[4]), 1)
-if over > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
-    dropped = dropped + forget(old)
+# keep(by, hook, doc, cap, again): keep one event (KEYS: docs, ids, by, seq, counts, tries). The same hook and
+# delivery (`by`: "<hook>\n<delivery>") kept again updates its entry when `again` (one more try, same id), else is
+# left as it is; a new one takes the next id, then the oldest go until `cap` are kept. Returns id, dropped.
+_WEBHOOK_KEEP_FN = _WEBHOOK_FORGET + """
+local function keep(by, hook, doc, cap, again)
+  local known = redis.call('HGET', KEYS[3], by)
+  if known and redis.call('HEXISTS', KEYS[1], known) == 1 then
+    if again then
+      redis.call('HSET', KEYS[1], known, doc)
+      redis.call('HINCRBY', KEYS[6], known, 1)
+    end
+    return tonumber(known), 0
   end
+  local id = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[1], id, doc)
+  redis.call('ZADD', KEYS[2], id, id)
+  redis.call('HSET', KEYS[3], by, id)
+  redis.call('HSET', KEYS[6], id, 1)
+  redis.call('HINCRBY', KEYS[5], hook, 1)
+  local dropped = 0
+  local over = redis.call('ZCARD', KEYS[2]) - math.max(tonumber(cap), 1)
+  if over > 0 then
+    for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+      dropped = dropped + forget(old)
+    end
+  end
+  return id, dropped
 end
+"""
+
+# KEYS: docs, ids, by, seq, counts, tries ; ARGV: "<hook>\n<delivery>", hook, doc, cap.  Returns {id, dropped}.
+WEBHOOK_KEEP = _WEBHOOK_KEEP_FN + """
+local id, dropped = keep(ARGV[1], ARGV[2], ARGV[3], ARGV[4], true)
 return {id, dropped}
+"""
+
+# A node's webhook outbox: hash "<hook>\n<delivery>" -> "<order> <doc without its closing brace>" ({h, k, d, e}),
+# the events it queued and has neither delivered nor kept. Claimed (a node gone, or this node's own from before a
+# restart): each becomes a kept event, in the order they were queued, with `r` and `t` added; one already kept
+# stays as it is. KEYS: docs, ids, by, seq, counts, tries, outbox, outboxes ; ARGV: node id, reason (JSON string),
+# at, cap.  Returns {dropped, {ids}}.
+OUTBOX_CLAIM = _WEBHOOK_KEEP_FN + """
+local raw = redis.call('HGETALL', KEYS[7])
+local rows = {}
+for i = 1, #raw, 2 do
+  local order, doc = string.match(raw[i + 1], '^(%d+) (.*)$')
+  if order then rows[#rows + 1] = {tonumber(order), raw[i], doc} end
+end
+table.sort(rows, function(a, b) return a[1] < b[1] end)
+local ids, dropped = {}, 0
+for _, row in ipairs(rows) do
+  local hook = string.match(row[2], '^(.-)\\n')
+  local id, n = keep(row[2], hook, row[3] .. ',"r":' .. ARGV[2] .. ',"t":' .. ARGV[3] .. '}', ARGV[4], false)
+  ids[#ids + 1] = id
+  dropped = dropped + n
+end
+redis.call('DEL', KEYS[7])
+redis.call('SREM', KEYS[8], ARGV[1])
+return {dropped, ids}
 """
 
 # KEYS: docs, ids, by, seq, counts, tries ; ARGV: ids.  Returns how many were kept.

@@ -77,6 +77,9 @@ keys in one Cluster slot, so the scripts can touch them together):
     <p>nodes, <p>nodes_seen      node registry (hash of JSON, zset of last heartbeat)
     <p>{wh}:failed, :failed_ids, :failed_by, :failed_seq, :failed_counts, :failed_tries
                                  webhook events kept after their sender gave them up (redis_scripts.WEBHOOK_KEEP)
+    <p>{wh}:outbox:<node>        hash  "<hook>\n<delivery>" -> "<order> <doc>": events a node's senders queued and have
+                                       not yet delivered or kept (redis_scripts.OUTBOX_CLAIM) ; <p>{wh}:outboxes set
+                                       of the nodes that wrote one
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ from redis.asyncio.cluster import RedisCluster
 from dialer import redis_scripts as lua
 from dialer.hopper import state_with_callback, state_with_dropped
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
-from dialer.ports import CampaignBusy, CampaignChange, FailedWebhook, kind_matches
+from dialer.ports import CampaignBusy, CampaignChange, FailedWebhook, OutboxEntry, kind_matches
 
 log = logging.getLogger("marcador.store.redis")
 
@@ -136,6 +139,11 @@ def _num(x: float) -> str:
 
 def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _outbox_doc(e: OutboxEntry) -> str:
+    """A kept event's doc (as `keep_failed_webhook` writes it) without its closing brace and its `r` and `t`."""
+    return json.dumps({"h": e.hook, "k": e.kind, "d": e.delivery, "e": e.event}, separators=(",", ":"))[:-1]
 
 
 def _lead_json(lead: Lead, campaign_id: str) -> str:
@@ -278,6 +286,7 @@ class RedisStore:
         self._s_dispo_ask = client.register_script(lua.DISPO_ASK)
         self._s_webhook_keep = client.register_script(lua.WEBHOOK_KEEP)
         self._s_webhook_drop = client.register_script(lua.WEBHOOK_DROP)
+        self._s_outbox_claim = client.register_script(lua.OUTBOX_CLAIM)
 
     @property
     def client(self) -> RedisClient:
@@ -1270,3 +1279,39 @@ class RedisStore:
         await self._ensure()
         raw = await self._r.hgetall(self._webhook_keys()[4])
         return {str(k): int(v) for k, v in raw.items() if int(v) > 0}
+
+    # ------------------------------------------------------------------ webhook outbox (events not yet sent)
+
+    def _outbox_keys(self, node_id: str) -> list[str]:
+        return [self._g(f"{{wh}}:outbox:{node_id}"), self._g("{wh}:outboxes")]
+
+    async def outbox_write(self, puts: Sequence[OutboxEntry], dones: Sequence[tuple[str, str]]) -> None:
+        if not puts and not dones:
+            return
+        await self._ensure()
+        outbox, outboxes = self._outbox_keys(self.node_id)
+        pipe = self._r.pipeline(transaction=False)
+        if puts:
+            # A claim adds why and when to the doc (redis_scripts.OUTBOX_CLAIM).
+            pipe.hset(outbox, mapping={f"{e.hook}\n{e.delivery}": f"{e.order} {_outbox_doc(e)}" for e in puts})
+            pipe.sadd(outboxes, self.node_id)
+        if dones:
+            pipe.hdel(outbox, *(f"{hook}\n{delivery}" for hook, delivery in dones))
+        await pipe.execute()
+
+    async def outbox_orphans(self, now: float) -> list[str]:
+        await self._ensure()
+        others = sorted(str(n) for n in await self._r.smembers(self._outbox_keys(self.node_id)[1])
+                        if str(n) != self.node_id)
+        if not others:
+            return []
+        seen = await self._r.zmscore(self._g("nodes_seen"), others)
+        return [n for n, at in zip(others, seen, strict=True) if at is None or now - float(at) > self.lease_ttl_s]
+
+    async def outbox_claim(self, node_id: str | None, reason: str, at: float,
+                           cap: int) -> tuple[list[FailedWebhook], int]:
+        await self._ensure()
+        node = self.node_id if node_id is None else node_id
+        dropped, ids = await self._s_outbox_claim(keys=self._webhook_keys() + self._outbox_keys(node),
+                                                  args=[node, json.dumps(reason), _num(at), int(cap)])
+        return await self._webhook_rows(sorted(int(i) for i in ids)), int(dropped)

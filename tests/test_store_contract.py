@@ -17,7 +17,7 @@ import pytest
 
 from dialer.memory_store import InMemoryStore
 from dialer.model import Attempt, CampaignSettings, CampaignStatus, Lead, Outcome, StoredCode
-from dialer.ports import Store
+from dialer.ports import OutboxEntry, Store
 from dialer.redis_store import RedisStore
 from dialer.store_factory import WaitingRedisCluster, open_store, parse_store_url, redact_url
 from tests.harness.redis import RedisClusterServers, RedisSentinel, RedisServer
@@ -1158,3 +1158,55 @@ async def test_kept_webhook_events_survive_a_redis_restart_and_a_new_node(redis_
     finally:
         assert isinstance(later, RedisStore)
         await later.aclose()
+
+
+# ---------------------------------------------------------------------------------------------- webhook outbox
+
+
+def _out(n: int, order: int, hook: str = "https://a.example", kind: str = "call.ended") -> OutboxEntry:
+    body = json.dumps({"type": kind, "data": {"note": f"\"{n}\" é/\\n"}, "id": f"i-{n}", "ts": T0 + n})
+    return OutboxEntry(hook, kind, f"i-{n}", body, order)
+
+
+async def test_an_outbox_left_by_an_earlier_run_becomes_kept_events_in_the_order_queued(store: Store) -> None:
+    puts = [_out(1, 3), _out(2, 1, "https://b.example"), _out(3, 2), _out(4, 4)]
+    await store.outbox_write(puts[:2], [])
+    await store.outbox_write(puts[2:], [("https://a.example", "i-4"), ("https://a.example", "i-9")])  # i-9: none
+    await store.outbox_write([], [("https://a.example", "i-4")])  # delivered: forgotten
+    # One was kept already (given up) before its outbox entry went: it stays as it is, once.
+    kept_id, _ = await store.keep_failed_webhook("https://a.example", "call.ended", "i-3", puts[2].event,
+                                                 "HTTP 404", T0, 100)
+    rows, dropped = await store.outbox_claim(None, "node restarted", T0 + 5, 100)
+    assert dropped == 0
+    assert [(r.hook, r.kind, r.delivery, r.reason, r.at) for r in rows] == [  # in id order
+        ("https://a.example", "call.ended", "i-3", "HTTP 404", T0),
+        ("https://b.example", "call.ended", "i-2", "node restarted", T0 + 5),
+        ("https://a.example", "call.ended", "i-1", "node restarted", T0 + 5)]
+    assert rows[0].id == kept_id and rows[0].tries == 1
+    assert [r.event for r in rows] == [puts[2].event, puts[1].event, puts[0].event]  # bodies byte for byte
+    assert await store.failed_webhooks() == rows
+    assert await store.outbox_claim(None, "node restarted", T0 + 6, 100) == ([], 0)  # the outbox is gone
+
+
+async def test_a_claim_over_the_kept_bound_drops_the_oldest(store: Store) -> None:
+    await store.outbox_write([_out(n, n) for n in range(5)], [])
+    rows, dropped = await store.outbox_claim(None, "node restarted", T0, 3)
+    assert dropped == 2 and [r.delivery for r in rows] == ["i-2", "i-3", "i-4"]
+
+
+async def test_a_gone_nodes_outbox_is_claimed_by_another_node_once(backend: Backend) -> None:
+    a = redis_only(backend.make("node-a"), "node registry")
+    b, c = backend.make("node-b"), backend.make("node-c")
+    await a.heartbeat(now=T0)
+    await a.outbox_write([_out(1, 1), _out(2, 2)], [])
+    await b.outbox_write([_out(3, 1)], [])  # b never heartbeats: gone as soon as it is seen
+    assert await c.outbox_orphans(T0 + 30) == ["node-b"]  # a was seen within the lease TTL (30 s)
+    assert await a.outbox_orphans(T0 + 30) == ["node-b"]  # never a node's own
+    assert await c.outbox_orphans(T0 + 31) == ["node-a", "node-b"]
+    rows, _ = await c.outbox_claim("node-a", "node lost", T0 + 31, 100)
+    assert [(r.delivery, r.reason) for r in rows] == [("i-1", "node lost"), ("i-2", "node lost")]
+    assert await b.outbox_claim("node-a", "node lost", T0 + 31, 100) == ([], 0)  # taken once
+    assert await c.outbox_orphans(T0 + 31) == ["node-b"]
+    # A node claimed while alive (cut off from the store) writes on: its outbox is there again.
+    await a.outbox_write([_out(4, 3)], [])
+    assert [r.delivery for r in (await c.outbox_claim("node-a", "node lost", T0 + 40, 100))[0]] == ["i-4"]

@@ -236,8 +236,9 @@ async def test_two_webhooks_to_one_endpoint_are_two_series_in_metrics() -> None:
         app = create_app(env.runtime, ApiSettings(webhooks=hooks))
         series = [line.rsplit(" ", 1)[0] for line in (await _metrics(app)).splitlines()
                   if line.startswith("marcador_webhook_")]
-        # five series per hook (sent, failed, dropped, retries, backlog), its kept gauge, and two node-wide counters
-        assert len(series) == 2 * 6 + 2 and len(set(series)) == len(series), series
+        # five series per hook (sent, failed, dropped, retries, backlog), its kept gauge, and four node-wide series
+        # (kept events evicted, kept events lost, the outbox's backlog, events taken over)
+        assert len(series) == 2 * 6 + 4 and len(set(series)) == len(series), series
         assert {s.split("url=")[1] for s in series if s.startswith("marcador_webhook_backlog")} == \
             {'"https://hooks.example.com"}', '"https://hooks.example.com#2"}'}
         await app.state.webhooks.aclose()
