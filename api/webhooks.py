@@ -471,6 +471,7 @@ class Webhooks:
         self.outbox = Outbox(self.keeper.store, kept_max, clock, self._taken) if settings else None
         self.senders = [WebhookSender(w, self._client, instance, sleep, self.keeper, self.outbox) for w in settings]
         self._claims: asyncio.Task[None] | None = None
+        self._started = self._closed = False
         self.taken_over = 0  # events of gone nodes (or an earlier run of this one) this node took to redeliver
         # Hooks told apart only by what the label leaves out (a query string) would share one metrics series and
         # one name in the logs: the 2nd, 3rd... are suffixed with their rank (a label never has a fragment).
@@ -487,8 +488,9 @@ class Webhooks:
     def start(self) -> None:
         """Start the outbox (it first takes what an earlier run of this node left) and the watch for gone nodes'
         outboxes. Idempotent; also done by the first event."""
-        if self.outbox is None or self._claims is not None:
+        if self.outbox is None or self._started or self._closed:
             return
+        self._started = True
         self.outbox.start()
         ttl = getattr(self.store, "lease_ttl_s", None)
         if isinstance(ttl, int | float) and ttl > 0:  # a shared store: other nodes may go
@@ -496,7 +498,7 @@ class Webhooks:
                                                                   name="webhook outbox claims")
 
     def __call__(self, ev: OutEvent) -> None:
-        if self._claims is None:
+        if not self._started:
             self.start()
         for sender in self.senders:
             sender.offer(ev)
@@ -514,7 +516,7 @@ class Webhooks:
         fresh again by then, and a live node's outbox is left alone."""
         loop = asyncio.get_running_loop()
         answering_since: float | None = None
-        while True:
+        while self._claims is not None:  # as well as cancelled: a cancel inside a Redis command may be lost there
             try:
                 gone = await self.store.outbox_orphans(self._clock())
                 if answering_since is None:
@@ -557,10 +559,11 @@ class Webhooks:
     async def aclose(self, drain_s: float = DRAIN_S, keep_s: float = KEEP_S) -> None:
         """Deliver what is queued (all endpoints at once, up to `drain_s`), then stop the senders, then keep what
         was left in the store (up to `keep_s`)."""
+        self._closed = True
         if self._claims is not None:
-            self._claims.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._claims
+            claims, self._claims = self._claims, None
+            claims.cancel()
+            await asyncio.wait([claims], timeout=1.0)
         await asyncio.gather(*(sender.aclose(drain_s) for sender in self.senders))
         loop = asyncio.get_running_loop()
         end = loop.time() + keep_s
