@@ -211,3 +211,10 @@ def test_the_simulated_pbx_judges_its_callers_on_the_originates_ring_time() -> N
         kinds[ring] = Counter(model.fate("+15550000001", ring).kind for _ in range(200))
     assert set(kinds[10.0]) == {"no_answer"}
     assert kinds[15.0]["answer"] > 100 and set(kinds[15.0]) == {"answer", "no_answer"}
+
+
+def test_a_file_that_is_not_utf8_text_names_the_file(tmp_path: Path) -> None:
+    """A binary or Latin-1 file was a UnicodeDecodeError traceback."""
+    (tmp_path / "latin.yaml").write_bytes(b"name: se\xf1or\nagents: {count: 5}\n")
+    with pytest.raises(ScenarioError, match=r"latin\.yaml: not UTF-8 text"):
+        load_scenario(tmp_path / "latin.yaml")
