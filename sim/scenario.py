@@ -111,7 +111,7 @@ class Dist(BaseModel):
 class Ramp(BaseModel):
     """A value that changes linearly over the whole shift, `from` at its start to `to` at its end."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     start: float = Field(alias="from")
     end: float = Field(alias="to")
@@ -126,15 +126,19 @@ def _check_schedule_shape(v: Any) -> Any:
     if isinstance(v, bool):
         raise ValueError(f"expected {SCHEDULE_SHAPES}")
     if isinstance(v, int | float | Ramp):
-        return v
-    if isinstance(v, dict) and set(v) in ({"from", "to"}, {"start", "end"}) and all(
+        numbers = [v.start, v.end] if isinstance(v, Ramp) else [v]
+    elif isinstance(v, dict) and set(v) in ({"from", "to"}, {"start", "end"}) and all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in v.values()):
-        return v
-    if isinstance(v, list) and v and all(
+        numbers = list(v.values())
+    elif isinstance(v, list) and v and all(
             isinstance(p, list | tuple) and len(p) == 2
             and all(isinstance(x, int | float) and not isinstance(x, bool) for x in p) for p in v):
-        return v
-    raise ValueError(f"expected {SCHEDULE_SHAPES}, got {v!r}")
+        numbers = [x for p in v for x in p]
+    else:
+        raise ValueError(f"expected {SCHEDULE_SHAPES}, got {v!r}")
+    if not all(math.isfinite(x) for x in numbers):  # YAML's .nan and .inf: a time or a share must be a number
+        raise ValueError(f"every number must be finite, got {v!r}")
+    return v
 
 
 _NUMBER = int | float  # built once: `value_at` runs four times per dialed call
@@ -162,14 +166,14 @@ def _breakpoints(spec: Schedule) -> list[float]:
 
 
 class AgentChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     at_s: float = Field(ge=0)
     count: int = Field(ge=0, le=100_000)
 
 
 class Agents(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int = Field(ge=0, le=100_000)
     wrapup_s: Dist = Dist(dist="fixed", value=10.0)
@@ -194,7 +198,7 @@ PROBABILITIES = ("p_live", "p_machine", "p_busy", "p_fail")
 
 
 class Calls(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     p_live: Schedule = 0.2
     p_machine: Schedule = 0.0
@@ -223,7 +227,7 @@ class Calls(BaseModel):
 
 
 class CampaignSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     abandon_target: float = Field(0.03, gt=0, le=0.5)
     abandon_threshold_s: float = Field(2.0, gt=0)
@@ -233,7 +237,7 @@ class CampaignSpec(BaseModel):
 
 
 class Amd(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     detect_s: float = Field(2.5, ge=0)  # answer → verdict; the core hears of the answer only then
@@ -242,7 +246,7 @@ class Amd(BaseModel):
 
 
 class FileRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     file: str = Field(min_length=1, description="path, relative to the scenario file")
 
@@ -250,7 +254,7 @@ class FileRef(BaseModel):
 class LeadGenerator(BaseModel):
     """Debtors made up from a seed: numbers valid in their country, zones derived from the number."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     count: int = Field(gt=0, le=2_000_000)
     countries: list[str] = Field(default_factory=lambda: ["US"], min_length=1)
@@ -260,7 +264,7 @@ class LeadGenerator(BaseModel):
 
 
 class Leads(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     file: str | None = None  # the lead CSV of the core (lead_id,phone,country,timezone,...)
     generator: LeadGenerator | None = None
@@ -282,7 +286,7 @@ def _rule_set_name(v: str) -> str:
 class CampaignEntry(BaseModel):
     """One of several campaigns sharing the floor's agents (by weight), each with its own debtors and rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     weight: float = Field(1.0, gt=0)
@@ -306,7 +310,7 @@ _PER_CAMPAIGN = ("leads", "rule_set", "rule_overrides", "dnc", "removals", "did_
 
 
 class Scenario(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     seed: int = 1

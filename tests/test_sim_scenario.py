@@ -218,3 +218,20 @@ def test_a_file_that_is_not_utf8_text_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "latin.yaml").write_bytes(b"name: se\xf1or\nagents: {count: 5}\n")
     with pytest.raises(ScenarioError, match=r"latin\.yaml: not UTF-8 text"):
         load_scenario(tmp_path / "latin.yaml")
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"duration_s": float("inf")}, "duration_s"),  # ran for ever
+    ({"campaign": {"abandon_threshold_s": float("inf")}}, r"campaign\.abandon_threshold_s"),  # a traceback
+    ({"campaign": {"max_calls_per_s": float("nan")}}, r"campaign\.max_calls_per_s"),
+    ({"calls": {"no_answer_timeout_s": float("inf")}}, r"calls\.no_answer_timeout_s"),  # rang for ever
+    ({"calls": {"machine_talk_s": float("inf")}}, r"calls\.machine_talk_s"),
+    ({"calls": {"p_live": [[float("nan"), 0.2], [10, 0.3]]}}, r"calls\.p_live"),
+    ({"calls": {"p_live": [[0, 0.2], [float("inf"), 0.3]]}}, r"calls\.p_live"),
+    ({"agents": {"count": 5, "schedule": [{"at_s": float("inf"), "count": 2}]}}, r"agents\.schedule\.0\.at_s"),
+    ({"amd": {"detect_s": float("inf")}}, r"amd\.detect_s"),
+])
+def test_numbers_in_a_scenario_are_finite(over: dict[str, object], field: str) -> None:
+    """YAML's .inf and .nan: a shift of .inf seconds never ended, an endless abandon threshold was a traceback."""
+    with pytest.raises(ScenarioError, match=rf"^scenario: {field}: "):
+        parse_scenario(_scenario(**over))
