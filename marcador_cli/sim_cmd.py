@@ -43,7 +43,7 @@ def _load(path: Path) -> Scenario:
         raise typer.BadParameter(str(exc), param_hint="SCENARIO") from None
 
 
-_OPTION = {"duration_s": "--duration", "tick_s": "--tick", "agents": "--agents", "ratio": "--ratio"}
+_OPTION = {"seed": "--seed", "duration_s": "--duration", "tick_s": "--tick", "agents": "--agents", "ratio": "--ratio"}
 
 
 def _check_overrides(**overrides: Any) -> None:
@@ -99,7 +99,7 @@ def run(
     """Simulate one strategy over the scenario's shift (`marcador sim SCENARIO` is short for this)."""
     sc = _load(scenario)
     _check_strategy(strategy)
-    _check_overrides(duration_s=duration, tick_s=tick, agents=agents, ratio=ratio)
+    _check_overrides(seed=seed, duration_s=duration, tick_s=tick, agents=agents, ratio=ratio)
     if ratio is not None and strategy != "ratio":
         raise typer.BadParameter(f"sets the lines per ready agent of --strategy ratio; {strategy} does not use it",
                                  param_hint="--ratio")
@@ -151,7 +151,7 @@ def compare(
 ) -> None:
     """Run every strategy on the same callers (same seed) and compare: sorted by occupancy, with abandon rates."""
     sc = _load(scenario)
-    _check_overrides(duration_s=duration)
+    _check_overrides(seed=seed, duration_s=duration)
     several = len(sc.campaign_entries()) > 1
     default = [n for n in strategy_names() if not (several and n == ORACLE)]  # the oracle plans one campaign
     names = [n.strip() for n in strategies.split(",") if n.strip()] if strategies else default

@@ -260,7 +260,7 @@ class LeadGenerator(BaseModel):
     countries: list[str] = Field(default_factory=lambda: ["US"], min_length=1)
     segments: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     phones: int = Field(1, ge=1, le=5, description="phones per debtor")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
 
 
 class Leads(BaseModel):
@@ -313,7 +313,7 @@ class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
-    seed: int = 1
+    seed: int = Field(1, ge=0)  # numpy's seeds are never negative
     duration_s: float = Field(28_800.0, gt=0)
     pacing_tick_s: float = Field(1.0, gt=0, le=60)
     agents: Agents

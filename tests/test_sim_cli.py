@@ -84,6 +84,7 @@ def test_errors_say_what_is_wrong(tmp_path: Path) -> None:
     (["--tick", "0"], "--tick", "more than 0 and at most 60"),  # a tick of 0 never advanced the clock: a hang
     (["--tick", "nan"], "--tick", "more than 0 and at most 60"),
     (["--agents", "-3"], "--agents", "0 to 100000"),
+    (["--seed", "-1"], "--seed", "0 or more"),  # numpy takes no negative seed: it was a traceback
     (["--strategy", "ratio", "--ratio", "0"], "--ratio", "more than 0"),
     (["--strategy", "erlang", "--ratio", "3"], "--ratio", "erlang does not use it"),
 ])
@@ -113,3 +114,5 @@ def test_the_simulation_refuses_bad_overrides_from_python_too() -> None:
         Simulation(sc, "erlang", tick_s=0.0)
     with pytest.raises(ValueError, match=r"duration_s: .*; ratio: "):
         Simulation(sc, "ratio", duration_s=-1.0, ratio=-2.0)
+    with pytest.raises(ValueError, match=r"seed: must be 0 or more"):
+        Simulation(sc, "erlang", seed=-1)

@@ -72,6 +72,8 @@ def test_parameters_change_over_the_shift() -> None:
     (_scenario(agents={"count": 5, "schedule": [{"at_s": 10}]}), r"agents\.schedule\.0\.count", "Field required"),
     (_scenario(amd={"enable": True}), r"amd\.enable", "Extra inputs"),
     (_scenario(campaign={"abandon_target": 0}), r"campaign\.abandon_target", "greater than 0"),
+    (_scenario(seed=-1), r"seed", "greater than or equal to 0"),  # numpy's seeds: a ValueError traceback
+    (_scenario(leads={"generator": {"count": 5, "seed": -2}}), r"leads\.generator\.seed", "greater than or equal"),
     ({"name": "t"}, r"agents", "Field required"),
 ])
 def test_scenario_errors_name_the_field(data: dict[str, object], field: str, why: str) -> None:

@@ -71,11 +71,13 @@ def strategy_names() -> list[str]:
     return [*STRATEGIES, ORACLE]
 
 
-def override_problems(*, duration_s: float | None = None, tick_s: float | None = None, agents: int | None = None,
-                      ratio: float | None = None) -> list[tuple[str, str]]:
+def override_problems(*, seed: int | None = None, duration_s: float | None = None, tick_s: float | None = None,
+                      agents: int | None = None, ratio: float | None = None) -> list[tuple[str, str]]:
     """(field, what is wrong) for each run override outside the bounds a scenario file has for the same field
     (a tick of 0 would never advance the clock)."""
     problems = []
+    if seed is not None and seed < 0:
+        problems.append(("seed", f"must be 0 or more (got {seed})"))
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
         problems.append(("duration_s", f"must be more than 0 seconds (got {duration_s:g})"))
     if tick_s is not None and not (math.isfinite(tick_s) and 0 < tick_s <= 60):
@@ -131,7 +133,7 @@ class Simulation:
         series_every_s: float = 60.0,
         progress: Callable[[float], None] | None = None,
     ) -> None:
-        problems = override_problems(duration_s=duration_s, tick_s=tick_s, agents=agents, ratio=ratio)
+        problems = override_problems(seed=seed, duration_s=duration_s, tick_s=tick_s, agents=agents, ratio=ratio)
         if problems:
             raise ValueError("; ".join(f"{name}: {why}" for name, why in problems))
         self.sc = scenario
