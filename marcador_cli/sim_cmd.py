@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,20 +112,14 @@ def run(
                                  f"{len(sc.campaign_entries())} campaigns", param_hint="--strategy")
     if plot is not None:
         _need_matplotlib()
+    _check_output_file(attempts_out, "--attempts-out")
+    _check_output_file(refusals_out, "--refusals-out")
+    if plot is not None and plot.exists() and not plot.is_dir():
+        raise typer.BadParameter(f"{plot} exists and is not a folder", param_hint="--plot")
+    _check_output_file(plot, "--plot", folder=True)
     result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio, tick=tick,
                       show_progress=sys.stdout.isatty() and not as_json)
-    if attempts_out is not None:
-        with attempts_out.open("w", encoding="utf-8") as fh:
-            for a in result.attempts:
-                fh.write(json.dumps(attempt_row(a, result.start)) + "\n")
-    if refusals_out is not None:
-        with refusals_out.open("w", encoding="utf-8") as fh:
-            for r in result.refusals:
-                fh.write(json.dumps(r) + "\n")
-    if plot is not None:
-        from sim.des.plots import write_plots
-
-        write_plots(result, sc, plot)
+    _write_outputs(result, sc, attempts_out, refusals_out, plot)
     s = result.summary
     if as_json:
         print(json.dumps(s))
@@ -131,6 +129,79 @@ def run(
                 "max_hourly_abandon_rate", "occupancy", "idle_per_connect_s", "sim_seconds", "wall_seconds"):
         table.add_row(key, str(s[key]))
     Console().print(table)
+
+
+def _check_output_file(path: Path | None, option: str, *, folder: bool = False) -> None:
+    """Before the run: an output that could never be written is a usage error now, not a traceback after it."""
+    if path is None:
+        return
+    if not folder and path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
+    for parent in path.parents:  # the nearest one that exists must be a folder (the rest are made)
+        if parent.exists():
+            if not parent.is_dir():
+                raise typer.BadParameter(f"{parent} is not a folder", param_hint=option)
+            break
+
+
+def _write_outputs(result: SimResult, sc: Scenario, attempts_out: Path | None, refusals_out: Path | None,
+                   plot: Path | None) -> None:
+    """The attempt and refusal logs and the charts, all or none: each is written aside (a hidden temporary beside
+    its place) and put in place only once every one is written. Folders are made as needed; on a failure the
+    temporaries and the folders made for them are removed, and files already there are left as they were."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    made: list[Path] = []
+    temps: list[Path] = []
+    staged: list[tuple[Path, Path]] = []  # (written aside, its place)
+    try:
+        for path, rows in ((attempts_out, (attempt_row(a, result.start) for a in result.attempts)),
+                           (refusals_out, iter(result.refusals))):
+            if path is None:
+                continue
+            _make_folder(path.parent, made)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append(Path(name))
+            os.fchmod(fd, 0o666 & ~umask)  # as `open` would have made it (mkstemp's are private)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row) + "\n")
+            staged.append((Path(name), path))
+        if plot is not None:
+            from sim.des import plots
+
+            _make_folder(plot.parent, made)
+            aside = Path(tempfile.mkdtemp(prefix=f".{plot.name}.", dir=plot.parent))
+            temps.append(aside)
+            for chart in plots.write_plots(result, sc, aside):
+                staged.append((chart, plot / chart.name))
+            _make_folder(plot, made)
+        for aside_path, path in staged:
+            os.replace(aside_path, path)
+    except BaseException as exc:  # Ctrl-C too: no temporary left behind
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        if not isinstance(exc, OSError):
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        Console(stderr=True, soft_wrap=True).print(
+            f"sim: cannot write the run's output{where}: {exc.strerror or exc}; nothing written", style="red",
+            markup=False)
+        raise typer.Exit(1) from None
+    for temp in temps:
+        if temp.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _make_folder(folder: Path, made: list[Path]) -> None:
+    """`mkdir -p`, noting each folder it made (outermost first)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir()
+        made.append(p)
 
 
 def _need_matplotlib() -> None:

@@ -116,3 +116,58 @@ def test_the_simulation_refuses_bad_overrides_from_python_too() -> None:
         Simulation(sc, "ratio", duration_s=-1.0, ratio=-2.0)
     with pytest.raises(ValueError, match=r"seed: must be 0 or more"):
         Simulation(sc, "erlang", seed=-1)
+
+
+def _text(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_output_files_go_into_folders_made_for_them(tmp_path: Path) -> None:
+    """The README's `--attempts-out build/attempts.jsonl` failed with a traceback, after the whole run, where
+    build/ did not exist yet (a fresh clone)."""
+    attempts, refusals = tmp_path / "build" / "a.jsonl", tmp_path / "build" / "deeper" / "r.jsonl"
+    s = _json(["sim", SCENARIO, "--duration", "600", "--json", "--attempts-out", str(attempts),
+               "--refusals-out", str(refusals)])
+    assert len(attempts.read_text().splitlines()) == s["attempts"]
+    assert refusals.read_text() == ""  # no gates in this scenario: an empty log, not a missing one
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.jsonl", "build", "deeper", "r.jsonl"]  # no temp file
+
+
+@pytest.mark.parametrize("option", ["--attempts-out", "--refusals-out"])
+def test_an_output_file_that_cannot_be_one_is_refused_before_the_run(tmp_path: Path, option: str) -> None:
+    (tmp_path / "a-file").write_text("kept\n")
+    for path, says in ((tmp_path, "is a folder"), (tmp_path / "a-file" / "x.jsonl", "is not a folder")):
+        r = CliRunner().invoke(app, ["sim", SCENARIO, "--duration", "600", "--json", option, str(path)])
+        assert r.exit_code == 2, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+        assert option in _text(r.output) and says in _text(r.output) and "\"attempts\"" not in r.output  # no run
+    assert (tmp_path / "a-file").read_text() == "kept\n"
+
+
+def test_plot_into_a_file_is_refused_before_the_run(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("kept\n")
+    r = CliRunner().invoke(app, ["sim", SCENARIO, "--duration", "600", "--json", "--plot", str(tmp_path / "a-file")])
+    assert r.exit_code == 2 and "--plot" in _text(r.output) and "not a folder" in _text(r.output), r.output
+    assert (tmp_path / "a-file").read_text() == "kept\n"
+
+
+def test_a_failed_write_leaves_no_output_half_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output is written aside and put in place only once all are written: a run whose plots fail leaves
+    neither an attempt log nor a half-filled plot folder, and an old attempt log is kept as it was."""
+    import sim.des.plots
+
+    def broken(result: object, sc: object, folder: Path) -> list[Path]:
+        (folder / "half.png").write_bytes(b"\x89PNG")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sim.des.plots, "write_plots", broken)
+    old = tmp_path / "old.jsonl"
+    old.write_text("previous run\n")
+    r = CliRunner().invoke(app, ["sim", SCENARIO, "--duration", "600", "--json", "--attempts-out", str(old),
+                                 "--refusals-out", str(tmp_path / "new" / "r.jsonl"),
+                                 "--plot", str(tmp_path / "plots")])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "No space left on device" in _text(r.output)
+    assert old.read_text() == "previous run\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["old.jsonl"]
