@@ -171,3 +171,13 @@ def test_a_failed_write_leaves_no_output_half_done(tmp_path: Path, monkeypatch: 
     assert "No space left on device" in _text(r.output)
     assert old.read_text() == "previous run\n"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["old.jsonl"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the plot extra is not installed")
+def test_charts_of_a_scenario_whose_name_has_a_slash_land_in_the_plot_folder(tmp_path: Path) -> None:
+    """`name: ops/north` made the chart paths point into a sub-folder that did not exist: a traceback."""
+    sc = tmp_path / "sc.yaml"
+    sc.write_text("name: ops/north\nduration_s: 600\nagents: {count: 3}\n")
+    _json(["sim", str(sc), "--json", "--plot", str(tmp_path / "plots")])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        f"ops_north-erlang-{c}.png" for c in ("abandon", "agents", "lines_per_agent", "occupancy")]

@@ -3,6 +3,7 @@ against target (cumulative and hourly), occupancy, lines per agent, agents by st
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sim.des.simulation import SimResult, hourly_abandons
@@ -29,8 +30,11 @@ def write_plots(result: SimResult, sc: Scenario, folder: Path) -> list[Path]:
     strategy = result.summary["strategy"]
     written: list[Path] = []
 
+    # A file name, whatever the scenario's name holds (a slash made a path into a folder that did not exist).
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{sc.name}-{strategy}").lstrip(".")
+
     def save(fig: object, name: str) -> None:
-        path = folder / f"{sc.name}-{strategy}-{name}.png"
+        path = folder / f"{stem}-{name}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
         plt.close(fig)  # type: ignore[arg-type]
         written.append(path)
