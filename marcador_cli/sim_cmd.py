@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from typer.core import TyperGroup
 
+from sim.debtors import DebtorFileError
 from sim.des.simulation import SimResult, Simulation, attempt_row, override_problems, strategy_names
 from sim.oracle import NAME as ORACLE
 from sim.scenario import Scenario, ScenarioError, load_scenario
@@ -63,12 +64,13 @@ def _check_strategy(name: str) -> None:
 
 def simulate(sc: Scenario, strategy: str, *, seed: int | None = None, duration: float | None = None,
              agents: int | None = None, ratio: float | None = None, tick: float | None = None,
-             show_progress: bool = False) -> SimResult:
-    """One run; a progress bar in virtual time when asked (a terminal)."""
+             show_progress: bool = False, origin: str = "scenario") -> SimResult:
+    """One run; a progress bar in virtual time when asked (a terminal). `origin` names the scenario's file in
+    errors."""
     _check_strategy(strategy)
     options: dict[str, Any] = {"seed": seed, "duration_s": duration, "agents": agents, "ratio": ratio, "tick_s": tick}
     if not show_progress:
-        return Simulation(sc, strategy, **options).run()
+        return _run(sc, strategy, origin, options)
     total = duration if duration is not None else sc.duration_s
     columns = (TextColumn(f"{sc.name} · {strategy}"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of the shift"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -82,7 +84,21 @@ def simulate(sc: Scenario, strategy: str, *, seed: int | None = None, duration: 
                 last[0] = t
                 progress.update(task, completed=t)
 
-        return Simulation(sc, strategy, progress=advance, **options).run()
+        return _run(sc, strategy, origin, {**options, "progress": advance})
+
+
+def _run(sc: Scenario, strategy: str, origin: str, options: dict[str, Any]) -> SimResult:
+    """Build and run the simulation. A debtor, DNC or removals file that cannot be used (read as the simulation
+    is built and as its run starts), or campaign settings the core refuses, is a usage error naming the file (and
+    row), not a traceback. (The run's overrides and the oracle's floor are checked before.)"""
+    try:
+        sim = Simulation(sc, strategy, **options)
+    except ValueError as exc:  # DebtorFileError and the core's refusals of a campaign's settings
+        raise typer.BadParameter(f"{origin}: {exc}", param_hint="SCENARIO") from None
+    try:
+        return sim.run()
+    except DebtorFileError as exc:  # the DNC and removals files, read when the run starts
+        raise typer.BadParameter(f"{origin}: {exc}", param_hint="SCENARIO") from None
 
 
 @app.command("run")
@@ -118,7 +134,7 @@ def run(
         raise typer.BadParameter(f"{plot} exists and is not a folder", param_hint="--plot")
     _check_output_file(plot, "--plot", folder=True)
     result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio, tick=tick,
-                      show_progress=sys.stdout.isatty() and not as_json)
+                      show_progress=sys.stdout.isatty() and not as_json, origin=str(scenario))
     _write_outputs(result, sc, attempts_out, refusals_out, plot)
     s = result.summary
     if as_json:
@@ -231,8 +247,8 @@ def compare(
     if several and ORACLE in names:
         raise typer.BadParameter(f"the oracle plans for a single campaign's floor; {sc.name} has "
                                  f"{len(sc.campaign_entries())} campaigns", param_hint="--strategies")
-    rows = [simulate(sc, name, seed=seed, duration=duration, show_progress=sys.stdout.isatty() and not as_json).summary
-            for name in names]
+    rows = [simulate(sc, name, seed=seed, duration=duration, show_progress=sys.stdout.isatty() and not as_json,
+                     origin=str(scenario)).summary for name in names]
     rows = rank(rows)
     if as_json:
         print(json.dumps({"scenario": sc.name, "target": sc.campaign.abandon_target, "results": rows}))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import phonenumbers
 
-from dialer.leads import ParseReport, iter_csv_leads, lead_from_row
+from dialer.leads import LeadFileError, ParseReport, iter_csv_leads, lead_from_row
 from dialer.model import Lead
 
 # Area codes whose zone the number gives away (one zone each), so made-up debtors are not held for their zone.
@@ -81,6 +81,10 @@ def read_leads(path: Path, campaign_id: str) -> tuple[list[Lead], ParseReport]:
             leads = list(iter_csv_leads(fh, campaign_id, report))
     except OSError as exc:
         raise DebtorFileError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DebtorFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except LeadFileError as exc:  # the header: the core's message, with the file it is about
+        raise DebtorFileError(f"{path}: {exc}") from None
     return leads, report
 
 
@@ -94,7 +98,10 @@ class Timed:
 
 def read_timed(path: Path, key: str, when: str) -> list[Timed]:
     """CSV with columns `key,when` (when: ISO 8601 with offset). Errors name the file, row and field."""
-    return list(_timed_rows(path, key, when))
+    try:
+        return list(_timed_rows(path, key, when))
+    except UnicodeDecodeError as exc:
+        raise DebtorFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _timed_rows(path: Path, key: str, when: str) -> Iterator[Timed]:

@@ -37,7 +37,15 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ScenarioError(ValueError):
@@ -276,6 +284,32 @@ class Leads(BaseModel):
         return self
 
 
+def _rule_overrides(v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """The overrides the core's rule set takes (checked now, not when the simulation is built: a traceback)."""
+    from dialer.compliance import load_rule_set
+
+    rule_set = info.data.get("rule_set")
+    if v and isinstance(rule_set, str):  # no rule set: its own error already
+        try:
+            load_rule_set(rule_set, v)
+        except (TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a rule override the core takes: {exc}") from None
+    return v
+
+
+def _recycle_rules(v: dict[str, Any]) -> dict[str, Any]:
+    """The hopper's rules as the core reads them (its errors say `hopper.`: here the field is `recycle`)."""
+    from dialer.hopper import HopperRules
+
+    try:
+        HopperRules.from_config(v)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("hopper.")) from None
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a hopper rule the core takes: {exc}") from None
+    return v
+
+
 def _rule_set_name(v: str) -> str:
     from dialer.compliance import RULE_SETS  # the core's table: a scenario names what the engine runs
     if v not in RULE_SETS:
@@ -304,6 +338,16 @@ class CampaignEntry(BaseModel):
     @classmethod
     def _known_rule_set(cls, v: str) -> str:
         return _rule_set_name(v)
+
+    @field_validator("rule_overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _rule_overrides(v, info)
+
+    @field_validator("recycle")
+    @classmethod
+    def _recycle(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _recycle_rules(v)
 
 
 _PER_CAMPAIGN = ("leads", "rule_set", "rule_overrides", "dnc", "removals", "did_pool", "recycle")
@@ -345,6 +389,16 @@ class Scenario(BaseModel):
     @classmethod
     def _known_rule_set(cls, v: str) -> str:
         return _rule_set_name(v)
+
+    @field_validator("rule_overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _rule_overrides(v, info)
+
+    @field_validator("recycle")
+    @classmethod
+    def _recycle(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _recycle_rules(v)
 
     @model_validator(mode="after")
     def _campaigns_or_top_level(self) -> Scenario:

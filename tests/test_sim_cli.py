@@ -181,3 +181,30 @@ def test_charts_of_a_scenario_whose_name_has_a_slash_land_in_the_plot_folder(tmp
     _json(["sim", str(sc), "--json", "--plot", str(tmp_path / "plots")])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         f"ops_north-erlang-{c}.png" for c in ("abandon", "agents", "lines_per_agent", "occupancy")]
+
+
+@pytest.mark.parametrize(("extra", "files", "says"), [
+    ("leads: {file: nope.csv}", {}, "nope.csv: cannot read"),
+    ("leads: {file: leads.csv}", {"leads.csv": "lead_id,phone\nx1,+15551234567\n"},
+     "leads.csv: missing required columns"),
+    ("leads: {generator: {count: 5, countries: [ZZ]}}", {}, "no made-up numbers for 'ZZ'"),
+    ("dnc: {file: dnc.csv}", {"dnc.csv": "number,added_at\n+15551234567,yesterday\n"},
+     "dnc.csv: row 1: added_at: not an ISO date-time"),
+    ("removals: {file: gone.csv}", {"gone.csv": b"lead_id,removed_at\nL\xf1,2026-01-05T09:00:00Z\n"},
+     "gone.csv: not UTF-8 text"),
+    ("rule_set: us-tsr-regf\nrule_overrides: {bogus: 1}", {}, "rule_overrides: bogus: unknown or fixed field"),
+    ("recycle: {max_attempts: 3}", {}, "recycle: max_attempts: unknown field"),
+])
+def test_the_scenarios_own_files_and_rules_are_usage_errors_not_tracebacks(
+        tmp_path: Path, extra: str, files: dict[str, str | bytes], says: str) -> None:
+    """A debtor, DNC or removals file that cannot be used, and rule overrides or recycle rules the core refuses,
+    were tracebacks (DebtorFileError, LeadFileError, ValueError) when the simulation was built."""
+    for name, body in files.items():
+        (tmp_path / name).write_bytes(body if isinstance(body, bytes) else body.encode())
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(f"name: t\nduration_s: 600\nagents: {{count: 3}}\n{extra}\n")
+    r = CliRunner().invoke(app, ["sim", str(sc), "--json"])
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    squeezed = "".join(r.output.replace("│", "").split())  # long paths wrap anywhere in the box
+    assert "SCENARIO" in squeezed and says.replace(" ", "") in squeezed, r.output

@@ -75,6 +75,9 @@ def test_parameters_change_over_the_shift() -> None:
     (_scenario(seed=-1), r"seed", "greater than or equal to 0"),  # numpy's seeds: a ValueError traceback
     (_scenario(leads={"generator": {"count": 5, "seed": -2}}), r"leads\.generator\.seed", "greater than or equal"),
     ({"name": "t"}, r"agents", "Field required"),
+    (_scenario(campaigns=[{"id": "a", "rule_set": "uk-ofcom", "rule_overrides": {"min_ring_s": 5}}]),
+     r"campaigns\.0\.rule_overrides", "would loosen"),  # was a ValueError traceback when the run was built
+    (_scenario(recycle={"max_attempts_lead": 0}), r"recycle", "max_attempts_lead"),
 ])
 def test_scenario_errors_name_the_field(data: dict[str, object], field: str, why: str) -> None:
     with pytest.raises(ScenarioError, match=rf"^scenario: .*{field}: .*{why}"):
