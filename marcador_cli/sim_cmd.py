@@ -241,7 +241,10 @@ def compare(
     _check_overrides(seed=seed, duration_s=duration)
     several = len(sc.campaign_entries()) > 1
     default = [n for n in strategy_names() if not (several and n == ORACLE)]  # the oracle plans one campaign
-    names = [n.strip() for n in strategies.split(",") if n.strip()] if strategies else default
+    names = list(dict.fromkeys(n.strip() for n in strategies.split(",") if n.strip())) if strategies else default
+    if not names:  # `--strategies ,`: an empty table was no answer
+        raise typer.BadParameter("no strategy named; give one or more, comma-separated, or leave the option out "
+                                 "for all", param_hint="--strategies")
     for name in names:
         _check_strategy(name)
     if several and ORACLE in names:

@@ -208,3 +208,13 @@ def test_the_scenarios_own_files_and_rules_are_usage_errors_not_tracebacks(
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     squeezed = "".join(r.output.replace("│", "").split())  # long paths wrap anywhere in the box
     assert "SCENARIO" in squeezed and says.replace(" ", "") in squeezed, r.output
+
+
+def test_compare_needs_a_strategy_and_runs_each_once() -> None:
+    """`--strategies ,` printed an empty table with exit 0; a name given twice was run twice."""
+    r = CliRunner().invoke(app, ["sim", "compare", SCENARIO, "--strategies", " , "])
+    assert r.exit_code == 2 and "--strategies" in _text(r.output) and "no strategy" in _text(r.output), r.output
+    table = _json(["sim", "compare", SCENARIO, "--duration", "300", "--strategies", "ratio,progressive,ratio",
+                   "--json"])
+    rows = table["results"]
+    assert isinstance(rows, list) and sorted(row["strategy"] for row in rows) == ["progressive", "ratio"]
