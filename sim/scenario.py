@@ -425,6 +425,14 @@ class Scenario(BaseModel):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     @model_validator(mode="after")
+    def _schedule_within_the_shift(self) -> Scenario:
+        for i, change in enumerate(self.agents.schedule):
+            if change.at_s > self.duration_s:  # never reached: a slip (minutes for seconds, a shortened copy)
+                raise ValueError(f"agents.schedule.{i}.at_s: {change.at_s:g} s is after the end of the shift "
+                                 f"(duration_s {self.duration_s:g})")
+        return self
+
+    @model_validator(mode="after")
     def _shares(self) -> Scenario:
         # Sums of piecewise-linear schedules peak at a breakpoint, the start or the end: check those.
         times = {0.0, self.duration_s}

@@ -240,3 +240,13 @@ def test_numbers_in_a_scenario_are_finite(over: dict[str, object], field: str) -
     """YAML's .inf and .nan: a shift of .inf seconds never ended, an endless abandon threshold was a traceback."""
     with pytest.raises(ScenarioError, match=rf"^scenario: {field}: "):
         parse_scenario(_scenario(**over))
+
+
+def test_an_agent_change_after_the_shift_ends_is_refused() -> None:
+    """A change at 9000 s in a 1800 s shift (minutes for seconds, a shorter copy of a file) was ignored without a
+    word. At the very end it is allowed (it changes nothing), like a change in a --duration run that ends before it."""
+    with pytest.raises(ScenarioError, match=r"^scenario: agents\.schedule\.1\.at_s: 9000 s is after the end of "
+                                            r"the shift \(duration_s 1800\)"):
+        parse_scenario(_scenario(agents={"count": 5, "schedule": [{"at_s": 60, "count": 3},
+                                                                  {"at_s": 9000, "count": 2}]}))
+    parse_scenario(_scenario(agents={"count": 5, "schedule": [{"at_s": 1800, "count": 2}]}))
