@@ -451,7 +451,9 @@ class Scenario(BaseModel):
 def load_scenario(path: str | Path) -> Scenario:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        _no_key_twice(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text)
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -462,6 +464,33 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{path}: the top level must be a mapping")
     data.setdefault("base_dir", str(path.parent))
     return parse_scenario(data, str(path))
+
+
+def _no_key_twice(node: yaml.Node | None, path: Path) -> None:
+    """YAML keeps the last of two equal keys in a mapping without a word (a second `p_live` further down replaced
+    the first): refuse them, naming both lines."""
+    stack: list[tuple[yaml.Node, str]] = [(node, "")] if node is not None else []
+    seen: set[int] = set()
+    while stack:
+        n, where = stack.pop()
+        if id(n) in seen:  # an alias: the anchored node is checked once
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    key = f"{where}.{k.value}" if where else k.value
+                    line = k.start_mark.line + 1
+                    if k.value in first:
+                        raise ScenarioError(f"{path}: line {line}: {key} given twice (first on line "
+                                            f"{first[k.value]})")
+                    first[k.value] = line
+                    stack.append((v, key))
+                else:
+                    stack.append((v, where))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend((v, f"{where}.{i}") for i, v in enumerate(n.value))
 
 
 def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:

@@ -250,3 +250,11 @@ def test_an_agent_change_after_the_shift_ends_is_refused() -> None:
         parse_scenario(_scenario(agents={"count": 5, "schedule": [{"at_s": 60, "count": 3},
                                                                   {"at_s": 9000, "count": 2}]}))
     parse_scenario(_scenario(agents={"count": 5, "schedule": [{"at_s": 1800, "count": 2}]}))
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word: the first `p_live` here was silently dropped."""
+    f = tmp_path / "twice.yaml"
+    f.write_text("name: t\nagents: {count: 5}\ncalls:\n  p_live: 0.3\n  p_busy: 0.1\n  p_live: 0.05\n")
+    with pytest.raises(ScenarioError, match=r"twice\.yaml: line 6: calls\.p_live given twice \(first on line 4\)"):
+        load_scenario(f)
