@@ -32,8 +32,12 @@ class _RunByDefault(TyperGroup):
     """`marcador sim FILE.yaml ...` means `marcador sim run FILE.yaml ...`."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["run", *args]
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            if args[0].startswith("-") and "compare" in args:  # `sim --seed 3 compare FILE`: options go after it
+                args.remove("compare")
+                args = ["compare", *args]
+            else:  # `sim FILE ...` and `sim --json FILE ...` are `sim run ...`
+                args = ["run", *args]
         return super().parse_args(ctx, args)
 
 

@@ -218,3 +218,15 @@ def test_compare_needs_a_strategy_and_runs_each_once() -> None:
                    "--json"])
     rows = table["results"]
     assert isinstance(rows, list) and sorted(row["strategy"] for row in rows) == ["progressive", "ratio"]
+
+
+def test_options_may_come_before_the_scenario() -> None:
+    """`marcador sim --json FILE` said `No such option: --json`: the short form took options only after the file."""
+    a = _json(["sim", "--duration", "300", "--json", SCENARIO])
+    b = _json(["sim", SCENARIO, "--duration", "300", "--json"])
+    assert a.pop("wall_seconds") is not None and b.pop("wall_seconds") is not None and a == b
+    c = _json(["sim", "--duration", "300", "compare", SCENARIO, "--strategies", "progressive", "--json"])
+    rows = c["results"]
+    assert isinstance(rows, list) and [row["strategy"] for row in rows] == ["progressive"]
+    r = CliRunner().invoke(app, ["sim", "--help"])
+    assert r.exit_code == 0 and "compare" in r.output
