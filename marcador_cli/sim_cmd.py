@@ -137,6 +137,7 @@ def run(
     if plot is not None and plot.exists() and not plot.is_dir():
         raise typer.BadParameter(f"{plot} exists and is not a folder", param_hint="--plot")
     _check_output_file(plot, "--plot", folder=True)
+    _check_distinct(scenario, attempts_out, refusals_out)
     result = simulate(sc, strategy, seed=seed, duration=duration, agents=agents, ratio=ratio, tick=tick,
                       show_progress=sys.stdout.isatty() and not as_json, origin=str(scenario))
     _write_outputs(result, sc, attempts_out, refusals_out, plot)
@@ -162,6 +163,18 @@ def _check_output_file(path: Path | None, option: str, *, folder: bool = False) 
             if not parent.is_dir():
                 raise typer.BadParameter(f"{parent} is not a folder", param_hint=option)
             break
+
+
+def _check_distinct(scenario: Path, attempts_out: Path | None, refusals_out: Path | None) -> None:
+    """An output must not replace the scenario file, nor the other output (the second written would win)."""
+    def same(a: Path, b: Path) -> bool:
+        return a.resolve() == b.resolve()
+
+    for path, option in ((attempts_out, "--attempts-out"), (refusals_out, "--refusals-out")):
+        if path is not None and same(path, scenario):
+            raise typer.BadParameter(f"{path} is the scenario file", param_hint=option)
+    if attempts_out is not None and refusals_out is not None and same(attempts_out, refusals_out):
+        raise typer.BadParameter(f"--attempts-out names the same file ({attempts_out})", param_hint="--refusals-out")
 
 
 def _write_outputs(result: SimResult, sc: Scenario, attempts_out: Path | None, refusals_out: Path | None,

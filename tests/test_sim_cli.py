@@ -230,3 +230,17 @@ def test_options_may_come_before_the_scenario() -> None:
     assert isinstance(rows, list) and [row["strategy"] for row in rows] == ["progressive"]
     r = CliRunner().invoke(app, ["sim", "--help"])
     assert r.exit_code == 0 and "compare" in r.output
+
+
+def test_an_output_may_not_overwrite_the_scenario_or_another_output(tmp_path: Path) -> None:
+    """`--attempts-out` naming the scenario file replaced the scenario with the log; the attempt and refusal logs
+    given one path kept only the refusals."""
+    sc = tmp_path / "sc.yaml"
+    sc.write_text("name: t\nduration_s: 300\nagents: {count: 3}\n")
+    log = tmp_path / "out.jsonl"
+    for args, says in ((["--attempts-out", str(sc)], "the scenario file"),
+                       (["--attempts-out", str(log), "--refusals-out", str(tmp_path / "." / "out.jsonl")],
+                        "--attempts-out names the same file")):
+        r = CliRunner().invoke(app, ["sim", str(sc), "--json", *args])
+        assert r.exit_code == 2 and says in _text(r.output), r.output
+    assert sc.read_text() == "name: t\nduration_s: 300\nagents: {count: 3}\n" and not log.exists()
