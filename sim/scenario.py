@@ -493,13 +493,44 @@ def _no_key_twice(node: yaml.Node | None, path: Path) -> None:
             stack.extend((v, f"{where}.{i}") for i, v in enumerate(n.value))
 
 
+_YES_NO_FIELDS = ("enabled",)  # amd.enabled; rule_overrides and recycle (the core's own mappings) are not walked
+_FREE_FORM = ("rule_overrides", "recycle")
+
+
+def _yes_or_no_for_a_number(value: Any, where: str = "") -> str | None:
+    """Where a boolean stands for a number (pydantic takes true as 1): YAML reads `yes`, `no`, `on`, `true`..."""
+    if isinstance(value, bool):
+        return where if where.rpartition(".")[2] not in _YES_NO_FIELDS else None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items() if str(k) not in _FREE_FORM]
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    for key, v in items:
+        found = _yes_or_no_for_a_number(v, f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
     try:
-        return Scenario.model_validate(data)
+        sc = Scenario.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {_msg(e['msg'])}" if e["loc"]
                              else _msg(e["msg"]) for e in exc.errors())
         raise ScenarioError(f"{origin}: {problems}") from None
+    # Checked once the keys are known good (a misspelt `enable: true` is an unknown key, not a number).
+    where = _yes_or_no_for_a_number(data)
+    if where is not None:
+        raise ScenarioError(f"{origin}: {where}: expected a number, got a yes/no ({_dig(data, where)!r})")
+    return sc
+
+
+def _dig(data: Any, where: str) -> Any:
+    for key in where.split("."):
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    return data
 
 
 def _msg(msg: str) -> str:

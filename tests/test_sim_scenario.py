@@ -258,3 +258,18 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
     f.write_text("name: t\nagents: {count: 5}\ncalls:\n  p_live: 0.3\n  p_busy: 0.1\n  p_live: 0.05\n")
     with pytest.raises(ScenarioError, match=r"twice\.yaml: line 6: calls\.p_live given twice \(first on line 4\)"):
         load_scenario(f)
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"seed": True}, "seed"),
+    ({"duration_s": True}, "duration_s"),
+    ({"agents": {"count": True}}, r"agents\.count"),
+    ({"calls": {"p_live": 0.3, "talk_s": {"dist": "fixed", "value": False}}}, r"calls\.talk_s\.value"),
+    ({"campaigns": [{"id": "a", "weight": True}]}, r"campaigns\.0\.weight"),
+])
+def test_yes_and_no_are_not_numbers(over: dict[str, object], field: str) -> None:
+    """YAML reads `yes`, `no`, `true` as booleans, and a number field took them as 1 and 0 (`seed: yes` ran seed 1,
+    `count: true` one agent)."""
+    with pytest.raises(ScenarioError, match=rf"^scenario: {field}: expected a number, got a yes/no"):
+        parse_scenario(_scenario(**over))
+    parse_scenario(_scenario(amd={"enabled": True}, recycle={"best_time": False}))  # true yes/no fields
