@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+import typing
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -52,6 +53,7 @@ from api.events import EventHub, parse_last_id, parse_types
 from api.metrics import abandon_windows, render_metrics
 from api.webhooks import Webhooks
 from config.settings import ApiSettings
+from dialer.compliance.rulesets import RuleSet, load_rule_set
 from dialer.core import PREVIEW, DialerCore
 from dialer.events import (
     AgentLogin,
@@ -317,6 +319,66 @@ class RedeliverOut(BaseModel):
     not_found: list[int] = Field(description="ids not kept (delivered, deleted, or dropped for the bound)")
 
 
+# ---------------------------------------------------------------------------------------------- rule overrides
+
+
+def _scalar_rules() -> dict[str, tuple[type, bool]]:
+    """The rule set's scalar fields an override may set: field -> (bool, int or float; None allowed)."""
+    out: dict[str, tuple[type, bool]] = {}
+    for name, hint in typing.get_type_hints(RuleSet).items():
+        args = typing.get_args(hint) or (hint,)
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) == 1 and kinds[0] in (bool, int, float):
+            out[name] = (kinds[0], type(None) in args)
+    return out
+
+
+_SCALAR_RULES = _scalar_rules()
+
+
+def _wrong_type(field: str, value: Any) -> str | None:
+    """Why `value` cannot be the override of `field` by its JSON type alone (the rule set compares it, or stores
+    it where it has no limit, and a string there was a 500 or a rule that broke the campaign later)."""
+    if field == "attempt_caps":
+        pairs = isinstance(value, list) and all(
+            isinstance(p, list) and len(p) == 2 and type(p[0]) is int and p[0] >= 1
+            and isinstance(p[1], int | float) and not isinstance(p[1], bool) and math.isfinite(p[1]) and p[1] > 0
+            for p in value)
+        return None if pairs else "give a list of [attempts, window seconds] pairs, e.g. [[7, 604800]]"
+    if field not in _SCALAR_RULES or value is None:
+        return None  # windows, an unknown field, or None: the rule set's own check says what is wrong
+    kind, _ = _SCALAR_RULES[field]
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = type(value) is int
+    else:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    wanted = "a boolean" if kind is bool else "an integer" if kind is int else "a number"
+    return None if ok else f"{value!r} is not {wanted}"
+
+
+def rule_override_problem(rule_set: str, overrides: Mapping[str, Any]) -> str | None:
+    """What is wrong with a campaign's `rule_overrides`, named `rule_overrides.<field>: ...`; None when each
+    override alone is a valid tightening of `rule_set` (an unknown rule set is left to the core's check)."""
+    try:
+        load_rule_set(rule_set)
+    except ValueError:
+        return None
+    for field, value in overrides.items():
+        why = _wrong_type(field, value)
+        if why is None:
+            try:
+                load_rule_set(rule_set, {field: value})
+            except ValueError as exc:
+                why = str(exc).removeprefix(f"{field}: ")
+            except TypeError:
+                why = f"{value!r} is not a value of the right type for it"
+        if why is not None:
+            return f"rule_overrides.{field}: {why}"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- idempotency
 
 
@@ -529,10 +591,15 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
     def _check_with_core(settings: CampaignSettings) -> None:
         """The core's own checks (rule set, dispositions, hopper rules), on a scratch core: nothing half-saved."""
+        problem = rule_override_problem(settings.rule_set, settings.rule_overrides)
+        if problem is not None:
+            raise HTTPException(422, problem)
         try:
             DialerCore(runtime.core.config).add_campaign(settings)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        except TypeError:  # a value of a type the core's checks did not expect: never a 500
+            raise HTTPException(422, "rule_overrides, hopper or dispositions: a value of the wrong type") from None
 
     async def _settings(campaign_id: str) -> CampaignSettings:
         found = await runtime.store.get_campaign(campaign_id)

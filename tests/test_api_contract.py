@@ -1,0 +1,51 @@
+"""The REST API as an integrator meets it: what the README promises for bad input, auth and unknown ids, checked
+against the app over a running runtime (the helpers of tests/test_api.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.test_api import api_env, make_campaign
+
+
+@pytest.mark.parametrize(("rule_set", "overrides", "field"), [
+    ("us-tsr-regf", {"attempt_caps": 5}, "attempt_caps"),
+    ("us-tsr-regf", {"attempt_caps": [[1]]}, "attempt_caps"),
+    ("us-tsr-regf", {"windows": {"mon": 5}}, "windows"),
+    ("us-tsr-regf", {"window_start": None}, "window_start"),
+    ("us-tsr-regf", {"min_ring_s": "x"}, "min_ring_s"),
+    ("us-tsr-regf", {"holidays_closed": "x"}, "holidays_closed"),
+    ("us-tsr-regf", {"abandon_window_s": [1]}, "abandon_window_s"),
+    ("us-tsr-regf", {"count_amd_false_positives": "x"}, "count_amd_false_positives"),
+    # Where the rule set has no limit, nothing was compared: a string was stored as the campaign's rule.
+    ("none", {"abandon_message_s": "x"}, "abandon_message_s"),
+    ("none", {"max_contacts_per_local_day": "y"}, "max_contacts_per_local_day"),
+    ("none", {"max_contacts_per_local_day": 1.5}, "max_contacts_per_local_day"),
+    ("none", {"contact_cooldown_s": True}, "contact_cooldown_s"),
+])
+async def test_a_rule_override_of_the_wrong_type_is_a_422_naming_it_never_a_500(
+        rule_set: str, overrides: dict[str, Any], field: str) -> None:
+    async with api_env() as env:
+        body = {"campaign_id": "c1", "rule_set": rule_set, "rule_overrides": overrides}
+        r = await env.api.post("/api/v1/campaigns", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(f"rule_overrides.{field}: "), r.text
+        assert (await env.api.get("/api/v1/campaigns/c1")).status_code == 404  # nothing half-saved
+        await make_campaign(env.api, rule_set=rule_set)
+        r = await env.api.patch("/api/v1/campaigns/c1", json={"rule_overrides": overrides})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"].startswith(f"rule_overrides.{field}: "), r.text
+        assert (await env.api.get("/api/v1/campaigns/c1")).json()["rule_overrides"] == {}
+
+
+async def test_good_rule_overrides_still_pass_and_a_loosening_one_names_its_field() -> None:
+    async with api_env() as env:
+        good = {"window_start": "10:00", "min_ring_s": 20, "holidays_closed": True, "attempt_caps": [[5, 604800]],
+                "max_contacts_per_local_day": 1, "abandon_message_s": 1.5}
+        await make_campaign(env.api, rule_set="us-tsr-regf", rule_overrides=good)
+        r = await env.api.post("/api/v1/campaigns", json={"campaign_id": "c2", "rule_set": "us-tsr-regf",
+                                                          "rule_overrides": {"abandon_target": 0.5}})
+        assert r.status_code == 422
+        assert r.json()["detail"] == "rule_overrides.abandon_target: 0.5 would loosen us-tsr-regf's 0.03"
