@@ -563,6 +563,7 @@ async def peer_api(env: RedisEnv) -> AsyncIterator[httpx.AsyncClient]:
 async def test_dnc_entries_reach_the_core_before_the_next_dial() -> None:
     async with api_env() as env:
         await make_campaign(env.api)
+        await make_campaign(env.api, "c2")  # another campaign: c1's list does not block its dials
         r = await env.api.post("/api/v1/dnc", json={"numbers": ["+57 300 123 4567"], "campaign_id": "c1"})
         assert r.status_code == 200 and r.json()["added"] == 1
         assert (await env.api.post("/api/v1/dnc", json={"numbers": ["12"]})).status_code == 422

@@ -49,3 +49,38 @@ async def test_good_rule_overrides_still_pass_and_a_loosening_one_names_its_fiel
                                                           "rule_overrides": {"abandon_target": 0.5}})
         assert r.status_code == 422
         assert r.json()["detail"] == "rule_overrides.abandon_target: 0.5 would loosen us-tsr-regf's 0.03"
+
+
+async def test_dnc_takes_a_number_in_each_international_spelling_the_readme_lists() -> None:
+    # README (Compliance gates): written with its country code ("+", "00" or "tel:") an entry blocks its number in
+    # any spelling. The API refused "0044 ..." and "tel:+44..." with "needs a country".
+    async with api_env() as env:
+        await make_campaign(env.api)
+        r = await env.api.post("/api/v1/dnc", json={"numbers": ["0044 20 7946 0958"]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"added": 1, "already": 0, "repeated": 0}
+        r = await env.api.post("/api/v1/dnc", json={"numbers": ["tel:+442079460958", "+44 (0)20 7946 0958"]})
+        assert r.json() == {"added": 0, "already": 1, "repeated": 1}
+        r = await env.api.get("/api/v1/dnc/00442079460958")
+        assert r.json() == {"number": "+442079460958", "campaign_id": None, "blocked": True}
+        assert (await env.api.delete("/api/v1/dnc/tel:+442079460958")).status_code == 204
+        assert (await env.api.get("/api/v1/dnc/+442079460958")).json()["blocked"] is False
+        # A national number still needs its country code, and the answer says how to write it.
+        r = await env.api.post("/api/v1/dnc", json={"numbers": ["+573001234567", "020 7946 0958"]})
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith("numbers[1]: ") and "0044" in r.json()["detail"]
+
+
+async def test_dnc_reads_and_removals_of_an_unknown_campaign_are_a_404_as_adds_are() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        assert (await env.api.post("/api/v1/dnc", json={"numbers": ["+573001234567"]})).status_code == 200
+        r = await env.api.post("/api/v1/dnc", json={"numbers": ["+573001234567"], "campaign_id": "nope"})
+        assert r.status_code == 404
+        # It answered 200 "blocked" (by the global list) for a campaign that does not exist, a typo unnoticed.
+        r = await env.api.get("/api/v1/dnc/+573001234567", params={"campaign_id": "nope"})
+        assert r.status_code == 404 and r.json()["detail"] == "campaign 'nope' not found"
+        r = await env.api.delete("/api/v1/dnc/+573001234567", params={"campaign_id": "nope"})
+        assert r.status_code == 404 and r.json()["detail"] == "campaign 'nope' not found"
+        r = await env.api.get("/api/v1/dnc/+573001234567", params={"campaign_id": "c1"})
+        assert r.json()["blocked"] is True
