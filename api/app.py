@@ -47,7 +47,17 @@ from pydantic import (
 )
 from starlette.requests import ClientDisconnect
 
-from api.auth import AgentActor, AgentReader, Controller, Manager, Reader, TokenBook, WebhookAdmin, check_agent
+from api.auth import (
+    AgentActor,
+    AgentReader,
+    Controller,
+    Manager,
+    Reader,
+    TokenBook,
+    WebhookAdmin,
+    check_agent,
+    unauthenticated,
+)
 from api.dashboard import dashboard_router
 from api.events import EventHub, parse_last_id, parse_types
 from api.metrics import abandon_windows, render_metrics
@@ -536,8 +546,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-async def _validation_422(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_422(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    # A body that is not JSON fails before the route's auth dependency runs: without a valid token the answer is
+    # still the 401 (every /api/v1 route needs one), never the body's error.
+    denied = unauthenticated(request) if request.url.path.startswith("/api/v1/") else None
+    if denied is not None:
+        return JSONResponse({"detail": denied.detail}, status_code=denied.status_code, headers=denied.headers)
     return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
 

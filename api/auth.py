@@ -82,6 +82,20 @@ def _unauthorized(request: Request, why: str) -> HTTPException:
     return HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
+def unauthenticated(request: Request) -> HTTPException | None:
+    """The 401 for a request to a route that needs a token, when auth is on and it carries no known one; else None.
+    For answers given before the route's auth dependency ran (FastAPI decodes a JSON body first)."""
+    book: TokenBook | None = getattr(request.app.state, "tokens", None)
+    if book is None or not book.enabled:
+        return None
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")  # as HTTPBearer reads it
+    if scheme.lower() != "bearer" or not presented:
+        return _unauthorized(request, "missing")
+    if book.lookup(presented) is None:
+        return _unauthorized(request, "unknown token")
+    return None
+
+
 def require(*roles: Role) -> Callable[..., Principal]:
     """A FastAPI dependency: the caller's principal, if its role is one of `roles` (admin always is)."""
     allowed = frozenset(roles) | {"admin"}

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.test_api import api_env, make_campaign
+from tests.test_api_auth import bearer, settings
 
 
 @pytest.mark.parametrize(("rule_set", "overrides", "field"), [
@@ -84,3 +85,21 @@ async def test_dnc_reads_and_removals_of_an_unknown_campaign_are_a_404_as_adds_a
         assert r.status_code == 404 and r.json()["detail"] == "campaign 'nope' not found"
         r = await env.api.get("/api/v1/dnc/+573001234567", params={"campaign_id": "c1"})
         assert r.json()["blocked"] is True
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope-nope-nope-nope"}])
+async def test_a_malformed_body_without_a_valid_token_is_a_401_not_a_422(headers: dict[str, str]) -> None:
+    # FastAPI decodes a JSON body before it runs the auth dependency: a client without a token got the JSON error
+    # (422) where the README promises 401, and learned how the endpoint parses its body.
+    async with api_env(settings()) as env:
+        for method, path in (("POST", "/api/v1/campaigns"), ("PATCH", "/api/v1/campaigns/c1"),
+                             ("POST", "/api/v1/dnc"), ("POST", "/api/v1/calls/x1/disposition")):
+            r = await env.api.request(method, path, content=b"{bad", headers={**headers,
+                                                                               "Content-Type": "application/json"})
+            assert r.status_code == 401, (method, path, r.text)
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+            assert r.json() == {"detail": "a valid bearer token is required"}
+        # With a valid token the body's error is the answer, as before.
+        r = await env.api.post("/api/v1/campaigns", content=b"{bad", headers={**bearer("admin"),
+                                                                               "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
