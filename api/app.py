@@ -506,7 +506,7 @@ async def _body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def _json_kind(value: Any) -> str:
-    return "array" if isinstance(value, list) else "object"
+    return "an array" if isinstance(value, list) else "a boolean" if isinstance(value, bool) else "an object"
 
 
 def _json_row(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -928,9 +928,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
             if not isinstance(item, dict):
                 report.rejected.append(RowIssue(n, "-", "a lead must be a JSON object"))
                 continue
-            nested = [RowIssue(n, k, f"must be a string or a number, not an {_json_kind(v)}")
-                      for k, v in item.items() if k in KNOWN_COLUMNS and isinstance(v, dict | list)]
-            if nested:  # as JSON text it could pass for a phone or a segment; custom fields may nest
+            nested = [RowIssue(n, k, f"must be a string or a number, not {_json_kind(v)}")
+                      for k, v in item.items() if k in KNOWN_COLUMNS and isinstance(v, dict | list | bool)]
+            if nested:  # as text ("True", JSON) it could pass for an id, a phone or a segment; custom fields may
                 report.rejected.extend(nested)
                 continue
             lead, issues, held = lead_from_row(_json_row(item), campaign_id, n)

@@ -103,3 +103,21 @@ async def test_a_malformed_body_without_a_valid_token_is_a_401_not_a_422(headers
         r = await env.api.post("/api/v1/campaigns", content=b"{bad", headers={**bearer("admin"),
                                                                                "Content-Type": "application/json"})
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+async def test_a_json_lead_with_a_boolean_in_a_known_field_is_refused_naming_it() -> None:
+    # `true` was read as the text "True": a lead stored with lead_id "True", or segment "True", and no word said.
+    async with api_env() as env:
+        await make_campaign(env.api)
+        rows = [{"lead_id": True, "phone": "+573001234561", "country": "CO"},
+                {"lead_id": "L2", "phone": "+573001234562", "country": "CO", "segment": False},
+                {"lead_id": "L3", "phone": "+573001234563", "country": "CO", "vip": True},  # a custom field may
+                {"lead_id": 4, "phone": "+573001234564", "country": "CO", "timezone": None}]
+        r = await env.api.post("/api/v1/campaigns/c1/leads", json=rows)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["rejected"] == [
+            {"row": 1, "field": "lead_id", "reason": "must be a string or a number, not a boolean"},
+            {"row": 2, "field": "segment", "reason": "must be a string or a number, not a boolean"}]
+        assert body["accepted"] == 2 and body["new"] == 2
+        assert (await env.store.lead_counts("c1"))["pending"] == 2
