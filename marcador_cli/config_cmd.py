@@ -3,6 +3,7 @@ every setting with its default, its environment variable and what it does. Secre
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from config.settings import MarcadorSettings
 from dialer.store_factory import redact_url
@@ -44,14 +46,29 @@ def print_problem(problem: SettingsProblem, console: Console) -> None:
         console.print(f"  {escape(line)}")
 
 
+_TABLE_MIN_DESCRIPTION = 40  # columns the table needs for "default" and "what it does" beside the names
+
+
 @app.command("show")
 def show() -> None:
     """Every setting: its YAML path, environment variable, default and meaning."""
-    table = Table("setting", "environment", "default", "what it does", show_lines=False)
-    for path, info in _fields(MarcadorSettings, ()):
-        env = ENV_PREFIX + "__".join(p.upper() for p in path)
-        table.add_row(".".join(path), env, _default(info), info.description or "")
-    Console().print(table)
+    rows = [(".".join(path), ENV_PREFIX + "__".join(p.upper() for p in path), _default(info), info.description or "")
+            for path, info in _fields(MarcadorSettings, ())]
+    console = Console()
+    names = max(len(r[0]) for r in rows) + max(len(r[1]) for r in rows)
+    if console.width >= names + 13 + _TABLE_MIN_DESCRIPTION:  # 13: the table's borders and padding
+        table = Table(Column("setting", no_wrap=True), Column("environment", no_wrap=True), "default",
+                      "what it does", show_lines=False)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    # Narrower (a pipe reads as 80 columns): a table would cut the names ("MARCADOR_AMI__HO…"), which are what one
+    # greps for and copies. One setting a block instead, its names whole on its first line.
+    for setting, env, default, what in rows:
+        console.print(Text(f"{setting}  {env}  default {default}", style="bold"), soft_wrap=True)
+        console.print(Text(textwrap.fill(what, width=console.width, initial_indent="    ",
+                                         subsequent_indent="    ")), soft_wrap=True)
 
 
 def _fields(model: type[BaseModel], prefix: tuple[str, ...]) -> list[tuple[tuple[str, ...], FieldInfo]]:

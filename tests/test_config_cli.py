@@ -148,3 +148,16 @@ def test_usual_node_ids_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     for node_id in ("node1", "dc1-east.2", "paris_01"):
         monkeypatch.setenv("MARCADOR_NODE_ID", node_id)
         assert MarcadorSettings().node_id == node_id
+
+
+def test_show_names_every_environment_variable_in_full_on_an_80_column_screen_or_a_pipe() -> None:
+    # A pipe or a terminal of 80 columns cut the names short ("MARCADOR_AMI__HO…"): not greppable, not copyable.
+    r = CliRunner().invoke(app, ["config", "show"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output
+    lines = r.output.splitlines()
+    for path, _ in _fields(MarcadorSettings, ()):
+        env = "MARCADOR_" + "__".join(p.upper() for p in path)
+        assert any(".".join(path) in line and env in line for line in lines), env  # setting and variable together
+    assert max(len(line) for line in lines) <= 80
+    assert "(secret)" in r.output and "MARCADOR_AMI__SECRET" in r.output
