@@ -527,6 +527,8 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         dialed_at, call_id = json.loads(raw)
+        if not math.isfinite(float(dialed_at)):
+            raise ValueError("not a time")
         return float(dialed_at), str(call_id)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise HTTPException(422, "cursor: not a cursor this API gave") from exc
@@ -1142,12 +1144,16 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         campaign_id: str | None = None,
         outcome: Annotated[str | None, Query(description="comma list of outcomes; `pending` for calls in flight")]
         = None,
-        since: Annotated[float | None, Query(description="dialed at or after (epoch seconds)")] = None,
-        until: Annotated[float | None, Query(description="dialed before (epoch seconds)")] = None,
+        since: Annotated[float | None, Query(description="dialed at or after (epoch seconds)", allow_inf_nan=False)]
+        = None,
+        until: Annotated[float | None, Query(description="dialed before (epoch seconds)", allow_inf_nan=False)]
+        = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: str | None = None,
     ) -> AttemptsPage:
         """Attempt history, oldest first (by dial time, then call id), a page at a time."""
+        if campaign_id is not None:
+            await _settings(campaign_id)  # a typo must not read as a campaign without attempts
         wanted: set[str | None] | None = None
         if outcome:
             wanted = set()

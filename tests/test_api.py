@@ -1121,6 +1121,7 @@ async def test_concurrent_patches_of_one_campaign_lose_no_change_on_redis(redis_
 async def _attempt_pages_match_a_full_scan(api: httpx.AsyncClient, store: Any) -> None:
     await make_campaign(api)
     await make_campaign(api, "c2")
+    await make_campaign(api, "c3")  # no attempts: an empty page (an unknown campaign is a 404)
     outcomes = [Outcome.BUSY, Outcome.NO_ANSWER, Outcome.CONNECTED, None, Outcome.BUSY, Outcome.FAILED]
     made: list[Attempt] = []
     for i in range(1200):  # recorded out of dial order, many equal dial times; abandons are rare (1 in 100)
@@ -1136,7 +1137,7 @@ async def _attempt_pages_match_a_full_scan(api: httpx.AsyncClient, store: Any) -
     queries: list[dict[str, Any]] = [
         {}, {"campaign_id": "c1"}, {"outcome": "abandoned"}, {"outcome": "pending,connected", "limit": 70},
         {"campaign_id": "c2", "outcome": "abandoned", "since": 1010, "until": 1290.5, "limit": 2},
-        {"since": 1100, "until": 1100.5, "limit": 1}, {"campaign_id": "zz"}]
+        {"since": 1100, "until": 1100.5, "limit": 1}, {"campaign_id": "c3"}]
     for q in queries:
         outs = set(str(q.get("outcome", "")).split(",")) if "outcome" in q else None
         want = sorted((a for a in made if (q.get("campaign_id") in (None, a.campaign_id))

@@ -121,3 +121,20 @@ async def test_a_json_lead_with_a_boolean_in_a_known_field_is_refused_naming_it(
             {"row": 2, "field": "segment", "reason": "must be a string or a number, not a boolean"}]
         assert body["accepted"] == 2 and body["new"] == 2
         assert (await env.store.lead_counts("c1"))["pending"] == 2
+
+
+async def test_attempts_of_an_unknown_campaign_or_with_a_bound_that_is_not_a_time_are_refused() -> None:
+    async with api_env() as env:
+        await make_campaign(env.api)
+        assert (await env.api.get("/api/v1/attempts", params={"campaign_id": "c1"})).status_code == 200
+        # A typo in the campaign id answered an empty page, as a campaign with no attempts does.
+        r = await env.api.get("/api/v1/attempts", params={"campaign_id": "c1x"})
+        assert r.status_code == 404 and r.json()["detail"] == "campaign 'c1x' not found"
+        # since=nan answered every attempt (no comparison with NaN holds), since=inf none.
+        for bound in ("since", "until"):
+            for value in ("nan", "inf", "-inf"):
+                r = await env.api.get("/api/v1/attempts", params={bound: value})
+                assert r.status_code == 422, (bound, value, r.text)
+                assert r.json()["detail"][0]["loc"] == ["query", bound]
+        r = await env.api.get("/api/v1/attempts", params={"since": 0, "until": 1e12})
+        assert r.status_code == 200
