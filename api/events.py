@@ -107,11 +107,13 @@ class EventHub:
             except Exception:  # a sink must not break the runtime's dispatch
                 log.exception("event sink failed", extra={"fields": {"kind": ev.kind}})
 
-    def connect(self, prefixes: tuple[str, ...], last_id: int | None = None) -> Client:
+    def connect(self, prefixes: tuple[str, ...], last_id: int | str | None = None) -> Client:
+        """A client; `last_id` is its Last-Event-ID (a string: one that is not an integer, never an id of ours)."""
         client = Client(prefixes, self.client_queue)
         if last_id is not None:
             oldest = self.recent[0].seq if self.recent else self.seq + 1
-            if not self.first_id <= last_id <= self.seq:  # an earlier run's id: all this run kept is new to the client
+            # An earlier run's id, or none of ours at all: all this run kept is new to the client.
+            if isinstance(last_id, str) or not self.first_id <= last_id <= self.seq:
                 client.notices.append({"reason": "unknown_id", "last_event_id": last_id, "oldest_id": oldest})
                 last_id = 0
             elif last_id < oldest - 1:
@@ -146,9 +148,11 @@ class EventHub:
             self.disconnect(client)
 
 
-def parse_last_id(raw: str | None) -> int | None:
-    if raw is None:
+def parse_last_id(raw: str | None) -> int | str | None:
+    """The Last-Event-ID header: an int, or the header itself (cut to 64 characters) when it is not one, so the
+    client is told its id is unknown rather than served as if it had sent none; None without one."""
+    if raw is None or not raw.strip():
         return None
     with contextlib.suppress(ValueError):
         return int(raw.strip())
-    return None
+    return raw.strip()[:64]

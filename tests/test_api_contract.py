@@ -3,8 +3,10 @@ against the app over a running runtime (the helpers of tests/test_api.py)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.test_api import api_env, make_campaign
@@ -138,3 +140,25 @@ async def test_attempts_of_an_unknown_campaign_or_with_a_bound_that_is_not_a_tim
                 assert r.json()["detail"][0]["loc"] == ["query", bound]
         r = await env.api.get("/api/v1/attempts", params={"since": 0, "until": 1e12})
         assert r.status_code == 200
+
+
+async def test_a_last_event_id_this_api_never_gave_is_told_as_unknown_and_the_replay_follows() -> None:
+    # A Last-Event-ID that is not an integer was taken as no Last-Event-ID at all: no replay and no stream.gap,
+    # so the client believed it had resumed while every event since its id was lost.
+    from api.app import create_app
+    from config.settings import ApiSettings
+    from dialer.commands import Emit
+    from tests.test_api_events import SseReader, http_server
+
+    async with api_env() as env:
+        app = create_app(env.runtime, ApiSettings(events_heartbeat_s=0.3))
+        for i in range(2):
+            app.state.hub(Emit("call.ended", {"i": i}))
+        async with http_server(app) as base, httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with http.stream("GET", "/api/v1/events", params={"types": "call."},
+                                   headers={"Last-Event-ID": "abc"}) as resp:
+                frames = (await SseReader(resp).frames(4))[1:]  # after ": connected"
+    assert frames[0]["event"] == "stream.gap"
+    gap = json.loads(frames[0]["data"])
+    assert gap["reason"] == "unknown_id" and gap["last_event_id"] == "abc"
+    assert [json.loads(f["data"]) for f in frames[1:3]] == [{"i": 0}, {"i": 1}]
