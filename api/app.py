@@ -330,6 +330,16 @@ class RedeliverOut(BaseModel):
     not_found: list[int] = Field(description="ids not kept (delivered, deleted, or dropped for the bound)")
 
 
+def _header_hint(header: str | None) -> str:
+    """What to add to a refused CSV header that is one column: the file is separated by semicolons or tabs (Excel
+    where the decimal mark is a comma saves "CSV" with semicolons), not commas."""
+    if header and "," not in header:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in header:
+                return f"; the header is separated by {name}: save the file as comma-separated CSV"
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------- DNC
 
 
@@ -832,7 +842,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         except LeadFileError as exc:  # the header, found by the first block: nothing was added
             for fut in pending:
                 fut.cancel()
-            raise HTTPException(422, f"csv: {exc}") from None
+            raise HTTPException(422, f"csv: {exc}{_header_hint(header)}") from None
         return _upload_result(report, new, error)
 
     async def _add_csv(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:
@@ -886,14 +896,17 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
 
         splitter = _Lines()
         error: BaseException | None = None
+        header: str | None = None
         try:
             async for chunk in _body_chunks(request, cfg.max_upload_bytes):
                 hasher.update(chunk)
                 if worker.done():  # the parser stopped (a bad header): the rest is not read
                     break
                 if lines_ := splitter.feed(chunk):
+                    header = header or lines_[0]
                     await put(lines_)
             if lines_ := splitter.feed(b"", final=True):
+                header = header or lines_[0]
                 await put(lines_)
         except (_TooLarge, ClientDisconnect) as exc:
             error = exc
@@ -904,7 +917,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         try:
             new = await worker  # what was added before an error stays added
         except LeadFileError as exc:  # the header: nothing was added
-            raise HTTPException(422, f"csv: {exc}") from None
+            raise HTTPException(422, f"csv: {exc}{_header_hint(header)}") from None
         return _upload_result(report, new, error)
 
     async def _add_json(request: Request, campaign_id: str, first_row: int, hasher: Any) -> dict[str, Any]:

@@ -121,6 +121,16 @@ def _records(f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
         yield b"".join(parts), offset
 
 
+def _header_hint(header: str) -> str:
+    """What to add to a refused header that is one column: the file is separated by semicolons or tabs (Excel
+    where the decimal mark is a comma saves "CSV" with semicolons), not commas. As the engine's answer says."""
+    if "," not in header:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+            if sep in header:
+                return f"; the header is separated by {name}: save the file as comma-separated CSV"
+    return ""
+
+
 def iter_chunks(f: IO[bytes], batch: int, resume_from: int = 1) -> Iterator[Chunk]:
     """The file's chunks, each the header plus up to `batch` records, starting at data row `resume_from`
     (which must begin a chunk). Raises LeadFileError on an empty file or a header the parser refuses."""
@@ -138,8 +148,12 @@ def iter_chunks(f: IO[bytes], batch: int, resume_from: int = 1) -> Iterator[Chun
     if not header.endswith((b"\n", b"\r")):
         header += b"\r\n"
     # The server parses the same header; checking it here fails fast, before any chunk is sent.
-    for _ in iter_csv_leads([header.decode("utf-8", errors="replace")], "-", ParseReport()):
-        pass
+    text = header.decode("utf-8", errors="replace")
+    try:
+        for _ in iter_csv_leads([text], "-", ParseReport()):
+            pass
+    except LeadFileError as exc:
+        raise LeadFileError(f"{exc}{_header_hint(text)}") from None
     row = 0
     part: list[bytes] = []
     for rec, read_to in recs:

@@ -240,3 +240,35 @@ async def test_a_big_dnc_list_is_taken_without_holding_the_engines_loop_or_flood
             assert env.runtime.core.dnc.lookup(number, "c1", env.runtime.clock()) is not None
         again = await env.api.post("/api/v1/dnc", json={"numbers": numbers[:10]})
         assert again.json() == {"added": 0, "already": 10, "repeated": 0}
+
+
+SEMICOLONS = "lead_id;phone;country;timezone;amount_due;days_past_due;segment\nL1;+573001234567;CO;;10,5;1;x\n"
+
+
+async def test_a_csv_separated_by_semicolons_is_refused_saying_so() -> None:
+    # Excel where the decimal mark is a comma (Colombia, Spain, Mexico...) saves "CSV" with semicolons. The answer
+    # said every required column was missing, while the header plainly named them all.
+    async with api_env() as env:
+        await make_campaign(env.api)
+        for body in (SEMICOLONS, SEMICOLONS.replace(";", "\t"), SEMICOLONS + "x" * 70_000):  # the pooled path too
+            r = await env.api.post("/api/v1/campaigns/c1/leads", content=body.encode(),
+                                   headers={"Content-Type": "text/csv"})
+            assert r.status_code == 422, r.text
+            detail = r.json()["detail"]
+            assert detail.startswith("csv: missing required columns") and "save the file as comma-separated" in detail
+            assert ("semicolons" if ";" in body else "tabs") in detail
+        r = await env.api.post("/api/v1/campaigns/c1/leads", content=b"id,number\n1,2\n",
+                               headers={"Content-Type": "text/csv"})
+        assert "comma-separated" not in r.json()["detail"]  # a comma file missing columns: no such hint
+
+
+def test_import_leads_says_the_file_is_separated_by_semicolons(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from marcador_cli.main import app as cli_app
+
+    path = tmp_path / "excel.csv"
+    path.write_text(SEMICOLONS)
+    r = CliRunner().invoke(cli_app, ["import-leads", str(path), "--campaign", "c1", "--api", "http://127.0.0.1:9"])
+    assert r.exit_code == 1
+    assert "separated by semicolons: save the file as comma-separated CSV" in r.output
