@@ -314,7 +314,8 @@ class RuntimeCollector(Collector):
                 continue
             for h in camp.pool.health(now):
                 key = [cid, h.did]
-                answer.add_metric(key, h.answer_rate if h.answer_rate is not None else 0.0)
+                if h.answer_rate is not None:  # none yet (no attempt since its last rest): no sample, never a 0
+                    answer.add_metric(key, h.answer_rate)
                 attempts.add_metric(key, h.attempts)
                 day.add_metric(key, h.day_count)
                 hour.add_metric(key, h.hour_count)

@@ -209,6 +209,7 @@ async def _full_scrape() -> set[str]:
     cfg = AmiConfig(port=5038, secret="unused")
     rt = Runtime(DialerCore(), InMemoryStore(), AmiTelephony(cfg))
     rt.core.add_campaign(CampaignSettings("g1", strategy="erlang", did_pool=list(DIDS)))
+    rt.core.campaigns["g1"].pool.record(DIDS[0], rt.clock(), answered_live=True)  # type: ignore[union-attr]
     rt.core.handle(DncAdd(DNC_NUMBER, None), rt.clock())
     rt.core.campaigns["g1"].refused["dnc_global"] = 1  # a refusal, so its family has a sample to name
     await refresh_abandon_windows(rt)
@@ -308,3 +309,15 @@ async def test_rolling_windows_keep_no_memory_per_call_once_seeded() -> None:
                                                 "outcome": "abandoned" if i % 10 == 0 else "connected"}))
         assert (await refresh_abandon_windows(rt))[("m1", "24h")] == (100, 1000)  # every call counted once
         assert len(buckets.seen) == 0
+
+
+def test_a_did_without_attempts_has_no_answer_rate_sample_rather_than_zero() -> None:
+    # A fresh DID (or one back from a rest) was exported at answer rate 0, as one no debtor ever picks up: a panel
+    # or an alert on a low answer rate could not tell them apart. The API says null; the metric now says nothing.
+    rt = Runtime(DialerCore(), InMemoryStore(), AmiTelephony(AmiConfig(port=5038, secret="unused")))
+    rt.core.add_campaign(CampaignSettings("g1", did_pool=list(DIDS)))
+    rt.core.campaigns["g1"].pool.record(DIDS[0], rt.clock(), answered_live=False)  # type: ignore[union-attr]
+    got = scrape(rt)
+    assert value(got, "marcador_did_answer_rate", campaign="g1", did=DIDS[0]) == 0.0  # 0 of 1: a real zero
+    assert ("marcador_did_answer_rate", (("campaign", "g1"), ("did", DIDS[1]))) not in got
+    assert value(got, "marcador_did_attempts", campaign="g1", did=DIDS[1]) == 0
