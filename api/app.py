@@ -80,6 +80,7 @@ from dialer.events import (
 from dialer.hopper import local_time_to_epoch
 from dialer.leads import (
     KNOWN_COLUMNS,
+    MAX_AMOUNT,
     LeadFileError,
     ParseReport,
     RowIssue,
@@ -265,7 +266,8 @@ class DispositionIn(BaseModel):
     code: str = Field(pattern=_CODE.pattern, description="a code of the campaign's disposition set, e.g. PTP")
     callback_at: float | None = Field(None, description="epoch seconds of an agreed callback (callback codes)")
     own_callback: bool = Field(False, description="the callback goes to this agent")
-    ptp_amount: float | None = Field(None, description="promise to pay: the amount")
+    ptp_amount: float | None = Field(None, lt=MAX_AMOUNT, description="promise to pay: the amount (under 10^12, as "
+                                                                         "a lead's amount_due)")
     ptp_date: date | None = Field(None, description="promise to pay: the date (ISO)")
 
 

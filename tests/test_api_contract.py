@@ -272,3 +272,18 @@ def test_import_leads_says_the_file_is_separated_by_semicolons(tmp_path: Any) ->
     r = CliRunner().invoke(cli_app, ["import-leads", str(path), "--campaign", "c1", "--api", "http://127.0.0.1:9"])
     assert r.exit_code == 1
     assert "separated by semicolons: save the file as comma-separated CSV" in r.output
+
+
+async def test_a_promise_to_pay_of_an_amount_no_lead_may_owe_is_refused_naming_it() -> None:
+    # amount_due must be under 10^12 (README, Leads); a promise of 1e20 was taken and stored on the attempt.
+    from tests.test_api import _one_call_in_wrapup
+
+    async with api_env() as env:
+        call_id, _ = await _one_call_in_wrapup(env)
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
+                               json={"code": "PTP", "ptp_amount": 1e20, "ptp_date": "2030-01-01"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "ptp_amount"]
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": "2030-01-01"})
+        assert r.status_code == 202, r.text
