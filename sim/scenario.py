@@ -317,7 +317,27 @@ def _rule_set_name(v: str) -> str:
     return v
 
 
-class CampaignEntry(BaseModel):
+class _Rules(BaseModel):
+    """The checks of a campaign's rules, shared by the scenario's one campaign and each of several: the rule set
+    is known, its overrides and the hopper's recycle rules are ones the core takes."""
+
+    @field_validator("rule_set", check_fields=False)
+    @classmethod
+    def _known_rule_set(cls, v: str) -> str:
+        return _rule_set_name(v)
+
+    @field_validator("rule_overrides", check_fields=False)
+    @classmethod
+    def _overrides(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return _rule_overrides(v, info)
+
+    @field_validator("recycle", check_fields=False)
+    @classmethod
+    def _recycle(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _recycle_rules(v)
+
+
+class CampaignEntry(_Rules):
     """One of several campaigns sharing the floor's agents (by weight), each with its own debtors and rules."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -334,26 +354,11 @@ class CampaignEntry(BaseModel):
     did_day_cap: int = Field(300, gt=0)
     recycle: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("rule_set")
-    @classmethod
-    def _known_rule_set(cls, v: str) -> str:
-        return _rule_set_name(v)
-
-    @field_validator("rule_overrides")
-    @classmethod
-    def _overrides(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return _rule_overrides(v, info)
-
-    @field_validator("recycle")
-    @classmethod
-    def _recycle(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _recycle_rules(v)
-
 
 _PER_CAMPAIGN = ("leads", "rule_set", "rule_overrides", "dnc", "removals", "did_pool", "recycle")
 
 
-class Scenario(BaseModel):
+class Scenario(_Rules):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
@@ -385,20 +390,6 @@ class Scenario(BaseModel):
             raise ValueError("give the offset, e.g. 2026-10-30T08:00:00-04:00")
         return v
 
-    @field_validator("rule_set")
-    @classmethod
-    def _known_rule_set(cls, v: str) -> str:
-        return _rule_set_name(v)
-
-    @field_validator("rule_overrides")
-    @classmethod
-    def _overrides(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return _rule_overrides(v, info)
-
-    @field_validator("recycle")
-    @classmethod
-    def _recycle(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _recycle_rules(v)
 
     @model_validator(mode="after")
     def _campaigns_or_top_level(self) -> Scenario:

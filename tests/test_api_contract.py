@@ -3,7 +3,9 @@ against the app over a running runtime (the helpers of tests/test_api.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -168,30 +170,12 @@ async def test_a_big_json_upload_never_stalls_the_engines_loop() -> None:
     # The JSON rows were parsed on the event loop the core runs on: 30,000 leads held it about 4.7 s in a running
     # engine (GET /healthz waited as long), past every abandon threshold of the calls answered meanwhile. The CSV
     # body is parsed off the loop; JSON now is too.
-    import asyncio
-    import time
-
     rows = [{"lead_id": f"J{i}", "phone": f"+57300{i:07d}", "country": "CO", "amount_due": "10",
              "days_past_due": 5, "segment": "early"} for i in range(20_000)]
     rows[7]["phone"] = "12"
     async with api_env() as env:
         await make_campaign(env.api)
-        worst = 0.0
-        done = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal worst
-            last = time.perf_counter()
-            while not done.is_set():
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                worst = max(worst, now - last)
-                last = now
-
-        tick = asyncio.create_task(ticker())
-        r = await env.api.post("/api/v1/campaigns/c1/leads", json=rows)
-        done.set()
-        await tick
+        r, worst = await _worst_loop_gap_while(env.api.post("/api/v1/campaigns/c1/leads", json=rows))
         assert r.status_code == 200, r.text
         assert (r.json()["accepted"], r.json()["new"]) == (19_999, 19_999)
         assert r.json()["rejected"] == [{"row": 8, "field": "phone", "reason": "not a valid number for CO"}]
@@ -201,9 +185,6 @@ async def test_a_big_json_upload_never_stalls_the_engines_loop() -> None:
 
 async def _worst_loop_gap_while(request: Any) -> tuple[Any, float]:
     """(the answer to `request`, the longest the event loop was held meanwhile, in seconds)."""
-    import asyncio
-    import time
-
     worst = 0.0
     done = asyncio.Event()
 
