@@ -26,6 +26,20 @@ Key = tuple[str, str]  # (hook label, delivery id)
 LINGER_S = 0.05
 
 
+class StoreRetry:
+    """The pause before a store write is tried again: 0.1 s, doubling up to 5 s; back to 0.1 s after a success."""
+
+    def __init__(self) -> None:
+        self.pause_s = 0.1
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.pause_s)
+        self.pause_s = min(5.0, self.pause_s * 2)
+
+    def reset(self) -> None:
+        self.pause_s = 0.1
+
+
 class Outbox:
     def __init__(self, store: Store, cap: int, clock: Callable[[], float],
                  taken: Callable[[str, Sequence[FailedWebhook]], None], linger_s: float = LINGER_S) -> None:
@@ -81,7 +95,7 @@ class Outbox:
             self._taken("", rows)
 
     async def _run(self) -> None:
-        pause = 0.1
+        retry = StoreRetry()
         while not self._closed:  # as well as cancelled: a cancel that lands inside a Redis command may be lost there
             if self._claimed_own and not self._puts and not self._dones:
                 self._wake.clear()
@@ -113,12 +127,11 @@ class Outbox:
                 log.warning("webhook outbox cannot be written now (store error), retrying",
                             extra={"fields": {"why": type(exc).__name__, "waiting": self.backlog}})
                 self._busy = False
-                await asyncio.sleep(pause)
-                pause = min(5.0, pause * 2)
+                await retry.wait()
                 continue
             finally:
                 self._busy = False
-            pause = 0.1
+            retry.reset()
 
     async def drain(self, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()

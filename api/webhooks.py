@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from api.events import OutEvent, parse_types
-from api.webhook_outbox import Outbox
+from api.webhook_outbox import Outbox, StoreRetry
 from config.settings import WebhookSettings
 from dialer.memory_store import InMemoryStore
 from dialer.ports import FailedWebhook, Store, kind_matches
@@ -165,7 +165,8 @@ class WebhookSender:
         """Called on the runtime's loop: never blocks."""
         if not kind_matches(ev.kind, self.prefixes):
             return
-        item = Fresh(ev.kind, f"{self._instance}-{ev.seq}", self.body(ev))
+        delivery = f"{self._instance}-{ev.seq}"
+        item = Fresh(ev.kind, delivery, self.body(ev, delivery))
         if self._closed:
             self.counters.dropped += 1
             self._give_up(item, "shutdown")
@@ -195,8 +196,8 @@ class WebhookSender:
         self._push(Redelivery(row.id, row.kind, row.delivery, row.event.encode()))
         return "queued"
 
-    def body(self, ev: OutEvent) -> bytes:
-        doc = {"type": ev.kind, "data": ev.data, "id": f"{self._instance}-{ev.seq}", "ts": ev.ts}
+    def body(self, ev: OutEvent, delivery: str | None = None) -> bytes:
+        doc = {"type": ev.kind, "data": ev.data, "id": delivery or f"{self._instance}-{ev.seq}", "ts": ev.ts}
         return json.dumps(doc, separators=(",", ":"), default=str).encode()
 
     def _out_done(self, item: Item) -> Callable[[], None]:
@@ -395,7 +396,7 @@ class Keeper:
         return len(self._ops) + self._busy
 
     async def _run(self) -> None:
-        pause = 0.1
+        retry = StoreRetry()
         while True:
             while not self._ops:
                 self._wake.clear()
@@ -421,12 +422,11 @@ class Keeper:
                 log.warning("webhook events cannot be kept now (store error), retrying",
                             extra={"fields": {"why": type(exc).__name__, "waiting": len(self._ops)}})
                 self._busy = False
-                await asyncio.sleep(pause)
-                pause = min(5.0, pause * 2)
+                await retry.wait()
                 continue
             finally:
                 self._busy = False
-            pause = 0.1
+            retry.reset()
             if self._ops and self._ops[0] is op:
                 self._ops.popleft()
 
