@@ -70,6 +70,12 @@ async def test_after_a_failover_writes_go_to_the_new_master_not_to_the_old_one_s
     assert isinstance(new_master, RedisStore)
     try:
         await asyncio.gather(*(store.save_campaign(CampaignSettings(campaign_id=f"c{i}")) for i in range(5)))
+        # SENTINEL FAILOVER does not wait for the replica to catch up: on a loaded machine it promoted one that had
+        # not yet copied these (a CI run lost all five), which is Redis's asynchronous replication, not the pool.
+        deadline = time.monotonic() + 10.0
+        while any([await new_master.get_campaign(f"c{i}") is None for i in range(5)]):
+            assert time.monotonic() < deadline, "the replica did not copy the first writes within 10 s"
+            await asyncio.sleep(0.05)
         await _planned_failover(failover)
         # A write every 0.1 s until one lands on the new master: within about a second (the pool asks Sentinel at
         # most once a second; a loaded machine may take a little longer), never the 8-10 s until the demotion.
