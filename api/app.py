@@ -1396,7 +1396,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
         if camp is not None:  # the core checks again; here the caller learns what is wrong
             try:
                 code = camp.dispositions.validate(body.code, body.callback_at, body.ptp_amount, body.ptp_date,
-                                                  now=runtime.clock())
+                                                  now=runtime.clock(), calendar=True)
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
             # A lead ended by its call (its attempt cap reached, no phone left) or removed meanwhile is never dialed

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 _FLAGS = ("final", "callback", "dnc", "promise_to_pay", "wrong_party")
+# How far ahead a callback or a promise may be set: further is a typo (or milliseconds sent as seconds).
+MAX_AHEAD_DAYS = 366
+MAX_AHEAD_S = MAX_AHEAD_DAYS * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +132,13 @@ class DispositionSet:
         return self._codes.get(code)
 
     def validate(self, code: str, callback_at: float | None = None, ptp_amount: float | None = None,
-                 ptp_date: date | None = None, *, now: float | None = None) -> DispositionCode:
+                 ptp_date: date | None = None, *, now: float | None = None,
+                 calendar: bool = False) -> DispositionCode:
         """The code's definition, once its companions are right: a callback code needs `callback_at` (after `now`
         when given), a promise needs a positive `ptp_amount` and a `ptp_date`; other codes must not carry them
-        (a stray field is an integration mistake worth surfacing). ValueError names the field."""
+        (a stray field is an integration mistake worth surfacing). ValueError names the field. With `calendar`
+        (the API, whose `now` is the wall clock; the core's may be virtual) a callback and a promise must also fall
+        within MAX_AHEAD_DAYS, and a promise not in the past."""
         found = self._codes.get(code) if isinstance(code, str) else None
         if found is None:
             raise ValueError(f"code: unknown disposition {code!r}")
@@ -144,6 +150,9 @@ class DispositionSet:
                 raise ValueError(f"callback_at: expected epoch seconds, got {callback_at!r}")
             if now is not None and callback_at <= now:
                 raise ValueError(f"callback_at: must be in the future for {code}")
+            if calendar and now is not None and callback_at > now + MAX_AHEAD_S:
+                raise ValueError(f"callback_at: more than {MAX_AHEAD_DAYS} days ahead for {code} (epoch seconds "
+                                 f"{callback_at!r}; milliseconds by mistake?)")
         elif callback_at is not None:
             raise ValueError(f"callback_at: {code} does not take a callback time")
         if found.promise_to_pay:
@@ -156,6 +165,13 @@ class DispositionSet:
                 raise ValueError(f"ptp_date: required for {code}")
             if not isinstance(ptp_date, date):
                 raise ValueError(f"ptp_date: expected a date, got {ptp_date!r}")
+            if calendar and now is not None:
+                # The debtor's today may be the UTC yesterday (zones run to UTC-12): no zone needed for the floor.
+                earliest = datetime.fromtimestamp(now - 12 * 3600, UTC).date()
+                if ptp_date < earliest:
+                    raise ValueError(f"ptp_date: {ptp_date.isoformat()} is in the past")
+                if ptp_date > datetime.fromtimestamp(now + MAX_AHEAD_S, UTC).date():
+                    raise ValueError(f"ptp_date: {ptp_date.isoformat()} is more than {MAX_AHEAD_DAYS} days ahead")
         else:
             if ptp_amount is not None:
                 raise ValueError(f"ptp_amount: {code} does not take a promise amount")

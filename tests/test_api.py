@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -31,6 +32,8 @@ from tests.harness.clock import SetClock
 from tests.harness.redis import RedisServer
 from tests.harness.scripted_pbx import ScriptedPbx
 
+# A promise date the API takes on any day the suite runs (a fixed one falls into the past).
+PTP_DATE = (date.today() + timedelta(days=14)).isoformat()
 HEADER = "lead_id,phone,country,timezone,amount_due,days_past_due,segment"
 
 
@@ -366,7 +369,7 @@ async def test_a_disposition_ends_the_agents_wrap_up() -> None:
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition", json={"code": "NOPE"})
         assert r.status_code == 422
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
-                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": "2026-12-01"})
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": PTP_DATE})
         assert r.status_code == 202
         for _ in range(100):
             if (await env.api.get("/api/v1/agents/a1")).json()["state"] == "ready":
@@ -401,7 +404,7 @@ async def test_the_attempts_keep_the_promise_to_pay_and_the_callback_agreed() ->
         await env.api.post("/api/v1/campaigns/c1/start")
         first = (await _agent_in_wrapup(env.api, "a1"))["last_call_id"]
         r = await env.api.post(f"/api/v1/calls/{first}/disposition",
-                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": "2026-12-01"})
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": PTP_DATE})
         assert r.status_code == 202
         agent: dict[str, Any] = {}
         for _ in range(300):
@@ -417,7 +420,7 @@ async def test_the_attempts_keep_the_promise_to_pay_and_the_callback_agreed() ->
         for path in ("/api/v1/attempts", "/api/v1/campaigns/c1/attempts"):
             ptp = await _attempt_disposed(env.api, path, first)
             assert (ptp["disposition"], ptp["ptp_amount"], ptp["ptp_date"], ptp["callback_at"]) == \
-                ("PTP", 120.5, "2026-12-01", None)
+                ("PTP", 120.5, PTP_DATE, None)
             cb = await _attempt_disposed(env.api, path, second)
             assert (cb["disposition"], cb["callback_at"], cb["ptp_amount"], cb["ptp_date"]) == \
                 ("CALLBACK", at, None, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -257,14 +258,22 @@ def test_import_leads_says_the_file_is_separated_by_semicolons(tmp_path: Any) ->
 
 async def test_a_promise_to_pay_of_an_amount_no_lead_may_owe_is_refused_naming_it() -> None:
     # amount_due must be under 10^12 (README, Leads); a promise of 1e20 was taken and stored on the attempt.
-    from tests.test_api import _one_call_in_wrapup
+    from tests.test_api import PTP_DATE, _one_call_in_wrapup
 
     async with api_env() as env:
         call_id, _ = await _one_call_in_wrapup(env)
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
-                               json={"code": "PTP", "ptp_amount": 1e20, "ptp_date": "2030-01-01"})
+                               json={"code": "PTP", "ptp_amount": 1e20, "ptp_date": PTP_DATE})
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", "ptp_amount"]
+        # a promise dated last week, or a callback at epoch milliseconds (year 5138), is a typo: refused, named
+        last_week = (date.today() - timedelta(days=7)).isoformat()
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
-                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": "2030-01-01"})
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": last_week})
+        assert r.status_code == 422 and r.json()["detail"] == f"ptp_date: {last_week} is in the past", r.text
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
+                               json={"code": "CALLBACK", "callback_at": env.runtime.clock() * 1000})
+        assert r.status_code == 422 and r.json()["detail"].startswith("callback_at: more than 366 days"), r.text
+        r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
+                               json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": PTP_DATE})
         assert r.status_code == 202, r.text
