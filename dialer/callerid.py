@@ -116,7 +116,7 @@ def _validate_did(did: str, index: int) -> str:
         except phonenumbers.NumberParseException:
             ok = False
     if not ok:
-        raise ValueError(f"caller-ID DID at index {index} is not a valid E.164 number: {did!r}")
+        raise ValueError(f"did_pool[{index}]: not a valid E.164 number: {did!r}")
     return did
 
 
@@ -190,7 +190,7 @@ class CallerIdPool:
         for i, did in enumerate(dids):
             _validate_did(did, i)
             if did in seen:
-                raise ValueError(f"caller-ID DID at index {i} is a duplicate: {did!r}")
+                raise ValueError(f"did_pool[{i}]: a duplicate of an earlier DID: {did!r}")
             seen.add(did)
             self._insert(did)
 

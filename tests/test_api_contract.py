@@ -277,3 +277,16 @@ async def test_a_promise_to_pay_of_an_amount_no_lead_may_owe_is_refused_naming_i
         r = await env.api.post(f"/api/v1/calls/{call_id}/disposition",
                                json={"code": "PTP", "ptp_amount": 120.5, "ptp_date": PTP_DATE})
         assert r.status_code == 202, r.text
+
+
+async def test_a_bad_caller_id_did_is_named_by_its_place_in_did_pool() -> None:
+    """The error said `caller-ID DID at index 1`: the field an integrator must fix is `did_pool[1]`, on a new
+    campaign and on an edit alike; nothing of the refused request is kept."""
+    async with api_env() as env:
+        r = await env.api.post("/api/v1/campaigns", json={"campaign_id": "c9", "did_pool": ["+12025550100", "123"]})
+        assert r.status_code == 422 and r.json()["detail"] == "did_pool[1]: not a valid E.164 number: '123'", r.text
+        assert (await env.api.get("/api/v1/campaigns/c9")).status_code == 404
+        await make_campaign(env.api)
+        r = await env.api.patch("/api/v1/campaigns/c1", json={"did_pool": ["+12025550100", "+12025550100"]})
+        assert r.status_code == 422 and r.json()["detail"].startswith("did_pool[1]: a duplicate"), r.text
+        assert (await env.api.get("/api/v1/campaigns/c1")).json()["did_pool"] == []
