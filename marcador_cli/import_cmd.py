@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -34,15 +35,22 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from dialer.leads import LeadFileError, ParseReport, iter_csv_leads
 
 RETRIES = 3  # after the first try, for network failures only
+# What an answer that every retry would get again asks the operator to fix.
+_FIXES = {
+    401: "check the token (--token or MARCADOR_TOKEN)",
+    403: "the token's role may not import leads: use an integrator or admin token",
+    404: "no campaign {campaign!r} at {api} (check --campaign and --api)",
+}
 BACKOFF_S = 0.5  # doubled after each failed try
 
 
 class ImportFailed(Exception):
     """The import stopped; `next_row` is the first data row not known to be imported."""
 
-    def __init__(self, message: str, next_row: int) -> None:
+    def __init__(self, message: str, next_row: int, status: int | None = None) -> None:
         super().__init__(message)
         self.next_row = next_row
+        self.status = status  # the HTTP status that stopped it; None: the network or the answer
 
 
 @dataclass(slots=True)
@@ -191,7 +199,7 @@ def send_chunk(client: httpx.Client, url: str, chunk: Chunk, key: str, *, retrie
     if resp.status_code >= 400:
         body = resp.text.strip()
         raise ImportFailed(f"HTTP {resp.status_code} {resp.reason_phrase}: {body[:500] or '(empty body)'}",
-                           chunk.first_row)
+                           chunk.first_row, resp.status_code)
     try:
         data = resp.json()
         if not isinstance(data, dict) or not isinstance(data.get("accepted"), int):
@@ -208,8 +216,9 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
                client: httpx.Client | None = None, parallel: int = 2,
                warnings_path: Path | None = None) -> ImportSummary:
     """Stream `path` to the API chunk by chunk; rejected rows go to `rejects_path` and warnings to `warnings_path`
-    (default FILE.warnings.csv beside the file) as they come back (both appended when resuming). Raises
-    ImportFailed (with the row to resume from) or LeadFileError."""
+    (default FILE.warnings.csv beside the file) as they come back (both appended when resuming; a fresh import
+    opens them when its first answer comes, so one refused at once (a bad token) leaves an earlier run's files
+    as they were). Raises ImportFailed (with the row to resume from) or LeadFileError."""
     console = console or Console(stderr=True)
     # The campaign too: the same file may go to two campaigns, and the engine keeps a key with its campaign.
     key = hashlib.sha256(f"{file_key(path)}\0{campaign}".encode()).hexdigest()
@@ -223,26 +232,31 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                         TransferSpeedColumn(), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
     try:
-        with (path.open("rb") as f, rejects_path.open(mode, newline="") as rf,
-              warnings_path.open(mode, newline="") as wf, progress):
-            out, warned = csv.writer(rf), csv.writer(wf)
-            if resume_from == 1:
-                out.writerow(["row", "field", "reason"])
-                warned.writerow(["row", "field", "reason"])
+        with path.open("rb") as f, progress, ExitStack() as files:
+            outputs: list[tuple[IO[str], Any]] = []  # (file, its csv writer): rejects, then warnings
+
+            def open_outputs() -> None:
+                for out_path in (rejects_path, warnings_path):
+                    fh = files.enter_context(out_path.open(mode, newline=""))
+                    outputs.append((fh, csv.writer(fh)))
+                    if resume_from == 1:
+                        outputs[-1][1].writerow(["row", "field", "reason"])
+
             task = progress.add_task(path.name, total=path.stat().st_size)
 
             def take(chunk: Any, fut: Future[dict[str, Any]]) -> None:
                 data = fut.result()  # in file order: an ImportFailed names the first chunk that did not land
+                if not outputs:
+                    open_outputs()
                 summary.rows += chunk.rows
                 summary.chunks += 1
                 summary.accepted += data["accepted"]
                 summary.rejected += data["rejected"]
                 summary.held += data["held"]
                 summary.warnings += data["warnings"]
-                out.writerows(data["rejected"])
-                warned.writerows(data["warnings"])
-                rf.flush()  # what came back is on disk even if a later chunk fails
-                wf.flush()
+                for (fh, writer), rows in zip(outputs, (data["rejected"], data["warnings"]), strict=True):
+                    writer.writerows(rows)
+                    fh.flush()  # what came back is on disk even if a later chunk fails
                 progress.update(task, completed=chunk.read_to)
 
             # The next chunk travels while the server parses this one (the engine parses on every core);
@@ -259,6 +273,8 @@ def run_import(path: Path, campaign: str, api: str, token: str | None, rejects_p
                 finally:
                     for _, fut in inflight:
                         fut.cancel()
+            if not outputs:  # an empty file: its (empty) lists are still written
+                open_outputs()
     finally:
         if own:
             http.close()
@@ -294,8 +310,14 @@ def import_leads(
         raise typer.BadParameter(str(exc), param_hint="--resume-from") from None
     except ImportFailed as exc:
         console.print(f"import-leads: {exc}", style="red", markup=False)  # a server body may hold [brackets]
-        console.print(f"Stopped at data row {exc.next_row}: rows before it are imported (rejected ones listed in "
-                      f"{rejects_path}). Resume with: --resume-from {exc.next_row} --batch {batch}", markup=False)
+        fix = _FIXES.get(exc.status or 0, "").format(campaign=campaign, api=api)
+        if exc.next_row == 1:
+            console.print(f"Nothing was imported{'; ' + fix if fix else ''}. Run the same command again once "
+                          f"fixed.", markup=False)
+        else:
+            console.print(f"Stopped at data row {exc.next_row}: rows before it are imported (rejected ones listed "
+                          f"in {rejects_path}). {fix + ', then r' if fix else 'R'}esume with: --resume-from "
+                          f"{exc.next_row} --batch {batch}", markup=False)
         raise typer.Exit(1) from None
     rejected_rows = len({r for r, _, _ in s.rejected})
     print(f"accepted {s.accepted}, rejected {rejected_rows}, held {len(s.held)}, warnings {len(s.warnings)} "

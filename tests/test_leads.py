@@ -590,7 +590,27 @@ def test_cli_auth_failure_says_status_body_and_row(fake_api: FakeLeadsApi, leads
     r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "wrong"])
     assert r.exit_code == 1
     assert "HTTP 401" in r.output and "bad token" in r.output
-    assert "Stopped at data row 1" in r.output and "--resume-from 1" in r.output
+    # nothing landed: no resume advice, the fix named, and an earlier run's lists left as they were
+    assert "Nothing was imported; check the token (--token or MARCADOR_TOKEN)" in r.output
+    assert "--resume-from" not in r.output
+
+
+def test_cli_refused_at_once_keeps_an_earlier_runs_lists_and_names_the_fix(fake_api: FakeLeadsApi,
+                                                                         leads_file: Path) -> None:
+    """A rerun with a bad token or campaign truncated yesterday's rejects and warnings files before it sent
+    anything, and advised `--resume-from 1`."""
+    rejects, warnings = leads_file.with_name("debtors.rejects.csv"), leads_file.with_name("debtors.warnings.csv")
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret"])
+    assert r.exit_code == 0, r.output
+    before = rejects.read_bytes(), warnings.read_bytes()
+    assert _rejects(rejects) and _rejects(warnings)
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "wrong"])
+    assert r.exit_code == 1 and (rejects.read_bytes(), warnings.read_bytes()) == before
+    fake_api.fail[1] = 404
+    r = _cli([str(leads_file), "--campaign", "c-1", "--api", fake_api.url, "--token", "s3cret"])
+    assert r.exit_code == 1 and "HTTP 404" in r.output
+    assert f"Nothing was imported; no campaign 'c-1' at {fake_api.url}" in r.output
+    assert (rejects.read_bytes(), warnings.read_bytes()) == before
 
 
 def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: FakeLeadsApi, leads_file: Path,
@@ -601,7 +621,8 @@ def test_cli_stops_on_server_error_and_resumes_with_the_same_keys(fake_api: Fake
     fake_api.fail[5] = 503
     r = _cli(args)
     assert r.exit_code == 1
-    assert "HTTP 503" in r.output and "store unavailable" in r.output and "--resume-from 5" in r.output
+    assert "HTTP 503" in r.output and "store unavailable" in r.output
+    assert "rows before it are imported" in r.output and "Resume with: --resume-from 5 --batch 4" in r.output
     assert _rejects(rejects) == []  # rows 1-4 had no rejects; nothing of the failed chunk was written
     first_keys = [q["headers"]["Idempotency-Key"] for q in fake_api.requests]
     r = _cli([*args, "--resume-from", "5"])
