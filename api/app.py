@@ -56,7 +56,7 @@ from api.auth import (
     TokenBook,
     WebhookAdmin,
     check_agent,
-    unauthenticated,
+    denied_before_body,
 )
 from api.dashboard import dashboard_router
 from api.events import EventHub, parse_last_id, parse_types
@@ -563,9 +563,9 @@ def json_safe(value: Any) -> Any:
 
 async def _validation_422(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    # A body that is not JSON fails before the route's auth dependency runs: without a valid token the answer is
-    # still the 401 (every /api/v1 route needs one), never the body's error.
-    denied = unauthenticated(request) if request.url.path.startswith("/api/v1/") else None
+    # A body that is not JSON fails before the route's auth dependency runs: without a valid token, or with one
+    # whose role may not use the route, the answer is still the 401 or 403, never the body's error.
+    denied = denied_before_body(request) if request.url.path.startswith("/api/v1/") else None
     if denied is not None:
         return JSONResponse({"detail": denied.detail}, status_code=denied.status_code, headers=denied.headers)
     return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)

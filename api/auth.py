@@ -82,18 +82,49 @@ def _unauthorized(request: Request, why: str) -> HTTPException:
     return HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def unauthenticated(request: Request) -> HTTPException | None:
-    """The 401 for a request to a route that needs a token, when auth is on and it carries no known one; else None.
-    For answers given before the route's auth dependency ran (FastAPI decodes a JSON body first)."""
+def denied_before_body(request: Request) -> HTTPException | None:
+    """The 401 or 403 the route's auth dependency would give, when auth is on; else None. For answers given before
+    that dependency ran (FastAPI decodes a JSON body first): a caller without the right never learns of its body's
+    errors."""
     book: TokenBook | None = getattr(request.app.state, "tokens", None)
     if book is None or not book.enabled:
         return None
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")  # as HTTPBearer reads it
     if scheme.lower() != "bearer" or not presented:
         return _unauthorized(request, "missing")
-    if book.lookup(presented) is None:
+    principal = book.lookup(presented)
+    if principal is None:
         return _unauthorized(request, "unknown token")
+    allowed = _route_roles(request)
+    if allowed is not None and principal.role not in allowed:
+        return _forbidden(request, principal, allowed)
+    agent_id = request.path_params.get("agent_id")
+    if isinstance(agent_id, str) and not principal.may_act_for(agent_id):  # as check_agent in the route
+        return _other_agent(principal)
     return None
+
+
+def _route_roles(request: Request) -> frozenset[str] | None:
+    """The roles the matched route's `require` dependency lets in (None: no such route, or none found)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    todo = [dependant] if dependant is not None else []
+    while todo:
+        dep = todo.pop()
+        roles = getattr(dep.call, "roles", None)
+        if isinstance(roles, frozenset):
+            return roles
+        todo.extend(dep.dependencies)
+    return None
+
+
+def _forbidden(request: Request, principal: Principal, allowed: frozenset[str]) -> HTTPException:
+    log.info("forbidden", extra={"fields": {"route": _route(request), "holder": principal.name,
+                                            "role": principal.role}})
+    return HTTPException(403, f"role {principal.role!r} may not do this; needs one of: {', '.join(sorted(allowed))}")
+
+
+def _other_agent(principal: Principal) -> HTTPException:
+    return HTTPException(403, f"an agent token may act for agent {principal.agent_id!r} only")
 
 
 def require(*roles: Role) -> Callable[..., Principal]:
@@ -113,19 +144,17 @@ def require(*roles: Role) -> Callable[..., Principal]:
         if principal is None:
             raise _unauthorized(request, "unknown token")
         if principal.role not in allowed:
-            log.info("forbidden", extra={"fields": {"route": _route(request), "holder": principal.name,
-                                                    "role": principal.role}})
-            needed = ", ".join(sorted(allowed))
-            raise HTTPException(403, f"role {principal.role!r} may not do this; needs one of: {needed}")
+            raise _forbidden(request, principal, allowed)
         return principal
 
+    dependency.roles = allowed  # type: ignore[attr-defined]  # read by denied_before_body
     return dependency
 
 
 def check_agent(principal: Principal, agent_id: str) -> None:
     """Role agent acts for its own agent only."""
     if not principal.may_act_for(agent_id):
-        raise HTTPException(403, f"an agent token may act for agent {principal.agent_id!r} only")
+        raise _other_agent(principal)
 
 
 

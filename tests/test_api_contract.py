@@ -290,3 +290,26 @@ async def test_a_bad_caller_id_did_is_named_by_its_place_in_did_pool() -> None:
         r = await env.api.patch("/api/v1/campaigns/c1", json={"did_pool": ["+12025550100", "+12025550100"]})
         assert r.status_code == 422 and r.json()["detail"].startswith("did_pool[1]: a duplicate"), r.text
         assert (await env.api.get("/api/v1/campaigns/c1")).json()["did_pool"] == []
+
+
+async def test_a_malformed_body_from_a_role_without_the_right_is_a_403_not_a_422() -> None:
+    """A viewer's or an agent's token on a route its role may not use, with a body that is not JSON, got the
+    body's 422 (FastAPI decodes it before the auth dependency runs) where the README promises 403; an agent token
+    acting for another agent likewise. With the right, the body's error is the answer."""
+    from tests.test_api_auth import MATRIX, TOKENS
+
+    async with api_env(settings()) as env:
+        bad = {"Content-Type": "application/json"}
+        for method, path, body, allowed in MATRIX:
+            if body is None:
+                continue
+            for role in TOKENS:
+                r = await env.api.request(method, path, content=b"{bad", headers={**bearer(role), **bad})
+                if role == "admin" or role in allowed:  # the body's 422, or the route's own 404 first
+                    assert r.status_code in (404, 422), (method, path, role, r.text)
+                else:
+                    assert r.status_code == 403 and "needs one of" in r.json()["detail"], (method, path, role)
+        r = await env.api.post("/api/v1/agents/a2/preview", content=b"{bad", headers={**bearer("agent"), **bad})
+        assert r.status_code == 403 and r.json()["detail"] == "an agent token may act for agent 'a1' only", r.text
+        r = await env.api.post("/api/v1/agents/a1/preview", content=b"{bad", headers={**bearer("agent"), **bad})
+        assert r.status_code == 422, r.text
