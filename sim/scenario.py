@@ -192,6 +192,9 @@ class Agents(BaseModel):
     def _in_order(cls, v: list[AgentChange]) -> list[AgentChange]:
         if [c.at_s for c in v] != sorted(c.at_s for c in v):
             raise ValueError("changes must be in time order (at_s ascending)")
+        for i in range(1, len(v)):  # two counts for one moment: the last one silently won
+            if v[i].at_s == v[i - 1].at_s:
+                raise ValueError(f"changes {i - 1} and {i} are both at_s {v[i].at_s:g}: one count per moment")
         return v
 
     def count_at(self, t: float) -> int:
@@ -515,7 +518,29 @@ def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
     where = _yes_or_no_for_a_number(data)
     if where is not None:
         raise ScenarioError(f"{origin}: {where}: expected a number, got a yes/no ({_dig(data, where)!r})")
+    where = _quoted_number(data, sc)
+    if where is not None:
+        raise ScenarioError(f"{origin}: {where}: expected a number, got a quoted string ({_dig(data, where)!r}): "
+                            "remove the quotes")
     return sc
+
+
+def _quoted_number(value: Any, parsed: Any, where: str = "") -> str | None:
+    """Where a quoted string became a number (pydantic reads "5" as 5): a scenario says what it means in YAML's
+    own numbers, and a quoted one is most often a cell pasted from somewhere else, worth a second look."""
+    if isinstance(value, str):
+        return where if isinstance(parsed, int | float) and not isinstance(parsed, bool) else None
+    items: list[tuple[str, Any, Any]] = []
+    if isinstance(value, dict):
+        items = [(str(k), v, parsed.get(k) if isinstance(parsed, dict) else getattr(parsed, str(k), None))
+                 for k, v in value.items() if str(k) not in _FREE_FORM]
+    elif isinstance(value, list) and isinstance(parsed, list | tuple) and len(parsed) == len(value):
+        items = [(str(i), v, parsed[i]) for i, v in enumerate(value)]
+    for key, v, p in items:
+        found = _quoted_number(v, p, f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
 
 
 def _dig(data: Any, where: str) -> Any:

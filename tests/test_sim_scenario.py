@@ -273,3 +273,27 @@ def test_yes_and_no_are_not_numbers(over: dict[str, object], field: str) -> None
     with pytest.raises(ScenarioError, match=rf"^scenario: {field}: expected a number, got a yes/no"):
         parse_scenario(_scenario(**over))
     parse_scenario(_scenario(amd={"enabled": True}, recycle={"best_time": False}))  # true yes/no fields
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"seed": "7"}, "seed"),
+    ({"duration_s": "3600"}, "duration_s"),
+    ({"agents": {"count": "5"}}, r"agents\.count"),
+    ({"agents": {"count": 5, "schedule": [{"at_s": "60", "count": 3}]}}, r"agents\.schedule\.0\.at_s"),
+    ({"calls": {"p_live": 0.3, "talk_s": {"dist": "fixed", "value": "90"}}}, r"calls\.talk_s\.value"),
+    ({"campaign": {"abandon_target": "0.03"}}, r"campaign\.abandon_target"),
+])
+def test_a_quoted_number_is_refused_naming_the_field(over: dict[str, object], field: str) -> None:
+    """`count: "5"` ran five agents: pydantic reads a numeric string as the number, and a quoted cell is most
+    often pasted from elsewhere. Text fields keep their quotes."""
+    with pytest.raises(ScenarioError, match=rf"^scenario: {field}: expected a number, got a quoted string "
+                                            r"\('.*'\): remove the quotes$"):
+        parse_scenario(_scenario(**over))
+    assert parse_scenario(_scenario(name="2024")).name == "2024"
+
+
+def test_two_agent_changes_at_one_moment_are_refused() -> None:
+    """Two schedule entries with one at_s: the last silently won, the first was never applied."""
+    with pytest.raises(ScenarioError, match=r"agents\.schedule: .*changes 0 and 1 are both at_s 900: one count"):
+        parse_scenario(_scenario(agents={"count": 5, "schedule": [{"at_s": 900, "count": 2},
+                                                                  {"at_s": 900, "count": 4}]}))
