@@ -523,17 +523,17 @@ def test_the_api_refuses_a_promise_in_the_past_and_dates_beyond_a_year() -> None
     """The API checks against the wall clock (`calendar`): a promise dated before the debtor's today (the UTC date
     12 h ago) or a callback or promise more than a year ahead (epoch milliseconds sent as seconds: year 5138) was
     taken and stored. The core, whose clock may be virtual, checks only that a callback is after `now`."""
-    on_calendar = {"now": T0, "calendar": True}  # T0: 2025-06-15 15:06 UTC
-    assert DISP.validate("PTP", None, 10, date(2025, 6, 15), **on_calendar).final
-    assert DISP.validate("PTP", None, 10, date(2026, 6, 16), **on_calendar).final
-    assert DISP.validate("CALLBACK", T0 + 366 * 86400, **on_calendar).callback
+    # T0: 2025-06-15 15:06 UTC
+    assert DISP.validate("PTP", None, 10, date(2025, 6, 15), now=T0, calendar=True).final
+    assert DISP.validate("PTP", None, 10, date(2026, 6, 16), now=T0, calendar=True).final
+    assert DISP.validate("CALLBACK", T0 + 366 * 86400, now=T0, calendar=True).callback
     for args, message in [
         (("PTP", None, 10, date(2025, 6, 14)), "ptp_date: 2025-06-14 is in the past"),
         (("PTP", None, 10, date(2026, 6, 17)), "ptp_date: 2026-06-17 is more than 366 days ahead"),
         (("CALLBACK", T0 * 1000), "callback_at: more than 366 days ahead"),
     ]:
         with pytest.raises(ValueError, match=f"^{message}"):
-            DISP.validate(*args, **on_calendar)  # type: ignore[arg-type]
+            DISP.validate(*args, now=T0, calendar=True)  # type: ignore[arg-type]
         DISP.validate(*args, now=T0)  # type: ignore[arg-type]  # the core takes it
     # just after midnight UTC it is still yesterday west of Greenwich: yesterday's date is a promise for today
     midnight = datetime(2025, 6, 16, 0, 30, tzinfo=UTC).timestamp()
