@@ -32,7 +32,10 @@ class StoreRetry:
     def __init__(self) -> None:
         self.pause_s = 0.1
 
-    async def wait(self) -> None:
+    async def after(self, exc: Exception, what: str, waiting: int) -> None:
+        """Say the write of `what` failed (the store is down) and pause before it is tried again."""
+        log.warning(f"{what} cannot be written now (store error), retrying",
+                    extra={"fields": {"why": type(exc).__name__, "waiting": waiting}})
         await asyncio.sleep(self.pause_s)
         self.pause_s = min(5.0, self.pause_s * 2)
 
@@ -103,6 +106,7 @@ class Outbox:
                 continue
             self._busy = True
             dones: list[Key] = []
+            failed: Exception | None = None
             try:
                 if not self._claimed_own:
                     await self._claim_own()
@@ -124,13 +128,12 @@ class Outbox:
                     self._puts = {k: e for k, e in self._writing.items() if k not in self._dones} | self._puts
                     self._dones.update(dones)
                     self._writing = {}
-                log.warning("webhook outbox cannot be written now (store error), retrying",
-                            extra={"fields": {"why": type(exc).__name__, "waiting": self.backlog}})
-                self._busy = False
-                await retry.wait()
-                continue
+                failed = exc
             finally:
                 self._busy = False
+            if failed is not None:
+                await retry.after(failed, "webhook outbox", self.backlog)
+                continue
             retry.reset()
 
     async def drain(self, timeout_s: float) -> None:

@@ -403,6 +403,7 @@ class Keeper:
                 await self._wake.wait()
             op = self._ops[0]
             self._busy = True
+            failed: Exception | None = None
             try:
                 if isinstance(op, _Keep):
                     _, dropped = await self.store.keep_failed_webhook(op.hook, op.kind, op.delivery, op.event,
@@ -419,13 +420,12 @@ class Keeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is down: wait and try the same write again
-                log.warning("webhook events cannot be kept now (store error), retrying",
-                            extra={"fields": {"why": type(exc).__name__, "waiting": len(self._ops)}})
-                self._busy = False
-                await retry.wait()
-                continue
+                failed = exc
             finally:
                 self._busy = False
+            if failed is not None:
+                await retry.after(failed, "webhook events kept", len(self._ops))
+                continue
             retry.reset()
             if self._ops and self._ops[0] is op:
                 self._ops.popleft()

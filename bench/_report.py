@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +28,19 @@ def one_scenario_args(ap: argparse.ArgumentParser, jobs: bool = True) -> None:
 
 def report(result: dict[str, Any], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
     print(json.dumps(result) if as_json else line(result))
+
+
+@contextlib.contextmanager
+def redis_url(bench: str) -> Iterator[str]:
+    """A Redis of its own for one benchmark (loopback, a temporary directory), stopped afterwards."""
+    from tests.harness.redis import start_server  # only the Redis benchmarks need the test harness
+
+    with tempfile.TemporaryDirectory(prefix="marcador-bench-redis-") as tmp:
+        try:
+            server = start_server(Path(tmp))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise SystemExit(f"{bench}: {exc}") from None
+        try:
+            yield server.url
+        finally:
+            server.stop()

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._report import parser, report
+from bench._report import parser, redis_url, report
 from dialer.model import CampaignSettings, Lead, Outcome
 from dialer.redis_store import RedisStore
 from dialer.store_factory import open_store
-from tests.harness.redis import start_server
 
 CAMPAIGN = "bench"
 
@@ -92,15 +90,8 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--releases", type=int, default=20_000, help="leases released one by one afterwards")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="marcador-bench-redis-") as tmp:
-        try:
-            server = start_server(Path(tmp))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise SystemExit(f"lease_throughput: {exc}") from None
-        try:
-            result = asyncio.run(run(server.url, args.leads, args.batch, args.tasks, args.releases))
-        finally:
-            server.stop()
+    with redis_url("lease_throughput") as url:
+        result = asyncio.run(run(url, args.leads, args.batch, args.tasks, args.releases))
     report(result, args.json, lambda r: (
         f"lease_throughput: {r['leases_per_s']} leases/s ({r['leads']} leads, batches of {r['batch']}, "
         f"{r['tasks']} tasks); load {r['loads_per_s']} leads/s; release {r['releases_per_s']}/s"))

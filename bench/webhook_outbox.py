@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,12 @@ from starlette.routing import Route
 
 from api.events import OutEvent
 from api.webhooks import DELIVERY_HEADER, Webhooks
-from bench._report import parser, report
+from bench._report import parser, redis_url, report
 from config.settings import WebhookSettings
 from dialer.memory_store import InMemoryStore
 from dialer.ports import Store
 from dialer.redis_store import RedisStore
 from dialer.store_factory import open_store
-from tests.harness.redis import start_server
 from tests.test_api_events import http_server
 
 SECRET = "bench-webhook-secret"
@@ -166,15 +164,8 @@ def main() -> None:
     ap.add_argument("--queued", type=int, default=2000, help="events queued in the node that goes")
     ap.add_argument("--ttl", type=float, default=3.0, help="lease TTL of the nodes in the second part")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="marcador-bench-redis-") as tmp:
-        try:
-            server = start_server(Path(tmp))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise SystemExit(f"webhook_outbox: {exc}") from None
-        try:
-            result = asyncio.run(run(f"{server.url}?prefix=bench:", args.events, args.rate, args.queued, args.ttl))
-        finally:
-            server.stop()
+    with redis_url("webhook_outbox") as url:
+        result = asyncio.run(run(f"{url}?prefix=bench:", args.events, args.rate, args.queued, args.ttl))
     report(result, args.json, lambda r: (
         f"webhook_outbox: {r['events']} events at {r['rate']:.0f}/s; on Redis {r['redis']['delivered']} delivered, "
         f"p50 {r['redis']['p50_ms']} ms p99 {r['redis']['p99_ms']} ms, "
