@@ -26,7 +26,7 @@ import time
 import typing
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -561,6 +561,21 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _add_in_batches(runtime: Runtime, campaign_id: str, leads: Iterable[Lead],
+                    loop: asyncio.AbstractEventLoop) -> int:
+    """From a parsing thread: the leads to the runtime on its loop, LEAD_BATCH at a time; how many were new."""
+    added = 0
+    batch: list[Lead] = []
+    for lead in leads:
+        batch.append(lead)
+        if len(batch) >= LEAD_BATCH:
+            added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
+            batch = []
+    if batch:
+        added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
+    return added
+
+
 async def _validation_422(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # A body that is not JSON fails before the route's auth dependency runs: without a valid token, or with one
@@ -872,16 +887,9 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 yield from item
 
         def parse() -> int:
-            added = 0
-            batch: list[Lead] = []
             source = lines()
-            for lead in iter_csv_leads(source, campaign_id, report, start_row=first_row):
-                batch.append(lead)
-                if len(batch) >= LEAD_BATCH:
-                    added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
-                    batch = []
-            if batch:
-                added += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
+            added = _add_in_batches(runtime, campaign_id, iter_csv_leads(source, campaign_id, report,
+                                                                         start_row=first_row), loop)
             for _ in source:  # consume to the end so the producer never waits on a full queue
                 pass
             return added
@@ -944,9 +952,10 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 rows = rows["leads"]
             if not isinstance(rows, list):
                 raise HTTPException(422, "body: a JSON array of lead objects (or {\"leads\": [...]})")
+            return _add_in_batches(runtime, campaign_id, accepted(rows), loop)
+
+        def accepted(rows: list[Any]) -> Iterator[Lead]:
             seen: set[str] = set()
-            new = 0
-            batch: list[Lead] = []
             for n, item in enumerate(rows, start=first_row):
                 if not isinstance(item, dict):
                     report.rejected.append(RowIssue(n, "-", "a lead must be a JSON object"))
@@ -968,13 +977,7 @@ def create_app(runtime: Runtime, settings: ApiSettings | None = None) -> FastAPI
                 if held is not None:
                     report.held.append(held)
                 report.warnings.extend(issues)  # phones dropped from the lead
-                batch.append(lead)
-                if len(batch) >= LEAD_BATCH:
-                    new += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
-                    batch = []
-            if batch:
-                new += asyncio.run_coroutine_threadsafe(runtime.add_leads(campaign_id, batch), loop).result()
-            return new
+                yield lead
 
         new = await loop.run_in_executor(None, parse)
         return _result(report, new)
