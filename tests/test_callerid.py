@@ -270,11 +270,11 @@ def test_health_figures() -> None:
 
 
 def test_invalid_did_rejected_with_index() -> None:
-    with pytest.raises(ValueError, match=r"index 1.*'12125550101'"):
+    with pytest.raises(ValueError, match=r"^did_pool\[1\]: not a valid E\.164 number: '12125550101'$"):
         CallerIdPool("p", [NYC, "12125550101"])
-    with pytest.raises(ValueError, match=r"index 2.*'\+1212555'"):
+    with pytest.raises(ValueError, match=r"^did_pool\[2\]: .*'\+1212555'"):
         CallerIdPool("p", [NYC, SF, "+1212555"])
-    with pytest.raises(ValueError, match=r"index 1.*duplicate"):
+    with pytest.raises(ValueError, match=r"^did_pool\[1\]: a duplicate"):
         CallerIdPool("p", [NYC, NYC])
     with pytest.raises(ValueError, match=r"not a valid E\.164"):
         CallerIdPool("p", [NYC]).add("+44 20 7946 0001")
