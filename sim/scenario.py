@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -491,20 +492,34 @@ _YES_NO_FIELDS = ("enabled",)  # amd.enabled; rule_overrides and recycle (the co
 _FREE_FORM = ("rule_overrides", "recycle")
 
 
-def _yes_or_no_for_a_number(value: Any, where: str = "") -> str | None:
-    """Where a boolean stands for a number (pydantic takes true as 1): YAML reads `yes`, `no`, `on`, `true`..."""
-    if isinstance(value, bool):
-        return where if where.rpartition(".")[2] not in _YES_NO_FIELDS else None
-    items: list[tuple[str, Any]] = []
+def _first_where(value: Any, parsed: Any, test: Callable[[Any, Any, str], bool], where: str = "") -> str | None:
+    """The first place, in the file's order, where `test(as written, as parsed, where)` holds (free-form blocks
+    left out); `parsed` is None where the model does not mirror the file."""
+    if test(value, parsed, where):
+        return where
+    items: list[tuple[str, Any, Any]] = []
     if isinstance(value, dict):
-        items = [(str(k), v) for k, v in value.items() if str(k) not in _FREE_FORM]
+        items = [(str(k), v, parsed.get(k) if isinstance(parsed, dict) else getattr(parsed, str(k), None))
+                 for k, v in value.items() if str(k) not in _FREE_FORM]
     elif isinstance(value, list):
-        items = [(str(i), v) for i, v in enumerate(value)]
-    for key, v in items:
-        found = _yes_or_no_for_a_number(v, f"{where}.{key}" if where else key)
+        same = isinstance(parsed, list | tuple) and len(parsed) == len(value)
+        items = [(str(i), v, parsed[i] if same else None) for i, v in enumerate(value)]
+    for key, v, p in items:
+        found = _first_where(v, p, test, f"{where}.{key}" if where else key)
         if found is not None:
             return found
     return None
+
+
+def _yes_or_no_for_a_number(value: Any, _parsed: Any, where: str) -> bool:
+    """A boolean standing for a number (pydantic takes true as 1): YAML reads `yes`, `no`, `on`, `true`..."""
+    return isinstance(value, bool) and where.rpartition(".")[2] not in _YES_NO_FIELDS
+
+
+def _quoted_number(value: Any, parsed: Any, _where: str) -> bool:
+    """A quoted string that became a number (pydantic reads "5" as 5): a scenario says what it means in YAML's
+    own numbers, and a quoted one is most often a cell pasted from somewhere else, worth a second look."""
+    return isinstance(value, str) and isinstance(parsed, int | float) and not isinstance(parsed, bool)
 
 
 def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
@@ -515,32 +530,15 @@ def parse_scenario(data: dict[str, Any], origin: str = "scenario") -> Scenario:
                              else _msg(e["msg"]) for e in exc.errors())
         raise ScenarioError(f"{origin}: {problems}") from None
     # Checked once the keys are known good (a misspelt `enable: true` is an unknown key, not a number).
-    where = _yes_or_no_for_a_number(data)
+    where = _first_where(data, sc, _yes_or_no_for_a_number)
     if where is not None:
         raise ScenarioError(f"{origin}: {where}: expected a number, got a yes/no ({_dig(data, where)!r})")
-    where = _quoted_number(data, sc)
+    where = _first_where(data, sc, _quoted_number)
     if where is not None:
         raise ScenarioError(f"{origin}: {where}: expected a number, got a quoted string ({_dig(data, where)!r}): "
                             "remove the quotes")
     return sc
 
-
-def _quoted_number(value: Any, parsed: Any, where: str = "") -> str | None:
-    """Where a quoted string became a number (pydantic reads "5" as 5): a scenario says what it means in YAML's
-    own numbers, and a quoted one is most often a cell pasted from somewhere else, worth a second look."""
-    if isinstance(value, str):
-        return where if isinstance(parsed, int | float) and not isinstance(parsed, bool) else None
-    items: list[tuple[str, Any, Any]] = []
-    if isinstance(value, dict):
-        items = [(str(k), v, parsed.get(k) if isinstance(parsed, dict) else getattr(parsed, str(k), None))
-                 for k, v in value.items() if str(k) not in _FREE_FORM]
-    elif isinstance(value, list) and isinstance(parsed, list | tuple) and len(parsed) == len(value):
-        items = [(str(i), v, parsed[i]) for i, v in enumerate(value)]
-    for key, v, p in items:
-        found = _quoted_number(v, p, f"{where}.{key}" if where else key)
-        if found is not None:
-            return found
-    return None
 
 
 def _dig(data: Any, where: str) -> Any:
