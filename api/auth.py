@@ -90,14 +90,10 @@ def denied_before_body(request: Request) -> HTTPException | None:
     if book is None or not book.enabled:
         return None
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")  # as HTTPBearer reads it
-    if scheme.lower() != "bearer" or not presented:
-        return _unauthorized(request, "missing")
-    principal = book.lookup(presented)
-    if principal is None:
-        return _unauthorized(request, "unknown token")
-    allowed = _route_roles(request)
-    if allowed is not None and principal.role not in allowed:
-        return _forbidden(request, principal, allowed)
+    try:
+        principal = _admit(request, book, scheme, presented, _route_roles(request))
+    except HTTPException as exc:
+        return exc
     agent_id = request.path_params.get("agent_id")
     if isinstance(agent_id, str) and not principal.may_act_for(agent_id):  # as check_agent in the route
         return _other_agent(principal)
@@ -117,10 +113,20 @@ def _route_roles(request: Request) -> frozenset[str] | None:
     return None
 
 
-def _forbidden(request: Request, principal: Principal, allowed: frozenset[str]) -> HTTPException:
-    log.info("forbidden", extra={"fields": {"route": _route(request), "holder": principal.name,
-                                            "role": principal.role}})
-    return HTTPException(403, f"role {principal.role!r} may not do this; needs one of: {', '.join(sorted(allowed))}")
+def _admit(request: Request, book: TokenBook, scheme: str, presented: str,
+           allowed: frozenset[str] | None) -> Principal:
+    """The principal of a bearer token whose role is in `allowed` (None: any); else the 401 or 403, raised."""
+    if scheme.lower() != "bearer" or not presented:
+        raise _unauthorized(request, "missing")
+    principal = book.lookup(presented)
+    if principal is None:
+        raise _unauthorized(request, "unknown token")
+    if allowed is not None and principal.role not in allowed:
+        log.info("forbidden", extra={"fields": {"route": _route(request), "holder": principal.name,
+                                                "role": principal.role}})
+        raise HTTPException(403, f"role {principal.role!r} may not do this; needs one of: "
+                                 f"{', '.join(sorted(allowed))}")
+    return principal
 
 
 def _other_agent(principal: Principal) -> HTTPException:
@@ -138,14 +144,7 @@ def require(*roles: Role) -> Callable[..., Principal]:
         book: TokenBook = request.app.state.tokens
         if not book.enabled:
             return ANONYMOUS
-        if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-            raise _unauthorized(request, "missing")
-        principal = book.lookup(creds.credentials)
-        if principal is None:
-            raise _unauthorized(request, "unknown token")
-        if principal.role not in allowed:
-            raise _forbidden(request, principal, allowed)
-        return principal
+        return _admit(request, book, creds.scheme if creds else "", creds.credentials if creds else "", allowed)
 
     dependency.roles = allowed  # type: ignore[attr-defined]  # read by denied_before_body
     return dependency
